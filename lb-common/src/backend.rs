@@ -1,0 +1,27 @@
+//! The backend table: backend id → address and port. Ids are allocated by
+//! the agent and stay stable while the backend exists, so conntrack entries
+//! (which store the id) keep pointing at the same endpoint; when an id
+//! disappears, flows pinned to it are re-balanced.
+
+use crate::user_pod;
+
+/// Value of `LB4_BACKENDS` (key: backend id, `u32`, host byte order). 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendV4 {
+    /// Endpoint address. Network byte order.
+    pub address: [u8; 4],
+    /// Endpoint (target) port. Host byte order.
+    pub port: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<BackendV4>() == 8);
+
+/// The endpoint is terminating (serving but not ready): existing flows
+/// stay, new flows only land here when no ready endpoint exists.
+pub const FLAG_TERMINATING: u8 = 1 << 0;
+
+user_pod!(BackendV4);

@@ -1,0 +1,55 @@
+//! Connection tracking for NATed flows. Each flow has two entries in one
+//! LRU map: the original direction (client → frontend), which remembers
+//! the chosen backend, and the reply direction (backend → client), which
+//! remembers the frontend to restore as the source.
+
+use crate::user_pod;
+
+/// Key of `LB4_CT`. 16 bytes. Includes the protocol and both address/port
+/// pairs, plus the direction so the two entries of a flow never collide.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKeyV4 {
+    /// Source address of the packet as it arrives. Network byte order.
+    pub src_address: [u8; 4],
+    /// Destination address of the packet as it arrives. Network byte order.
+    pub dst_address: [u8; 4],
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// `DIR_ORIGINAL` or `DIR_REPLY`.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKeyV4>() == 16);
+
+pub const DIR_ORIGINAL: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// Value of `LB4_CT`. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValueV4 {
+    /// Original direction: the backend chosen for this flow. Host byte order.
+    pub backend_id: u32,
+    /// The Service port (frontend) this flow was balanced by. Host byte order.
+    pub service_id: u32,
+    /// Reply direction: the frontend address to restore as source. Network byte order.
+    pub frontend_address: [u8; 4],
+    /// Reply direction: the frontend port to restore as source. Host byte order.
+    pub frontend_port: u16,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// Creation time, seconds of the kernel's monotonic clock (for the
+    /// conntrack lifecycle: drain and garbage collection).
+    pub created_s: u32,
+}
+const _: () = assert!(size_of::<CtValueV4>() == 20);
+
+/// A TCP FIN or RST was seen on this flow.
+pub const FLAG_CLOSING: u16 = 1 << 0;
+
+user_pod!(CtKeyV4, CtValueV4);

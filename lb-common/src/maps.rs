@@ -1,0 +1,33 @@
+//! Map names and default capacities, used by the datapath's declarations
+//! and by the agent when it opens, sizes and pins maps.
+//!
+//! Names are at most 15 bytes (the kernel's BPF_OBJ_NAME_LEN less the NUL).
+//! The datapath's `static`s carry these exact names; a test in the agent
+//! checks that the built object has every one of them.
+
+/// Frontends and their backend slots: `ServiceKeyV4` → `ServiceValue`.
+pub const SERVICES_V4: &str = "LB4_SERVICES";
+/// Backends by id: `u32` → `BackendV4`.
+pub const BACKENDS_V4: &str = "LB4_BACKENDS";
+/// Connection tracking (LRU): `CtKeyV4` → `CtValueV4`.
+pub const CONNTRACK_V4: &str = "LB4_CT";
+/// Which ports may belong to a frontend or a backend (array, by port).
+pub const PORT_FILTER: &str = "LB_PORT_FILTER";
+/// Per-CPU packet counters, indexed by `stats::Counter`.
+pub const STATS: &str = "LB_STATS";
+
+/// All maps the agent pins, in the order it lists them.
+pub const ALL: [&str; 5] = [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS];
+
+/// Frontend entries plus one entry per backend slot. 10,000 Services with
+/// 10 endpoints each need 110,000; the agent can raise it at load time.
+/// The map is not preallocated, so unused capacity costs nothing.
+pub const SERVICES_V4_CAPACITY: u32 = 1 << 18;
+/// Distinct backends (address, port, protocol) across all Services.
+pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
+/// Tracked flows, two entries each (original and reply direction). An LRU
+/// map is always preallocated: about 100 bytes an entry, so 256 Ki entries
+/// is ~26 MB of kernel memory.
+pub const CONNTRACK_V4_CAPACITY: u32 = 1 << 18;
+/// One entry per port number.
+pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;

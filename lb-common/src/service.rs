@@ -1,0 +1,75 @@
+//! The Service table: one frontend entry per (address, port, protocol) at
+//! slot 0, and one entry per backend slot (1..=count) naming a backend id.
+//! A lookup of slot 0 is the O(1) "is this a Service?" test; slot k is the
+//! O(1) step from a hash to a backend.
+
+use crate::user_pod;
+
+/// Key of `LB4_SERVICES`. 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKeyV4 {
+    /// Frontend address: ClusterIP, node address, external or LB IP. Network byte order.
+    pub address: [u8; 4],
+    /// Frontend port (Service port or NodePort). Host byte order.
+    pub port: u16,
+    /// IANA protocol number (`proto::TCP`, ...).
+    pub proto: u8,
+    /// Traffic scope: `SCOPE_EXTERNAL` (the only one used so far) or
+    /// `SCOPE_INTERNAL` when internal and external policies differ.
+    pub scope: u8,
+    /// 0 for the frontend entry, 1..=count for backend slots. Host byte order.
+    pub backend_slot: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ServiceKeyV4>() == 12);
+
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// Value of `LB4_SERVICES`. 16 bytes. In a frontend entry (slot 0),
+/// `service_id`, `count`, `flags` and `affinity_timeout_s` are set; in a
+/// slot entry only `backend_id` is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Slot entries: the backend this slot points to. Host byte order.
+    pub backend_id: u32,
+    /// Frontend entry: id of the Service port, also the reverse-NAT index
+    /// stored in conntrack. Host byte order, never 0 for a live frontend.
+    /// 32 bits: more than 65,535 Service ports must fit.
+    pub service_id: u32,
+    /// Frontend entry: number of backend slots. 0 means "no endpoints":
+    /// the datapath rejects new flows (ICMP port unreachable) as kube-proxy does.
+    pub count: u16,
+    /// Frontend entry: `FLAG_*` bits.
+    pub flags: u16,
+    /// Frontend entry: ClientIP session affinity timeout, seconds (0 = off).
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(size_of::<ServiceValue>() == 16);
+
+/// What kind of frontend an entry is. Informational for the datapath so
+/// far; the CLI and later policies (SNAT for NodePort, Local) use them.
+pub const FLAG_CLUSTER_IP: u16 = 1 << 0;
+pub const FLAG_NODE_PORT: u16 = 1 << 1;
+pub const FLAG_EXTERNAL_IP: u16 = 1 << 2;
+pub const FLAG_LOAD_BALANCER: u16 = 1 << 3;
+/// sessionAffinity: ClientIP (timeout in `affinity_timeout_s`).
+pub const FLAG_SESSION_AFFINITY: u16 = 1 << 4;
+/// The backends are node-local only (a Local traffic policy applied).
+pub const FLAG_LOCAL_ONLY: u16 = 1 << 5;
+
+user_pod!(ServiceKeyV4, ServiceValue);
+
+impl ServiceKeyV4 {
+    /// The frontend entry (slot 0) for an address, port and protocol.
+    pub const fn frontend(address: [u8; 4], port: u16, proto: u8) -> Self {
+        Self { address, port, proto, scope: SCOPE_EXTERNAL, backend_slot: 0, _pad: [0; 2] }
+    }
+
+    /// The key of backend slot `slot` (1-based) of this frontend.
+    pub const fn slot(self, slot: u16) -> Self {
+        Self { backend_slot: slot, ..self }
+    }
+}

@@ -1,0 +1,78 @@
+//! Per-CPU packet counters, one slot per `Counter`. Each names what
+//! happened to a packet; drop and error reasons double as metric labels.
+
+/// Index into `LB_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// Not Service traffic: passed untouched.
+    Passed = 0,
+    /// First packet of a flow to a frontend: backend chosen, DNATed.
+    NewFlow,
+    /// Later packet of a tracked flow: DNATed to its backend.
+    Established,
+    /// Reply from a backend: source rewritten back to the frontend.
+    ReplyNat,
+    /// A tracked flow's backend is gone: re-balanced to a live one.
+    Rebalanced,
+    /// New flow to a frontend with no endpoints: rejected with ICMP port unreachable.
+    RejectNoEndpoints,
+    /// IPv4 fragment: passed untouched (policy: no fragment tracking yet, so
+    /// never NAT part of a datagram).
+    PassFragment,
+    /// Protocol the datapath does not balance (ICMP, SCTP for now, ...): passed.
+    PassOtherProtocol,
+    /// Not IPv4 (ARP, IPv6 for now, ...): passed.
+    PassOtherEthertype,
+    /// Header shorter than its fields claim: dropped if addressed to a
+    /// frontend would be guesswork, so passed untouched for the kernel to judge.
+    PassTruncated,
+    /// A slot or backend entry referenced by a frontend is missing (the
+    /// agent is mid-update): the packet is dropped rather than mis-NATed.
+    DropMissingBackend,
+    /// The conntrack map refused an insert: dropped so the flow is retried.
+    DropConntrackFull,
+    /// A packet rewrite helper failed: dropped.
+    DropRewriteFailed,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 13] = [
+        Counter::Passed,
+        Counter::NewFlow,
+        Counter::Established,
+        Counter::ReplyNat,
+        Counter::Rebalanced,
+        Counter::RejectNoEndpoints,
+        Counter::PassFragment,
+        Counter::PassOtherProtocol,
+        Counter::PassOtherEthertype,
+        Counter::PassTruncated,
+        Counter::DropMissingBackend,
+        Counter::DropConntrackFull,
+        Counter::DropRewriteFailed,
+    ];
+
+    /// Stable snake_case name, used as a metric label and in the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Passed => "passed",
+            Counter::NewFlow => "new_flow",
+            Counter::Established => "established",
+            Counter::ReplyNat => "reply_nat",
+            Counter::Rebalanced => "rebalanced",
+            Counter::RejectNoEndpoints => "reject_no_endpoints",
+            Counter::PassFragment => "pass_fragment",
+            Counter::PassOtherProtocol => "pass_other_protocol",
+            Counter::PassOtherEthertype => "pass_other_ethertype",
+            Counter::PassTruncated => "pass_truncated",
+            Counter::DropMissingBackend => "drop_missing_backend",
+            Counter::DropConntrackFull => "drop_conntrack_full",
+            Counter::DropRewriteFailed => "drop_rewrite_failed",
+        }
+    }
+}
+
+/// Number of slots in `LB_STATS`.
+pub const COUNTERS: u32 = Counter::ALL.len() as u32;

@@ -1,0 +1,59 @@
+//! The datapath. Entry points only; each calls a `try_*` function, turns
+//! its outcome into a tc verdict and counts it.
+//!
+//! Hooks:
+//! - `lb_tc` runs at **tc ingress** on every interface of the node that
+//!   carries pod or client traffic (pod-facing veths, the node's uplinks).
+//!   Packets to a frontend (ClusterIP, NodePort, external/LB IP) are DNATed
+//!   there, before the kernel's routing decision, so the kernel then routes
+//!   them to the backend like any other packet. Replies from backends are
+//!   reverse-NATed at the same hook on the backend-facing side. tc has the
+//!   `sk_buff`, so the checksum helpers keep partial / complete checksum
+//!   offload states right, which XDP cannot; and pod veths see locally
+//!   generated (checksum-partial) traffic. XDP pays on a physical NIC for
+//!   traffic from outside the cluster (NodePort, LB IPs): that program
+//!   arrives with the NodePort-on-XDP work and reuses these modules.
+//! - `lb_parse_only` parses exactly like `lb_tc` and passes: the floor the
+//!   benchmarks compare against.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod lb4;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+mod select;
+mod service;
+mod stats;
+mod verdict;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::verdict::Verdict;
+
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    let outcome = lb4::handle_packet(&ctx);
+    stats::count(outcome.counter);
+    outcome.verdict.tc_action()
+}
+
+#[classifier]
+pub fn lb_parse_only(ctx: TcContext) -> i32 {
+    match parse::parse_v4(&ctx) {
+        Ok(_) | Err(_) => Verdict::Next.tc_action(),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,41 @@
+//! Map declarations. Names, key and value types and capacities come from
+//! `lb-common`; `#[btf_map]` emits BTF so `bpftool map dump` prints named
+//! fields. The agent may resize maps at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    backend::BackendV4,
+    conntrack::{CtKeyV4, CtValueV4},
+    maps::{BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY},
+    service::{ServiceKeyV4, ServiceValue},
+    stats::COUNTERS,
+};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// Written only by the agent; not preallocated, so a large capacity is free
+/// until used.
+#[btf_map]
+pub static LB4_SERVICES: HashMap<ServiceKeyV4, ServiceValue, { SERVICES_V4_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB4_BACKENDS: HashMap<u32, BackendV4, { BACKENDS_V4_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Written by the datapath for every new flow; LRU so a full table evicts
+/// the idlest flow instead of refusing new ones.
+#[btf_map]
+pub static LB4_CT: LruHashMap<CtKeyV4, CtValueV4, { CONNTRACK_V4_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// `lb_common::port_filter` bits by port number.
+#[btf_map]
+pub static LB_PORT_FILTER: Array<u8, { PORT_FILTER_CAPACITY as usize }> = Array::new();
+
+#[btf_map]
+pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();

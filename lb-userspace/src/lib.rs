@@ -1,0 +1,8 @@
+//! The agent: Kubernetes objects → per-node service table (pure) → map
+//! entries (pure) → ordered, minimal writes to the kernel maps (I/O).
+
+pub mod model;
+pub mod translate;
+
+/// The datapath object built by build.rs from `lb-ebpf`.
+pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

@@ -1,0 +1,162 @@
+//! The per-node service table: what the datapath must hold, in plain
+//! Rust types, independent of Kubernetes objects and of map encodings.
+//! `translate` produces it from Services and EndpointSlices; `encode`
+//! turns it into map entries.
+
+use std::{fmt, net::Ipv4Addr};
+
+/// L4 protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as the datapath keys it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::proto::TCP,
+            Protocol::Udp => lb_common::proto::UDP,
+            Protocol::Sctp => lb_common::proto::SCTP,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp].into_iter().find(|p| p.number() == number)
+    }
+
+    /// The Kubernetes spelling ("TCP", "UDP", "SCTP").
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One port of one Service, as kube-proxy names it: `namespace/name:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's `name` (empty for a single unnamed port).
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        write!(f, "/{}", self.protocol)
+    }
+}
+
+/// How traffic reaches a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// ClusterIP traffic follows internalTrafficPolicy; the others follow
+    /// externalTrafficPolicy.
+    pub const fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// A backend of a frontend: endpoint address and target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Serving but terminating (used only when no endpoint is ready).
+    pub terminating: bool,
+}
+
+/// One (address, port, protocol) the datapath answers on, with the
+/// backends it balances over (already filtered by endpoint conditions,
+/// traffic policy and topology; sorted and without duplicates).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub service: ServicePortName,
+    pub kind: FrontendKind,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub backends: Vec<Backend>,
+    /// sessionAffinity ClientIP timeout in seconds; `None` when off.
+    pub affinity_timeout_s: Option<u32>,
+    /// A `Local` traffic policy restricted `backends` to this node.
+    pub local_only: bool,
+}
+
+impl Frontend {
+    pub fn protocol(&self) -> Protocol {
+        self.service.protocol
+    }
+}
+
+/// What a node needs to know about itself to translate Services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// This node's name (for `Local` traffic policies); `None` when unknown,
+    /// in which case Local policies select no endpoint.
+    pub node_name: Option<String>,
+    /// This node's `topology.kubernetes.io/zone` (for topology hints).
+    pub zone: Option<String>,
+    /// Addresses NodePorts are served on (`--nodeport-addresses` applied).
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// `--proxy-name`-like filter: Services labelled
+    /// `service.kubernetes.io/service-proxy-name` are only ours if the
+    /// label equals this (by default, no such Service is ours).
+    pub proxy_name: Option<String>,
+}
+
+/// An object that could not be (fully) translated. It is skipped and
+/// reported; every other object is still translated.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// `Service` or `EndpointSlice`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}: {}", self.kind, self.namespace, self.name, self.message)
+    }
+}
+
+/// The result of translating a cluster's Services for one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    /// Sorted by (address, port, protocol); no two share that triple.
+    pub frontends: Vec<Frontend>,
+    pub problems: Vec<Problem>,
+}
