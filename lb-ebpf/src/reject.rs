@@ -11,7 +11,7 @@
 //! rare as connection openers.
 
 use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use lb_common::stats::Counter;
@@ -30,6 +30,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const IPPROTO_ICMP: u8 = 1;
 const REPLY_TTL: u8 = 64;
+/// DF, as Linux sets on the ICMP errors it sends.
+const IP_DONT_FRAGMENT: u8 = 0x40;
 
 /// One's-complement sum of big-endian 16-bit words, folded and inverted.
 #[inline(always)]
@@ -45,6 +47,15 @@ fn checksum(bytes: &[u8]) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
+/// Copies exactly `dst.len()` bytes (aya's `load_bytes` clamps the length
+/// to the packet, which the verifier cannot prove non-zero).
+#[inline(always)]
+fn load_exact<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> PathResult<()> {
+    // SAFETY: `dst` is a live stack buffer of exactly N bytes.
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset as u32, dst.as_mut_ptr().cast(), N as u32) };
+    if ret == 0 { Ok(()) } else { Err(Counter::DropRewriteFailed) }
+}
+
 /// Replies with ICMP port unreachable and redirects it to the sender.
 #[inline(always)]
 pub fn reject(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
@@ -53,8 +64,8 @@ pub fn reject(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
     }
     let mut eth = [0u8; EthHdr::LEN];
     let mut quote = [0u8; QUOTE_LEN];
-    ctx.load_bytes(0, &mut eth).map_err(|_| Counter::DropRewriteFailed)?;
-    ctx.load_bytes(ETH_LEN, &mut quote).map_err(|_| Counter::DropRewriteFailed)?;
+    load_exact(ctx, 0, &mut eth)?;
+    load_exact(ctx, ETH_LEN, &mut quote)?;
 
     let mut reply = [0u8; REPLY_LEN];
     // Ethernet: back to where it came from.
@@ -65,6 +76,7 @@ pub fn reject(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
     let ip = ETH_LEN;
     reply[ip] = 0x45;
     reply[ip + 2..ip + 4].copy_from_slice(&(REPLY_IP_LEN as u16).to_be_bytes());
+    reply[ip + 6] = IP_DONT_FRAGMENT;
     reply[ip + 8] = REPLY_TTL;
     reply[ip + 9] = IPPROTO_ICMP;
     reply[ip + 12..ip + 16].copy_from_slice(&pkt.dst);

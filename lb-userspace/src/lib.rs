@@ -1,7 +1,13 @@
 //! The agent: Kubernetes objects → per-node service table (pure) → map
 //! entries (pure) → ordered, minimal writes to the kernel maps (I/O).
 
+pub mod datapath;
+pub mod diff;
+pub mod encode;
 pub mod model;
+pub mod netns;
+pub mod source;
+pub mod sync;
 pub mod translate;
 
 /// The datapath object built by build.rs from `lb-ebpf`.

@@ -1,1 +1,8 @@
+//! Shared pieces of the packet and end-to-end tests: packet builders,
+//! a datapath fixture for BPF_PROG_TEST_RUN, network-namespace topologies
+//! that clean up after themselves, and small real servers.
 
+pub mod datapath;
+pub mod packets;
+pub mod servers;
+pub mod topology;

@@ -1,1 +1,203 @@
-fn main(){}
+//! lb-agent: keeps the eBPF datapath's maps in line with the cluster's
+//! Services and EndpointSlices.
+
+use std::{net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use lb_userspace::{
+    datapath::{loader, maps::ServiceMaps},
+    model::NodeContext,
+    netns,
+    source::file::FileSource,
+    sync::Syncer,
+};
+use tracing::{info, warn};
+
+/// Where Services and EndpointSlices come from.
+#[derive(Clone, Debug)]
+enum SourceArg {
+    /// `file:PATH`: a YAML or JSON file of Kubernetes objects, re-read on change.
+    File(PathBuf),
+}
+
+impl FromStr for SourceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("file", path)) if !path.is_empty() => Ok(SourceArg::File(path.into())),
+            _ => Err(format!("unsupported source {s:?}: expected file:PATH")),
+        }
+    }
+}
+
+/// An IPv4 CIDR for --nodeport-addresses.
+#[derive(Clone, Copy, Debug)]
+struct Cidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR"))?;
+        let network: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if prefix > 32 {
+            return Err(format!("{s:?}: prefix longer than 32"));
+        }
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl Cidr {
+    fn contains(self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network) & mask
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "In-kernel Kubernetes Service load balancer: the node agent")]
+struct Args {
+    /// Where Services and EndpointSlices come from: `file:PATH` (YAML or
+    /// JSON in the Kubernetes object format, as `kubectl get
+    /// svc,endpointslices -o yaml` prints; re-read when it changes).
+    #[arg(long, value_name = "SOURCE")]
+    source: SourceArg,
+    /// Interfaces to attach the datapath to at tc ingress (comma-separated),
+    /// or `all` for every non-loopback interface.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    interfaces: Vec<String>,
+    /// Enter this network namespace (`ip netns` name) before anything else.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// bpffs directory for pinned maps.
+    #[arg(long, default_value = loader::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// This node's name (for Local traffic policies).
+    #[arg(long = "hostname-override", alias = "node-name", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// This node's topology zone (for topology-aware routing).
+    #[arg(long, env = "NODE_ZONE")]
+    zone: Option<String>,
+    /// Serve NodePorts only on local addresses inside these CIDRs
+    /// (comma-separated). Default: every local IPv4 address.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<Cidr>,
+    /// Handle only Services whose `service.kubernetes.io/service-proxy-name`
+    /// label has this value (Services without the label are always handled).
+    #[arg(long)]
+    proxy_name: Option<String>,
+    /// How often the source file is checked for changes.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Conntrack table size (flows × 2).
+    #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V4_CAPACITY)]
+    conntrack_max: u32,
+    /// Service table size (frontends + backend slots).
+    #[arg(long, default_value_t = lb_common::maps::SERVICES_V4_CAPACITY)]
+    services_max: u32,
+    /// Backend table size.
+    #[arg(long, default_value_t = lb_common::maps::BACKENDS_V4_CAPACITY)]
+    backends_max: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("bad duration unit in {s:?}: use ms or s")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // Before the runtime starts its threads: they inherit the namespace.
+    if let Some(name) = &args.netns {
+        netns::enter(name)?;
+    }
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let capacities = loader::Capacities {
+        services: args.services_max,
+        backends: args.backends_max,
+        conntrack: args.conntrack_max,
+    };
+    let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
+    let interfaces = if args.interfaces == ["all"] { netns::interfaces()? } else { args.interfaces.clone() };
+    if interfaces.is_empty() {
+        bail!("no interface to attach to");
+    }
+    loader::attach_ingress(&mut ebpf, &interfaces)?;
+    info!(interfaces = ?interfaces, pin_dir = %args.pin_dir.display(), "datapath attached");
+
+    let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    let existing = maps.read_all()?;
+    if !existing.services.is_empty() {
+        info!(entries = existing.services.len(), "resuming from pinned maps");
+    }
+    let node = NodeContext {
+        node_name: args.node_name.clone(),
+        zone: args.zone.clone(),
+        node_addresses: nodeport_addresses(&args.nodeport_addresses)?,
+        proxy_name: args.proxy_name.clone(),
+    };
+    info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
+    let mut syncer = Syncer::new(maps, existing, node);
+
+    let SourceArg::File(path) = &args.source;
+    let mut source = FileSource::new(path, args.poll_interval);
+    loop {
+        tokio::select! {
+            objects = source.next() => match objects {
+                Ok(objects) => {
+                    for problem in &objects.problems {
+                        warn!(%problem, "object skipped");
+                    }
+                    match syncer.sync(&objects.services, &objects.slices) {
+                        Ok(report) => {
+                            for problem in &report.problems {
+                                warn!(%problem, "object skipped");
+                            }
+                            info!(
+                                frontends = report.frontends,
+                                backends = report.backends,
+                                writes = report.writes,
+                                took_us = report.took.as_micros() as u64,
+                                "datapath programmed"
+                            );
+                        }
+                        Err(e) => warn!(error = %format!("{e:#}"), "sync failed; retrying on the next change"),
+                    }
+                }
+                Err(e) => warn!(source = %source.path().display(), error = %format!("{e:#}"), "source unreadable; keeping the current datapath"),
+            },
+            _ = shutdown_signal() => {
+                info!("shutting down; pinned maps stay for the next start");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+}
+
+fn nodeport_addresses(filter: &[Cidr]) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let all = netns::ipv4_addresses().context("reading node addresses")?;
+    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(*ip))).collect())
+}

@@ -1,0 +1,90 @@
+//! Loads the datapath object, creates (or re-opens) its maps pinned under
+//! a bpffs directory, and attaches `lb_tc` at tc ingress.
+//!
+//! Maps are pinned by name, so a restarted agent re-opens the same maps
+//! (conntrack included) instead of starting empty: established flows keep
+//! flowing while it restarts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use lb_common::maps as names;
+
+/// The tc program balancing Service traffic.
+pub const TC_PROGRAM: &str = "lb_tc";
+/// Parses like `lb_tc` and passes everything (the benchmarks' floor).
+pub const PARSE_ONLY_PROGRAM: &str = "lb_parse_only";
+/// Default bpffs directory for pinned maps.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+
+/// Map sizes, overridable at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    pub services: u32,
+    pub backends: u32,
+    pub conntrack: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            services: names::SERVICES_V4_CAPACITY,
+            backends: names::BACKENDS_V4_CAPACITY,
+            conntrack: names::CONNTRACK_V4_CAPACITY,
+        }
+    }
+}
+
+/// Path of a pinned map.
+pub fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
+    pin_dir.join(map)
+}
+
+/// Loads the object. With `pin_dir`, every map is pinned there (re-used if
+/// already pinned); without, maps live as long as the returned `Ebpf`.
+pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::SERVICES_V4, capacities.services)
+        .map_max_entries(names::BACKENDS_V4, capacities.backends)
+        .map_max_entries(names::CONNTRACK_V4, capacities.conntrack);
+    let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+            names::ALL.iter().map(|&m| (m, pin_path(dir, m))).collect()
+        }
+        None => Vec::new(),
+    };
+    for (map, path) in &paths {
+        loader.map_pin_path(map, path.as_path());
+    }
+    let mut ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
+    for name in [TC_PROGRAM, PARSE_ONLY_PROGRAM] {
+        program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
+    }
+    Ok(ebpf)
+}
+
+/// A loaded classifier by name.
+pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a tc classifier"))
+}
+
+/// Attaches `lb_tc` at ingress of each interface (tcx on kernels ≥ 6.6,
+/// clsact otherwise). The attachments last while `ebpf` lives.
+pub fn attach_ingress(ebpf: &mut Ebpf, interfaces: &[String]) -> anyhow::Result<Vec<SchedClassifierLinkId>> {
+    let prog = program(ebpf, TC_PROGRAM)?;
+    interfaces
+        .iter()
+        .map(|iface| {
+            prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("attaching {TC_PROGRAM} to {iface} ingress"))
+        })
+        .collect()
+}

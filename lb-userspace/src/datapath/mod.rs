@@ -1,0 +1,5 @@
+//! The kernel side: loading and attaching the programs, and the typed
+//! maps the agent writes and the CLI reads.
+
+pub mod loader;
+pub mod maps;

@@ -1,0 +1,74 @@
+//! The process's network namespace and what it holds: entering a named
+//! namespace (`ip netns` style), listing interfaces and IPv4 addresses.
+//! All of it acts on the calling thread's namespace, so `enter` must run
+//! before any other thread starts.
+
+use std::{ffi::CStr, net::Ipv4Addr, os::fd::AsRawFd as _};
+
+use anyhow::Context as _;
+
+/// Moves the calling thread (and threads it starts later) into
+/// `/run/netns/NAME`. Only the network namespace changes: bpffs pins under
+/// /sys/fs/bpf stay reachable.
+pub fn enter(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: a valid fd and a namespace type; no memory is shared.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
+    }
+    Ok(())
+}
+
+/// Names of all interfaces except loopback.
+pub fn interfaces() -> anyhow::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry,
+    // freed with if_freenameindex below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(std::io::Error::last_os_error()).context("listing interfaces");
+    }
+    let mut names = Vec::new();
+    let mut entry = list;
+    // SAFETY: walks the array up to its terminator.
+    unsafe {
+        while (*entry).if_index != 0 {
+            let name = CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned();
+            if name != "lo" {
+                names.push(name);
+            }
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(names)
+}
+
+/// IPv4 addresses of all interfaces except loopback.
+pub fn ipv4_addresses() -> anyhow::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head`, freed with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listing addresses");
+    }
+    let mut out = Vec::new();
+    let mut cursor = head;
+    // SAFETY: walks the linked list getifaddrs returned.
+    unsafe {
+        while !cursor.is_null() {
+            let addr = (*cursor).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = addr.cast::<libc::sockaddr_in>();
+                let ip = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
+                if !ip.is_loopback() {
+                    out.push(ip);
+                }
+            }
+            cursor = (*cursor).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

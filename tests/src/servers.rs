@@ -1,0 +1,179 @@
+//! Real servers and clients inside namespaces. A thread enters a network
+//! namespace with setns(2) (only that thread moves), then uses ordinary
+//! sockets: the kernel sees real TCP and UDP between real hosts.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+/// Moves the calling thread into `/run/netns/NAME`.
+pub fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let file = std::fs::File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
+    // SAFETY: valid fd; affects only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread inside namespace `netns` and returns its result.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        enter_netns(&netns)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {} panicked", "netns"))?
+}
+
+/// Servers that stop (and close their sockets) when dropped.
+#[derive(Debug)]
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    pub fn new() -> Self {
+        Self { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() }
+    }
+
+    /// An HTTP/1.1 server on `addr` in `netns` that answers every request
+    /// with `name` (keep-alive supported: one connection, many requests).
+    pub fn http(&mut self, netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
+        let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?))?;
+        listener.set_nonblocking(true)?;
+        let stop = self.stop.clone();
+        let name = name.to_owned();
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let name = name.clone();
+                        let stop = stop.clone();
+                        std::thread::spawn(move || serve_http(conn, &name, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// A UDP server on `addr` in `netns` that answers each datagram with
+    /// `name: <datagram>`.
+    pub fn udp_echo(&mut self, netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
+        let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?))?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let stop = self.stop.clone();
+        let name = name.to_owned();
+        self.threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                    let reply = [name.as_bytes(), b": ", &buf[..n]].concat();
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_http(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let request = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            pending.drain(..end + 4);
+            let close = request.contains("connection: close");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{name}",
+                name.len(),
+                if close { "close" } else { "keep-alive" }
+            );
+            if conn.write_all(response.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends one HTTP request on a connection and returns the body.
+pub fn http_request(conn: &mut TcpStream, close: bool) -> anyhow::Result<String> {
+    let connection = if close { "close" } else { "keep-alive" };
+    write!(conn, "GET / HTTP/1.1\r\nHost: service\r\nConnection: {connection}\r\n\r\n")?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "connection closed before a full response");
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse()))
+                .context("no content-length")??;
+            if body.len() >= len {
+                return Ok(body[..len].to_owned());
+            }
+        }
+    }
+}
+
+/// One short HTTP request (new connection) from inside `netns`.
+pub fn http_get(netns: &str, addr: SocketAddr) -> anyhow::Result<String> {
+    in_netns(netns, move || {
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+        http_request(&mut conn, true)
+    })
+}
+
+/// One UDP exchange from inside `netns`: returns the reply and its source.
+pub fn udp_exchange(netns: &str, addr: SocketAddr, payload: &[u8]) -> anyhow::Result<(String, SocketAddr)> {
+    let payload = payload.to_vec();
+    in_netns(netns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        socket.send_to(&payload, addr)?;
+        let mut buf = [0u8; 2048];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+}
