@@ -1,0 +1,35 @@
+//! The bootstrap script and the test run.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing if it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Installs the toolchain pieces and packages (scripts/bootstrap.sh).
+pub fn bootstrap() -> anyhow::Result<()> {
+    run("bash", &["scripts/bootstrap.sh"])
+}
+
+/// Builds everything, then runs every test. Tests that share kernel state
+/// (namespaces, pinned maps) run one at a time.
+pub fn test() -> anyhow::Result<()> {
+    run("cargo", &["build", "--workspace", "--bins"])?;
+    run("cargo", &["test", "--workspace", "--no-fail-fast", "--", "--test-threads=1"])
+}
