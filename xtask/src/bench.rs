@@ -1,8 +1,19 @@
-//! Benchmarks (being written).
+//! `cargo xtask bench`: builds in release mode and runs the benchmark
+//! binary (`lb-bench`, in the tests crate, which shares the topology and
+//! datapath fixtures with the end-to-end tests).
+
+use crate::setup::{self, workspace_root};
+
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Small sizes and few repetitions (about a minute).
-    #[arg(long)]
-    pub quick: bool,
+    /// Arguments passed to lb-bench (see `cargo xtask bench -- --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
-pub fn run(_args: &BenchArgs) -> anyhow::Result<()> { anyhow::bail!("not yet") }
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    setup::run("cargo", &["build", "--release", "--workspace", "--bins"])?;
+    let bin = workspace_root().join("target/release/lb-bench");
+    let args: Vec<&str> = args.args.iter().map(String::as_str).collect();
+    setup::run(bin.to_str().expect("UTF-8 path"), &args)
+}
