@@ -2,7 +2,9 @@
 //! a datapath fixture for BPF_PROG_TEST_RUN, network-namespace topologies
 //! that clean up after themselves, and small real servers.
 
+pub mod agent;
 pub mod datapath;
 pub mod packets;
+pub mod scenario;
 pub mod servers;
 pub mod topology;

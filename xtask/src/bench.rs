@@ -12,7 +12,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    setup::run("cargo", &["build", "--release", "--workspace", "--bins"])?;
+    setup::run("cargo", &["build", "--release", "--bins"])?;
     let bin = workspace_root().join("target/release/lb-bench");
     let args: Vec<&str> = args.args.iter().map(String::as_str).collect();
     setup::run(bin.to_str().expect("UTF-8 path"), &args)

@@ -11,7 +11,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    setup::run("cargo", &["build", "--workspace", "--bins"])?;
+    setup::run("cargo", &["build", "--bins"])?;
     let bin = workspace_root().join("target/debug/lb-demo");
     let args: Vec<&str> = args.args.iter().map(String::as_str).collect();
     setup::run(bin.to_str().expect("UTF-8 path"), &args)

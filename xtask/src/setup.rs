@@ -30,6 +30,6 @@ pub fn bootstrap() -> anyhow::Result<()> {
 /// Builds everything, then runs every test. Tests that share kernel state
 /// (namespaces, pinned maps) run one at a time.
 pub fn test() -> anyhow::Result<()> {
-    run("cargo", &["build", "--workspace", "--bins"])?;
-    run("cargo", &["test", "--workspace", "--no-fail-fast", "--", "--test-threads=1"])
+    run("cargo", &["build", "--bins"])?;
+    run("cargo", &["test", "--no-fail-fast", "--", "--test-threads=1"])
 }

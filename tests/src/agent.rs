@@ -1,0 +1,109 @@
+//! The real `lb-agent` binary, run inside a test topology's node
+//! namespace. Dropping an `Agent` stops it and removes its pinned maps.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use lb_userspace::{datapath::maps::ServiceMaps, encode::DesiredMaps};
+
+/// Where cargo put the workspace's binaries for this build profile.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{name} not found next to {}; run `cargo build --workspace --bins` first", exe.display())
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    pub pin_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in `netns`, reading Services from `source_file`,
+    /// attached to every interface there, maps pinned under a unique
+    /// directory in /sys/fs/bpf.
+    pub fn start(netns: &str, source_file: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{netns}"));
+        let child = Command::new(binary("lb-agent")?)
+            .arg("--netns")
+            .arg(netns)
+            .arg("--source")
+            .arg(format!("file:{}", source_file.display()))
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--poll-interval")
+            .arg("20ms")
+            .args(extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting lb-agent")?;
+        Ok(Self { child, pin_dir })
+    }
+
+    /// What the agent's pinned maps hold now.
+    pub fn maps(&self) -> anyhow::Result<DesiredMaps> {
+        ServiceMaps::from_pins(&self.pin_dir)?.read_all()
+    }
+
+    /// Waits until the pinned maps satisfy `ready`, failing if the agent
+    /// exits or `timeout` passes.
+    pub fn wait_until(&mut self, timeout: Duration, ready: impl Fn(&DesiredMaps) -> bool) -> anyhow::Result<DesiredMaps> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("lb-agent exited early: {status}");
+            }
+            if let Ok(maps) = self.maps()
+                && ready(&maps)
+            {
+                return Ok(maps);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not program the expected maps within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SIGTERM first so it shuts down cleanly; then make sure.
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Writes `text` to `path` atomically (write + rename), as a config
+/// management tool would, so the agent never reads half a file.
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

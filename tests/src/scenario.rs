@@ -1,0 +1,90 @@
+//! The demo cluster: three backend namespaces running real HTTP and UDP
+//! echo servers, the agent in the node namespace programmed from the
+//! bundled `deploy/examples/demo-services.yaml`. Shared by the demo and
+//! the end-to-end tests.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
+
+use lb_common::service::ServiceKeyV4;
+use lb_userspace::encode::DesiredMaps;
+
+use crate::{
+    agent::{self, Agent},
+    servers::Servers,
+    topology::{self, Topology},
+};
+
+/// The bundled Services file.
+pub const DEMO_SERVICES: &str = include_str!("../../deploy/examples/demo-services.yaml");
+
+pub const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+pub const ECHO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 53), 53);
+pub const NOTHING_HERE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
+pub const HTTP_PORT: u16 = 8080;
+pub const ECHO_PORT: u16 = 5353;
+pub const BACKENDS: usize = 3;
+
+/// The name backend `i` (1-based) answers with.
+pub fn backend_name(i: usize) -> String {
+    format!("backend-{i}")
+}
+
+/// Number of backends the maps hold for a TCP frontend (None: no such frontend).
+pub fn backend_count(maps: &DesiredMaps, frontend: SocketAddrV4) -> Option<u16> {
+    let key = ServiceKeyV4::frontend(frontend.ip().octets(), frontend.port(), lb_common::proto::TCP);
+    maps.services.get(&key).map(|v| v.count)
+}
+
+/// The bundled file with one of web's endpoints removed.
+pub fn demo_services_without_web_endpoint(ip: Ipv4Addr) -> String {
+    let needle = format!("  - addresses: [{ip}]\n    conditions: {{ready: true, serving: true, terminating: false}}\n");
+    assert!(DEMO_SERVICES.contains(&needle), "web endpoint {ip} not in the demo file");
+    DEMO_SERVICES.replacen(&needle, "", 1)
+}
+
+#[derive(Debug)]
+pub struct DemoCluster {
+    // Field order is drop order: agent first, then servers, then namespaces.
+    pub agent: Agent,
+    pub servers: Servers,
+    pub topology: Topology,
+    pub source_file: PathBuf,
+    source_dir: PathBuf,
+}
+
+impl DemoCluster {
+    pub fn start() -> anyhow::Result<Self> {
+        let topology = Topology::create(BACKENDS)?;
+        let mut servers = Servers::new();
+        for i in 1..=BACKENDS {
+            let ns = &topology.backends[i - 1];
+            let ip = topology::backend_ip(i);
+            servers.http(ns, SocketAddr::from((ip, HTTP_PORT)), &backend_name(i))?;
+            servers.udp_echo(ns, SocketAddr::from((ip, ECHO_PORT)), &backend_name(i))?;
+        }
+        let source_dir = std::env::temp_dir().join(&topology.node);
+        std::fs::create_dir_all(&source_dir)?;
+        let source_file = source_dir.join("services.yaml");
+        agent::write_atomically(&source_file, DEMO_SERVICES)?;
+        let mut agent = Agent::start(&topology.node, &source_file, &[])?;
+        agent.wait_until(Duration::from_secs(30), |m| backend_count(m, WEB) == Some(3))?;
+        Ok(Self { agent, servers, topology, source_file, source_dir })
+    }
+
+    /// Replaces the Services file and waits until the maps satisfy `ready`.
+    pub fn update(&mut self, text: &str, ready: impl Fn(&DesiredMaps) -> bool) -> anyhow::Result<()> {
+        agent::write_atomically(&self.source_file, text)?;
+        self.agent.wait_until(Duration::from_secs(10), ready)?;
+        Ok(())
+    }
+}
+
+impl Drop for DemoCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.source_dir);
+    }
+}

@@ -1,0 +1,82 @@
+//! End to end: real namespaces, the real agent binary attaching the real
+//! datapath in the node namespace, real servers and real connections.
+//! Needs root; run one test at a time (`--test-threads=1`).
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use lb_tests::{
+    scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
+    servers::{self, in_netns},
+    topology,
+};
+
+fn requests(cluster: &DemoCluster, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let body = servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP");
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn clusterip_spreads_300_requests_over_all_backends() {
+    let cluster = DemoCluster::start().expect("start demo cluster");
+    let seen = requests(&cluster, 300);
+    assert_eq!(seen.len(), scenario::BACKENDS, "every backend answered: {seen:?}");
+    for (backend, n) in &seen {
+        assert!(*n >= 60, "{backend} got {n} of 300 (< 20%): {seen:?}");
+    }
+}
+
+#[test]
+fn udp_echo_through_clusterip_replies_from_the_clusterip() {
+    let cluster = DemoCluster::start().expect("start demo cluster");
+    for i in 0..10 {
+        let payload = format!("ping {i}");
+        let (reply, from) = servers::udp_exchange(&cluster.topology.client, SocketAddr::V4(ECHO), payload.as_bytes())
+            .expect("UDP reply through the ClusterIP");
+        assert!(reply.starts_with("backend-") && reply.ends_with(&payload), "reply {reply:?}");
+        assert_eq!(from, SocketAddr::V4(ECHO), "reply source is the ClusterIP, not the pod");
+    }
+}
+
+#[test]
+fn removed_backend_gets_no_new_requests_while_established_connection_survives() {
+    let mut cluster = DemoCluster::start().expect("start demo cluster");
+    // A keep-alive connection, pinned by conntrack to one backend.
+    let mut conn = in_netns(&cluster.topology.client, || {
+        let conn = TcpStream::connect_timeout(&SocketAddr::V4(WEB), Duration::from_secs(3))?;
+        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(conn)
+    })
+    .unwrap();
+    let pinned = servers::http_request(&mut conn, false).unwrap();
+    // Remove a different backend from the file.
+    let removed = (1..=scenario::BACKENDS).find(|&i| scenario::backend_name(i) != pinned).unwrap();
+    let text = scenario::demo_services_without_web_endpoint(topology::backend_ip(removed));
+    cluster.update(&text, |m| scenario::backend_count(m, WEB) == Some(2)).expect("agent applies the change");
+
+    let seen = requests(&cluster, 60);
+    assert!(!seen.contains_key(&scenario::backend_name(removed)), "removed backend still chosen: {seen:?}");
+    assert_eq!(seen.len(), 2, "both remaining backends answer: {seen:?}");
+    for _ in 0..3 {
+        assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "established connection keeps its backend");
+    }
+}
+
+#[test]
+fn service_without_endpoints_refuses_at_once() {
+    let cluster = DemoCluster::start().expect("start demo cluster");
+    let err = in_netns(&cluster.topology.client, || {
+        Ok(TcpStream::connect_timeout(&SocketAddr::V4(NOTHING_HERE), Duration::from_secs(3)))
+    })
+    .unwrap()
+    .expect_err("no endpoints: the connection must fail");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "refused, not timed out: {err}");
+}
