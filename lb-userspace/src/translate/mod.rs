@@ -1,4 +1,115 @@
-//! Services + EndpointSlices → ServiceTable (being written).
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use crate::model::{NodeContext, ServiceTable};
-pub fn translate(_services: &[Service], _slices: &[EndpointSlice], _node: &NodeContext) -> ServiceTable { ServiceTable::default() }
+//! Services + EndpointSlices → [`ServiceTable`] for one node.
+//!
+//! Pure: no I/O, no logging. Anything that cannot be translated is skipped
+//! and reported in [`ServiceTable::problems`]; everything else still
+//! translates. The rules are Kubernetes' own, as kube-proxy applies them
+//! (servicechangetracker.go, endpointslicecache.go, topology.go).
+//!
+//! - [`service`]: which Services are proxied, and their per-Service settings.
+//! - [`frontends`]: Service ports × addresses → the frontends to serve.
+//! - [`fields`]: protocols, port numbers and addresses, validated.
+//! - [`slices`]: EndpointSlices → endpoints, grouped by Service.
+//! - [`endpoints`]: endpoints → backends (conditions, traffic policy, topology).
+//! - [`conflicts`]: one owner per (address, port, protocol).
+
+mod conflicts;
+mod endpoints;
+mod fields;
+mod frontends;
+mod service;
+mod slices;
+#[cfg(test)]
+mod tests;
+
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use crate::model::{Frontend, NodeContext, Problem, ServiceTable};
+
+use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, slices::SliceIndex};
+
+/// Translates the cluster's Services and EndpointSlices into what this
+/// node's datapath must serve. Deterministic: the input order does not
+/// matter.
+pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> ServiceTable {
+    let mut problems = Vec::new();
+    let index = SliceIndex::build(slices, node, &mut problems);
+    let mut candidates = Vec::new();
+    for svc in services {
+        candidates.extend(translate_service(svc, &index, node, &mut problems));
+    }
+    let frontends = conflicts::resolve(candidates, &mut problems);
+    problems.sort();
+    problems.dedup();
+    ServiceTable { frontends, problems }
+}
+
+/// All frontends of one Service, with their backends.
+fn translate_service(
+    svc: &Service,
+    index: &SliceIndex,
+    node: &NodeContext,
+    problems: &mut Vec<Problem>,
+) -> Vec<Frontend> {
+    let Some(spec) = svc.spec.as_ref() else { return Vec::new() };
+    if !service::is_proxied(&svc.metadata, spec, node) {
+        return Vec::new();
+    }
+    let settings = Settings::of(svc, spec, problems);
+    let (namespace, name) = namespaced_name(&svc.metadata);
+    frontends::plan(svc, spec, node, problems)
+        .into_iter()
+        .flat_map(|port| {
+            let eps = index.endpoints(namespace, name, &port.service.port, port.service.protocol);
+            port_frontends(port, &eps, &settings, node)
+        })
+        .collect()
+}
+
+/// The frontends of one Service port: ClusterIP frontends get the backends
+/// chosen under internalTrafficPolicy, the others those chosen under
+/// externalTrafficPolicy.
+fn port_frontends(
+    port: PortFrontends,
+    eps: &[endpoints::Endpoint],
+    settings: &Settings,
+    node: &NodeContext,
+) -> Vec<Frontend> {
+    let internal = endpoints::select(eps, &settings.internal, node);
+    let external = endpoints::select(eps, &settings.external, node);
+    port.addresses
+        .into_iter()
+        .map(|(kind, address, port_number)| {
+            let Selection { backends, local_only } = if kind.is_external() { &external } else { &internal };
+            Frontend {
+                service: port.service.clone(),
+                kind,
+                address,
+                port: port_number,
+                backends: backends.clone(),
+                affinity_timeout_s: settings.affinity_timeout_s,
+                local_only: *local_only,
+            }
+        })
+        .collect()
+}
+
+/// (namespace, name) of an object; absent fields read as "".
+fn namespaced_name(meta: &ObjectMeta) -> (&str, &str) {
+    (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+}
+
+fn problem(kind: &'static str, meta: &ObjectMeta, message: String) -> Problem {
+    let (namespace, name) = namespaced_name(meta);
+    Problem { kind, namespace: namespace.to_owned(), name: name.to_owned(), message }
+}
+
+fn service_problem(svc: &Service, message: String) -> Problem {
+    problem("Service", &svc.metadata, message)
+}
+
+fn slice_problem(slice: &EndpointSlice, message: String) -> Problem {
+    problem("EndpointSlice", &slice.metadata, message)
+}

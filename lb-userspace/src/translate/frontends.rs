@@ -1,0 +1,131 @@
+//! Service → the (kind, address, port) frontends of each of its ports.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+
+use super::{fields, service, service_problem};
+use crate::model::{FrontendKind, NodeContext, Problem, ServicePortName};
+
+/// The frontends of one Service port, before backends are attached.
+#[derive(Debug)]
+pub(super) struct PortFrontends {
+    pub service: ServicePortName,
+    /// (kind, address, port) of every frontend of this Service port.
+    pub addresses: Vec<(FrontendKind, Ipv4Addr, u16)>,
+}
+
+/// One entry per valid Service port; invalid ports and addresses are
+/// reported and left out without affecting the rest of the Service.
+pub(super) fn plan(
+    svc: &Service,
+    spec: &ServiceSpec,
+    node: &NodeContext,
+    problems: &mut Vec<Problem>,
+) -> Vec<PortFrontends> {
+    let addresses = Addresses::of(svc, spec, problems);
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    ports.iter().filter_map(|port| port_frontends(svc, spec, port, &addresses, node, problems)).collect()
+}
+
+/// The Service-wide addresses, parsed once so each bad one is reported once.
+#[derive(Debug, Default)]
+struct Addresses {
+    cluster: Vec<Ipv4Addr>,
+    external: Vec<Ipv4Addr>,
+    load_balancer: Vec<Ipv4Addr>,
+}
+
+impl Addresses {
+    fn of(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Self {
+        let mut parse = |values: Vec<&str>, what: &str| -> Vec<Ipv4Addr> {
+            values
+                .into_iter()
+                .filter_map(|value| fields::ipv4(value, what).map_err(|e| problems.push(service_problem(svc, e))).ok())
+                .collect()
+        };
+        let external = spec.external_ips.iter().flatten().map(String::as_str).collect();
+        Addresses {
+            cluster: parse(service::cluster_ips(spec), "cluster IP"),
+            external: parse(external, "external IP"),
+            load_balancer: parse(load_balancer_ips(svc, spec), "load balancer IP"),
+        }
+    }
+}
+
+/// Ingress IPs of a LoadBalancer Service. Ingresses with `ipMode: Proxy`
+/// are left out: the load balancer delivers that traffic to the nodes
+/// itself (through NodePorts), so claiming its IP here would short-cut it,
+/// as kube-proxy also avoids.
+fn load_balancer_ips<'a>(svc: &'a Service, spec: &ServiceSpec) -> Vec<&'a str> {
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return Vec::new();
+    }
+    let status = svc.status.as_ref().and_then(|status| status.load_balancer.as_ref());
+    let ingress = status.and_then(|lb| lb.ingress.as_deref()).unwrap_or_default();
+    ingress
+        .iter()
+        .filter(|ingress| ingress.ip_mode.as_deref().is_none_or(|mode| mode == "VIP"))
+        .filter_map(|ingress| ingress.ip.as_deref())
+        .collect()
+}
+
+fn port_frontends(
+    svc: &Service,
+    spec: &ServiceSpec,
+    port: &ServicePort,
+    addresses: &Addresses,
+    node: &NodeContext,
+    problems: &mut Vec<Problem>,
+) -> Option<PortFrontends> {
+    let reject = |problems: &mut Vec<Problem>, error: String| {
+        problems.push(service_problem(svc, format!("port {}: {error}; port skipped", port_label(port))));
+    };
+    let protocol = fields::protocol(port.protocol.as_deref()).map_err(|e| reject(problems, e)).ok()?;
+    let number = fields::port(port.port).map_err(|e| reject(problems, e)).ok()?;
+    let mut frontends: Vec<_> = at(FrontendKind::ClusterIp, &addresses.cluster, number).collect();
+    if let Some(node_port) = node_port(svc, spec, port, problems) {
+        frontends.extend(at(FrontendKind::NodePort, &node.node_addresses, node_port));
+    }
+    frontends.extend(at(FrontendKind::ExternalIp, &addresses.external, number));
+    frontends.extend(at(FrontendKind::LoadBalancer, &addresses.load_balancer, number));
+    let (namespace, name) = super::namespaced_name(&svc.metadata);
+    let service = ServicePortName {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        port: port.name.clone().unwrap_or_default(),
+        protocol,
+    };
+    Some(PortFrontends { service, addresses: frontends })
+}
+
+/// One frontend of `kind` on each of `addresses`.
+fn at(
+    kind: FrontendKind,
+    addresses: &[Ipv4Addr],
+    port: u16,
+) -> impl Iterator<Item = (FrontendKind, Ipv4Addr, u16)> + '_ {
+    addresses.iter().map(move |address| (kind, *address, port))
+}
+
+/// The port's NodePort, for the Service types that have one. 0 is the
+/// API's "none" (e.g. `allocateLoadBalancerNodePorts: false`); a bad value
+/// drops only the NodePort frontends of this port.
+fn node_port(svc: &Service, spec: &ServiceSpec, port: &ServicePort, problems: &mut Vec<Problem>) -> Option<u16> {
+    if !matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+        return None;
+    }
+    let value = port.node_port.filter(|value| *value != 0)?;
+    let label = port_label(port);
+    fields::port(value)
+        .map_err(|e| problems.push(service_problem(svc, format!("port {label}: nodePort: {e}; NodePort skipped"))))
+        .ok()
+}
+
+/// How messages name a Service port: its name, or its number if unnamed.
+fn port_label(port: &ServicePort) -> String {
+    match port.name.as_deref() {
+        Some(name) if !name.is_empty() => format!("{name:?}"),
+        _ => port.port.to_string(),
+    }
+}

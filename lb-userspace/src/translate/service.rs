@@ -1,0 +1,101 @@
+//! Which Services this node proxies, and the settings all ports of a
+//! Service share (traffic policies, topology, session affinity).
+
+use k8s_openapi::{
+    api::core::v1::{Service, ServiceSpec},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use super::{endpoints::Policy, service_problem};
+use crate::model::{NodeContext, Problem};
+
+const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+const TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
+/// Predecessor of `topology-mode`; consulted only when that one is absent.
+const TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+/// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
+const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+/// Whether this node load-balances the Service at all. Headless Services,
+/// Services without an allocated cluster IP and ExternalName Services have
+/// nothing to balance (kube-proxy skips them the same way, silently).
+pub(super) fn is_proxied(meta: &ObjectMeta, spec: &ServiceSpec, node: &NodeContext) -> bool {
+    let has_cluster_ip = cluster_ips(spec).first().is_some_and(|ip| *ip != "None");
+    belongs_to_us(meta, node) && has_cluster_ip && spec.type_.as_deref() != Some("ExternalName")
+}
+
+/// The `service-proxy-name` label hands an object to another proxy unless
+/// it names ours. Applies to EndpointSlices too, which inherit the label.
+pub(super) fn belongs_to_us(meta: &ObjectMeta, node: &NodeContext) -> bool {
+    match meta.labels.as_ref().and_then(|labels| labels.get(SERVICE_PROXY_NAME)) {
+        None => true,
+        Some(proxy) => node.proxy_name.as_deref() == Some(proxy.as_str()),
+    }
+}
+
+/// `spec.clusterIPs`, or the older single `spec.clusterIP` when the list is
+/// absent; empty strings mean "not allocated".
+pub(super) fn cluster_ips(spec: &ServiceSpec) -> Vec<&str> {
+    let ips: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    ips.into_iter().filter(|ip| !ip.is_empty()).collect()
+}
+
+/// Per-Service settings shared by all its ports.
+#[derive(Debug)]
+pub(super) struct Settings {
+    /// How ClusterIP frontends pick backends.
+    pub internal: Policy,
+    /// How NodePort, external IP and LoadBalancer frontends pick backends.
+    pub external: Policy,
+    pub affinity_timeout_s: Option<u32>,
+}
+
+impl Settings {
+    pub(super) fn of(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Self {
+        let policy = |local| Policy {
+            local,
+            prefer_same_zone: prefers_same_zone(&svc.metadata, spec),
+            publish_not_ready: spec.publish_not_ready_addresses == Some(true),
+        };
+        Settings {
+            internal: policy(spec.internal_traffic_policy.as_deref() == Some("Local")),
+            external: policy(spec.external_traffic_policy.as_deref() == Some("Local")),
+            affinity_timeout_s: affinity_timeout_s(svc, spec, problems),
+        }
+    }
+}
+
+/// Whether the Service asked for topology-aware routing. The
+/// `trafficDistribution` field, when set, overrides the annotations.
+fn prefers_same_zone(meta: &ObjectMeta, spec: &ServiceSpec) -> bool {
+    if let Some(distribution) = spec.traffic_distribution.as_deref() {
+        // PreferSameZone is the newer name of PreferClose.
+        return matches!(distribution, "PreferClose" | "PreferSameZone");
+    }
+    let annotations = meta.annotations.as_ref();
+    let mode = annotations.and_then(|a| a.get(TOPOLOGY_MODE).or_else(|| a.get(TOPOLOGY_AWARE_HINTS)));
+    matches!(mode.map(String::as_str), Some("Auto" | "auto"))
+}
+
+/// `sessionAffinity: ClientIP` → its timeout; a nonsensical timeout is
+/// reported and replaced by the default rather than disabling affinity.
+fn affinity_timeout_s(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Option<u32> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let configured =
+        spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+    let Some(seconds) = configured else { return Some(DEFAULT_AFFINITY_TIMEOUT_S) };
+    match u32::try_from(seconds) {
+        Ok(seconds) if seconds > 0 => Some(seconds),
+        _ => {
+            let field = "sessionAffinityConfig.clientIP.timeoutSeconds";
+            let message = format!("{field} {seconds} must be positive; using {DEFAULT_AFFINITY_TIMEOUT_S}");
+            problems.push(service_problem(svc, message));
+            Some(DEFAULT_AFFINITY_TIMEOUT_S)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! EndpointSlices → endpoints per Service port, merged across the
+//! Service's slices the way kube-proxy's endpointslicecache does.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::discovery::v1::{Endpoint as ApiEndpoint, EndpointPort, EndpointSlice};
+
+use super::{endpoints::Endpoint, fields, namespaced_name, service, slice_problem};
+use crate::model::{NodeContext, Problem, Protocol};
+
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Set on the slices of headless Services, which are not proxied.
+const HEADLESS: &str = "service.kubernetes.io/headless";
+
+/// The usable slices, grouped by the (namespace, name) of their Service.
+#[derive(Debug, Default)]
+pub(super) struct SliceIndex {
+    by_service: BTreeMap<(String, String), Vec<Slice>>,
+}
+
+/// One slice, validated: only what translation needs.
+#[derive(Debug)]
+struct Slice {
+    name: String,
+    ports: Vec<SlicePort>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug)]
+struct SlicePort {
+    name: String,
+    protocol: Protocol,
+    port: u16,
+}
+
+/// An endpoint without its port, which depends on the Service port.
+#[derive(Debug)]
+struct SliceEndpoint {
+    address: Ipv4Addr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node_name: Option<String>,
+    zone_hints: BTreeSet<String>,
+}
+
+impl SliceIndex {
+    pub(super) fn build(slices: &[EndpointSlice], node: &NodeContext, problems: &mut Vec<Problem>) -> Self {
+        let mut index = SliceIndex::default();
+        for slice in slices {
+            let Some(service_name) = service_name(slice, node) else { continue };
+            let namespace = namespaced_name(&slice.metadata).0.to_owned();
+            let parsed = parse(slice, problems);
+            index.by_service.entry((namespace, service_name.to_owned())).or_default().push(parsed);
+        }
+        // Slice order decides which copy of a duplicated endpoint is kept.
+        for slices in index.by_service.values_mut() {
+            slices.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        index
+    }
+
+    /// The endpoints of one Service port: from every slice port with the
+    /// same name and protocol, which is how a (possibly named) targetPort
+    /// resolves. The first copy of each (address, port) is kept.
+    pub(super) fn endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+        protocol: Protocol,
+    ) -> Vec<Endpoint> {
+        let key = (namespace.to_owned(), service.to_owned());
+        let slices = self.by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for slice in slices {
+            for port in slice.ports.iter().filter(|p| p.name == port_name && p.protocol == protocol) {
+                let fresh = slice.endpoints.iter().filter(|ep| seen.insert((ep.address, port.port)));
+                out.extend(fresh.map(|ep| ep.with_port(port.port)));
+            }
+        }
+        out
+    }
+}
+
+impl SliceEndpoint {
+    fn with_port(&self, port: u16) -> Endpoint {
+        Endpoint {
+            address: self.address,
+            port,
+            ready: self.ready,
+            serving: self.serving,
+            terminating: self.terminating,
+            node_name: self.node_name.clone(),
+            zone_hints: self.zone_hints.clone(),
+        }
+    }
+}
+
+/// The Service a slice feeds, if the slice is one this node uses: labelled
+/// with its Service, not headless, not another proxy's, and IPv4 (IPv6 and
+/// FQDN slices are skipped without a problem: they are valid, just not ours).
+fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a str> {
+    let labels = slice.metadata.labels.as_ref()?;
+    let name = labels.get(SERVICE_NAME)?;
+    let usable =
+        !labels.contains_key(HEADLESS) && service::belongs_to_us(&slice.metadata, node) && slice.address_type == "IPv4";
+    usable.then_some(name.as_str())
+}
+
+fn parse(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Slice {
+    let ports = slice.ports.as_deref().unwrap_or_default();
+    Slice {
+        name: namespaced_name(&slice.metadata).1.to_owned(),
+        ports: ports
+            .iter()
+            .filter_map(|p| parse_port(p).map_err(|e| problems.push(slice_problem(slice, e))).ok())
+            .collect(),
+        endpoints: slice
+            .endpoints
+            .iter()
+            .filter_map(|ep| parse_endpoint(ep).map_err(|e| problems.push(slice_problem(slice, e))).ok())
+            .collect(),
+    }
+}
+
+fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
+    let name = port.name.clone().unwrap_or_default();
+    let reject = |error: String| format!("port {name:?}: {error}; port skipped");
+    let protocol = fields::protocol(port.protocol.as_deref()).map_err(reject)?;
+    // A port without a number means "all ports" in the API; nothing can be
+    // translated from it (kube-proxy ignores it too).
+    let number = port.port.ok_or_else(|| reject("no port number".to_owned()))?;
+    let number = fields::port(number).map_err(reject)?;
+    Ok(SlicePort { name, protocol, port: number })
+}
+
+/// Conditions follow the API's nil rules: ready nil = true, serving nil =
+/// ready, terminating nil = false. Only the first address counts: the API
+/// says all addresses of an endpoint are fungible.
+fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
+    let first = ep.addresses.first().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
+    let address = fields::ipv4(first, "endpoint address")?;
+    let conditions = ep.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let hints = ep.hints.as_ref().and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();
+    Ok(SliceEndpoint {
+        address,
+        ready,
+        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        node_name: ep.node_name.clone(),
+        zone_hints: hints.iter().map(|zone| zone.name.clone()).collect(),
+    })
+}

@@ -1,0 +1,242 @@
+//! Traffic policies, topology-aware routing and session affinity.
+
+use serde_json::json;
+
+use super::*;
+
+/// Ready endpoints on node-a (10.244.1.x) and node-b (10.244.2.x).
+fn spread_slice() -> Value {
+    web_slice("web-abc12", &[ready("10.244.1.5", "node-a"), ready("10.244.2.7", "node-b")])
+}
+
+const CLUSTER_IP: (&str, u16) = ("10.96.0.10", 80);
+const NODE_PORT: (&str, u16) = ("192.168.0.10", 30080);
+
+fn at<'a>(table: &'a ServiceTable, (address, port): (&str, u16)) -> &'a Frontend {
+    frontend(table, address, port, Protocol::Tcp)
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_node_local_endpoints() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    let table = run(&[svc], &[spread_slice()]);
+    let cluster_ip = at(&table, CLUSTER_IP);
+    assert_eq!(backends(cluster_ip), ["10.244.1.5:8080"]);
+    assert!(cluster_ip.local_only);
+    // NodePort follows externalTrafficPolicy, still Cluster.
+    let node_port = at(&table, NODE_PORT);
+    assert_eq!(backends(node_port), ["10.244.1.5:8080", "10.244.2.7:8080"]);
+    assert!(!node_port.local_only);
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_node_local_endpoints() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["type"] = json!("LoadBalancer");
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    svc["spec"]["externalIPs"] = json!(["203.0.113.7"]);
+    svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "198.51.100.1", "ipMode": "VIP"}]);
+    let table = run(&[svc], &[spread_slice()]);
+    for external in [NODE_PORT, ("203.0.113.7", 80), ("198.51.100.1", 80)] {
+        let frontend = at(&table, external);
+        assert_eq!(backends(frontend), ["10.244.1.5:8080"], "{external:?}");
+        assert!(frontend.local_only, "{external:?}");
+    }
+    let cluster_ip = at(&table, CLUSTER_IP);
+    assert_eq!(backends(cluster_ip), ["10.244.1.5:8080", "10.244.2.7:8080"]);
+    assert!(!cluster_ip.local_only);
+}
+
+#[test]
+fn local_policy_falls_back_to_local_serving_terminating_endpoints() {
+    // A ready endpoint elsewhere does not stop the fallback: under Local
+    // only this node's endpoints are candidates.
+    let mut svc = web_node_port_service();
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    let slice = web_slice(
+        "web-abc12",
+        &[
+            ready("10.244.2.7", "node-b"),
+            serving_terminating("10.244.1.4", "node-a"),
+            serving_terminating("10.244.2.8", "node-b"),
+        ],
+    );
+    let table = run(&[svc], &[slice]);
+    assert_eq!(backends(at(&table, NODE_PORT)), ["10.244.1.4:8080 terminating"]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.2.7:8080"]);
+}
+
+#[test]
+fn local_policy_without_local_endpoints_has_no_backends() {
+    let mut svc = web_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    let slice = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
+    let table = run(&[svc], &[slice]);
+    assert!(at(&table, CLUSTER_IP).backends.is_empty());
+    assert!(at(&table, CLUSTER_IP).local_only);
+}
+
+#[test]
+fn local_policy_with_unknown_node_name_selects_nothing() {
+    let mut svc = web_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    let mut nameless = web_slice("web-def34", &[ready("10.244.3.3", "node-c")]);
+    nameless["endpoints"][0].as_object_mut().unwrap().remove("nodeName");
+    let nodes = NodeContext { node_name: None, ..node() };
+    let table = run_on(&nodes, &[svc], &[spread_slice(), nameless]);
+    assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
+}
+
+/// web with topology-aware routing requested by `trafficDistribution`.
+fn prefer_close_service() -> Value {
+    let mut svc = web_node_port_service();
+    svc["spec"]["trafficDistribution"] = json!("PreferClose");
+    svc
+}
+
+/// An endpoint on `node` hinted for `zones`.
+fn hinted(ip: &str, node: &str, zones: &[&str]) -> Value {
+    let mut ep = ready(ip, node);
+    let for_zones: Vec<Value> = zones.iter().map(|zone| json!({"name": zone})).collect();
+    ep["hints"] = json!({"forZones": for_zones});
+    ep
+}
+
+fn hinted_slice() -> Value {
+    web_slice(
+        "web-abc12",
+        &[
+            hinted("10.244.1.5", "node-a", &["zone-a"]),
+            hinted("10.244.1.6", "node-a2", &["zone-a"]),
+            hinted("10.244.2.7", "node-b", &["zone-b"]),
+        ],
+    )
+}
+
+#[test]
+fn topology_prefer_close_keeps_same_zone_endpoints() {
+    let table = run(&[prefer_close_service()], &[hinted_slice()]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
+    assert_eq!(backends(at(&table, NODE_PORT)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
+    assert!(!at(&table, CLUSTER_IP).local_only);
+}
+
+#[test]
+fn topology_mode_auto_annotation_enables_hints() {
+    for (annotation, value) in
+        [("service.kubernetes.io/topology-mode", "Auto"), ("service.kubernetes.io/topology-aware-hints", "auto")]
+    {
+        let mut svc = web_service();
+        svc["metadata"]["annotations"] = json!({annotation: value});
+        let table = run(&[svc], &[hinted_slice()]);
+        assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"], "{annotation}");
+    }
+}
+
+#[test]
+fn topology_hints_ignored_unless_service_asks() {
+    let mut disabled = web_service();
+    disabled["metadata"]["annotations"] = json!({"service.kubernetes.io/topology-mode": "Disabled"});
+    for svc in [web_service(), disabled] {
+        let table = run(&[svc], &[hinted_slice()]);
+        assert_eq!(backends(at(&table, CLUSTER_IP)).len(), 3);
+    }
+}
+
+#[test]
+fn topology_hints_incomplete_falls_back_to_all() {
+    let slice = web_slice("web-abc12", &[hinted("10.244.1.5", "node-a", &["zone-a"]), ready("10.244.2.7", "node-b")]);
+    let table = run(&[prefer_close_service()], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.2.7:8080"]);
+}
+
+#[test]
+fn topology_hints_ignore_not_ready_endpoints() {
+    // Only the chosen (ready) endpoints need hints.
+    let slice = web_slice(
+        "web-abc12",
+        &[
+            hinted("10.244.1.5", "node-a", &["zone-a"]),
+            hinted("10.244.2.7", "node-b", &["zone-b"]),
+            not_ready("10.244.2.8", "node-b"),
+        ],
+    );
+    let table = run(&[prefer_close_service()], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080"]);
+}
+
+#[test]
+fn topology_not_applied_to_serving_terminating_fallback() {
+    // Hints describe ready endpoints; when none is ready, every serving
+    // terminating endpoint is used, as in kube-proxy.
+    let mut a = serving_terminating("10.244.1.4", "node-a");
+    a["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+    let mut b = serving_terminating("10.244.2.8", "node-b");
+    b["hints"] = json!({"forZones": [{"name": "zone-b"}]});
+    let table = run(&[prefer_close_service()], &[web_slice("web-abc12", &[a, b])]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.4:8080 terminating", "10.244.2.8:8080 terminating"]);
+}
+
+#[test]
+fn topology_hints_without_this_zone_fall_back_to_all() {
+    let slice = web_slice(
+        "web-abc12",
+        &[hinted("10.244.2.7", "node-b", &["zone-b"]), hinted("10.244.3.3", "node-c", &["zone-c"])],
+    );
+    let table = run(&[prefer_close_service()], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.2.7:8080", "10.244.3.3:8080"]);
+}
+
+#[test]
+fn topology_unknown_node_zone_uses_all() {
+    let zoneless = NodeContext { zone: None, ..node() };
+    let table = run_on(&zoneless, &[prefer_close_service()], &[hinted_slice()]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)).len(), 3);
+}
+
+#[test]
+fn topology_not_applied_under_local_policy() {
+    // Local keeps both of node-a's endpoints, whatever their hints say.
+    let mut svc = prefer_close_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    let slice = web_slice(
+        "web-abc12",
+        &[
+            hinted("10.244.1.5", "node-a", &["zone-a"]),
+            hinted("10.244.1.6", "node-a", &["zone-b"]),
+            hinted("10.244.2.7", "node-b", &["zone-b"]),
+        ],
+    );
+    let table = run(&[svc], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
+    // The NodePort (Cluster policy) follows the hints.
+    assert_eq!(backends(at(&table, NODE_PORT)), ["10.244.1.5:8080"]);
+}
+
+#[test]
+fn session_affinity_client_ip_uses_configured_timeout() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["sessionAffinity"] = json!("ClientIP");
+    svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 600}});
+    let table = run(&[svc], &[]);
+    assert_eq!(at(&table, CLUSTER_IP).affinity_timeout_s, Some(600));
+    assert_eq!(at(&table, NODE_PORT).affinity_timeout_s, Some(600));
+}
+
+#[test]
+fn session_affinity_client_ip_defaults_to_three_hours() {
+    let mut svc = web_service();
+    svc["spec"]["sessionAffinity"] = json!("ClientIP");
+    let table = run(&[svc], &[]);
+    assert_eq!(at(&table, CLUSTER_IP).affinity_timeout_s, Some(10_800));
+}
+
+#[test]
+fn session_affinity_none_has_no_timeout() {
+    let mut svc = web_service();
+    // A config without ClientIP affinity is inert.
+    svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 600}});
+    let table = run(&[svc], &[]);
+    assert_eq!(at(&table, CLUSTER_IP).affinity_timeout_s, None);
+}
