@@ -1,11 +1,15 @@
 //! The agent: Kubernetes objects → per-node service table (pure) → map
 //! entries (pure) → ordered, minimal writes to the kernel maps (I/O).
 
+pub mod agent;
 pub mod datapath;
 pub mod diff;
 pub mod encode;
+pub mod events;
 pub mod model;
 pub mod netns;
+pub mod problems;
+pub mod runner;
 pub mod source;
 pub mod sync;
 pub mod translate;

@@ -70,6 +70,15 @@ impl<W: MapWriter> Syncer<W> {
         &self.writer
     }
 
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// Node facts learnt at run time (the zone, from the Node object).
+    pub fn node_mut(&mut self) -> &mut NodeContext {
+        &mut self.node
+    }
+
     /// Brings the maps in line with these objects.
     pub fn sync(&mut self, services: &[Service], slices: &[EndpointSlice]) -> anyhow::Result<SyncReport> {
         let started = Instant::now();

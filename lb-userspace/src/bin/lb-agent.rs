@@ -6,17 +6,24 @@ use std::{net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use lb_userspace::{
+    agent::{self, Pacing, ProblemSink, Source},
     datapath::{loader, maps::ServiceMaps},
+    events::{EventPublisher, LogOnly},
     model::NodeContext,
     netns,
-    source::file::FileSource,
+    source::{
+        file::FileSource,
+        kubernetes::{self, KubeSource},
+    },
     sync::Syncer,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 /// Where Services and EndpointSlices come from.
 #[derive(Clone, Debug)]
 enum SourceArg {
+    /// `kubernetes`: watch the API server (see --kubeconfig).
+    Kubernetes,
     /// `file:PATH`: a YAML or JSON file of Kubernetes objects, re-read on change.
     File(PathBuf),
 }
@@ -25,8 +32,9 @@ impl FromStr for SourceArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
+            None if s == "kubernetes" => Ok(SourceArg::Kubernetes),
             Some(("file", path)) if !path.is_empty() => Ok(SourceArg::File(path.into())),
-            _ => Err(format!("unsupported source {s:?}: expected file:PATH")),
+            _ => Err(format!("unsupported source {s:?}: expected `kubernetes` or file:PATH")),
         }
     }
 }
@@ -61,11 +69,22 @@ impl Cidr {
 #[derive(Debug, Parser)]
 #[command(version, about = "In-kernel Kubernetes Service load balancer: the node agent")]
 struct Args {
-    /// Where Services and EndpointSlices come from: `file:PATH` (YAML or
-    /// JSON in the Kubernetes object format, as `kubectl get
-    /// svc,endpointslices -o yaml` prints; re-read when it changes).
-    #[arg(long, value_name = "SOURCE")]
+    /// Where Services and EndpointSlices come from: `kubernetes` (watch the
+    /// API server) or `file:PATH` (YAML or JSON in the Kubernetes object
+    /// format, as `kubectl get svc,endpointslices -o yaml` prints; re-read
+    /// when it changes).
+    #[arg(long, value_name = "SOURCE", default_value = "kubernetes")]
     source: SourceArg,
+    /// kubeconfig for the API server. Default: in-cluster configuration,
+    /// then $KUBECONFIG (or ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Minimum time between two syncs: bursts of changes are coalesced.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    min_sync_period: Duration,
+    /// A full resync at least this often, changes or not.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sync_period: Duration,
     /// Interfaces to attach the datapath to at tc ingress (comma-separated),
     /// or `all` for every non-loopback interface.
     #[arg(long, value_delimiter = ',', default_value = "all")]
@@ -155,39 +174,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
     let mut syncer = Syncer::new(maps, existing, node);
 
-    let SourceArg::File(path) = &args.source;
-    let mut source = FileSource::new(path, args.poll_interval);
-    loop {
-        tokio::select! {
-            objects = source.next() => match objects {
-                Ok(objects) => {
-                    for problem in &objects.problems {
-                        warn!(%problem, "object skipped");
-                    }
-                    match syncer.sync(&objects.services, &objects.slices) {
-                        Ok(report) => {
-                            for problem in &report.problems {
-                                warn!(%problem, "object skipped");
-                            }
-                            info!(
-                                frontends = report.frontends,
-                                backends = report.backends,
-                                writes = report.writes,
-                                took_us = report.took.as_micros() as u64,
-                                "datapath programmed"
-                            );
-                        }
-                        Err(e) => warn!(error = %format!("{e:#}"), "sync failed; retrying on the next change"),
-                    }
-                }
-                Err(e) => warn!(source = %source.path().display(), error = %format!("{e:#}"), "source unreadable; keeping the current datapath"),
-            },
-            _ = shutdown_signal() => {
-                info!("shutting down; pinned maps stay for the next start");
-                return Ok(());
-            }
+    let (mut source, mut sink): (Source, Box<dyn ProblemSink>) = match &args.source {
+        SourceArg::File(path) => (Source::file(FileSource::new(path, args.poll_interval)), Box::new(LogOnly)),
+        SourceArg::Kubernetes => {
+            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
+            let node_name = args.node_name.as_deref();
+            let source = KubeSource::new(client.clone(), node_name);
+            (Source::Kubernetes(Box::new(source)), Box::new(EventPublisher::new(client, node_name)))
         }
-    }
+    };
+    let pacing = Pacing { min_sync_interval: args.min_sync_period, sync_period: args.sync_period };
+    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, shutdown_signal()).await;
+    info!("shutting down; pinned maps stay for the next start");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -47,9 +47,11 @@ impl FileSource {
         loop {
             match self.stamp() {
                 Ok(stamp) if Some(stamp) != self.last => {
+                    // No await between reading and recording the stamp: if
+                    // the caller drops this future, the change is not lost.
+                    let text = std::fs::read_to_string(&self.path);
                     self.last = Some(stamp);
-                    let text = tokio::fs::read_to_string(&self.path).await?;
-                    return Ok(objects::parse(&text)?);
+                    return Ok(objects::parse(&text?)?);
                 }
                 Ok(_) => {}
                 Err(e) if self.last.is_some() => {

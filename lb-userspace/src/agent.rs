@@ -1,0 +1,143 @@
+//! The agent's main loop: wait for source changes, pace syncs, report
+//! problems. I/O lives at the edges (sources, map writer, event
+//! publisher); the decisions are in `runner`, `sync` and `problems`.
+
+use std::{future::Future, time::Duration};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::{
+    model::Problem,
+    problems::ProblemLog,
+    runner::SyncPacer,
+    source::{file::FileSource, kubernetes::KubeSource, objects::Objects},
+    sync::{MapWriter, Syncer},
+};
+
+/// Where objects come from.
+#[derive(Debug)]
+pub enum Source {
+    File { source: FileSource, latest: Option<Objects> },
+    Kubernetes(Box<KubeSource>),
+}
+
+impl Source {
+    pub fn file(source: FileSource) -> Self {
+        Source::File { source, latest: None }
+    }
+
+    /// Ready once a complete view exists (file read once; both API lists done).
+    fn ready(&self) -> bool {
+        match self {
+            Source::File { latest, .. } => latest.is_some(),
+            Source::Kubernetes(k) => k.ready(),
+        }
+    }
+
+    /// Waits for a change; `Ok(true)` if the view may have changed.
+    async fn changed(&mut self) -> anyhow::Result<bool> {
+        match self {
+            Source::File { source, latest } => {
+                *latest = Some(source.next().await?);
+                Ok(true)
+            }
+            Source::Kubernetes(k) => k.changed().await,
+        }
+    }
+
+    fn snapshot(&self) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Problem>) {
+        match self {
+            Source::File { latest: Some(o), .. } => (o.services.clone(), o.slices.clone(), o.problems.clone()),
+            Source::File { latest: None, .. } => Default::default(),
+            Source::Kubernetes(k) => (k.services(), k.slices(), Vec::new()),
+        }
+    }
+
+    fn zone(&self) -> Option<String> {
+        match self {
+            Source::File { .. } => None,
+            Source::Kubernetes(k) => k.zone(),
+        }
+    }
+}
+
+/// Publishes problems beyond the log (Kubernetes Events).
+pub trait ProblemSink {
+    fn publish(&mut self, problem: &Problem);
+}
+
+/// How often to sync.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// At most one sync per this interval (bursts are coalesced).
+    pub min_sync_interval: Duration,
+    /// A full resync at least this often.
+    pub sync_period: Duration,
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run<W: MapWriter>(
+    syncer: &mut Syncer<W>,
+    source: &mut Source,
+    sink: &mut dyn ProblemSink,
+    pacing: Pacing,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut pacer = SyncPacer::new(pacing.min_sync_interval, pacing.sync_period);
+    let mut problems = ProblemLog::default();
+    let mut announced_ready = false;
+    tokio::pin!(shutdown);
+    loop {
+        let due = pacer.due(Instant::now().into_std());
+        tokio::select! {
+            changed = source.changed() => match changed {
+                Ok(true) => pacer.request(),
+                Ok(false) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "source error; keeping the current datapath"),
+            },
+            () = tokio::time::sleep_until(due.into()), if source.ready() => {
+                if !announced_ready {
+                    info!("initial state complete; programming the datapath");
+                    announced_ready = true;
+                }
+                let zone = source.zone();
+                if zone.is_some() && syncer.node().zone != zone {
+                    info!(zone = ?zone, "node zone");
+                    syncer.node_mut().zone = zone;
+                }
+                sync_once(syncer, source, &mut problems, sink);
+                pacer.synced(Instant::now().into_std());
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+fn sync_once<W: MapWriter>(syncer: &mut Syncer<W>, source: &Source, problems: &mut ProblemLog, sink: &mut dyn ProblemSink) {
+    let (services, slices, mut unreadable) = source.snapshot();
+    match syncer.sync(&services, &slices) {
+        Ok(report) => {
+            unreadable.extend(report.problems);
+            for problem in problems.fresh(&unreadable) {
+                warn!(kind = problem.kind, namespace = %problem.namespace, name = %problem.name, reason = %problem.message, "object skipped");
+                sink.publish(&problem);
+            }
+            let level_info = report.writes > 0;
+            if level_info {
+                info!(
+                    frontends = report.frontends,
+                    backends = report.backends,
+                    writes = report.writes,
+                    invalid_objects = problems.current(),
+                    took_us = report.took.as_micros() as u64,
+                    "datapath programmed"
+                );
+            } else {
+                debug!(frontends = report.frontends, took_us = report.took.as_micros() as u64, "datapath in sync");
+            }
+        }
+        Err(e) => warn!(error = %format!("{e:#}"), "sync failed; retrying on the next change"),
+    }
+}
