@@ -136,3 +136,73 @@ pub fn encode(table: &ServiceTable, ids: &mut IdAllocator) -> DesiredMaps {
     ids.retain(&out, table);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Backend, Protocol};
+
+    fn table(backends: &[u8]) -> ServiceTable {
+        let service = ServicePortName { namespace: "ns".into(), name: "web".into(), port: "http".into(), protocol: Protocol::Tcp };
+        let backends = backends.iter().map(|&i| Backend { address: Ipv4Addr::new(10, 244, 0, i), port: 8080, terminating: false }).collect();
+        ServiceTable {
+            frontends: vec![Frontend {
+                service,
+                kind: FrontendKind::ClusterIp,
+                address: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                backends,
+                affinity_timeout_s: Some(30),
+                local_only: false,
+            }],
+            problems: vec![],
+        }
+    }
+
+    fn id_of(maps: &DesiredMaps, last_octet: u8) -> Option<u32> {
+        maps.backends.iter().find(|(_, b)| b.address == [10, 244, 0, last_octet]).map(|(id, _)| *id)
+    }
+
+    #[test]
+    fn frontend_entry_carries_count_flags_and_affinity() {
+        let maps = encode(&table(&[1, 2]), &mut IdAllocator::default());
+        let frontend = maps.services[&ServiceKeyV4::frontend([10, 96, 0, 10], 80, 6)];
+        assert_eq!(frontend.count, 2);
+        assert_eq!(frontend.flags, service::FLAG_CLUSTER_IP | service::FLAG_SESSION_AFFINITY);
+        assert_eq!(frontend.affinity_timeout_s, 30);
+        assert_ne!(frontend.service_id, 0);
+        assert_eq!(maps.port_filter[&80], port_filter::FRONTEND_PORT);
+        assert_eq!(maps.port_filter[&8080], port_filter::BACKEND_PORT);
+    }
+
+    #[test]
+    fn backend_ids_stay_stable_while_the_backend_exists() {
+        let mut ids = IdAllocator::default();
+        let first = encode(&table(&[1, 2, 3]), &mut ids);
+        let second = encode(&table(&[2, 3, 4]), &mut ids);
+        assert_eq!(id_of(&first, 2), id_of(&second, 2));
+        assert_eq!(id_of(&first, 3), id_of(&second, 3));
+    }
+
+    #[test]
+    fn a_removed_backend_id_is_never_reused() {
+        let mut ids = IdAllocator::default();
+        let first = encode(&table(&[1]), &mut ids);
+        encode(&table(&[]), &mut ids);
+        let third = encode(&table(&[5]), &mut ids);
+        assert_ne!(id_of(&first, 1), id_of(&third, 5));
+    }
+
+    #[test]
+    fn restart_resumes_ids_from_the_maps() {
+        let before = encode(&table(&[1, 2]), &mut IdAllocator::default());
+        let mut resumed = IdAllocator::resume(&before);
+        let after = encode(&table(&[1, 2, 3]), &mut resumed);
+        assert_eq!(id_of(&before, 1), id_of(&after, 1));
+        let frontend = ServiceKeyV4::frontend([10, 96, 0, 10], 80, 6);
+        assert_eq!(before.services[&frontend].service_id, after.services[&frontend].service_id);
+        assert!(id_of(&after, 3) > id_of(&before, 2), "new ids come after resumed ones");
+    }
+}
