@@ -2,7 +2,7 @@
 //! problems. I/O lives at the edges (sources, map writer, event
 //! publisher); the decisions are in `runner`, `sync` and `problems`.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, path::Path, time::Duration};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use tokio::time::Instant;
@@ -77,17 +77,21 @@ pub struct Pacing {
     pub sync_period: Duration,
 }
 
-/// Runs until `shutdown` completes.
+/// Runs until `shutdown` completes. After the first successful sync,
+/// `ready_file` (if any) is created: a readiness signal for probes and
+/// tests that the datapath is attached and programmed.
 pub async fn run<W: MapWriter>(
     syncer: &mut Syncer<W>,
     source: &mut Source,
     sink: &mut dyn ProblemSink,
     pacing: Pacing,
+    ready_file: Option<&Path>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut pacer = SyncPacer::new(pacing.min_sync_interval, pacing.sync_period);
     let mut problems = ProblemLog::default();
     let mut announced_ready = false;
+    let mut ready_file = ready_file;
     tokio::pin!(shutdown);
     loop {
         let due = pacer.due(Instant::now().into_std());
@@ -107,15 +111,21 @@ pub async fn run<W: MapWriter>(
                     info!(zone = ?zone, "node zone");
                     syncer.node_mut().zone = zone;
                 }
-                sync_once(syncer, source, &mut problems, sink);
+                let ok = sync_once(syncer, source, &mut problems, sink);
                 pacer.synced(Instant::now().into_std());
+                if ok && let Some(path) = ready_file.take() {
+                    if let Err(e) = std::fs::write(path, b"ready\n") {
+                        warn!(path = %path.display(), error = %e, "cannot write the ready file");
+                    }
+                }
             }
             () = &mut shutdown => return,
         }
     }
 }
 
-fn sync_once<W: MapWriter>(syncer: &mut Syncer<W>, source: &Source, problems: &mut ProblemLog, sink: &mut dyn ProblemSink) {
+/// One sync with its reporting; returns whether it succeeded.
+fn sync_once<W: MapWriter>(syncer: &mut Syncer<W>, source: &Source, problems: &mut ProblemLog, sink: &mut dyn ProblemSink) -> bool {
     let (services, slices, mut unreadable) = source.snapshot();
     match syncer.sync(&services, &slices) {
         Ok(report) => {
@@ -137,7 +147,11 @@ fn sync_once<W: MapWriter>(syncer: &mut Syncer<W>, source: &Source, problems: &m
             } else {
                 debug!(frontends = report.frontends, took_us = report.took.as_micros() as u64, "datapath in sync");
             }
+            true
         }
-        Err(e) => warn!(error = %format!("{e:#}"), "sync failed; retrying on the next change"),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "sync failed; retrying on the next change");
+            false
+        }
     }
 }

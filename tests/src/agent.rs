@@ -30,6 +30,9 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 pub struct Agent {
     child: Child,
     pub pin_dir: PathBuf,
+    ready_file: PathBuf,
+    /// How it was started, to start it again.
+    command: Vec<std::ffi::OsString>,
 }
 
 impl Agent {
@@ -37,22 +40,65 @@ impl Agent {
     /// attached to every interface there, maps pinned under a unique
     /// directory in /sys/fs/bpf.
     pub fn start(netns: &str, source_file: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--source".to_owned(), format!("file:{}", source_file.display()), "--poll-interval".into(), "20ms".into()];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        Self::start_with(netns, &args)
+    }
+
+    /// Starts the agent in `netns` with these arguments (plus `--netns` and
+    /// a unique `--pin-dir`).
+    pub fn start_with(netns: &str, args: &[String]) -> anyhow::Result<Self> {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{netns}"));
-        let child = Command::new(binary("lb-agent")?)
-            .arg("--netns")
-            .arg(netns)
-            .arg("--source")
-            .arg(format!("file:{}", source_file.display()))
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--poll-interval")
-            .arg("20ms")
-            .args(extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting lb-agent")?;
-        Ok(Self { child, pin_dir })
+        let ready_file = std::env::temp_dir().join(format!("{netns}.ready"));
+        let mut command: Vec<std::ffi::OsString> = vec![
+            "--netns".into(),
+            netns.into(),
+            "--pin-dir".into(),
+            pin_dir.clone().into(),
+            "--ready-file".into(),
+            ready_file.clone().into(),
+        ];
+        command.extend(args.iter().map(Into::into));
+        let child = spawn(&command)?;
+        Ok(Self { child, pin_dir, ready_file, command })
+    }
+
+    /// Waits until the agent says it is attached and programmed.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.ready_file.exists() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("lb-agent exited early: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("lb-agent not ready within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Stops the agent (its pinned maps stay) and starts it again.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let _ = std::fs::remove_file(&self.ready_file);
+        self.child = spawn(&self.command)?;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        // SIGTERM first so it shuts down cleanly; then make sure.
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// What the agent's pinned maps hold now.
@@ -81,21 +127,20 @@ impl Agent {
     }
 }
 
+fn spawn(args: &[std::ffi::OsString]) -> anyhow::Result<Child> {
+    Command::new(binary("lb-agent")?)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting lb-agent")
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SIGTERM first so it shuts down cleanly; then make sure.
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.ready_file);
     }
 }
 

@@ -71,7 +71,8 @@ impl DemoCluster {
         let source_file = source_dir.join("services.yaml");
         agent::write_atomically(&source_file, DEMO_SERVICES)?;
         let mut agent = Agent::start(&topology.node, &source_file, &[])?;
-        agent.wait_until(Duration::from_secs(30), |m| backend_count(m, WEB) == Some(3))?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        agent.wait_until(Duration::from_secs(5), |m| backend_count(m, WEB) == Some(3))?;
         Ok(Self { agent, servers, topology, source_file, source_dir })
     }
 

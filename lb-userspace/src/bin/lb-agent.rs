@@ -112,6 +112,10 @@ struct Args {
     /// How often the source file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Created once the datapath is attached and first programmed; removed
+    /// on exit (for readiness probes).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
     /// Conntrack table size (flows × 2).
     #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V4_CAPACITY)]
     conntrack_max: u32,
@@ -184,7 +188,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let pacing = Pacing { min_sync_interval: args.min_sync_period, sync_period: args.sync_period };
-    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, shutdown_signal()).await;
+    if let Some(path) = &args.ready_file {
+        // A file from a previous run must not claim readiness.
+        let _ = std::fs::remove_file(path);
+    }
+    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), shutdown_signal()).await;
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     info!("shutting down; pinned maps stay for the next start");
     Ok(())
 }
