@@ -3,6 +3,7 @@
 //! that clean up after themselves, and small real servers.
 
 pub mod agent;
+pub mod apiserver;
 pub mod datapath;
 pub mod packets;
 pub mod scenario;
