@@ -4,7 +4,6 @@
 
 use std::{future::Future, path::Path, time::Duration};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -12,8 +11,12 @@ use crate::{
     model::Problem,
     problems::ProblemLog,
     runner::SyncPacer,
-    source::{file::FileSource, kubernetes::KubeSource, objects::Objects},
-    sync::{MapWriter, Syncer},
+    source::{
+        file::FileSource,
+        kubernetes::{Changes, KubeSource},
+        objects::Objects,
+    },
+    sync::{MapWriter, SyncReport, Syncer},
 };
 
 /// Where objects come from.
@@ -44,14 +47,6 @@ impl Source {
                 Ok(true)
             }
             Source::Kubernetes(k) => k.changed().await,
-        }
-    }
-
-    fn snapshot(&self) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Problem>) {
-        match self {
-            Source::File { latest: Some(o), .. } => (o.services.clone(), o.slices.clone(), o.problems.clone()),
-            Source::File { latest: None, .. } => Default::default(),
-            Source::Kubernetes(k) => (k.services(), k.slices(), Vec::new()),
         }
     }
 
@@ -107,16 +102,19 @@ pub async fn run<W: MapWriter>(
                     announced_ready = true;
                 }
                 let zone = source.zone();
+                let mut full = !pacer.pending();
                 if zone.is_some() && syncer.node().zone != zone {
                     info!(zone = ?zone, "node zone");
                     syncer.node_mut().zone = zone;
+                    full = true;
                 }
-                let ok = sync_once(syncer, source, &mut problems, sink);
+                let ok = sync_once(syncer, source, full, &mut problems, sink);
                 pacer.synced(Instant::now().into_std());
-                if ok && let Some(path) = ready_file.take() {
-                    if let Err(e) = std::fs::write(path, b"ready\n") {
-                        warn!(path = %path.display(), error = %e, "cannot write the ready file");
-                    }
+                if ok
+                    && let Some(path) = ready_file.take()
+                    && let Err(e) = std::fs::write(path, b"ready\n")
+                {
+                    warn!(path = %path.display(), error = %e, "cannot write the ready file");
                 }
             }
             () = &mut shutdown => return,
@@ -124,10 +122,36 @@ pub async fn run<W: MapWriter>(
     }
 }
 
+/// Runs the sync a source calls for: incremental when only some Services
+/// changed, full after a relist, a file change, or as the periodic resync
+/// (`full`).
+fn run_sync<W: MapWriter>(syncer: &mut Syncer<W>, source: &mut Source, full: bool) -> (anyhow::Result<SyncReport>, Vec<Problem>) {
+    match source {
+        Source::File { latest: Some(o), .. } => (syncer.sync(&o.services, &o.slices), o.problems.clone()),
+        Source::File { latest: None, .. } => (syncer.sync(&[], &[]), Vec::new()),
+        Source::Kubernetes(k) => match k.take_changes() {
+            Changes::Services(changed) if !full => {
+                let changes = changed.into_iter().map(|key| {
+                    let (svc, slices) = k.service_objects(&key);
+                    (key, svc, slices)
+                });
+                (syncer.update(changes.collect::<Vec<_>>()), Vec::new())
+            }
+            _ => (syncer.sync(&k.services(), &k.slices()), Vec::new()),
+        },
+    }
+}
+
 /// One sync with its reporting; returns whether it succeeded.
-fn sync_once<W: MapWriter>(syncer: &mut Syncer<W>, source: &Source, problems: &mut ProblemLog, sink: &mut dyn ProblemSink) -> bool {
-    let (services, slices, mut unreadable) = source.snapshot();
-    match syncer.sync(&services, &slices) {
+fn sync_once<W: MapWriter>(
+    syncer: &mut Syncer<W>,
+    source: &mut Source,
+    full: bool,
+    problems: &mut ProblemLog,
+    sink: &mut dyn ProblemSink,
+) -> bool {
+    let (result, mut unreadable) = run_sync(syncer, source, full);
+    match result {
         Ok(report) => {
             unreadable.extend(report.problems);
             for problem in problems.fresh(&unreadable) {

@@ -6,7 +6,7 @@
 
 use lb_common::{backend::BackendV4, service::{ServiceKeyV4, ServiceValue}};
 
-use crate::encode::DesiredMaps;
+use crate::{encode::DesiredMaps, state::Touched};
 
 /// One map write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,53 +20,58 @@ pub enum Write {
 
 /// The writes that turn `current` into `desired`, in a safe order.
 pub fn diff(current: &DesiredMaps, desired: &DesiredMaps) -> Vec<Write> {
+    diff_keys(current, desired, &Touched::all(current, desired))
+}
+
+/// Like [`diff`], looking only at the keys in `keys` (the ones a change
+/// may have touched); keys outside it are assumed equal.
+pub fn diff_keys(current: &DesiredMaps, desired: &DesiredMaps, keys: &Touched) -> Vec<Write> {
     let mut writes = Vec::new();
     let is_frontend = |k: &ServiceKeyV4| k.backend_slot == 0;
+    let bits = |maps: &DesiredMaps, port: &u16| maps.port_filter.get(port).copied().unwrap_or(0);
 
-    // Bits that gain: set before anything relies on them.
-    for (&port, &bits) in &desired.port_filter {
-        let old = current.port_filter.get(&port).copied().unwrap_or(0);
-        if old | bits != old {
-            writes.push(Write::SetPortBits { port, bits: old | bits });
+    // Bits that gain: set (keeping the old ones too) before anything relies on them.
+    for port in &keys.ports {
+        let (old, new) = (bits(current, port), bits(desired, port));
+        if old | new != old {
+            writes.push(Write::SetPortBits { port: *port, bits: old | new });
         }
     }
-    for (&id, &backend) in &desired.backends {
-        if current.backends.get(&id) != Some(&backend) {
-            writes.push(Write::PutBackend { id, backend });
+    for id in &keys.backends {
+        if let Some(&backend) = desired.backends.get(id)
+            && current.backends.get(id) != Some(&backend)
+        {
+            writes.push(Write::PutBackend { id: *id, backend });
         }
     }
-    let changed_services = || {
-        desired.services.iter().filter(|(k, v)| current.services.get(*k) != Some(*v))
+    let changed_services = |frontends: bool| {
+        keys.services.iter().filter(move |k| is_frontend(k) == frontends).filter_map(|k| {
+            let value = desired.services.get(k)?;
+            (current.services.get(k) != Some(value)).then_some(Write::PutService { key: *k, value: *value })
+        })
     };
-    for (&key, &value) in changed_services().filter(|(k, _)| !is_frontend(k)) {
-        writes.push(Write::PutService { key, value });
-    }
-    for (&key, &value) in changed_services().filter(|(k, _)| is_frontend(k)) {
-        writes.push(Write::PutService { key, value });
-    }
+    writes.extend(changed_services(false));
+    writes.extend(changed_services(true));
 
-    let removed_services = || current.services.keys().filter(|k| !desired.services.contains_key(*k));
-    for &key in removed_services().filter(|k| is_frontend(k)) {
-        writes.push(Write::DeleteService { key });
-    }
-    for &key in removed_services().filter(|k| !is_frontend(k)) {
-        writes.push(Write::DeleteService { key });
-    }
-    for &id in current.backends.keys().filter(|id| !desired.backends.contains_key(*id)) {
-        writes.push(Write::DeleteBackend { id });
-    }
-    // Bits that drop: only after the entries that needed them are gone.
-    for (&port, &old) in &current.port_filter {
-        let new = desired.port_filter.get(&port).copied().unwrap_or(0);
-        if new != old && old | new == old {
-            writes.push(Write::SetPortBits { port, bits: new });
+    let removed_services = |frontends: bool| {
+        keys.services
+            .iter()
+            .filter(move |k| is_frontend(k) == frontends)
+            .filter(|k| current.services.contains_key(*k) && !desired.services.contains_key(*k))
+            .map(|k| Write::DeleteService { key: *k })
+    };
+    writes.extend(removed_services(true));
+    writes.extend(removed_services(false));
+    for id in &keys.backends {
+        if current.backends.contains_key(id) && !desired.backends.contains_key(id) {
+            writes.push(Write::DeleteBackend { id: *id });
         }
     }
-    // A port that both gained and lost bits got `old | new` above; finish it.
-    for (&port, &new) in &desired.port_filter {
-        let old = current.port_filter.get(&port).copied().unwrap_or(0);
-        if old | new != old && old | new != new {
-            writes.push(Write::SetPortBits { port, bits: new });
+    // Bits that drop: only once the entries that needed them are gone.
+    for port in &keys.ports {
+        let (old, new) = (bits(current, port), bits(desired, port));
+        if old | new != new {
+            writes.push(Write::SetPortBits { port: *port, bits: new });
         }
     }
     writes

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod problems;
 pub mod runner;
 pub mod source;
+pub mod state;
 pub mod sync;
 pub mod translate;
 

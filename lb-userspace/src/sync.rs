@@ -2,15 +2,19 @@
 //! Keeps an in-memory copy of what the kernel maps hold, so each sync
 //! only diffs and writes, never reads the maps back.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     datapath::maps::ServiceMaps,
     diff::{self, Write},
-    encode::{self, DesiredMaps, IdAllocator},
+    encode::DesiredMaps,
     model::{NodeContext, Problem},
+    state::{DesiredState, ServiceRef, Touched},
     translate,
 };
 
@@ -46,20 +50,25 @@ pub struct SyncReport {
     pub took: Duration,
 }
 
-/// The agent's view of the maps and the ids it handed out.
+/// The agent's view of the maps and of what they should hold.
 #[derive(Debug)]
 pub struct Syncer<W> {
     writer: W,
+    /// What the kernel maps hold (kept in step with every write).
     current: DesiredMaps,
-    ids: IdAllocator,
+    state: DesiredState,
     node: NodeContext,
 }
+
+/// One Service whose objects changed: its (namespace, name), the Service
+/// if it exists, and the EndpointSlices labelled with its name.
+pub type ServiceChange<'a> = (ServiceRef, Option<&'a Service>, Vec<&'a EndpointSlice>);
 
 impl<W: MapWriter> Syncer<W> {
     /// Starts from what the maps already hold (empty on first start).
     pub fn new(writer: W, existing: DesiredMaps, node: NodeContext) -> Self {
-        let ids = IdAllocator::resume(&existing);
-        Self { writer, current: existing, ids, node }
+        let state = DesiredState::resume(&existing);
+        Self { writer, current: existing, state, node }
     }
 
     pub fn current(&self) -> &DesiredMaps {
@@ -75,28 +84,67 @@ impl<W: MapWriter> Syncer<W> {
     }
 
     /// Node facts learnt at run time (the zone, from the Node object).
+    /// Callers follow a change with a full [`Syncer::sync`].
     pub fn node_mut(&mut self) -> &mut NodeContext {
         &mut self.node
     }
 
-    /// Brings the maps in line with these objects.
+    /// Full sync: translates every Service, then compares every map entry
+    /// (which also repairs entries changed behind the agent's back).
     pub fn sync(&mut self, services: &[Service], slices: &[EndpointSlice]) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
-        let table = translate::translate(services, slices, &self.node);
-        let desired = encode::encode(&table, &mut self.ids);
-        let writes = diff::diff(&self.current, &desired);
-        if let Err(e) = self.writer.apply(&writes) {
-            // Only what was applied counts as current; the next sync diffs
-            // against that and retries the rest.
-            diff::apply_to(&mut self.current, &writes[..e.applied]);
-            return Err(e.into());
+        let mut slices_by_service: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            if let Some(owner) = translate::slice_owner(slice) {
+                slices_by_service.entry(owner).or_default().push(slice);
+            }
         }
-        self.current = desired;
+        let mut by_ref: BTreeMap<ServiceRef, Option<&Service>> = self.state.services().map(|r| (r.clone(), None)).collect();
+        for owner in slices_by_service.keys() {
+            by_ref.insert(owner.clone(), None);
+        }
+        for svc in services {
+            let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+            by_ref.insert(key, Some(svc));
+        }
+        let mut touched = Touched::default();
+        for (key, svc) in by_ref {
+            let slices = slices_by_service.remove(&key).unwrap_or_default();
+            let (frontends, problems) = translate::translate_one(svc, slices, &self.node);
+            self.state.set_service(key, frontends, problems, &mut touched);
+        }
+        let writes = diff::diff(&self.current, self.state.maps());
+        self.apply(&writes, started)
+    }
+
+    /// Incremental sync: re-translates only the changed Services and
+    /// compares only the map entries they touch.
+    pub fn update<'a>(&mut self, changes: impl IntoIterator<Item = ServiceChange<'a>>) -> anyhow::Result<SyncReport> {
+        let started = Instant::now();
+        let mut touched = Touched::default();
+        for (key, svc, slices) in changes {
+            let (frontends, problems) = translate::translate_one(svc, slices, &self.node);
+            self.state.set_service(key, frontends, problems, &mut touched);
+        }
+        let writes = diff::diff_keys(&self.current, self.state.maps(), &touched);
+        self.apply(&writes, started)
+    }
+
+    fn apply(&mut self, writes: &[Write], started: Instant) -> anyhow::Result<SyncReport> {
+        let result = self.writer.apply(writes);
+        // Only what was applied counts as current; the next sync diffs
+        // against that and retries the rest.
+        let applied = match &result {
+            Ok(()) => writes.len(),
+            Err(e) => e.applied,
+        };
+        diff::apply_to(&mut self.current, &writes[..applied]);
+        result?;
         Ok(SyncReport {
-            frontends: table.frontends.len(),
+            frontends: self.state.frontend_count(),
             backends: self.current.backends.len(),
             writes: writes.len(),
-            problems: table.problems,
+            problems: self.state.problems(),
             took: started.elapsed(),
         })
     }

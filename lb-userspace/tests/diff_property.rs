@@ -1,4 +1,5 @@
-//! Property: after any sequence of Service / EndpointSlice events, the maps
+//! Property: after any sequence of Service / EndpointSlice events, applied
+//! incrementally (one Service at a time) or in full syncs, the maps
 //! written by the diff writer hold exactly the translation of the final
 //! state; each sync writes no more than the entries that changed; and no
 //! intermediate state (after any single write) exposes a half-built
@@ -168,7 +169,10 @@ proptest! {
         let mut syncer = Syncer::new(CheckingWriter::default(), DesiredMaps::default(), node.clone());
         let mut services: BTreeMap<usize, Service> = BTreeMap::new();
         let mut slices: BTreeMap<(usize, usize), EndpointSlice> = BTreeMap::new();
-        for op in ops {
+        for (step, op) in ops.into_iter().enumerate() {
+            let changed = match &op {
+                Op::PutService { svc, .. } | Op::DeleteService { svc } | Op::PutSlice { svc, .. } | Op::DeleteSlice { svc, .. } => *svc,
+            };
             match op {
                 Op::PutService { svc, ports } => { services.insert(svc, service(svc, &ports)); }
                 Op::DeleteService { svc } => { services.remove(&svc); }
@@ -178,11 +182,24 @@ proptest! {
             let svcs: Vec<_> = services.values().cloned().collect();
             let slcs: Vec<_> = slices.values().cloned().collect();
             let before = syncer.writer().maps.clone();
-            syncer.sync(&svcs, &slcs).unwrap();
+            // Mostly incremental updates of the one changed Service, now
+            // and then a full sync; both must reach the same maps.
+            if step % 5 == 4 {
+                syncer.sync(&svcs, &slcs).unwrap();
+            } else {
+                let service = services.get(&changed);
+                let its_slices: Vec<&EndpointSlice> =
+                    slices.iter().filter(|((svc, _), _)| *svc == changed).map(|(_, s)| s).collect();
+                syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices)]).unwrap();
+            }
             let after = &syncer.writer().maps;
             prop_assert_eq!(after, syncer.current());
             prop_assert_eq!(decode(after), expected(&translate::translate(&svcs, &slcs, &node)));
             prop_assert_eq!(syncer.writer().last_writes, minimal_writes(&before, after));
         }
+        // Incremental updates left nothing for a full sync to fix.
+        let svcs: Vec<_> = services.values().cloned().collect();
+        let slcs: Vec<_> = slices.values().cloned().collect();
+        prop_assert_eq!(syncer.sync(&svcs, &slcs).unwrap().writes, 0);
     }
 }

@@ -24,7 +24,8 @@ impl<K> Default for ObjectCache<K> {
     }
 }
 
-fn key<K: Resource>(object: &K) -> (String, String) {
+/// (namespace, name) of an object.
+pub fn key<K: Resource>(object: &K) -> (String, String) {
     (object.namespace().unwrap_or_default(), object.name_any())
 }
 
@@ -71,6 +72,10 @@ impl<K: Resource + Clone> ObjectCache<K> {
 
     pub fn objects(&self) -> impl Iterator<Item = &K> {
         self.objects.values()
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&K> {
+        self.objects.get(&(namespace.to_owned(), name.to_owned()))
     }
 }
 

@@ -6,7 +6,11 @@
 //! completed their first list: a half-synced view (Services without their
 //! endpoints) would make live Services reject traffic.
 
-use std::{path::Path, pin::Pin};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+    pin::Pin,
+};
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _};
@@ -20,16 +24,27 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 
-use super::cache::ObjectCache;
+use super::cache::{self, ObjectCache};
+use crate::{state::ServiceRef, translate};
+
+/// The object an Apply/Delete event is about (None for relist events).
+fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRef> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(cache::key(o)),
+        _ => None,
+    }
+}
 
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Slices kube-proxy ignores: headless Services' and unowned ones.
 const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless";
 
+/// One event from any of the watchers (boxed: the objects are large and
+/// differ in size).
 enum Update {
-    Service(Result<watcher::Event<Service>, watcher::Error>),
-    Slice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
-    Node(Result<watcher::Event<Node>, watcher::Error>),
+    Service(Result<Box<watcher::Event<Service>>, watcher::Error>),
+    Slice(Result<Box<watcher::Event<EndpointSlice>>, watcher::Error>),
+    Node(Result<Box<watcher::Event<Node>>, watcher::Error>),
 }
 
 /// A client for `--kubeconfig PATH`, else in-cluster, else `$KUBECONFIG`
@@ -50,10 +65,24 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// What changed since the last [`KubeSource::take_changes`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// A relist completed: everything may have changed.
+    All,
+    /// Only these Services (or their slices) changed.
+    Services(BTreeSet<ServiceRef>),
+}
+
 pub struct KubeSource {
     services: ObjectCache<Service>,
     slices: ObjectCache<EndpointSlice>,
     nodes: ObjectCache<Node>,
+    /// Slice keys by the Service they belong to, to hand a changed Service
+    /// its slices without scanning them all.
+    slices_by_service: HashMap<ServiceRef, BTreeSet<ServiceRef>>,
+    changed: BTreeSet<ServiceRef>,
+    relisted: bool,
     updates: Pin<Box<dyn Stream<Item = Update> + Send>>,
 }
 
@@ -73,21 +102,24 @@ impl KubeSource {
         let config = watcher::Config::default();
         let services = watcher(Api::<Service>::all(client.clone()), config.clone())
             .default_backoff()
-            .map(Update::Service)
+            .map(|e| Update::Service(e.map(Box::new)))
             .boxed();
         let slices = watcher(Api::<EndpointSlice>::all(client.clone()), config.clone().labels(SLICE_SELECTOR))
             .default_backoff()
-            .map(Update::Slice)
+            .map(|e| Update::Slice(e.map(Box::new)))
             .boxed();
         let mut streams = vec![services, slices];
         if let Some(name) = node_name {
             let node_config = config.fields(&format!("metadata.name={name}"));
-            streams.push(watcher(Api::<Node>::all(client), node_config).default_backoff().map(Update::Node).boxed());
+            streams.push(watcher(Api::<Node>::all(client), node_config).default_backoff().map(|e| Update::Node(e.map(Box::new))).boxed());
         }
         Self {
             services: ObjectCache::default(),
             slices: ObjectCache::default(),
             nodes: ObjectCache::default(),
+            slices_by_service: HashMap::new(),
+            changed: BTreeSet::new(),
+            relisted: false,
             updates: futures::stream::select_all(streams).boxed(),
         }
     }
@@ -103,10 +135,81 @@ impl KubeSource {
     pub async fn changed(&mut self) -> anyhow::Result<bool> {
         let update = self.updates.next().await.context("all watch streams ended")?;
         Ok(match update {
-            Update::Service(event) => self.services.apply(event?),
-            Update::Slice(event) => self.slices.apply(event?),
-            Update::Node(event) => self.nodes.apply(event?),
+            Update::Service(event) => {
+                let event = *event?;
+                let touched = touched_key(&event);
+                let changed = self.services.apply(event);
+                self.note(changed, touched);
+                changed
+            }
+            Update::Slice(event) => self.apply_slice(*event?),
+            Update::Node(event) => {
+                let changed = self.nodes.apply(*event?);
+                // A zone change affects every Service's topology.
+                self.relisted |= changed;
+                changed
+            }
         })
+    }
+
+    fn note(&mut self, changed: bool, touched: Option<ServiceRef>) {
+        match touched {
+            Some(key) if changed => {
+                self.changed.insert(key);
+            }
+            None if changed => self.relisted = true,
+            _ => {}
+        }
+    }
+
+    fn apply_slice(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
+        let slice_key = touched_key(&event);
+        let old_owner = slice_key.as_ref().and_then(|(ns, n)| self.slices.get(ns, n)).and_then(translate::slice_owner);
+        let changed = self.slices.apply(event);
+        if !changed {
+            return false;
+        }
+        let Some(slice_key) = slice_key else {
+            // A relist completed: rebuild the index.
+            self.slices_by_service.clear();
+            for slice in self.slices.objects() {
+                if let Some(owner) = translate::slice_owner(slice) {
+                    self.slices_by_service.entry(owner).or_default().insert(cache::key(slice));
+                }
+            }
+            self.relisted = true;
+            return true;
+        };
+        let new_owner = self.slices.get(&slice_key.0, &slice_key.1).and_then(translate::slice_owner);
+        if let Some(owner) = old_owner {
+            if let Some(set) = self.slices_by_service.get_mut(&owner) {
+                set.remove(&slice_key);
+            }
+            self.changed.insert(owner);
+        }
+        if let Some(owner) = new_owner {
+            self.slices_by_service.entry(owner.clone()).or_default().insert(slice_key);
+            self.changed.insert(owner);
+        }
+        true
+    }
+
+    /// Takes what changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        let changed = std::mem::take(&mut self.changed);
+        if std::mem::take(&mut self.relisted) { Changes::All } else { Changes::Services(changed) }
+    }
+
+    /// The Service (if it exists) and its slices.
+    pub fn service_objects(&self, key: &ServiceRef) -> (Option<&Service>, Vec<&EndpointSlice>) {
+        let slices = self
+            .slices_by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|(ns, n)| self.slices.get(ns, n))
+            .collect();
+        (self.services.get(&key.0, &key.1), slices)
     }
 
     pub fn services(&self) -> Vec<Service> {

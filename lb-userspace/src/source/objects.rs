@@ -4,6 +4,7 @@
 //! others are kept.
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::model::Problem;
@@ -42,26 +43,28 @@ pub fn parse(text: &str) -> Result<Objects, ParseError> {
 fn collect(value: Value, out: &mut Objects) {
     match value.get("kind").and_then(Value::as_str) {
         Some(kind) if kind.ends_with("List") => {
-            if let Some(Value::Array(items)) = value.get("items") {
-                for item in items.clone() {
+            if let Value::Object(mut map) = value
+                && let Some(Value::Array(items)) = map.remove("items")
+            {
+                for item in items {
                     collect(item, out);
                 }
             }
         }
-        Some("Service") => match serde_json::from_value::<Service>(value.clone()) {
+        Some("Service") => match Service::deserialize(&value) {
             Ok(service) => out.services.push(service),
-            Err(e) => out.problems.push(problem("Service", &value, e)),
+            Err(e) => out.problems.push(problem("Service", &value, &e)),
         },
-        Some("EndpointSlice") => match serde_json::from_value::<EndpointSlice>(value.clone()) {
+        Some("EndpointSlice") => match EndpointSlice::deserialize(&value) {
             Ok(slice) => out.slices.push(slice),
-            Err(e) => out.problems.push(problem("EndpointSlice", &value, e)),
+            Err(e) => out.problems.push(problem("EndpointSlice", &value, &e)),
         },
         // Other kinds (Pods, Nodes, ...) may sit in the same file: ignored.
         _ => {}
     }
 }
 
-fn problem(kind: &'static str, value: &Value, error: serde_json::Error) -> Problem {
+fn problem(kind: &'static str, value: &Value, error: &serde_json::Error) -> Problem {
     let meta = |field: &str| {
         value.pointer(&format!("/metadata/{field}")).and_then(Value::as_str).unwrap_or("?").to_owned()
     };

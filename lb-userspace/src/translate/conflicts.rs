@@ -32,6 +32,28 @@ fn claim_order(frontend: &Frontend) -> (Ipv4Addr, u16, Protocol, &str, &str, Fro
     (address, port, protocol, &service.namespace, &service.name, frontend.kind, &service.port)
 }
 
+/// Among claims on one (address, port, protocol), the smallest key wins:
+/// the same order [`resolve`] uses, owned so a table can keep it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimKey {
+    pub namespace: String,
+    pub name: String,
+    pub kind: FrontendKind,
+    pub port_name: String,
+}
+
+impl ClaimKey {
+    pub fn of(frontend: &Frontend) -> Self {
+        let s = &frontend.service;
+        Self { namespace: s.namespace.clone(), name: s.name.clone(), kind: frontend.kind, port_name: s.port.clone() }
+    }
+}
+
+/// The problem reported for a claim that lost to `owner`.
+pub fn conflict_problem(owner: &Frontend, loser: &Frontend) -> Problem {
+    conflict(owner, loser)
+}
+
 fn conflict(owner: &Frontend, loser: &Frontend) -> Problem {
     let message = format!(
         "{} frontend {}:{}/{} of {} is already served by {} ({}); skipped",

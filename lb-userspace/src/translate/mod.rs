@@ -46,6 +46,27 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeCont
     ServiceTable { frontends, problems }
 }
 
+/// One Service's frontend claims and problems, from the Service (if it
+/// exists) and the EndpointSlices labelled with its name, before claims of
+/// different Services on one frontend are settled (see [`ClaimKey`]).
+/// Translating Services one at a time is what lets the agent apply a
+/// change in time proportional to that Service, not to the cluster.
+pub fn translate_one<'a>(
+    svc: Option<&Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeContext,
+) -> (Vec<Frontend>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let index = SliceIndex::build(slices, node, &mut problems);
+    let frontends = svc.map(|svc| translate_service(svc, &index, node, &mut problems)).unwrap_or_default();
+    problems.sort();
+    problems.dedup();
+    (frontends, problems)
+}
+
+pub use self::conflicts::{ClaimKey, conflict_problem};
+pub use self::slices::owner as slice_owner;
+
 /// All frontends of one Service, with their backends.
 fn translate_service(
     svc: &Service,

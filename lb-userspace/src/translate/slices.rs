@@ -48,7 +48,11 @@ struct SliceEndpoint {
 }
 
 impl SliceIndex {
-    pub(super) fn build(slices: &[EndpointSlice], node: &NodeContext, problems: &mut Vec<Problem>) -> Self {
+    pub(super) fn build<'a>(
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &NodeContext,
+        problems: &mut Vec<Problem>,
+    ) -> Self {
         let mut index = SliceIndex::default();
         for slice in slices {
             let Some(service_name) = service_name(slice, node) else { continue };
@@ -104,6 +108,13 @@ impl SliceEndpoint {
 /// The Service a slice feeds, if the slice is one this node uses: labelled
 /// with its Service, not headless, not another proxy's, and IPv4 (IPv6 and
 /// FQDN slices are skipped without a problem: they are valid, just not ours).
+/// The (namespace, name) of the Service a slice belongs to, whatever its
+/// other labels say (for grouping slices by Service).
+pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME)?;
+    Some((namespaced_name(&slice.metadata).0.to_owned(), name.clone()))
+}
+
 fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a str> {
     let labels = slice.metadata.labels.as_ref()?;
     let name = labels.get(SERVICE_NAME)?;
