@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod datapath;
 pub mod packets;
 pub mod scenario;

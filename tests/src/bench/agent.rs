@@ -1,0 +1,218 @@
+//! The real `lb-agent` binary as a child process: started in the node
+//! namespace with a file source, followed through its log until it has
+//! programmed the maps, and stopped (pins removed) when its guard drops,
+//! also on errors and interrupts.
+
+use std::{
+    collections::VecDeque,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use lb_common::stats::Counter;
+use lb_userspace::datapath::{loader::Capacities, maps};
+
+use super::cancel;
+
+/// One "datapath programmed" log line of the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Programmed {
+    pub frontends: usize,
+    pub backends: usize,
+    pub writes: usize,
+    /// The sync's own duration as the agent logged it.
+    pub took_us: u64,
+    /// When this process read the line.
+    pub at: Instant,
+}
+
+/// How to start the agent.
+pub struct AgentConfig<'a> {
+    pub bin: &'a Path,
+    pub netns: &'a str,
+    /// A YAML or JSON file of Services and EndpointSlices.
+    pub source: &'a Path,
+    pub capacities: Capacities,
+}
+
+/// A running agent. Dropping it stops the agent and removes its pins.
+pub struct Agent {
+    child: Child,
+    pin_dir: PathBuf,
+    programmed: Receiver<Programmed>,
+    /// The last log lines, for error messages.
+    log_tail: Arc<Mutex<VecDeque<String>>>,
+    pub started: Instant,
+}
+
+static NEXT_PIN_DIR: AtomicU32 = AtomicU32::new(0);
+const LOG_TAIL_LINES: usize = 20;
+
+impl Agent {
+    pub fn start(config: &AgentConfig<'_>) -> anyhow::Result<Self> {
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/lb-bench-{}-{}",
+            std::process::id(),
+            NEXT_PIN_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let source = config.source.to_str().context("non-UTF-8 source path")?;
+        let caps = config.capacities;
+        let started = Instant::now();
+        let mut child = Command::new(config.bin)
+            .args(["--source", &format!("file:{source}"), "--netns", config.netns])
+            .args(["--pin-dir", pin_dir.to_str().context("pin dir")?, "--interfaces", "all"])
+            .args(["--services-max", &caps.services.to_string(), "--backends-max", &caps.backends.to_string()])
+            .args(["--conntrack-max", &caps.conntrack.to_string()])
+            // Plain log lines: the parser below reads them.
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", config.bin.display()))?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let (tx, programmed) = mpsc::channel();
+        let log_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = log_tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                if let Some(event) = parse_programmed(&line) {
+                    let _ = tx.send(event);
+                }
+                let mut tail = tail.lock().expect("log tail");
+                if tail.len() == LOG_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        Ok(Self { child, pin_dir, programmed, log_tail, started })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Waits for a "datapath programmed" line with at least
+    /// `min_frontends` frontends (earlier, smaller syncs are skipped).
+    pub fn wait_programmed(&mut self, min_frontends: usize, timeout: Duration) -> anyhow::Result<Programmed> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            cancel::check()?;
+            if let Some(status) = self.child.try_wait()? {
+                bail!("lb-agent exited ({status}) before programming the datapath:\n{}", self.log_tail());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("lb-agent did not program {min_frontends} frontends within {timeout:?}:\n{}", self.log_tail());
+            }
+            match self.programmed.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(event) if event.frontends >= min_frontends => return Ok(event),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // stderr closed: the next try_wait reports the exit.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Peak resident set size so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")
+    }
+
+    /// The datapath's packet counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        maps::counters(&self.pin_dir)
+    }
+
+    fn log_tail(&self) -> String {
+        self.log_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signals our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Removes terminal colour sequences (ESC [ … letter).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads `… datapath programmed frontends=N backends=N writes=N took_us=N`.
+fn parse_programmed(line: &str) -> Option<Programmed> {
+    let (_, fields) = line.split_once("datapath programmed")?;
+    let field = |key: &str| -> Option<u64> {
+        fields.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    Some(Programmed {
+        frontends: usize::try_from(field("frontends")?).ok()?,
+        backends: usize::try_from(field("backends")?).ok()?,
+        writes: usize::try_from(field("writes")?).ok()?,
+        took_us: field("took_us")?,
+        at: Instant::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_programmed_line_with_or_without_colours() {
+        let plain = "2025-01-01T00:00:00.000000Z  INFO lb_agent: datapath programmed frontends=1000 backends=16 writes=12017 took_us=48211";
+        let event = parse_programmed(plain).unwrap();
+        assert_eq!((event.frontends, event.backends, event.writes, event.took_us), (1000, 16, 12017, 48211));
+        let coloured = "\u{1b}[2m2025\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m datapath programmed \u{1b}[3mfrontends\u{1b}[0m\u{1b}[2m=\u{1b}[0m7 \u{1b}[3mbackends\u{1b}[0m\u{1b}[2m=\u{1b}[0m3 \u{1b}[3mwrites\u{1b}[0m\u{1b}[2m=\u{1b}[0m9 \u{1b}[3mtook_us\u{1b}[0m\u{1b}[2m=\u{1b}[0m5";
+        let event = parse_programmed(&strip_ansi(coloured)).unwrap();
+        assert_eq!((event.frontends, event.took_us), (7, 5));
+        assert!(parse_programmed("datapath attached").is_none());
+    }
+}

@@ -1,0 +1,380 @@
+//! Part 1: what one packet costs in the datapath, timed by the kernel
+//! itself (BPF_PROG_TEST_RUN), as the Service table grows.
+//!
+//! The kernel reuses one packet buffer for all `repeat` iterations, so a
+//! NAT program sees its own output from the second iteration on. Each case
+//! is built so that every iteration takes the path it claims to measure:
+//! - new flows are timed one run each (repeat=1) over many distinct
+//!   flows, and the parse-only floor they are compared with is timed the
+//!   same way (its per-run timer overhead is in both);
+//! - the conntrack hit uses two Services whose backends are each other's
+//!   frontend, so the rewritten packet is again an established flow;
+//! - misses leave the packet untouched, so repeating them is exact.
+//!
+//! Cases are interleaved: every repetition runs each case once, in turn.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use anyhow::{Context as _, bail, ensure};
+use lb_userspace::{
+    datapath::loader::{PARSE_ONLY_PROGRAM, TC_PROGRAM},
+    model::NodeContext,
+};
+
+use super::{
+    Env, cancel,
+    layouts::ebpf::capacities_for,
+    plan::{ENDPOINTS_PER_SERVICE, PacketPlan},
+    report::{At, Report, Section, group},
+    stats::Summary,
+    table::{self, HTTP, PortSpec, Table, TableSpec},
+};
+use crate::{
+    datapath::{Datapath, TC_ACT_UNSPEC},
+    packets::{self, Endpoint, ep},
+    topology::NODE_CLIENT_SIDE_IP,
+};
+
+/// Source of the repeated (established and miss) packets.
+const CLIENT: Endpoint = ep([10, 0, 1, 2], 40_000);
+/// The mirrored pair: A's only endpoint is B's frontend and vice versa.
+const MIRROR_A: Endpoint = ep([10, 95, 0, 1], 80);
+const MIRROR_B: Endpoint = ep([10, 95, 0, 2], 8_080);
+/// A port no frontend uses, and an address no Service has.
+const UNUSED_PORT: u16 = 9_999;
+const OTHER_ADDRESS: Endpoint = ep([10, 200, 0, 1], 80);
+/// The first this-many Services are NodePort Services.
+const NODE_PORT_SERVICES: usize = 2_000;
+/// Pod addresses the endpoints are drawn from: a large cluster's worth.
+const POD_POOL: usize = 20_000;
+const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packets {
+    /// Fresh SYNs to ClusterIPs spread over the table, repeat=1 each.
+    NewToClusterIp,
+    /// Fresh SYNs to node address:nodePort, repeat=1 each.
+    NewToNodePort,
+    /// The established mirrored flow, repeated.
+    Established,
+    UnusedPort,
+    OtherAddress,
+}
+
+struct Case {
+    id: &'static str,
+    label: &'static str,
+    program: &'static str,
+    packets: Packets,
+    /// The floor this case is divided by.
+    floor: &'static str,
+}
+
+const CASES: [Case; 7] = [
+    Case {
+        id: "parse_only_new",
+        label: "parse-only floor (repeat=1)",
+        program: PARSE_ONLY_PROGRAM,
+        packets: Packets::NewToClusterIp,
+        floor: "parse_only_new",
+    },
+    Case {
+        id: "clusterip_new_flow",
+        label: "ClusterIP hit, new flow",
+        program: TC_PROGRAM,
+        packets: Packets::NewToClusterIp,
+        floor: "parse_only_new",
+    },
+    Case {
+        id: "nodeport_new_flow",
+        label: "NodePort hit, new flow",
+        program: TC_PROGRAM,
+        packets: Packets::NewToNodePort,
+        floor: "parse_only_new",
+    },
+    Case {
+        id: "parse_only_repeated",
+        label: "parse-only floor (repeated)",
+        program: PARSE_ONLY_PROGRAM,
+        packets: Packets::Established,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "conntrack_hit",
+        label: "conntrack hit (established flow)",
+        program: TC_PROGRAM,
+        packets: Packets::Established,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "miss_unused_port",
+        label: "miss: port no Service uses",
+        program: TC_PROGRAM,
+        packets: Packets::UnusedPort,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "miss_other_address",
+        label: "miss: Service port, other address",
+        program: TC_PROGRAM,
+        packets: Packets::OtherAddress,
+        floor: "parse_only_repeated",
+    },
+];
+
+fn how(case: &Case, plan: &PacketPlan) -> String {
+    let (m, r) = (plan.flows_per_sample, plan.repeat);
+    match case.id {
+        "parse_only_new" => format!(
+            "`lb_parse_only` (parses Ethernet/IPv4/L4 like `lb_tc`, then passes) on the same SYNs as the new-flow cases, one run per packet (repeat=1), mean over {m} packets per repetition; the floor for the new-flow cases"
+        ),
+        "clusterip_new_flow" => format!(
+            "TCP SYN from a source never seen before to ClusterIPs spread over the whole table: conntrack miss, frontend lookup, backend choice, two conntrack inserts, DNAT of address and port. One run per packet (repeat=1: a repeated run would be fed its own rewritten output), mean over {m} distinct flows per repetition"
+        ),
+        "nodeport_new_flow" => format!(
+            "TCP SYN to node address {NODE_CLIENT_SIDE_IP}:nodePort of the first ≤{} Services (type NodePort), spread over them; otherwise measured like the ClusterIP new flow",
+            group(NODE_PORT_SERVICES as f64)
+        ),
+        "parse_only_repeated" => {
+            format!("`lb_parse_only` on the established-flow packet, repeat={r}; the floor for the repeated cases")
+        }
+        "conntrack_hit" => format!(
+            "a TCP segment of an established flow, repeat={r}. Two Services point at each other's frontend ({}:{} → {}:{} → back) and both flows are established first, so each iteration, fed the previous one's output, is a conntrack hit plus a DNAT of address and port",
+            MIRROR_A.ip, MIRROR_A.port, MIRROR_B.ip, MIRROR_B.port
+        ),
+        "miss_unused_port" => format!(
+            "TCP to a ClusterIP on port {UNUSED_PORT}, which no frontend uses: the per-port prefilter (one array read) passes it; unchanged, so repeat={r} is exact"
+        ),
+        "miss_other_address" => format!(
+            "TCP to {}:{}: a frontend port, but no Service at that address: conntrack and Service lookups miss, packet passed unchanged; repeat={r}",
+            OTHER_ADDRESS.ip, OTHER_ADDRESS.port
+        ),
+        _ => String::new(),
+    }
+}
+
+pub fn run(plan: &PacketPlan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    for case in &CASES {
+        report.describe(Section::PacketCost, case.id, case.label, &how(case, plan));
+    }
+    report.note(
+        Section::PacketCost,
+        format!(
+            "Each table size gets a freshly loaded datapath (unpinned maps) programmed through the agent's translate → encode → diff path; Services have {ENDPOINTS_PER_SERVICE} endpoints drawn from {} pod addresses, the first {} are NodePort, plus the two mirrored Services.",
+            group(POD_POOL as f64),
+            group(NODE_PORT_SERVICES as f64)
+        ),
+    );
+    report.note(
+        Section::PacketCost,
+        format!(
+            "{} interleaved repetitions (each runs every case once, in table order); ratios are taken per repetition (case ÷ its floor in the same repetition) and their median is shown. Times are the kernel's (ktime around the program run), so per-run timer overhead is included; repeat=1 cases pay it on every packet, hence their separate floor.",
+            plan.repetitions
+        ),
+    );
+    for &services in &plan.sizes {
+        cancel::check()?;
+        env.progress.start(format!("packet cost: loading {} Services", group(services as f64)));
+        let mut bench =
+            SizeBench::prepare(services, plan).with_context(|| format!("packet cost at {services} Services"))?;
+        env.progress.start(format!("packet cost: timing {} Services", group(services as f64)));
+        let mut samples: HashMap<&str, Vec<f64>> = HashMap::new();
+        for _ in 0..plan.repetitions {
+            for case in &CASES {
+                cancel::check()?;
+                samples.entry(case.id).or_default().push(bench.sample(case)?);
+            }
+        }
+        for case in &CASES {
+            let ns = &samples[case.id];
+            let floor = &samples[case.floor];
+            let ratios: Vec<f64> = ns.iter().zip(floor).map(|(c, f)| c / f).collect();
+            let summary = Summary::of(ns).context("no samples")?;
+            report.add(At::new(Section::PacketCost, "ebpf", case.id, services), "ns_per_packet", "ns", summary);
+            report.add(
+                At::new(Section::PacketCost, "ebpf", case.id, services),
+                "ratio_to_parse_only",
+                "x",
+                Summary::of(&ratios).context("no samples")?,
+            );
+        }
+        env.progress.done_step();
+    }
+    Ok(())
+}
+
+/// A datapath loaded with one table size, and the packets for each case.
+struct SizeBench {
+    dp: Datapath,
+    cluster_ips: Vec<Endpoint>,
+    node_ports: Vec<Endpoint>,
+    established: Vec<u8>,
+    unused_port: Vec<u8>,
+    other_address: Vec<u8>,
+    next_flow: u64,
+    flows_per_sample: usize,
+    repeat: u32,
+}
+
+/// A distinct source for each flow number.
+fn flow_source(flow: u64) -> Endpoint {
+    const PORTS: u64 = 28_000;
+    let base = u32::from(Ipv4Addr::new(10, 100, 0, 0));
+    let ip = Ipv4Addr::from(base + (flow / PORTS) as u32);
+    Endpoint { ip, port: 32_768 + (flow % PORTS) as u16 }
+}
+
+fn endpoint(ip: Ipv4Addr, port: u16) -> Endpoint {
+    Endpoint { ip, port }
+}
+
+/// Destination address and port of a TCP packet without IP options.
+fn destination(packet: &[u8]) -> Option<Endpoint> {
+    let ip: [u8; 4] = packet.get(30..34)?.try_into().ok()?;
+    let port = u16::from_be_bytes(packet.get(36..38)?.try_into().ok()?);
+    Some(endpoint(Ipv4Addr::from(ip), port))
+}
+
+impl SizeBench {
+    fn prepare(services: usize, plan: &PacketPlan) -> anyhow::Result<Self> {
+        let pool: Vec<Ipv4Addr> =
+            (0..POD_POOL).map(|i| Ipv4Addr::new(10, 244, (i / 250) as u8, (2 + i % 250) as u8)).collect();
+        let table = Table::generate(&TableSpec {
+            services,
+            port: HTTP,
+            pool,
+            endpoints_per_service: ENDPOINTS_PER_SERVICE,
+            node_ports: NODE_PORT_SERVICES,
+        });
+        let node = NodeContext { node_addresses: vec![NODE_CLIENT_SIDE_IP], ..Default::default() };
+        let mut dp =
+            Datapath::load_with(node, capacities_for(services + NODE_PORT_SERVICES + 2, ENDPOINTS_PER_SERVICE))?;
+        let mut service_objects = table.service_objects();
+        let mut slices = table.slice_objects();
+        let mirror_b_port =
+            PortSpec { name: "http", protocol: HTTP.protocol, port: MIRROR_B.port, target_port: MIRROR_A.port };
+        let mirror_a_port = PortSpec { target_port: MIRROR_B.port, ..HTTP };
+        service_objects.push(table::service_object("mirror-a", MIRROR_A.ip, mirror_a_port, None));
+        slices.push(table::slice_object("mirror-a", &[MIRROR_B.ip], mirror_a_port));
+        service_objects.push(table::service_object("mirror-b", MIRROR_B.ip, mirror_b_port, None));
+        slices.push(table::slice_object("mirror-b", &[MIRROR_A.ip], mirror_b_port));
+        let sync = dp.syncer_mut().sync(&service_objects, &slices)?;
+        ensure!(sync.problems.is_empty(), "untranslatable objects: {:?}", sync.problems.first());
+        let node_port_count = table.services.iter().filter(|s| s.node_port.is_some()).count();
+        ensure!(
+            sync.frontends == services + node_port_count + 2,
+            "expected {} frontends, the sync made {}",
+            services + node_port_count + 2,
+            sync.frontends
+        );
+        let spread = plan.flows_per_sample;
+        let cluster_ips = table.spread(spread).iter().map(|s| endpoint(s.cluster_ip, HTTP.port)).collect();
+        let node_port_table = Table { port: HTTP, services: table.services[..node_port_count].to_vec() };
+        let node_ports = node_port_table
+            .spread(spread)
+            .iter()
+            .filter_map(|s| s.node_port.map(|p| endpoint(NODE_CLIENT_SIDE_IP, p)))
+            .collect();
+        let mut bench = Self {
+            dp,
+            cluster_ips,
+            node_ports,
+            established: packets::tcp(CLIENT, MIRROR_A, false, PAYLOAD),
+            unused_port: packets::tcp(CLIENT, endpoint(table::cluster_ip(0), UNUSED_PORT), false, PAYLOAD),
+            other_address: packets::tcp(CLIENT, OTHER_ADDRESS, false, PAYLOAD),
+            next_flow: 0,
+            flows_per_sample: plan.flows_per_sample,
+            repeat: plan.repeat,
+        };
+        bench.verify(&table)?;
+        Ok(bench)
+    }
+
+    /// Checks, once, that every case's packet takes the path it is named
+    /// after, so the timings measure what the labels say.
+    fn verify(&mut self, table: &Table) -> anyhow::Result<()> {
+        let backend_of = |dst: Endpoint| -> Option<Vec<Endpoint>> {
+            let svc = table.services.iter().find(|s| {
+                (s.cluster_ip == dst.ip && dst.port == HTTP.port)
+                    || (dst.ip == NODE_CLIENT_SIDE_IP && s.node_port == Some(dst.port))
+            })?;
+            Some(svc.endpoints.iter().map(|ip| endpoint(*ip, HTTP.target_port)).collect())
+        };
+        for target in [self.cluster_ips[0], self.node_ports[0]] {
+            let syn = packets::tcp_syn(flow_source(self.take_flows(1)), target);
+            let out = self.dp.run(TC_PROGRAM, &syn)?;
+            let dst = destination(&out.packet).context("short output")?;
+            let allowed = backend_of(target).context("target is no frontend")?;
+            ensure!(
+                out.verdict == TC_ACT_UNSPEC && allowed.contains(&dst) && packets::checksums_verify(&out.packet),
+                "a new flow to {}:{} was not DNATed to one of its endpoints (verdict {}, destination {}:{})",
+                target.ip,
+                target.port,
+                out.verdict,
+                dst.ip,
+                dst.port
+            );
+        }
+        self.establish_mirror()?;
+        let first = self.dp.run(TC_PROGRAM, &self.established)?;
+        let second = self.dp.run(TC_PROGRAM, &first.packet)?;
+        ensure!(
+            destination(&first.packet) == Some(MIRROR_B) && destination(&second.packet) == Some(MIRROR_A),
+            "the mirrored flow does not alternate between its frontends"
+        );
+        for (name, packet) in [("unused port", &self.unused_port), ("other address", &self.other_address)] {
+            let out = self.dp.run(TC_PROGRAM, packet)?;
+            if out.verdict != TC_ACT_UNSPEC || &out.packet != packet {
+                bail!("the {name} miss did not pass the packet unchanged (verdict {})", out.verdict);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens both directions of the mirrored pair (idempotent: later runs
+    /// find the entries and keep them).
+    fn establish_mirror(&mut self) -> anyhow::Result<()> {
+        self.dp.run(TC_PROGRAM, &packets::tcp(CLIENT, MIRROR_A, false, PAYLOAD))?;
+        self.dp.run(TC_PROGRAM, &packets::tcp(CLIENT, MIRROR_B, false, PAYLOAD))?;
+        Ok(())
+    }
+
+    fn take_flows(&mut self, count: usize) -> u64 {
+        let first = self.next_flow;
+        self.next_flow += count as u64;
+        first
+    }
+
+    /// One sample of a case, in ns per packet.
+    fn sample(&mut self, case: &Case) -> anyhow::Result<f64> {
+        match case.packets {
+            Packets::NewToClusterIp | Packets::NewToNodePort => {
+                let targets =
+                    if case.packets == Packets::NewToClusterIp { &self.cluster_ips } else { &self.node_ports };
+                let first = self.next_flow;
+                let batch: Vec<Vec<u8>> = (0..self.flows_per_sample)
+                    .map(|k| packets::tcp_syn(flow_source(first + k as u64), targets[k % targets.len()]))
+                    .collect();
+                self.take_flows(batch.len());
+                let mut total = 0.0;
+                for packet in &batch {
+                    total += self.dp.time(case.program, packet, 1)?.as_nanos() as f64;
+                }
+                Ok(total / batch.len() as f64)
+            }
+            Packets::Established | Packets::UnusedPort | Packets::OtherAddress => {
+                let packet = match case.packets {
+                    Packets::Established => {
+                        // LRU eviction by the new-flow cases must not turn
+                        // this into a new flow.
+                        self.establish_mirror()?;
+                        self.established.clone()
+                    }
+                    Packets::UnusedPort => self.unused_port.clone(),
+                    _ => self.other_address.clone(),
+                };
+                Ok(self.dp.time(case.program, &packet, self.repeat)?.as_nanos() as f64)
+            }
+        }
+    }
+}
