@@ -45,11 +45,14 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
 ///
 /// Conntrack is consulted first: an established flow keeps its backend for
 /// as long as that backend exists, even if the Service's backend set (or
-/// the Service itself) changed, as with kube-proxy's conntrack.
+/// the Service itself) changed, as with kube-proxy's conntrack. A TCP SYN
+/// opens a new connection even when its tuple is tracked (a client reusing
+/// a port of a closed connection): it is balanced afresh.
 #[inline(always)]
 fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let tracked = conntrack::lookup_original(pkt);
     if let Some(entry) = tracked
+        && !pkt.tcp_syn
         && let Some(backend) = service::lookup_backend(entry.backend_id)
     {
         nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
@@ -64,7 +67,7 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
     conntrack::track(pkt, &frontend, &svc, backend_id, &backend)?;
     nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
-    let counter = if tracked.is_some() { Counter::Rebalanced } else { Counter::NewFlow };
+    let counter = if tracked.is_some() && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
     Ok(Some(Outcome::next(counter)))
 }
 

@@ -23,6 +23,9 @@ const IP_MF_AND_OFFSET: u16 = 0x3fff;
 /// TCP and UDP both start with source and destination port; 8 bytes cover
 /// the UDP header and the part of TCP we read (ports, seq).
 const L4_MIN_LEN: usize = 8;
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// The fields of an IPv4 TCP/UDP packet the datapath works with.
 #[derive(Clone, Copy)]
@@ -34,6 +37,8 @@ pub struct PacketV4 {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// TCP SYN without ACK: the first packet of a new connection.
+    pub tcp_syn: bool,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
 }
@@ -87,7 +92,14 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
     let ports: *const [u8; L4_MIN_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { &*ports };
+    let tcp_syn = proto == proto::TCP && {
+        let flags: *const u8 = ptr_at(ctx, l4_off + TCP_FLAGS_OFFSET)?;
+        // SAFETY: bounds checked by ptr_at.
+        let flags = unsafe { *flags };
+        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    };
     Ok(PacketV4 {
+        tcp_syn,
         src: ip.src_addr,
         dst: ip.dst_addr,
         sport: u16::from_be_bytes([ports[0], ports[1]]),

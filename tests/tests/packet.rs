@@ -230,3 +230,30 @@ fn multi_with(backends: &[Ipv4Addr]) -> String {
         "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: multi, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.20\n    ports: [{{port: 80, protocol: TCP, targetPort: 9000}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: multi-1, namespace: default, labels: {{kubernetes.io/service-name: multi}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{port: 9000, protocol: TCP}}]\n"
     )
 }
+
+#[test]
+fn syn_reusing_a_tracked_tuple_is_balanced_afresh() {
+    let mut dp = datapath();
+    let reduced = multi_with(&[MULTI_BACKENDS[0].ip, MULTI_BACKENDS[1].ip]);
+    let mut fresh = Datapath::load(NodeContext::default()).unwrap();
+    fresh.apply(&reduced).unwrap();
+    let clients: Vec<Endpoint> = (46000..46060u16).map(|p| ep([10, 0, 1, 2], p)).collect();
+    let first: Vec<Vec<u8>> = clients.iter().map(|c| dp.run(TC_PROGRAM, &packets::tcp_syn(*c, MULTI_VIP)).unwrap().packet).collect();
+    dp.apply(&reduced).unwrap();
+    let mut moved = 0;
+    for (client, first) in clients.iter().zip(&first) {
+        let chosen = *MULTI_BACKENDS.iter().find(|b| *first == packets::tcp_syn(*client, **b)).unwrap();
+        if chosen.ip != MULTI_BACKENDS[2].ip {
+            // Its backend still exists: later segments stay with it...
+            let ack = dp.run(TC_PROGRAM, &packets::tcp(*client, MULTI_VIP, false, b"a")).unwrap();
+            assert_eq!(ack.packet, packets::tcp(*client, chosen, false, b"a"));
+        }
+        // ...but a new SYN on the same tuple is a new connection, balanced
+        // exactly as a never-seen flow would be.
+        let syn = dp.run(TC_PROGRAM, &packets::tcp_syn(*client, MULTI_VIP)).unwrap();
+        let expected = fresh.run(TC_PROGRAM, &packets::tcp_syn(*client, MULTI_VIP)).unwrap();
+        assert_eq!(syn.packet, expected.packet, "client port {}", client.port);
+        moved += usize::from(syn.packet != *first);
+    }
+    assert!(moved > 0, "some SYNs must land elsewhere than their tuple's first connection");
+}
