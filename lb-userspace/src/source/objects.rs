@@ -4,7 +4,10 @@
 //! others are kept.
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use serde::Deserialize as _;
+use serde::{
+    Deserialize as _, Deserializer,
+    de::{DeserializeSeed, MapAccess, SeqAccess, Visitor},
+};
 use serde_json::Value;
 
 use crate::model::Problem;
@@ -26,18 +29,80 @@ pub enum ParseError {
 /// Parses a whole document. A syntax error fails the document (nothing in
 /// it can be trusted); a bad object inside only loses that object.
 pub fn parse(text: &str) -> Result<Objects, ParseError> {
-    let documents: Vec<Value> = if text.trim_start().starts_with('{') {
-        vec![serde_json::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?]
-    } else {
+    let mut objects = Objects::default();
+    if text.trim_start().starts_with('{') {
+        // JSON, possibly a large generated List: stream its items, so only
+        // one item at a time exists as an untyped tree.
+        let mut de = serde_json::Deserializer::from_str(text);
+        DocumentSeed(&mut objects).deserialize(&mut de).map_err(|e| ParseError::Syntax(e.to_string()))?;
+        de.end().map_err(|e| ParseError::Syntax(e.to_string()))?;
+        return Ok(objects);
+    }
+    let documents: Vec<Value> = {
         // The YAML parser's default budget guards against hostile input;
         // very large generated tables should use JSON.
         serde_saphyr::from_multiple(text).map_err(|e| ParseError::Syntax(e.to_string()))?
     };
-    let mut objects = Objects::default();
     for document in documents {
         collect(document, &mut objects);
     }
     Ok(objects)
+}
+
+/// One JSON document: a List's `items` are collected one by one as they
+/// are read; any other object is collected whole.
+struct DocumentSeed<'a>(&'a mut Objects);
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocumentSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Kubernetes object or List")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut fields = serde_json::Map::new();
+        let mut was_list = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                map.next_value_seed(ItemsSeed(&mut *self.0))?;
+                was_list = true;
+            } else {
+                fields.insert(key, map.next_value()?);
+            }
+        }
+        if !was_list {
+            collect(Value::Object(fields), self.0);
+        }
+        Ok(())
+    }
+}
+
+struct ItemsSeed<'a>(&'a mut Objects);
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of Kubernetes objects")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<Value>()? {
+            collect(item, self.0);
+        }
+        Ok(())
+    }
 }
 
 fn collect(value: Value, out: &mut Objects) {
@@ -126,6 +191,17 @@ items:
         assert_eq!(objects.services.len(), 1);
         assert_eq!(objects.problems.len(), 1);
         assert_eq!(objects.problems[0].name, "bad");
+    }
+
+    #[test]
+    fn json_single_object_and_bad_list_items() {
+        let one = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"solo","namespace":"n"}}"#;
+        assert_eq!(parse(one).unwrap().services.len(), 1);
+        let list = r#"{"kind":"List","items":[{"kind":"Service","apiVersion":"v1","metadata":{"name":"bad","namespace":"n"},"spec":{"ports":7}},{"kind":"Service","apiVersion":"v1","metadata":{"name":"ok","namespace":"n"}}]}"#;
+        let objects = parse(list).unwrap();
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(objects.problems[0].name, "bad");
+        assert!(parse(r#"{"kind":"List","items":[{"kind":"Service"}"#).is_err(), "truncated JSON fails whole");
     }
 
     #[test]
