@@ -128,7 +128,7 @@ pub async fn run<W: MapWriter>(
 fn run_sync<W: MapWriter>(syncer: &mut Syncer<W>, source: &mut Source, full: bool) -> (anyhow::Result<SyncReport>, Vec<Problem>) {
     match source {
         Source::File { latest: Some(o), .. } => (syncer.sync(&o.services, &o.slices), o.problems.clone()),
-        Source::File { latest: None, .. } => (syncer.sync(&[], &[]), Vec::new()),
+        Source::File { latest: None, .. } => (syncer.sync([], []), Vec::new()),
         Source::Kubernetes(k) => match k.take_changes() {
             Changes::Services(changed) if !full => {
                 let changes = changed.into_iter().map(|key| {
@@ -137,7 +137,7 @@ fn run_sync<W: MapWriter>(syncer: &mut Syncer<W>, source: &mut Source, full: boo
                 });
                 (syncer.update(changes.collect::<Vec<_>>()), Vec::new())
             }
-            _ => (syncer.sync(&k.services(), &k.slices()), Vec::new()),
+            _ => (syncer.sync(k.services(), k.slices()), Vec::new()),
         },
     }
 }

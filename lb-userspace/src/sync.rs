@@ -91,7 +91,11 @@ impl<W: MapWriter> Syncer<W> {
 
     /// Full sync: translates every Service, then compares every map entry
     /// (which also repairs entries changed behind the agent's back).
-    pub fn sync(&mut self, services: &[Service], slices: &[EndpointSlice]) -> anyhow::Result<SyncReport> {
+    pub fn sync<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
         let mut slices_by_service: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
         for slice in slices {

@@ -63,6 +63,11 @@ impl Agent {
         Ok(Self { child, pin_dir, ready_file, command })
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the agent says it is attached and programmed.
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;

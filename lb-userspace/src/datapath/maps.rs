@@ -66,6 +66,11 @@ impl ServiceMaps {
         })
     }
 
+    /// One entry of the Service table (a frontend or a slot).
+    pub fn service_entry(&self, key: &ServiceKeyV4) -> Option<ServiceValue> {
+        self.services.get(key, 0).ok()
+    }
+
     /// Everything the maps hold now (after a restart: what the previous
     /// agent wrote).
     pub fn read_all(&self) -> anyhow::Result<DesiredMaps> {

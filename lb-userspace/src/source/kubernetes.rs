@@ -212,12 +212,12 @@ impl KubeSource {
         (self.services.get(&key.0, &key.1), slices)
     }
 
-    pub fn services(&self) -> Vec<Service> {
-        self.services.objects().cloned().collect()
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.objects()
     }
 
-    pub fn slices(&self) -> Vec<EndpointSlice> {
-        self.slices.objects().cloned().collect()
+    pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.objects()
     }
 
     /// This node's zone, from its Node object's topology label.

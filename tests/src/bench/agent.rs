@@ -134,12 +134,7 @@ impl Agent {
 
     /// Peak resident set size so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/PID/status")
+        peak_rss_kib_of(self.pid())
     }
 
     /// The datapath's packet counters, summed over CPUs.
@@ -215,4 +210,14 @@ mod tests {
         assert_eq!((event.frontends, event.took_us), (7, 5));
         assert!(parse_programmed("datapath attached").is_none());
     }
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")
 }

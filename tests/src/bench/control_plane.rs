@@ -19,7 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointConditions;
 use lb_userspace::{datapath::maps::ServiceMaps, model::NodeContext};
 
 use super::{
-    Env,
+    Env, control_plane_api,
     agent::{Agent, AgentConfig},
     cancel,
     layouts::ebpf::{capacities_for, programming_timeout},
@@ -82,6 +82,8 @@ pub fn run(plan: &ControlPlan, env: &Env, report: &mut Report) -> anyhow::Result
     ));
     endpoint_changes(plan, report)?;
     env.progress.done_step();
+    cancel::check()?;
+    control_plane_api::run(plan, env, &table(plan.change_size), report)?;
     Ok(())
 }
 

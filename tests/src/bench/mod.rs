@@ -8,6 +8,7 @@ pub mod agent;
 pub mod backends;
 pub mod cancel;
 pub mod control_plane;
+pub mod control_plane_api;
 pub mod cpu;
 pub mod layouts;
 pub mod loadgen;
@@ -104,7 +105,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let steps = [
         (Part::PacketCost, plan.packet.sizes.len()),
         (Part::Traffic, plan.traffic.sizes.len() * 2 * layouts::Layout::ALL.len()),
-        (Part::ControlPlane, plan.control.startup_sizes.len() + 1),
+        (Part::ControlPlane, plan.control.startup_sizes.len() + 2),
     ]
     .iter()
     .filter(|(part, _)| wants(*part))
