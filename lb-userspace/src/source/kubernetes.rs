@@ -27,6 +27,44 @@ use kube::{
 use super::cache::{self, ObjectCache};
 use crate::{state::ServiceRef, translate};
 
+/// Drops what translation never reads before an object is cached, as
+/// kube-proxy strips managed fields: in real clusters managedFields, the
+/// last-applied annotation and per-endpoint pod references are most of an
+/// object's size.
+fn compact_event<K>(event: watcher::Event<K>, compact: fn(&mut K)) -> watcher::Event<K> {
+    match event {
+        watcher::Event::Apply(mut o) => {
+            compact(&mut o);
+            watcher::Event::Apply(o)
+        }
+        watcher::Event::InitApply(mut o) => {
+            compact(&mut o);
+            watcher::Event::InitApply(o)
+        }
+        other => other,
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn compact_service(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    if let Some(annotations) = svc.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+fn compact_slice(slice: &mut EndpointSlice) {
+    slice.metadata.managed_fields = None;
+    slice.metadata.annotations = None;
+    slice.metadata.owner_references = None;
+    for endpoint in &mut slice.endpoints {
+        endpoint.target_ref = None;
+        endpoint.hostname = None;
+        endpoint.deprecated_topology = None;
+    }
+}
+
 /// The object an Apply/Delete event is about (None for relist events).
 fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRef> {
     match event {
@@ -36,6 +74,10 @@ fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRe
 }
 
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Objects per list page. Fewer, larger pages make the initial list of a
+/// big cluster faster (each page is a round trip and a consistent read on
+/// the API server); 5,000 keeps a page of EndpointSlices to a few MB.
+const LIST_PAGE_SIZE: u32 = 5_000;
 /// Slices kube-proxy ignores: headless Services' and unowned ones.
 const SLICE_SELECTOR: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless";
 
@@ -99,7 +141,7 @@ impl KubeSource {
     /// Starts the watchers. `node_name` selects this node's Node object
     /// (for its topology zone); without it no Node is watched.
     pub fn new(client: Client, node_name: Option<&str>) -> Self {
-        let config = watcher::Config::default();
+        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
         let services = watcher(Api::<Service>::all(client.clone()), config.clone())
             .default_backoff()
             .map(|e| Update::Service(e.map(Box::new)))
@@ -136,13 +178,13 @@ impl KubeSource {
         let update = self.updates.next().await.context("all watch streams ended")?;
         Ok(match update {
             Update::Service(event) => {
-                let event = *event?;
+                let event = compact_event(*event?, compact_service);
                 let touched = touched_key(&event);
                 let changed = self.services.apply(event);
                 self.note(changed, touched);
                 changed
             }
-            Update::Slice(event) => self.apply_slice(*event?),
+            Update::Slice(event) => self.apply_slice(compact_event(*event?, compact_slice)),
             Update::Node(event) => {
                 let changed = self.nodes.apply(*event?);
                 // A zone change affects every Service's topology.
