@@ -23,7 +23,7 @@ const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const OTHER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80);
 const WAIT: Duration = Duration::from_secs(30);
 
-fn service(name: &str, cluster_ip: &str, port: Value) -> Value {
+fn service(name: &str, cluster_ip: &str, port: &Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "shop"},
@@ -97,7 +97,7 @@ fn names(backends: &[usize]) -> BTreeSet<String> {
 #[test]
 fn service_created_through_the_api_carries_traffic_and_follows_scaling() {
     let mut cluster = Cluster::start();
-    cluster.api.apply(service("web", "10.96.0.10", http_port()));
+    cluster.api.apply(service("web", "10.96.0.10", &http_port()));
     cluster.api.apply(slice("web", &[1, 2, 3]));
     cluster.agent.wait_until(WAIT, |m| backend_count(m, WEB) == Some(3)).expect("programmed from the API");
     assert_eq!(cluster.backends_seen(WEB, 60), names(&[1, 2, 3]));
@@ -116,9 +116,9 @@ fn service_created_through_the_api_carries_traffic_and_follows_scaling() {
 #[test]
 fn deletion_during_a_watch_outage_is_applied_after_the_relist() {
     let mut cluster = Cluster::start();
-    cluster.api.apply(service("web", "10.96.0.10", http_port()));
+    cluster.api.apply(service("web", "10.96.0.10", &http_port()));
     cluster.api.apply(slice("web", &[1, 2, 3]));
-    cluster.api.apply(service("other", "10.96.0.11", http_port()));
+    cluster.api.apply(service("other", "10.96.0.11", &http_port()));
     cluster.api.apply(slice("other", &[1]));
     cluster.agent.wait_until(WAIT, |m| backend_count(m, WEB) == Some(3) && backend_count(m, OTHER) == Some(1)).unwrap();
 
@@ -141,8 +141,8 @@ fn deletion_during_a_watch_outage_is_applied_after_the_relist() {
 #[test]
 fn invalid_service_is_reported_while_a_valid_one_works() {
     let mut cluster = Cluster::start();
-    cluster.api.apply(service("broken", "10.96.0.12", json!({"name": "http", "port": 80, "protocol": "QUIC"})));
-    cluster.api.apply(service("web", "10.96.0.10", http_port()));
+    cluster.api.apply(service("broken", "10.96.0.12", &json!({"name": "http", "port": 80, "protocol": "QUIC"})));
+    cluster.api.apply(service("web", "10.96.0.10", &http_port()));
     cluster.api.apply(slice("web", &[1, 2, 3]));
     cluster.agent.wait_until(WAIT, |m| backend_count(m, WEB) == Some(3)).expect("valid Service programmed");
     assert_eq!(cluster.backends_seen(WEB, 60), names(&[1, 2, 3]));

@@ -196,6 +196,16 @@ fn parse_programmed(line: &str) -> Option<Programmed> {
     })
 }
 
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,14 +220,4 @@ mod tests {
         assert_eq!((event.frontends, event.took_us), (7, 5));
         assert!(parse_programmed("datapath attached").is_none());
     }
-}
-
-/// Peak resident memory (VmHWM) of a process, in KiB.
-pub fn peak_rss_kib_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")
 }
