@@ -5,7 +5,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,25 +15,30 @@ use std::{
 
 use anyhow::Context as _;
 
-/// Moves the calling thread into `/run/netns/NAME`.
-pub fn enter_netns(name: &str) -> anyhow::Result<()> {
-    let file = std::fs::File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
-    // SAFETY: valid fd; affects only this thread.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns");
-    }
-    Ok(())
-}
+/// Moves the calling thread into `/run/netns/NAME` (the agent's own
+/// namespace entry, which moves only the calling thread).
+pub use lb_userspace::netns::enter as enter_netns;
 
 /// Runs `f` on a thread inside namespace `netns` and returns its result.
 pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-    let netns = netns.to_owned();
-    std::thread::spawn(move || {
-        enter_netns(&netns)?;
+    let name = netns.to_owned();
+    let handle = std::thread::spawn(move || {
+        enter_netns(&name)?;
         f()
+    });
+    handle.join().map_err(|_| anyhow::anyhow!("thread in {netns} panicked"))?
+}
+
+/// Opens a TCP connection from inside `netns` (3 s to connect, 3 s read
+/// timeout). The outer result is about entering the namespace; the inner
+/// one is the connection attempt, so callers can check how it failed.
+pub fn connect(netns: &str, addr: SocketAddr) -> anyhow::Result<std::io::Result<TcpStream>> {
+    in_netns(netns, move || {
+        Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(3)).and_then(|conn| {
+            conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok(conn)
+        }))
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread in {} panicked", "netns"))?
 }
 
 /// Servers that stop (and close their sockets) when dropped.
@@ -158,11 +162,8 @@ pub fn http_request(conn: &mut TcpStream, close: bool) -> anyhow::Result<String>
 
 /// One short HTTP request (new connection) from inside `netns`.
 pub fn http_get(netns: &str, addr: SocketAddr) -> anyhow::Result<String> {
-    in_netns(netns, move || {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-        http_request(&mut conn, true)
-    })
+    let mut conn = connect(netns, addr)??;
+    http_request(&mut conn, true)
 }
 
 /// One UDP exchange from inside `netns`: returns the reply and its source.

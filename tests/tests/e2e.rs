@@ -5,13 +5,12 @@
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{SocketAddr, TcpStream},
-    time::Duration,
+    net::SocketAddr,
 };
 
 use lb_tests::{
     scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
-    servers::{self, in_netns},
+    servers,
     topology,
 };
 
@@ -50,12 +49,7 @@ fn udp_echo_through_clusterip_replies_from_the_clusterip() {
 fn removed_backend_gets_no_new_requests_while_established_connection_survives() {
     let mut cluster = DemoCluster::start().expect("start demo cluster");
     // A keep-alive connection, pinned by conntrack to one backend.
-    let mut conn = in_netns(&cluster.topology.client, || {
-        let conn = TcpStream::connect_timeout(&SocketAddr::V4(WEB), Duration::from_secs(3))?;
-        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-        Ok(conn)
-    })
-    .unwrap();
+    let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
     let pinned = servers::http_request(&mut conn, false).unwrap();
     // Remove a different backend from the file.
     let removed = (1..=scenario::BACKENDS).find(|&i| scenario::backend_name(i) != pinned).unwrap();
@@ -73,10 +67,8 @@ fn removed_backend_gets_no_new_requests_while_established_connection_survives() 
 #[test]
 fn service_without_endpoints_refuses_at_once() {
     let cluster = DemoCluster::start().expect("start demo cluster");
-    let err = in_netns(&cluster.topology.client, || {
-        Ok(TcpStream::connect_timeout(&SocketAddr::V4(NOTHING_HERE), Duration::from_secs(3)))
-    })
-    .unwrap()
-    .expect_err("no endpoints: the connection must fail");
+    let err = servers::connect(&cluster.topology.client, SocketAddr::V4(NOTHING_HERE))
+        .unwrap()
+        .expect_err("no endpoints: the connection must fail");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "refused, not timed out: {err}");
 }

@@ -2,13 +2,13 @@
 //! writes only the difference, and tracked connections keep flowing.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     time::Duration,
 };
 
 use lb_tests::{
     scenario::{self, DemoCluster, WEB},
-    servers::{self, in_netns},
+    servers,
 };
 use lb_userspace::{
     datapath::{
@@ -52,12 +52,7 @@ fn restart_with_pinned_maps_writes_nothing_when_nothing_changed() {
 #[test]
 fn established_connection_survives_an_agent_restart() {
     let mut cluster = DemoCluster::start().expect("start demo cluster");
-    let mut conn = in_netns(&cluster.topology.client, || {
-        let conn = TcpStream::connect_timeout(&SocketAddr::V4(WEB), Duration::from_secs(3))?;
-        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-        Ok(conn)
-    })
-    .unwrap();
+    let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
     let pinned = servers::http_request(&mut conn, false).unwrap();
 
     cluster.agent.restart().expect("restart the agent");

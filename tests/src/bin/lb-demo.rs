@@ -6,9 +6,9 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
@@ -16,7 +16,7 @@ use clap::Parser;
 use lb_tests::{
     agent,
     scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
-    servers::{self, in_netns},
+    servers,
     topology,
 };
 
@@ -76,9 +76,7 @@ fn main() -> anyhow::Result<()> {
 
     heading(&format!("A Service without endpoints ({NOTHING_HERE})"));
     let started = Instant::now();
-    let result = in_netns(&cluster.topology.client, || {
-        Ok(TcpStream::connect_timeout(&SocketAddr::V4(NOTHING_HERE), Duration::from_secs(3)))
-    })?;
+    let result = servers::connect(&cluster.topology.client, SocketAddr::V4(NOTHING_HERE))?;
     match result {
         Err(e) => println!("  connect failed after {:?}: {e}", started.elapsed()),
         Ok(_) => println!("  unexpectedly connected"),
