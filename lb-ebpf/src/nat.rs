@@ -42,6 +42,15 @@ fn write_at<const N: usize>(ctx: &TcContext, offset: usize, bytes: [u8; N]) -> P
     Ok(())
 }
 
+/// Folds a 32-bit one's-complement sum to 16 bits and complements it:
+/// the checksum field's value, big-endian.
+#[inline(always)]
+pub fn fold_checksum(mut sum: u32) -> [u8; 2] {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
 /// RFC 1624 incremental update of a 16-bit one's-complement checksum for
 /// a 4-byte field changing from `from` to `to`.
 #[inline(always)]
@@ -49,9 +58,7 @@ fn csum_replace4(check: [u8; 2], from: [u8; 4], to: [u8; 4]) -> [u8; 2] {
     let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
     let mut sum = u32::from(!u16::from_be_bytes(check));
     sum += (0xffff - word(from, 0)) + (0xffff - word(from, 2)) + word(to, 0) + word(to, 2);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
+    fold_checksum(sum)
 }
 
 /// Reads `N` bytes at `offset` by direct packet access.

@@ -18,6 +18,7 @@ use lb_common::stats::Counter;
 use network_types::eth::EthHdr;
 
 use crate::{
+    nat,
     parse::{ETH_LEN, IPV4_MIN_LEN, PacketV4},
     verdict::{Outcome, PathResult, Verdict},
 };
@@ -42,9 +43,7 @@ fn checksum(bytes: &[u8]) -> [u8; 2] {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
+    nat::fold_checksum(sum)
 }
 
 /// Copies exactly `dst.len()` bytes (aya's `load_bytes` clamps the length
