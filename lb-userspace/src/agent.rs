@@ -165,6 +165,7 @@ fn sync_once<W: MapWriter>(
                     backends = report.backends,
                     writes = report.writes,
                     invalid_objects = problems.current(),
+                    invalid_objects_seen = problems.total,
                     took_us = report.took.as_micros() as u64,
                     "datapath programmed"
                 );

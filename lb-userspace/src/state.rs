@@ -50,10 +50,6 @@ impl Touched {
             ports: a.port_filter.keys().chain(b.port_filter.keys()).copied().collect(),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.backends.is_empty() && self.ports.is_empty()
-    }
 }
 
 /// A backend's identity: the same endpoint under several Services shares one id.

@@ -2,7 +2,7 @@
 
 use std::{
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -28,10 +28,6 @@ pub struct FileSource {
 impl FileSource {
     pub fn new(path: impl Into<PathBuf>, poll: Duration) -> Self {
         Self { path: path.into(), last: None, poll }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn stamp(&self) -> std::io::Result<Stamp> {
