@@ -3,7 +3,7 @@
 //! `translate` produces it from Services and EndpointSlices; `encode`
 //! turns it into map entries.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::IpAddr};
 
 /// L4 protocol of a Service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,10 +89,51 @@ impl FrontendKind {
     }
 }
 
+/// An IP family. Each family is translated and served on its own, as
+/// kube-proxy runs one proxier per family: a family's frontends use only
+/// that family's addresses and the EndpointSlices of that address type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub const fn of(address: IpAddr) -> Self {
+        match address {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The Kubernetes spelling ("IPv4", "IPv6"), as in `ipFamilies` and
+    /// an EndpointSlice's `addressType`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+}
+
+/// What a new flow to a frontend without backends meets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WhenEmpty {
+    /// The Service has no usable endpoint anywhere: reject (ICMP port
+    /// unreachable), so clients fail at once, as kube-proxy does.
+    #[default]
+    Reject,
+    /// The Service has endpoints, but a `Local` traffic policy leaves none
+    /// on this node: drop, as kube-proxy does (a cloud load balancer's
+    /// health check then steers external traffic to other nodes).
+    Drop,
+}
+
 /// A backend of a frontend: endpoint address and target port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     /// Serving but terminating (used only when no endpoint is ready).
     pub terminating: bool,
@@ -105,9 +146,11 @@ pub struct Backend {
 pub struct Frontend {
     pub service: ServicePortName,
     pub kind: FrontendKind,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub backends: Vec<Backend>,
+    /// Only meaningful when `backends` is empty.
+    pub when_empty: WhenEmpty,
     /// sessionAffinity ClientIP timeout in seconds; `None` when off.
     pub affinity_timeout_s: Option<u32>,
     /// A `Local` traffic policy restricted `backends` to this node.
@@ -129,11 +172,13 @@ pub struct NodeContext {
     /// This node's `topology.kubernetes.io/zone` (for topology hints).
     pub zone: Option<String>,
     /// Addresses NodePorts are served on (`--nodeport-addresses` applied).
-    pub node_addresses: Vec<Ipv4Addr>,
+    pub node_addresses: Vec<IpAddr>,
     /// `--proxy-name`-like filter: Services labelled
     /// `service.kubernetes.io/service-proxy-name` are only ours if the
     /// label equals this (by default, no such Service is ours).
     pub proxy_name: Option<String>,
+    /// The family this table is built for (see [`IpFamily`]).
+    pub family: IpFamily,
 }
 
 /// An object that could not be (fully) translated. It is skipped and

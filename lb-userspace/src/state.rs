@@ -30,7 +30,15 @@ pub type ServiceRef = (String, String);
 type Triple = (Ipv4Addr, u16, u8);
 
 fn triple(f: &Frontend) -> Triple {
-    (f.address, f.port, f.protocol().number())
+    (v4(f.address), f.port, f.protocol().number())
+}
+
+/// The IPv4 table only ever holds IPv4 frontends and backends.
+fn v4(address: std::net::IpAddr) -> Ipv4Addr {
+    match address {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("IPv6 address {a} in the IPv4 table"),
+    }
 }
 
 /// Map keys that may have changed since the last diff.
@@ -241,7 +249,7 @@ impl DesiredState {
             .backends
             .iter()
             .take(usize::from(u16::MAX))
-            .map(|b| (b.address, b.port, proto))
+            .map(|b| (v4(b.address), b.port, proto))
             .collect();
         for (slot, (b, identity)) in (1u16..).zip(frontend.backends.iter().zip(&backends)) {
             let (id, first) = self.ids.acquire_backend(*identity);
@@ -250,7 +258,7 @@ impl DesiredState {
             }
             // Written even when shared: its flags (terminating) may change.
             let flags = if b.terminating { backend::FLAG_TERMINATING } else { 0 };
-            self.maps.backends.insert(id, BackendV4 { address: b.address.octets(), port: b.port, proto, flags });
+            self.maps.backends.insert(id, BackendV4 { address: v4(b.address).octets(), port: b.port, proto, flags });
             touched.backends.insert(id);
             let slot_key = key.slot(slot);
             self.maps.services.insert(slot_key, ServiceValue { backend_id: id, ..Default::default() });
@@ -308,13 +316,14 @@ mod tests {
 
     fn web(backends: &[u8]) -> Vec<Frontend> {
         let service = ServicePortName { namespace: "ns".into(), name: "web".into(), port: "http".into(), protocol: Protocol::Tcp };
-        let backends = backends.iter().map(|&i| Backend { address: Ipv4Addr::new(10, 244, 0, i), port: 8080, terminating: false }).collect();
+        let backends = backends.iter().map(|&i| Backend { address: Ipv4Addr::new(10, 244, 0, i).into(), port: 8080, terminating: false }).collect();
         vec![Frontend {
             service,
             kind: FrontendKind::ClusterIp,
-            address: Ipv4Addr::new(10, 96, 0, 10),
+            address: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             backends,
+            when_empty: crate::model::WhenEmpty::Reject,
             affinity_timeout_s: Some(30),
             local_only: false,
         }]
@@ -376,7 +385,7 @@ mod tests {
         set(&mut state, &[1, 2]);
         let mut touched = Touched::default();
         let mut other = web(&[9]);
-        other[0].address = Ipv4Addr::new(10, 96, 0, 99);
+        other[0].address = Ipv4Addr::new(10, 96, 0, 99).into();
         other[0].service.name = "other".into();
         state.set_service(("ns".into(), "other".into()), other, vec![], &mut touched);
         assert!(touched.services.iter().all(|k| k.address == [10, 96, 0, 99]), "{touched:?}");

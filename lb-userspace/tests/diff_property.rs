@@ -61,7 +61,7 @@ impl MapWriter for CheckingWriter {
 }
 
 /// frontend (address, port, proto) → backends (address, port) in slot order.
-type Decoded = BTreeMap<(Ipv4Addr, u16, u8), Vec<(Ipv4Addr, u16)>>;
+type Decoded = BTreeMap<(std::net::IpAddr, u16, u8), Vec<(std::net::IpAddr, u16)>>;
 
 fn decode(maps: &DesiredMaps) -> Decoded {
     maps.services
@@ -71,10 +71,10 @@ fn decode(maps: &DesiredMaps) -> Decoded {
             let backends = (1..=v.count)
                 .map(|slot| {
                     let b = &maps.backends[&maps.services[&k.slot(slot)].backend_id];
-                    (Ipv4Addr::from(b.address), b.port)
+                    (Ipv4Addr::from(b.address).into(), b.port)
                 })
                 .collect();
-            ((Ipv4Addr::from(k.address), k.port, k.proto), backends)
+            ((Ipv4Addr::from(k.address).into(), k.port, k.proto), backends)
         })
         .collect()
 }

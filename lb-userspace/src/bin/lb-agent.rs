@@ -174,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         zone: args.zone.clone(),
         node_addresses: nodeport_addresses(&args.nodeport_addresses)?,
         proxy_name: args.proxy_name.clone(),
+        family: lb_userspace::model::IpFamily::V4,
     };
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
     let mut syncer = Syncer::new(maps, existing, node);
@@ -207,7 +208,7 @@ async fn shutdown_signal() {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
 }
 
-fn nodeport_addresses(filter: &[Cidr]) -> anyhow::Result<Vec<Ipv4Addr>> {
+fn nodeport_addresses(filter: &[Cidr]) -> anyhow::Result<Vec<std::net::IpAddr>> {
     let all = netns::ipv4_addresses().context("reading node addresses")?;
-    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(*ip))).collect())
+    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(*ip))).map(Into::into).collect())
 }

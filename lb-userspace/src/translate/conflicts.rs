@@ -1,7 +1,7 @@
 //! One owner per (address, port, protocol): the datapath keys frontends by
 //! that triple, so two claims on it cannot both be served.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::model::{Frontend, FrontendKind, Problem, Protocol};
 
@@ -20,13 +20,13 @@ pub(super) fn resolve(mut candidates: Vec<Frontend>, problems: &mut Vec<Problem>
     kept
 }
 
-fn key(frontend: &Frontend) -> (Ipv4Addr, u16, Protocol) {
+fn key(frontend: &Frontend) -> (IpAddr, u16, Protocol) {
     (frontend.address, frontend.port, frontend.protocol())
 }
 
 /// Sort key: the triple first, then the claimant; kind and port name make
 /// the order total when one Service claims a triple twice.
-fn claim_order(frontend: &Frontend) -> (Ipv4Addr, u16, Protocol, &str, &str, FrontendKind, &str) {
+fn claim_order(frontend: &Frontend) -> (IpAddr, u16, Protocol, &str, &str, FrontendKind, &str) {
     let service = &frontend.service;
     let (address, port, protocol) = key(frontend);
     (address, port, protocol, &service.namespace, &service.name, frontend.kind, &service.port)

@@ -2,14 +2,14 @@
 //! backends of a frontend, after endpoint conditions, traffic policy and
 //! topology hints (kube-proxy's topology.go, CategorizeEndpoints).
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use crate::model::{Backend, NodeContext};
 
 /// One endpoint of one Service port, merged from the Service's slices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Endpoint {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,

@@ -1,6 +1,6 @@
 //! Service → the (kind, address, port) frontends of each of its ports.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 
@@ -12,7 +12,7 @@ use crate::model::{FrontendKind, NodeContext, Problem, ServicePortName};
 pub(super) struct PortFrontends {
     pub service: ServicePortName,
     /// (kind, address, port) of every frontend of this Service port.
-    pub addresses: Vec<(FrontendKind, Ipv4Addr, u16)>,
+    pub addresses: Vec<(FrontendKind, IpAddr, u16)>,
 }
 
 /// One entry per valid Service port; invalid ports and addresses are
@@ -31,17 +31,17 @@ pub(super) fn plan(
 /// The Service-wide addresses, parsed once so each bad one is reported once.
 #[derive(Debug, Default)]
 struct Addresses {
-    cluster: Vec<Ipv4Addr>,
-    external: Vec<Ipv4Addr>,
-    load_balancer: Vec<Ipv4Addr>,
+    cluster: Vec<IpAddr>,
+    external: Vec<IpAddr>,
+    load_balancer: Vec<IpAddr>,
 }
 
 impl Addresses {
     fn of(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Self {
-        let mut parse = |values: Vec<&str>, what: &str| -> Vec<Ipv4Addr> {
+        let mut parse = |values: Vec<&str>, what: &str| -> Vec<IpAddr> {
             values
                 .into_iter()
-                .filter_map(|value| fields::ipv4(value, what).map_err(|e| problems.push(service_problem(svc, e))).ok())
+                .filter_map(|value| fields::ipv4(value, what).map(IpAddr::V4).map_err(|e| problems.push(service_problem(svc, e))).ok())
                 .collect()
         };
         let external = spec.external_ips.iter().flatten().map(String::as_str).collect();
@@ -102,9 +102,9 @@ fn port_frontends(
 /// One frontend of `kind` on each of `addresses`.
 fn at(
     kind: FrontendKind,
-    addresses: &[Ipv4Addr],
+    addresses: &[IpAddr],
     port: u16,
-) -> impl Iterator<Item = (FrontendKind, Ipv4Addr, u16)> + '_ {
+) -> impl Iterator<Item = (FrontendKind, IpAddr, u16)> + '_ {
     addresses.iter().map(move |address| (kind, *address, port))
 }
 

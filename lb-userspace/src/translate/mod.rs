@@ -26,7 +26,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{Frontend, NodeContext, Problem, ServiceTable};
+use crate::model::{Frontend, NodeContext, Problem, ServiceTable, WhenEmpty};
 
 use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, slices::SliceIndex};
 
@@ -110,6 +110,7 @@ fn port_frontends(
                 address,
                 port: port_number,
                 backends: backends.clone(),
+                when_empty: WhenEmpty::Reject,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,
             }

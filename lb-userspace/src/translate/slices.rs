@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use k8s_openapi::api::discovery::v1::{Endpoint as ApiEndpoint, EndpointPort, EndpointSlice};
@@ -39,7 +39,7 @@ struct SlicePort {
 /// An endpoint without its port, which depends on the Service port.
 #[derive(Debug)]
 struct SliceEndpoint {
-    address: Ipv4Addr,
+    address: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
@@ -155,7 +155,7 @@ fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
 /// says all addresses of an endpoint are fungible.
 fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
     let first = ep.addresses.first().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
-    let address = fields::ipv4(first, "endpoint address")?;
+    let address = IpAddr::V4(fields::ipv4(first, "endpoint address")?);
     let conditions = ep.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let hints = ep.hints.as_ref().and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();

@@ -20,6 +20,7 @@ fn node() -> NodeContext {
         zone: Some("zone-a".to_owned()),
         node_addresses: vec!["192.168.0.10".parse().unwrap(), "192.168.0.11".parse().unwrap()],
         proxy_name: None,
+        family: crate::model::IpFamily::V4,
     }
 }
 
