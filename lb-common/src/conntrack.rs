@@ -35,8 +35,9 @@ pub const DIR_REPLY: u8 = 1;
 pub struct CtValueV4 {
     /// Original direction: the backend chosen for this flow. Host byte order.
     pub backend_id: u32,
-    /// The Service port (frontend) this flow was balanced by. Host byte order.
-    pub service_id: u32,
+    /// The frontend this flow was balanced by (`ServiceValue::frontend_id`).
+    /// Host byte order.
+    pub frontend_id: u32,
     /// Reply direction: the frontend address to restore as source. Network byte order.
     pub frontend_address: [u8; 4],
     /// Reply direction: the frontend port to restore as source. Host byte order.

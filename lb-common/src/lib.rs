@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod conntrack;
+pub mod ids;
 pub mod maps;
 pub mod port_filter;
 pub mod service;

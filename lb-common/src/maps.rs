@@ -15,9 +15,12 @@ pub const CONNTRACK_V4: &str = "LB4_CT";
 pub const PORT_FILTER: &str = "LB_PORT_FILTER";
 /// Per-CPU packet counters, indexed by `stats::Counter`.
 pub const STATS: &str = "LB_STATS";
+/// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
+/// the other maps so ids stay unique across agent restarts.
+pub const IDS: &str = "LB_IDS";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 5] = [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS];
+pub const ALL: [&str; 6] = [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
 /// 10 endpoints each need 110,000; the agent can raise it at load time.

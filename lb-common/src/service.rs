@@ -28,19 +28,22 @@ pub const SCOPE_EXTERNAL: u8 = 0;
 pub const SCOPE_INTERNAL: u8 = 1;
 
 /// Value of `LB4_SERVICES`. 16 bytes. In a frontend entry (slot 0),
-/// `service_id`, `count`, `flags` and `affinity_timeout_s` are set; in a
+/// `frontend_id`, `count`, `flags` and `affinity_timeout_s` are set; in a
 /// slot entry only `backend_id` is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
     /// Slot entries: the backend this slot points to. Host byte order.
     pub backend_id: u32,
-    /// Frontend entry: id of the Service port, also the reverse-NAT index
-    /// stored in conntrack. Host byte order, never 0 for a live frontend.
-    /// 32 bits: more than 65,535 Service ports must fit.
-    pub service_id: u32,
+    /// Frontend entry: this frontend's own id (the reverse-NAT index
+    /// stored in conntrack), one per (address, port, protocol), so the
+    /// ClusterIP and NodePort frontends of one Service port are told apart.
+    /// Host byte order, never 0 for a live frontend, never reused (see
+    /// `ids`). 32 bits: more than 65,535 frontends must fit.
+    pub frontend_id: u32,
     /// Frontend entry: number of backend slots. 0 means "no endpoints":
-    /// the datapath rejects new flows (ICMP port unreachable) as kube-proxy does.
+    /// the datapath rejects new flows (ICMP port unreachable) as kube-proxy
+    /// does, or drops them when `FLAG_NO_LOCAL_ENDPOINTS` is set.
     pub count: u16,
     /// Frontend entry: `FLAG_*` bits.
     pub flags: u16,
@@ -59,6 +62,11 @@ pub const FLAG_LOAD_BALANCER: u16 = 1 << 3;
 pub const FLAG_SESSION_AFFINITY: u16 = 1 << 4;
 /// The backends are node-local only (a Local traffic policy applied).
 pub const FLAG_LOCAL_ONLY: u16 = 1 << 5;
+/// `count` is 0 because a Local traffic policy leaves no endpoint on this
+/// node while the Service has endpoints elsewhere: new flows are dropped,
+/// not rejected (kube-proxy's choice: the client or its load balancer
+/// retries elsewhere instead of being told the Service is down).
+pub const FLAG_NO_LOCAL_ENDPOINTS: u16 = 1 << 6;
 
 user_pod!(ServiceKeyV4, ServiceValue);
 

@@ -34,11 +34,14 @@ pub enum Counter {
     DropConntrackFull,
     /// A packet rewrite helper failed: dropped.
     DropRewriteFailed,
+    /// New flow to a frontend whose Local traffic policy leaves no endpoint
+    /// on this node while the Service has endpoints elsewhere: dropped.
+    DropNoLocalEndpoints,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -52,6 +55,7 @@ impl Counter {
         Counter::DropMissingBackend,
         Counter::DropConntrackFull,
         Counter::DropRewriteFailed,
+        Counter::DropNoLocalEndpoints,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -70,6 +74,7 @@ impl Counter {
             Counter::DropMissingBackend => "drop_missing_backend",
             Counter::DropConntrackFull => "drop_conntrack_full",
             Counter::DropRewriteFailed => "drop_rewrite_failed",
+            Counter::DropNoLocalEndpoints => "drop_no_local_endpoints",
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn track(
     let now_s = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
     let original = CtValueV4 {
         backend_id,
-        service_id: service.service_id,
+        frontend_id: service.frontend_id,
         frontend_address: frontend.address,
         frontend_port: frontend.port,
         flags: 0,

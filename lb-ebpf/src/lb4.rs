@@ -2,7 +2,11 @@
 //! backend → client (reverse NAT). Each step is one O(1) map operation.
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{backend::BackendV4, service::{ServiceKeyV4, ServiceValue}, stats::Counter};
+use lb_common::{
+    backend::BackendV4,
+    service::{FLAG_NO_LOCAL_ENDPOINTS, ServiceKeyV4, ServiceValue},
+    stats::Counter,
+};
 
 use crate::{
     conntrack,
@@ -62,6 +66,9 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         return Ok(None);
     };
     if svc.count == 0 {
+        if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
+            return Ok(Some(Outcome::drop(Counter::DropNoLocalEndpoints)));
+        }
         return reject::reject(ctx, pkt).map(Some);
     }
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;

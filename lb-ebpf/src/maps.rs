@@ -10,6 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
+    ids,
     maps::{BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY},
     service::{ServiceKeyV4, ServiceValue},
     stats::COUNTERS,
@@ -39,3 +40,8 @@ pub static LB_PORT_FILTER: Array<u8, { PORT_FILTER_CAPACITY as usize }> = Array:
 
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();
+
+/// The agent's id counters (`lb_common::ids`). Declared here so it is
+/// created and pinned with the datapath's maps; the datapath never reads it.
+#[btf_map]
+pub static LB_IDS: Array<u32, { ids::COUNTERS as usize }> = Array::new();

@@ -1,24 +1,9 @@
 //! Map-entry encodings of the model (pure): what a frontend's slot-0
-//! entry holds, and the full desired map contents.
+//! entry holds.
 
-use std::collections::BTreeMap;
+use lb_common::service::{self, ServiceValue};
 
-use lb_common::{
-    backend::BackendV4,
-    service::{self, ServiceKeyV4, ServiceValue},
-};
-
-use crate::model::{Frontend, FrontendKind};
-
-/// Everything the kernel maps should hold, in map-entry form.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DesiredMaps {
-    /// Frontend entries (slot 0) and backend slots.
-    pub services: BTreeMap<ServiceKeyV4, ServiceValue>,
-    pub backends: BTreeMap<u32, BackendV4>,
-    /// Non-zero port filter bits by port.
-    pub port_filter: BTreeMap<u16, u8>,
-}
+use crate::model::{Frontend, FrontendKind, WhenEmpty};
 
 /// `FLAG_*` bits of a frontend entry.
 pub fn frontend_flags(frontend: &Frontend) -> u16 {
@@ -30,14 +15,16 @@ pub fn frontend_flags(frontend: &Frontend) -> u16 {
     };
     let affinity = if frontend.affinity_timeout_s.is_some() { service::FLAG_SESSION_AFFINITY } else { 0 };
     let local = if frontend.local_only { service::FLAG_LOCAL_ONLY } else { 0 };
-    kind | affinity | local
+    let drop_when_empty = frontend.backends.is_empty() && frontend.when_empty == WhenEmpty::Drop;
+    let no_local = if drop_when_empty { service::FLAG_NO_LOCAL_ENDPOINTS } else { 0 };
+    kind | affinity | local | no_local
 }
 
 /// The slot-0 entry of a frontend with `count` backend slots.
-pub fn frontend_value(frontend: &Frontend, service_id: u32, count: u16) -> ServiceValue {
+pub fn frontend_value(frontend: &Frontend, frontend_id: u32, count: u16) -> ServiceValue {
     ServiceValue {
         backend_id: 0,
-        service_id,
+        frontend_id,
         count,
         flags: frontend_flags(frontend),
         affinity_timeout_s: frontend.affinity_timeout_s.unwrap_or(0),

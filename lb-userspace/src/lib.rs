@@ -3,7 +3,6 @@
 
 pub mod agent;
 pub mod datapath;
-pub mod diff;
 pub mod encode;
 pub mod events;
 pub mod model;
@@ -13,6 +12,7 @@ pub mod runner;
 pub mod source;
 pub mod state;
 pub mod sync;
+pub mod tables;
 pub mod translate;
 
 /// The datapath object built by build.rs from `lb-ebpf`.

@@ -1,6 +1,11 @@
 //! One sync: objects → table → map entries → minimal ordered writes.
-//! Keeps an in-memory copy of what the kernel maps hold, so each sync
-//! only diffs and writes, never reads the maps back.
+//!
+//! An incremental sync re-translates the changed Services and diffs only
+//! the map keys their change touched, against an in-memory mirror of the
+//! kernel maps. A full sync re-translates everything and diffs every key
+//! against the maps as the kernel holds them *now* (read back), so it also
+//! repairs entries changed or removed behind the agent's back. A failed
+//! write makes the next sync full.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,17 +16,22 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     datapath::maps::ServiceMaps,
-    diff::{self, Write},
-    encode::DesiredMaps,
     model::{NodeContext, Problem},
-    state::{DesiredState, ServiceRef, Touched},
+    state::{DesiredState, HighestIds, ServiceRef},
+    tables::{self, DesiredMaps, Write},
     translate,
 };
 
-/// Where writes go: the kernel maps in production, a recorder in tests.
+/// The kernel maps as the syncer sees them: the real maps in production,
+/// an in-memory stand-in in tests.
 pub trait MapWriter {
     /// Applies writes in order. On failure, says how many were applied.
     fn apply(&mut self, writes: &[Write]) -> Result<(), ApplyError>;
+    /// Everything the maps hold now.
+    fn read_all(&self) -> anyhow::Result<DesiredMaps>;
+    /// The highest ids conntrack names (only consulted when the maps hold
+    /// no id counters: pinned by a version that kept none).
+    fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,14 @@ impl MapWriter for ServiceMaps {
         }
         Ok(())
     }
+
+    fn read_all(&self) -> anyhow::Result<DesiredMaps> {
+        ServiceMaps::read_all(self)
+    }
+
+    fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
+        ServiceMaps::conntrack_highest_ids(self)
+    }
 }
 
 /// What a sync did.
@@ -46,6 +64,9 @@ pub struct SyncReport {
     pub frontends: usize,
     pub backends: usize,
     pub writes: usize,
+    /// Entries a full sync found different from what the agent had
+    /// written (changed behind its back) and put back.
+    pub repaired: usize,
     pub problems: Vec<Problem>,
     pub took: Duration,
 }
@@ -58,6 +79,8 @@ pub struct Syncer<W> {
     current: DesiredMaps,
     state: DesiredState,
     node: NodeContext,
+    /// A write failed: only a full sync can tell what the maps hold.
+    needs_full: bool,
 }
 
 /// One Service whose objects changed: its (namespace, name), the Service
@@ -65,10 +88,17 @@ pub struct Syncer<W> {
 pub type ServiceChange<'a> = (ServiceRef, Option<&'a Service>, Vec<&'a EndpointSlice>);
 
 impl<W: MapWriter> Syncer<W> {
-    /// Starts from what the maps already hold (empty on first start).
+    /// Starts from what the maps already hold (`existing`, empty on a
+    /// first start), keeping their ids and slots.
     pub fn new(writer: W, existing: DesiredMaps, node: NodeContext) -> Self {
-        let state = DesiredState::resume(&existing);
-        Self { writer, current: existing, state, node }
+        let has_counters = !existing.ids.is_empty();
+        let conntrack = if has_counters { Ok(HighestIds::default()) } else { writer.conntrack_highest_ids() };
+        let conntrack = conntrack.unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read conntrack; new ids start above the maps' own");
+            HighestIds::default()
+        });
+        let state = DesiredState::resume(&existing, conntrack);
+        Self { writer, current: existing, state, node, needs_full: false }
     }
 
     pub fn current(&self) -> &DesiredMaps {
@@ -77,6 +107,15 @@ impl<W: MapWriter> Syncer<W> {
 
     pub fn writer(&self) -> &W {
         &self.writer
+    }
+
+    pub fn writer_mut(&mut self) -> &mut W {
+        &mut self.writer
+    }
+
+    /// Gives the maps back (an agent stopping).
+    pub fn into_writer(self) -> W {
+        self.writer
     }
 
     pub fn node(&self) -> &NodeContext {
@@ -89,8 +128,13 @@ impl<W: MapWriter> Syncer<W> {
         &mut self.node
     }
 
+    /// Whether the next sync must be full (a write failed).
+    pub fn needs_full(&self) -> bool {
+        self.needs_full
+    }
+
     /// Full sync: translates every Service, then compares every map entry
-    /// (which also repairs entries changed behind the agent's back).
+    /// with what the kernel holds now.
     pub fn sync<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a Service>,
@@ -103,7 +147,8 @@ impl<W: MapWriter> Syncer<W> {
                 slices_by_service.entry(owner).or_default().push(slice);
             }
         }
-        let mut by_ref: BTreeMap<ServiceRef, Option<&Service>> = self.state.services().map(|r| (r.clone(), None)).collect();
+        let mut by_ref: BTreeMap<ServiceRef, Option<&Service>> =
+            self.state.services().map(|r| (r.clone(), None)).collect();
         for owner in slices_by_service.keys() {
             by_ref.insert(owner.clone(), None);
         }
@@ -111,43 +156,65 @@ impl<W: MapWriter> Syncer<W> {
             let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
             by_ref.insert(key, Some(svc));
         }
-        let mut touched = Touched::default();
         for (key, svc) in by_ref {
             let slices = slices_by_service.remove(&key).unwrap_or_default();
             let (frontends, problems) = translate::translate_one(svc, slices, &self.node);
-            self.state.set_service(key, frontends, problems, &mut touched);
+            self.state.set_service(key, frontends, problems);
         }
-        let writes = diff::diff(&self.current, self.state.maps());
-        self.apply(&writes, started)
+        self.state.take_touched();
+        let repaired = self.reread_kernel_maps();
+        let writes = tables::diff(&self.current, self.state.maps());
+        let mut report = self.apply(&writes, started)?;
+        report.repaired = repaired;
+        Ok(report)
     }
 
     /// Incremental sync: re-translates only the changed Services and
-    /// compares only the map entries they touch.
+    /// compares only the map entries they touched.
     pub fn update<'a>(&mut self, changes: impl IntoIterator<Item = ServiceChange<'a>>) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
-        let mut touched = Touched::default();
         for (key, svc, slices) in changes {
             let (frontends, problems) = translate::translate_one(svc, slices, &self.node);
-            self.state.set_service(key, frontends, problems, &mut touched);
+            self.state.set_service(key, frontends, problems);
         }
-        let writes = diff::diff_keys(&self.current, self.state.maps(), &touched);
+        let touched = self.state.take_touched();
+        let writes = tables::diff_keys(&self.current, self.state.maps(), &touched);
         self.apply(&writes, started)
+    }
+
+    /// Replaces the mirror with what the kernel holds; returns how many
+    /// entries differed from the mirror (drift). If the maps cannot be
+    /// read, the mirror is kept and the error logged: the sync still
+    /// writes what the mirror says is missing.
+    fn reread_kernel_maps(&mut self) -> usize {
+        match self.writer.read_all() {
+            Ok(held) => {
+                let drift = tables::diff(&self.current, &held).len();
+                self.current = held;
+                drift
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the maps back; repairing from memory");
+                0
+            }
+        }
     }
 
     fn apply(&mut self, writes: &[Write], started: Instant) -> anyhow::Result<SyncReport> {
         let result = self.writer.apply(writes);
-        // Only what was applied counts as current; the next sync diffs
-        // against that and retries the rest.
+        // Only what was applied counts as current.
         let applied = match &result {
             Ok(()) => writes.len(),
             Err(e) => e.applied,
         };
-        diff::apply_to(&mut self.current, &writes[..applied]);
+        tables::apply_to(&mut self.current, &writes[..applied]);
+        self.needs_full = result.is_err();
         result?;
         Ok(SyncReport {
             frontends: self.state.frontend_count(),
             backends: self.current.backends.len(),
             writes: writes.len(),
+            repaired: 0,
             problems: self.state.problems(),
             took: started.elapsed(),
         })

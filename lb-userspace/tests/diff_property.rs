@@ -1,33 +1,42 @@
 //! Property: after any sequence of Service / EndpointSlice events, applied
-//! incrementally (one Service at a time) or in full syncs, the maps
-//! written by the diff writer hold exactly the translation of the final
-//! state; each sync writes no more than the entries that changed; and no
-//! intermediate state (after any single write) exposes a half-built
-//! Service: every reachable slot names an existing backend, and every port
-//! in use has its prefilter bit.
+//! incrementally (one Service at a time) or in full syncs, with agent
+//! restarts, failed writes and entries changed behind the agent's back
+//! thrown in, the maps hold exactly the translation of the final state
+//! once a sync succeeds; each successful sync writes no more than the
+//! entries that changed; no intermediate state (after any single write)
+//! exposes a half-built Service; and no id is ever handed to a second
+//! backend or frontend.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use lb_common::port_filter;
+use lb_common::{backend::BackendV4, port_filter, service::ServiceKeyV4};
 use lb_userspace::{
-    diff::{self, Write},
-    encode::DesiredMaps,
-    model::{NodeContext, ServiceTable},
+    model::{IpFamily, NodeContext, ServiceTable},
+    state::HighestIds,
     sync::{ApplyError, MapWriter, Syncer},
+    tables::{self, DesiredMaps, Write},
     translate,
 };
 use proptest::prelude::*;
 use serde_json::json;
 
-/// Applies writes to memory, checking the invariant after each one.
+/// Applies writes to memory, checking the invariants after each one.
 #[derive(Default)]
 struct CheckingWriter {
     maps: DesiredMaps,
     last_writes: usize,
+    /// Fail the next apply after this many writes.
+    fail_after: Option<usize>,
+    /// An entry was removed behind the agent's back: the maps may be
+    /// inconsistent until a sync completes.
+    tampered: bool,
+    /// Every backend id and frontend id ever written, with what it named.
+    backend_ids: BTreeMap<u32, (Ipv4Addr, u16, u8)>,
+    frontend_ids: BTreeMap<u32, ServiceKeyV4>,
 }
 
 fn assert_consistent(maps: &DesiredMaps) {
@@ -45,23 +54,59 @@ fn assert_consistent(maps: &DesiredMaps) {
                 "backend port {} without its prefilter bit",
                 backend.port
             );
+            assert!(entry.backend_id <= maps.ids[&lb_common::ids::LAST_BACKEND_ID], "id counter persisted first");
+        }
+        assert!(value.frontend_id <= maps.ids[&lb_common::ids::LAST_FRONTEND_ID], "id counter persisted first");
+    }
+}
+
+impl CheckingWriter {
+    fn record_ids(&mut self) {
+        for (id, b) in &self.maps.backends {
+            let identity = (Ipv4Addr::from(b.address), b.port, b.proto);
+            let first = *self.backend_ids.entry(*id).or_insert(identity);
+            assert_eq!(first, identity, "backend id {id} reused");
+        }
+        for (key, value) in self.maps.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+            let first = *self.frontend_ids.entry(value.frontend_id).or_insert(*key);
+            assert_eq!(first, *key, "frontend id {} reused", value.frontend_id);
         }
     }
 }
 
 impl MapWriter for CheckingWriter {
     fn apply(&mut self, writes: &[Write]) -> Result<(), ApplyError> {
-        for write in writes {
-            diff::apply_to(&mut self.maps, std::slice::from_ref(write));
-            assert_consistent(&self.maps);
-        }
         self.last_writes = writes.len();
+        // Armed until a sync has enough writes to fail part-way.
+        let fail_after = self.fail_after.filter(|after| *after < writes.len());
+        if fail_after.is_some() {
+            self.fail_after = None;
+        }
+        for (applied, write) in writes.iter().enumerate() {
+            if fail_after == Some(applied) {
+                return Err(ApplyError { applied, source: anyhow::anyhow!("injected failure") });
+            }
+            tables::apply_to(&mut self.maps, std::slice::from_ref(write));
+            if !self.tampered {
+                assert_consistent(&self.maps);
+            }
+            self.record_ids();
+        }
+        self.tampered = false;
         Ok(())
+    }
+
+    fn read_all(&self) -> anyhow::Result<DesiredMaps> {
+        Ok(self.maps.clone())
+    }
+
+    fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
+        Ok(HighestIds::default())
     }
 }
 
-/// frontend (address, port, proto) → backends (address, port) in slot order.
-type Decoded = BTreeMap<(std::net::IpAddr, u16, u8), Vec<(std::net::IpAddr, u16)>>;
+/// frontend (address, port, proto) → (backends as a set, count, flags).
+type Decoded = BTreeMap<(IpAddr, u16, u8), (BTreeSet<(IpAddr, u16)>, u16)>;
 
 fn decode(maps: &DesiredMaps) -> Decoded {
     maps.services
@@ -70,11 +115,11 @@ fn decode(maps: &DesiredMaps) -> Decoded {
         .map(|(k, v)| {
             let backends = (1..=v.count)
                 .map(|slot| {
-                    let b = &maps.backends[&maps.services[&k.slot(slot)].backend_id];
-                    (Ipv4Addr::from(b.address).into(), b.port)
+                    let b: &BackendV4 = &maps.backends[&maps.services[&k.slot(slot)].backend_id];
+                    (IpAddr::from(b.address), b.port)
                 })
                 .collect();
-            ((Ipv4Addr::from(k.address).into(), k.port, k.proto), backends)
+            ((IpAddr::from(k.address), k.port, k.proto), (backends, v.flags))
         })
         .collect()
 }
@@ -85,7 +130,7 @@ fn expected(table: &ServiceTable) -> Decoded {
         .iter()
         .map(|f| {
             let backends = f.backends.iter().map(|b| (b.address, b.port)).collect();
-            ((f.address, f.port, f.protocol().number()), backends)
+            ((f.address, f.port, f.protocol().number()), (backends, lb_userspace::encode::frontend_flags(f)))
         })
         .collect()
 }
@@ -109,45 +154,85 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
     changed(&before.services, &after.services)
         + changed(&before.backends, &after.backends)
         + changed(&before.port_filter, &after.port_filter)
+        + changed(&before.ids, &after.ids)
         + both_ways
 }
 
 #[derive(Clone, Debug)]
 enum Op {
-    PutService { svc: usize, ports: Vec<(u16, &'static str, u16)> },
+    /// Service `svc` with these ports; NodePort type and Local external
+    /// policy optional; an external IP equal to the node address optional.
+    PutService { svc: usize, ports: Vec<(u16, &'static str, u16)>, node_port: bool, local: bool, external_on_node: bool },
     DeleteService { svc: usize },
-    PutSlice { svc: usize, slice: usize, endpoints: Vec<u8>, target: u16 },
+    PutSlice { svc: usize, slice: usize, endpoints: Vec<(u8, bool, bool)>, target: u16 },
     DeleteSlice { svc: usize, slice: usize },
+    /// The agent stops and a new one starts from the pinned maps.
+    Restart,
+    /// The next sync's apply fails after this many writes.
+    FailNextWrite(usize),
+    /// An entry is removed behind the agent's back.
+    Tamper(usize),
 }
 
 const PORT_CHOICES: [(u16, &str, u16); 4] = [(80, "TCP", 8080), (53, "UDP", 5353), (53, "TCP", 5353), (443, "TCP", 8443)];
+const NODE_IP: &str = "192.168.0.10";
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..4usize, proptest::sample::subsequence(PORT_CHOICES.to_vec(), 0..=3))
-            .prop_map(|(svc, ports)| Op::PutService { svc, ports }),
-        (0..4usize).prop_map(|svc| Op::DeleteService { svc }),
-        (0..4usize, 0..2usize, proptest::collection::vec(1u8..8, 0..5), prop_oneof![Just(8080u16), Just(5353), Just(8443), Just(9000)])
+        4 => (0..5usize, proptest::sample::subsequence(PORT_CHOICES.to_vec(), 0..=3), any::<bool>(), any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(svc, ports, node_port, local, external_on_node)| Op::PutService { svc, ports, node_port, local, external_on_node }),
+        1 => (0..5usize).prop_map(|svc| Op::DeleteService { svc }),
+        5 => (0..5usize, 0..2usize, proptest::collection::vec((1u8..8, any::<bool>(), prop::bool::weighted(0.2)), 0..5), prop_oneof![Just(8080u16), Just(5353), Just(8443), Just(9000)])
             .prop_map(|(svc, slice, endpoints, target)| Op::PutSlice { svc, slice, endpoints, target }),
-        (0..4usize, 0..2usize).prop_map(|(svc, slice)| Op::DeleteSlice { svc, slice }),
+        1 => (0..5usize, 0..2usize).prop_map(|(svc, slice)| Op::DeleteSlice { svc, slice }),
+        1 => Just(Op::Restart),
+        1 => (0..6usize).prop_map(Op::FailNextWrite),
+        1 => (0..100usize).prop_map(Op::Tamper),
     ]
 }
 
-fn service(svc: usize, ports: &[(u16, &str, u16)]) -> Service {
+/// Services 0 and 3 share a cluster IP: their claims on one port conflict.
+fn cluster_ip(svc: usize) -> String {
+    format!("10.96.0.{}", svc % 3 + 1)
+}
+
+fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool, external_on_node: bool) -> Service {
     let ports: Vec<_> = ports
         .iter()
-        .map(|(port, proto, target)| json!({"name": format!("p{port}{proto}"), "port": port, "protocol": proto, "targetPort": target}))
+        .map(|(port, proto, target)| {
+            let mut p = json!({"name": format!("p{port}{proto}"), "port": port, "protocol": proto, "targetPort": target});
+            if node_port {
+                p["nodePort"] = json!(30000 + svc as u16 * 10 + port % 10);
+            }
+            p
+        })
         .collect();
+    let mut spec = json!({"clusterIP": cluster_ip(svc), "clusterIPs": [cluster_ip(svc)], "ports": ports,
+                          "type": if node_port { "NodePort" } else { "ClusterIP" }});
+    if local {
+        spec["externalTrafficPolicy"] = json!("Local");
+        spec["internalTrafficPolicy"] = json!("Local");
+    }
+    if external_on_node {
+        spec["externalIPs"] = json!([NODE_IP]);
+    }
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("s{svc}"), "namespace": "prop"},
-        "spec": {"clusterIP": format!("10.96.0.{}", svc + 1), "ports": ports}
+        "spec": spec
     }))
     .unwrap()
 }
 
-fn slice(svc: usize, slice: usize, endpoints: &[u8], target: u16) -> EndpointSlice {
-    let eps: Vec<_> = endpoints.iter().map(|e| json!({"addresses": [format!("10.244.0.{e}")], "conditions": {"ready": true}})).collect();
+fn slice(svc: usize, slice: usize, endpoints: &[(u8, bool, bool)], target: u16) -> EndpointSlice {
+    let eps: Vec<_> = endpoints
+        .iter()
+        .map(|(e, on_this_node, terminating)| {
+            json!({"addresses": [format!("10.244.0.{e}")],
+                   "nodeName": if *on_this_node { "node-a" } else { "node-b" },
+                   "conditions": {"ready": !terminating, "serving": true, "terminating": terminating}})
+        })
+        .collect();
     let ports: Vec<_> = PORT_CHOICES
         .iter()
         .map(|(port, proto, _)| json!({"name": format!("p{port}{proto}"), "port": target, "protocol": proto}))
@@ -160,46 +245,102 @@ fn slice(svc: usize, slice: usize, endpoints: &[u8], target: u16) -> EndpointSli
     .unwrap()
 }
 
+fn node() -> NodeContext {
+    NodeContext {
+        node_name: Some("node-a".into()),
+        node_addresses: vec![NODE_IP.parse().unwrap()],
+        family: IpFamily::V4,
+        ..NodeContext::default()
+    }
+}
+
+/// Removes the `n`-th entry (modulo their number) of the maps.
+fn tamper(maps: &mut DesiredMaps, n: usize) {
+    let services = maps.services.len();
+    if services > 0 && n.is_multiple_of(2) {
+        let key = *maps.services.keys().nth(n % services).unwrap();
+        maps.services.remove(&key);
+    } else if !maps.backends.is_empty() {
+        let key = *maps.backends.keys().nth(n % maps.backends.len()).unwrap();
+        maps.backends.remove(&key);
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn diff_writer_converges_minimally_and_safely(ops in proptest::collection::vec(op(), 1..40)) {
-        let node = NodeContext::default();
-        let mut syncer = Syncer::new(CheckingWriter::default(), DesiredMaps::default(), node.clone());
+    fn sync_converges_minimally_safely_and_never_reuses_ids(ops in proptest::collection::vec(op(), 1..40)) {
+        let node = node();
+        let mut syncer = Some(Syncer::new(CheckingWriter::default(), DesiredMaps::default(), node.clone()));
         let mut services: BTreeMap<usize, Service> = BTreeMap::new();
         let mut slices: BTreeMap<(usize, usize), EndpointSlice> = BTreeMap::new();
+        let mut full_next = true;
         for (step, op) in ops.into_iter().enumerate() {
-            let changed = match &op {
-                Op::PutService { svc, .. } | Op::DeleteService { svc } | Op::PutSlice { svc, .. } | Op::DeleteSlice { svc, .. } => *svc,
-            };
+            let mut changed = None;
             match op {
-                Op::PutService { svc, ports } => { services.insert(svc, service(svc, &ports)); }
-                Op::DeleteService { svc } => { services.remove(&svc); }
-                Op::PutSlice { svc, slice: s, endpoints, target } => { slices.insert((svc, s), slice(svc, s, &endpoints, target)); }
-                Op::DeleteSlice { svc, slice: s } => { slices.remove(&(svc, s)); }
+                Op::PutService { svc, ports, node_port, local, external_on_node } => {
+                    services.insert(svc, service(svc, &ports, node_port, local, external_on_node));
+                    changed = Some(svc);
+                }
+                Op::DeleteService { svc } => { services.remove(&svc); changed = Some(svc); }
+                Op::PutSlice { svc, slice: s, endpoints, target } => {
+                    slices.insert((svc, s), slice(svc, s, &endpoints, target));
+                    changed = Some(svc);
+                }
+                Op::DeleteSlice { svc, slice: s } => { slices.remove(&(svc, s)); changed = Some(svc); }
+                Op::Restart => {
+                    let writer = syncer.take().unwrap().into_writer();
+                    let existing = writer.maps.clone();
+                    syncer = Some(Syncer::new(writer, existing, node.clone()));
+                    full_next = true;
+                }
+                Op::FailNextWrite(after) => {
+                    syncer.as_mut().unwrap().writer_mut().fail_after = Some(after);
+                    continue;
+                }
+                Op::Tamper(n) => {
+                    let writer = syncer.as_mut().unwrap().writer_mut();
+                    tamper(&mut writer.maps, n);
+                    writer.tampered = true;
+                    full_next = true;
+                }
             }
+            let syncer = syncer.as_mut().unwrap();
             let svcs: Vec<_> = services.values().cloned().collect();
             let slcs: Vec<_> = slices.values().cloned().collect();
             let before = syncer.writer().maps.clone();
-            // Mostly incremental updates of the one changed Service, now
-            // and then a full sync; both must reach the same maps.
-            if step % 5 == 4 {
-                syncer.sync(&svcs, &slcs).unwrap();
+            // Incremental updates of the changed Service, and a full sync
+            // now and then, after a restart, a failure or tampering, as
+            // the agent runs them.
+            let full = full_next || syncer.needs_full() || step % 7 == 6 || changed.is_none();
+            let result = if full {
+                syncer.sync(&svcs, &slcs)
             } else {
+                let changed = changed.unwrap();
                 let service = services.get(&changed);
                 let its_slices: Vec<&EndpointSlice> =
                     slices.iter().filter(|((svc, _), _)| *svc == changed).map(|(_, s)| s).collect();
-                syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices)]).unwrap();
+                syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices)])
+            };
+            full_next = false;
+            prop_assert_eq!(&syncer.writer().maps, syncer.current());
+            match result {
+                Ok(_) => {
+                    let after = &syncer.writer().maps;
+                    prop_assert_eq!(decode(after), expected(&translate::translate(&svcs, &slcs, &node)));
+                    prop_assert_eq!(syncer.writer().last_writes, minimal_writes(&before, after));
+                }
+                Err(_) => prop_assert!(syncer.needs_full(), "a failed write forces a full sync"),
             }
-            let after = &syncer.writer().maps;
-            prop_assert_eq!(after, syncer.current());
-            prop_assert_eq!(decode(after), expected(&translate::translate(&svcs, &slcs, &node)));
-            prop_assert_eq!(syncer.writer().last_writes, minimal_writes(&before, after));
         }
-        // Incremental updates left nothing for a full sync to fix.
+        // Whatever happened, a full sync converges and a second finds nothing to write.
+        let syncer = syncer.as_mut().unwrap();
+        syncer.writer_mut().fail_after = None;
         let svcs: Vec<_> = services.values().cloned().collect();
         let slcs: Vec<_> = slices.values().cloned().collect();
+        syncer.sync(&svcs, &slcs).unwrap();
+        prop_assert_eq!(decode(&syncer.writer().maps), expected(&translate::translate(&svcs, &slcs, &node)));
         prop_assert_eq!(syncer.sync(&svcs, &slcs).unwrap().writes, 0);
     }
 }

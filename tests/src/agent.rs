@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lb_userspace::{datapath::maps::ServiceMaps, encode::DesiredMaps};
+use lb_userspace::{datapath::maps::ServiceMaps, tables::DesiredMaps};
 
 /// Where cargo put the workspace's binaries for this build profile.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {

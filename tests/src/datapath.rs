@@ -13,7 +13,7 @@ use lb_userspace::{
         loader::{self, Capacities},
         maps::ServiceMaps,
     },
-    encode::DesiredMaps,
+    tables::DesiredMaps,
     model::NodeContext,
     source::objects,
     sync::Syncer,

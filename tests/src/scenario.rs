@@ -10,7 +10,7 @@ use std::{
 };
 
 use lb_common::service::ServiceKeyV4;
-use lb_userspace::encode::DesiredMaps;
+use lb_userspace::tables::DesiredMaps;
 
 use crate::{
     agent::{self, Agent},

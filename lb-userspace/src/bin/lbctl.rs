@@ -60,7 +60,14 @@ fn services(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     for (key, value) in held.services.iter().filter(|(k, _)| k.backend_slot == 0) {
         let frontend = format!("{}:{}/{}", Ipv4Addr::from(key.address), key.port, proto_name(key.proto));
         let affinity = if value.affinity_timeout_s > 0 { format!(" affinity={}s", value.affinity_timeout_s) } else { String::new() };
-        println!("{frontend:<28} {:<12} id={:<6} backends={}{affinity}", kind_name(value.flags), value.service_id, value.count);
+        let empty = if value.count == 0 && value.flags & service::FLAG_NO_LOCAL_ENDPOINTS != 0 {
+            " (no local endpoints: drop)"
+        } else if value.count == 0 {
+            " (no endpoints: reject)"
+        } else {
+            ""
+        };
+        println!("{frontend:<28} {:<12} id={:<6} backends={}{affinity}{empty}", kind_name(value.flags), value.frontend_id, value.count);
         for slot in 1..=value.count {
             let backend = held
                 .services
@@ -84,14 +91,14 @@ fn conntrack(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     entries.sort_by_key(|(k, _)| *k);
     for (k, v) in entries {
         println!(
-            "{} {}:{} -> {}:{} backend={} service={}",
+            "{} {}:{} -> {}:{} backend={} frontend={}",
             proto_name(k.proto),
             Ipv4Addr::from(k.src_address),
             k.src_port,
             Ipv4Addr::from(k.dst_address),
             k.dst_port,
             v.backend_id,
-            v.service_id
+            v.frontend_id
         );
     }
     Ok(())

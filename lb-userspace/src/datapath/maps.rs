@@ -1,35 +1,25 @@
 //! Typed access to the datapath's maps, either taken from a freshly loaded
-//! object (the agent) or opened from their pins (the CLI, tests).
+//! object (the agent) or opened from their pins (the CLI, tests). The maps
+//! the agent writes come from the one declaration in `tables`.
 
-use std::path::Path;
+use std::{collections::BTreeMap, marker::PhantomData, path::Path};
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
-    backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
     maps as names,
     service::{ServiceKeyV4, ServiceValue},
     stats::Counter,
 };
 
-use crate::{diff::Write, encode::DesiredMaps};
-
-/// The maps the agent writes.
-pub struct ServiceMaps {
-    services: HashMap<MapData, ServiceKeyV4, ServiceValue>,
-    backends: HashMap<MapData, u32, BackendV4>,
-    port_filter: Array<MapData, u8>,
-}
-
-impl std::fmt::Debug for ServiceMaps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServiceMaps")
-    }
-}
+use crate::{
+    state::HighestIds,
+    tables::{DesiredMaps, Write, for_each_map},
+};
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
     ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
@@ -41,72 +31,54 @@ fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     Map::from_map_data(data).with_context(|| format!("unsupported map type at {}", path.display()))
 }
 
-impl ServiceMaps {
-    pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        Self::from_maps(
-            take(ebpf, names::SERVICES_V4)?,
-            take(ebpf, names::BACKENDS_V4)?,
-            take(ebpf, names::PORT_FILTER)?,
-        )
+/// A hash map, as the agent reads and writes it.
+struct Hash<K, V>(HashMap<MapData, K, V>);
+
+impl<K: Pod + Ord, V: Pod> Hash<K, V> {
+    fn new(map: Map) -> anyhow::Result<Self> {
+        Ok(Self(map.try_into()?))
     }
 
-    pub fn from_pins(pin_dir: &Path) -> anyhow::Result<Self> {
-        Self::from_maps(
-            open_pinned(pin_dir, names::SERVICES_V4)?,
-            open_pinned(pin_dir, names::BACKENDS_V4)?,
-            open_pinned(pin_dir, names::PORT_FILTER)?,
-        )
+    fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
+        self.0.iter().map(|entry| Ok(entry?)).collect()
     }
 
-    fn from_maps(services: Map, backends: Map, port_filter: Map) -> anyhow::Result<Self> {
-        Ok(Self {
-            services: services.try_into().context(names::SERVICES_V4)?,
-            backends: backends.try_into().context(names::BACKENDS_V4)?,
-            port_filter: port_filter.try_into().context(names::PORT_FILTER)?,
-        })
-    }
-
-    /// One entry of the Service table (a frontend or a slot).
-    pub fn service_entry(&self, key: &ServiceKeyV4) -> Option<ServiceValue> {
-        self.services.get(key, 0).ok()
-    }
-
-    /// Everything the maps hold now (after a restart: what the previous
-    /// agent wrote).
-    pub fn read_all(&self) -> anyhow::Result<DesiredMaps> {
-        let mut maps = DesiredMaps::default();
-        for entry in self.services.iter() {
-            let (key, value) = entry.context("reading services")?;
-            maps.services.insert(key, value);
-        }
-        for entry in self.backends.iter() {
-            let (id, backend) = entry.context("reading backends")?;
-            maps.backends.insert(id, backend);
-        }
-        for (port, bits) in self.port_filter.iter().enumerate() {
-            let bits = bits.context("reading port filter")?;
-            if bits != 0 {
-                maps.port_filter.insert(port as u16, bits);
-            }
-        }
-        Ok(maps)
-    }
-
-    /// One write. Deleting an absent entry is not an error: the result is
-    /// what was asked for.
-    pub fn write(&mut self, write: &Write) -> anyhow::Result<()> {
-        let result = match *write {
-            Write::SetPortBits { port, bits } => self.port_filter.set(u32::from(port), bits, 0),
-            Write::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
-            Write::PutService { key, value } => self.services.insert(key, value, 0),
-            Write::DeleteService { key } => self.services.remove(&key),
-            Write::DeleteBackend { id } => self.backends.remove(&id),
+    /// Deleting an absent entry is not an error: the result is what was asked for.
+    fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
+        let result = match value {
+            Some(value) => self.0.insert(key, value, 0),
+            None => self.0.remove(&key),
         };
         match result {
-            Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(anyhow::Error::new(e).context(format!("map write {write:?}"))),
+            other => other,
         }
+    }
+}
+
+/// An array map indexed by a small integer key; a zero value is "absent".
+struct Indexed<K, V: Pod>(Array<MapData, V>, PhantomData<K>);
+
+impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Indexed<K, V> {
+    fn new(map: Map) -> anyhow::Result<Self> {
+        Ok(Self(map.try_into()?, PhantomData))
+    }
+
+    fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
+        let mut out = BTreeMap::new();
+        for (index, value) in self.0.iter().enumerate() {
+            let value = value?;
+            if value != V::default()
+                && let Ok(key) = K::try_from(index as u32)
+            {
+                out.insert(key, value);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
+        self.0.set(key.into(), value.unwrap_or_default(), 0)
     }
 }
 
@@ -115,6 +87,83 @@ fn is_not_found(error: &MapError) -> bool {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
+    }
+}
+
+macro_rules! kernel_tables {
+    ($(
+        $(#[$doc:meta])*
+        $field:ident: $variant:ident, $key:ty => $value:ty, $name:expr, $storage:ident,
+            phase $phase:expr, transition $transition:ident;
+    )*) => {
+        /// The maps the agent writes, plus conntrack (read at start).
+        pub struct ServiceMaps {
+            $( $field: kernel_storage!($storage, $key, $value), )*
+            conntrack: HashMap<MapData, CtKeyV4, CtValueV4>,
+        }
+
+        impl ServiceMaps {
+            fn open(mut open: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+                Ok(Self {
+                    $( $field: <kernel_storage!($storage, $key, $value)>::new(open($name)?).context($name)?, )*
+                    conntrack: open(names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?,
+                })
+            }
+
+            /// Everything the maps hold now: after a restart, what the
+            /// previous agent wrote; before a full sync, what may have
+            /// drifted.
+            pub fn read_all(&self) -> anyhow::Result<DesiredMaps> {
+                Ok(DesiredMaps { $( $field: self.$field.read_all().context($name)?, )* })
+            }
+
+            /// One write.
+            pub fn write(&mut self, write: &Write) -> anyhow::Result<()> {
+                let result = match *write {
+                    $( Write::$variant(key, value) => self.$field.write(key, value), )*
+                };
+                result.with_context(|| format!("map write {write:?}"))
+            }
+        }
+    };
+}
+
+macro_rules! kernel_storage {
+    (Hash, $key:ty, $value:ty) => { Hash<$key, $value> };
+    (Array, $key:ty, $value:ty) => { Indexed<$key, $value> };
+}
+
+for_each_map!(kernel_tables);
+
+impl std::fmt::Debug for ServiceMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceMaps")
+    }
+}
+
+impl ServiceMaps {
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        Self::open(|name| take(ebpf, name))
+    }
+
+    pub fn from_pins(pin_dir: &Path) -> anyhow::Result<Self> {
+        Self::open(|name| open_pinned(pin_dir, name))
+    }
+
+    /// One entry of the Service table (a frontend or a slot).
+    pub fn service_entry(&self, key: &ServiceKeyV4) -> Option<ServiceValue> {
+        self.services.0.get(key, 0).ok()
+    }
+
+    /// The highest ids the conntrack table names.
+    pub fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
+        let mut highest = HighestIds::default();
+        for entry in self.conntrack.iter() {
+            let (_, value) = entry.context("reading conntrack")?;
+            highest.backend = highest.backend.max(value.backend_id);
+            highest.frontend = highest.frontend.max(value.frontend_id);
+        }
+        Ok(highest)
     }
 }
 

@@ -10,9 +10,9 @@
 //! - [`fields`]: protocols, port numbers and addresses, validated.
 //! - [`slices`]: EndpointSlices → endpoints, grouped by Service.
 //! - [`endpoints`]: endpoints → backends (conditions, traffic policy, topology).
-//! - [`conflicts`]: one owner per (address, port, protocol).
+//! - [`claims`]: one owner per (address, port, protocol).
 
-mod conflicts;
+mod claims;
 mod endpoints;
 mod fields;
 mod frontends;
@@ -36,11 +36,14 @@ use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, sl
 pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> ServiceTable {
     let mut problems = Vec::new();
     let index = SliceIndex::build(slices, node, &mut problems);
-    let mut candidates = Vec::new();
+    let mut claims = Claims::default();
     for svc in services {
-        candidates.extend(translate_service(svc, &index, node, &mut problems));
+        let (namespace, name) = namespaced_name(&svc.metadata);
+        let service = (namespace.to_owned(), name.to_owned());
+        claims.set_service(&service, translate_service(svc, &index, node, &mut problems));
     }
-    let frontends = conflicts::resolve(candidates, &mut problems);
+    let frontends = claims.winners().cloned().collect();
+    problems.extend(claims.conflicts());
     problems.sort();
     problems.dedup();
     ServiceTable { frontends, problems }
@@ -48,7 +51,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeCont
 
 /// One Service's frontend claims and problems, from the Service (if it
 /// exists) and the EndpointSlices labelled with its name, before claims of
-/// different Services on one frontend are settled (see [`ClaimKey`]).
+/// different Services on one frontend are settled (see [`Claims`]).
 /// Translating Services one at a time is what lets the agent apply a
 /// change in time proportional to that Service, not to the cluster.
 pub fn translate_one<'a>(
@@ -64,7 +67,7 @@ pub fn translate_one<'a>(
     (frontends, problems)
 }
 
-pub use self::conflicts::{ClaimKey, conflict_problem};
+pub use self::claims::{Claims, FrontendAddr, ServiceRef};
 pub use self::slices::owner as slice_owner;
 
 /// All frontends of one Service, with their backends.

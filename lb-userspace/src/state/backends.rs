@@ -1,0 +1,124 @@
+//! Backends by identity, reference-counted across the frontends that use
+//! them: the same endpoint under several frontends is one backend entry
+//! with one id, kept while any frontend uses it.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use lb_common::{
+    backend::{self, BackendV4},
+    service::ServiceKeyV4,
+};
+
+use super::ids::IdCounter;
+use crate::tables::DesiredMaps;
+
+/// What makes two backends the same backend entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendIdentity {
+    pub address: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl BackendIdentity {
+    /// `None` for an address of another family than this table's.
+    pub fn new(address: IpAddr, port: u16, proto: u8) -> Option<Self> {
+        match address {
+            IpAddr::V4(address) => Some(Self { address: address.octets(), port, proto }),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+/// One slot's backend: which endpoint, and whether the frontend uses it
+/// only as a serving-but-terminating fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotBackend {
+    pub identity: BackendIdentity,
+    pub terminating: bool,
+}
+
+#[derive(Debug)]
+struct Live {
+    id: u32,
+    refs: u32,
+    terminating_refs: u32,
+}
+
+/// Whether a reference change created or removed the backend entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Created,
+    Kept,
+    Removed,
+}
+
+#[derive(Debug, Default)]
+pub struct BackendRefs {
+    live: HashMap<BackendIdentity, Live>,
+    /// Ids the maps held at start, for backends not referenced again yet.
+    resumed: HashMap<BackendIdentity, u32>,
+    ids: IdCounter,
+}
+
+impl BackendRefs {
+    pub fn resume(existing: &DesiredMaps, last_id: u32) -> Self {
+        let resumed = existing.backends.iter().map(|(id, b)| (identity_of(b), *id)).collect();
+        Self { live: HashMap::new(), resumed, ids: IdCounter::resume(last_id) }
+    }
+
+    pub fn last_id(&self) -> u32 {
+        self.ids.last()
+    }
+
+    /// The backend a slot entry of the existing maps points to.
+    pub fn resumed_slot(&self, existing: &DesiredMaps, slot: ServiceKeyV4) -> Option<SlotBackend> {
+        let id = existing.services.get(&slot)?.backend_id;
+        let backend = existing.backends.get(&id)?;
+        Some(SlotBackend { identity: identity_of(backend), terminating: backend.flags & backend::FLAG_TERMINATING != 0 })
+    }
+
+    /// One more frontend uses `backend`; returns its id.
+    pub fn acquire(&mut self, backend: SlotBackend) -> (u32, Lifecycle) {
+        let mut lifecycle = Lifecycle::Kept;
+        let live = self.live.entry(backend.identity).or_insert_with(|| {
+            lifecycle = Lifecycle::Created;
+            let id = match self.resumed.remove(&backend.identity) {
+                Some(id) => {
+                    self.ids.adopt(id);
+                    id
+                }
+                None => self.ids.allocate(),
+            };
+            Live { id, refs: 0, terminating_refs: 0 }
+        });
+        live.refs += 1;
+        live.terminating_refs += u32::from(backend.terminating);
+        (live.id, lifecycle)
+    }
+
+    /// One frontend fewer uses `backend`; returns its id.
+    pub fn release(&mut self, backend: SlotBackend) -> Option<(u32, Lifecycle)> {
+        let live = self.live.get_mut(&backend.identity)?;
+        live.refs -= 1;
+        live.terminating_refs -= u32::from(backend.terminating);
+        let id = live.id;
+        if live.refs > 0 {
+            return Some((id, Lifecycle::Kept));
+        }
+        self.live.remove(&backend.identity);
+        self.ids.release(id);
+        Some((id, Lifecycle::Removed))
+    }
+
+    /// The entry of a live backend.
+    pub fn value(&self, identity: BackendIdentity) -> Option<BackendV4> {
+        let live = self.live.get(&identity)?;
+        let flags = if live.terminating_refs > 0 { backend::FLAG_TERMINATING } else { 0 };
+        Some(BackendV4 { address: identity.address, port: identity.port, proto: identity.proto, flags })
+    }
+}
+
+fn identity_of(backend: &BackendV4) -> BackendIdentity {
+    BackendIdentity { address: backend.address, port: backend.port, proto: backend.proto }
+}

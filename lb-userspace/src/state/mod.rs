@@ -1,0 +1,437 @@
+//! The desired map contents, maintained incrementally one Service at a
+//! time (pure). A change to one Service re-encodes only the frontends whose
+//! winning claim may have changed, and records exactly the map keys whose
+//! desired value changed, so the diff and the writes stay proportional to
+//! the change.
+//!
+//! - [`Claims`]: which Service owns each (address, port, protocol).
+//! - [`ids`]: backend and frontend ids, never handed out twice.
+//! - [`slots`]: stable backend slots.
+//! - [`ports`]: port-filter bits by reference count.
+//!
+//! After an agent restart, [`DesiredState::resume`] takes over what the
+//! pinned maps hold: the id counters, each frontend's id and slot order,
+//! each backend's id. So a restart with nothing changed writes nothing,
+//! and a backend kept across a restart keeps its id and slot.
+
+mod backends;
+mod ids;
+mod ports;
+mod slots;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use lb_common::{
+    ids as counters,
+    service::{ServiceKeyV4, ServiceValue},
+};
+
+use self::{
+    backends::{BackendIdentity, BackendRefs, Lifecycle, SlotBackend},
+    ids::IdCounter,
+    ports::{PortRefs, PortUse},
+};
+use crate::{
+    encode,
+    model::{Frontend, Problem},
+    tables::{DesiredMaps, Touched},
+    translate::{Claims, FrontendAddr},
+};
+pub use crate::translate::ServiceRef;
+
+/// What is encoded for one served frontend.
+#[derive(Debug, Clone)]
+struct Encoded {
+    frontend_id: u32,
+    slots: Vec<SlotBackend>,
+}
+
+/// What the maps held when the agent started, not yet claimed again.
+#[derive(Debug, Default)]
+struct Resumed {
+    frontends: HashMap<ServiceKeyV4, Encoded>,
+}
+
+#[derive(Debug, Default)]
+pub struct DesiredState {
+    claims: Claims,
+    problems: HashMap<ServiceRef, Vec<Problem>>,
+    encoded: HashMap<ServiceKeyV4, Encoded>,
+    resumed: Resumed,
+    backends: BackendRefs,
+    frontend_ids: IdCounter,
+    ports: PortRefs,
+    maps: DesiredMaps,
+    touched: Touched,
+}
+
+/// Ids the conntrack table names, for maps pinned before the id counters
+/// were: the counters then resume above these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HighestIds {
+    pub backend: u32,
+    pub frontend: u32,
+}
+
+impl DesiredState {
+    /// Starts from what the kernel maps hold (empty on a first start).
+    pub fn resume(existing: &DesiredMaps, conntrack: HighestIds) -> Self {
+        let counter = |index| existing.ids.get(&index).copied().unwrap_or(0);
+        let highest_backend = existing.backends.keys().copied().max().unwrap_or(0);
+        let mut state = DesiredState {
+            backends: BackendRefs::resume(
+                existing,
+                counter(counters::LAST_BACKEND_ID).max(highest_backend).max(conntrack.backend),
+            ),
+            ..Self::default()
+        };
+        let mut last_frontend = counter(counters::LAST_FRONTEND_ID).max(conntrack.frontend);
+        for (key, value) in existing.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+            last_frontend = last_frontend.max(value.frontend_id);
+            let slots: Option<Vec<SlotBackend>> =
+                (1..=value.count).map(|slot| state.backends.resumed_slot(existing, key.slot(slot))).collect();
+            // A frontend with a missing slot or backend is rebuilt from scratch.
+            let slots = slots.unwrap_or_default();
+            state.resumed.frontends.insert(*key, Encoded { frontend_id: value.frontend_id, slots });
+        }
+        state.frontend_ids = IdCounter::resume(last_frontend);
+        state.record_counters();
+        state
+    }
+
+    /// The full desired map contents.
+    pub fn maps(&self) -> &DesiredMaps {
+        &self.maps
+    }
+
+    /// The keys whose desired value changed since the last call.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Services with claims or problems.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRef> {
+        self.claims.services().chain(self.problems.keys().filter(|s| !self.claims.has_service(s)))
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.encoded.len()
+    }
+
+    /// Replaces what one Service claims (nothing: the Service is gone).
+    pub fn set_service(&mut self, service: ServiceRef, frontends: Vec<Frontend>, problems: Vec<Problem>) {
+        let affected = self.claims.set_service(&service, frontends);
+        if problems.is_empty() {
+            self.problems.remove(&service);
+        } else {
+            self.problems.insert(service, problems);
+        }
+        for address in affected {
+            self.reencode(address);
+        }
+    }
+
+    /// All problems: each Service's own, and claims that lost a conflict.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out: Vec<Problem> = self.problems.values().flatten().cloned().collect();
+        out.extend(self.claims.conflicts());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Re-derives the entries of one frontend from its winning claim.
+    fn reencode(&mut self, address: FrontendAddr) {
+        let IpAddr::V4(ip) = address.address else { return };
+        let key = ServiceKeyV4::frontend(ip.octets(), address.port, address.protocol.number());
+        match self.claims.winner(&address).cloned() {
+            Some(frontend) => self.put_frontend(key, &frontend),
+            None => self.remove_frontend(key),
+        }
+    }
+
+    fn put_frontend(&mut self, key: ServiceKeyV4, frontend: &Frontend) {
+        let owned = self.encoded.remove(&key);
+        let previous = match &owned {
+            Some(owned) => Some(owned.clone()),
+            None => {
+                // Newly served (or taken over from the maps): one more
+                // frontend on this port.
+                self.change_port(key.port, PortUse::Frontend, true);
+                self.resumed.frontends.remove(&key)
+            }
+        };
+        let frontend_id = match &previous {
+            Some(previous) => {
+                self.frontend_ids.adopt(previous.frontend_id);
+                previous.frontend_id
+            }
+            None => self.frontend_ids.allocate(),
+        };
+        let wanted: Vec<SlotBackend> = frontend
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let identity = BackendIdentity::new(b.address, b.port, key.proto)?;
+                Some(SlotBackend { identity, terminating: b.terminating })
+            })
+            .take(usize::from(u16::MAX))
+            .collect();
+        let old_slots = previous.map(|p| p.slots).unwrap_or_default();
+        let slots = slots::reassign(&old_slots, &wanted);
+        // New references before old ones go, so a kept backend keeps its id.
+        for (slot, backend) in (1u16..).zip(&slots) {
+            let id = self.acquire_backend(*backend);
+            let entry = ServiceValue { backend_id: id, ..Default::default() };
+            set(&mut self.maps.services, &mut self.touched.services, key.slot(slot), Some(entry));
+        }
+        for slot in slots.len() + 1..=old_slots.len() {
+            set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
+        }
+        let value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
+        set(&mut self.maps.services, &mut self.touched.services, key, Some(value));
+        for backend in owned.iter().flat_map(|o| &o.slots) {
+            self.release_backend(*backend);
+        }
+        self.encoded.insert(key, Encoded { frontend_id, slots });
+        self.record_counters();
+    }
+
+    fn remove_frontend(&mut self, key: ServiceKeyV4) {
+        self.resumed.frontends.remove(&key);
+        let Some(owned) = self.encoded.remove(&key) else { return };
+        set(&mut self.maps.services, &mut self.touched.services, key, None);
+        for slot in 1..=owned.slots.len() {
+            set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
+        }
+        for backend in &owned.slots {
+            self.release_backend(*backend);
+        }
+        self.frontend_ids.release(owned.frontend_id);
+        self.change_port(key.port, PortUse::Frontend, false);
+    }
+
+    fn acquire_backend(&mut self, backend: SlotBackend) -> u32 {
+        let (id, lifecycle) = self.backends.acquire(backend);
+        if lifecycle == Lifecycle::Created {
+            self.change_port(backend.identity.port, PortUse::Backend, true);
+        }
+        let value = self.backends.value(backend.identity);
+        set(&mut self.maps.backends, &mut self.touched.backends, id, value);
+        id
+    }
+
+    fn release_backend(&mut self, backend: SlotBackend) {
+        let Some((id, lifecycle)) = self.backends.release(backend) else { return };
+        if lifecycle == Lifecycle::Removed {
+            self.change_port(backend.identity.port, PortUse::Backend, false);
+        }
+        // None once removed; otherwise its flags may have changed.
+        let value = self.backends.value(backend.identity);
+        set(&mut self.maps.backends, &mut self.touched.backends, id, value);
+    }
+
+    fn change_port(&mut self, port: u16, use_: PortUse, add: bool) {
+        let bits = self.ports.change(port, use_, add);
+        set(&mut self.maps.port_filter, &mut self.touched.port_filter, port, (bits != 0).then_some(bits));
+    }
+
+    /// The id counters as they must be persisted.
+    fn record_counters(&mut self) {
+        let values = [
+            (counters::LAST_BACKEND_ID, self.backends.last_id()),
+            (counters::LAST_FRONTEND_ID, self.frontend_ids.last()),
+        ];
+        for (index, value) in values {
+            set(&mut self.maps.ids, &mut self.touched.ids, index, (value != 0).then_some(value));
+        }
+    }
+}
+
+/// Sets or removes one desired entry, recording the key if it changed.
+fn set<K: Ord + Copy, V: PartialEq + Copy>(
+    map: &mut BTreeMap<K, V>,
+    touched: &mut std::collections::BTreeSet<K>,
+    key: K,
+    value: Option<V>,
+) {
+    let changed = match value {
+        Some(value) => map.insert(key, value) != Some(value),
+        None => map.remove(&key).is_some(),
+    };
+    if changed {
+        touched.insert(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use lb_common::port_filter;
+
+    use super::*;
+    use crate::{
+        model::{Backend, FrontendKind, Protocol, ServicePortName, WhenEmpty},
+        tables,
+    };
+
+    const WEB: ServiceKeyV4 = ServiceKeyV4::frontend([10, 96, 0, 10], 80, 6);
+    const WEB_NODE_PORT: ServiceKeyV4 = ServiceKeyV4::frontend([192, 168, 0, 10], 30080, 6);
+
+    fn frontend(kind: FrontendKind, address: [u8; 4], port: u16, backends: &[u8]) -> Frontend {
+        let service = ServicePortName { namespace: "ns".into(), name: "web".into(), port: "http".into(), protocol: Protocol::Tcp };
+        let backends = backends
+            .iter()
+            .map(|&i| Backend { address: Ipv4Addr::new(10, 244, 0, i).into(), port: 8080, terminating: false })
+            .collect();
+        Frontend {
+            service,
+            kind,
+            address: Ipv4Addr::from(address).into(),
+            port,
+            backends,
+            when_empty: WhenEmpty::Reject,
+            affinity_timeout_s: Some(30),
+            local_only: false,
+        }
+    }
+
+    fn web(backends: &[u8]) -> Vec<Frontend> {
+        vec![frontend(FrontendKind::ClusterIp, [10, 96, 0, 10], 80, backends)]
+    }
+
+    fn web_ref() -> ServiceRef {
+        ("ns".into(), "web".into())
+    }
+
+    fn set(state: &mut DesiredState, backends: &[u8]) -> Touched {
+        state.set_service(web_ref(), web(backends), vec![]);
+        state.take_touched()
+    }
+
+    fn id_of(maps: &DesiredMaps, last_octet: u8) -> Option<u32> {
+        maps.backends.iter().find(|(_, b)| b.address == [10, 244, 0, last_octet]).map(|(id, _)| *id)
+    }
+
+    /// Backends in slot order.
+    fn slots(maps: &DesiredMaps, key: ServiceKeyV4) -> Vec<u8> {
+        let count = maps.services[&key].count;
+        (1..=count).map(|s| maps.backends[&maps.services[&key.slot(s)].backend_id].address[3]).collect()
+    }
+
+    #[test]
+    fn frontend_entry_carries_count_flags_and_affinity() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2]);
+        let frontend = state.maps().services[&WEB];
+        assert_eq!(frontend.count, 2);
+        assert_eq!(frontend.flags, lb_common::service::FLAG_CLUSTER_IP | lb_common::service::FLAG_SESSION_AFFINITY);
+        assert_eq!(frontend.affinity_timeout_s, 30);
+        assert_ne!(frontend.frontend_id, 0);
+        assert_eq!(state.maps().port_filter[&80], port_filter::FRONTEND_PORT);
+        assert_eq!(state.maps().port_filter[&8080], port_filter::BACKEND_PORT);
+    }
+
+    #[test]
+    fn each_frontend_of_a_service_port_has_its_own_id() {
+        let mut state = DesiredState::default();
+        let frontends = vec![
+            frontend(FrontendKind::ClusterIp, [10, 96, 0, 10], 80, &[1, 2]),
+            frontend(FrontendKind::NodePort, [192, 168, 0, 10], 30080, &[1]),
+        ];
+        state.set_service(web_ref(), frontends, vec![]);
+        let maps = state.maps();
+        assert_ne!(maps.services[&WEB].frontend_id, maps.services[&WEB_NODE_PORT].frontend_id);
+        assert_eq!(slots(maps, WEB_NODE_PORT), [1], "its own backend set");
+    }
+
+    #[test]
+    fn backend_ids_and_slots_stay_while_the_backend_exists() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2, 3, 4, 5]);
+        let before = state.maps().clone();
+        let touched = set(&mut state, &[1, 2, 4, 5, 6]);
+        for kept in [1, 2, 4, 5] {
+            assert_eq!(id_of(&before, kept), id_of(state.maps(), kept));
+        }
+        assert_eq!(slots(state.maps(), WEB), [1, 2, 5, 4, 6], "3's slot taken by the last, 6 appended");
+        assert_eq!(id_of(state.maps(), 3), None, "removed backend is gone");
+        let writes = tables::diff_keys(&before, state.maps(), &touched);
+        // Slot 3 and 5 rewritten, backend 3 deleted, backend 6 added, the
+        // id counter advanced; the frontend entry and count stay.
+        assert_eq!(writes.len(), 5, "{writes:?}");
+    }
+
+    #[test]
+    fn removing_one_of_many_backends_costs_a_constant_number_of_writes() {
+        let mut state = DesiredState::default();
+        let all: Vec<u8> = (1..=100).collect();
+        set(&mut state, &all);
+        let before = state.maps().clone();
+        let fewer: Vec<u8> = all.iter().copied().filter(|b| *b != 7).collect();
+        let touched = set(&mut state, &fewer);
+        let writes = tables::diff_keys(&before, state.maps(), &touched);
+        // Slot 7 takes the last backend, the frontend's count drops, the
+        // last slot and the backend go.
+        assert_eq!(writes.len(), 4, "{writes:?}");
+    }
+
+    #[test]
+    fn a_removed_backend_id_is_never_reused() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1]);
+        let first = id_of(state.maps(), 1);
+        set(&mut state, &[]);
+        set(&mut state, &[5]);
+        assert_ne!(first, id_of(state.maps(), 5));
+    }
+
+    #[test]
+    fn a_change_touches_only_the_changed_service() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2]);
+        let mut other = web(&[9]);
+        other[0].address = Ipv4Addr::new(10, 96, 0, 99).into();
+        other[0].service.name = "other".into();
+        state.set_service(("ns".into(), "other".into()), other, vec![]);
+        let touched = state.take_touched();
+        assert!(touched.services.iter().all(|k| k.address == [10, 96, 0, 99]), "{touched:?}");
+    }
+
+    #[test]
+    fn restart_resumes_ids_slots_and_counters_from_the_maps() {
+        let mut before = DesiredState::default();
+        set(&mut before, &[1, 2, 3, 4]);
+        set(&mut before, &[1, 2, 4]);
+        let mut resumed = DesiredState::resume(before.maps(), HighestIds::default());
+        set(&mut resumed, &[1, 2, 4]);
+        assert_eq!(resumed.maps(), before.maps(), "nothing to write after a restart without changes");
+        set(&mut resumed, &[1, 2, 4, 5]);
+        assert!(id_of(resumed.maps(), 5) > Some(3), "the id of removed backend 3 is not handed out again");
+    }
+
+    #[test]
+    fn restart_without_id_counters_resumes_above_conntrack() {
+        let mut before = DesiredState::default();
+        set(&mut before, &[1]);
+        let mut maps = before.maps().clone();
+        maps.ids.clear();
+        let conntrack = HighestIds { backend: 40, frontend: 30 };
+        let mut resumed = DesiredState::resume(&maps, conntrack);
+        set(&mut resumed, &[1, 2]);
+        assert_eq!(id_of(resumed.maps(), 2), Some(41));
+    }
+
+    #[test]
+    fn no_local_endpoints_drop_is_encoded_only_when_empty() {
+        let mut state = DesiredState::default();
+        let mut frontends = web(&[]);
+        frontends[0].when_empty = WhenEmpty::Drop;
+        state.set_service(web_ref(), frontends, vec![]);
+        assert_ne!(state.maps().services[&WEB].flags & lb_common::service::FLAG_NO_LOCAL_ENDPOINTS, 0);
+    }
+}
