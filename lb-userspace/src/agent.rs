@@ -50,7 +50,9 @@ impl Source {
         }
     }
 
-    fn zone(&self) -> Option<String> {
+    /// This node's zone as its Node object says (`Some(None)`: the Node
+    /// has no zone label); `None` when the source does not know the Node.
+    fn zone(&self) -> Option<Option<String>> {
         match self {
             Source::File { .. } => None,
             Source::Kubernetes(k) => k.zone(),
@@ -101,15 +103,17 @@ pub async fn run<W: MapWriter>(
                     info!("initial state complete; programming the datapath");
                     announced_ready = true;
                 }
-                let zone = source.zone();
-                let mut full = !pacer.pending();
-                if zone.is_some() && syncer.node().zone != zone {
+                let now = Instant::now().into_std();
+                let mut full = pacer.full_due(now) || syncer.needs_full();
+                if let Some(zone) = source.zone()
+                    && syncer.node().zone != zone
+                {
                     info!(zone = ?zone, "node zone");
                     syncer.node_mut().zone = zone;
                     full = true;
                 }
                 let ok = sync_once(syncer, source, full, &mut problems, sink);
-                pacer.synced(Instant::now().into_std());
+                pacer.synced(Instant::now().into_std(), full, ok);
                 if ok
                     && let Some(path) = ready_file.take()
                     && let Err(e) = std::fs::write(path, b"ready\n")
@@ -158,6 +162,9 @@ fn sync_once<W: MapWriter>(
                 warn!(kind = problem.kind, namespace = %problem.namespace, name = %problem.name, reason = %problem.message, "object skipped");
                 sink.publish(&problem);
             }
+            if report.repaired > 0 {
+                warn!(entries = report.repaired, "map entries changed behind the agent's back were put back");
+            }
             let level_info = report.writes > 0;
             if level_info {
                 info!(
@@ -175,7 +182,7 @@ fn sync_once<W: MapWriter>(
             true
         }
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "sync failed; retrying on the next change");
+            warn!(error = %format!("{e:#}"), "sync failed; retrying with a full sync");
             false
         }
     }

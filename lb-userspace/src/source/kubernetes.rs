@@ -262,8 +262,10 @@ impl KubeSource {
         self.slices.objects()
     }
 
-    /// This node's zone, from its Node object's topology label.
-    pub fn zone(&self) -> Option<String> {
-        self.nodes.objects().next()?.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()
+    /// This node's zone, from its Node object's topology label: `None`
+    /// until the Node is seen, `Some(None)` when it carries no zone label.
+    pub fn zone(&self) -> Option<Option<String>> {
+        let node = self.nodes.objects().next()?;
+        Some(node.metadata.labels.as_ref().and_then(|labels| labels.get(ZONE_LABEL)).cloned())
     }
 }
