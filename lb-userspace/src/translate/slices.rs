@@ -2,7 +2,7 @@
 //! Service's slices the way kube-proxy's endpointslicecache does.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
     net::IpAddr,
 };
 
@@ -60,7 +60,7 @@ impl SliceIndex {
             let parsed = parse(slice, problems);
             index.by_service.entry((namespace, service_name.to_owned())).or_default().push(parsed);
         }
-        // Slice order decides which copy of a duplicated endpoint is kept.
+        // Slice order decides between equally good copies of an endpoint.
         for slices in index.by_service.values_mut() {
             slices.sort_by(|a, b| a.name.cmp(&b.name));
         }
@@ -69,7 +69,7 @@ impl SliceIndex {
 
     /// The endpoints of one Service port: from every slice port with the
     /// same name and protocol, which is how a (possibly named) targetPort
-    /// resolves. The first copy of each (address, port) is kept.
+    /// resolves. One endpoint per (address, port), chosen by [`prefer`].
     pub(super) fn endpoints(
         &self,
         namespace: &str,
@@ -79,15 +79,33 @@ impl SliceIndex {
     ) -> Vec<Endpoint> {
         let key = (namespace.to_owned(), service.to_owned());
         let slices = self.by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
+        let mut chosen: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
         for slice in slices {
             for port in slice.ports.iter().filter(|p| p.name == port_name && p.protocol == protocol) {
-                let fresh = slice.endpoints.iter().filter(|ep| seen.insert((ep.address, port.port)));
-                out.extend(fresh.map(|ep| ep.with_port(port.port)));
+                for endpoint in &slice.endpoints {
+                    let candidate = endpoint.with_port(port.port);
+                    match chosen.entry((candidate.address, candidate.port)) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(candidate);
+                        }
+                        Entry::Occupied(mut slot) => prefer(slot.get_mut(), candidate),
+                    }
+                }
             }
         }
-        out
+        chosen.into_values().collect()
+    }
+}
+
+/// Two copies of one (address, port): an endpoint moving between slices,
+/// or a new Pod that got the IP of a Pod still terminating. A copy that is
+/// not terminating replaces a terminating one, so the new Pod is not
+/// hidden behind the old one (kube-proxy's addEndpoints); otherwise the
+/// first copy in slice-name order stays, which keeps the result stable
+/// where kube-proxy leaves it to map order.
+fn prefer(kept: &mut Endpoint, candidate: Endpoint) {
+    if kept.terminating && !candidate.terminating {
+        *kept = candidate;
     }
 }
 

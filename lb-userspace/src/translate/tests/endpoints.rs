@@ -94,6 +94,32 @@ fn duplicate_endpoints_are_deduplicated_by_address_and_port() {
     assert_eq!(web_backends(&slices), ["10.244.1.5:8080", "10.244.2.7:8080"]);
 }
 
+/// kube-proxy: endpointslicecache.go addEndpoints — a copy of an
+/// (address, port) that is not terminating replaces a terminating one, so a
+/// new Pod that reuses the IP of a Pod still shutting down is served.
+#[test]
+fn duplicate_address_prefers_the_non_terminating_copy() {
+    // The old Pod's slice sorts first; the new Pod's copy must still win.
+    let old_pod = web_slice("web-abc12", &[serving_terminating("10.244.1.5", "node-a")]);
+    let new_pod = web_slice("web-def34", &[ready("10.244.1.5", "node-a")]);
+    assert_eq!(web_backends(&[old_pod.clone(), new_pod.clone()]), ["10.244.1.5:8080"]);
+    // Whichever slice comes first.
+    let mut renamed_old = old_pod;
+    renamed_old["metadata"]["name"] = json!("web-zzz99");
+    assert_eq!(web_backends(&[new_pod, renamed_old]), ["10.244.1.5:8080"]);
+}
+
+/// kube-proxy: endpointslicecache.go addEndpoints — a terminating copy never
+/// replaces one already kept; with the new Pod not ready yet, the old Pod's
+/// copy is the only one left to serve from.
+#[test]
+fn duplicate_address_keeps_a_non_terminating_copy_over_a_later_terminating_one() {
+    let new_pod = web_slice("web-abc12", &[not_ready("10.244.1.5", "node-a")]);
+    let old_pod = web_slice("web-def34", &[serving_terminating("10.244.1.5", "node-a")]);
+    let table = run(&[web_service()], &[new_pod, old_pod]);
+    assert!(table.frontends[0].backends.is_empty(), "{:?}", table.frontends[0].backends);
+}
+
 #[test]
 fn same_address_on_two_target_ports_is_two_backends() {
     let mut a = web_slice("web-abc12", &[ready("10.244.1.5", "node-a")]);
