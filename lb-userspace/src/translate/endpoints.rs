@@ -26,8 +26,6 @@ pub(super) struct Policy {
     pub local: bool,
     /// The Service opted into topology-aware routing.
     pub prefer_same_zone: bool,
-    /// `publishNotReadyAddresses`: every endpoint counts as ready.
-    pub publish_not_ready: bool,
 }
 
 /// The backends of a frontend and whether a Local policy restricted them.
@@ -46,7 +44,7 @@ pub(super) fn select(endpoints: &[Endpoint], policy: &Policy, node: &NodeContext
     } else {
         endpoints.iter().collect()
     };
-    let (chosen, terminating) = ready_or_terminating(candidates, policy);
+    let (chosen, terminating) = ready_or_terminating(candidates);
     // Topology only narrows Cluster policies, and only among ready
     // endpoints: the hints describe how the ready ones are spread.
     let chosen = if policy.prefer_same_zone && !policy.local && !terminating {
@@ -64,9 +62,8 @@ pub(super) fn select(endpoints: &[Endpoint], policy: &Policy, node: &NodeContext
 /// The ready endpoints; if there are none, the serving-and-terminating
 /// ones, so connections still land somewhere while a rollout drains. The
 /// flag says which of the two was returned.
-fn ready_or_terminating<'a>(candidates: Vec<&'a Endpoint>, policy: &Policy) -> (Vec<&'a Endpoint>, bool) {
-    let (ready, rest): (Vec<&Endpoint>, Vec<&Endpoint>) =
-        candidates.into_iter().partition(|ep| policy.publish_not_ready || ep.ready);
+fn ready_or_terminating(candidates: Vec<&Endpoint>) -> (Vec<&Endpoint>, bool) {
+    let (ready, rest): (Vec<&Endpoint>, Vec<&Endpoint>) = candidates.into_iter().partition(|ep| ep.ready);
     if !ready.is_empty() {
         return (ready, false);
     }

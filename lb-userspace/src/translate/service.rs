@@ -55,11 +55,10 @@ pub(super) struct Settings {
 
 impl Settings {
     pub(super) fn of(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Self {
-        let policy = |local| Policy {
-            local,
-            prefer_same_zone: prefers_same_zone(&svc.metadata, spec),
-            publish_not_ready: spec.publish_not_ready_addresses == Some(true),
-        };
+        // publishNotReadyAddresses is not read here: the EndpointSlice
+        // controller already marks those endpoints ready, and kube-proxy
+        // takes a slice's conditions at their word.
+        let policy = |local| Policy { local, prefer_same_zone: prefers_same_zone(&svc.metadata, spec) };
         Settings {
             internal: policy(spec.internal_traffic_policy.as_deref() == Some("Local")),
             external: policy(spec.external_traffic_policy.as_deref() == Some("Local")),

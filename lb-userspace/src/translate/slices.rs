@@ -158,7 +158,11 @@ fn parse(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Slice {
 }
 
 fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
-    let name = port.name.clone().unwrap_or_default();
+    // kube-proxy skips a port without a name: a Service port is matched by
+    // name, and "no name" is not the empty name an unnamed Service port has.
+    let Some(name) = port.name.clone() else {
+        return Err(format!("port {}: no name; port skipped", port.port.unwrap_or_default()));
+    };
     let reject = |error: String| format!("port {name:?}: {error}; port skipped");
     let protocol = fields::protocol(port.protocol.as_deref()).map_err(reject)?;
     // A port without a number means "all ports" in the API; nothing can be
@@ -168,8 +172,8 @@ fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
     Ok(SlicePort { name, protocol, port: number })
 }
 
-/// Conditions follow the API's nil rules: ready nil = true, serving nil =
-/// ready, terminating nil = false. Only the first address counts: the API
+/// Conditions are read as kube-proxy reads them: ready and serving nil =
+/// true, terminating nil = false. Only the first address counts: the API
 /// says all addresses of an endpoint are fungible.
 fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
     let first = ep.addresses.first().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
@@ -180,7 +184,7 @@ fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
     Ok(SliceEndpoint {
         address,
         ready,
-        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         node_name: ep.node_name.clone(),
         zone_hints: hints.iter().map(|zone| zone.name.clone()).collect(),

@@ -164,6 +164,20 @@ fn unnamed_service_port_matches_unnamed_slice_port() {
     assert_eq!(web_backends_of(svc, &[named, unnamed]), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: endpointslicecache.go endpointInfoByServicePort — a slice
+/// port without a name is ignored; only `"name": ""` matches an unnamed
+/// Service port.
+#[test]
+fn slice_port_without_name_is_ignored() {
+    let mut svc = web_service();
+    svc["spec"]["ports"] = json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let mut nameless = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
+    nameless["ports"] = json!([{"port": 8080, "protocol": "TCP"}]);
+    let mut unnamed = web_slice("web-def34", &[ready("10.244.1.5", "node-a")]);
+    unnamed["ports"] = json!([{"name": "", "port": 8080, "protocol": "TCP"}]);
+    assert_eq!(web_backends_of(svc, &[nameless, unnamed]), ["10.244.1.5:8080"]);
+}
+
 #[test]
 fn slice_port_protocol_must_match() {
     let mut udp = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
@@ -190,6 +204,8 @@ fn service_without_endpoints_keeps_frontends_with_no_backends() {
     assert!(table.frontends[0].backends.is_empty());
 }
 
+/// kube-proxy: endpointslicecache.go addEndpoints — `ready` unset reads as
+/// true.
 #[test]
 fn missing_conditions_count_as_ready() {
     let mut no_conditions = ready("10.244.1.5", "node-a");
@@ -201,13 +217,14 @@ fn missing_conditions_count_as_ready() {
     );
 }
 
+/// kube-proxy: endpointslicecache.go addEndpoints — `serving` unset reads
+/// as true (not as a copy of `ready`), so a terminating endpoint without
+/// the field is a serving-terminating fallback.
 #[test]
-fn missing_serving_counts_as_ready_value() {
-    // Terminating and not ready, serving unset: serving reads as "not
-    // ready", so this endpoint is no serving-terminating fallback.
+fn missing_serving_counts_as_serving() {
     let unset_serving = endpoint("10.244.1.5", "node-a", &json!({"ready": false, "terminating": true}));
-    let serving = serving_terminating("10.244.2.7", "node-b");
-    assert_eq!(web_backends(&[web_slice("web-abc12", &[unset_serving, serving])]), ["10.244.2.7:8080 terminating"]);
+    let not_serving = endpoint("10.244.2.7", "node-b", &json!({"ready": false, "serving": false, "terminating": true}));
+    assert_eq!(web_backends(&[web_slice("web-abc12", &[unset_serving, not_serving])]), ["10.244.1.5:8080 terminating"]);
 }
 
 #[test]
@@ -247,8 +264,11 @@ fn falls_back_to_serving_terminating_when_none_ready() {
     assert_eq!(web_backends(&[slice]), ["10.244.1.4:8080 terminating", "10.244.2.7:8080 terminating"]);
 }
 
+/// kube-proxy: the proxy never reads `publishNotReadyAddresses`; the
+/// EndpointSlice controller folds it into `ready`. A slice that says "not
+/// ready" (e.g. a hand-made one) is taken at its word.
 #[test]
-fn publish_not_ready_addresses_counts_every_endpoint_as_ready() {
+fn publish_not_ready_addresses_is_left_to_the_slice_controller() {
     let mut svc = web_service();
     svc["spec"]["publishNotReadyAddresses"] = json!(true);
     let slice = web_slice(
@@ -259,7 +279,7 @@ fn publish_not_ready_addresses_counts_every_endpoint_as_ready() {
             serving_terminating("10.244.1.7", "node-a"),
         ],
     );
-    assert_eq!(web_backends_of(svc, &[slice]), ["10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.7:8080"]);
+    assert_eq!(web_backends_of(svc, &[slice]), ["10.244.1.5:8080"]);
 }
 
 #[test]

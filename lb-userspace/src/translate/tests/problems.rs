@@ -192,6 +192,8 @@ fn bad_endpoint_address_skips_endpoint_and_reports_slice() {
     );
 }
 
+/// kube-proxy: endpointslicecache.go endpointInfoByServicePort skips slice
+/// ports without a name or a port number; here they are also reported.
 #[test]
 fn bad_slice_port_is_reported_and_others_still_used() {
     let mut slice = web_slice("web-abc12", &[ready("10.244.1.5", "node-a")]);
@@ -199,7 +201,8 @@ fn bad_slice_port_is_reported_and_others_still_used() {
         {"name": "http", "port": 8080, "protocol": "TCP"},
         {"name": "admin", "port": 0, "protocol": "TCP"},
         {"name": "all"},
-        {"name": "gre", "port": 1, "protocol": "GRE"}
+        {"name": "gre", "port": 1, "protocol": "GRE"},
+        {"port": 8080, "protocol": "TCP"}
     ]);
     let table = run(&[web_service()], &[slice]);
     assert_eq!(backends(&table.frontends[0]), ["10.244.1.5:8080"]);
@@ -209,6 +212,7 @@ fn bad_slice_port_is_reported_and_others_still_used() {
             "EndpointSlice default/web-abc12: port \"admin\": port 0 out of range 1-65535; port skipped",
             "EndpointSlice default/web-abc12: port \"all\": no port number; port skipped",
             "EndpointSlice default/web-abc12: port \"gre\": unknown protocol \"GRE\"; port skipped",
+            "EndpointSlice default/web-abc12: port 8080: no name; port skipped",
         ]
     );
 }
