@@ -17,15 +17,14 @@ pub(super) struct Endpoint {
     pub node_name: Option<String>,
     /// `hints.forZones`: the zones this endpoint was assigned to.
     pub zone_hints: BTreeSet<String>,
+    /// `hints.forNodes`: the nodes this endpoint was assigned to.
+    pub node_hints: BTreeSet<String>,
 }
 
-/// How one kind of frontend picks its backends.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Policy {
-    /// The traffic policy is `Local`: only this node's endpoints.
-    pub local: bool,
-    /// The Service opted into topology-aware routing.
-    pub prefer_same_zone: bool,
+impl Endpoint {
+    fn is_serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
 }
 
 /// The backends of a frontend and whether a Local policy restricted them.
@@ -35,52 +34,93 @@ pub(super) struct Selection {
     pub local_only: bool,
 }
 
-pub(super) fn select(endpoints: &[Endpoint], policy: &Policy, node: &NodeContext) -> Selection {
-    let candidates: Vec<&Endpoint> = if policy.local {
-        // An unknown node name matches no endpoint: better no backend than
-        // sending Local traffic off-node.
-        let node_name = node.node_name.as_deref();
-        endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect()
-    } else {
-        endpoints.iter().collect()
-    };
-    let (chosen, terminating) = ready_or_terminating(candidates);
-    // Topology only narrows Cluster policies, and only among ready
-    // endpoints: the hints describe how the ready ones are spread.
-    let chosen = if policy.prefer_same_zone && !policy.local && !terminating {
-        same_zone(chosen, node.zone.as_deref())
-    } else {
-        chosen
-    };
+/// The backends under a traffic policy: `local` is a `Local` policy.
+pub(super) fn select(endpoints: &[Endpoint], local: bool, node: &NodeContext) -> Selection {
+    let (chosen, terminating) =
+        if local { local_endpoints(endpoints, node) } else { cluster_endpoints(endpoints, node) };
     let mut backends: Vec<Backend> =
         chosen.into_iter().map(|ep| Backend { address: ep.address, port: ep.port, terminating }).collect();
     backends.sort();
     backends.dedup();
-    Selection { backends, local_only: policy.local }
+    Selection { backends, local_only: local }
 }
 
-/// The ready endpoints; if there are none, the serving-and-terminating
-/// ones, so connections still land somewhere while a rollout drains. The
-/// flag says which of the two was returned.
-fn ready_or_terminating(candidates: Vec<&Endpoint>) -> (Vec<&Endpoint>, bool) {
-    let (ready, rest): (Vec<&Endpoint>, Vec<&Endpoint>) = candidates.into_iter().partition(|ep| ep.ready);
+/// Cluster policy: the ready endpoints the topology hints give this node;
+/// if none is ready anywhere, every serving-terminating endpoint (hints
+/// describe how ready endpoints are spread, so they do not apply then).
+/// The flag says the fallback was taken.
+fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
+    let topology = Topology::from_hints(endpoints, node);
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.ready && topology.admits(ep)).collect();
     if !ready.is_empty() {
         return (ready, false);
     }
-    (rest.into_iter().filter(|ep| ep.serving && ep.terminating).collect(), true)
+    (endpoints.iter().filter(|ep| ep.is_serving_terminating()).collect(), true)
 }
 
-/// The endpoints hinted for this node's zone, if the hints can be trusted:
-/// every endpoint has some, and at least one names this zone. Otherwise all
-/// of them — partial hints mean the EndpointSlice controller is not (or no
-/// longer) assigning zones, and following them would overload a few.
-fn same_zone<'a>(endpoints: Vec<&'a Endpoint>, zone: Option<&str>) -> Vec<&'a Endpoint> {
-    let Some(zone) = zone else { return endpoints };
-    let complete = endpoints.iter().all(|ep| !ep.zone_hints.is_empty());
-    let covers_zone = endpoints.iter().any(|ep| ep.zone_hints.contains(zone));
-    if complete && covers_zone {
-        endpoints.into_iter().filter(|ep| ep.zone_hints.contains(zone)).collect()
-    } else {
-        endpoints
+/// Local policy: this node's ready endpoints, else its serving-terminating
+/// ones. Topology does not narrow a Local policy. An unknown node name
+/// matches no endpoint: better no backend than Local traffic sent off-node.
+fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
+    let node_name = node.node_name.as_deref();
+    let here: Vec<&Endpoint> =
+        endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect();
+    let ready: Vec<&Endpoint> = here.iter().copied().filter(|ep| ep.ready).collect();
+    if !ready.is_empty() {
+        return (ready, false);
     }
+    (here.into_iter().filter(|ep| ep.is_serving_terminating()).collect(), true)
+}
+
+/// Which ready endpoints topology hints leave to this node. Hints are
+/// followed whenever the EndpointSlice controller wrote them, whatever the
+/// Service asked for: the controller writes them only for Services that
+/// asked (topology-mode, trafficDistribution), and kube-proxy reads them
+/// the same way (topologyModeFromHints).
+#[derive(Debug, PartialEq, Eq)]
+enum Topology<'a> {
+    /// No usable hints: every ready endpoint.
+    All,
+    /// Every ready endpoint names nodes, one of them this node.
+    SameNode(&'a str),
+    /// Every ready endpoint names zones, one of them this node's zone.
+    SameZone(&'a str),
+}
+
+impl<'a> Topology<'a> {
+    /// Node hints first, then zone hints, then none. A hint set counts only
+    /// when complete (on every ready endpoint) and it covers this node:
+    /// partial hints mean the controller is not (or no longer) assigning,
+    /// and following them would overload the few hinted endpoints.
+    fn from_hints(endpoints: &[Endpoint], node: &'a NodeContext) -> Self {
+        let ready: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.ready).collect();
+        if let Some(name) = node.node_name.as_deref()
+            && hints_cover(&ready, |ep| &ep.node_hints, name)
+        {
+            return Topology::SameNode(name);
+        }
+        // A node without a zone label uses no zone hints.
+        if let Some(zone) = node.zone.as_deref()
+            && hints_cover(&ready, |ep| &ep.zone_hints, zone)
+        {
+            return Topology::SameZone(zone);
+        }
+        Topology::All
+    }
+
+    fn admits(&self, endpoint: &Endpoint) -> bool {
+        match self {
+            Topology::All => true,
+            Topology::SameNode(name) => endpoint.node_hints.contains(*name),
+            Topology::SameZone(zone) => endpoint.zone_hints.contains(*zone),
+        }
+    }
+}
+
+/// Whether every endpoint has hints of this kind and one of them names
+/// `target`.
+fn hints_cover(ready: &[&Endpoint], hints: impl Fn(&Endpoint) -> &BTreeSet<String>, target: &str) -> bool {
+    !ready.is_empty()
+        && ready.iter().all(|ep| !hints(ep).is_empty())
+        && ready.iter().any(|ep| hints(ep).contains(target))
 }

@@ -98,8 +98,8 @@ fn port_frontends(
     settings: &Settings,
     node: &NodeContext,
 ) -> Vec<Frontend> {
-    let internal = endpoints::select(eps, &settings.internal, node);
-    let external = endpoints::select(eps, &settings.external, node);
+    let internal = endpoints::select(eps, settings.internal_local, node);
+    let external = endpoints::select(eps, settings.external_local, node);
     port.addresses
         .into_iter()
         .map(|(kind, address, port_number)| {

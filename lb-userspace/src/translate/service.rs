@@ -1,18 +1,15 @@
 //! Which Services this node proxies, and the settings all ports of a
-//! Service share (traffic policies, topology, session affinity).
+//! Service share (traffic policies, session affinity).
 
 use k8s_openapi::{
     api::core::v1::{Service, ServiceSpec},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::{endpoints::Policy, service_problem};
+use super::service_problem;
 use crate::model::{NodeContext, Problem};
 
 const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-const TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
-/// Predecessor of `topology-mode`; consulted only when that one is absent.
-const TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
@@ -43,40 +40,30 @@ pub(super) fn cluster_ips(spec: &ServiceSpec) -> Vec<&str> {
     ips.into_iter().filter(|ip| !ip.is_empty()).collect()
 }
 
-/// Per-Service settings shared by all its ports.
+/// Per-Service settings shared by all its ports. Topology is not among
+/// them: it follows the endpoints' hints (see `endpoints`).
 #[derive(Debug)]
 pub(super) struct Settings {
-    /// How ClusterIP frontends pick backends.
-    pub internal: Policy,
-    /// How NodePort, external IP and LoadBalancer frontends pick backends.
-    pub external: Policy,
+    /// internalTrafficPolicy is `Local`: ClusterIP frontends use only this
+    /// node's endpoints.
+    pub internal_local: bool,
+    /// externalTrafficPolicy is `Local`: NodePort, external IP and
+    /// LoadBalancer frontends use only this node's endpoints.
+    pub external_local: bool,
     pub affinity_timeout_s: Option<u32>,
 }
 
 impl Settings {
+    /// publishNotReadyAddresses is not read here: the EndpointSlice
+    /// controller already marks those endpoints ready, and kube-proxy takes
+    /// a slice's conditions at their word.
     pub(super) fn of(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Self {
-        // publishNotReadyAddresses is not read here: the EndpointSlice
-        // controller already marks those endpoints ready, and kube-proxy
-        // takes a slice's conditions at their word.
-        let policy = |local| Policy { local, prefer_same_zone: prefers_same_zone(&svc.metadata, spec) };
         Settings {
-            internal: policy(spec.internal_traffic_policy.as_deref() == Some("Local")),
-            external: policy(spec.external_traffic_policy.as_deref() == Some("Local")),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             affinity_timeout_s: affinity_timeout_s(svc, spec, problems),
         }
     }
-}
-
-/// Whether the Service asked for topology-aware routing. The
-/// `trafficDistribution` field, when set, overrides the annotations.
-fn prefers_same_zone(meta: &ObjectMeta, spec: &ServiceSpec) -> bool {
-    if let Some(distribution) = spec.traffic_distribution.as_deref() {
-        // PreferSameZone is the newer name of PreferClose.
-        return matches!(distribution, "PreferClose" | "PreferSameZone");
-    }
-    let annotations = meta.annotations.as_ref();
-    let mode = annotations.and_then(|a| a.get(TOPOLOGY_MODE).or_else(|| a.get(TOPOLOGY_AWARE_HINTS)));
-    matches!(mode.map(String::as_str), Some("Auto" | "auto"))
 }
 
 /// `sessionAffinity: ClientIP` → its timeout; a nonsensical timeout is

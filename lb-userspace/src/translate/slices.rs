@@ -45,6 +45,7 @@ struct SliceEndpoint {
     terminating: bool,
     node_name: Option<String>,
     zone_hints: BTreeSet<String>,
+    node_hints: BTreeSet<String>,
 }
 
 impl SliceIndex {
@@ -119,6 +120,7 @@ impl SliceEndpoint {
             terminating: self.terminating,
             node_name: self.node_name.clone(),
             zone_hints: self.zone_hints.clone(),
+            node_hints: self.node_hints.clone(),
         }
     }
 }
@@ -180,13 +182,16 @@ fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
     let address = IpAddr::V4(fields::ipv4(first, "endpoint address")?);
     let conditions = ep.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let hints = ep.hints.as_ref().and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();
+    let hints = ep.hints.as_ref();
+    let zone_hints = hints.and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();
+    let node_hints = hints.and_then(|hints| hints.for_nodes.as_deref()).unwrap_or_default();
     Ok(SliceEndpoint {
         address,
         ready,
         serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         node_name: ep.node_name.clone(),
-        zone_hints: hints.iter().map(|zone| zone.name.clone()).collect(),
+        zone_hints: zone_hints.iter().map(|zone| zone.name.clone()).collect(),
+        node_hints: node_hints.iter().map(|node| node.name.clone()).collect(),
     })
 }

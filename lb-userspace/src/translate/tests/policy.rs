@@ -88,7 +88,8 @@ fn local_policy_with_unknown_node_name_selects_nothing() {
     assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
 }
 
-/// web with topology-aware routing requested by `trafficDistribution`.
+/// web with topology-aware routing requested by `trafficDistribution`, as
+/// the EndpointSlice controller needs before it writes hints.
 fn prefer_close_service() -> Value {
     let mut svc = web_node_port_service();
     svc["spec"]["trafficDistribution"] = json!("PreferClose");
@@ -103,6 +104,15 @@ fn hinted(ip: &str, node: &str, zones: &[&str]) -> Value {
     ep
 }
 
+/// An endpoint on `node` in `zone`, hinted for both, as the controller
+/// writes them for `trafficDistribution: PreferSameNode`.
+fn node_hinted(ip: &str, node: &str, zone: &str) -> Value {
+    let mut ep = ready(ip, node);
+    ep["zone"] = json!(zone);
+    ep["hints"] = json!({"forNodes": [{"name": node}], "forZones": [{"name": zone}]});
+    ep
+}
+
 fn hinted_slice() -> Value {
     web_slice(
         "web-abc12",
@@ -114,36 +124,67 @@ fn hinted_slice() -> Value {
     )
 }
 
+/// kube-proxy: topology.go topologyModeFromHints / availableForTopology —
+/// complete zone hints covering this node's zone keep the endpoints
+/// hinted for it.
 #[test]
-fn topology_prefer_close_keeps_same_zone_endpoints() {
+fn topology_zone_hints_keep_same_zone_endpoints() {
     let table = run(&[prefer_close_service()], &[hinted_slice()]);
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     assert_eq!(backends(at(&table, NODE_PORT)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     assert!(!at(&table, CLUSTER_IP).local_only);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — the mode comes from the
+/// hints alone, not from the Service's annotation or trafficDistribution
+/// (e.g. hints still present while the controller catches up with a
+/// Service that stopped asking, or written by another controller).
 #[test]
-fn topology_mode_auto_annotation_enables_hints() {
-    for (annotation, value) in
-        [("service.kubernetes.io/topology-mode", "Auto"), ("service.kubernetes.io/topology-aware-hints", "auto")]
-    {
-        let mut svc = web_service();
-        svc["metadata"]["annotations"] = json!({annotation: value});
-        let table = run(&[svc], &[hinted_slice()]);
-        assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"], "{annotation}");
-    }
-}
-
-#[test]
-fn topology_hints_ignored_unless_service_asks() {
+fn topology_hints_followed_whatever_the_service_asks() {
     let mut disabled = web_service();
     disabled["metadata"]["annotations"] = json!({"service.kubernetes.io/topology-mode": "Disabled"});
     for svc in [web_service(), disabled] {
         let table = run(&[svc], &[hinted_slice()]);
-        assert_eq!(backends(at(&table, CLUSTER_IP)).len(), 3);
+        assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     }
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — node hints (PreferSameNode)
+/// come before zone hints.
+#[test]
+fn topology_node_hints_keep_this_nodes_endpoints() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    let slice = web_slice(
+        "web-abc12",
+        &[
+            node_hinted("10.244.1.5", "node-a", "zone-a"),
+            node_hinted("10.244.1.6", "node-a2", "zone-a"),
+            node_hinted("10.244.2.7", "node-b", "zone-b"),
+        ],
+    );
+    let table = run(&[svc], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080"]);
+    assert!(!at(&table, CLUSTER_IP).local_only);
+}
+
+/// kube-proxy: topology.go topologyModeFromHints — node hints that do not
+/// name this node fall back to zone hints.
+#[test]
+fn topology_node_hints_without_this_node_fall_back_to_zone_hints() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    // node-a has no endpoint; node-a2 shares its zone.
+    let slice = web_slice(
+        "web-abc12",
+        &[node_hinted("10.244.1.6", "node-a2", "zone-a"), node_hinted("10.244.2.7", "node-b", "zone-b")],
+    );
+    let table = run(&[svc], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.6:8080"]);
+}
+
+/// kube-proxy: topology.go topologyModeFromHints — hints are used only if
+/// every ready endpoint has them.
 #[test]
 fn topology_hints_incomplete_falls_back_to_all() {
     let slice = web_slice("web-abc12", &[hinted("10.244.1.5", "node-a", &["zone-a"]), ready("10.244.2.7", "node-b")]);
@@ -151,9 +192,10 @@ fn topology_hints_incomplete_falls_back_to_all() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.2.7:8080"]);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — only ready endpoints
+/// need hints.
 #[test]
 fn topology_hints_ignore_not_ready_endpoints() {
-    // Only the chosen (ready) endpoints need hints.
     let slice = web_slice(
         "web-abc12",
         &[
@@ -166,10 +208,10 @@ fn topology_hints_ignore_not_ready_endpoints() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: topology.go CategorizeEndpoints — the serving-terminating
+/// fallback ignores topology.
 #[test]
 fn topology_not_applied_to_serving_terminating_fallback() {
-    // Hints describe ready endpoints; when none is ready, every serving
-    // terminating endpoint is used, as in kube-proxy.
     let mut a = serving_terminating("10.244.1.4", "node-a");
     a["hints"] = json!({"forZones": [{"name": "zone-a"}]});
     let mut b = serving_terminating("10.244.2.8", "node-b");
@@ -178,6 +220,8 @@ fn topology_not_applied_to_serving_terminating_fallback() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.4:8080 terminating", "10.244.2.8:8080 terminating"]);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — hints that name no
+/// endpoint for this zone are ignored.
 #[test]
 fn topology_hints_without_this_zone_fall_back_to_all() {
     let slice = web_slice(
@@ -188,16 +232,19 @@ fn topology_hints_without_this_zone_fall_back_to_all() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.2.7:8080", "10.244.3.3:8080"]);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — a node without a zone
+/// label (e.g. removed) uses no zone hints.
 #[test]
-fn topology_unknown_node_zone_uses_all() {
+fn topology_node_without_zone_uses_all() {
     let zoneless = NodeContext { zone: None, ..node() };
     let table = run_on(&zoneless, &[prefer_close_service()], &[hinted_slice()]);
     assert_eq!(backends(at(&table, CLUSTER_IP)).len(), 3);
 }
 
+/// kube-proxy: topology.go CategorizeEndpoints — topology narrows only the
+/// Cluster-policy endpoints; Local keeps all of this node's endpoints.
 #[test]
 fn topology_not_applied_under_local_policy() {
-    // Local keeps both of node-a's endpoints, whatever their hints say.
     let mut svc = prefer_close_service();
     svc["spec"]["internalTrafficPolicy"] = json!("Local");
     let slice = web_slice(
