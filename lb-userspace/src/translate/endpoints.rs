@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use crate::model::{Backend, NodeContext};
+use crate::model::{Backend, NodeContext, WhenEmpty};
 
 /// One endpoint of one Service port, merged from the Service's slices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,13 +25,20 @@ impl Endpoint {
     fn is_serving_terminating(&self) -> bool {
         self.serving && self.terminating
     }
+
+    /// Usable by some node: ready, or the serving-terminating fallback.
+    fn is_usable(&self) -> bool {
+        self.ready || self.is_serving_terminating()
+    }
 }
 
-/// The backends of a frontend and whether a Local policy restricted them.
+/// The backends of a frontend, whether a Local policy restricted them, and
+/// what a new flow meets when there are none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Selection {
     pub backends: Vec<Backend>,
     pub local_only: bool,
+    pub when_empty: WhenEmpty,
 }
 
 /// The backends under a traffic policy: `local` is a `Local` policy.
@@ -42,7 +49,16 @@ pub(super) fn select(endpoints: &[Endpoint], local: bool, node: &NodeContext) ->
         chosen.into_iter().map(|ep| Backend { address: ep.address, port: ep.port, terminating }).collect();
     backends.sort();
     backends.dedup();
-    Selection { backends, local_only: local }
+    Selection { backends, local_only: local, when_empty: when_empty(endpoints, local) }
+}
+
+/// kube-proxy's filter verdict for a frontend without backends: reject
+/// when the Service has no usable endpoint anywhere, so clients fail at
+/// once; drop when only a Local policy keeps this node from the usable
+/// endpoints elsewhere (a Cluster policy with usable endpoints always has
+/// backends).
+fn when_empty(endpoints: &[Endpoint], local: bool) -> WhenEmpty {
+    if local && endpoints.iter().any(Endpoint::is_usable) { WhenEmpty::Drop } else { WhenEmpty::Reject }
 }
 
 /// Cluster policy: the ready endpoints the topology hints give this node;

@@ -41,7 +41,9 @@ impl Addresses {
         let mut parse = |values: Vec<&str>, what: &str| -> Vec<IpAddr> {
             values
                 .into_iter()
-                .filter_map(|value| fields::ipv4(value, what).map(IpAddr::V4).map_err(|e| problems.push(service_problem(svc, e))).ok())
+                .filter_map(|value| {
+                    fields::ipv4(value, what).map(IpAddr::V4).map_err(|e| problems.push(service_problem(svc, e))).ok()
+                })
                 .collect()
         };
         let external = spec.external_ips.iter().flatten().map(String::as_str).collect();
@@ -100,11 +102,7 @@ fn port_frontends(
 }
 
 /// One frontend of `kind` on each of `addresses`.
-fn at(
-    kind: FrontendKind,
-    addresses: &[IpAddr],
-    port: u16,
-) -> impl Iterator<Item = (FrontendKind, IpAddr, u16)> + '_ {
+fn at(kind: FrontendKind, addresses: &[IpAddr], port: u16) -> impl Iterator<Item = (FrontendKind, IpAddr, u16)> + '_ {
     addresses.iter().map(move |address| (kind, *address, port))
 }
 

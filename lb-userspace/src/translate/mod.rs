@@ -26,7 +26,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{Frontend, NodeContext, Problem, ServiceTable, WhenEmpty};
+use crate::model::{Frontend, NodeContext, Problem, ServiceTable};
 
 use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, slices::SliceIndex};
 
@@ -103,14 +103,14 @@ fn port_frontends(
     port.addresses
         .into_iter()
         .map(|(kind, address, port_number)| {
-            let Selection { backends, local_only } = if kind.is_external() { &external } else { &internal };
+            let Selection { backends, local_only, when_empty } = if kind.is_external() { &external } else { &internal };
             Frontend {
                 service: port.service.clone(),
                 kind,
                 address,
                 port: port_number,
                 backends: backends.clone(),
-                when_empty: WhenEmpty::Reject,
+                when_empty: *when_empty,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,
             }

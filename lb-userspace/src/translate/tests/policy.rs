@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::model::WhenEmpty;
 
 /// Ready endpoints on node-a (10.244.1.x) and node-b (10.244.2.x).
 fn spread_slice() -> Value {
@@ -86,6 +87,48 @@ fn local_policy_with_unknown_node_name_selects_nothing() {
     let nodes = NodeContext { node_name: None, ..node() };
     let table = run_on(&nodes, &[svc], &[spread_slice(), nameless]);
     assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
+}
+
+/// kube-proxy: nftables/proxier.go syncProxyRules — a Local policy that
+/// leaves no endpoint here while the Service has ready ones elsewhere gets
+/// the "drop" filter verdict, for internal and external traffic alike.
+#[test]
+fn local_policy_without_local_endpoints_drops() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    let table = run(&[svc], &[web_slice("web-abc12", &[ready("10.244.2.7", "node-b")])]);
+    for frontend in [CLUSTER_IP, NODE_PORT] {
+        assert!(at(&table, frontend).backends.is_empty(), "{frontend:?}");
+        assert_eq!(at(&table, frontend).when_empty, WhenEmpty::Drop, "{frontend:?}");
+    }
+}
+
+/// kube-proxy: topology.go CategorizeEndpoints hasAnyEndpoints — a
+/// serving-terminating endpoint elsewhere also counts as "the Service has
+/// endpoints", so a Local frontend drops rather than rejects.
+#[test]
+fn local_policy_with_only_terminating_endpoints_elsewhere_drops() {
+    let mut svc = web_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    let table = run(&[svc], &[web_slice("web-abc12", &[serving_terminating("10.244.2.7", "node-b")])]);
+    assert!(at(&table, CLUSTER_IP).backends.is_empty());
+    assert_eq!(at(&table, CLUSTER_IP).when_empty, WhenEmpty::Drop);
+}
+
+/// kube-proxy: nftables/proxier.go syncProxyRules — a Service with no usable
+/// endpoint anywhere gets the "reject" verdict on every frontend, Local or
+/// not; not-ready and non-serving terminating endpoints do not count.
+#[test]
+fn no_usable_endpoint_anywhere_rejects() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    let gone = endpoint("10.244.2.8", "node-b", &json!({"ready": false, "serving": false, "terminating": true}));
+    let table = run(&[svc], &[web_slice("web-abc12", &[not_ready("10.244.2.7", "node-b"), gone])]);
+    for frontend in [CLUSTER_IP, NODE_PORT] {
+        assert!(at(&table, frontend).backends.is_empty(), "{frontend:?}");
+        assert_eq!(at(&table, frontend).when_empty, WhenEmpty::Reject, "{frontend:?}");
+    }
 }
 
 /// web with topology-aware routing requested by `trafficDistribution`, as
