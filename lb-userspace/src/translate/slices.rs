@@ -9,7 +9,7 @@ use std::{
 use k8s_openapi::api::discovery::v1::{Endpoint as ApiEndpoint, EndpointPort, EndpointSlice};
 
 use super::{endpoints::Endpoint, fields, namespaced_name, service, slice_problem};
-use crate::model::{NodeContext, Problem, Protocol};
+use crate::model::{IpFamily, NodeContext, Problem, Protocol};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Set on the slices of headless Services, which are not proxied.
@@ -58,7 +58,7 @@ impl SliceIndex {
         for slice in slices {
             let Some(service_name) = service_name(slice, node) else { continue };
             let namespace = namespaced_name(&slice.metadata).0.to_owned();
-            let parsed = parse(slice, problems);
+            let parsed = parse(slice, node.family, problems);
             index.by_service.entry((namespace, service_name.to_owned())).or_default().push(parsed);
         }
         // Slice order decides between equally good copies of an endpoint.
@@ -125,9 +125,6 @@ impl SliceEndpoint {
     }
 }
 
-/// The Service a slice feeds, if the slice is one this node uses: labelled
-/// with its Service, not headless, not another proxy's, and IPv4 (IPv6 and
-/// FQDN slices are skipped without a problem: they are valid, just not ours).
 /// The (namespace, name) of the Service a slice belongs to, whatever its
 /// other labels say (for grouping slices by Service).
 pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
@@ -135,15 +132,21 @@ pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((namespaced_name(&slice.metadata).0.to_owned(), name.clone()))
 }
 
+/// The Service a slice feeds, if the slice is one this node uses: labelled
+/// with its Service, not headless, not another proxy's, and of the family
+/// the table is built for (other families' and FQDN slices are skipped
+/// without a problem: they are valid, just not for this table, as each of
+/// kube-proxy's per-family proxiers takes only its own address type).
 fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a str> {
     let labels = slice.metadata.labels.as_ref()?;
     let name = labels.get(SERVICE_NAME)?;
-    let usable =
-        !labels.contains_key(HEADLESS) && service::belongs_to_us(&slice.metadata, node) && slice.address_type == "IPv4";
+    let usable = !labels.contains_key(HEADLESS)
+        && service::belongs_to_us(&slice.metadata, node)
+        && slice.address_type == node.family.as_str();
     usable.then_some(name.as_str())
 }
 
-fn parse(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Slice {
+fn parse(slice: &EndpointSlice, family: IpFamily, problems: &mut Vec<Problem>) -> Slice {
     let ports = slice.ports.as_deref().unwrap_or_default();
     Slice {
         name: namespaced_name(&slice.metadata).1.to_owned(),
@@ -154,7 +157,7 @@ fn parse(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Slice {
         endpoints: slice
             .endpoints
             .iter()
-            .filter_map(|ep| parse_endpoint(ep).map_err(|e| problems.push(slice_problem(slice, e))).ok())
+            .filter_map(|ep| parse_endpoint(ep, family).map_err(|e| problems.push(slice_problem(slice, e))).ok())
             .collect(),
     }
 }
@@ -177,9 +180,9 @@ fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
 /// Conditions are read as kube-proxy reads them: ready and serving nil =
 /// true, terminating nil = false. Only the first address counts: the API
 /// says all addresses of an endpoint are fungible.
-fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
+fn parse_endpoint(ep: &ApiEndpoint, family: IpFamily) -> Result<SliceEndpoint, String> {
     let first = ep.addresses.first().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
-    let address = IpAddr::V4(fields::ipv4(first, "endpoint address")?);
+    let address = fields::address_of(family, first, "endpoint address")?;
     let conditions = ep.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let hints = ep.hints.as_ref();
