@@ -58,7 +58,7 @@ impl Addresses {
         };
         let cluster = parse(service::cluster_ips(spec), "cluster IP");
         let external = parse(spec.external_ips.iter().flatten().map(String::as_str).collect(), "external IP");
-        let load_balancer = parse(load_balancer_ips(svc, spec), "load balancer IP");
+        let load_balancer = parse(load_balancer_ips(svc), "load balancer IP");
         Addresses {
             other_family_cluster: cluster.iter().any(|ip| IpFamily::of(*ip) != family),
             cluster: of_family(cluster, family),
@@ -72,20 +72,22 @@ fn of_family(addresses: impl IntoIterator<Item = IpAddr>, family: IpFamily) -> V
     addresses.into_iter().filter(|address| IpFamily::of(*address) == family).collect()
 }
 
-/// Ingress IPs of a LoadBalancer Service. Ingresses with `ipMode: Proxy`
-/// are left out: the load balancer delivers that traffic to the nodes
-/// itself (through NodePorts), so claiming its IP here would short-cut it,
-/// as kube-proxy also avoids.
-fn load_balancer_ips<'a>(svc: &'a Service, spec: &ServiceSpec) -> Vec<&'a str> {
-    if spec.type_.as_deref() != Some("LoadBalancer") {
-        return Vec::new();
-    }
+/// The load balancer IPs to serve, read as kube-proxy's newBaseServiceInfo
+/// reads them: every `status.loadBalancer.ingress` entry with an `ip`,
+/// whatever `spec.type` says (the API server clears the status when a
+/// Service stops being a LoadBalancer), and never `spec.loadBalancerIP`,
+/// which is only a request to the cloud provider. Entries with `ipMode`
+/// other than VIP (i.e. Proxy) are left out: that load balancer delivers
+/// its traffic to the nodes itself, so claiming its IP here would
+/// short-cut it.
+fn load_balancer_ips(svc: &Service) -> Vec<&str> {
     let status = svc.status.as_ref().and_then(|status| status.load_balancer.as_ref());
     let ingress = status.and_then(|lb| lb.ingress.as_deref()).unwrap_or_default();
     ingress
         .iter()
         .filter(|ingress| ingress.ip_mode.as_deref().is_none_or(|mode| mode == "VIP"))
         .filter_map(|ingress| ingress.ip.as_deref())
+        .filter(|ip| !ip.is_empty())
         .collect()
 }
 

@@ -71,6 +71,9 @@ fn external_ips_get_frontends() {
     assert_eq!(backends(frontend(&table, "203.0.113.7", 80, Protocol::Tcp)), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: serviceport.go newBaseServiceInfo and util IsVIPMode —
+/// ingress IPs with ipMode VIP or no ipMode are served; Proxy and
+/// hostname-only entries are not.
 #[test]
 fn load_balancer_gets_node_port_and_ingress_ip_frontends() {
     let mut svc = web_node_port_service();
@@ -117,13 +120,29 @@ fn node_port_zero_means_none() {
     assert!(table.problems.is_empty(), "{:?}", table.problems);
 }
 
+/// kube-proxy: serviceport.go newBaseServiceInfo reads
+/// `status.loadBalancer.ingress` whatever `spec.type` says (the API server
+/// clears it when the type changes; a status written by hand is served).
 #[test]
-fn load_balancer_ingress_ignored_on_other_types() {
-    // Status left behind after a LoadBalancer Service became ClusterIP.
+fn load_balancer_ingress_read_whatever_the_type() {
     let mut svc = web_service();
     svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "198.51.100.1"}]);
     let table = run(&[svc], &[]);
+    assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.10:80/TCP", "LoadBalancer 198.51.100.1:80/TCP"]);
+}
+
+/// kube-proxy: serviceport.go newBaseServiceInfo — `spec.loadBalancerIP` is
+/// a request to the cloud provider, not an address to serve; only the
+/// status counts, and an ingress entry without an IP is skipped.
+#[test]
+fn load_balancer_ip_request_is_not_served() {
+    let mut svc = web_service();
+    svc["spec"]["type"] = json!("LoadBalancer");
+    svc["spec"]["loadBalancerIP"] = json!("198.51.100.9");
+    svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "", "hostname": "lb.example.com"}]);
+    let table = run(&[svc], &[]);
     assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.10:80/TCP"]);
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
 }
 
 #[test]
