@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 
 use super::{fields, service, service_problem};
-use crate::model::{FrontendKind, IpFamily, NodeContext, Problem, ServicePortName};
+use crate::model::{FrontendKind, IpFamily, NodeContext, Problem, Protocol, ServicePortName};
 
 /// The frontends of one Service port, before backends are attached.
 #[derive(Debug)]
@@ -103,6 +103,12 @@ fn port_frontends(
         problems.push(service_problem(svc, format!("port {}: {error}; port skipped", port_label(port))));
     };
     let protocol = fields::protocol(port.protocol.as_deref()).map_err(|e| reject(problems, e)).ok()?;
+    if protocol == Protocol::Sctp {
+        // The datapath passes SCTP through untouched: a frontend would
+        // claim the port without balancing it.
+        reject(problems, "SCTP is not served by this datapath yet".to_owned());
+        return None;
+    }
     let number = fields::port(port.port).map_err(|e| reject(problems, e)).ok()?;
     let mut frontends: Vec<_> = at(FrontendKind::ClusterIp, &addresses.cluster, number).collect();
     if let Some(node_port) = node_port(svc, spec, port, problems) {
