@@ -10,24 +10,32 @@ use super::service_problem;
 use crate::model::{NodeContext, Problem};
 
 const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Marks headless Services' objects, which kube-proxy does not watch.
+pub(super) const HEADLESS: &str = "service.kubernetes.io/headless";
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
 /// Whether this node load-balances the Service at all. Headless Services,
 /// Services without an allocated cluster IP and ExternalName Services have
-/// nothing to balance (kube-proxy skips them the same way, silently).
+/// nothing to balance (kube-proxy skips them the same way, silently, in
+/// ShouldSkipService); a Service labelled headless is skipped as kube-proxy's
+/// informers skip it.
 pub(super) fn is_proxied(meta: &ObjectMeta, spec: &ServiceSpec, node: &NodeContext) -> bool {
     let has_cluster_ip = cluster_ips(spec).first().is_some_and(|ip| *ip != "None");
-    belongs_to_us(meta, node) && has_cluster_ip && spec.type_.as_deref() != Some("ExternalName")
+    let labelled_headless = meta.labels.as_ref().is_some_and(|labels| labels.contains_key(HEADLESS));
+    belongs_to_us(meta, node) && !labelled_headless && has_cluster_ip && spec.type_.as_deref() != Some("ExternalName")
 }
 
-/// The `service-proxy-name` label hands an object to another proxy unless
-/// it names ours. Applies to EndpointSlices too, which inherit the label.
+/// Which proxy an object belongs to, by its `service-proxy-name` label:
+/// an unlabelled object belongs to the cluster's default proxy, a labelled
+/// one to the proxy of that name. Without a proxy name we are the default
+/// proxy and serve exactly what kube-proxy serves (unlabelled objects
+/// only); with one we serve only objects labelled with it, so the default
+/// proxy and we never both program a Service. Applies to EndpointSlices
+/// too, which inherit the label.
 pub(super) fn belongs_to_us(meta: &ObjectMeta, node: &NodeContext) -> bool {
-    match meta.labels.as_ref().and_then(|labels| labels.get(SERVICE_PROXY_NAME)) {
-        None => true,
-        Some(proxy) => node.proxy_name.as_deref() == Some(proxy.as_str()),
-    }
+    let label = meta.labels.as_ref().and_then(|labels| labels.get(SERVICE_PROXY_NAME));
+    label.map(String::as_str) == node.proxy_name.as_deref()
 }
 
 /// `spec.clusterIPs`, or the older single `spec.clusterIP` when the list is

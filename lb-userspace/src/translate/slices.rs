@@ -12,8 +12,6 @@ use super::{endpoints::Endpoint, fields, namespaced_name, service, slice_problem
 use crate::model::{IpFamily, NodeContext, Problem, Protocol};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Set on the slices of headless Services, which are not proxied.
-const HEADLESS: &str = "service.kubernetes.io/headless";
 
 /// The usable slices, grouped by the (namespace, name) of their Service.
 #[derive(Debug, Default)]
@@ -140,7 +138,7 @@ pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
 fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a str> {
     let labels = slice.metadata.labels.as_ref()?;
     let name = labels.get(SERVICE_NAME)?;
-    let usable = !labels.contains_key(HEADLESS)
+    let usable = !labels.contains_key(service::HEADLESS)
         && service::belongs_to_us(&slice.metadata, node)
         && slice.address_type == node.family.as_str();
     usable.then_some(name.as_str())

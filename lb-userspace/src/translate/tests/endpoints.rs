@@ -64,12 +64,21 @@ fn headless_labelled_slices_are_ignored() {
     assert_eq!(web_backends(&[headless, plain]), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: cmd/kube-proxy server.go — slices follow the same
+/// service-proxy-name rule as Services.
 #[test]
 fn slices_labelled_for_another_proxy_are_ignored() {
     let mut foreign = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
     foreign["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
     let plain = web_slice("web-def34", &[ready("10.244.1.5", "node-a")]);
-    assert_eq!(web_backends(&[foreign, plain]), ["10.244.1.5:8080"]);
+    assert_eq!(web_backends(&[foreign.clone(), plain.clone()]), ["10.244.1.5:8080"]);
+
+    // With --proxy-name other-proxy, it is the other way round.
+    let mut svc = web_service();
+    svc["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
+    let named = NodeContext { proxy_name: Some("other-proxy".into()), ..node() };
+    let table = run_on(&named, &[svc], &[foreign, plain]);
+    assert_eq!(backends(frontend(&table, "10.96.0.10", 80, Protocol::Tcp)), ["10.244.2.7:8080"]);
 }
 
 #[test]

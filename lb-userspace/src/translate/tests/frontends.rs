@@ -223,22 +223,49 @@ fn service_without_allocated_cluster_ip_produces_nothing() {
     assert_eq!(table, ServiceTable::default());
 }
 
+/// Three Services: unlabelled `web`, `api` labelled for proxy "lb", `db`
+/// labelled for "other-proxy", each with its own cluster IP.
+fn services_for_three_proxies() -> [Value; 3] {
+    let labelled = |name: &str, ip: &str, proxy: &str| {
+        let mut svc = web_service();
+        svc["metadata"]["name"] = json!(name);
+        svc["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!(proxy);
+        svc["spec"]["clusterIP"] = json!(ip);
+        svc["spec"]["clusterIPs"] = json!([ip]);
+        svc
+    };
+    [web_service(), labelled("api", "10.96.0.20", "lb"), labelled("db", "10.96.0.30", "other-proxy")]
+}
+
+/// kube-proxy: cmd/kube-proxy server.go watches Services and slices with
+/// `!service.kubernetes.io/service-proxy-name`. Without a proxy name this
+/// proxy serves exactly those.
 #[test]
-fn service_proxy_name_label_skips_foreign_services() {
-    let mut foreign = web_service();
-    foreign["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
-    let mut ours = web_service();
-    ours["metadata"]["name"] = json!("api");
-    ours["spec"]["clusterIP"] = json!("10.96.0.20");
-    ours["spec"]["clusterIPs"] = json!(["10.96.0.20"]);
-    ours["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("lb");
+fn without_proxy_name_only_unlabelled_services_are_served() {
+    let table = run(&services_for_three_proxies(), &[]);
+    assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.10:80/TCP"]);
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
+}
 
-    let unnamed = run(&[foreign.clone(), ours.clone()], &[]);
-    assert!(unnamed.frontends.is_empty(), "no proxy name: every labelled Service is someone else's");
+/// With `--proxy-name lb`, only Services labelled "lb": the unlabelled ones
+/// belong to the cluster's default proxy (kube-proxy), so the two never
+/// program the same Service.
+#[test]
+fn with_proxy_name_only_services_labelled_with_it_are_served() {
+    let named = NodeContext { proxy_name: Some("lb".into()), ..node() };
+    let table = run_on(&named, &services_for_three_proxies(), &[]);
+    assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.20:80/TCP"]);
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
+}
 
-    let named = run_on(&NodeContext { proxy_name: Some("lb".into()), ..node() }, &[foreign, ours], &[]);
-    assert_eq!(frontend_list(&named), ["ClusterIP 10.96.0.20:80/TCP"]);
-    assert!(named.problems.is_empty(), "{:?}", named.problems);
+/// kube-proxy: cmd/kube-proxy server.go also watches Services with
+/// `!service.kubernetes.io/headless`.
+#[test]
+fn service_labelled_headless_produces_nothing() {
+    let mut svc = web_service();
+    svc["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    let table = run(&[svc], &[]);
+    assert_eq!(table, ServiceTable::default());
 }
 
 #[test]
