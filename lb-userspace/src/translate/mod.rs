@@ -78,9 +78,15 @@ fn translate_service(
     if !service::is_proxied(&svc.metadata, spec, node) {
         return Vec::new();
     }
+    let ports = frontends::plan(svc, spec, node, problems);
+    if ports.is_empty() {
+        // E.g. a Service of the other IP family: its settings are the
+        // other family's table's business, problems included.
+        return Vec::new();
+    }
     let settings = Settings::of(svc, spec, problems);
     let (namespace, name) = namespaced_name(&svc.metadata);
-    frontends::plan(svc, spec, node, problems)
+    ports
         .into_iter()
         .flat_map(|port| {
             let eps = index.endpoints(namespace, name, &port.service.port, port.service.protocol);
