@@ -78,7 +78,7 @@ fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<
 /// ones. Topology does not narrow a Local policy. An unknown node name
 /// matches no endpoint: better no backend than Local traffic sent off-node.
 fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
-    let node_name = node.node_name.as_deref();
+    let node_name = known_node_name(node);
     let here: Vec<&Endpoint> =
         endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect();
     let ready: Vec<&Endpoint> = here.iter().copied().filter(|ep| ep.ready).collect();
@@ -86,6 +86,12 @@ fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'
         return (ready, false);
     }
     (here.into_iter().filter(|ep| ep.is_serving_terminating()).collect(), true)
+}
+
+/// This node's name, unless unknown; an empty name is unknown too, as in
+/// kube-proxy's isLocal.
+fn known_node_name(node: &NodeContext) -> Option<&str> {
+    node.node_name.as_deref().filter(|name| !name.is_empty())
 }
 
 /// Which ready endpoints topology hints leave to this node. Hints are
@@ -110,7 +116,7 @@ impl<'a> Topology<'a> {
     /// and following them would overload the few hinted endpoints.
     fn from_hints(endpoints: &[Endpoint], node: &'a NodeContext) -> Self {
         let ready: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.ready).collect();
-        if let Some(name) = node.node_name.as_deref()
+        if let Some(name) = known_node_name(node)
             && hints_cover(&ready, |ep| &ep.node_hints, name)
         {
             return Topology::SameNode(name);

@@ -78,15 +78,20 @@ fn local_policy_without_local_endpoints_has_no_backends() {
     assert!(at(&table, CLUSTER_IP).local_only);
 }
 
+/// kube-proxy: endpointslicecache.go isLocal — with no (or an empty) node
+/// name no endpoint is local, not even one without a nodeName.
 #[test]
 fn local_policy_with_unknown_node_name_selects_nothing() {
     let mut svc = web_service();
     svc["spec"]["internalTrafficPolicy"] = json!("Local");
-    let mut nameless = web_slice("web-def34", &[ready("10.244.3.3", "node-c")]);
+    let mut nameless = web_slice("web-def34", &[ready("10.244.3.3", "node-c"), ready("10.244.3.4", "node-c")]);
     nameless["endpoints"][0].as_object_mut().unwrap().remove("nodeName");
-    let nodes = NodeContext { node_name: None, ..node() };
-    let table = run_on(&nodes, &[svc], &[spread_slice(), nameless]);
-    assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
+    nameless["endpoints"][1]["nodeName"] = json!("");
+    for node_name in [None, Some(String::new())] {
+        let nodes = NodeContext { node_name, ..node() };
+        let table = run_on(&nodes, &[svc.clone()], &[spread_slice(), nameless.clone()]);
+        assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
+    }
 }
 
 /// kube-proxy: nftables/proxier.go syncProxyRules — a Local policy that
