@@ -173,9 +173,9 @@ pub struct NodeContext {
     pub zone: Option<String>,
     /// Addresses NodePorts are served on (`--nodeport-addresses` applied).
     pub node_addresses: Vec<IpAddr>,
-    /// `--proxy-name`-like filter: Services labelled
-    /// `service.kubernetes.io/service-proxy-name` are only ours if the
-    /// label equals this (by default, no such Service is ours).
+    /// `--proxy-name`: with it, only Services (and slices) labelled
+    /// `service.kubernetes.io/service-proxy-name` with this value are ours;
+    /// without it, only unlabelled ones, as for kube-proxy.
     pub proxy_name: Option<String>,
     /// The family this table is built for (see [`IpFamily`]).
     pub family: IpFamily,

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use crate::model::{Backend, NodeContext};
+use crate::model::{Backend, NodeContext, WhenEmpty};
 
 /// One endpoint of one Service port, merged from the Service's slices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,73 +17,132 @@ pub(super) struct Endpoint {
     pub node_name: Option<String>,
     /// `hints.forZones`: the zones this endpoint was assigned to.
     pub zone_hints: BTreeSet<String>,
+    /// `hints.forNodes`: the nodes this endpoint was assigned to.
+    pub node_hints: BTreeSet<String>,
 }
 
-/// How one kind of frontend picks its backends.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Policy {
-    /// The traffic policy is `Local`: only this node's endpoints.
-    pub local: bool,
-    /// The Service opted into topology-aware routing.
-    pub prefer_same_zone: bool,
-    /// `publishNotReadyAddresses`: every endpoint counts as ready.
-    pub publish_not_ready: bool,
+impl Endpoint {
+    fn is_serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
+
+    /// Usable by some node: ready, or the serving-terminating fallback.
+    fn is_usable(&self) -> bool {
+        self.ready || self.is_serving_terminating()
+    }
 }
 
-/// The backends of a frontend and whether a Local policy restricted them.
+/// The backends of a frontend, whether a Local policy restricted them, and
+/// what a new flow meets when there are none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Selection {
     pub backends: Vec<Backend>,
     pub local_only: bool,
+    pub when_empty: WhenEmpty,
 }
 
-pub(super) fn select(endpoints: &[Endpoint], policy: &Policy, node: &NodeContext) -> Selection {
-    let candidates: Vec<&Endpoint> = if policy.local {
-        // An unknown node name matches no endpoint: better no backend than
-        // sending Local traffic off-node.
-        let node_name = node.node_name.as_deref();
-        endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect()
-    } else {
-        endpoints.iter().collect()
-    };
-    let (chosen, terminating) = ready_or_terminating(candidates, policy);
-    // Topology only narrows Cluster policies, and only among ready
-    // endpoints: the hints describe how the ready ones are spread.
-    let chosen = if policy.prefer_same_zone && !policy.local && !terminating {
-        same_zone(chosen, node.zone.as_deref())
-    } else {
-        chosen
-    };
+/// The backends under a traffic policy: `local` is a `Local` policy.
+pub(super) fn select(endpoints: &[Endpoint], local: bool, node: &NodeContext) -> Selection {
+    let (chosen, terminating) =
+        if local { local_endpoints(endpoints, node) } else { cluster_endpoints(endpoints, node) };
     let mut backends: Vec<Backend> =
         chosen.into_iter().map(|ep| Backend { address: ep.address, port: ep.port, terminating }).collect();
     backends.sort();
     backends.dedup();
-    Selection { backends, local_only: policy.local }
+    Selection { backends, local_only: local, when_empty: when_empty(endpoints, local) }
 }
 
-/// The ready endpoints; if there are none, the serving-and-terminating
-/// ones, so connections still land somewhere while a rollout drains. The
-/// flag says which of the two was returned.
-fn ready_or_terminating<'a>(candidates: Vec<&'a Endpoint>, policy: &Policy) -> (Vec<&'a Endpoint>, bool) {
-    let (ready, rest): (Vec<&Endpoint>, Vec<&Endpoint>) =
-        candidates.into_iter().partition(|ep| policy.publish_not_ready || ep.ready);
+/// kube-proxy's filter verdict for a frontend without backends: reject
+/// when the Service has no usable endpoint anywhere, so clients fail at
+/// once; drop when only a Local policy keeps this node from the usable
+/// endpoints elsewhere (a Cluster policy with usable endpoints always has
+/// backends).
+fn when_empty(endpoints: &[Endpoint], local: bool) -> WhenEmpty {
+    if local && endpoints.iter().any(Endpoint::is_usable) { WhenEmpty::Drop } else { WhenEmpty::Reject }
+}
+
+/// Cluster policy: the ready endpoints the topology hints give this node;
+/// if none is ready anywhere, every serving-terminating endpoint (hints
+/// describe how ready endpoints are spread, so they do not apply then).
+/// The flag says the fallback was taken.
+fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
+    let topology = Topology::from_hints(endpoints, node);
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.ready && topology.admits(ep)).collect();
     if !ready.is_empty() {
         return (ready, false);
     }
-    (rest.into_iter().filter(|ep| ep.serving && ep.terminating).collect(), true)
+    (endpoints.iter().filter(|ep| ep.is_serving_terminating()).collect(), true)
 }
 
-/// The endpoints hinted for this node's zone, if the hints can be trusted:
-/// every endpoint has some, and at least one names this zone. Otherwise all
-/// of them — partial hints mean the EndpointSlice controller is not (or no
-/// longer) assigning zones, and following them would overload a few.
-fn same_zone<'a>(endpoints: Vec<&'a Endpoint>, zone: Option<&str>) -> Vec<&'a Endpoint> {
-    let Some(zone) = zone else { return endpoints };
-    let complete = endpoints.iter().all(|ep| !ep.zone_hints.is_empty());
-    let covers_zone = endpoints.iter().any(|ep| ep.zone_hints.contains(zone));
-    if complete && covers_zone {
-        endpoints.into_iter().filter(|ep| ep.zone_hints.contains(zone)).collect()
-    } else {
-        endpoints
+/// Local policy: this node's ready endpoints, else its serving-terminating
+/// ones. Topology does not narrow a Local policy. An unknown node name
+/// matches no endpoint: better no backend than Local traffic sent off-node.
+fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
+    let node_name = known_node_name(node);
+    let here: Vec<&Endpoint> =
+        endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect();
+    let ready: Vec<&Endpoint> = here.iter().copied().filter(|ep| ep.ready).collect();
+    if !ready.is_empty() {
+        return (ready, false);
     }
+    (here.into_iter().filter(|ep| ep.is_serving_terminating()).collect(), true)
+}
+
+/// This node's name, unless unknown; an empty name is unknown too, as in
+/// kube-proxy's isLocal.
+fn known_node_name(node: &NodeContext) -> Option<&str> {
+    node.node_name.as_deref().filter(|name| !name.is_empty())
+}
+
+/// Which ready endpoints topology hints leave to this node. Hints are
+/// followed whenever the EndpointSlice controller wrote them, whatever the
+/// Service asked for: the controller writes them only for Services that
+/// asked (topology-mode, trafficDistribution), and kube-proxy reads them
+/// the same way (topologyModeFromHints).
+#[derive(Debug, PartialEq, Eq)]
+enum Topology<'a> {
+    /// No usable hints: every ready endpoint.
+    All,
+    /// Every ready endpoint names nodes, one of them this node.
+    SameNode(&'a str),
+    /// Every ready endpoint names zones, one of them this node's zone.
+    SameZone(&'a str),
+}
+
+impl<'a> Topology<'a> {
+    /// Node hints first, then zone hints, then none. A hint set counts only
+    /// when complete (on every ready endpoint) and it covers this node:
+    /// partial hints mean the controller is not (or no longer) assigning,
+    /// and following them would overload the few hinted endpoints.
+    fn from_hints(endpoints: &[Endpoint], node: &'a NodeContext) -> Self {
+        let ready: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.ready).collect();
+        if let Some(name) = known_node_name(node)
+            && hints_cover(&ready, |ep| &ep.node_hints, name)
+        {
+            return Topology::SameNode(name);
+        }
+        // A node without a zone label uses no zone hints.
+        if let Some(zone) = node.zone.as_deref()
+            && hints_cover(&ready, |ep| &ep.zone_hints, zone)
+        {
+            return Topology::SameZone(zone);
+        }
+        Topology::All
+    }
+
+    fn admits(&self, endpoint: &Endpoint) -> bool {
+        match self {
+            Topology::All => true,
+            Topology::SameNode(name) => endpoint.node_hints.contains(*name),
+            Topology::SameZone(zone) => endpoint.zone_hints.contains(*zone),
+        }
+    }
+}
+
+/// Whether every endpoint has hints of this kind and one of them names
+/// `target`.
+fn hints_cover(ready: &[&Endpoint], hints: impl Fn(&Endpoint) -> &BTreeSet<String>, target: &str) -> bool {
+    !ready.is_empty()
+        && ready.iter().all(|ep| !hints(ep).is_empty())
+        && ready.iter().any(|ep| hints(ep).contains(target))
 }

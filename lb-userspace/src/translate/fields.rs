@@ -1,9 +1,9 @@
 //! Scalar fields Services and EndpointSlices share: protocols, port
 //! numbers, IP addresses. Errors are short phrases for a `Problem` message.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use crate::model::Protocol;
+use crate::model::{IpFamily, Protocol};
 
 /// A port's `protocol`; Kubernetes defaults it to TCP and spells it in
 /// upper case only.
@@ -21,13 +21,20 @@ pub(super) fn port(value: i32) -> Result<u16, String> {
     u16::try_from(value).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {value} out of range 1-65535"))
 }
 
-/// An IPv4 address; `what` names the field for the message. IPv6 is
-/// valid Kubernetes input that the datapath cannot serve yet, so it gets
-/// its own message.
-pub(super) fn ipv4(value: &str, what: &str) -> Result<Ipv4Addr, String> {
-    match value.parse::<IpAddr>() {
-        Ok(IpAddr::V4(address)) => Ok(address),
-        Ok(IpAddr::V6(_)) => Err(format!("{what} {value}: IPv6 not supported yet, skipped")),
-        Err(_) => Err(format!("invalid {what} {value:?}, skipped")),
+/// An IP address of either family; `what` names the field for the message.
+/// Which family is served is the caller's choice: a Service's addresses of
+/// the other family are valid input for the other family's table.
+pub(super) fn address(value: &str, what: &str) -> Result<IpAddr, String> {
+    value.parse().map_err(|_| format!("invalid {what} {value:?}, skipped"))
+}
+
+/// An IP address that must be of `family`, as the endpoint addresses of a
+/// slice must match its `addressType`.
+pub(super) fn address_of(family: IpFamily, value: &str, what: &str) -> Result<IpAddr, String> {
+    let address = address(value, what)?;
+    if IpFamily::of(address) == family {
+        Ok(address)
+    } else {
+        Err(format!("{what} {value} is not {}, skipped", family.as_str()))
     }
 }

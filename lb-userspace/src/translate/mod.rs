@@ -26,7 +26,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{Frontend, NodeContext, Problem, ServiceTable, WhenEmpty};
+use crate::model::{Frontend, NodeContext, Problem, ServiceTable};
 
 use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, slices::SliceIndex};
 
@@ -81,9 +81,15 @@ fn translate_service(
     if !service::is_proxied(&svc.metadata, spec, node) {
         return Vec::new();
     }
+    let ports = frontends::plan(svc, spec, node, problems);
+    if ports.is_empty() {
+        // E.g. a Service of the other IP family: its settings are the
+        // other family's table's business, problems included.
+        return Vec::new();
+    }
     let settings = Settings::of(svc, spec, problems);
     let (namespace, name) = namespaced_name(&svc.metadata);
-    frontends::plan(svc, spec, node, problems)
+    ports
         .into_iter()
         .flat_map(|port| {
             let eps = index.endpoints(namespace, name, &port.service.port, port.service.protocol);
@@ -101,19 +107,19 @@ fn port_frontends(
     settings: &Settings,
     node: &NodeContext,
 ) -> Vec<Frontend> {
-    let internal = endpoints::select(eps, &settings.internal, node);
-    let external = endpoints::select(eps, &settings.external, node);
+    let internal = endpoints::select(eps, settings.internal_local, node);
+    let external = endpoints::select(eps, settings.external_local, node);
     port.addresses
         .into_iter()
         .map(|(kind, address, port_number)| {
-            let Selection { backends, local_only } = if kind.is_external() { &external } else { &internal };
+            let Selection { backends, local_only, when_empty } = if kind.is_external() { &external } else { &internal };
             Frontend {
                 service: port.service.clone(),
                 kind,
                 address,
                 port: port_number,
                 backends: backends.clone(),
-                when_empty: WhenEmpty::Reject,
+                when_empty: *when_empty,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,
             }

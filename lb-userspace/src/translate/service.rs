@@ -1,36 +1,41 @@
 //! Which Services this node proxies, and the settings all ports of a
-//! Service share (traffic policies, topology, session affinity).
+//! Service share (traffic policies, session affinity).
 
 use k8s_openapi::{
     api::core::v1::{Service, ServiceSpec},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::{endpoints::Policy, service_problem};
+use super::service_problem;
 use crate::model::{NodeContext, Problem};
 
 const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-const TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
-/// Predecessor of `topology-mode`; consulted only when that one is absent.
-const TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+/// Marks headless Services' objects, which kube-proxy does not watch.
+pub(super) const HEADLESS: &str = "service.kubernetes.io/headless";
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
 /// Whether this node load-balances the Service at all. Headless Services,
 /// Services without an allocated cluster IP and ExternalName Services have
-/// nothing to balance (kube-proxy skips them the same way, silently).
+/// nothing to balance (kube-proxy skips them the same way, silently, in
+/// ShouldSkipService); a Service labelled headless is skipped as kube-proxy's
+/// informers skip it.
 pub(super) fn is_proxied(meta: &ObjectMeta, spec: &ServiceSpec, node: &NodeContext) -> bool {
     let has_cluster_ip = cluster_ips(spec).first().is_some_and(|ip| *ip != "None");
-    belongs_to_us(meta, node) && has_cluster_ip && spec.type_.as_deref() != Some("ExternalName")
+    let labelled_headless = meta.labels.as_ref().is_some_and(|labels| labels.contains_key(HEADLESS));
+    belongs_to_us(meta, node) && !labelled_headless && has_cluster_ip && spec.type_.as_deref() != Some("ExternalName")
 }
 
-/// The `service-proxy-name` label hands an object to another proxy unless
-/// it names ours. Applies to EndpointSlices too, which inherit the label.
+/// Which proxy an object belongs to, by its `service-proxy-name` label:
+/// an unlabelled object belongs to the cluster's default proxy, a labelled
+/// one to the proxy of that name. Without a proxy name we are the default
+/// proxy and serve exactly what kube-proxy serves (unlabelled objects
+/// only); with one we serve only objects labelled with it, so the default
+/// proxy and we never both program a Service. Applies to EndpointSlices
+/// too, which inherit the label.
 pub(super) fn belongs_to_us(meta: &ObjectMeta, node: &NodeContext) -> bool {
-    match meta.labels.as_ref().and_then(|labels| labels.get(SERVICE_PROXY_NAME)) {
-        None => true,
-        Some(proxy) => node.proxy_name.as_deref() == Some(proxy.as_str()),
-    }
+    let label = meta.labels.as_ref().and_then(|labels| labels.get(SERVICE_PROXY_NAME));
+    label.map(String::as_str) == node.proxy_name.as_deref()
 }
 
 /// `spec.clusterIPs`, or the older single `spec.clusterIP` when the list is
@@ -43,41 +48,30 @@ pub(super) fn cluster_ips(spec: &ServiceSpec) -> Vec<&str> {
     ips.into_iter().filter(|ip| !ip.is_empty()).collect()
 }
 
-/// Per-Service settings shared by all its ports.
+/// Per-Service settings shared by all its ports. Topology is not among
+/// them: it follows the endpoints' hints (see `endpoints`).
 #[derive(Debug)]
 pub(super) struct Settings {
-    /// How ClusterIP frontends pick backends.
-    pub internal: Policy,
-    /// How NodePort, external IP and LoadBalancer frontends pick backends.
-    pub external: Policy,
+    /// internalTrafficPolicy is `Local`: ClusterIP frontends use only this
+    /// node's endpoints.
+    pub internal_local: bool,
+    /// externalTrafficPolicy is `Local`: NodePort, external IP and
+    /// LoadBalancer frontends use only this node's endpoints.
+    pub external_local: bool,
     pub affinity_timeout_s: Option<u32>,
 }
 
 impl Settings {
+    /// publishNotReadyAddresses is not read here: the EndpointSlice
+    /// controller already marks those endpoints ready, and kube-proxy takes
+    /// a slice's conditions at their word.
     pub(super) fn of(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Self {
-        let policy = |local| Policy {
-            local,
-            prefer_same_zone: prefers_same_zone(&svc.metadata, spec),
-            publish_not_ready: spec.publish_not_ready_addresses == Some(true),
-        };
         Settings {
-            internal: policy(spec.internal_traffic_policy.as_deref() == Some("Local")),
-            external: policy(spec.external_traffic_policy.as_deref() == Some("Local")),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             affinity_timeout_s: affinity_timeout_s(svc, spec, problems),
         }
     }
-}
-
-/// Whether the Service asked for topology-aware routing. The
-/// `trafficDistribution` field, when set, overrides the annotations.
-fn prefers_same_zone(meta: &ObjectMeta, spec: &ServiceSpec) -> bool {
-    if let Some(distribution) = spec.traffic_distribution.as_deref() {
-        // PreferSameZone is the newer name of PreferClose.
-        return matches!(distribution, "PreferClose" | "PreferSameZone");
-    }
-    let annotations = meta.annotations.as_ref();
-    let mode = annotations.and_then(|a| a.get(TOPOLOGY_MODE).or_else(|| a.get(TOPOLOGY_AWARE_HINTS)));
-    matches!(mode.map(String::as_str), Some("Auto" | "auto"))
 }
 
 /// `sessionAffinity: ClientIP` → its timeout; a nonsensical timeout is

@@ -2,18 +2,16 @@
 //! Service's slices the way kube-proxy's endpointslicecache does.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
     net::IpAddr,
 };
 
 use k8s_openapi::api::discovery::v1::{Endpoint as ApiEndpoint, EndpointPort, EndpointSlice};
 
 use super::{endpoints::Endpoint, fields, namespaced_name, service, slice_problem};
-use crate::model::{NodeContext, Problem, Protocol};
+use crate::model::{IpFamily, NodeContext, Problem, Protocol};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Set on the slices of headless Services, which are not proxied.
-const HEADLESS: &str = "service.kubernetes.io/headless";
 
 /// The usable slices, grouped by the (namespace, name) of their Service.
 #[derive(Debug, Default)]
@@ -45,6 +43,7 @@ struct SliceEndpoint {
     terminating: bool,
     node_name: Option<String>,
     zone_hints: BTreeSet<String>,
+    node_hints: BTreeSet<String>,
 }
 
 impl SliceIndex {
@@ -57,10 +56,10 @@ impl SliceIndex {
         for slice in slices {
             let Some(service_name) = service_name(slice, node) else { continue };
             let namespace = namespaced_name(&slice.metadata).0.to_owned();
-            let parsed = parse(slice, problems);
+            let parsed = parse(slice, node.family, problems);
             index.by_service.entry((namespace, service_name.to_owned())).or_default().push(parsed);
         }
-        // Slice order decides which copy of a duplicated endpoint is kept.
+        // Slice order decides between equally good copies of an endpoint.
         for slices in index.by_service.values_mut() {
             slices.sort_by(|a, b| a.name.cmp(&b.name));
         }
@@ -69,7 +68,7 @@ impl SliceIndex {
 
     /// The endpoints of one Service port: from every slice port with the
     /// same name and protocol, which is how a (possibly named) targetPort
-    /// resolves. The first copy of each (address, port) is kept.
+    /// resolves. One endpoint per (address, port), chosen by [`prefer`].
     pub(super) fn endpoints(
         &self,
         namespace: &str,
@@ -79,15 +78,33 @@ impl SliceIndex {
     ) -> Vec<Endpoint> {
         let key = (namespace.to_owned(), service.to_owned());
         let slices = self.by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
+        let mut chosen: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
         for slice in slices {
             for port in slice.ports.iter().filter(|p| p.name == port_name && p.protocol == protocol) {
-                let fresh = slice.endpoints.iter().filter(|ep| seen.insert((ep.address, port.port)));
-                out.extend(fresh.map(|ep| ep.with_port(port.port)));
+                for endpoint in &slice.endpoints {
+                    let candidate = endpoint.with_port(port.port);
+                    match chosen.entry((candidate.address, candidate.port)) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(candidate);
+                        }
+                        Entry::Occupied(mut slot) => prefer(slot.get_mut(), candidate),
+                    }
+                }
             }
         }
-        out
+        chosen.into_values().collect()
+    }
+}
+
+/// Two copies of one (address, port): an endpoint moving between slices,
+/// or a new Pod that got the IP of a Pod still terminating. A copy that is
+/// not terminating replaces a terminating one, so the new Pod is not
+/// hidden behind the old one (kube-proxy's addEndpoints); otherwise the
+/// first copy in slice-name order stays, which keeps the result stable
+/// where kube-proxy leaves it to map order.
+fn prefer(kept: &mut Endpoint, candidate: Endpoint) {
+    if kept.terminating && !candidate.terminating {
+        *kept = candidate;
     }
 }
 
@@ -101,13 +118,11 @@ impl SliceEndpoint {
             terminating: self.terminating,
             node_name: self.node_name.clone(),
             zone_hints: self.zone_hints.clone(),
+            node_hints: self.node_hints.clone(),
         }
     }
 }
 
-/// The Service a slice feeds, if the slice is one this node uses: labelled
-/// with its Service, not headless, not another proxy's, and IPv4 (IPv6 and
-/// FQDN slices are skipped without a problem: they are valid, just not ours).
 /// The (namespace, name) of the Service a slice belongs to, whatever its
 /// other labels say (for grouping slices by Service).
 pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
@@ -115,15 +130,21 @@ pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((namespaced_name(&slice.metadata).0.to_owned(), name.clone()))
 }
 
+/// The Service a slice feeds, if the slice is one this node uses: labelled
+/// with its Service, not headless, not another proxy's, and of the family
+/// the table is built for (other families' and FQDN slices are skipped
+/// without a problem: they are valid, just not for this table, as each of
+/// kube-proxy's per-family proxiers takes only its own address type).
 fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a str> {
     let labels = slice.metadata.labels.as_ref()?;
     let name = labels.get(SERVICE_NAME)?;
-    let usable =
-        !labels.contains_key(HEADLESS) && service::belongs_to_us(&slice.metadata, node) && slice.address_type == "IPv4";
+    let usable = !labels.contains_key(service::HEADLESS)
+        && service::belongs_to_us(&slice.metadata, node)
+        && slice.address_type == node.family.as_str();
     usable.then_some(name.as_str())
 }
 
-fn parse(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Slice {
+fn parse(slice: &EndpointSlice, family: IpFamily, problems: &mut Vec<Problem>) -> Slice {
     let ports = slice.ports.as_deref().unwrap_or_default();
     Slice {
         name: namespaced_name(&slice.metadata).1.to_owned(),
@@ -134,13 +155,17 @@ fn parse(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Slice {
         endpoints: slice
             .endpoints
             .iter()
-            .filter_map(|ep| parse_endpoint(ep).map_err(|e| problems.push(slice_problem(slice, e))).ok())
+            .filter_map(|ep| parse_endpoint(ep, family).map_err(|e| problems.push(slice_problem(slice, e))).ok())
             .collect(),
     }
 }
 
 fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
-    let name = port.name.clone().unwrap_or_default();
+    // kube-proxy skips a port without a name: a Service port is matched by
+    // name, and "no name" is not the empty name an unnamed Service port has.
+    let Some(name) = port.name.clone() else {
+        return Err(format!("port {}: no name; port skipped", port.port.unwrap_or_default()));
+    };
     let reject = |error: String| format!("port {name:?}: {error}; port skipped");
     let protocol = fields::protocol(port.protocol.as_deref()).map_err(reject)?;
     // A port without a number means "all ports" in the API; nothing can be
@@ -150,21 +175,24 @@ fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
     Ok(SlicePort { name, protocol, port: number })
 }
 
-/// Conditions follow the API's nil rules: ready nil = true, serving nil =
-/// ready, terminating nil = false. Only the first address counts: the API
+/// Conditions are read as kube-proxy reads them: ready and serving nil =
+/// true, terminating nil = false. Only the first address counts: the API
 /// says all addresses of an endpoint are fungible.
-fn parse_endpoint(ep: &ApiEndpoint) -> Result<SliceEndpoint, String> {
+fn parse_endpoint(ep: &ApiEndpoint, family: IpFamily) -> Result<SliceEndpoint, String> {
     let first = ep.addresses.first().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
-    let address = IpAddr::V4(fields::ipv4(first, "endpoint address")?);
+    let address = fields::address_of(family, first, "endpoint address")?;
     let conditions = ep.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let hints = ep.hints.as_ref().and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();
+    let hints = ep.hints.as_ref();
+    let zone_hints = hints.and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();
+    let node_hints = hints.and_then(|hints| hints.for_nodes.as_deref()).unwrap_or_default();
     Ok(SliceEndpoint {
         address,
         ready,
-        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
         node_name: ep.node_name.clone(),
-        zone_hints: hints.iter().map(|zone| zone.name.clone()).collect(),
+        zone_hints: zone_hints.iter().map(|zone| zone.name.clone()).collect(),
+        node_hints: node_hints.iter().map(|node| node.name.clone()).collect(),
     })
 }

@@ -64,12 +64,21 @@ fn headless_labelled_slices_are_ignored() {
     assert_eq!(web_backends(&[headless, plain]), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: cmd/kube-proxy server.go — slices follow the same
+/// service-proxy-name rule as Services.
 #[test]
 fn slices_labelled_for_another_proxy_are_ignored() {
     let mut foreign = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
     foreign["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
     let plain = web_slice("web-def34", &[ready("10.244.1.5", "node-a")]);
-    assert_eq!(web_backends(&[foreign, plain]), ["10.244.1.5:8080"]);
+    assert_eq!(web_backends(&[foreign.clone(), plain.clone()]), ["10.244.1.5:8080"]);
+
+    // With --proxy-name other-proxy, it is the other way round.
+    let mut svc = web_service();
+    svc["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
+    let named = NodeContext { proxy_name: Some("other-proxy".into()), ..node() };
+    let table = run_on(&named, &[svc], &[foreign, plain]);
+    assert_eq!(backends(frontend(&table, "10.96.0.10", 80, Protocol::Tcp)), ["10.244.2.7:8080"]);
 }
 
 #[test]
@@ -92,6 +101,32 @@ fn duplicate_endpoints_are_deduplicated_by_address_and_port() {
         web_slice("web-def34", &[ready("10.244.1.5", "node-a")]),
     ];
     assert_eq!(web_backends(&slices), ["10.244.1.5:8080", "10.244.2.7:8080"]);
+}
+
+/// kube-proxy: endpointslicecache.go addEndpoints — a copy of an
+/// (address, port) that is not terminating replaces a terminating one, so a
+/// new Pod that reuses the IP of a Pod still shutting down is served.
+#[test]
+fn duplicate_address_prefers_the_non_terminating_copy() {
+    // The old Pod's slice sorts first; the new Pod's copy must still win.
+    let old_pod = web_slice("web-abc12", &[serving_terminating("10.244.1.5", "node-a")]);
+    let new_pod = web_slice("web-def34", &[ready("10.244.1.5", "node-a")]);
+    assert_eq!(web_backends(&[old_pod.clone(), new_pod.clone()]), ["10.244.1.5:8080"]);
+    // Whichever slice comes first.
+    let mut renamed_old = old_pod;
+    renamed_old["metadata"]["name"] = json!("web-zzz99");
+    assert_eq!(web_backends(&[new_pod, renamed_old]), ["10.244.1.5:8080"]);
+}
+
+/// kube-proxy: endpointslicecache.go addEndpoints — a terminating copy never
+/// replaces one already kept; with the new Pod not ready yet, the old Pod's
+/// copy is the only one left to serve from.
+#[test]
+fn duplicate_address_keeps_a_non_terminating_copy_over_a_later_terminating_one() {
+    let new_pod = web_slice("web-abc12", &[not_ready("10.244.1.5", "node-a")]);
+    let old_pod = web_slice("web-def34", &[serving_terminating("10.244.1.5", "node-a")]);
+    let table = run(&[web_service()], &[new_pod, old_pod]);
+    assert!(table.frontends[0].backends.is_empty(), "{:?}", table.frontends[0].backends);
 }
 
 #[test]
@@ -138,6 +173,20 @@ fn unnamed_service_port_matches_unnamed_slice_port() {
     assert_eq!(web_backends_of(svc, &[named, unnamed]), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: endpointslicecache.go endpointInfoByServicePort — a slice
+/// port without a name is ignored; only `"name": ""` matches an unnamed
+/// Service port.
+#[test]
+fn slice_port_without_name_is_ignored() {
+    let mut svc = web_service();
+    svc["spec"]["ports"] = json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let mut nameless = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
+    nameless["ports"] = json!([{"port": 8080, "protocol": "TCP"}]);
+    let mut unnamed = web_slice("web-def34", &[ready("10.244.1.5", "node-a")]);
+    unnamed["ports"] = json!([{"name": "", "port": 8080, "protocol": "TCP"}]);
+    assert_eq!(web_backends_of(svc, &[nameless, unnamed]), ["10.244.1.5:8080"]);
+}
+
 #[test]
 fn slice_port_protocol_must_match() {
     let mut udp = web_slice("web-abc12", &[ready("10.244.2.7", "node-b")]);
@@ -164,6 +213,8 @@ fn service_without_endpoints_keeps_frontends_with_no_backends() {
     assert!(table.frontends[0].backends.is_empty());
 }
 
+/// kube-proxy: endpointslicecache.go addEndpoints — `ready` unset reads as
+/// true.
 #[test]
 fn missing_conditions_count_as_ready() {
     let mut no_conditions = ready("10.244.1.5", "node-a");
@@ -175,13 +226,14 @@ fn missing_conditions_count_as_ready() {
     );
 }
 
+/// kube-proxy: endpointslicecache.go addEndpoints — `serving` unset reads
+/// as true (not as a copy of `ready`), so a terminating endpoint without
+/// the field is a serving-terminating fallback.
 #[test]
-fn missing_serving_counts_as_ready_value() {
-    // Terminating and not ready, serving unset: serving reads as "not
-    // ready", so this endpoint is no serving-terminating fallback.
+fn missing_serving_counts_as_serving() {
     let unset_serving = endpoint("10.244.1.5", "node-a", &json!({"ready": false, "terminating": true}));
-    let serving = serving_terminating("10.244.2.7", "node-b");
-    assert_eq!(web_backends(&[web_slice("web-abc12", &[unset_serving, serving])]), ["10.244.2.7:8080 terminating"]);
+    let not_serving = endpoint("10.244.2.7", "node-b", &json!({"ready": false, "serving": false, "terminating": true}));
+    assert_eq!(web_backends(&[web_slice("web-abc12", &[unset_serving, not_serving])]), ["10.244.1.5:8080 terminating"]);
 }
 
 #[test]
@@ -221,8 +273,11 @@ fn falls_back_to_serving_terminating_when_none_ready() {
     assert_eq!(web_backends(&[slice]), ["10.244.1.4:8080 terminating", "10.244.2.7:8080 terminating"]);
 }
 
+/// kube-proxy: the proxy never reads `publishNotReadyAddresses`; the
+/// EndpointSlice controller folds it into `ready`. A slice that says "not
+/// ready" (e.g. a hand-made one) is taken at its word.
 #[test]
-fn publish_not_ready_addresses_counts_every_endpoint_as_ready() {
+fn publish_not_ready_addresses_is_left_to_the_slice_controller() {
     let mut svc = web_service();
     svc["spec"]["publishNotReadyAddresses"] = json!(true);
     let slice = web_slice(
@@ -233,7 +288,7 @@ fn publish_not_ready_addresses_counts_every_endpoint_as_ready() {
             serving_terminating("10.244.1.7", "node-a"),
         ],
     );
-    assert_eq!(web_backends_of(svc, &[slice]), ["10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.7:8080"]);
+    assert_eq!(web_backends_of(svc, &[slice]), ["10.244.1.5:8080"]);
 }
 
 #[test]

@@ -71,6 +71,9 @@ fn external_ips_get_frontends() {
     assert_eq!(backends(frontend(&table, "203.0.113.7", 80, Protocol::Tcp)), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: serviceport.go newBaseServiceInfo and util IsVIPMode —
+/// ingress IPs with ipMode VIP or no ipMode are served; Proxy and
+/// hostname-only entries are not.
 #[test]
 fn load_balancer_gets_node_port_and_ingress_ip_frontends() {
     let mut svc = web_node_port_service();
@@ -117,13 +120,29 @@ fn node_port_zero_means_none() {
     assert!(table.problems.is_empty(), "{:?}", table.problems);
 }
 
+/// kube-proxy: serviceport.go newBaseServiceInfo reads
+/// `status.loadBalancer.ingress` whatever `spec.type` says (the API server
+/// clears it when the type changes; a status written by hand is served).
 #[test]
-fn load_balancer_ingress_ignored_on_other_types() {
-    // Status left behind after a LoadBalancer Service became ClusterIP.
+fn load_balancer_ingress_read_whatever_the_type() {
     let mut svc = web_service();
     svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "198.51.100.1"}]);
     let table = run(&[svc], &[]);
+    assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.10:80/TCP", "LoadBalancer 198.51.100.1:80/TCP"]);
+}
+
+/// kube-proxy: serviceport.go newBaseServiceInfo — `spec.loadBalancerIP` is
+/// a request to the cloud provider, not an address to serve; only the
+/// status counts, and an ingress entry without an IP is skipped.
+#[test]
+fn load_balancer_ip_request_is_not_served() {
+    let mut svc = web_service();
+    svc["spec"]["type"] = json!("LoadBalancer");
+    svc["spec"]["loadBalancerIP"] = json!("198.51.100.9");
+    svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "", "hostname": "lb.example.com"}]);
+    let table = run(&[svc], &[]);
     assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.10:80/TCP"]);
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
 }
 
 #[test]
@@ -204,22 +223,49 @@ fn service_without_allocated_cluster_ip_produces_nothing() {
     assert_eq!(table, ServiceTable::default());
 }
 
+/// Three Services: unlabelled `web`, `api` labelled for proxy "lb", `db`
+/// labelled for "other-proxy", each with its own cluster IP.
+fn services_for_three_proxies() -> [Value; 3] {
+    let labelled = |name: &str, ip: &str, proxy: &str| {
+        let mut svc = web_service();
+        svc["metadata"]["name"] = json!(name);
+        svc["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!(proxy);
+        svc["spec"]["clusterIP"] = json!(ip);
+        svc["spec"]["clusterIPs"] = json!([ip]);
+        svc
+    };
+    [web_service(), labelled("api", "10.96.0.20", "lb"), labelled("db", "10.96.0.30", "other-proxy")]
+}
+
+/// kube-proxy: cmd/kube-proxy server.go watches Services and slices with
+/// `!service.kubernetes.io/service-proxy-name`. Without a proxy name this
+/// proxy serves exactly those.
 #[test]
-fn service_proxy_name_label_skips_foreign_services() {
-    let mut foreign = web_service();
-    foreign["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other-proxy");
-    let mut ours = web_service();
-    ours["metadata"]["name"] = json!("api");
-    ours["spec"]["clusterIP"] = json!("10.96.0.20");
-    ours["spec"]["clusterIPs"] = json!(["10.96.0.20"]);
-    ours["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("lb");
+fn without_proxy_name_only_unlabelled_services_are_served() {
+    let table = run(&services_for_three_proxies(), &[]);
+    assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.10:80/TCP"]);
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
+}
 
-    let unnamed = run(&[foreign.clone(), ours.clone()], &[]);
-    assert!(unnamed.frontends.is_empty(), "no proxy name: every labelled Service is someone else's");
+/// With `--proxy-name lb`, only Services labelled "lb": the unlabelled ones
+/// belong to the cluster's default proxy (kube-proxy), so the two never
+/// program the same Service.
+#[test]
+fn with_proxy_name_only_services_labelled_with_it_are_served() {
+    let named = NodeContext { proxy_name: Some("lb".into()), ..node() };
+    let table = run_on(&named, &services_for_three_proxies(), &[]);
+    assert_eq!(frontend_list(&table), ["ClusterIP 10.96.0.20:80/TCP"]);
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
+}
 
-    let named = run_on(&NodeContext { proxy_name: Some("lb".into()), ..node() }, &[foreign, ours], &[]);
-    assert_eq!(frontend_list(&named), ["ClusterIP 10.96.0.20:80/TCP"]);
-    assert!(named.problems.is_empty(), "{:?}", named.problems);
+/// kube-proxy: cmd/kube-proxy server.go also watches Services with
+/// `!service.kubernetes.io/headless`.
+#[test]
+fn service_labelled_headless_produces_nothing() {
+    let mut svc = web_service();
+    svc["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    let table = run(&[svc], &[]);
+    assert_eq!(table, ServiceTable::default());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! and tests adjust fields with `value["spec"][...] = json!(...)`.
 
 mod endpoints;
+mod families;
 mod frontends;
 mod policy;
 mod problems;
@@ -132,7 +133,7 @@ fn not_ready(ip: &str, node: &str) -> Value {
 }
 
 fn frontend<'a>(table: &'a ServiceTable, address: &str, port: u16, protocol: Protocol) -> &'a Frontend {
-    let address: std::net::Ipv4Addr = address.parse().unwrap();
+    let address: std::net::IpAddr = address.parse().unwrap();
     table
         .frontends
         .iter()

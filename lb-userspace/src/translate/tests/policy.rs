@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::model::WhenEmpty;
 
 /// Ready endpoints on node-a (10.244.1.x) and node-b (10.244.2.x).
 fn spread_slice() -> Value {
@@ -77,18 +78,66 @@ fn local_policy_without_local_endpoints_has_no_backends() {
     assert!(at(&table, CLUSTER_IP).local_only);
 }
 
+/// kube-proxy: endpointslicecache.go isLocal — with no (or an empty) node
+/// name no endpoint is local, not even one without a nodeName.
 #[test]
 fn local_policy_with_unknown_node_name_selects_nothing() {
     let mut svc = web_service();
     svc["spec"]["internalTrafficPolicy"] = json!("Local");
-    let mut nameless = web_slice("web-def34", &[ready("10.244.3.3", "node-c")]);
+    let mut nameless = web_slice("web-def34", &[ready("10.244.3.3", "node-c"), ready("10.244.3.4", "node-c")]);
     nameless["endpoints"][0].as_object_mut().unwrap().remove("nodeName");
-    let nodes = NodeContext { node_name: None, ..node() };
-    let table = run_on(&nodes, &[svc], &[spread_slice(), nameless]);
-    assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
+    nameless["endpoints"][1]["nodeName"] = json!("");
+    for node_name in [None, Some(String::new())] {
+        let nodes = NodeContext { node_name, ..node() };
+        let table = run_on(&nodes, &[svc.clone()], &[spread_slice(), nameless.clone()]);
+        assert!(at(&table, CLUSTER_IP).backends.is_empty(), "{:?}", at(&table, CLUSTER_IP).backends);
+    }
 }
 
-/// web with topology-aware routing requested by `trafficDistribution`.
+/// kube-proxy: nftables/proxier.go syncProxyRules — a Local policy that
+/// leaves no endpoint here while the Service has ready ones elsewhere gets
+/// the "drop" filter verdict, for internal and external traffic alike.
+#[test]
+fn local_policy_without_local_endpoints_drops() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    let table = run(&[svc], &[web_slice("web-abc12", &[ready("10.244.2.7", "node-b")])]);
+    for frontend in [CLUSTER_IP, NODE_PORT] {
+        assert!(at(&table, frontend).backends.is_empty(), "{frontend:?}");
+        assert_eq!(at(&table, frontend).when_empty, WhenEmpty::Drop, "{frontend:?}");
+    }
+}
+
+/// kube-proxy: topology.go CategorizeEndpoints hasAnyEndpoints — a
+/// serving-terminating endpoint elsewhere also counts as "the Service has
+/// endpoints", so a Local frontend drops rather than rejects.
+#[test]
+fn local_policy_with_only_terminating_endpoints_elsewhere_drops() {
+    let mut svc = web_service();
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    let table = run(&[svc], &[web_slice("web-abc12", &[serving_terminating("10.244.2.7", "node-b")])]);
+    assert!(at(&table, CLUSTER_IP).backends.is_empty());
+    assert_eq!(at(&table, CLUSTER_IP).when_empty, WhenEmpty::Drop);
+}
+
+/// kube-proxy: nftables/proxier.go syncProxyRules — a Service with no usable
+/// endpoint anywhere gets the "reject" verdict on every frontend, Local or
+/// not; not-ready and non-serving terminating endpoints do not count.
+#[test]
+fn no_usable_endpoint_anywhere_rejects() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    let gone = endpoint("10.244.2.8", "node-b", &json!({"ready": false, "serving": false, "terminating": true}));
+    let table = run(&[svc], &[web_slice("web-abc12", &[not_ready("10.244.2.7", "node-b"), gone])]);
+    for frontend in [CLUSTER_IP, NODE_PORT] {
+        assert!(at(&table, frontend).backends.is_empty(), "{frontend:?}");
+        assert_eq!(at(&table, frontend).when_empty, WhenEmpty::Reject, "{frontend:?}");
+    }
+}
+
+/// web with topology-aware routing requested by `trafficDistribution`, as
+/// the EndpointSlice controller needs before it writes hints.
 fn prefer_close_service() -> Value {
     let mut svc = web_node_port_service();
     svc["spec"]["trafficDistribution"] = json!("PreferClose");
@@ -103,6 +152,15 @@ fn hinted(ip: &str, node: &str, zones: &[&str]) -> Value {
     ep
 }
 
+/// An endpoint on `node` in `zone`, hinted for both, as the controller
+/// writes them for `trafficDistribution: PreferSameNode`.
+fn node_hinted(ip: &str, node: &str, zone: &str) -> Value {
+    let mut ep = ready(ip, node);
+    ep["zone"] = json!(zone);
+    ep["hints"] = json!({"forNodes": [{"name": node}], "forZones": [{"name": zone}]});
+    ep
+}
+
 fn hinted_slice() -> Value {
     web_slice(
         "web-abc12",
@@ -114,36 +172,67 @@ fn hinted_slice() -> Value {
     )
 }
 
+/// kube-proxy: topology.go topologyModeFromHints / availableForTopology —
+/// complete zone hints covering this node's zone keep the endpoints
+/// hinted for it.
 #[test]
-fn topology_prefer_close_keeps_same_zone_endpoints() {
+fn topology_zone_hints_keep_same_zone_endpoints() {
     let table = run(&[prefer_close_service()], &[hinted_slice()]);
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     assert_eq!(backends(at(&table, NODE_PORT)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     assert!(!at(&table, CLUSTER_IP).local_only);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — the mode comes from the
+/// hints alone, not from the Service's annotation or trafficDistribution
+/// (e.g. hints still present while the controller catches up with a
+/// Service that stopped asking, or written by another controller).
 #[test]
-fn topology_mode_auto_annotation_enables_hints() {
-    for (annotation, value) in
-        [("service.kubernetes.io/topology-mode", "Auto"), ("service.kubernetes.io/topology-aware-hints", "auto")]
-    {
-        let mut svc = web_service();
-        svc["metadata"]["annotations"] = json!({annotation: value});
-        let table = run(&[svc], &[hinted_slice()]);
-        assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"], "{annotation}");
-    }
-}
-
-#[test]
-fn topology_hints_ignored_unless_service_asks() {
+fn topology_hints_followed_whatever_the_service_asks() {
     let mut disabled = web_service();
     disabled["metadata"]["annotations"] = json!({"service.kubernetes.io/topology-mode": "Disabled"});
     for svc in [web_service(), disabled] {
         let table = run(&[svc], &[hinted_slice()]);
-        assert_eq!(backends(at(&table, CLUSTER_IP)).len(), 3);
+        assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     }
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — node hints (PreferSameNode)
+/// come before zone hints.
+#[test]
+fn topology_node_hints_keep_this_nodes_endpoints() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    let slice = web_slice(
+        "web-abc12",
+        &[
+            node_hinted("10.244.1.5", "node-a", "zone-a"),
+            node_hinted("10.244.1.6", "node-a2", "zone-a"),
+            node_hinted("10.244.2.7", "node-b", "zone-b"),
+        ],
+    );
+    let table = run(&[svc], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080"]);
+    assert!(!at(&table, CLUSTER_IP).local_only);
+}
+
+/// kube-proxy: topology.go topologyModeFromHints — node hints that do not
+/// name this node fall back to zone hints.
+#[test]
+fn topology_node_hints_without_this_node_fall_back_to_zone_hints() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    // node-a has no endpoint; node-a2 shares its zone.
+    let slice = web_slice(
+        "web-abc12",
+        &[node_hinted("10.244.1.6", "node-a2", "zone-a"), node_hinted("10.244.2.7", "node-b", "zone-b")],
+    );
+    let table = run(&[svc], &[slice]);
+    assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.6:8080"]);
+}
+
+/// kube-proxy: topology.go topologyModeFromHints — hints are used only if
+/// every ready endpoint has them.
 #[test]
 fn topology_hints_incomplete_falls_back_to_all() {
     let slice = web_slice("web-abc12", &[hinted("10.244.1.5", "node-a", &["zone-a"]), ready("10.244.2.7", "node-b")]);
@@ -151,9 +240,10 @@ fn topology_hints_incomplete_falls_back_to_all() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080", "10.244.2.7:8080"]);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — only ready endpoints
+/// need hints.
 #[test]
 fn topology_hints_ignore_not_ready_endpoints() {
-    // Only the chosen (ready) endpoints need hints.
     let slice = web_slice(
         "web-abc12",
         &[
@@ -166,10 +256,10 @@ fn topology_hints_ignore_not_ready_endpoints() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.5:8080"]);
 }
 
+/// kube-proxy: topology.go CategorizeEndpoints — the serving-terminating
+/// fallback ignores topology.
 #[test]
 fn topology_not_applied_to_serving_terminating_fallback() {
-    // Hints describe ready endpoints; when none is ready, every serving
-    // terminating endpoint is used, as in kube-proxy.
     let mut a = serving_terminating("10.244.1.4", "node-a");
     a["hints"] = json!({"forZones": [{"name": "zone-a"}]});
     let mut b = serving_terminating("10.244.2.8", "node-b");
@@ -178,6 +268,8 @@ fn topology_not_applied_to_serving_terminating_fallback() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.1.4:8080 terminating", "10.244.2.8:8080 terminating"]);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — hints that name no
+/// endpoint for this zone are ignored.
 #[test]
 fn topology_hints_without_this_zone_fall_back_to_all() {
     let slice = web_slice(
@@ -188,16 +280,19 @@ fn topology_hints_without_this_zone_fall_back_to_all() {
     assert_eq!(backends(at(&table, CLUSTER_IP)), ["10.244.2.7:8080", "10.244.3.3:8080"]);
 }
 
+/// kube-proxy: topology.go topologyModeFromHints — a node without a zone
+/// label (e.g. removed) uses no zone hints.
 #[test]
-fn topology_unknown_node_zone_uses_all() {
+fn topology_node_without_zone_uses_all() {
     let zoneless = NodeContext { zone: None, ..node() };
     let table = run_on(&zoneless, &[prefer_close_service()], &[hinted_slice()]);
     assert_eq!(backends(at(&table, CLUSTER_IP)).len(), 3);
 }
 
+/// kube-proxy: topology.go CategorizeEndpoints — topology narrows only the
+/// Cluster-policy endpoints; Local keeps all of this node's endpoints.
 #[test]
 fn topology_not_applied_under_local_policy() {
-    // Local keeps both of node-a's endpoints, whatever their hints say.
     let mut svc = prefer_close_service();
     svc["spec"]["internalTrafficPolicy"] = json!("Local");
     let slice = web_slice(
