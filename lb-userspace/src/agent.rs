@@ -13,7 +13,8 @@ use crate::{
     runner::SyncPacer,
     source::{
         file::FileSource,
-        kubernetes::{Changes, KubeSource},
+        kubernetes::KubeSource,
+        tracker::Changes,
         objects::Objects,
     },
     sync::{MapWriter, SyncReport, Syncer},
@@ -55,7 +56,7 @@ impl Source {
     fn zone(&self) -> Option<Option<String>> {
         match self {
             Source::File { .. } => None,
-            Source::Kubernetes(k) => k.zone(),
+            Source::Kubernetes(k) => k.tracker().zone(),
         }
     }
 }
@@ -133,16 +134,19 @@ fn run_sync<W: MapWriter>(syncer: &mut Syncer<W>, source: &mut Source, full: boo
     match source {
         Source::File { latest: Some(o), .. } => (syncer.sync(&o.services, &o.slices), o.problems.clone()),
         Source::File { latest: None, .. } => (syncer.sync([], []), Vec::new()),
-        Source::Kubernetes(k) => match k.take_changes() {
-            Changes::Services(changed) if !full => {
-                let changes = changed.into_iter().map(|key| {
-                    let (svc, slices) = k.service_objects(&key);
-                    (key, svc, slices)
-                });
-                (syncer.update(changes.collect::<Vec<_>>()), Vec::new())
+        Source::Kubernetes(k) => {
+            let tracker = k.tracker_mut();
+            match tracker.take_changes() {
+                Changes::Services(changed) if !full => {
+                    let changes = changed.into_iter().map(|key| {
+                        let (svc, slices) = tracker.service_objects(&key);
+                        (key, svc, slices)
+                    });
+                    (syncer.update(changes.collect::<Vec<_>>()), Vec::new())
+                }
+                _ => (syncer.sync(tracker.services(), tracker.slices()), Vec::new()),
             }
-            _ => (syncer.sync(k.services(), k.slices()), Vec::new()),
-        },
+        }
     }
 }
 

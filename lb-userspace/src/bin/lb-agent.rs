@@ -105,8 +105,9 @@ struct Args {
     /// (comma-separated). Default: every local IPv4 address.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<Cidr>,
-    /// Handle only Services whose `service.kubernetes.io/service-proxy-name`
-    /// label has this value (Services without the label are always handled).
+    /// Serve only Services whose `service.kubernetes.io/service-proxy-name`
+    /// label has this value. Without it, only Services without that label
+    /// are served, as kube-proxy does (see docs/semantics.md).
     #[arg(long)]
     proxy_name: Option<String>,
     /// How often the source file is checked for changes.
@@ -184,7 +185,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         SourceArg::Kubernetes => {
             let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
             let node_name = args.node_name.as_deref();
-            let source = KubeSource::new(client.clone(), node_name);
+            let source = KubeSource::new(client.clone(), node_name, args.proxy_name.as_deref());
             (Source::Kubernetes(Box::new(source)), Box::new(EventPublisher::new(client, node_name)))
         }
     };

@@ -5,3 +5,4 @@ pub mod cache;
 pub mod file;
 pub mod kubernetes;
 pub mod objects;
+pub mod tracker;

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::model::Problem;
+use crate::model::{FrontendKind, Problem};
 
 /// A second, valid Service: `api` at 10.96.0.20:443.
 fn api_service() -> Value {
@@ -162,6 +162,30 @@ fn conflicts_resolved_by_namespace_before_name() {
     assert_eq!(table.frontends[0].service.namespace, "a");
     assert_eq!(table.problems.len(), 1);
     assert_eq!((table.problems[0].namespace.as_str(), table.problems[0].name.as_str()), ("b", "aa"));
+}
+
+/// kube-proxy: the nftables proxier looks a packet up in `service-ips`
+/// (ClusterIPs, externalIPs, LoadBalancer IPs) before `service-nodeports`,
+/// so on one (address, port, protocol) a Service IP frontend wins over a
+/// NodePort, whatever the Services' names.
+#[test]
+fn service_ip_frontends_win_over_node_ports_on_one_address() {
+    let mut node_port = web_node_port_service();
+    node_port["metadata"]["namespace"] = json!("a");
+    let mut external = api_service();
+    external["metadata"]["namespace"] = json!("z");
+    external["spec"]["externalIPs"] = json!(["192.168.0.10"]);
+    external["spec"]["ports"] = json!([{"name": "http", "port": 30080, "protocol": "TCP", "targetPort": 8080}]);
+    let table = run(&[node_port, external], &[]);
+    let at_node = frontend(&table, "192.168.0.10", 30080, Protocol::Tcp);
+    assert_eq!((at_node.kind, at_node.service.namespace.as_str()), (FrontendKind::ExternalIp, "z"));
+    // The NodePort is still served on the node's other address.
+    assert_eq!(frontend(&table, "192.168.0.11", 30080, Protocol::Tcp).kind, FrontendKind::NodePort);
+    assert_eq!(
+        problem_list(&table),
+        ["Service a/web: NodePort frontend 192.168.0.10:30080/TCP of a/web:http/TCP is already served by \
+         z/api:http/TCP (ExternalIP); skipped"]
+    );
 }
 
 /// kube-proxy: endpointslicecache.go addEndpoints skips endpoints without
