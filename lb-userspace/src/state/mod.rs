@@ -49,18 +49,13 @@ struct Encoded {
     slots: Vec<SlotBackend>,
 }
 
-/// What the maps held when the agent started, not yet claimed again.
-#[derive(Debug, Default)]
-struct Resumed {
-    frontends: HashMap<ServiceKeyV4, Encoded>,
-}
-
 #[derive(Debug, Default)]
 pub struct DesiredState {
     claims: Claims,
     problems: HashMap<ServiceRef, Vec<Problem>>,
     encoded: HashMap<ServiceKeyV4, Encoded>,
-    resumed: Resumed,
+    /// Frontends the maps held when the agent started, not claimed again yet.
+    resumed: HashMap<ServiceKeyV4, Encoded>,
     backends: BackendRefs,
     frontend_ids: IdCounter,
     ports: PortRefs,
@@ -95,7 +90,7 @@ impl DesiredState {
                 (1..=value.count).map(|slot| state.backends.resumed_slot(existing, key.slot(slot))).collect();
             // A frontend with a missing slot or backend is rebuilt from scratch.
             let slots = slots.unwrap_or_default();
-            state.resumed.frontends.insert(*key, Encoded { frontend_id: value.frontend_id, slots });
+            state.resumed.insert(*key, Encoded { frontend_id: value.frontend_id, slots });
         }
         state.frontend_ids = IdCounter::resume(last_frontend);
         state.record_counters();
@@ -161,7 +156,7 @@ impl DesiredState {
                 // Newly served (or taken over from the maps): one more
                 // frontend on this port.
                 self.change_port(key.port, PortUse::Frontend, true);
-                self.resumed.frontends.remove(&key)
+                self.resumed.remove(&key)
             }
         };
         let frontend_id = match &previous {
@@ -201,7 +196,7 @@ impl DesiredState {
     }
 
     fn remove_frontend(&mut self, key: ServiceKeyV4) {
-        self.resumed.frontends.remove(&key);
+        self.resumed.remove(&key);
         let Some(owned) = self.encoded.remove(&key) else { return };
         set(&mut self.maps.services, &mut self.touched.services, key, None);
         for slot in 1..=owned.slots.len() {
