@@ -3,7 +3,8 @@
 //! Kubernetes API (`kubernetes-validate --strict`: a missing required field
 //! or an unknown one fails), and what no schema sees holds: each flag value
 //! the DaemonSet takes from its ConfigMap exists, the ports the agent binds
-//! are the ones its probes and container ports name.
+//! are the ones its probes and container ports name, and the agent runs
+//! with the capabilities the DaemonSet gives it, and needs each of them.
 //!
 //! `kubectl apply --dry-run=client` would need an API server even in client
 //! mode; kubernetes-validate ships the schemas. scripts/bootstrap.sh
@@ -13,8 +14,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::{Duration, Instant},
 };
 
+use lb_tests::{agent::binary, topology::Topology};
 use serde_json::Value;
 
 /// The oldest API the agent is built against (k8s-openapi's `v1_33`) and
@@ -239,4 +242,78 @@ fn validation_rejects_an_unknown_field() {
     let output = validate("broken", &broken);
     assert!(!output.status.success(), "an unknown field passed: {}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("hostNetworking"), "{}", describe(&output));
+}
+
+/// The capabilities the rendered DaemonSet gives the agent container, as
+/// setpriv spells them (`+bpf`), after checking that it drops all others.
+fn daemonset_capabilities() -> Vec<String> {
+    let objects = objects(&render(BASE));
+    let (container, _) = agent(&objects);
+    let capabilities = &container["securityContext"]["capabilities"];
+    assert_eq!(capabilities["drop"], serde_json::json!(["ALL"]));
+    assert_ne!(container["securityContext"]["privileged"], true);
+    let add = capabilities["add"].as_array().expect("capabilities.add");
+    add.iter().map(|c| format!("+{}", c.as_str().expect("capability name").to_lowercase())).collect()
+}
+
+/// Runs lb-agent in the node namespace of `topology` with only
+/// `capabilities` (a root process whose bounding set is just these, as in
+/// the container), the demo Services, until it has programmed the datapath.
+/// Err carries its output when it exits first.
+fn agent_with_capabilities(topology: &Topology, capabilities: &[String]) -> Result<(), String> {
+    let name = format!("{}-caps", topology.node);
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{name}"));
+    let ready = std::env::temp_dir().join(format!("{name}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let services = workspace_root().join("deploy/examples/demo-services.yaml");
+    // nsenter (with every capability) enters the namespace; setpriv then
+    // leaves only the container's set for the agent it starts.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topology.node))
+        .args(["setpriv", "--inh-caps=-all", &format!("--bounding-set=-all,{}", capabilities.join(",")), "--"])
+        .arg(binary("lb-agent").expect("lb-agent is built"))
+        .arg(format!("--source=file:{}", services.display()))
+        .arg(format!("--pin-dir={}", pin_dir.display()))
+        .arg(format!("--interfaces={}", topology.node_interfaces.join(",")))
+        .arg(format!("--ready-file={}", ready.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting nsenter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let programmed = loop {
+        if ready.exists() {
+            break true;
+        }
+        if child.try_wait().expect("waiting").is_some() || Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SIGTERM: the agent removes its ready file and leaves its pins.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let output = child.wait_with_output().expect("lb-agent's output");
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let _ = std::fs::remove_file(&ready);
+    if programmed { Ok(()) } else { Err(describe(&output)) }
+}
+
+/// The DaemonSet's capability set is enough for the agent to load, attach
+/// and program the datapath, and every capability in it is needed.
+#[test]
+fn agent_runs_with_exactly_the_daemonsets_capabilities() {
+    let capabilities = daemonset_capabilities();
+    let topology = Topology::create(1).expect("namespaces");
+    if let Err(output) = agent_with_capabilities(&topology, &capabilities) {
+        panic!("lb-agent with {capabilities:?} did not program the datapath: {output}");
+    }
+    for (i, dropped) in capabilities.iter().enumerate() {
+        let mut fewer = capabilities.clone();
+        fewer.remove(i);
+        assert!(
+            agent_with_capabilities(&topology, &fewer).is_err(),
+            "lb-agent programs the datapath without {dropped}: drop it from the DaemonSet"
+        );
+    }
 }
