@@ -9,6 +9,7 @@ use std::{
 
 use lb_common::{conntrack::DIR_ORIGINAL, stats::Counter};
 use lb_tests::{
+    agent,
     datapath::{Counters, Datapath},
     packets::{self, Endpoint, ep},
     scenario::{self, DemoCluster, WEB},
@@ -17,7 +18,7 @@ use lb_tests::{
 use lb_userspace::{
     datapath::{
         loader::{self, Capacities, TC_PROGRAM},
-        maps::ServiceMaps,
+        maps::{self, ServiceMaps},
     },
     encode::DesiredMaps,
     model::NodeContext,
@@ -185,5 +186,100 @@ fn restart_never_hands_a_removed_backends_flow_to_a_new_backend() {
         Counters::from([(Counter::Rebalanced, 1)]),
         "the flow's backend left before the restart: it must be re-balanced, but went to {to:?} (N has id {}, H had {h_id})",
         backend_id(&restarted, N)
+    );
+}
+
+const AGENT_WAIT: Duration = Duration::from_secs(30);
+
+/// Web's backends (by index) once the agent has programmed exactly these.
+fn has_web_backends(backends: &'static [usize]) -> impl Fn(&DesiredMaps) -> bool {
+    move |m| scenario::web_backend_ids(m).keys().copied().eq(backends.iter().copied())
+}
+
+/// Opens keep-alive connections to web until one is answered by a backend
+/// `wanted` accepts; returns it and the backend's name.
+fn keep_alive_connection(cluster: &DemoCluster, wanted: impl Fn(&str) -> bool) -> (std::net::TcpStream, String) {
+    for _ in 0..50 {
+        let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+        let name = servers::http_request(&mut conn, false).expect("request on a new connection");
+        if wanted(&name) {
+            return (conn, name);
+        }
+    }
+    panic!("no connection landed on a wanted backend in 50 tries");
+}
+
+/// Who answers `n` new connections to web, by backend name.
+fn answers(cluster: &DemoCluster, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|_| servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP"))
+        .collect()
+}
+
+fn names(backends: &[usize]) -> std::collections::BTreeSet<String> {
+    backends.iter().map(|&i| scenario::backend_name(i)).collect()
+}
+
+/// End to end: while the agent is down the Services file loses the backend
+/// with the highest id and gains a new one. After the restart an
+/// established keep-alive connection to a backend that stayed still works
+/// and still reaches the same backend, no new connection reaches the
+/// removed backend, and every remaining and new backend answers.
+#[test]
+fn established_connection_survives_a_restart_that_changes_the_backend_set() {
+    let mut cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[1, 2, 3]), has_web_backends(&[1, 2, 3]))
+        .expect("start cluster");
+    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
+    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(3), "backend 3 has the highest id: {ids:?}");
+    let removed = scenario::backend_name(3);
+    let (mut conn, pinned) = keep_alive_connection(&cluster, |name| name != removed);
+
+    let source = cluster.source_file.clone();
+    cluster
+        .agent
+        .restart_after(|| agent::write_atomically(&source, &scenario::web_services_ready(&[1, 2, 4])))
+        .expect("restart the agent");
+    cluster.agent.wait_ready(AGENT_WAIT).expect("agent ready again");
+    cluster.agent.wait_until(AGENT_WAIT, has_web_backends(&[1, 2, 4])).expect("new backend set programmed");
+
+    for _ in 0..3 {
+        assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "same connection, same backend after the restart");
+    }
+    assert_eq!(answers(&cluster, 90), names(&[1, 2, 4]), "new connections reach exactly the remaining and new backends");
+}
+
+/// End to end: a keep-alive connection whose backend (the one with the
+/// highest id) the running agent removes, idle until after a restart in
+/// which a new backend joins, is re-balanced when it sends again (the
+/// `rebalanced` counter moves), never delivered to the new backend as an
+/// established flow under the removed backend's id.
+#[test]
+fn idle_connection_to_a_backend_removed_before_a_restart_is_rebalanced() {
+    let mut cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[1, 2, 3]), has_web_backends(&[1, 2, 3]))
+        .expect("start cluster");
+    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
+    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(3), "backend 3 has the highest id: {ids:?}");
+    let removed = scenario::backend_name(3);
+    let (mut conn, _) = keep_alive_connection(&cluster, |name| name == removed);
+
+    cluster.update(&scenario::web_services_ready(&[1, 2]), has_web_backends(&[1, 2])).expect("running agent removes backend 3");
+    let source = cluster.source_file.clone();
+    cluster
+        .agent
+        .restart_after(|| agent::write_atomically(&source, &scenario::web_services_ready(&[1, 2, 4])))
+        .expect("restart the agent");
+    cluster.agent.wait_ready(AGENT_WAIT).expect("agent ready again");
+    let maps = cluster.agent.wait_until(AGENT_WAIT, has_web_backends(&[1, 2, 4])).expect("new backend set programmed");
+
+    let before: Counters = maps::counters(&cluster.agent.pin_dir).unwrap().into_iter().collect();
+    // The connection's backend is gone: whatever the client sees, the
+    // packet must have been re-balanced.
+    let outcome = servers::http_request(&mut conn, false);
+    let after: Counters = maps::counters(&cluster.agent.pin_dir).unwrap().into_iter().collect();
+    let moved = lb_tests::datapath::moved(&before, &after);
+    assert!(
+        moved.get(&Counter::Rebalanced).copied().unwrap_or(0) >= 1,
+        "the request on the orphaned connection was not re-balanced (counters moved: {moved:?}, request: {outcome:?}, backend ids now {:?})",
+        scenario::web_backend_ids(&maps)
     );
 }
