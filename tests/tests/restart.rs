@@ -2,7 +2,7 @@
 //! writes only the difference, and tracked connections keep flowing.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
