@@ -85,8 +85,15 @@ impl Agent {
 
     /// Stops the agent (its pinned maps stay) and starts it again.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_after(|| Ok(()))
+    }
+
+    /// Stops the agent (its pinned maps stay), runs `while_down`, and
+    /// starts it again.
+    pub fn restart_after(&mut self, while_down: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
         self.stop();
         let _ = std::fs::remove_file(&self.ready_file);
+        while_down()?;
         self.child = spawn(&self.command)?;
         Ok(())
     }
