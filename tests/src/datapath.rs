@@ -107,9 +107,7 @@ impl Datapath {
 
     /// The conntrack entries the datapath has written.
     pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
-        let map: HashMap<&MapData, CtKeyV4, CtValueV4> =
-            self.ebpf.map(names::CONNTRACK_V4).context("conntrack map")?.try_into()?;
-        map.iter().map(|e| Ok(e?)).collect()
+        self.syncer.writer().conntrack_entries()
     }
 
     /// LB_STATS, summed over CPUs.

@@ -79,7 +79,7 @@ fn service_without_endpoints_refuses_at_once() {
 /// serves, as with kube-proxy's conntrack.
 #[test]
 fn established_connection_to_a_terminating_endpoint_keeps_its_backend() {
-    let ready = |m: &lb_userspace::encode::DesiredMaps| scenario::web_backend_ids(m).len() == 3;
+    let ready = |m: &lb_userspace::tables::DesiredMaps| scenario::web_backend_ids(m).len() == 3;
     let mut cluster = DemoCluster::start_with(3, &scenario::web_services_ready(&[1, 2, 3]), ready).expect("start cluster");
     let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
     let pinned = servers::http_request(&mut conn, false).unwrap();

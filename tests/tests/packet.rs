@@ -82,7 +82,7 @@ items:
   metadata: {name: node-port-1, namespace: default, labels: {kubernetes.io/service-name: node-port}}
   addressType: IPv4
   endpoints: [{addresses: [10.244.1.2], conditions: {ready: true}}]
-  ports: [{port: 8080, protocol: TCP}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
 - apiVersion: v1
   kind: Service
   metadata: {name: fragile, namespace: default}
@@ -94,7 +94,7 @@ items:
   metadata: {name: fragile-1, namespace: default, labels: {kubernetes.io/service-name: fragile}}
   addressType: IPv4
   endpoints: [{addresses: [10.244.6.2], conditions: {ready: true}}]
-  ports: [{port: 7000, protocol: TCP}]
+  ports: [{name: "", port: 7000, protocol: TCP}]
 "#;
 
 /// All the table's Services, with `multi` balancing over `multi`.
@@ -405,7 +405,7 @@ fn multi_with(backends: &[Ipv4Addr]) -> String {
 fn multi_items(backends: &[Ipv4Addr]) -> String {
     let endpoints: String = backends.iter().map(|ip| format!("  - {{addresses: [{ip}], conditions: {{ready: true}}}}\n")).collect();
     format!(
-        "- apiVersion: v1\n  kind: Service\n  metadata: {{name: multi, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.20\n    ports: [{{port: 80, protocol: TCP, targetPort: 9000}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: multi-1, namespace: default, labels: {{kubernetes.io/service-name: multi}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{port: 9000, protocol: TCP}}]\n"
+        "- apiVersion: v1\n  kind: Service\n  metadata: {{name: multi, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.20\n    ports: [{{port: 80, protocol: TCP, targetPort: 9000}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: multi-1, namespace: default, labels: {{kubernetes.io/service-name: multi}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{name: \"\", port: 9000, protocol: TCP}}]\n"
     )
 }
 

@@ -90,7 +90,7 @@ fn web_with(backends: &[Endpoint]) -> String {
     let endpoints: String =
         backends.iter().map(|b| format!("  - {{addresses: [{}], conditions: {{ready: true}}}}\n", b.ip)).collect();
     format!(
-        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: web, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.10\n    ports: [{{port: 80, protocol: TCP, targetPort: 8080}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{port: 8080, protocol: TCP}}]\n"
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: web, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.10\n    ports: [{{port: 80, protocol: TCP, targetPort: 8080}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{name: \"\", port: 8080, protocol: TCP}}]\n"
     )
 }
 

@@ -155,11 +155,15 @@ impl ServiceMaps {
         self.services.0.get(key, 0).ok()
     }
 
+    /// Every conntrack entry.
+    pub fn conntrack_entries(&self) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
+        self.conntrack.iter().map(|e| e.context("reading conntrack")).collect()
+    }
+
     /// The highest ids the conntrack table names.
     pub fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
         let mut highest = HighestIds::default();
-        for entry in self.conntrack.iter() {
-            let (_, value) = entry.context("reading conntrack")?;
+        for (_, value) in self.conntrack_entries()? {
             highest.backend = highest.backend.max(value.backend_id);
             highest.frontend = highest.frontend.max(value.frontend_id);
         }
