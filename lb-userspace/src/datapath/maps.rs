@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, marker::PhantomData, path::Path};
 use anyhow::Context as _;
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
     conntrack::{CtKeyV4, CtValueV4},
@@ -16,6 +16,7 @@ use lb_common::{
     stats::Counter,
 };
 
+use super::batch;
 use crate::{
     state::HighestIds,
     tables::{DesiredMaps, Write, for_each_map},
@@ -40,6 +41,9 @@ impl<K: Pod + Ord, V: Pod> Hash<K, V> {
     }
 
     fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
+        if let Some(entries) = batch::lookup_all(self.0.map())? {
+            return Ok(entries.into_iter().collect());
+        }
         self.0.iter().map(|entry| Ok(entry?)).collect()
     }
 
@@ -65,16 +69,12 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
     }
 
     fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
-        let mut out = BTreeMap::new();
-        for (index, value) in self.0.iter().enumerate() {
-            let value = value?;
-            if value != V::default()
-                && let Ok(key) = K::try_from(index as u32)
-            {
-                out.insert(key, value);
-            }
-        }
-        Ok(out)
+        let entries: Vec<(u32, V)> = match batch::lookup_all(self.0.map())? {
+            Some(entries) => entries,
+            None => (0..).zip(self.0.iter()).map(|(index, value)| Ok((index, value?))).collect::<anyhow::Result<_>>()?,
+        };
+        let non_zero = entries.into_iter().filter(|(_, value)| *value != V::default());
+        Ok(non_zero.filter_map(|(index, value)| Some((K::try_from(index).ok()?, value))).collect())
     }
 
     fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
