@@ -10,7 +10,7 @@ use lb_tests::{
     },
     datapath::Datapath,
 };
-use lb_userspace::{model::NodeContext, sync::MapWriter};
+use lb_userspace::model::NodeContext;
 
 #[test]
 fn maps_read_back_equal_what_was_written() {
