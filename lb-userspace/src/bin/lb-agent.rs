@@ -6,11 +6,12 @@ use std::{net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use lb_userspace::{
-    agent::{self, Pacing, ProblemSink, Source},
+    agent::{self, Observers, Pacing, ProblemSink, Source},
     datapath::{loader, maps::ServiceMaps},
     events::{EventPublisher, LogOnly},
     model::NodeContext,
-    netns,
+    metrics::Metrics,
+    netns, serve,
     source::{
         file::FileSource,
         kubernetes::{self, KubeSource},
@@ -126,6 +127,24 @@ struct Args {
     /// Backend table size.
     #[arg(long, default_value_t = lb_common::maps::BACKENDS_V4_CAPACITY)]
     backends_max: u32,
+    /// Serve Prometheus metrics at /metrics on this address (as
+    /// kube-proxy does); empty to disable.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249", value_parser = parse_bind_address)]
+    metrics_bind_address: Option<std::net::SocketAddr>,
+    /// Serve /healthz and /livez on this address (kube-proxy's semantics:
+    /// unhealthy when a change waits longer than 2 × --sync-period for its
+    /// sync; /healthz also while the Node is being deleted or tainted for
+    /// scale-down); empty to disable.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind_address)]
+    healthz_bind_address: Option<std::net::SocketAddr>,
+}
+
+/// `IP:PORT`, or empty for "off".
+fn parse_bind_address(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -194,7 +213,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // A file from a previous run must not claim readiness.
         let _ = std::fs::remove_file(path);
     }
-    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), shutdown_signal()).await;
+    // kube-proxy's health timeout: twice the sync period.
+    let observers = Observers::new(args.sync_period * 2);
+    serve_endpoints(&args, &observers).await?;
+    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), &observers, shutdown_signal()).await;
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -207,6 +229,23 @@ async fn shutdown_signal() {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+}
+
+/// Binds the metrics and health addresses (failing at start, not later,
+/// when one is taken) and serves them in the background.
+async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics_bind_address {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+        let metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
+        tokio::spawn(serve::metrics(listener, std::sync::Arc::new(metrics)));
+        info!(address = %addr, "serving /metrics");
+    }
+    if let Some(addr) = args.healthz_bind_address {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health address {addr}"))?;
+        tokio::spawn(serve::health(listener, observers.health.clone(), observers.metrics.clone()));
+        info!(address = %addr, "serving /healthz and /livez");
+    }
+    Ok(())
 }
 
 fn nodeport_addresses(filter: &[Cidr]) -> anyhow::Result<Vec<std::net::IpAddr>> {
