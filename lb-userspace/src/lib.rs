@@ -16,6 +16,7 @@ pub mod source;
 pub mod state;
 pub mod sync;
 pub mod tables;
+pub mod trace;
 pub mod translate;
 
 /// The datapath object built by build.rs from `lb-ebpf`.

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod bench;
 pub mod datapath;
+pub mod observe;
 pub mod packets;
 pub mod scenario;
 pub mod servers;

@@ -129,22 +129,28 @@ struct Args {
     backends_max: u32,
     /// Serve Prometheus metrics at /metrics on this address (as
     /// kube-proxy does); empty to disable.
-    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249", value_parser = parse_bind_address)]
-    metrics_bind_address: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249", )]
+    metrics_bind_address: BindAddress,
     /// Serve /healthz and /livez on this address (kube-proxy's semantics:
     /// unhealthy when a change waits longer than 2 × --sync-period for its
     /// sync; /healthz also while the Node is being deleted or tainted for
     /// scale-down); empty to disable.
-    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind_address)]
-    healthz_bind_address: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", )]
+    healthz_bind_address: BindAddress,
 }
 
 /// `IP:PORT`, or empty for "off".
-fn parse_bind_address(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
-    if s.is_empty() {
-        return Ok(None);
+#[derive(Clone, Copy, Debug)]
+struct BindAddress(Option<std::net::SocketAddr>);
+
+impl FromStr for BindAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Ok(BindAddress(None));
+        }
+        s.parse().map(|a| BindAddress(Some(a))).map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))
     }
-    s.parse().map(Some).map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -234,13 +240,13 @@ async fn shutdown_signal() {
 /// Binds the metrics and health addresses (failing at start, not later,
 /// when one is taken) and serves them in the background.
 async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<()> {
-    if let Some(addr) = args.metrics_bind_address {
+    if let BindAddress(Some(addr)) = args.metrics_bind_address {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
         let metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
         tokio::spawn(serve::metrics(listener, std::sync::Arc::new(metrics)));
         info!(address = %addr, "serving /metrics");
     }
-    if let Some(addr) = args.healthz_bind_address {
+    if let BindAddress(Some(addr)) = args.healthz_bind_address {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health address {addr}"))?;
         tokio::spawn(serve::health(listener, observers.health.clone(), observers.metrics.clone()));
         info!(address = %addr, "serving /healthz and /livez");
