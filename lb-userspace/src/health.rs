@@ -99,7 +99,8 @@ pub fn node_eligible(node: &Node) -> bool {
 impl Verdict {
     /// kube-proxy's body: `/healthz` adds `nodeEligible`, `/livez` does not.
     pub fn json(&self, with_node: bool) -> String {
-        let last = self.last_updated.map(go_time).unwrap_or_else(|| go_time(UNIX_EPOCH));
+        // Never synced: Go's zero time, as kube-proxy prints it.
+        let last = self.last_updated.map_or_else(|| "0001-01-01 00:00:00 +0000 UTC".to_owned(), go_time);
         let now = go_time(self.current_time);
         if with_node {
             format!(r#"{{"lastUpdated": "{last}","currentTime": "{now}", "nodeEligible": {}}}"#, self.node_eligible)

@@ -1,10 +1,11 @@
 //! lb-agent: keeps the eBPF datapath's maps in line with the cluster's
 //! Services and EndpointSlices.
 
-use std::{net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use ipnet::Ipv4Net;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
     datapath::{loader, maps::ServiceMaps},
@@ -40,32 +41,6 @@ impl FromStr for SourceArg {
     }
 }
 
-/// An IPv4 CIDR for --nodeport-addresses.
-#[derive(Clone, Copy, Debug)]
-struct Cidr {
-    network: Ipv4Addr,
-    prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR"))?;
-        let network: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        if prefix > 32 {
-            return Err(format!("{s:?}: prefix longer than 32"));
-        }
-        Ok(Cidr { network, prefix })
-    }
-}
-
-impl Cidr {
-    fn contains(self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.network) & mask
-    }
-}
 
 #[derive(Debug, Parser)]
 #[command(version, about = "In-kernel Kubernetes Service load balancer: the node agent")]
@@ -105,7 +80,7 @@ struct Args {
     /// Serve NodePorts only on local addresses inside these CIDRs
     /// (comma-separated). Default: every local IPv4 address.
     #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<Cidr>,
+    nodeport_addresses: Vec<Ipv4Net>,
     /// Serve only Services whose `service.kubernetes.io/service-proxy-name`
     /// label has this value. Without it, only Services without that label
     /// are served, as kube-proxy does (see docs/semantics.md).
@@ -153,14 +128,12 @@ impl FromStr for BindAddress {
     }
 }
 
+/// `10ms`, `30s`, `1m30s` (humantime's forms), or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = number.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("bad duration unit in {s:?}: use ms or s")),
+    if let Ok(seconds) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
     }
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -254,7 +227,7 @@ async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<(
     Ok(())
 }
 
-fn nodeport_addresses(filter: &[Cidr]) -> anyhow::Result<Vec<std::net::IpAddr>> {
+fn nodeport_addresses(filter: &[Ipv4Net]) -> anyhow::Result<Vec<std::net::IpAddr>> {
     let all = netns::ipv4_addresses().context("reading node addresses")?;
-    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(*ip))).map(Into::into).collect())
+    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(ip))).map(Into::into).collect())
 }

@@ -116,10 +116,10 @@ fn main() -> anyhow::Result<()> {
     }
     let pin_dir = args.pin_dir.as_path();
     match &args.command {
-        Command::Services => print(args.output, &services(pin_dir)?, services_table),
-        Command::Backends => print(args.output, &backends(pin_dir)?, backends_table),
-        Command::Conntrack => print(args.output, &conntrack(pin_dir)?, conntrack_table),
-        Command::Stats => print(args.output, &stats(pin_dir)?, stats_table),
+        Command::Services => print(args.output, services(pin_dir)?.as_slice(), services_table),
+        Command::Backends => print(args.output, backends(pin_dir)?.as_slice(), backends_table),
+        Command::Conntrack => print(args.output, conntrack(pin_dir)?.as_slice(), conntrack_table),
+        Command::Stats => print(args.output, stats(pin_dir)?.as_slice(), stats_table),
         Command::Trace(t) => {
             let ifindex = t.iface.as_deref().map(if_index).transpose()?;
             let probe = Probe { src: t.src, dst: t.dst, proto: t.proto, syn: t.syn, ifindex };
@@ -223,7 +223,7 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
         .collect())
 }
 
-fn services_table(frontends: &Vec<Frontend>) -> String {
+fn services_table(frontends: &[Frontend]) -> String {
     let rows: Vec<Vec<String>> = frontends
         .iter()
         .map(|f| {
@@ -271,7 +271,7 @@ fn backends(pin_dir: &Path) -> anyhow::Result<Vec<Backend>> {
         .collect())
 }
 
-fn backends_table(backends: &Vec<Backend>) -> String {
+fn backends_table(backends: &[Backend]) -> String {
     let rows: Vec<Vec<String>> = backends
         .iter()
         .map(|b| {
@@ -313,7 +313,7 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
         .collect())
 }
 
-fn conntrack_table(flows: &Vec<Flow>) -> String {
+fn conntrack_table(flows: &[Flow]) -> String {
     let rows: Vec<Vec<String>> = flows
         .iter()
         .map(|f| {
@@ -339,7 +339,7 @@ fn stats(pin_dir: &Path) -> anyhow::Result<Vec<Stat>> {
         .collect())
 }
 
-fn stats_table(stats: &Vec<Stat>) -> String {
+fn stats_table(stats: &[Stat]) -> String {
     let rows: Vec<Vec<String>> = stats.iter().map(|s| vec![s.counter.to_owned(), s.packets.to_string()]).collect();
     columns(&["COUNTER", "PACKETS"], &rows)
 }
