@@ -129,11 +129,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print<T: Serialize + ?Sized>(format: Format, value: &T, table: fn(&T) -> String) -> anyhow::Result<()> {
-    match format {
-        Format::Table => print!("{}", table(value)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+    let text = match format {
+        Format::Table => table(value),
+        Format::Json => serde_json::to_string_pretty(value)? + "\n",
+    };
+    // `lbctl conntrack | head` closes the pipe early: not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn if_index(name: &str) -> anyhow::Result<u32> {
