@@ -218,3 +218,40 @@ pub fn trace(pin_dir: &Path, probe: &Probe, keep_conntrack: bool) -> anyhow::Res
         conntrack_removed: !keep_conntrack && !created.is_empty(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(proto: Protocol, syn: bool) -> Probe {
+        Probe { src: "10.0.1.2:40000".parse().unwrap(), dst: "10.96.0.10:80".parse().unwrap(), proto, syn, ifindex: None }
+    }
+
+    #[test]
+    fn a_built_probe_reads_back_as_itself() {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let header = header(&build(&probe(proto, true)).unwrap()).unwrap();
+            assert_eq!(header.proto, proto.as_str());
+            assert_eq!((header.src.as_str(), header.dst.as_str()), ("10.0.1.2:40000", "10.96.0.10:80"));
+        }
+    }
+
+    #[test]
+    fn syn_flag_follows_the_probe() {
+        let syn = |frame: Vec<u8>| match SlicedPacket::from_ethernet(&frame).unwrap().transport {
+            Some(TransportSlice::Tcp(t)) => t.syn(),
+            _ => panic!("not TCP"),
+        };
+        assert!(syn(build(&probe(Protocol::Tcp, true)).unwrap()));
+        assert!(!syn(build(&probe(Protocol::Tcp, false)).unwrap()));
+        assert!(build(&probe(Protocol::Sctp, false)).is_err(), "SCTP cannot be traced yet");
+    }
+
+    #[test]
+    fn verdicts_are_named() {
+        assert_eq!(verdict_name(-1), "pass");
+        assert_eq!(verdict_name(2), "drop");
+        assert_eq!(verdict_name(7), "redirect");
+        assert_eq!(verdict_name(42), "42");
+    }
+}
