@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod datapath;
 pub mod load;
+pub mod observe;
 pub mod packets;
 pub mod scenario;
 pub mod servers;
