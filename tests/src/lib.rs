@@ -6,6 +6,8 @@ pub mod agent;
 pub mod apiserver;
 pub mod bench;
 pub mod datapath;
+pub mod links;
+pub mod load;
 pub mod packets;
 pub mod scenario;
 pub mod servers;
