@@ -91,6 +91,16 @@ impl Agent {
         Ok(())
     }
 
+    /// Stops the agent, runs `between` while no agent runs (the datapath
+    /// stays attached through its pinned links), then starts it again.
+    pub fn restart_after(&mut self, between: impl FnOnce()) -> anyhow::Result<()> {
+        self.stop();
+        between();
+        let _ = std::fs::remove_file(&self.ready_file);
+        self.child = spawn(&self.command)?;
+        Ok(())
+    }
+
     fn stop(&mut self) {
         // SIGTERM first so it shuts down cleanly; then make sure.
         // SAFETY: plain kill(2) on our own child.

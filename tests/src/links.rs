@@ -54,6 +54,11 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
     }
 }
 
+/// Whether `netns` has an interface called `name`.
+pub fn interface_exists(netns: &str, name: &str) -> bool {
+    run("ip", &["-n", netns, "link", "show", name]).is_ok()
+}
+
 /// A backend namespace added to a running topology: `eth0` with
 /// 10.244.`n`.2/24 inside, `to-b<n>` with 10.244.`n`.1/24 in the node
 /// namespace. Dropping it deletes the namespace, and with it the veth pair.

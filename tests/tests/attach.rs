@@ -159,6 +159,51 @@ fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
     assert!(wait_for(Duration::from_secs(1), || !link.exists()).is_some(), "pinned link of the deleted pod remains");
 }
 
+#[test]
+fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
+    let mut cluster = DemoCluster::start().expect("start demo cluster");
+    let pod_ip = Ipv4Addr::new(10, 244, 9, 2);
+    cluster
+        .update(&services_with_pod_service(pod_ip), |m| {
+            m.services.keys().any(|k| k.address == POD_SERVICE.ip().octets())
+        })
+        .expect("agent programs the pod's Service");
+    let gone = Pod::add(&cluster.topology, 8).expect("add a pod");
+    let recreated = Pod::add(&cluster.topology, 9).expect("add a pod");
+    let pin_dir = cluster.agent.pin_dir.clone();
+    let (gone_link, recreated_link) =
+        (pinned_link_path(&pin_dir, &gone.node_interface), pinned_link_path(&pin_dir, &recreated.node_interface));
+    assert!(wait_for(Duration::from_secs(1), || gone_link.exists() && recreated_link.exists()).is_some(), "pods attached");
+    let old = pinned_link(&pin_dir, &recreated.node_interface).unwrap();
+
+    // While no agent runs: one pod goes, the other is deleted and created
+    // again under the same interface name (its old link is now detached).
+    let topology = &cluster.topology;
+    let mut recreated = Some(recreated);
+    let mut new_pod = None;
+    cluster
+        .agent
+        .restart_after(|| {
+            drop(gone);
+            drop(recreated.take());
+            // Deleting a namespace destroys its veths asynchronously.
+            let node = &topology.node;
+            assert!(wait_for(Duration::from_secs(5), || !links::interface_exists(node, "to-b9")).is_some(), "old veth gone");
+            new_pod = Some(Pod::add(topology, 9).expect("recreate the pod"));
+        })
+        .expect("restart the agent");
+    let new_pod = new_pod.unwrap();
+    let mut servers = Servers::new();
+    servers.http(&new_pod.netns, SocketAddr::from((pod_ip, scenario::HTTP_PORT)), "new-pod").expect("pod's server");
+    cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent ready again");
+
+    assert!(!gone_link.exists(), "the deleted pod's pinned link is removed");
+    let new = pinned_link(&pin_dir, &new_pod.node_interface).expect("the recreated pod's link is pinned");
+    assert_ne!(new.link_id, old.link_id, "a new link replaces the one left without an interface");
+    let body = servers::http_get(&cluster.topology.client, SocketAddr::V4(POD_SERVICE)).expect("the recreated pod answers");
+    assert_eq!(body, "new-pod");
+}
+
 /// Guard for a pin directory the agent did not create through `Agent`.
 struct PinDir(PathBuf);
 impl Drop for PinDir {
