@@ -149,6 +149,7 @@ fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
         .is_ok_and(|body| body == "new-pod")
     });
     let since_appeared = appeared.elapsed();
+    eprintln!("new pod reached through its ClusterIP {since_appeared:?} after its interface appeared ({attempts} attempts)");
     assert!(reached.is_some(), "the new pod was never reached through its ClusterIP ({attempts} attempts)");
     assert!(since_appeared < Duration::from_secs(1), "reached {since_appeared:?} after the interface appeared");
     let link = pinned_link_path(&cluster.agent.pin_dir, &pod.node_interface);
