@@ -6,7 +6,7 @@ set -euo pipefail
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
-APT_PACKAGES=(bpftool iproute2 iptables nftables iperf3 socat curl python3 netsniff-ng)
+APT_PACKAGES=(bpftool iproute2 iptables nftables iperf3 socat curl python3 python3-venv netsniff-ng)
 
 missing_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -44,6 +44,18 @@ if ! command -v bpf-linker >/dev/null || [[ "$(cat "$stamp_file" 2>/dev/null)" !
     ln -sf "$libllvm" "$prefix/lib/$(basename "$libllvm")"
     LLVM_PREFIX="$prefix" cargo install --locked bpf-linker --no-default-features --features "llvm-$llvm_major"
     echo "$want_stamp" >"$stamp_file"
+fi
+
+# The deployment's manifests are checked offline (tests/tests/deploy.rs):
+# `kubectl apply --dry-run=client` needs an API server even in client mode,
+# kubernetes-validate ships the Kubernetes JSON schemas. Pinned, in its own
+# virtual environment so the system Python stays untouched.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+venv="$HOME/.local/lb-venv"
+if [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+    log "pip: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION in $venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

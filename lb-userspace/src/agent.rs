@@ -2,12 +2,19 @@
 //! problems. I/O lives at the edges (sources, map writer, event
 //! publisher); the decisions are in `runner`, `sync` and `problems`.
 
-use std::{future::Future, path::Path, time::Duration};
+use std::{
+    future::Future,
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::{
+    health::ProxyHealth,
+    metrics::{SyncMetrics, SyncOutcome},
     model::Problem,
     problems::ProblemLog,
     runner::SyncPacer,
@@ -59,6 +66,36 @@ impl Source {
             Source::Kubernetes(k) => k.tracker().zone(),
         }
     }
+
+    /// This node's Node object, when the source watches it.
+    fn node(&self) -> Option<&k8s_openapi::api::core::v1::Node> {
+        match self {
+            Source::File { .. } => None,
+            Source::Kubernetes(k) => k.tracker().node(),
+        }
+    }
+}
+
+/// Where sync outcomes go beyond the log: the metrics and the health
+/// check, both read by the agent's HTTP endpoints.
+#[derive(Clone, Debug)]
+pub struct Observers {
+    pub metrics: Arc<SyncMetrics>,
+    pub health: Arc<ProxyHealth>,
+}
+
+impl Observers {
+    /// `health_timeout`: how long a change may wait for its sync before
+    /// the agent reports itself unhealthy (kube-proxy: 2 × sync period).
+    pub fn new(health_timeout: Duration) -> Self {
+        Self { metrics: Arc::default(), health: Arc::new(ProxyHealth::new(health_timeout)) }
+    }
+
+    fn queued(&self) {
+        let now = SystemTime::now();
+        self.metrics.queued(now);
+        self.health.queued(now);
+    }
 }
 
 /// Publishes problems beyond the log (Kubernetes Events).
@@ -84,6 +121,7 @@ pub async fn run<W: MapWriter>(
     sink: &mut dyn ProblemSink,
     pacing: Pacing,
     ready_file: Option<&Path>,
+    observers: &Observers,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut pacer = SyncPacer::new(pacing.min_sync_interval, pacing.sync_period);
@@ -91,14 +129,23 @@ pub async fn run<W: MapWriter>(
     let mut announced_ready = false;
     let mut ready_file = ready_file;
     tokio::pin!(shutdown);
+    // The first sync is pending from the start: an agent that never
+    // manages one turns unhealthy.
+    observers.queued();
     loop {
         let due = pacer.due(Instant::now().into_std());
         tokio::select! {
-            changed = source.changed() => match changed {
-                Ok(true) => pacer.request(),
-                Ok(false) => {}
-                Err(e) => warn!(error = %format!("{e:#}"), "source error; keeping the current datapath"),
-            },
+            changed = source.changed() => {
+                match changed {
+                    Ok(true) => {
+                        pacer.request();
+                        observers.queued();
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %format!("{e:#}"), "source error; keeping the current datapath"),
+                }
+                observers.health.node(source.node());
+            }
             () = tokio::time::sleep_until(due.into()), if source.ready() => {
                 if !announced_ready {
                     info!("initial state complete; programming the datapath");
@@ -113,7 +160,7 @@ pub async fn run<W: MapWriter>(
                     syncer.node_mut().zone = zone;
                     full = true;
                 }
-                let ok = sync_once(syncer, source, full, &mut problems, sink);
+                let ok = sync_once(syncer, source, full, &mut problems, sink, observers);
                 pacer.synced(Instant::now().into_std(), full, ok);
                 if ok
                     && let Some(path) = ready_file.take()
@@ -157,12 +204,26 @@ fn sync_once<W: MapWriter>(
     full: bool,
     problems: &mut ProblemLog,
     sink: &mut dyn ProblemSink,
+    observers: &Observers,
 ) -> bool {
+    let started = Instant::now();
     let (result, mut unreadable) = run_sync(syncer, source, full);
+    let mut outcome = SyncOutcome { full, took: started.elapsed(), writes: None, repaired: 0, invalid_now: 0, invalid_new: 0 };
+    let now = SystemTime::now();
     match result {
         Ok(report) => {
             unreadable.extend(report.problems);
-            for problem in problems.fresh(&unreadable) {
+            let fresh = problems.fresh(&unreadable);
+            outcome = SyncOutcome {
+                writes: Some(report.writes),
+                repaired: report.repaired,
+                invalid_now: problems.current(),
+                invalid_new: fresh.len(),
+                ..outcome
+            };
+            observers.metrics.synced(&outcome, now);
+            observers.health.updated(now);
+            for problem in fresh {
                 warn!(kind = problem.kind, namespace = %problem.namespace, name = %problem.name, reason = %problem.message, "object skipped");
                 sink.publish(&problem);
             }
@@ -187,6 +248,10 @@ fn sync_once<W: MapWriter>(
         }
         Err(e) => {
             warn!(error = %format!("{e:#}"), "sync failed; retrying with a full sync");
+            observers.metrics.synced(&outcome, now);
+            // Unlike kube-proxy, a failed sync counts as pending work even
+            // when nothing new was queued: the maps may be half-written.
+            observers.health.queued(now);
             false
         }
     }

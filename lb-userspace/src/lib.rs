@@ -5,14 +5,18 @@ pub mod agent;
 pub mod datapath;
 pub mod encode;
 pub mod events;
+pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod problems;
 pub mod runner;
+pub mod serve;
 pub mod source;
 pub mod state;
 pub mod sync;
 pub mod tables;
+pub mod trace;
 pub mod translate;
 
 /// The datapath object built by build.rs from `lb-ebpf`.

@@ -149,6 +149,13 @@ pub struct Frontend {
     pub address: IpAddr,
     pub port: u16,
     pub backends: Vec<Backend>,
+    /// Endpoints of this Service port still listed in its EndpointSlices
+    /// but not chosen for new flows (terminating while others are ready,
+    /// not ready, or left out by a policy or topology). Their backend
+    /// entries stay, so connections already established to them keep
+    /// flowing until the endpoint leaves the slices, as kube-proxy's
+    /// conntrack entries do. Sorted, without duplicates, none in `backends`.
+    pub draining: Vec<Backend>,
     /// Only meaningful when `backends` is empty.
     pub when_empty: WhenEmpty,
     /// sessionAffinity ClientIP timeout in seconds; `None` when off.

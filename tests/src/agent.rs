@@ -85,18 +85,15 @@ impl Agent {
 
     /// Stops the agent (its pinned maps stay) and starts it again.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        let _ = std::fs::remove_file(&self.ready_file);
-        self.child = spawn(&self.command)?;
-        Ok(())
+        self.restart_after(|| Ok(()))
     }
 
-    /// Stops the agent, runs `between` while no agent runs (the datapath
-    /// stays attached through its pinned links), then starts it again.
-    pub fn restart_after(&mut self, between: impl FnOnce()) -> anyhow::Result<()> {
+    /// Stops the agent (its pinned maps stay), runs `while_down`, and
+    /// starts it again.
+    pub fn restart_after(&mut self, while_down: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
         self.stop();
-        between();
         let _ = std::fs::remove_file(&self.ready_file);
+        while_down()?;
         self.child = spawn(&self.command)?;
         Ok(())
     }

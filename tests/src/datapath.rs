@@ -2,11 +2,19 @@
 //! programmed through the agent's own translate → encode → diff path, and
 //! packets pushed through it with BPF_PROG_TEST_RUN.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, net::SocketAddrV4, path::Path, time::Duration};
 
+use anyhow::Context as _;
 use aya::{
     Ebpf,
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions},
+};
+use lb_common::{
+    backend::BackendV4,
+    conntrack::{CtKeyV4, CtValueV4},
+    maps as names,
+    stats::Counter,
 };
 use lb_userspace::{
     datapath::{
@@ -27,6 +35,21 @@ pub const TC_ACT_REDIRECT: i32 = 7;
 pub struct Datapath {
     ebpf: Ebpf,
     syncer: Syncer<ServiceMaps>,
+    /// Kernel id of LB4_BACKENDS (the syncer owns the map itself), so a
+    /// test can change it behind the agent's back.
+    backends_map_id: u32,
+}
+
+/// Packet counters summed over CPUs, by counter.
+pub type Counters = BTreeMap<Counter, u64>;
+
+/// The counters that moved between two readings, and by how much.
+pub fn moved(before: &Counters, after: &Counters) -> Counters {
+    after
+        .iter()
+        .map(|(&c, &n)| (c, n - before.get(&c).copied().unwrap_or(0)))
+        .filter(|&(_, delta)| delta != 0)
+        .collect()
 }
 
 /// What one run of a program did to a packet.
@@ -44,9 +67,53 @@ impl Datapath {
 
     pub fn load_with(node: NodeContext, capacities: Capacities) -> anyhow::Result<Self> {
         let mut ebpf = loader::load(None, capacities)?;
+        let backends_map_id = backends_map_id(&ebpf)?;
         let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
         let syncer = Syncer::new(maps, DesiredMaps::default(), node);
-        Ok(Self { ebpf, syncer })
+        Ok(Self { ebpf, syncer, backends_map_id })
+    }
+
+    /// Loads the programs with their maps pinned in `pin_dir`, re-using
+    /// maps already pinned there (conntrack included), and resumes from
+    /// what they hold: what an agent does when it starts again.
+    pub fn load_pinned(node: NodeContext, pin_dir: &Path) -> anyhow::Result<Self> {
+        let mut ebpf = loader::load(Some(pin_dir), Capacities::default())?;
+        let backends_map_id = backends_map_id(&ebpf)?;
+        let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+        let existing = maps.read_all()?;
+        let syncer = Syncer::new(maps, existing, node);
+        Ok(Self { ebpf, syncer, backends_map_id })
+    }
+
+    /// The backend table as the agent last wrote it: id → backend.
+    pub fn backends(&self) -> &BTreeMap<u32, BackendV4> {
+        &self.syncer.current().backends
+    }
+
+    /// Deletes the LB4_BACKENDS entry of `backend` directly in the kernel
+    /// map, without telling the agent; returns the id it had.
+    pub fn remove_backend_entry(&mut self, backend: SocketAddrV4) -> anyhow::Result<u32> {
+        let id = self
+            .backends()
+            .iter()
+            .find(|(_, b)| b.address == backend.ip().octets() && b.port == backend.port())
+            .map(|(id, _)| *id)
+            .with_context(|| format!("no backend {backend} in the table"))?;
+        let mut map: HashMap<MapData, u32, BackendV4> = aya::maps::Map::from_map_data(MapData::from_id(self.backends_map_id)?)?
+            .try_into()?;
+        map.remove(&id)?;
+        Ok(id)
+    }
+
+    /// The conntrack entries the datapath has written.
+    pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
+        self.syncer.writer().conntrack_entries()
+    }
+
+    /// LB_STATS, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let map: PerCpuArray<&MapData, u64> = self.ebpf.map(names::STATS).context("stats map")?.try_into()?;
+        Counter::ALL.iter().map(|&c| Ok((c, map.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
 
     /// Programs the maps from Kubernetes objects (YAML or JSON text).
@@ -56,6 +123,14 @@ impl Datapath {
         let report = self.syncer.sync(&objects.services, &objects.slices)?;
         anyhow::ensure!(report.problems.is_empty(), "untranslatable objects: {:?}", report.problems);
         Ok(())
+    }
+
+    /// Runs `program` once on `packet` and also returns the counters the
+    /// run moved.
+    pub fn run_counted(&mut self, program: &str, packet: &[u8]) -> anyhow::Result<(RunResult, Counters)> {
+        let before = self.counters()?;
+        let result = self.run(program, packet)?;
+        Ok((result, moved(&before, &self.counters()?)))
     }
 
     pub fn syncer_mut(&mut self) -> &mut Syncer<ServiceMaps> {
@@ -85,4 +160,10 @@ impl Datapath {
         let result = prog.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?;
         Ok(result.duration)
     }
+}
+
+/// Kernel id of the object's LB4_BACKENDS.
+fn backends_map_id(ebpf: &Ebpf) -> anyhow::Result<u32> {
+    let map: HashMap<&MapData, u32, BackendV4> = ebpf.map(names::BACKENDS_V4).context("backends map")?.try_into()?;
+    Ok(map.map().info()?.id())
 }

@@ -39,6 +39,48 @@ pub fn backend_count(maps: &DesiredMaps, frontend: SocketAddrV4) -> Option<u16> 
     maps.services.get(&key).map(|v| v.count)
 }
 
+/// A Services file with only `web` (the demo's ClusterIP, port 80 to the
+/// backends' HTTP port), its endpoints backends `backends` (1-based), each
+/// with the given conditions (`ready`, `serving`, `terminating`).
+pub fn web_services(backends: &[(usize, [bool; 3])]) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|(i, [ready, serving, terminating])| {
+            format!(
+                "  - addresses: [{}]\n    conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}\n",
+                topology::backend_ip(*i)
+            )
+        })
+        .collect();
+    let endpoints = if endpoints.is_empty() { "  []\n".to_owned() } else { endpoints };
+    format!(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: web, namespace: demo}}\n  spec:\n    clusterIP: {ip}\n    ports: [{{name: http, port: {port}, protocol: TCP, targetPort: http}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n  addressType: IPv4\n  ports: [{{name: http, port: {HTTP_PORT}, protocol: TCP}}]\n  endpoints:\n{endpoints}",
+        ip = WEB.ip(),
+        port = WEB.port(),
+    )
+}
+
+/// Endpoint conditions of a ready endpoint.
+pub const READY: [bool; 3] = [true, true, false];
+/// Endpoint conditions of a terminating endpoint that still serves.
+pub const TERMINATING: [bool; 3] = [false, true, true];
+
+/// `web_services` with every listed backend ready.
+pub fn web_services_ready(backends: &[usize]) -> String {
+    web_services(&backends.iter().map(|&i| (i, READY)).collect::<Vec<_>>())
+}
+
+/// The backend ids of `web`'s backends, by backend index (1-based).
+pub fn web_backend_ids(maps: &DesiredMaps) -> std::collections::BTreeMap<usize, u32> {
+    let key = ServiceKeyV4::frontend(WEB.ip().octets(), WEB.port(), lb_common::proto::TCP);
+    let count = maps.services.get(&key).map_or(0, |v| v.count);
+    (1..=count)
+        .filter_map(|slot| maps.services.get(&key.slot(slot)))
+        .filter_map(|slot| Some((slot.backend_id, maps.backends.get(&slot.backend_id)?)))
+        .map(|(id, b)| (usize::from(b.address[2]), id))
+        .collect()
+}
+
 /// The bundled file with one of web's endpoints removed.
 pub fn demo_services_without_web_endpoint(ip: Ipv4Addr) -> String {
     let needle = format!("  - addresses: [{ip}]\n    conditions: {{ready: true, serving: true, terminating: false}}\n");
@@ -58,9 +100,15 @@ pub struct DemoCluster {
 
 impl DemoCluster {
     pub fn start() -> anyhow::Result<Self> {
-        let topology = Topology::create(BACKENDS)?;
+        Self::start_with(BACKENDS, DEMO_SERVICES, |m| backend_count(m, WEB) == Some(3))
+    }
+
+    /// `backends` backend namespaces with their servers, and the agent
+    /// programmed from `services`; returns once the maps satisfy `ready`.
+    pub fn start_with(backends: usize, services: &str, ready: impl Fn(&DesiredMaps) -> bool) -> anyhow::Result<Self> {
+        let topology = Topology::create(backends)?;
         let mut servers = Servers::new();
-        for i in 1..=BACKENDS {
+        for i in 1..=backends {
             let ns = &topology.backends[i - 1];
             let ip = topology::backend_ip(i);
             servers.http(ns, SocketAddr::from((ip, HTTP_PORT)), &backend_name(i))?;
@@ -69,10 +117,10 @@ impl DemoCluster {
         let source_dir = std::env::temp_dir().join(&topology.node);
         std::fs::create_dir_all(&source_dir)?;
         let source_file = source_dir.join("services.yaml");
-        agent::write_atomically(&source_file, DEMO_SERVICES)?;
+        agent::write_atomically(&source_file, services)?;
         let mut agent = Agent::start(&topology.node, &source_file, &[])?;
         agent.wait_ready(Duration::from_secs(30))?;
-        agent.wait_until(Duration::from_secs(5), |m| backend_count(m, WEB) == Some(3))?;
+        agent.wait_until(Duration::from_secs(5), ready)?;
         Ok(Self { agent, servers, topology, source_file, source_dir })
     }
 

@@ -56,22 +56,7 @@ impl Servers {
     /// An HTTP/1.1 server on `addr` in `netns` that answers every request
     /// with `name` (keep-alive supported: one connection, many requests).
     pub fn http(&mut self, netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
-        let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?))?;
-        listener.set_nonblocking(true)?;
-        let stop = self.stop.clone();
-        let name = name.to_owned();
-        self.threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let name = name.clone();
-                        let stop = stop.clone();
-                        std::thread::spawn(move || serve_http(conn, &name, &stop));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        }));
+        self.threads.push(spawn_http(netns, addr, name, self.stop.clone())?);
         Ok(())
     }
 
@@ -92,6 +77,53 @@ impl Servers {
             }
         }));
         Ok(())
+    }
+}
+
+/// Listens on `addr` in `netns` (listening when this returns) and serves
+/// HTTP until `stop` is set.
+fn spawn_http(netns: &str, addr: SocketAddr, name: &str, stop: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
+    let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?))?;
+    listener.set_nonblocking(true)?;
+    let name = name.to_owned();
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let name = name.clone();
+                    let stop = stop.clone();
+                    std::thread::spawn(move || serve_http(conn, &name, &stop));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }))
+}
+
+/// One HTTP server (as [`Servers::http`]) that stops on its own, as a pod
+/// does: dropping it closes its listening socket and, within 100 ms, its
+/// open connections.
+#[derive(Debug)]
+pub struct HttpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Listening on `addr` in `netns` by the time it returns.
+    pub fn start(netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn_http(netns, addr, name, stop.clone())?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -14,10 +14,10 @@ use lb_common::maps as names;
 use lb_tests::{
     agent,
     links::{self, LoggedAgent, Pod, pinned_link, pinned_link_path, wait_for},
-    load::{Load, LoadSpec},
     scenario::{self, DemoCluster, ECHO, WEB},
     servers::{self, Servers},
     topology::Topology,
+    traffic::{Load, LoadSpec},
 };
 use lb_userspace::datapath::layout;
 
@@ -190,7 +190,8 @@ fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
             // Deleting a namespace destroys its veths asynchronously.
             let node = &topology.node;
             assert!(wait_for(Duration::from_secs(5), || !links::interface_exists(node, "to-b9")).is_some(), "old veth gone");
-            new_pod = Some(Pod::add(topology, 9).expect("recreate the pod"));
+            new_pod = Some(Pod::add(topology, 9)?);
+            Ok(())
         })
         .expect("restart the agent");
     let new_pod = new_pod.unwrap();

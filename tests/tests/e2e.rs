@@ -72,3 +72,30 @@ fn service_without_endpoints_refuses_at_once() {
         .expect_err("no endpoints: the connection must fail");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "refused, not timed out: {err}");
 }
+
+/// An established connection to an endpoint that turns terminating (not
+/// ready, still serving, as a pod in its grace period) keeps reaching it:
+/// new connections go to the ready endpoints, but the pod finishes what it
+/// serves, as with kube-proxy's conntrack.
+#[test]
+fn established_connection_to_a_terminating_endpoint_keeps_its_backend() {
+    let ready = |m: &lb_userspace::tables::DesiredMaps| scenario::web_backend_ids(m).len() == 3;
+    let mut cluster = DemoCluster::start_with(3, &scenario::web_services_ready(&[1, 2, 3]), ready).expect("start cluster");
+    let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+    let pinned = servers::http_request(&mut conn, false).unwrap();
+    let leaving = (1..=3).find(|&i| scenario::backend_name(i) == pinned).unwrap();
+    let endpoints: Vec<(usize, [bool; 3])> =
+        (1..=3).map(|i| (i, if i == leaving { scenario::TERMINATING } else { scenario::READY })).collect();
+    let others: Vec<usize> = (1..=3).filter(|&i| i != leaving).collect();
+    cluster
+        .update(&scenario::web_services(&endpoints), |m| scenario::web_backend_ids(m).keys().copied().eq(others.iter().copied()))
+        .expect("agent applies the terminating endpoint");
+
+    let seen = requests(&cluster, 30);
+    assert!(!seen.contains_key(&pinned), "terminating endpoint still chosen for new connections: {seen:?}");
+    assert_eq!(
+        servers::http_request(&mut conn, false).map_err(|e| format!("{e:#}")),
+        Ok(pinned),
+        "the established connection still reaches the terminating endpoint"
+    );
+}

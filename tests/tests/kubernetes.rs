@@ -136,6 +136,16 @@ fn deletion_during_a_watch_outage_is_applied_after_the_relist() {
     assert_eq!(cluster.backends_seen(OTHER, 5), names(&[1]));
     let relisted = cluster.api.request_log().iter().filter(|r| r.is_list() && r.path.ends_with("/services")).count();
     assert!(relisted >= 2, "the agent relisted Services after 410 ({relisted} lists)");
+    // Every list, first and relist alike, is served from the API server's
+    // watch cache (resourceVersion 0), not as a quorum read from etcd, and
+    // filtered on the server with kube-proxy's selectors.
+    for list in cluster.api.request_log().iter().filter(|r| r.is_list()) {
+        assert_eq!(list.param("resourceVersion").as_deref(), Some("0"), "{list:?}");
+        if !list.path.ends_with("/nodes") {
+            let selector = list.param("labelSelector").unwrap_or_default();
+            assert!(selector.contains("!service.kubernetes.io/service-proxy-name"), "{list:?}");
+        }
+    }
 }
 
 #[test]

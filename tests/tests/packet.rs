@@ -1,14 +1,16 @@
 //! Packet tests through BPF_PROG_TEST_RUN: a table of (description, input
-//! packet, expected verdict, expected output packet). The expected packets
-//! are built independently with checksums computed from scratch, so a
-//! byte-for-byte match also proves the incremental checksum updates. Loading
-//! the programs for these tests is itself the proof that the verifier
-//! accepts them. Needs root (CAP_BPF).
+//! packet, expected verdict, expected output packet, expected counter). The
+//! expected packets are built independently with checksums computed from
+//! scratch, so a byte-for-byte match also proves the incremental checksum
+//! updates; the counter says which path the datapath took. Loading the
+//! programs for these tests is itself the proof that the verifier accepts
+//! them. Needs root (CAP_BPF).
 
 use std::net::Ipv4Addr;
 
+use lb_common::stats::Counter;
 use lb_tests::{
-    datapath::{Datapath, RunResult, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    datapath::{Counters, Datapath, RunResult, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
 };
 use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
@@ -21,7 +23,18 @@ const DNS_BACKEND: Endpoint = ep([10, 244, 2, 2], 5353);
 const EMPTY_VIP: Endpoint = ep([10, 96, 0, 30], 80);
 const MULTI_VIP: Endpoint = ep([10, 96, 0, 20], 80);
 const MULTI_BACKENDS: [Endpoint; 3] = [ep([10, 244, 1, 2], 9000), ep([10, 244, 2, 2], 9000), ep([10, 244, 3, 2], 9000)];
+/// A fourth endpoint that joins `multi` in the middle of the table.
+const MULTI_JOINER: Endpoint = ep([10, 244, 4, 2], 9000);
+/// The node's own address, where NodePorts are served.
+const NODE_IP: [u8; 4] = [192, 168, 0, 10];
+const NODE_PORT: Endpoint = ep(NODE_IP, 30080);
+const NODE_PORT_BACKEND: Endpoint = ep([10, 244, 1, 2], 8080);
+/// A Service whose only backend entry the table deletes from the kernel map.
+const FRAGILE_VIP: Endpoint = ep([10, 96, 0, 60], 80);
+const FRAGILE_BACKEND: Endpoint = ep([10, 244, 6, 2], 7000);
 
+/// Every Service of the table except `multi`, whose backends change
+/// between rows (see [`services`]).
 const SERVICES: &str = r#"
 apiVersion: v1
 kind: List
@@ -52,120 +65,280 @@ items:
   ports: [{name: dns, port: 5353, protocol: UDP}]
 - apiVersion: v1
   kind: Service
-  metadata: {name: multi, namespace: default}
-  spec:
-    clusterIP: 10.96.0.20
-    ports: [{port: 80, protocol: TCP, targetPort: 9000}]
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: multi-1, namespace: default, labels: {kubernetes.io/service-name: multi}}
-  addressType: IPv4
-  endpoints:
-  - {addresses: [10.244.1.2], conditions: {ready: true}}
-  - {addresses: [10.244.2.2], conditions: {ready: true}}
-  - {addresses: [10.244.3.2], conditions: {ready: true}}
-  ports: [{port: 9000, protocol: TCP}]
-- apiVersion: v1
-  kind: Service
   metadata: {name: empty, namespace: default}
   spec:
     clusterIP: 10.96.0.30
     selector: {app: nothing}
     ports: [{port: 80, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: node-port, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.40
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: node-port-1, namespace: default, labels: {kubernetes.io/service-name: node-port}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.2], conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: fragile, namespace: default}
+  spec:
+    clusterIP: 10.96.0.60
+    ports: [{port: 80, protocol: TCP, targetPort: 7000}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: fragile-1, namespace: default, labels: {kubernetes.io/service-name: fragile}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.6.2], conditions: {ready: true}}]
+  ports: [{name: "", port: 7000, protocol: TCP}]
 "#;
 
-fn datapath() -> Datapath {
-    let mut dp = Datapath::load(NodeContext::default()).expect("load datapath (root needed)");
-    dp.apply(SERVICES).expect("program services");
+/// All the table's Services, with `multi` balancing over `multi`.
+fn services(multi: &[Endpoint]) -> String {
+    let ips: Vec<Ipv4Addr> = multi.iter().map(|b| b.ip).collect();
+    format!("{SERVICES}{}", multi_items(&ips))
+}
+
+fn node() -> NodeContext {
+    NodeContext { node_addresses: vec![Ipv4Addr::from(NODE_IP).into()], ..NodeContext::default() }
+}
+
+fn datapath_with(multi: &[Endpoint]) -> Datapath {
+    let mut dp = Datapath::load(node()).expect("load datapath (root needed)");
+    dp.apply(&services(multi)).expect("program services");
     dp
+}
+
+fn datapath() -> Datapath {
+    datapath_with(&MULTI_BACKENDS)
+}
+
+/// The backend of `backends` a new flow from `client` to `vip` lands on:
+/// a fresh SYN through `probe` (a SYN is always balanced afresh).
+fn landing(probe: &mut Datapath, client: Endpoint, vip: Endpoint, backends: &[Endpoint]) -> Endpoint {
+    let out = probe.run(TC_PROGRAM, &packets::tcp_syn(client, vip)).expect("probe run");
+    *backends
+        .iter()
+        .find(|b| out.packet == packets::tcp_syn(client, **b))
+        .unwrap_or_else(|| panic!("probe flow from port {} not DNATed to one of {backends:?}", client.port))
+}
+
+/// What happens before a row's packet, on top of what earlier rows did.
+enum Given {
+    Nothing,
+    /// The agent syncs these Services (the full set).
+    Services(String),
+    /// This backend's entry vanishes from LB4_BACKENDS behind the agent's back.
+    BackendEntryRemoved(Endpoint),
 }
 
 /// One row of the table.
 struct Case {
     description: &'static str,
+    given: Given,
     input: Vec<u8>,
     verdict: i32,
     /// Expected output; `None` means "unchanged".
     output: Option<Vec<u8>>,
+    /// The one counter the packet moves, by exactly 1.
+    counter: Counter,
+}
+
+impl Case {
+    fn after(self, given: Given) -> Self {
+        Self { given, ..self }
+    }
 }
 
 fn check(dp: &mut Datapath, case: &Case) {
-    let RunResult { verdict, packet } =
-        dp.run(TC_PROGRAM, &case.input).unwrap_or_else(|e| panic!("{}: test run: {e:#}", case.description));
+    match &case.given {
+        Given::Nothing => {}
+        Given::Services(text) => dp.apply(text).unwrap_or_else(|e| panic!("{}: sync: {e:#}", case.description)),
+        Given::BackendEntryRemoved(backend) => {
+            let address = std::net::SocketAddrV4::new(backend.ip, backend.port);
+            dp.remove_backend_entry(address).unwrap_or_else(|e| panic!("{}: remove backend: {e:#}", case.description));
+        }
+    }
+    let (RunResult { verdict, packet }, moved) =
+        dp.run_counted(TC_PROGRAM, &case.input).unwrap_or_else(|e| panic!("{}: test run: {e:#}", case.description));
     assert_eq!(verdict, case.verdict, "{}: verdict", case.description);
     let expected = case.output.as_ref().unwrap_or(&case.input);
     assert_eq!(&packet, expected, "{}: output packet", case.description);
+    assert_eq!(moved, Counters::from([(case.counter, 1)]), "{}: counters moved", case.description);
 }
 
-fn dnat(packet: Vec<u8>, description: &'static str, expected: Vec<u8>) -> Case {
+fn dnat(packet: Vec<u8>, description: &'static str, expected: Vec<u8>, counter: Counter) -> Case {
     assert!(packets::checksums_verify(&expected), "{description}: reference packet");
-    Case { description, input: packet, verdict: TC_ACT_UNSPEC, output: Some(expected) }
+    Case { description, given: Given::Nothing, input: packet, verdict: TC_ACT_UNSPEC, output: Some(expected), counter }
 }
 
-fn unchanged(description: &'static str, input: Vec<u8>) -> Case {
-    Case { description, input, verdict: TC_ACT_UNSPEC, output: None }
+fn unchanged(description: &'static str, input: Vec<u8>, counter: Counter) -> Case {
+    Case { description, given: Given::Nothing, input, verdict: TC_ACT_UNSPEC, output: None, counter }
+}
+
+fn dropped(description: &'static str, input: Vec<u8>, counter: Counter) -> Case {
+    Case { description, given: Given::Nothing, input, verdict: TC_ACT_SHOT, output: None, counter }
+}
+
+/// A client port whose flow lands on one backend of `before` but would
+/// land on another if balanced afresh over `after`: a datapath that
+/// re-hashed instead of following conntrack would send it elsewhere.
+fn flow_that_rehashing_would_move(before: &[Endpoint], after: &[Endpoint]) -> (Endpoint, Endpoint) {
+    let mut old = datapath_with(before);
+    let mut new = datapath_with(after);
+    (45000..46000u16)
+        .map(|port| ep([10, 0, 1, 2], port))
+        .map(|client| (client, landing(&mut old, client, MULTI_VIP, before), landing(&mut new, client, MULTI_VIP, after)))
+        .find(|(_, first, fresh)| first != fresh)
+        .map(|(client, first, _)| (client, first))
+        .expect("some flow changes backend when re-hashed over the new set")
 }
 
 #[test]
 fn packet_fixtures() {
-    let mut dp = datapath();
     let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let grown: Vec<Endpoint> = MULTI_BACKENDS.iter().copied().chain([MULTI_JOINER]).collect();
+    let (sticky, sticky_backend) = flow_that_rehashing_would_move(&MULTI_BACKENDS, &grown);
+    let orphan = ep([10, 0, 1, 2], 47000);
+    let orphan_backend = landing(&mut datapath_with(&grown), orphan, MULTI_VIP, &grown);
+    let survivor = *grown.iter().find(|b| **b != orphan_backend).unwrap();
+    let mut dp = datapath();
     let cases = vec![
-        dnat(packets::tcp_syn(CLIENT, WEB_VIP), "ClusterIP TCP SYN is DNATed to the backend", packets::tcp_syn(CLIENT, WEB_BACKEND)),
         dnat(
-            packets::tcp(CLIENT, WEB_VIP, false, payload),
-            "established TCP segment with payload follows conntrack",
-            packets::tcp(CLIENT, WEB_BACKEND, false, payload),
+            packets::tcp_syn(CLIENT, WEB_VIP),
+            "ClusterIP TCP SYN is DNATed to the backend",
+            packets::tcp_syn(CLIENT, WEB_BACKEND),
+            Counter::NewFlow,
         ),
-        dnat(packets::udp(CLIENT, DNS_VIP, b"query"), "ClusterIP UDP is DNATed", packets::udp(CLIENT, DNS_BACKEND, b"query")),
+        dnat(
+            packets::tcp_syn(sticky, MULTI_VIP),
+            "first SYN of a flow to a Service with several backends",
+            packets::tcp_syn(sticky, sticky_backend),
+            Counter::NewFlow,
+        ),
+        dnat(
+            packets::tcp(sticky, MULTI_VIP, false, payload),
+            "established TCP segment with payload follows conntrack after a backend joined",
+            packets::tcp(sticky, sticky_backend, false, payload),
+            Counter::Established,
+        )
+        .after(Given::Services(services(&grown))),
+        dnat(
+            packets::udp(CLIENT, DNS_VIP, b"query"),
+            "ClusterIP UDP is DNATed",
+            packets::udp(CLIENT, DNS_BACKEND, b"query"),
+            Counter::NewFlow,
+        ),
         dnat(
             packets::udp_without_checksum(ep([10, 0, 1, 2], 40001), DNS_VIP, b"query"),
             "UDP checksum 0 stays 0 after DNAT",
             packets::udp_without_checksum(ep([10, 0, 1, 2], 40001), DNS_BACKEND, b"query"),
+            Counter::NewFlow,
         ),
         dnat(
             packets::tcp_syn_with_ip_options(ep([10, 0, 1, 2], 40002), WEB_VIP),
             "IP options (IHL 7): L4 found past the options and DNATed",
             packets::tcp_syn_with_ip_options(ep([10, 0, 1, 2], 40002), WEB_BACKEND),
+            Counter::NewFlow,
         ),
         dnat(
             packets::tcp(WEB_BACKEND, CLIENT, false, b"HTTP/1.1 200 OK"),
             "reply from the backend is reverse-NATed to come from the ClusterIP",
             packets::tcp(WEB_VIP, CLIENT, false, b"HTTP/1.1 200 OK"),
+            Counter::ReplyNat,
         ),
         dnat(
             packets::udp(DNS_BACKEND, CLIENT, b"answer"),
             "UDP reply is reverse-NATed",
             packets::udp(DNS_VIP, CLIENT, b"answer"),
+            Counter::ReplyNat,
         ),
-        unchanged("pod-to-pod TCP on an unrelated port passes untouched", packets::tcp_syn(CLIENT, ep([10, 244, 1, 2], 22))),
+        dnat(
+            packets::tcp_syn(CLIENT, NODE_PORT),
+            "SYN to the node address on a NodePort is DNATed to the backend",
+            packets::tcp_syn(CLIENT, NODE_PORT_BACKEND),
+            Counter::NewFlow,
+        ),
+        unchanged(
+            "pod-to-pod TCP on an unrelated port passes untouched",
+            packets::tcp_syn(CLIENT, ep([10, 244, 1, 2], 22)),
+            Counter::Passed,
+        ),
         unchanged(
             "same port as a Service but another address passes untouched",
             packets::tcp_syn(CLIENT, ep([10, 96, 0, 99], 80)),
+            Counter::Passed,
         ),
         unchanged(
             "backend traffic that is not a tracked reply passes untouched",
             packets::tcp(WEB_BACKEND, ep([10, 0, 1, 9], 50000), false, b"x"),
+            Counter::Passed,
         ),
-        unchanged("wrong protocol for the Service (UDP to a TCP port)", packets::udp(CLIENT, WEB_VIP, b"x")),
-        unchanged("truncated: IHL claims 60 header bytes, the frame has fewer", {
-            let mut p = packets::tcp_syn(CLIENT, WEB_VIP);
-            p[14] = 0x4f;
-            p
-        }),
-        unchanged("truncated: IPv4 header without L4 ports", packets::tcp_syn(CLIENT, WEB_VIP)[..36].to_vec()),
-        unchanged("fragment to a ClusterIP is never NATed", packets::as_fragment(packets::udp(CLIENT, DNS_VIP, b"frag"))),
-        unchanged("non-IPv4 frame (ARP ethertype)", {
-            let mut arp = packets::udp(CLIENT, DNS_VIP, b"x");
-            arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-            arp
-        }),
+        unchanged("wrong protocol for the Service (UDP to a TCP port)", packets::udp(CLIENT, WEB_VIP, b"x"), Counter::Passed),
+        unchanged(
+            "truncated: IHL claims 60 header bytes, the frame has fewer",
+            {
+                let mut p = packets::tcp_syn(CLIENT, WEB_VIP);
+                p[14] = 0x4f;
+                p
+            },
+            Counter::PassTruncated,
+        ),
+        unchanged(
+            "truncated: IPv4 header without L4 ports",
+            packets::tcp_syn(CLIENT, WEB_VIP)[..36].to_vec(),
+            Counter::PassTruncated,
+        ),
+        unchanged(
+            "fragment to a ClusterIP is never NATed",
+            packets::as_fragment(packets::udp(CLIENT, DNS_VIP, b"frag")),
+            Counter::PassFragment,
+        ),
+        unchanged(
+            "non-IPv4 frame (ARP ethertype)",
+            {
+                let mut arp = packets::udp(CLIENT, DNS_VIP, b"x");
+                arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+                arp
+            },
+            Counter::PassOtherEthertype,
+        ),
         Case {
             description: "Service without endpoints rejects a SYN with ICMP port unreachable",
+            given: Given::Nothing,
             input: packets::tcp_syn(CLIENT, EMPTY_VIP),
             verdict: TC_ACT_REDIRECT,
             output: Some(packets::icmp_port_unreachable(&packets::tcp_syn(CLIENT, EMPTY_VIP), EMPTY_VIP.ip, CLIENT.ip)),
+            counter: Counter::RejectNoEndpoints,
         },
+        dropped(
+            "Service without endpoints drops a SYN with IP options (no reply quoting them)",
+            packets::tcp_syn_with_ip_options(CLIENT, EMPTY_VIP),
+            Counter::RejectNoEndpoints,
+        ),
+        dnat(
+            packets::tcp_syn(orphan, MULTI_VIP),
+            "first SYN of a flow whose backend will leave",
+            packets::tcp_syn(orphan, orphan_backend),
+            Counter::NewFlow,
+        ),
+        dnat(
+            packets::tcp(orphan, MULTI_VIP, false, payload),
+            "established flow whose backend left moves to the live one",
+            packets::tcp(orphan, survivor, false, payload),
+            Counter::Rebalanced,
+        )
+        .after(Given::Services(services(&[survivor]))),
+        dropped(
+            "new flow whose slot names a backend missing from the backend table is dropped",
+            packets::tcp_syn(CLIENT, FRAGILE_VIP),
+            Counter::DropMissingBackend,
+        )
+        .after(Given::BackendEntryRemoved(FRAGILE_BACKEND)),
     ];
     for case in &cases {
         check(&mut dp, case);
@@ -225,9 +398,14 @@ fn established_flow_keeps_backend_after_backend_set_changes() {
 }
 
 fn multi_with(backends: &[Ipv4Addr]) -> String {
+    format!("apiVersion: v1\nkind: List\nitems:\n{}", multi_items(backends))
+}
+
+/// The `multi` Service and its EndpointSlice, as List items.
+fn multi_items(backends: &[Ipv4Addr]) -> String {
     let endpoints: String = backends.iter().map(|ip| format!("  - {{addresses: [{ip}], conditions: {{ready: true}}}}\n")).collect();
     format!(
-        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: multi, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.20\n    ports: [{{port: 80, protocol: TCP, targetPort: 9000}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: multi-1, namespace: default, labels: {{kubernetes.io/service-name: multi}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{port: 9000, protocol: TCP}}]\n"
+        "- apiVersion: v1\n  kind: Service\n  metadata: {{name: multi, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.20\n    ports: [{{port: 80, protocol: TCP, targetPort: 9000}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: multi-1, namespace: default, labels: {{kubernetes.io/service-name: multi}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{name: \"\", port: 9000, protocol: TCP}}]\n"
     )
 }
 

@@ -3,17 +3,22 @@
 
 use std::{
     net::SocketAddr,
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
+use lb_common::{conntrack::DIR_ORIGINAL, stats::Counter};
 use lb_tests::{
+    agent,
+    datapath::{Counters, Datapath},
+    packets::{self, Endpoint, ep},
     scenario::{self, DemoCluster, WEB},
     servers,
 };
 use lb_userspace::{
     datapath::{
-        loader::{self, Capacities},
-        maps::ServiceMaps,
+        loader::{self, Capacities, TC_PROGRAM},
+        maps::{self, ServiceMaps},
     },
     tables::DesiredMaps,
     model::NodeContext,
@@ -32,7 +37,17 @@ fn load_and_sync(pin_dir: &std::path::Path) -> usize {
     syncer.sync(&objects.services, &objects.slices).expect("sync").writes
 }
 
+/// A bpffs directory of its own, removed (pins and all) when dropped.
 struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn unique(name: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self(format!("/sys/fs/bpf/lbt-{name}-{}-{n}", std::process::id()).into())
+    }
+}
+
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -41,7 +56,7 @@ impl Drop for PinDir {
 
 #[test]
 fn restart_with_pinned_maps_writes_nothing_when_nothing_changed() {
-    let pin_dir = PinDir(format!("/sys/fs/bpf/lbt-restart-{}", std::process::id()).into());
+    let pin_dir = PinDir::unique("restart");
     let first = load_and_sync(&pin_dir.0);
     assert!(first > 0, "the first start programs the maps");
     assert_eq!(load_and_sync(&pin_dir.0), 0, "a restart finds everything in place");
@@ -59,4 +74,214 @@ fn established_connection_survives_an_agent_restart() {
     // Ready means re-attached and synced against the pinned maps.
     cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent ready again");
     assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "same connection, same backend after the restart");
+}
+
+const VIP: Endpoint = ep([10, 96, 0, 10], 80);
+const A: Endpoint = ep([10, 244, 1, 2], 8080);
+const B: Endpoint = ep([10, 244, 2, 2], 8080);
+/// Sorts last, so the first sync gives it the highest backend id.
+const H: Endpoint = ep([10, 244, 3, 2], 8080);
+/// Joins only after the restart. Sorts first, so it shifts every other
+/// backend's slot: balancing afresh would move many flows.
+const N: Endpoint = ep([10, 244, 0, 2], 8080);
+
+/// The Service `web` (VIP → port 8080) with these endpoints.
+fn web_with(backends: &[Endpoint]) -> String {
+    let endpoints: String =
+        backends.iter().map(|b| format!("  - {{addresses: [{}], conditions: {{ready: true}}}}\n", b.ip)).collect();
+    format!(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: web, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.10\n    ports: [{{port: 80, protocol: TCP, targetPort: 8080}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{name: \"\", port: 8080, protocol: TCP}}]\n"
+    )
+}
+
+/// Which of `backends` a packet from `client` was DNATed to, if any.
+fn dnat_target(packet: &[u8], client: Endpoint, syn: bool, payload: &[u8], backends: &[Endpoint]) -> Option<Endpoint> {
+    backends.iter().copied().find(|b| packet == packets::tcp(client, *b, syn, payload))
+}
+
+/// Opens flows (SYNs) from successive client ports until one lands on
+/// `backend` and, when given, would land elsewhere if balanced afresh
+/// over `rehashed` (checked on `probe`); returns that client.
+fn flow_to(dp: &mut Datapath, backend: Endpoint, backends: &[Endpoint], avoid_on: Option<(&mut Datapath, &[Endpoint])>) -> Endpoint {
+    let mut avoid_on = avoid_on;
+    for port in 41000..42000u16 {
+        let client = ep([10, 0, 1, 2], port);
+        let syn = packets::tcp_syn(client, VIP);
+        if let Some((probe, rehashed)) = avoid_on.as_mut() {
+            let fresh = probe.run(TC_PROGRAM, &syn).expect("probe run").packet;
+            if dnat_target(&fresh, client, true, &[], rehashed) == Some(backend) {
+                continue;
+            }
+        }
+        let out = dp.run(TC_PROGRAM, &syn).expect("test run").packet;
+        if dnat_target(&out, client, true, &[], backends) == Some(backend) {
+            return client;
+        }
+    }
+    panic!("no flow landed on {backend:?}");
+}
+
+/// The id the agent gave `backend`.
+fn backend_id(dp: &Datapath, backend: Endpoint) -> u32 {
+    dp.backends()
+        .iter()
+        .find(|(_, b)| b.address == backend.ip.octets() && b.port == backend.port)
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| panic!("{backend:?} not in the backend table"))
+}
+
+/// A restart with a changed backend set (one endpoint gone, one new) keeps
+/// an established flow on its backend when that backend stays, even where
+/// balancing afresh over the new set would pick another one: conntrack
+/// survives the restart and still names the same backend.
+#[test]
+fn restart_with_a_changed_backend_set_keeps_flows_on_backends_that_stay() {
+    let pins = PinDir::unique("keep");
+    let mut agent = Datapath::load_pinned(NodeContext::default(), &pins.0).expect("load with pinned maps");
+    agent.apply(&web_with(&[A, B, H])).unwrap();
+    let mut probe = Datapath::load(NodeContext::default()).unwrap();
+    probe.apply(&web_with(&[A, B, N])).unwrap();
+    let client = flow_to(&mut agent, A, &[A, B, H], Some((&mut probe, &[A, B, N])));
+    drop(agent);
+
+    let mut restarted = Datapath::load_pinned(NodeContext::default(), &pins.0).expect("load again from the pins");
+    restarted.apply(&web_with(&[A, B, N])).unwrap();
+    let (out, moved) = restarted.run_counted(TC_PROGRAM, &packets::tcp(client, VIP, false, b"next")).unwrap();
+    assert_eq!(dnat_target(&out.packet, client, false, b"next", &[A, B, N]), Some(A), "the flow stays on its backend");
+    assert_eq!(moved, Counters::from([(Counter::Established, 1)]));
+}
+
+/// A flow whose backend the running agent removed, and which sends nothing
+/// until after a restart, is re-balanced, never handed to an endpoint that
+/// joined after the restart under the removed backend's id. Backend ids
+/// must not be reused across restarts while conntrack may still name them.
+#[test]
+fn restart_never_hands_a_removed_backends_flow_to_a_new_backend() {
+    let pins = PinDir::unique("ids");
+    let mut agent = Datapath::load_pinned(NodeContext::default(), &pins.0).expect("load with pinned maps");
+    agent.apply(&web_with(&[A, B, H])).unwrap();
+    let h_id = backend_id(&agent, H);
+    assert_eq!(agent.backends().keys().max(), Some(&h_id), "H has the highest backend id");
+    let client = flow_to(&mut agent, H, &[A, B, H], None);
+
+    // The running agent removes H; the flow is idle meanwhile.
+    agent.apply(&web_with(&[A, B])).unwrap();
+    assert!(!agent.backends().contains_key(&h_id), "H's id is gone from the backend table");
+    let tracked = agent.conntrack().unwrap();
+    let entry = tracked
+        .iter()
+        .find(|(k, _)| k.direction == DIR_ORIGINAL && k.src_port == client.port && k.dst_address == VIP.ip.octets())
+        .map(|(_, v)| v.backend_id);
+    assert_eq!(entry, Some(h_id), "conntrack still names H");
+    drop(agent);
+
+    // Restart; a new endpoint joins.
+    let mut restarted = Datapath::load_pinned(NodeContext::default(), &pins.0).expect("load again from the pins");
+    restarted.apply(&web_with(&[A, B, N])).unwrap();
+    let (out, moved) = restarted.run_counted(TC_PROGRAM, &packets::tcp(client, VIP, false, b"next")).unwrap();
+    let to = dnat_target(&out.packet, client, false, b"next", &[A, B, N]);
+    assert!(to.is_some(), "DNATed to a live backend");
+    assert_eq!(
+        moved,
+        Counters::from([(Counter::Rebalanced, 1)]),
+        "the flow's backend left before the restart: it must be re-balanced, but went to {to:?} (N has id {}, H had {h_id})",
+        backend_id(&restarted, N)
+    );
+}
+
+const AGENT_WAIT: Duration = Duration::from_secs(30);
+
+/// Web's backends (by index) once the agent has programmed exactly these.
+fn has_web_backends(backends: &'static [usize]) -> impl Fn(&DesiredMaps) -> bool {
+    move |m| scenario::web_backend_ids(m).keys().copied().eq(backends.iter().copied())
+}
+
+/// Opens keep-alive connections to web until one is answered by a backend
+/// `wanted` accepts; returns it and the backend's name.
+fn keep_alive_connection(cluster: &DemoCluster, wanted: impl Fn(&str) -> bool) -> (std::net::TcpStream, String) {
+    for _ in 0..50 {
+        let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+        let name = servers::http_request(&mut conn, false).expect("request on a new connection");
+        if wanted(&name) {
+            return (conn, name);
+        }
+    }
+    panic!("no connection landed on a wanted backend in 50 tries");
+}
+
+/// Who answers `n` new connections to web, by backend name.
+fn answers(cluster: &DemoCluster, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|_| servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP"))
+        .collect()
+}
+
+fn names(backends: &[usize]) -> std::collections::BTreeSet<String> {
+    backends.iter().map(|&i| scenario::backend_name(i)).collect()
+}
+
+/// End to end: while the agent is down the Services file loses the backend
+/// with the highest id and gains a new one, which sorts first and so
+/// shifts every other backend's slot (balancing afresh would move most
+/// connections). After the restart an
+/// established keep-alive connection to a backend that stayed still works
+/// and still reaches the same backend, no new connection reaches the
+/// removed backend, and every remaining and new backend answers.
+#[test]
+fn established_connection_survives_a_restart_that_changes_the_backend_set() {
+    let mut cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[2, 3, 4]), has_web_backends(&[2, 3, 4]))
+        .expect("start cluster");
+    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
+    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(4), "backend 4 has the highest id: {ids:?}");
+    let removed = scenario::backend_name(4);
+    let (mut conn, pinned) = keep_alive_connection(&cluster, |name| name != removed);
+
+    let source = cluster.source_file.clone();
+    cluster
+        .agent
+        .restart_after(|| agent::write_atomically(&source, &scenario::web_services_ready(&[1, 2, 3])))
+        .expect("restart the agent");
+    cluster.agent.wait_ready(AGENT_WAIT).expect("agent ready again");
+    cluster.agent.wait_until(AGENT_WAIT, has_web_backends(&[1, 2, 3])).expect("new backend set programmed");
+
+    for _ in 0..3 {
+        assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "same connection, same backend after the restart");
+    }
+    assert_eq!(answers(&cluster, 90), names(&[1, 2, 3]), "new connections reach exactly the remaining and new backends");
+}
+
+/// End to end: a keep-alive connection whose backend (the one with the
+/// highest id) the running agent removes, idle until after a restart in
+/// which a new backend joins, is re-balanced when it sends again (the
+/// `rebalanced` counter moves), never delivered to the new backend as an
+/// established flow under the removed backend's id.
+#[test]
+fn idle_connection_to_a_backend_removed_before_a_restart_is_rebalanced() {
+    let mut cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[2, 3, 4]), has_web_backends(&[2, 3, 4]))
+        .expect("start cluster");
+    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
+    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(4), "backend 4 has the highest id: {ids:?}");
+    let removed = scenario::backend_name(4);
+    let (mut conn, _) = keep_alive_connection(&cluster, |name| name == removed);
+
+    cluster.update(&scenario::web_services_ready(&[2, 3]), has_web_backends(&[2, 3])).expect("running agent removes backend 4");
+    let source = cluster.source_file.clone();
+    cluster
+        .agent
+        .restart_after(|| agent::write_atomically(&source, &scenario::web_services_ready(&[1, 2, 3])))
+        .expect("restart the agent");
+    cluster.agent.wait_ready(AGENT_WAIT).expect("agent ready again");
+    let maps = cluster.agent.wait_until(AGENT_WAIT, has_web_backends(&[1, 2, 3])).expect("new backend set programmed");
+
+    let before: Counters = maps::counters(&cluster.agent.pin_dir).unwrap().into_iter().collect();
+    // The connection's backend is gone: whatever the client sees, the
+    // packet must have been re-balanced.
+    let outcome = servers::http_request(&mut conn, false);
+    let after: Counters = maps::counters(&cluster.agent.pin_dir).unwrap().into_iter().collect();
+    let moved = lb_tests::datapath::moved(&before, &after);
+    assert!(
+        moved.get(&Counter::Rebalanced).copied().unwrap_or(0) >= 1,
+        "the request on the orphaned connection was not re-balanced (counters moved: {moved:?}, request: {outcome:?}, backend ids now {:?})",
+        scenario::web_backend_ids(&maps)
+    );
 }

@@ -1,16 +1,18 @@
 //! lb-agent: keeps the eBPF datapath's maps in line with the cluster's
 //! Services and EndpointSlices.
 
-use std::{net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
+use ipnet::Ipv4Net;
 use lb_userspace::{
-    agent::{self, Pacing, ProblemSink, Source},
+    agent::{self, Observers, Pacing, ProblemSink, Source},
     datapath::{attach::Attacher, interfaces, links::Attachments, loader, maps::ServiceMaps},
     events::{EventPublisher, LogOnly},
     model::NodeContext,
-    netns,
+    metrics::Metrics,
+    netns, serve,
     source::{
         file::FileSource,
         kubernetes::{self, KubeSource},
@@ -39,32 +41,6 @@ impl FromStr for SourceArg {
     }
 }
 
-/// An IPv4 CIDR for --nodeport-addresses.
-#[derive(Clone, Copy, Debug)]
-struct Cidr {
-    network: Ipv4Addr,
-    prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR"))?;
-        let network: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        if prefix > 32 {
-            return Err(format!("{s:?}: prefix longer than 32"));
-        }
-        Ok(Cidr { network, prefix })
-    }
-}
-
-impl Cidr {
-    fn contains(self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.network) & mask
-    }
-}
 
 #[derive(Debug, Parser)]
 #[command(version, about = "In-kernel Kubernetes Service load balancer: the node agent")]
@@ -113,7 +89,7 @@ struct Args {
     /// Serve NodePorts only on local addresses inside these CIDRs
     /// (comma-separated). Default: every local IPv4 address.
     #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<Cidr>,
+    nodeport_addresses: Vec<Ipv4Net>,
     /// Serve only Services whose `service.kubernetes.io/service-proxy-name`
     /// label has this value. Without it, only Services without that label
     /// are served, as kube-proxy does (see docs/semantics.md).
@@ -135,16 +111,38 @@ struct Args {
     /// Backend table size.
     #[arg(long, default_value_t = lb_common::maps::BACKENDS_V4_CAPACITY)]
     backends_max: u32,
+    /// Serve Prometheus metrics at /metrics on this address (as
+    /// kube-proxy does); empty to disable.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249", )]
+    metrics_bind_address: BindAddress,
+    /// Serve /healthz and /livez on this address (kube-proxy's semantics:
+    /// unhealthy when a change waits longer than 2 × --sync-period for its
+    /// sync; /healthz also while the Node is being deleted or tainted for
+    /// scale-down); empty to disable.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", )]
+    healthz_bind_address: BindAddress,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = number.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("bad duration unit in {s:?}: use ms or s")),
+/// `IP:PORT`, or empty for "off".
+#[derive(Clone, Copy, Debug)]
+struct BindAddress(Option<std::net::SocketAddr>);
+
+impl FromStr for BindAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Ok(BindAddress(None));
+        }
+        s.parse().map(|a| BindAddress(Some(a))).map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))
     }
+}
+
+/// `10ms`, `30s`, `1m30s` (humantime's forms), or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -224,7 +222,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // A file from a previous run must not claim readiness.
         let _ = std::fs::remove_file(path);
     }
-    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), shutdown_signal()).await;
+    // kube-proxy's health timeout: twice the sync period.
+    let observers = Observers::new(args.sync_period * 2);
+    serve_endpoints(&args, &observers).await?;
+    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), &observers, shutdown_signal()).await;
     follower.abort();
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
@@ -240,7 +241,24 @@ async fn shutdown_signal() {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
 }
 
-fn nodeport_addresses(filter: &[Cidr]) -> anyhow::Result<Vec<std::net::IpAddr>> {
+/// Binds the metrics and health addresses (failing at start, not later,
+/// when one is taken) and serves them in the background.
+async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<()> {
+    if let BindAddress(Some(addr)) = args.metrics_bind_address {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+        let metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
+        tokio::spawn(serve::metrics(listener, std::sync::Arc::new(metrics)));
+        info!(address = %addr, "serving /metrics");
+    }
+    if let BindAddress(Some(addr)) = args.healthz_bind_address {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health address {addr}"))?;
+        tokio::spawn(serve::health(listener, observers.health.clone(), observers.metrics.clone()));
+        info!(address = %addr, "serving /healthz and /livez");
+    }
+    Ok(())
+}
+
+fn nodeport_addresses(filter: &[Ipv4Net]) -> anyhow::Result<Vec<std::net::IpAddr>> {
     let all = netns::ipv4_addresses().context("reading node addresses")?;
-    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(*ip))).map(Into::into).collect())
+    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(ip))).map(Into::into).collect())
 }

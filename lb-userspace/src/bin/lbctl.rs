@@ -1,14 +1,22 @@
 //! lbctl: shows what the datapath holds, decoded (addresses, ports,
-//! protocols, counters), from the maps the agent pinned.
+//! protocols, counters), from the maps the agent pinned; and traces a
+//! hypothetical packet through the datapath.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
 
-use clap::{Parser, Subcommand};
-use lb_common::{conntrack::DIR_ORIGINAL, service};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_common::{backend, conntrack::DIR_ORIGINAL, service};
 use lb_userspace::{
     datapath::{loader, maps},
     model::Protocol,
+    netns,
+    trace::{self, Probe},
 };
+use serde::Serialize;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Inspect the in-kernel Service load balancer")]
@@ -16,18 +24,73 @@ struct Args {
     /// bpffs directory where the agent pinned its maps.
     #[arg(long, global = true, default_value = loader::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Enter this network namespace (`ip netns` name) first, as the
+    /// agent's --netns does (interface names are looked up there).
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Frontends with their backends, in the order of their slots.
     Services,
+    /// The backend table: id, address, state.
+    Backends,
     /// Tracked flows (original direction) and the backend each one uses.
     Conntrack,
     /// Packet counters, summed over CPUs.
     Stats,
+    /// Runs a hypothetical packet through the datapath (BPF_PROG_TEST_RUN
+    /// against the live pinned maps) and shows what it does with it.
+    ///
+    /// The run is real: a packet of a new flow creates conntrack entries,
+    /// as the same packet on the wire would (they are removed again unless
+    /// --keep-conntrack), and it moves one packet counter by one (shown;
+    /// on a busy node other traffic moves counters too).
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TraceArgs {
+    /// Source, IP:PORT.
+    #[arg(long)]
+    src: SocketAddrV4,
+    /// Destination, IP:PORT.
+    #[arg(long)]
+    dst: SocketAddrV4,
+    /// tcp or udp.
+    #[arg(long, default_value = "tcp", value_parser = parse_proto)]
+    proto: Protocol,
+    /// TCP: send a SYN (opening a connection); otherwise an ACK.
+    #[arg(long)]
+    syn: bool,
+    /// The interface the packet arrives on (where a reject is sent back).
+    #[arg(long, value_name = "NAME")]
+    iface: Option<String>,
+    /// Keep the conntrack entries the trace created.
+    #[arg(long)]
+    keep_conntrack: bool,
+}
+
+fn parse_proto(s: &str) -> Result<Protocol, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(format!("{s:?}: expected tcp or udp")),
+    }
 }
 
 fn proto_name(number: u8) -> String {
@@ -48,65 +111,260 @@ fn kind_name(flags: u16) -> &'static str {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    match args.command {
-        Command::Services => services(&args.pin_dir),
-        Command::Conntrack => conntrack(&args.pin_dir),
-        Command::Stats => stats(&args.pin_dir),
+    if let Some(name) = &args.netns {
+        netns::enter(name)?;
     }
-}
-
-fn services(pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
-    for (key, value) in held.services.iter().filter(|(k, _)| k.backend_slot == 0) {
-        let frontend = format!("{}:{}/{}", Ipv4Addr::from(key.address), key.port, proto_name(key.proto));
-        let affinity = if value.affinity_timeout_s > 0 { format!(" affinity={}s", value.affinity_timeout_s) } else { String::new() };
-        let empty = if value.count == 0 && value.flags & service::FLAG_NO_LOCAL_ENDPOINTS != 0 {
-            " (no local endpoints: drop)"
-        } else if value.count == 0 {
-            " (no endpoints: reject)"
-        } else {
-            ""
-        };
-        println!("{frontend:<28} {:<12} id={:<6} backends={}{affinity}{empty}", kind_name(value.flags), value.frontend_id, value.count);
-        for slot in 1..=value.count {
-            let backend = held
-                .services
-                .get(&key.slot(slot))
-                .and_then(|s| held.backends.get(&s.backend_id).map(|b| (s.backend_id, b)));
-            match backend {
-                Some((id, b)) => {
-                    let state = if b.flags & lb_common::backend::FLAG_TERMINATING != 0 { " terminating" } else { "" };
-                    println!("    {slot:>3}: {}:{} (backend {id}){state}", Ipv4Addr::from(b.address), b.port);
-                }
-                None => println!("    {slot:>3}: <missing>"),
-            }
+    let pin_dir = args.pin_dir.as_path();
+    match &args.command {
+        Command::Services => print(args.output, services(pin_dir)?.as_slice(), services_table),
+        Command::Backends => print(args.output, backends(pin_dir)?.as_slice(), backends_table),
+        Command::Conntrack => print(args.output, conntrack(pin_dir)?.as_slice(), conntrack_table),
+        Command::Stats => print(args.output, stats(pin_dir)?.as_slice(), stats_table),
+        Command::Trace(t) => {
+            let ifindex = t.iface.as_deref().map(if_index).transpose()?;
+            let probe = Probe { src: t.src, dst: t.dst, proto: t.proto, syn: t.syn, ifindex };
+            print(args.output, &trace::trace(pin_dir, &probe, t.keep_conntrack)?, trace_text)
         }
     }
-    Ok(())
 }
 
-fn conntrack(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+fn print<T: Serialize + ?Sized>(format: Format, value: &T, table: fn(&T) -> String) -> anyhow::Result<()> {
+    let text = match format {
+        Format::Table => table(value),
+        Format::Json => serde_json::to_string_pretty(value)? + "\n",
+    };
+    // `lbctl conntrack | head` closes the pipe early: not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn if_index(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    anyhow::ensure!(index != 0, "no interface {name:?}");
+    Ok(index)
+}
+
+/// Renders rows as columns, each as wide as its widest cell.
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Frontend {
+    address: Ipv4Addr,
+    port: u16,
+    proto: String,
+    kind: &'static str,
+    id: u32,
+    /// `ok`, `reject` (no endpoints), `drop` (no local endpoints).
+    empty_action: Option<&'static str>,
+    affinity_timeout_s: Option<u32>,
+    backends: Vec<SlotBackend>,
+}
+
+#[derive(Serialize)]
+struct SlotBackend {
+    slot: u16,
+    /// `None`: the slot names a backend the table does not hold.
+    id: Option<u32>,
+    address: Option<Ipv4Addr>,
+    port: Option<u16>,
+    terminating: bool,
+}
+
+fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
+    let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
+    let frontends = held.services.iter().filter(|(k, _)| k.backend_slot == 0);
+    Ok(frontends
+        .map(|(key, value)| {
+            let empty_action = match (value.count, value.flags & service::FLAG_NO_LOCAL_ENDPOINTS != 0) {
+                (0, true) => Some("drop"),
+                (0, false) => Some("reject"),
+                _ => None,
+            };
+            let backends = (1..=value.count)
+                .map(|slot| {
+                    let id = held.services.get(&key.slot(slot)).map(|s| s.backend_id);
+                    let b = id.and_then(|id| held.backends.get(&id));
+                    SlotBackend {
+                        slot,
+                        id,
+                        address: b.map(|b| Ipv4Addr::from(b.address)),
+                        port: b.map(|b| b.port),
+                        terminating: b.is_some_and(|b| b.flags & backend::FLAG_TERMINATING != 0),
+                    }
+                })
+                .collect();
+            Frontend {
+                address: Ipv4Addr::from(key.address),
+                port: key.port,
+                proto: proto_name(key.proto),
+                kind: kind_name(value.flags),
+                id: value.frontend_id,
+                empty_action,
+                affinity_timeout_s: (value.affinity_timeout_s > 0).then_some(value.affinity_timeout_s),
+                backends,
+            }
+        })
+        .collect())
+}
+
+fn services_table(frontends: &[Frontend]) -> String {
+    let rows: Vec<Vec<String>> = frontends
+        .iter()
+        .map(|f| {
+            let backends = match f.empty_action {
+                Some("drop") => "none (no local endpoints: drop)".to_owned(),
+                Some(_) => "none (no endpoints: reject)".to_owned(),
+                None => f
+                    .backends
+                    .iter()
+                    .map(|b| match (b.address, b.port) {
+                        (Some(a), Some(p)) => format!("{a}:{p}{}", if b.terminating { " (terminating)" } else { "" }),
+                        _ => format!("<slot {} missing>", b.slot),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let affinity = f.affinity_timeout_s.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+            vec![format!("{}:{}/{}", f.address, f.port, f.proto), f.kind.to_owned(), f.id.to_string(), affinity, backends]
+        })
+        .collect();
+    columns(&["FRONTEND", "TYPE", "ID", "AFFINITY", "BACKENDS"], &rows)
+}
+
+#[derive(Serialize)]
+struct Backend {
+    id: u32,
+    address: Ipv4Addr,
+    port: u16,
+    proto: String,
+    terminating: bool,
+}
+
+fn backends(pin_dir: &Path) -> anyhow::Result<Vec<Backend>> {
+    let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
+    Ok(held
+        .backends
+        .iter()
+        .map(|(&id, b)| Backend {
+            id,
+            address: Ipv4Addr::from(b.address),
+            port: b.port,
+            proto: proto_name(b.proto),
+            terminating: b.flags & backend::FLAG_TERMINATING != 0,
+        })
+        .collect())
+}
+
+fn backends_table(backends: &[Backend]) -> String {
+    let rows: Vec<Vec<String>> = backends
+        .iter()
+        .map(|b| {
+            let state = if b.terminating { "terminating" } else { "ready" };
+            vec![b.id.to_string(), format!("{}:{}/{}", b.address, b.port, b.proto), state.to_owned()]
+        })
+        .collect();
+    columns(&["ID", "BACKEND", "STATE"], &rows)
+}
+
+#[derive(Serialize)]
+struct Flow {
+    proto: String,
+    client: SocketAddrV4,
+    frontend: SocketAddrV4,
+    backend_id: u32,
+    /// `None`: the backend is gone (the next packet re-balances the flow).
+    backend: Option<SocketAddrV4>,
+    frontend_id: u32,
+    closing: bool,
+}
+
+fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
+    let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
     let mut entries = maps::conntrack_entries(pin_dir)?;
     entries.retain(|(k, _)| k.direction == DIR_ORIGINAL);
     entries.sort_by_key(|(k, _)| *k);
-    for (k, v) in entries {
-        println!(
-            "{} {}:{} -> {}:{} backend={} frontend={}",
-            proto_name(k.proto),
-            Ipv4Addr::from(k.src_address),
-            k.src_port,
-            Ipv4Addr::from(k.dst_address),
-            k.dst_port,
-            v.backend_id,
-            v.frontend_id
-        );
-    }
-    Ok(())
+    Ok(entries
+        .into_iter()
+        .map(|(k, v)| Flow {
+            proto: proto_name(k.proto),
+            client: SocketAddrV4::new(k.src_address.into(), k.src_port),
+            frontend: SocketAddrV4::new(k.dst_address.into(), k.dst_port),
+            backend_id: v.backend_id,
+            backend: held.backends.get(&v.backend_id).map(|b| SocketAddrV4::new(b.address.into(), b.port)),
+            frontend_id: v.frontend_id,
+            closing: v.flags & lb_common::conntrack::FLAG_CLOSING != 0,
+        })
+        .collect())
 }
 
-fn stats(pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    for (counter, value) in maps::counters(pin_dir)? {
-        println!("{:<24} {value}", counter.name());
+fn conntrack_table(flows: &[Flow]) -> String {
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            let backend = f.backend.map_or_else(|| format!("gone (id {})", f.backend_id), |b| b.to_string());
+            let state = if f.closing { "closing" } else { "open" };
+            vec![f.proto.clone(), f.client.to_string(), f.frontend.to_string(), backend, state.to_owned()]
+        })
+        .collect();
+    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "STATE"], &rows)
+}
+
+#[derive(Serialize)]
+struct Stat {
+    counter: &'static str,
+    packets: u64,
+}
+
+fn stats(pin_dir: &Path) -> anyhow::Result<Vec<Stat>> {
+    Ok(maps::counters(pin_dir)
+        .context("reading LB_STATS")?
+        .into_iter()
+        .map(|(c, packets)| Stat { counter: c.name(), packets })
+        .collect())
+}
+
+fn stats_table(stats: &[Stat]) -> String {
+    let rows: Vec<Vec<String>> = stats.iter().map(|s| vec![s.counter.to_owned(), s.packets.to_string()]).collect();
+    columns(&["COUNTER", "PACKETS"], &rows)
+}
+
+fn trace_text(t: &trace::Trace) -> String {
+    let show = |h: &trace::Header| match h.icmp {
+        Some((kind, code)) => format!("{} {} -> {} (type {kind} code {code})", h.proto, h.src, h.dst),
+        None => format!("{} {} -> {}", h.proto, h.src, h.dst),
+    };
+    let mut out = format!("packet:   {}\n", show(&t.input));
+    out += &format!("verdict:  {}\n", t.verdict);
+    match &t.output {
+        Some(h) if *h != t.input => out += &format!("rewritten: {}\n", show(h)),
+        Some(_) => out += "rewritten: no (unchanged)\n",
+        None => {}
     }
-    Ok(())
+    let counters: Vec<String> = t.counters.iter().map(|(name, n)| format!("{name} +{n}")).collect();
+    out += &format!("counters: {}\n", if counters.is_empty() { "none moved".to_owned() } else { counters.join(", ") });
+    if t.conntrack_created > 0 {
+        let fate = if t.conntrack_removed { "removed again" } else { "kept" };
+        out += &format!("conntrack: {} entries created ({fate})\n", t.conntrack_created);
+    }
+    out
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, marker::PhantomData, path::Path};
 use anyhow::Context as _;
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
     conntrack::{CtKeyV4, CtValueV4},
@@ -16,6 +16,7 @@ use lb_common::{
     stats::Counter,
 };
 
+use super::batch;
 use crate::{
     state::HighestIds,
     tables::{DesiredMaps, Write, for_each_map},
@@ -40,6 +41,9 @@ impl<K: Pod + Ord, V: Pod> Hash<K, V> {
     }
 
     fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
+        if let Some(entries) = batch::lookup_all(self.0.map())? {
+            return Ok(entries.into_iter().collect());
+        }
         self.0.iter().map(|entry| Ok(entry?)).collect()
     }
 
@@ -65,16 +69,12 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
     }
 
     fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
-        let mut out = BTreeMap::new();
-        for (index, value) in self.0.iter().enumerate() {
-            let value = value?;
-            if value != V::default()
-                && let Ok(key) = K::try_from(index as u32)
-            {
-                out.insert(key, value);
-            }
-        }
-        Ok(out)
+        let entries: Vec<(u32, V)> = match batch::lookup_all(self.0.map())? {
+            Some(entries) => entries,
+            None => (0..).zip(self.0.iter()).map(|(index, value)| Ok((index, value?))).collect::<anyhow::Result<_>>()?,
+        };
+        let non_zero = entries.into_iter().filter(|(_, value)| *value != V::default());
+        Ok(non_zero.filter_map(|(index, value)| Some((K::try_from(index).ok()?, value))).collect())
     }
 
     fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
@@ -155,11 +155,15 @@ impl ServiceMaps {
         self.services.0.get(key, 0).ok()
     }
 
+    /// Every conntrack entry.
+    pub fn conntrack_entries(&self) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
+        self.conntrack.iter().map(|e| e.context("reading conntrack")).collect()
+    }
+
     /// The highest ids the conntrack table names.
     pub fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
         let mut highest = HighestIds::default();
-        for entry in self.conntrack.iter() {
-            let (_, value) = entry.context("reading conntrack")?;
+        for (_, value) in self.conntrack_entries()? {
             highest.backend = highest.backend.max(value.backend_id);
             highest.frontend = highest.frontend.max(value.frontend_id);
         }

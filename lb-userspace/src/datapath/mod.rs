@@ -2,6 +2,7 @@
 //! maps the agent writes and the CLI reads.
 
 pub mod attach;
+mod batch;
 pub mod bpffs;
 pub mod interfaces;
 pub mod layout;

@@ -22,10 +22,6 @@ use kube::{
 
 use super::tracker::ChangeTracker;
 
-/// Objects per list page. Fewer, larger pages make the initial list of a
-/// big cluster faster (each page is a round trip and a consistent read on
-/// the API server); 5,000 keeps a page of EndpointSlices to a few MB.
-const LIST_PAGE_SIZE: u32 = 5_000;
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
 /// The label selectors kube-proxy watches with: no headless Services, and
@@ -90,8 +86,11 @@ impl KubeSource {
         // Lists are served from the API server's watch cache (resourceVersion
         // "0"), as kube-proxy's informers do: a fleet of agents relisting
         // after an API server restart must not each force a quorum read
-        // of every Service and EndpointSlice from etcd.
-        let config = watcher::Config::default().any_semantic().page_size(LIST_PAGE_SIZE);
+        // of every Service and EndpointSlice from etcd. The cache serves a
+        // list whole, so no page size (kube's client drops resourceVersion
+        // "0" from a paginated list, which would make it a quorum read).
+        let mut config = watcher::Config::default().any_semantic();
+        config.page_size = None;
         let services = watcher(Api::<Service>::all(client.clone()), config.clone().labels(&service_selector))
             .default_backoff()
             .map(|e| Update::Service(e.map(Box::new)))

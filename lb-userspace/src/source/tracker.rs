@@ -194,6 +194,12 @@ impl ChangeTracker {
         self.slices.objects()
     }
 
+    /// This node's Node object, once seen (for the health check's node
+    /// eligibility: being deleted, or tainted for scale-down).
+    pub fn node(&self) -> Option<&Node> {
+        self.nodes.objects().next()
+    }
+
     /// This node's zone, from its Node object's topology label: `None`
     /// until the Node is seen, `Some(None)` when it carries no zone label.
     pub fn zone(&self) -> Option<Option<String>> {

@@ -36,7 +36,7 @@ use self::{
 };
 use crate::{
     encode,
-    model::{Frontend, Problem},
+    model::{Backend, Frontend, Problem},
     tables::{DesiredMaps, Touched},
     translate::{Claims, FrontendAddr},
 };
@@ -47,12 +47,8 @@ pub use crate::translate::ServiceRef;
 struct Encoded {
     frontend_id: u32,
     slots: Vec<SlotBackend>,
-}
-
-/// What the maps held when the agent started, not yet claimed again.
-#[derive(Debug, Default)]
-struct Resumed {
-    frontends: HashMap<ServiceKeyV4, Encoded>,
+    /// Backends kept for established flows only (no slot).
+    draining: Vec<SlotBackend>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +56,8 @@ pub struct DesiredState {
     claims: Claims,
     problems: HashMap<ServiceRef, Vec<Problem>>,
     encoded: HashMap<ServiceKeyV4, Encoded>,
-    resumed: Resumed,
+    /// Frontends the maps held when the agent started, not claimed again yet.
+    resumed: HashMap<ServiceKeyV4, Encoded>,
     backends: BackendRefs,
     frontend_ids: IdCounter,
     ports: PortRefs,
@@ -95,7 +92,7 @@ impl DesiredState {
                 (1..=value.count).map(|slot| state.backends.resumed_slot(existing, key.slot(slot))).collect();
             // A frontend with a missing slot or backend is rebuilt from scratch.
             let slots = slots.unwrap_or_default();
-            state.resumed.frontends.insert(*key, Encoded { frontend_id: value.frontend_id, slots });
+            state.resumed.insert(*key, Encoded { frontend_id: value.frontend_id, slots, draining: Vec::new() });
         }
         state.frontend_ids = IdCounter::resume(last_frontend);
         state.record_counters();
@@ -161,7 +158,7 @@ impl DesiredState {
                 // Newly served (or taken over from the maps): one more
                 // frontend on this port.
                 self.change_port(key.port, PortUse::Frontend, true);
-                self.resumed.frontends.remove(&key)
+                self.resumed.remove(&key)
             }
         };
         let frontend_id = match &previous {
@@ -171,15 +168,8 @@ impl DesiredState {
             }
             None => self.frontend_ids.allocate(),
         };
-        let wanted: Vec<SlotBackend> = frontend
-            .backends
-            .iter()
-            .filter_map(|b| {
-                let identity = BackendIdentity::new(b.address, b.port, key.proto)?;
-                Some(SlotBackend { identity, terminating: b.terminating })
-            })
-            .take(usize::from(u16::MAX))
-            .collect();
+        let wanted: Vec<SlotBackend> = slot_backends(&frontend.backends, key.proto).take(usize::from(u16::MAX)).collect();
+        let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key.proto).collect();
         let old_slots = previous.map(|p| p.slots).unwrap_or_default();
         let slots = slots::reassign(&old_slots, &wanted);
         // New references before old ones go, so a kept backend keeps its id.
@@ -188,26 +178,29 @@ impl DesiredState {
             let entry = ServiceValue { backend_id: id, ..Default::default() };
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot), Some(entry));
         }
+        for backend in &draining {
+            self.acquire_backend(*backend);
+        }
         for slot in slots.len() + 1..=old_slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
         }
         let value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
         set(&mut self.maps.services, &mut self.touched.services, key, Some(value));
-        for backend in owned.iter().flat_map(|o| &o.slots) {
+        for backend in owned.iter().flat_map(|o| o.slots.iter().chain(&o.draining)) {
             self.release_backend(*backend);
         }
-        self.encoded.insert(key, Encoded { frontend_id, slots });
+        self.encoded.insert(key, Encoded { frontend_id, slots, draining });
         self.record_counters();
     }
 
     fn remove_frontend(&mut self, key: ServiceKeyV4) {
-        self.resumed.frontends.remove(&key);
+        self.resumed.remove(&key);
         let Some(owned) = self.encoded.remove(&key) else { return };
         set(&mut self.maps.services, &mut self.touched.services, key, None);
         for slot in 1..=owned.slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
         }
-        for backend in &owned.slots {
+        for backend in owned.slots.iter().chain(&owned.draining) {
             self.release_backend(*backend);
         }
         self.frontend_ids.release(owned.frontend_id);
@@ -249,6 +242,14 @@ impl DesiredState {
             set(&mut self.maps.ids, &mut self.touched.ids, index, (value != 0).then_some(value));
         }
     }
+}
+
+/// The backends of the table's family, as slot entries.
+fn slot_backends(backends: &[Backend], proto: u8) -> impl Iterator<Item = SlotBackend> + '_ {
+    backends.iter().filter_map(move |b| {
+        let identity = BackendIdentity::new(b.address, b.port, proto)?;
+        Some(SlotBackend { identity, terminating: b.terminating })
+    })
 }
 
 /// Sets or removes one desired entry, recording the key if it changed.
@@ -294,6 +295,7 @@ mod tests {
             address: Ipv4Addr::from(address).into(),
             port,
             backends,
+            draining: Vec::new(),
             when_empty: WhenEmpty::Reject,
             affinity_timeout_s: Some(30),
             local_only: false,
@@ -424,6 +426,20 @@ mod tests {
         let mut resumed = DesiredState::resume(&maps, conntrack);
         set(&mut resumed, &[1, 2]);
         assert_eq!(id_of(resumed.maps(), 2), Some(41));
+    }
+
+    #[test]
+    fn a_draining_backend_keeps_its_entry_but_no_slot() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2]);
+        let id = id_of(state.maps(), 2);
+        let mut frontends = web(&[1]);
+        frontends[0].draining = vec![Backend { address: Ipv4Addr::new(10, 244, 0, 2).into(), port: 8080, terminating: true }];
+        state.set_service(web_ref(), frontends, vec![]);
+        assert_eq!(slots(state.maps(), WEB), [1], "no new flows to it");
+        assert_eq!(id_of(state.maps(), 2), id, "established flows still find it, under the same id");
+        set(&mut state, &[1]);
+        assert_eq!(id_of(state.maps(), 2), None, "gone once it leaves the slices");
     }
 
     #[test]

@@ -52,6 +52,20 @@ pub(super) fn select(endpoints: &[Endpoint], local: bool, node: &NodeContext) ->
     Selection { backends, local_only: local, when_empty: when_empty(endpoints, local) }
 }
 
+/// The endpoints not in `chosen`: established flows to them keep going,
+/// new ones avoid them (see `Frontend::draining`).
+pub(super) fn draining(endpoints: &[Endpoint], chosen: &[Backend]) -> Vec<Backend> {
+    let chosen: BTreeSet<(IpAddr, u16)> = chosen.iter().map(|b| (b.address, b.port)).collect();
+    let mut draining: Vec<Backend> = endpoints
+        .iter()
+        .filter(|ep| !chosen.contains(&(ep.address, ep.port)))
+        .map(|ep| Backend { address: ep.address, port: ep.port, terminating: ep.terminating })
+        .collect();
+    draining.sort();
+    draining.dedup_by_key(|b| (b.address, b.port));
+    draining
+}
+
 /// kube-proxy's filter verdict for a frontend without backends: reject
 /// when the Service has no usable endpoint anywhere, so clients fail at
 /// once; drop when only a Local policy keeps this node from the usable

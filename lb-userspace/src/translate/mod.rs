@@ -119,6 +119,7 @@ fn port_frontends(
                 address,
                 port: port_number,
                 backends: backends.clone(),
+                draining: endpoints::draining(eps, backends),
                 when_empty: *when_empty,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,

@@ -7,8 +7,8 @@
 //!   reading the pinned maps; its peak RSS (VmHWM) at that point.
 //! - One EndpointSlice change → map writes: measured in-process with the
 //!   agent's `Syncer`, one endpoint flipped per change, through the full
-//!   path (`sync`: everything re-translated and compared, as the file
-//!   source does) and the incremental one (`update`: only the changed
+//!   path (`sync`: everything re-translated, the maps read back and
+//!   compared, as the file source and the periodic full sync do) and the incremental one (`update`: only the changed
 //!   Service, as the Kubernetes source does). Polling, file parsing and
 //!   watch delivery are not included.
 
@@ -60,7 +60,7 @@ pub fn run(plan: &ControlPlan, env: &Env, report: &mut Report) -> anyhow::Result
         Section::ControlPlane,
         "endpoint_change",
         "one EndpointSlice change → map writes, full sync (in-process Syncer)",
-        "measured in-process, not through the agent binary: one endpoint of one Service flips ready ↔ not ready, then Syncer::sync() re-translates all objects, diffs every entry against what the maps hold and writes the difference to real (unpinned) kernel maps: the file source's path (its polling interval and re-parsing of the file are not included)",
+        "measured in-process, not through the agent binary: one endpoint of one Service flips ready ↔ not ready, then Syncer::sync() re-translates all objects, reads every map back from the kernel (drift repair), diffs every entry against what the maps hold and writes the difference to real (unpinned) kernel maps: the file source's path and the periodic full sync (its polling interval and re-parsing of the file are not included)",
     );
     report.describe(
         Section::ControlPlane,

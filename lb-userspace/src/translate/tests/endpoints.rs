@@ -299,3 +299,20 @@ fn backends_sorted_whatever_the_slice_order() {
     );
     assert_eq!(web_backends(&[slice]), ["10.244.1.9:8080", "10.244.1.10:8080", "10.244.3.1:8080"]);
 }
+
+/// kube-proxy leaves established connections alone when an endpoint stops
+/// being chosen (its conntrack entries keep them going until the endpoint
+/// is gone): here such endpoints are `draining`, kept for established flows
+/// only, until they leave the slices.
+#[test]
+fn endpoints_not_chosen_for_new_flows_are_kept_for_established_ones() {
+    let slice = web_slice(
+        "web-abc12",
+        &[ready("10.244.1.5", "node-a"), serving_terminating("10.244.1.6", "node-a"), not_ready("10.244.1.7", "node-a")],
+    );
+    let table = run(&[web_service()], &[slice]);
+    let web = frontend(&table, "10.96.0.10", 80, Protocol::Tcp);
+    assert_eq!(backends(web), ["10.244.1.5:8080"]);
+    let draining: Vec<String> = web.draining.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
+    assert_eq!(draining, ["10.244.1.6:8080", "10.244.1.7:8080"]);
+}

@@ -1,0 +1,257 @@
+//! "Where would this packet go?": builds a hypothetical packet and runs it
+//! through the datapath program with BPF_PROG_TEST_RUN, against the maps
+//! the agent pinned (the live Service table, conntrack and counters).
+//!
+//! The run is real: a new flow creates conntrack entries and moves a
+//! packet counter, as the same packet arriving on an interface would.
+//! [`trace`] removes the conntrack entries it created unless asked to
+//! keep them; the counter it moved stays moved.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use lb_common::{
+    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY},
+    maps as names,
+};
+use serde::Serialize;
+
+use crate::{
+    datapath::{loader, maps},
+    model::Protocol,
+};
+
+/// tc verdicts the program returns (linux/pkt_cls.h).
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+/// `struct __sk_buff`: its size, and where `ifindex` sits in it (the
+/// only field a trace sets; the kernel wants the others zero).
+const SK_BUFF_SIZE: usize = 192;
+const SK_BUFF_IFINDEX: usize = 40;
+
+/// The hypothetical packet.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub proto: Protocol,
+    /// TCP: a SYN (a new connection) rather than an ACK.
+    pub syn: bool,
+    /// The interface it arrives on (rejects are sent back out of it);
+    /// `None`: the kernel's default for test runs (loopback).
+    pub ifindex: Option<u32>,
+}
+
+/// Addresses and ports of a packet, as it went in or came out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Header {
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+    /// ICMP: type and code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<(u8, u8)>,
+}
+
+/// What the datapath did with the packet.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trace {
+    /// `pass` (left to the kernel's stack), `drop`, `redirect`, `ok`, or the raw code.
+    pub verdict: String,
+    pub input: Header,
+    pub output: Option<Header>,
+    /// Counters that moved during the run, with how much.
+    pub counters: Vec<(String, u64)>,
+    /// Conntrack entries the run created (and, unless kept, removed again).
+    pub conntrack_created: usize,
+    pub conntrack_removed: bool,
+}
+
+pub fn verdict_name(code: i32) -> String {
+    match code {
+        TC_ACT_UNSPEC => "pass".into(),
+        TC_ACT_OK => "ok".into(),
+        TC_ACT_SHOT => "drop".into(),
+        TC_ACT_REDIRECT => "redirect".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Builds the probe's Ethernet frame.
+pub fn build(probe: &Probe) -> anyhow::Result<Vec<u8>> {
+    let ip = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]).ipv4(
+        probe.src.ip().octets(),
+        probe.dst.ip().octets(),
+        64,
+    );
+    let mut out = Vec::new();
+    match probe.proto {
+        Protocol::Tcp => {
+            let tcp = ip.tcp(probe.src.port(), probe.dst.port(), 1000, 64240);
+            let tcp = if probe.syn { tcp.syn() } else { tcp.ack(1) };
+            tcp.write(&mut out, &[])?;
+        }
+        Protocol::Udp => ip.udp(probe.src.port(), probe.dst.port()).write(&mut out, b"lbctl trace")?,
+        other => bail!("cannot trace {other}: only TCP and UDP"),
+    }
+    Ok(out)
+}
+
+/// Reads addresses and ports back from a frame.
+pub fn header(frame: &[u8]) -> Option<Header> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
+    let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
+    let with_port = |ip: Ipv4Addr, port: u16| SocketAddrV4::new(ip, port).to_string();
+    Some(match packet.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            Header { proto: "TCP".into(), src: with_port(src, t.source_port()), dst: with_port(dst, t.destination_port()), icmp: None }
+        }
+        Some(TransportSlice::Udp(u)) => {
+            Header { proto: "UDP".into(), src: with_port(src, u.source_port()), dst: with_port(dst, u.destination_port()), icmp: None }
+        }
+        Some(TransportSlice::Icmpv4(i)) => {
+            Header { proto: "ICMP".into(), src: src.to_string(), dst: dst.to_string(), icmp: Some((i.type_u8(), i.code_u8())) }
+        }
+        _ => Header { proto: "other".into(), src: src.to_string(), dst: dst.to_string(), icmp: None },
+    })
+}
+
+fn pinned(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent running with this --pin-dir?)", path.display()))
+}
+
+/// The capacities the agent gave its maps: loading with others would not
+/// match the pinned maps.
+fn pinned_capacities(pin_dir: &Path) -> anyhow::Result<loader::Capacities> {
+    let max = |name| -> anyhow::Result<u32> { Ok(pinned(pin_dir, name)?.info()?.max_entries()) };
+    Ok(loader::Capacities {
+        services: max(names::SERVICES_V4)?,
+        backends: max(names::BACKENDS_V4)?,
+        conntrack: max(names::CONNTRACK_V4)?,
+    })
+}
+
+fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, direction: u8) -> CtKeyV4 {
+    CtKeyV4 {
+        src_address: src.ip().octets(),
+        dst_address: dst.ip().octets(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+        proto,
+        direction,
+        _pad: [0; 2],
+    }
+}
+
+/// Runs the probe through `lb_tc` with the maps pinned in `pin_dir`.
+/// Unless `keep_conntrack`, conntrack entries the run created are removed.
+pub fn trace(pin_dir: &Path, probe: &Probe, keep_conntrack: bool) -> anyhow::Result<Trace> {
+    let frame = build(probe)?;
+    let capacities = pinned_capacities(pin_dir)?;
+    let mut conntrack: HashMap<MapData, CtKeyV4, CtValueV4> =
+        Map::from_map_data(pinned(pin_dir, names::CONNTRACK_V4)?)?.try_into().context(names::CONNTRACK_V4)?;
+    let proto = probe.proto.number();
+    let original = ct_key(probe.src, probe.dst, proto, DIR_ORIGINAL);
+    let had_original = conntrack.get(&original, 0).is_ok();
+
+    // Every map re-opened from its pin: the program sees the live tables.
+    let mut ebpf = loader::load(Some(pin_dir), capacities)?;
+    let before = maps::counters(pin_dir)?;
+    let mut ctx = [0u8; SK_BUFF_SIZE];
+    if let Some(ifindex) = probe.ifindex {
+        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    }
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = loader::program(&mut ebpf, loader::TC_PROGRAM)?
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ctx_in: probe.ifindex.map(|_| &ctx[..]),
+            repeat: 1,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(result.data_size_out as usize);
+    let after = maps::counters(pin_dir)?;
+    let counters = before
+        .iter()
+        .zip(&after)
+        .filter(|((_, b), (_, a))| a > b)
+        .map(|((c, b), (_, a))| (c.name().to_owned(), a - b))
+        .collect();
+
+    let output = header(&out);
+    let mut created = Vec::new();
+    if !had_original && let Ok(value) = conntrack.get(&original, 0) {
+        created.push(original);
+        let backend = output.as_ref().and_then(|h| h.dst.parse::<SocketAddrV4>().ok());
+        if let Some(backend) = backend {
+            let reply = ct_key(backend, probe.src, proto, DIR_REPLY);
+            if conntrack.get(&reply, 0).is_ok_and(|v| v == value) {
+                created.push(reply);
+            }
+        }
+    }
+    if !keep_conntrack {
+        for key in &created {
+            conntrack.remove(key).context("removing the trace's conntrack entry")?;
+        }
+    }
+    Ok(Trace {
+        verdict: verdict_name(result.return_value as i32),
+        input: header(&frame).context("the probe does not parse")?,
+        output,
+        counters,
+        conntrack_created: created.len(),
+        conntrack_removed: !keep_conntrack && !created.is_empty(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(proto: Protocol, syn: bool) -> Probe {
+        Probe { src: "10.0.1.2:40000".parse().unwrap(), dst: "10.96.0.10:80".parse().unwrap(), proto, syn, ifindex: None }
+    }
+
+    #[test]
+    fn a_built_probe_reads_back_as_itself() {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let header = header(&build(&probe(proto, true)).unwrap()).unwrap();
+            assert_eq!(header.proto, proto.as_str());
+            assert_eq!((header.src.as_str(), header.dst.as_str()), ("10.0.1.2:40000", "10.96.0.10:80"));
+        }
+    }
+
+    #[test]
+    fn syn_flag_follows_the_probe() {
+        let syn = |frame: Vec<u8>| match SlicedPacket::from_ethernet(&frame).unwrap().transport {
+            Some(TransportSlice::Tcp(t)) => t.syn(),
+            _ => panic!("not TCP"),
+        };
+        assert!(syn(build(&probe(Protocol::Tcp, true)).unwrap()));
+        assert!(!syn(build(&probe(Protocol::Tcp, false)).unwrap()));
+        assert!(build(&probe(Protocol::Sctp, false)).is_err(), "SCTP cannot be traced yet");
+    }
+
+    #[test]
+    fn verdicts_are_named() {
+        assert_eq!(verdict_name(-1), "pass");
+        assert_eq!(verdict_name(2), "drop");
+        assert_eq!(verdict_name(7), "redirect");
+        assert_eq!(verdict_name(42), "42");
+    }
+}

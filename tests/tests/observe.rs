@@ -1,0 +1,138 @@
+//! What the agent tells operators: Prometheus metrics and kube-proxy's
+//! health endpoints, fetched over HTTP from the node namespace the agent
+//! runs in, while real traffic flows through it. Needs root; run one test
+//! at a time.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::Agent,
+    apiserver::ApiServer,
+    observe::{self, HEALTH},
+    scenario::{DemoCluster, WEB},
+    servers,
+    topology::Topology,
+};
+use serde_json::{Value, json};
+
+const NEW_FLOW: &str = "lb_datapath_packets_total{reason=\"new_flow\"}";
+
+#[test]
+fn metrics_count_each_new_flow_and_time_the_syncs() {
+    let cluster = DemoCluster::start().expect("start demo cluster");
+    let node = &cluster.topology.node;
+    let before = observe::scrape(node).expect("scrape");
+    const REQUESTS: usize = 20;
+    for _ in 0..REQUESTS {
+        servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP");
+    }
+    let after = observe::scrape(node).expect("scrape");
+
+    let new_flows = after[NEW_FLOW] - before.get(NEW_FLOW).copied().unwrap_or(0.0);
+    assert!(new_flows >= REQUESTS as f64, "{REQUESTS} connections, new_flow grew by {new_flows}");
+    assert!(after["lb_datapath_packets_total{reason=\"reply_nat\"}"] > 0.0, "replies were reverse-NATed");
+
+    let syncs = after["kubeproxy_sync_proxy_rules_duration_seconds_count"];
+    assert!(syncs >= 1.0, "the initial sync is timed: {syncs}");
+    assert!(after["kubeproxy_sync_full_proxy_rules_duration_seconds_count"] >= 1.0, "the first sync is a full one");
+    assert!(after["kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"+Inf\"}"] == syncs);
+    assert!(after["kubeproxy_sync_proxy_rules_last_timestamp_seconds"] > 1.7e9, "a wall-clock time");
+    assert!(after["lb_sync_map_writes_total"] > 0.0);
+
+    let maps = cluster.agent.maps().unwrap();
+    assert_eq!(after["lb_map_entries{map=\"LB4_BACKENDS\"}"], maps.backends.len() as f64);
+    assert_eq!(after["lb_map_entries{map=\"LB4_SERVICES\"}"], maps.services.len() as f64);
+    assert!(after["lb_map_entries{map=\"LB4_CT\"}"] >= 2.0, "the flows are tracked");
+}
+
+/// An agent watching the stand-in API server, this node's Node included.
+struct KubeNode {
+    agent: Agent,
+    api: ApiServer,
+    topology: Topology,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl KubeNode {
+    /// `prepare` runs on the API server before the agent starts.
+    fn start(extra_args: &[&str], prepare: impl FnOnce(&ApiServer)) -> Self {
+        let topology = Topology::create(1).expect("topology");
+        let api = servers::in_netns(&topology.node, || Ok(ApiServer::start())).expect("API server");
+        let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", topology.node));
+        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        prepare(&api);
+        let mut args = vec!["--source", "kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a"];
+        args.extend_from_slice(extra_args);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let agent = Agent::start_with(&topology.node, &args).expect("agent");
+        KubeNode { agent, api, topology, kubeconfig }
+    }
+
+    fn node(&self, taints: &Value) {
+        self.api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}, "spec": {"taints": taints}}));
+    }
+
+    /// Polls `path` until it answers `status`; returns the body.
+    fn wait_for(&self, path: &str, status: u16) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = observe::http_get(&self.topology.node, HEALTH, path);
+            if let Ok((got, body)) = &answer
+                && *got == status
+            {
+                return serde_json::from_str(body).unwrap_or_else(|e| panic!("{path} body {body:?}: {e}"));
+            }
+            assert!(Instant::now() < deadline, "{path} never answered {status}: last {answer:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for KubeNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+#[test]
+fn healthz_fails_while_the_node_is_tainted_for_scale_down() {
+    let mut node = KubeNode::start(&[], |_| {});
+    node.node(&json!([]));
+    node.agent.wait_ready(Duration::from_secs(30)).expect("agent programmed");
+    let body = node.wait_for("/healthz", 200);
+    assert_eq!(body["nodeEligible"], true, "{body}");
+    assert!(body["lastUpdated"].as_str().is_some_and(|t| t.ends_with("UTC")), "{body}");
+
+    node.node(&json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}]));
+    let body = node.wait_for("/healthz", 503);
+    assert_eq!(body["nodeEligible"], false, "{body}");
+    let (status, livez) = observe::http_get(&node.topology.node, HEALTH, "/livez").unwrap();
+    assert_eq!(status, 200, "/livez ignores the node's fate: {livez}");
+
+    // The autoscaler changes its mind: healthy again.
+    node.node(&json!([]));
+    node.wait_for("/healthz", 200);
+    let metrics = observe::scrape(&node.topology.node).expect("scrape");
+    assert!(metrics["kubeproxy_proxy_healthz_total{code=\"503\"}"] >= 1.0);
+}
+
+#[test]
+fn livez_fails_while_the_first_sync_is_overdue() {
+    // The API server is down from the start: the agent never gets a
+    // complete view, so the sync queued at start never runs. With a 1 s
+    // sync period the health timeout is 2 s.
+    let node = KubeNode::start(&["--sync-period", "1s"], |api| api.set_outage(true));
+    let started = Instant::now();
+    let body = node.wait_for("/livez", 503);
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the timeout: {:?}", started.elapsed());
+    assert!(body.get("nodeEligible").is_none(), "/livez has no node field: {body}");
+    node.wait_for("/healthz", 503);
+
+    // The API server comes back: the sync runs, healthy again.
+    node.api.set_outage(false);
+    node.wait_for("/livez", 200);
+    node.wait_for("/healthz", 200);
+}
