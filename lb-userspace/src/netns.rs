@@ -3,9 +3,10 @@
 //! All of it acts on the calling thread's namespace, so `enter` must run
 //! before any other thread starts.
 
-use std::{ffi::CStr, net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{ffi::CStr, net::Ipv4Addr};
 
 use anyhow::Context as _;
+use nix::sched::{CloneFlags, setns};
 
 /// Moves the calling thread (and threads it starts later) into
 /// `/run/netns/NAME`. Only the network namespace changes: bpffs pins under
@@ -13,11 +14,7 @@ use anyhow::Context as _;
 pub fn enter(name: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{name}");
     let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: a valid fd and a namespace type; no memory is shared.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
-    }
-    Ok(())
+    setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {name}"))
 }
 
 /// Names of all interfaces except loopback.

@@ -3,12 +3,12 @@
 
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Parser;
 use ipnet::Ipv4Net;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
-    datapath::{loader, maps::ServiceMaps},
+    datapath::{attach::Attacher, interfaces, links::Attachments, loader, maps::ServiceMaps},
     events::{EventPublisher, LogOnly},
     model::NodeContext,
     metrics::Metrics,
@@ -19,7 +19,7 @@ use lb_userspace::{
     },
     sync::Syncer,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 /// Where Services and EndpointSlices come from.
 #[derive(Clone, Debug)]
@@ -61,16 +61,25 @@ struct Args {
     /// A full resync at least this often, changes or not.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     sync_period: Duration,
-    /// Interfaces to attach the datapath to at tc ingress (comma-separated),
-    /// or `all` for every non-loopback interface.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    /// Interfaces to attach the datapath to at tc ingress: comma-separated
+    /// names or patterns where `*` matches any run of characters
+    /// (`veth*,eth0`). `*` (or `all`) is every interface except loopback.
+    /// Interfaces appearing later (new pods' veths) are attached within a
+    /// second; the attachments of removed ones are dropped.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
     interfaces: Vec<String>,
     /// Enter this network namespace (`ip netns` name) before anything else.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
-    /// bpffs directory for pinned maps.
+    /// bpffs directory for pinned maps and links (`links/<interface>`).
+    /// Mounts bpffs if the directory is not on it. What is pinned here
+    /// outlives the agent: the datapath keeps running between restarts.
     #[arg(long, default_value = loader::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Remove everything pinned under --pin-dir (this detaches the
+    /// datapath from every interface and drops its maps), then exit.
+    #[arg(long)]
+    cleanup: bool,
     /// This node's name (for Local traffic policies).
     #[arg(long = "hostname-override", alias = "node-name", env = "NODE_NAME")]
     node_name: Option<String>,
@@ -146,7 +155,24 @@ fn main() -> anyhow::Result<()> {
     if let Some(name) = &args.netns {
         netns::enter(name)?;
     }
+    if args.cleanup {
+        return cleanup(&args.pin_dir);
+    }
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(run(args))
+}
+
+/// Removing the pinned links detaches the program; removing the pinned
+/// maps frees them once no program uses them.
+fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", pin_dir.display()))
+        }
+        _ => {
+            info!(pin_dir = %pin_dir.display(), "removed pinned links and maps");
+            Ok(())
+        }
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -156,14 +182,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         conntrack: args.conntrack_max,
     };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
-    let interfaces = if args.interfaces == ["all"] { netns::interfaces()? } else { args.interfaces.clone() };
-    if interfaces.is_empty() {
-        bail!("no interface to attach to");
-    }
-    loader::attach_ingress(&mut ebpf, &interfaces)?;
-    info!(interfaces = ?interfaces, pin_dir = %args.pin_dir.display(), "datapath attached");
-
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    // Subscribed before attaching, so no interface slips between the two.
+    let (present, link_events) = interfaces::watch().await?;
+    let mut attacher =
+        Attacher::new(ebpf, Attachments::open(&args.pin_dir)?, interfaces::Selector::new(&args.interfaces));
+    attacher.attach_present(&present)?;
+    if attacher.attached().is_empty() {
+        warn!(interfaces = args.interfaces.join(","), "no interface matches yet: attaching as they appear");
+    }
+    info!(interfaces = ?attacher.attached(), pin_dir = %args.pin_dir.display(), "datapath attached");
+    let follower = tokio::spawn(attacher.follow(link_events));
+
     let existing = maps.read_all()?;
     if !existing.services.is_empty() {
         info!(entries = existing.services.len(), "resuming from pinned maps");
@@ -196,10 +226,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let observers = Observers::new(args.sync_period * 2);
     serve_endpoints(&args, &observers).await?;
     agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), &observers, shutdown_signal()).await;
+    follower.abort();
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
-    info!("shutting down; pinned maps stay for the next start");
+    info!("shutting down; pinned links and maps stay: the datapath keeps running until the next start");
     Ok(())
 }
 

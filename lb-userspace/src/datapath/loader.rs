@@ -1,9 +1,11 @@
-//! Loads the datapath object, creates (or re-opens) its maps pinned under
-//! a bpffs directory, and attaches `lb_tc` at tc ingress.
+//! Loads the datapath object and creates (or re-opens) its maps pinned
+//! under a bpffs directory. Attaching is `links`' job.
 //!
 //! Maps are pinned by name, so a restarted agent re-opens the same maps
 //! (conntrack included) instead of starting empty: established flows keep
-//! flowing while it restarts.
+//! flowing while it restarts. Pinned maps are checked against this build's
+//! layout first (`layout`), so a map pinned by another version is never
+//! misread.
 
 use std::path::{Path, PathBuf};
 
@@ -14,11 +16,13 @@ use aya::{
 };
 use lb_common::maps as names;
 
+use super::{bpffs, layout};
+
 /// The tc program balancing Service traffic.
 pub const TC_PROGRAM: &str = "lb_tc";
 /// Parses like `lb_tc` and passes everything (the benchmarks' floor).
 pub const PARSE_ONLY_PROGRAM: &str = "lb_parse_only";
-/// Default bpffs directory for pinned maps.
+/// Default bpffs directory for pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 
 /// Map sizes, overridable at load time.
@@ -54,7 +58,9 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         .map_max_entries(names::CONNTRACK_V4, capacities.conntrack);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
+            bpffs::ensure_mounted(dir)?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+            layout::reconcile(dir, capacities)?;
             names::ALL.iter().map(|&m| (m, pin_path(dir, m))).collect()
         }
         None => Vec::new(),
@@ -78,7 +84,8 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sch
 }
 
 /// Attaches `lb_tc` at ingress of each interface (tcx on kernels ≥ 6.6,
-/// clsact otherwise). The attachments last while `ebpf` lives.
+/// clsact otherwise), unpinned: the attachments last while `ebpf` lives.
+/// The agent pins its attachments instead (`links`).
 pub fn attach_ingress(ebpf: &mut Ebpf, interfaces: &[String]) -> anyhow::Result<Vec<SchedClassifierLinkId>> {
     let prog = program(ebpf, TC_PROGRAM)?;
     interfaces

@@ -1,6 +1,11 @@
 //! The kernel side: loading and attaching the programs, and the typed
 //! maps the agent writes and the CLI reads.
 
+pub mod attach;
 mod batch;
+pub mod bpffs;
+pub mod interfaces;
+pub mod layout;
+pub mod links;
 pub mod loader;
 pub mod maps;

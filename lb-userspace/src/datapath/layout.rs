@@ -1,0 +1,172 @@
+//! What each pinned map must look like for this build, and what to do with
+//! a pinned map that looks different.
+//!
+//! The loader re-opens pinned maps by name and never checks their shape: a
+//! map pinned by another version, with a different key or value size,
+//! would be adopted and its entries read as the wrong type. So before
+//! loading, every pinned map is compared with the layout this build
+//! declares (`lb_common` types and capacities). A map the agent rebuilds
+//! anyway is recreated; conntrack is recreated (its flows are lost, never
+//! misread); the id counters, which keep ids unique across restarts, are
+//! never thrown away silently: the agent refuses to start.
+
+use std::{
+    fmt,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapData, MapType};
+use lb_common::{
+    backend::BackendV4,
+    conntrack::{CtKeyV4, CtValueV4},
+    ids,
+    maps as names,
+    service::{ServiceKeyV4, ServiceValue},
+    stats,
+};
+use tracing::warn;
+
+use super::loader::Capacities;
+
+/// A map's shape as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Layout {
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} key {} B, value {} B, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// What a mismatch costs, and so what the agent does about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMismatch {
+    /// Derived state the agent rewrites from its source on every start
+    /// (services, backends, port filter) or counters: recreate.
+    Recreate,
+    /// Tracked flows: recreate, established connections through a
+    /// Service are reset once.
+    RecreateLosingFlows,
+    /// Id counters: ids handed out before must never be handed out again,
+    /// so an unreadable counter map stops the agent.
+    Refuse,
+}
+
+/// The layout this build expects for `map`, and its policy.
+pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch)> {
+    fn size<T>() -> u32 {
+        u32::try_from(size_of::<T>()).expect("map types are small")
+    }
+    let layout = |map_type, key_size, value_size, max_entries| Layout { map_type, key_size, value_size, max_entries };
+    Some(match map {
+        names::SERVICES_V4 => (
+            layout(MapType::Hash, size::<ServiceKeyV4>(), size::<ServiceValue>(), capacities.services),
+            OnMismatch::Recreate,
+        ),
+        names::BACKENDS_V4 => {
+            (layout(MapType::Hash, size::<u32>(), size::<BackendV4>(), capacities.backends), OnMismatch::Recreate)
+        }
+        names::CONNTRACK_V4 => (
+            layout(MapType::LruHash, size::<CtKeyV4>(), size::<CtValueV4>(), capacities.conntrack),
+            OnMismatch::RecreateLosingFlows,
+        ),
+        names::PORT_FILTER => {
+            (layout(MapType::Array, size::<u32>(), size::<u8>(), names::PORT_FILTER_CAPACITY), OnMismatch::Recreate)
+        }
+        names::STATS => (layout(MapType::PerCpuArray, size::<u32>(), size::<u64>(), stats::COUNTERS), OnMismatch::Recreate),
+        names::IDS => (layout(MapType::Array, size::<u32>(), size::<u32>(), ids::COUNTERS), OnMismatch::Refuse),
+        _ => return None,
+    })
+}
+
+/// A pinned map this build cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "pinned map {name} at {path} has layout ({found}) but this build expects ({expected}); \
+         it holds the id counters, which cannot be carried over without risking reused ids. \
+         Run the version that pinned it, or remove the whole pin directory \
+         (`lb-agent --cleanup --pin-dir {dir}`: every map starts empty, tracked flows are reset)",
+        dir = .path.parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+    )]
+    Incompatible { name: String, path: PathBuf, found: Layout, expected: Layout },
+    #[error("reading pinned map {path}: {source}")]
+    Unreadable { path: PathBuf, source: aya::maps::MapError },
+    #[error("removing incompatible pinned map {path}: {source}")]
+    Unpin { path: PathBuf, source: std::io::Error },
+}
+
+/// The layout of the map pinned at `path`, or None when nothing is pinned there.
+pub fn pinned_layout(path: &Path) -> Result<Option<Layout>, LayoutError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let unreadable = |source| LayoutError::Unreadable { path: path.to_owned(), source };
+    let info = MapData::from_pin(path).and_then(|map| map.info()).map_err(unreadable)?;
+    Ok(Some(Layout {
+        map_type: info.map_type().map_err(unreadable)?,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    }))
+}
+
+/// Checks every map pinned under `pin_dir` against this build; unpins the
+/// ones to recreate (the loader then creates them fresh) and returns their
+/// names. Fails, touching nothing, if a map that must not be lost is
+/// incompatible.
+pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static str>, LayoutError> {
+    let mut recreate = Vec::new();
+    for name in names::ALL {
+        let Some((expected, policy)) = expected(name, capacities) else { continue };
+        let path = pin_dir.join(name);
+        let Some(found) = pinned_layout(&path)? else { continue };
+        if found == expected {
+            continue;
+        }
+        if policy == OnMismatch::Refuse {
+            return Err(LayoutError::Incompatible { name: name.to_owned(), path, found, expected });
+        }
+        recreate.push((name, path, found, expected, policy));
+    }
+    for (name, path, found, expected, policy) in &recreate {
+        let consequence = match policy {
+            OnMismatch::RecreateLosingFlows => "tracked flows are lost: established connections through Services reset once",
+            _ => "recreated and rewritten from the Services",
+        };
+        warn!(map = name, %found, %expected, "pinned map has another layout than this build; {consequence}");
+        std::fs::remove_file(path).map_err(|source| LayoutError::Unpin { path: path.clone(), source })?;
+    }
+    Ok(recreate.into_iter().map(|(name, ..)| name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_has_an_expected_layout() {
+        for name in names::ALL {
+            assert!(expected(name, Capacities::default()).is_some(), "{name} has no expected layout");
+        }
+    }
+
+    #[test]
+    fn only_the_id_counters_are_refused() {
+        let refused: Vec<_> = names::ALL
+            .into_iter()
+            .filter(|name| expected(name, Capacities::default()).unwrap().1 == OnMismatch::Refuse)
+            .collect();
+        assert_eq!(refused, [names::IDS]);
+    }
+}
