@@ -136,3 +136,29 @@ fn livez_fails_while_the_first_sync_is_overdue() {
     node.wait_for("/livez", 200);
     node.wait_for("/healthz", 200);
 }
+
+/// `--log-format json` writes one JSON object per line, with the level and
+/// the message, for log collectors.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let topology = Topology::create(1).expect("topology");
+    let pin_dir = format!("/sys/fs/bpf/{}", topology.node);
+    let mut agent = std::process::Command::new(lb_tests::agent::binary("lb-agent").unwrap())
+        .args(["--log-format", "json", "--netns", &topology.node, "--pin-dir", &pin_dir])
+        .args(["--source", "file:/nonexistent", "--metrics-bind-address", "", "--healthz-bind-address", ""])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lb-agent");
+    let stderr = std::io::BufReader::new(agent.stderr.take().unwrap());
+    let lines: Vec<String> = std::io::BufRead::lines(stderr).take(3).map(Result::unwrap).collect();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = std::process::Command::new(lb_tests::agent::binary("lb-agent").unwrap())
+        .args(["--cleanup", "--netns", &topology.node, "--pin-dir", &pin_dir])
+        .output();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        let record: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+        assert!(record["level"].is_string() && record["fields"]["message"].is_string(), "{record}");
+    }
+}

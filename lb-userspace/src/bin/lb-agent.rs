@@ -45,6 +45,10 @@ impl FromStr for SourceArg {
 #[derive(Debug, Parser)]
 #[command(version, about = "In-kernel Kubernetes Service load balancer: the node agent")]
 struct Args {
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log collectors). The level comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Where Services and EndpointSlices come from: `kubernetes` (watch the
     /// API server) or `file:PATH` (YAML or JSON in the Kubernetes object
     /// format, as `kubectl get svc,endpointslices -o yaml` prints; re-read
@@ -145,12 +149,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // Before the runtime starts its threads: they inherit the namespace.
     if let Some(name) = &args.netns {
         netns::enter(name)?;
