@@ -107,13 +107,6 @@ macro_rules! pure_tables {
             $( $variant($key, Option<$value>), )*
         }
 
-        impl Write {
-            /// The pinned name of the map written.
-            pub fn map_name(&self) -> &'static str {
-                match self { $( Write::$variant(..) => $name, )* }
-            }
-        }
-
         /// The writes that turn `current` into `desired`, looking only at
         /// `keys` (keys outside it are taken to be equal), in a safe order.
         pub fn diff_keys(current: &DesiredMaps, desired: &DesiredMaps, keys: &Touched) -> Vec<Write> {

@@ -152,26 +152,26 @@ impl DesiredState {
 
     fn put_frontend(&mut self, key: ServiceKeyV4, frontend: &Frontend) {
         let owned = self.encoded.remove(&key);
-        let previous = match &owned {
-            Some(owned) => Some(owned.clone()),
-            None => {
-                // Newly served (or taken over from the maps): one more
-                // frontend on this port.
-                self.change_port(key.port, PortUse::Frontend, true);
-                self.resumed.remove(&key)
-            }
+        let taken_over = if owned.is_none() {
+            // Newly served (or taken over from the maps): one more frontend
+            // on this port.
+            self.change_port(key.port, PortUse::Frontend, true);
+            self.resumed.remove(&key)
+        } else {
+            None
         };
-        let frontend_id = match &previous {
-            Some(previous) => {
-                self.frontend_ids.adopt(previous.frontend_id);
-                previous.frontend_id
+        let frontend_id = match (&owned, &taken_over) {
+            (Some(owned), _) => owned.frontend_id,
+            (None, Some(taken_over)) => {
+                self.frontend_ids.adopt(taken_over.frontend_id);
+                taken_over.frontend_id
             }
-            None => self.frontend_ids.allocate(),
+            (None, None) => self.frontend_ids.allocate(),
         };
         let wanted: Vec<SlotBackend> = slot_backends(&frontend.backends, key.proto).take(usize::from(u16::MAX)).collect();
         let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key.proto).collect();
-        let old_slots = previous.map(|p| p.slots).unwrap_or_default();
-        let slots = slots::reassign(&old_slots, &wanted);
+        let old_slots: &[SlotBackend] = owned.as_ref().or(taken_over.as_ref()).map_or(&[], |old| &old.slots);
+        let slots = slots::reassign(old_slots, &wanted);
         // New references before old ones go, so a kept backend keeps its id.
         for (slot, backend) in (1u16..).zip(&slots) {
             let id = self.acquire_backend(*backend);
