@@ -101,6 +101,13 @@ impl<W: MapWriter> Syncer<W> {
         Self { writer, current: existing, state, node, needs_full: false }
     }
 
+    /// Starts from what the maps hold now: an agent starting again over
+    /// its pinned maps.
+    pub fn resume(writer: W, node: NodeContext) -> anyhow::Result<Self> {
+        let existing = writer.read_all()?;
+        Ok(Self::new(writer, existing, node))
+    }
+
     pub fn current(&self) -> &DesiredMaps {
         &self.current
     }

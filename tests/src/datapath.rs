@@ -79,9 +79,7 @@ impl Datapath {
     pub fn load_pinned(node: NodeContext, pin_dir: &Path) -> anyhow::Result<Self> {
         let mut ebpf = loader::load(Some(pin_dir), Capacities::default())?;
         let backends_map_id = backends_map_id(&ebpf)?;
-        let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-        let existing = maps.read_all()?;
-        let syncer = Syncer::new(maps, existing, node);
+        let syncer = Syncer::resume(ServiceMaps::from_ebpf(&mut ebpf)?, node)?;
         Ok(Self { ebpf, syncer, backends_map_id })
     }
 

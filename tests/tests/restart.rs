@@ -31,8 +31,7 @@ use lb_userspace::{
 fn load_and_sync(pin_dir: &std::path::Path) -> usize {
     let mut ebpf = loader::load(Some(pin_dir), Capacities::default()).expect("load");
     let maps = ServiceMaps::from_ebpf(&mut ebpf).expect("maps");
-    let existing = maps.read_all().expect("read pinned maps");
-    let mut syncer = Syncer::new(maps, existing, NodeContext::default());
+    let mut syncer = Syncer::resume(maps, NodeContext::default()).expect("read pinned maps");
     let objects = objects::parse(scenario::DEMO_SERVICES).unwrap();
     syncer.sync(&objects.services, &objects.slices).expect("sync").writes
 }

@@ -207,10 +207,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(interfaces = ?attacher.attached(), pin_dir = %args.pin_dir.display(), "datapath attached");
     let follower = tokio::spawn(attacher.follow(link_events));
 
-    let existing = maps.read_all()?;
-    if !existing.services.is_empty() {
-        info!(entries = existing.services.len(), "resuming from pinned maps");
-    }
     let node = NodeContext {
         node_name: args.node_name.clone(),
         zone: args.zone.clone(),
@@ -219,7 +215,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         family: lb_userspace::model::IpFamily::V4,
     };
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
-    let mut syncer = Syncer::new(maps, existing, node);
+    let mut syncer = Syncer::resume(maps, node)?;
+    if !syncer.current().services.is_empty() {
+        info!(entries = syncer.current().services.len(), "resuming from pinned maps");
+    }
 
     let (mut source, mut sink): (Source, Box<dyn ProblemSink>) = match &args.source {
         SourceArg::File(path) => (Source::file(FileSource::new(path, args.poll_interval)), Box::new(LogOnly)),
