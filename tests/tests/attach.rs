@@ -121,8 +121,9 @@ fn services_with_pod_service(ip: Ipv4Addr) -> String {
     format!("{}{extra}", scenario::DEMO_SERVICES.trim_end_matches('\n').to_owned() + "\n")
 }
 
-#[test]
-fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
+/// The demo cluster plus a Service whose one endpoint, a pod not created
+/// yet, has the returned address.
+fn cluster_with_pod_service() -> (DemoCluster, Ipv4Addr) {
     let mut cluster = DemoCluster::start().expect("start demo cluster");
     let pod_ip = Ipv4Addr::new(10, 244, 9, 2);
     cluster
@@ -130,6 +131,12 @@ fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
             m.services.keys().any(|k| k.address == POD_SERVICE.ip().octets())
         })
         .expect("agent programs the pod's Service");
+    (cluster, pod_ip)
+}
+
+#[test]
+fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
+    let (cluster, pod_ip) = cluster_with_pod_service();
 
     let pod = Pod::add(&cluster.topology, 9).expect("add a pod");
     let appeared = Instant::now();
@@ -162,13 +169,7 @@ fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
 
 #[test]
 fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
-    let mut cluster = DemoCluster::start().expect("start demo cluster");
-    let pod_ip = Ipv4Addr::new(10, 244, 9, 2);
-    cluster
-        .update(&services_with_pod_service(pod_ip), |m| {
-            m.services.keys().any(|k| k.address == POD_SERVICE.ip().octets())
-        })
-        .expect("agent programs the pod's Service");
+    let (mut cluster, pod_ip) = cluster_with_pod_service();
     let gone = Pod::add(&cluster.topology, 8).expect("add a pod");
     let recreated = Pod::add(&cluster.topology, 9).expect("add a pod");
     let pin_dir = cluster.agent.pin_dir.clone();

@@ -219,6 +219,16 @@ fn names(backends: &[usize]) -> std::collections::BTreeSet<String> {
     backends.iter().map(|&i| scenario::backend_name(i)).collect()
 }
 
+/// Backends 2, 3 and 4 serve web, programmed in that order, so 4 has the
+/// highest backend id.
+fn cluster_where_backend_4_has_the_highest_id() -> DemoCluster {
+    let cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[2, 3, 4]), has_web_backends(&[2, 3, 4]))
+        .expect("start cluster");
+    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
+    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(4), "backend 4 has the highest id: {ids:?}");
+    cluster
+}
+
 /// End to end: while the agent is down the Services file loses the backend
 /// with the highest id and gains a new one, which sorts first and so
 /// shifts every other backend's slot (balancing afresh would move most
@@ -228,10 +238,7 @@ fn names(backends: &[usize]) -> std::collections::BTreeSet<String> {
 /// removed backend, and every remaining and new backend answers.
 #[test]
 fn established_connection_survives_a_restart_that_changes_the_backend_set() {
-    let mut cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[2, 3, 4]), has_web_backends(&[2, 3, 4]))
-        .expect("start cluster");
-    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
-    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(4), "backend 4 has the highest id: {ids:?}");
+    let mut cluster = cluster_where_backend_4_has_the_highest_id();
     let removed = scenario::backend_name(4);
     let (mut conn, pinned) = keep_alive_connection(&cluster, |name| name != removed);
 
@@ -256,10 +263,7 @@ fn established_connection_survives_a_restart_that_changes_the_backend_set() {
 /// established flow under the removed backend's id.
 #[test]
 fn idle_connection_to_a_backend_removed_before_a_restart_is_rebalanced() {
-    let mut cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[2, 3, 4]), has_web_backends(&[2, 3, 4]))
-        .expect("start cluster");
-    let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
-    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(4), "backend 4 has the highest id: {ids:?}");
+    let mut cluster = cluster_where_backend_4_has_the_highest_id();
     let removed = scenario::backend_name(4);
     let (mut conn, _) = keep_alive_connection(&cluster, |name| name == removed);
 
