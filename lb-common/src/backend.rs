@@ -24,4 +24,10 @@ const _: () = assert!(size_of::<BackendV4>() == 8);
 /// stay, new flows only land here when no ready endpoint exists.
 pub const FLAG_TERMINATING: u8 = 1 << 0;
 
+/// The endpoint runs on this node. External traffic to a backend on
+/// another node is source-NATed to this node's address, so its replies come
+/// back through here to be translated; a local backend's replies pass here
+/// anyway, so the client's address is kept.
+pub const FLAG_LOCAL: u8 = 1 << 1;
+
 user_pod!(BackendV4);

@@ -37,11 +37,19 @@ pub enum Counter {
     /// New flow to a frontend whose Local traffic policy leaves no endpoint
     /// on this node while the Service has endpoints elsewhere: dropped.
     DropNoLocalEndpoints,
+    /// New flow that needed source NAT, but every port tried was taken.
+    DropSnatPortsExhausted,
+    /// New flow that needed source NAT, but the route to the backend has no
+    /// source address on this node.
+    DropSnatNoAddress,
+    /// NATed packet sent straight to the interface the routing table names
+    /// (the node's forwarding path is skipped).
+    Redirected,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -56,6 +64,9 @@ impl Counter {
         Counter::DropConntrackFull,
         Counter::DropRewriteFailed,
         Counter::DropNoLocalEndpoints,
+        Counter::DropSnatPortsExhausted,
+        Counter::DropSnatNoAddress,
+        Counter::Redirected,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -75,6 +86,9 @@ impl Counter {
             Counter::DropConntrackFull => "drop_conntrack_full",
             Counter::DropRewriteFailed => "drop_rewrite_failed",
             Counter::DropNoLocalEndpoints => "drop_no_local_endpoints",
+            Counter::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
+            Counter::DropSnatNoAddress => "drop_snat_no_address",
+            Counter::Redirected => "redirected",
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Conntrack entries for NATed flows: the original direction remembers the
-//! backend, the reply direction remembers the frontend to restore.
+//! backend (and the SNAT source, if any), the reply direction remembers the
+//! frontend to restore (and the client, if SNATed).
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+};
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY},
@@ -32,29 +36,58 @@ pub fn lookup_reply(pkt: &PacketV4) -> Option<CtValueV4> {
     unsafe { LB4_CT.get(k) }.copied()
 }
 
-/// Records a new flow (or re-records a re-balanced one): both directions.
+/// The value both entries of a new flow start from.
 #[inline(always)]
-pub fn track(
-    pkt: &PacketV4,
-    frontend: &ServiceKeyV4,
-    service: &ServiceValue,
-    backend_id: u32,
-    backend: &BackendV4,
-) -> PathResult<()> {
+pub fn new_value(frontend: &ServiceKeyV4, service: &ServiceValue, backend_id: u32) -> CtValueV4 {
     // SAFETY: a helper without arguments or side effects.
     let now_s = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
-    let original = CtValueV4 {
+    CtValueV4 {
         backend_id,
         frontend_id: service.frontend_id,
         frontend_address: frontend.address,
         frontend_port: frontend.port,
         flags: 0,
         created_s: now_s,
+        nat_address: [0; 4],
+        nat_port: 0,
+        _pad: [0; 2],
+    }
+}
+
+/// Claims the reply entry of an SNATed flow: replies come from `backend`
+/// to (`address`, `port`). Fails when that tuple belongs to another flow,
+/// so two flows never share a reply tuple.
+#[inline(always)]
+pub fn claim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &CtValueV4) -> bool {
+    let k = key(backend.address, address, backend.port, port, backend.proto, DIR_REPLY);
+    LB4_CT.insert(k, *value, u64::from(BPF_NOEXIST)).is_ok()
+}
+
+/// Re-claims the reply entry an SNATed flow had before (a retransmitted
+/// SYN of the same tuple): only if it still restores this same client.
+#[inline(always)]
+pub fn reclaim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &CtValueV4) -> bool {
+    let k = key(backend.address, address, backend.port, port, backend.proto, DIR_REPLY);
+    // SAFETY: copied out at once.
+    let Some(current) = unsafe { LB4_CT.get(k) }.copied() else {
+        return claim_reply(backend, address, port, value);
     };
+    if current.nat_address != value.nat_address || current.nat_port != value.nat_port {
+        return false;
+    }
+    LB4_CT.insert(k, *value, u64::from(BPF_ANY)).is_ok()
+}
+
+/// Records a new flow (or re-records a re-balanced one). Without SNAT the
+/// reply entry is written here; with SNAT, `snat::allocate` claimed it.
+#[inline(always)]
+pub fn track(pkt: &PacketV4, backend: &BackendV4, original: &CtValueV4) -> PathResult<()> {
+    if !original.has_snat() {
+        let reply_key = key(backend.address, pkt.src, backend.port, pkt.sport, pkt.proto, DIR_REPLY);
+        // Reply entry first: once the original entry exists, later packets
+        // are NATed and their replies must already be recognised.
+        LB4_CT.insert(reply_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
+    }
     let original_key = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL);
-    let reply_key = key(backend.address, pkt.src, backend.port, pkt.sport, pkt.proto, DIR_REPLY);
-    // Reply entry first: once the original entry exists, later packets are
-    // NATed and their replies must already be recognised.
-    LB4_CT.insert(reply_key, original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
-    LB4_CT.insert(original_key, original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)
+    LB4_CT.insert(original_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)
 }

@@ -1,9 +1,12 @@
-//! The IPv4 packet paths: client → frontend (DNAT to a backend) and
-//! backend → client (reverse NAT). Each step is one O(1) map operation.
+//! The IPv4 packet paths: client → frontend (DNAT to a backend, plus SNAT
+//! when the reply must return through this node) and backend → client
+//! (reverse NAT). Each step is one O(1) map operation. A NATed packet is
+//! then sent out by `route` (see there for why and when).
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
     backend::BackendV4,
+    conntrack::CtValueV4,
     service::{FLAG_NO_LOCAL_ENDPOINTS, ServiceKeyV4, ServiceValue},
     stats::Counter,
 };
@@ -12,7 +15,9 @@ use crate::{
     conntrack,
     nat::{self, Side},
     parse::{self, PacketV4},
-    reject, select, service,
+    reject,
+    route::{self, Flow},
+    select, service, snat,
     verdict::{Outcome, PathResult},
 };
 
@@ -59,8 +64,8 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         && !pkt.tcp_syn
         && let Some(backend) = service::lookup_backend(entry.backend_id)
     {
-        nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
-        return Ok(Some(Outcome::next(Counter::Established)));
+        let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
+        return to_backend(ctx, pkt, &backend, snat, None, Counter::Established).map(Some);
     }
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
         return Ok(None);
@@ -72,10 +77,23 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         return reject::reject(ctx, pkt).map(Some);
     }
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
-    conntrack::track(pkt, &frontend, &svc, backend_id, &backend)?;
-    nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
     let counter = if tracked.is_some() && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    Ok(Some(Outcome::next(counter)))
+    let mut entry = conntrack::new_value(&frontend, &svc, backend_id);
+    if !snat::needed(&svc, &backend) {
+        conntrack::track(pkt, &backend, &entry)?;
+        return to_backend(ctx, pkt, &backend, None, None, counter).map(Some);
+    }
+    // The route to the backend names the node address to SNAT to.
+    let to = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
+    let route = route::lookup(ctx, &to, pkt.ip_total_len, true).ok_or(Counter::DropSnatNoAddress)?;
+    let previous = tracked
+        .filter(|t| t.has_snat() && t.backend_id == backend_id && t.nat_address == route.source)
+        .map(|t| t.nat_port);
+    let port = snat::allocate(pkt, &backend, route.source, &entry, previous)?;
+    entry.nat_address = route.source;
+    entry.nat_port = port;
+    conntrack::track(pkt, &backend, &entry)?;
+    to_backend(ctx, pkt, &backend, Some((route.source, port)), Some(route), counter).map(Some)
 }
 
 #[inline(always)]
@@ -86,13 +104,57 @@ fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) ->
     Ok((backend_id, backend))
 }
 
-/// Backend → client: restore the frontend as the source. `None`: not a
-/// reply of a tracked flow.
+/// Rewrites a client → frontend packet to go to `backend` (from the SNAT
+/// address and port, if any) and sends it on; `route` when already known.
+#[inline(always)]
+fn to_backend(
+    ctx: &TcContext,
+    pkt: &PacketV4,
+    backend: &BackendV4,
+    snat: Option<([u8; 4], u16)>,
+    route: Option<route::Route>,
+    counter: Counter,
+) -> PathResult<Outcome> {
+    nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
+    let mut flow = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
+    if let Some((address, port)) = snat {
+        nat::rewrite(ctx, pkt, Side::Source, address, port)?;
+        flow.src = address;
+        flow.sport = port;
+    }
+    let verdict = match route {
+        Some(route) => route::send(ctx, &route)?,
+        None => route::forward(ctx, &flow, pkt.ip_total_len)?,
+    };
+    Ok(Outcome { verdict, counter })
+}
+
+/// Backend → client: restore the frontend as the source (and the client
+/// as the destination, for an SNATed flow). `None`: not a reply of a
+/// tracked flow.
 #[inline(always)]
 fn try_reply(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let Some(entry) = conntrack::lookup_reply(pkt) else {
         return Ok(None);
     };
+    to_client(ctx, pkt, &entry).map(Some)
+}
+
+#[inline(always)]
+fn to_client(ctx: &TcContext, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<Outcome> {
     nat::rewrite(ctx, pkt, Side::Source, entry.frontend_address, entry.frontend_port)?;
-    Ok(Some(Outcome::next(Counter::ReplyNat)))
+    let mut flow = Flow {
+        src: entry.frontend_address,
+        dst: pkt.dst,
+        sport: entry.frontend_port,
+        dport: pkt.dport,
+        proto: pkt.proto,
+    };
+    if entry.has_snat() {
+        nat::rewrite(ctx, pkt, Side::Destination, entry.nat_address, entry.nat_port)?;
+        flow.dst = entry.nat_address;
+        flow.dport = entry.nat_port;
+    }
+    let verdict = route::forward(ctx, &flow, pkt.ip_total_len)?;
+    Ok(Outcome { verdict, counter: Counter::ReplyNat })
 }

@@ -5,9 +5,10 @@
 //! - `lb_tc` runs at **tc ingress** on every interface of the node that
 //!   carries pod or client traffic (pod-facing veths, the node's uplinks).
 //!   Packets to a frontend (ClusterIP, NodePort, external/LB IP) are DNATed
-//!   there, before the kernel's routing decision, so the kernel then routes
-//!   them to the backend like any other packet. Replies from backends are
-//!   reverse-NATed at the same hook on the backend-facing side. tc has the
+//!   there (and SNATed when the reply must come back through this node),
+//!   then sent out of the interface the routing table names (`route`).
+//!   Replies from backends are reverse-NATed at the same hook on the
+//!   backend-facing side and sent on the same way. tc has the
 //!   `sk_buff`, so the checksum helpers keep partial / complete checksum
 //!   offload states right, which XDP cannot; and pod veths see locally
 //!   generated (checksum-partial) traffic. XDP pays on a physical NIC for
@@ -24,8 +25,10 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod route;
 mod select;
 mod service;
+mod snat;
 mod stats;
 mod verdict;
 

@@ -64,6 +64,34 @@ fn csum_replace4(check: [u8; 2], from: [u8; 4], to: [u8; 4]) -> [u8; 2] {
     fold_checksum(sum)
 }
 
+const IP_TTL_OFF: usize = ETH_LEN + 8;
+
+/// Decrements the IPv4 TTL, as forwarding does, for a packet this
+/// datapath forwards itself. `Ok(false)`: the TTL would reach zero; the
+/// packet is left untouched for the stack, which answers time-exceeded.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext) -> PathResult<bool> {
+    // TTL and protocol share one checksummed 16-bit word.
+    let word = read_at::<2>(ctx, IP_TTL_OFF)?;
+    if word[0] <= 1 {
+        return Ok(false);
+    }
+    let new_word = [word[0] - 1, word[1]];
+    let check = read_at::<2>(ctx, IP_CSUM_OFF)?;
+    let mut sum = u32::from(!u16::from_be_bytes(check));
+    sum += 0xffff - u32::from(u16::from_be_bytes(word)) + u32::from(u16::from_be_bytes(new_word));
+    write_at(ctx, IP_CSUM_OFF, fold_checksum(sum))?;
+    write_at(ctx, IP_TTL_OFF, new_word)?;
+    Ok(true)
+}
+
+/// Writes the Ethernet destination and source addresses.
+#[inline(always)]
+pub fn write_macs(ctx: &TcContext, destination: [u8; 6], source: [u8; 6]) -> PathResult<()> {
+    write_at(ctx, 0, destination)?;
+    write_at(ctx, 6, source)
+}
+
 /// Reads `N` bytes at `offset` by direct packet access.
 #[inline(always)]
 fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8; N]> {

@@ -41,6 +41,9 @@ pub struct PacketV4 {
     pub tcp_syn: bool,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
+    /// The IPv4 header's total length (host byte order), which a route's
+    /// MTU is checked against.
+    pub ip_total_len: u16,
 }
 
 impl PacketV4 {
@@ -106,5 +109,6 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
         dport: u16::from_be_bytes([ports[2], ports[3]]),
         proto,
         l4_off,
+        ip_total_len: u16::from_be_bytes(ip.tot_len),
     })
 }

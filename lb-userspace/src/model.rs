@@ -137,6 +137,9 @@ pub struct Backend {
     pub port: u16,
     /// Serving but terminating (used only when no endpoint is ready).
     pub terminating: bool,
+    /// The endpoint runs on this node (its `nodeName` is this node's).
+    /// External traffic to other nodes' endpoints is source-NATed.
+    pub local: bool,
 }
 
 /// One (address, port, protocol) the datapath answers on, with the

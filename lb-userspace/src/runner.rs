@@ -50,7 +50,9 @@ impl SyncPacer {
 
     /// The instant the next sync is due (`now` if it is overdue).
     pub fn due(&self, now: Instant) -> Instant {
-        let Some(last) = self.last_sync else { return now };
+        let Some(last) = self.last_sync else {
+            return now;
+        };
         let periodic = self.last_full.map_or(now, |full| full + self.sync_period);
         let wanted = if self.failures > 0 {
             last + self.retry_delay()

@@ -30,7 +30,9 @@ where
 {
     let route = Arc::new(route);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let route = route.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {

@@ -110,7 +110,9 @@ pub fn build(probe: &Probe) -> anyhow::Result<Vec<u8>> {
 /// Reads addresses and ports back from a frame.
 pub fn header(frame: &[u8]) -> Option<Header> {
     let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
+    let Some(NetSlice::Ipv4(ip)) = packet.net else {
+        return None;
+    };
     let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
     let with_port = |ip: Ipv4Addr, port: u16| SocketAddrV4::new(ip, port).to_string();
     Some(match packet.transport {

@@ -66,6 +66,7 @@ impl Datapath {
     }
 
     pub fn load_with(node: NodeContext, capacities: Capacities) -> anyhow::Result<Self> {
+        isolate_thread()?;
         let mut ebpf = loader::load(None, capacities)?;
         let backends_map_id = backends_map_id(&ebpf)?;
         let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
@@ -77,6 +78,7 @@ impl Datapath {
     /// maps already pinned there (conntrack included), and resumes from
     /// what they hold: what an agent does when it starts again.
     pub fn load_pinned(node: NodeContext, pin_dir: &Path) -> anyhow::Result<Self> {
+        isolate_thread()?;
         let mut ebpf = loader::load(Some(pin_dir), Capacities::default())?;
         let backends_map_id = backends_map_id(&ebpf)?;
         let syncer = Syncer::resume(ServiceMaps::from_ebpf(&mut ebpf)?, node)?;
@@ -106,6 +108,18 @@ impl Datapath {
     /// The conntrack entries the datapath has written.
     pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
         self.syncer.writer().conntrack_entries()
+    }
+
+    /// Writes a conntrack entry behind the datapath's back (to fill a
+    /// range a test wants exhausted).
+    pub fn insert_conntrack(&mut self, entries: impl IntoIterator<Item = (CtKeyV4, CtValueV4)>) -> anyhow::Result<()> {
+        let id = self.syncer.writer().conntrack_map_id()?;
+        let mut map: HashMap<MapData, CtKeyV4, CtValueV4> =
+            aya::maps::Map::from_map_data(MapData::from_id(id)?)?.try_into()?;
+        for (key, value) in entries {
+            map.insert(key, value, 0)?;
+        }
+        Ok(())
     }
 
     /// LB_STATS, summed over CPUs.
@@ -158,6 +172,26 @@ impl Datapath {
         let result = prog.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?;
         Ok(result.duration)
     }
+}
+
+/// Moves the calling thread into a network namespace of its own, unless
+/// it is in one already. BPF_PROG_TEST_RUN runs a program in the caller's
+/// namespace, and the datapath asks that namespace's routing table where a
+/// NATed packet goes; a fresh namespace (no routes, forwarding off) makes
+/// every lookup miss the same way on every machine, so the fixtures never
+/// depend on the host's routes. Tests that want a route create it here.
+fn isolate_thread() -> anyhow::Result<()> {
+    thread_local!(static ISOLATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if ISOLATED.get() {
+        return Ok(());
+    }
+    // SAFETY: unshare(2) with CLONE_NEWNET affects only the calling thread's
+    // namespace membership; no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    ISOLATED.set(true);
+    Ok(())
 }
 
 /// Kernel id of the object's LB4_BACKENDS.

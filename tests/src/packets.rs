@@ -95,11 +95,28 @@ pub fn icmp_port_unreachable(original: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> V
     out
 }
 
+/// `packet` as a router sends it on: new Ethernet addresses, TTL one less,
+/// IPv4 header checksum computed from scratch.
+pub fn routed(mut packet: Vec<u8>, destination_mac: [u8; 6], source_mac: [u8; 6]) -> Vec<u8> {
+    packet[0..6].copy_from_slice(&destination_mac);
+    packet[6..12].copy_from_slice(&source_mac);
+    let (mut header, _) = Ipv4Header::from_slice(&packet[14..]).expect("an IPv4 packet");
+    header.time_to_live -= 1;
+    header.header_checksum = header.calc_header_checksum();
+    let bytes = header.to_bytes();
+    packet[14..14 + bytes.len()].copy_from_slice(&bytes);
+    packet
+}
+
 /// True when every checksum in the packet (IPv4 header, TCP/UDP over the
 /// pseudo header, ICMP) verifies when recomputed from scratch.
 pub fn checksums_verify(packet: &[u8]) -> bool {
-    let Ok(sliced) = etherparse::SlicedPacket::from_ethernet(packet) else { return false };
-    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else { return false };
+    let Ok(sliced) = etherparse::SlicedPacket::from_ethernet(packet) else {
+        return false;
+    };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+        return false;
+    };
     let header = ip.header().to_header();
     if header.calc_header_checksum() != header.header_checksum {
         return false;

@@ -57,7 +57,8 @@ impl Servers {
     }
 
     /// An HTTP/1.1 server on `addr` in `netns` that answers every request
-    /// with `name` (keep-alive supported: one connection, many requests).
+    /// with `name` (keep-alive supported: one connection, many requests),
+    /// except `GET /client`, answered with the client address it saw.
     pub fn http(&mut self, netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
         self.threads.push(spawn_http(netns, addr, name, self.stop.clone())?);
         Ok(())
@@ -153,16 +154,25 @@ fn serve_http(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
         match conn.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                continue;
+            }
             Err(_) => return,
         }
         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let request = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
             pending.drain(..end + 4);
             let close = request.contains("connection: close");
+            // `GET /client`: the address this server saw the request from,
+            // which tells a test whether the client's address was kept.
+            let body = if request.starts_with("get /client ") {
+                conn.peer_addr().map_or_else(|_| "unknown".to_owned(), |peer| peer.ip().to_string())
+            } else {
+                name.to_owned()
+            };
             let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{name}",
-                name.len(),
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+                body.len(),
                 if close { "close" } else { "keep-alive" }
             );
             if conn.write_all(response.as_bytes()).is_err() || close {
@@ -172,10 +182,15 @@ fn serve_http(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
     }
 }
 
-/// Sends one HTTP request on a connection and returns the body.
+/// Sends one HTTP request for `/` on a connection and returns the body.
 pub fn http_request(conn: &mut TcpStream, close: bool) -> anyhow::Result<String> {
+    http_request_path(conn, "/", close)
+}
+
+/// Sends one HTTP request for `path` on a connection and returns the body.
+pub fn http_request_path(conn: &mut TcpStream, path: &str, close: bool) -> anyhow::Result<String> {
     let connection = if close { "close" } else { "keep-alive" };
-    write!(conn, "GET / HTTP/1.1\r\nHost: service\r\nConnection: {connection}\r\n\r\n")?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: service\r\nConnection: {connection}\r\n\r\n")?;
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
     loop {

@@ -239,7 +239,9 @@ async fn lists_gets_and_selectors_through_the_kube_client() {
     assert_eq!(names(&by_name.items), ["node-a"]);
     assert!(nodes.list(&ListParams::default().fields("metadata.name=node-b")).await.unwrap().items.is_empty());
     match nodes.get("node-b").await {
-        Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (404, "NotFound")),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"))
+        }
         other => panic!("expected 404, got {other:?}"),
     }
     let version = client.apiserver_version().await.unwrap();
@@ -284,7 +286,9 @@ async fn pagination_serves_one_consistent_snapshot() {
         api.list(&ListParams::default().limit(2).continue_token(&token)).await,
     ] {
         match result {
-            Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (410, "Expired")),
+            Err(kube::Error::Api(status)) => {
+                assert_eq!((status.code, status.reason.as_str()), (410, "Expired"))
+            }
             other => panic!("expected 410 Expired, got {other:?}"),
         }
     }

@@ -99,11 +99,12 @@ fn trace_agrees_with_real_packets() {
     // Hit: DNAT to one of the Service's backends, as a real request is.
     let hit =
         trace(&cluster, &["--src", &format!("{client}:40000"), "--dst", &WEB.to_string(), "--proto", "tcp", "--syn"]);
-    assert_eq!(hit["verdict"], "pass", "{hit}");
+    // Sent straight to the backend's interface, as the node routes it.
+    assert_eq!(hit["verdict"], "redirect", "{hit}");
     let rewritten = hit["output"]["dst"].as_str().unwrap();
     assert!(web_backends().contains(rewritten), "DNAT to a web backend, got {rewritten}: {hit}");
     assert_eq!(hit["output"]["src"], format!("{client}:40000"));
-    assert_eq!(moved(&hit), ["new_flow"], "{hit}");
+    assert_eq!(moved(&hit), ["new_flow", "redirected"], "{hit}");
     assert_eq!(hit["conntrack_created"], 2, "both directions tracked: {hit}");
     let answer = servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("a real request is answered");
     assert!(answer.starts_with("backend-"), "{answer}");
@@ -159,7 +160,7 @@ fn trace_agrees_with_real_packets() {
     )
     .unwrap();
     assert!(
-        text.contains("verdict:  pass") && text.contains("new_flow +1") && text.contains("removed again"),
+        text.contains("verdict:  redirect") && text.contains("new_flow +1") && text.contains("removed again"),
         "{text}"
     );
 }

@@ -81,7 +81,7 @@ items:
   kind: EndpointSlice
   metadata: {name: node-port-1, namespace: default, labels: {kubernetes.io/service-name: node-port}}
   addressType: IPv4
-  endpoints: [{addresses: [10.244.1.2], conditions: {ready: true}}]
+  endpoints: [{addresses: [10.244.1.2], nodeName: this-node, conditions: {ready: true}}]
   ports: [{name: "", port: 8080, protocol: TCP}]
 - apiVersion: v1
   kind: Service
@@ -104,7 +104,13 @@ fn services(multi: &[Endpoint]) -> String {
 }
 
 fn node() -> NodeContext {
-    NodeContext { node_addresses: vec![Ipv4Addr::from(NODE_IP).into()], ..NodeContext::default() }
+    // The NodePort's endpoint runs on this node, so its flows are not
+    // source-NATed (see tests/tests/snat.rs for those).
+    NodeContext {
+        node_name: Some("this-node".into()),
+        node_addresses: vec![Ipv4Addr::from(NODE_IP).into()],
+        ..NodeContext::default()
+    }
 }
 
 fn datapath_with(multi: &[Endpoint]) -> Datapath {

@@ -264,6 +264,8 @@ struct Backend {
     port: u16,
     proto: String,
     terminating: bool,
+    /// Runs on this node (external traffic to other nodes is SNATed).
+    local: bool,
 }
 
 fn backends(pin_dir: &Path) -> anyhow::Result<Vec<Backend>> {
@@ -277,6 +279,7 @@ fn backends(pin_dir: &Path) -> anyhow::Result<Vec<Backend>> {
             port: b.port,
             proto: proto_name(b.proto),
             terminating: b.flags & backend::FLAG_TERMINATING != 0,
+            local: b.flags & backend::FLAG_LOCAL != 0,
         })
         .collect())
 }
@@ -286,10 +289,11 @@ fn backends_table(backends: &[Backend]) -> String {
         .iter()
         .map(|b| {
             let state = if b.terminating { "terminating" } else { "ready" };
-            vec![b.id.to_string(), format!("{}:{}/{}", b.address, b.port, b.proto), state.to_owned()]
+            let node = if b.local { "local" } else { "remote" };
+            vec![b.id.to_string(), format!("{}:{}/{}", b.address, b.port, b.proto), state.to_owned(), node.to_owned()]
         })
         .collect();
-    columns(&["ID", "BACKEND", "STATE"], &rows)
+    columns(&["ID", "BACKEND", "STATE", "NODE"], &rows)
 }
 
 #[derive(Serialize)]
@@ -301,6 +305,8 @@ struct Flow {
     /// `None`: the backend is gone (the next packet re-balances the flow).
     backend: Option<SocketAddrV4>,
     frontend_id: u32,
+    /// The source the backend sees, when the flow is source-NATed.
+    snat: Option<SocketAddrV4>,
     closing: bool,
 }
 
@@ -318,6 +324,7 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
             backend_id: v.backend_id,
             backend: held.backends.get(&v.backend_id).map(|b| SocketAddrV4::new(b.address.into(), b.port)),
             frontend_id: v.frontend_id,
+            snat: v.has_snat().then(|| SocketAddrV4::new(v.nat_address.into(), v.nat_port)),
             closing: v.flags & lb_common::conntrack::FLAG_CLOSING != 0,
         })
         .collect())
@@ -329,10 +336,11 @@ fn conntrack_table(flows: &[Flow]) -> String {
         .map(|f| {
             let backend = f.backend.map_or_else(|| format!("gone (id {})", f.backend_id), |b| b.to_string());
             let state = if f.closing { "closing" } else { "open" };
-            vec![f.proto.clone(), f.client.to_string(), f.frontend.to_string(), backend, state.to_owned()]
+            let snat = f.snat.map_or_else(|| "-".to_owned(), |s| s.to_string());
+            vec![f.proto.clone(), f.client.to_string(), f.frontend.to_string(), backend, snat, state.to_owned()]
         })
         .collect();
-    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "STATE"], &rows)
+    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE"], &rows)
 }
 
 #[derive(Serialize)]

@@ -48,7 +48,9 @@ fn glob(pattern: &str, name: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == name,
         Some((prefix, rest)) => {
-            let Some(tail) = name.strip_prefix(prefix) else { return false };
+            let Some(tail) = name.strip_prefix(prefix) else {
+                return false;
+            };
             (0..=tail.len()).filter(|&i| tail.is_char_boundary(i)).any(|i| glob(rest, &tail[i..]))
         }
     }

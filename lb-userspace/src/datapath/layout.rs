@@ -129,9 +129,13 @@ pub fn pinned_layout(path: &Path) -> Result<Option<Layout>, LayoutError> {
 pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static str>, LayoutError> {
     let mut recreate = Vec::new();
     for name in names::ALL {
-        let Some((expected, policy)) = expected(name, capacities) else { continue };
+        let Some((expected, policy)) = expected(name, capacities) else {
+            continue;
+        };
         let path = pin_dir.join(name);
-        let Some(found) = pinned_layout(&path)? else { continue };
+        let Some(found) = pinned_layout(&path)? else {
+            continue;
+        };
         if found == expected {
             continue;
         }

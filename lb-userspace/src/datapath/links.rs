@@ -129,7 +129,9 @@ pub fn pinned_names(dir: &Path) -> anyhow::Result<Vec<String>> {
 fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
     let pinned = match PinnedLink::from_pin(path) {
         Ok(pinned) => pinned,
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
         Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", path.display())),
     };
     let link = SchedClassifierLink::try_from(FdLink::from(pinned))

@@ -157,6 +157,12 @@ impl ServiceMaps {
         self.services.0.get(key, 0).ok()
     }
 
+    /// The kernel id of the conntrack map (for tools and tests that open it
+    /// on their own).
+    pub fn conntrack_map_id(&self) -> anyhow::Result<u32> {
+        Ok(self.conntrack.map().info().context("conntrack map info")?.id())
+    }
+
     /// Every conntrack entry.
     pub fn conntrack_entries(&self) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
         self.conntrack.iter().map(|e| e.context("reading conntrack")).collect()

@@ -30,12 +30,13 @@ impl BackendIdentity {
     }
 }
 
-/// One slot's backend: which endpoint, and whether the frontend uses it
-/// only as a serving-but-terminating fallback.
+/// One slot's backend: which endpoint, whether the frontend uses it only
+/// as a serving-but-terminating fallback, and whether it runs on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotBackend {
     pub identity: BackendIdentity,
     pub terminating: bool,
+    pub local: bool,
 }
 
 #[derive(Debug)]
@@ -43,6 +44,10 @@ struct Live {
     id: u32,
     refs: u32,
     terminating_refs: u32,
+    /// References that see the endpoint on this node. One address runs on
+    /// one node, so this is all or none but for an address moving nodes
+    /// between two syncs; any local reference keeps the flag.
+    local_refs: u32,
 }
 
 /// Whether a reference change created or removed the backend entry.
@@ -78,6 +83,7 @@ impl BackendRefs {
         Some(SlotBackend {
             identity: identity_of(backend),
             terminating: backend.flags & backend::FLAG_TERMINATING != 0,
+            local: backend.flags & backend::FLAG_LOCAL != 0,
         })
     }
 
@@ -93,10 +99,11 @@ impl BackendRefs {
                 }
                 None => self.ids.allocate(),
             };
-            Live { id, refs: 0, terminating_refs: 0 }
+            Live { id, refs: 0, terminating_refs: 0, local_refs: 0 }
         });
         live.refs += 1;
         live.terminating_refs += u32::from(backend.terminating);
+        live.local_refs += u32::from(backend.local);
         (live.id, lifecycle)
     }
 
@@ -105,6 +112,7 @@ impl BackendRefs {
         let live = self.live.get_mut(&backend.identity)?;
         live.refs -= 1;
         live.terminating_refs -= u32::from(backend.terminating);
+        live.local_refs -= u32::from(backend.local);
         let id = live.id;
         if live.refs > 0 {
             return Some((id, Lifecycle::Kept));
@@ -117,7 +125,13 @@ impl BackendRefs {
     /// The entry of a live backend.
     pub fn value(&self, identity: BackendIdentity) -> Option<BackendV4> {
         let live = self.live.get(&identity)?;
-        let flags = if live.terminating_refs > 0 { backend::FLAG_TERMINATING } else { 0 };
+        let mut flags = 0;
+        if live.terminating_refs > 0 {
+            flags |= backend::FLAG_TERMINATING;
+        }
+        if live.local_refs > 0 {
+            flags |= backend::FLAG_LOCAL;
+        }
         Some(BackendV4 { address: identity.address, port: identity.port, proto: identity.proto, flags })
     }
 }

@@ -142,7 +142,9 @@ impl DesiredState {
 
     /// Re-derives the entries of one frontend from its winning claim.
     fn reencode(&mut self, address: FrontendAddr) {
-        let IpAddr::V4(ip) = address.address else { return };
+        let IpAddr::V4(ip) = address.address else {
+            return;
+        };
         let key = ServiceKeyV4::frontend(ip.octets(), address.port, address.protocol.number());
         match self.claims.winner(&address).cloned() {
             Some(frontend) => self.put_frontend(key, &frontend),
@@ -196,7 +198,9 @@ impl DesiredState {
 
     fn remove_frontend(&mut self, key: ServiceKeyV4) {
         self.resumed.remove(&key);
-        let Some(owned) = self.encoded.remove(&key) else { return };
+        let Some(owned) = self.encoded.remove(&key) else {
+            return;
+        };
         set(&mut self.maps.services, &mut self.touched.services, key, None);
         for slot in 1..=owned.slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
@@ -219,7 +223,9 @@ impl DesiredState {
     }
 
     fn release_backend(&mut self, backend: SlotBackend) {
-        let Some((id, lifecycle)) = self.backends.release(backend) else { return };
+        let Some((id, lifecycle)) = self.backends.release(backend) else {
+            return;
+        };
         if lifecycle == Lifecycle::Removed {
             self.change_port(backend.identity.port, PortUse::Backend, false);
         }
@@ -249,7 +255,7 @@ impl DesiredState {
 fn slot_backends(backends: &[Backend], proto: u8) -> impl Iterator<Item = SlotBackend> + '_ {
     backends.iter().filter_map(move |b| {
         let identity = BackendIdentity::new(b.address, b.port, proto)?;
-        Some(SlotBackend { identity, terminating: b.terminating })
+        Some(SlotBackend { identity, terminating: b.terminating, local: b.local })
     })
 }
 
@@ -293,7 +299,12 @@ mod tests {
         };
         let backends = backends
             .iter()
-            .map(|&i| Backend { address: Ipv4Addr::new(10, 244, 0, i).into(), port: 8080, terminating: false })
+            .map(|&i| Backend {
+                address: Ipv4Addr::new(10, 244, 0, i).into(),
+                port: 8080,
+                terminating: false,
+                local: false,
+            })
             .collect();
         Frontend {
             service,
@@ -441,7 +452,7 @@ mod tests {
         let id = id_of(state.maps(), 2);
         let mut frontends = web(&[1]);
         frontends[0].draining =
-            vec![Backend { address: Ipv4Addr::new(10, 244, 0, 2).into(), port: 8080, terminating: true }];
+            vec![Backend { address: Ipv4Addr::new(10, 244, 0, 2).into(), port: 8080, terminating: true, local: false }];
         state.set_service(web_ref(), frontends, vec![]);
         assert_eq!(slots(state.maps(), WEB), [1], "no new flows to it");
         assert_eq!(id_of(state.maps(), 2), id, "established flows still find it, under the same id");

@@ -26,6 +26,11 @@ impl Endpoint {
         self.serving && self.terminating
     }
 
+    /// Runs on this node.
+    fn is_on(&self, node: &NodeContext) -> bool {
+        known_node_name(node).is_some_and(|name| self.node_name.as_deref() == Some(name))
+    }
+
     /// Usable by some node: ready, or the serving-terminating fallback.
     fn is_usable(&self) -> bool {
         self.ready || self.is_serving_terminating()
@@ -45,8 +50,10 @@ pub(super) struct Selection {
 pub(super) fn select(endpoints: &[Endpoint], local: bool, node: &NodeContext) -> Selection {
     let (chosen, terminating) =
         if local { local_endpoints(endpoints, node) } else { cluster_endpoints(endpoints, node) };
-    let mut backends: Vec<Backend> =
-        chosen.into_iter().map(|ep| Backend { address: ep.address, port: ep.port, terminating }).collect();
+    let mut backends: Vec<Backend> = chosen
+        .into_iter()
+        .map(|ep| Backend { address: ep.address, port: ep.port, terminating, local: ep.is_on(node) })
+        .collect();
     backends.sort();
     backends.dedup();
     Selection { backends, local_only: local, when_empty: when_empty(endpoints, local) }
@@ -54,12 +61,12 @@ pub(super) fn select(endpoints: &[Endpoint], local: bool, node: &NodeContext) ->
 
 /// The endpoints not in `chosen`: established flows to them keep going,
 /// new ones avoid them (see `Frontend::draining`).
-pub(super) fn draining(endpoints: &[Endpoint], chosen: &[Backend]) -> Vec<Backend> {
+pub(super) fn draining(endpoints: &[Endpoint], chosen: &[Backend], node: &NodeContext) -> Vec<Backend> {
     let chosen: BTreeSet<(IpAddr, u16)> = chosen.iter().map(|b| (b.address, b.port)).collect();
     let mut draining: Vec<Backend> = endpoints
         .iter()
         .filter(|ep| !chosen.contains(&(ep.address, ep.port)))
-        .map(|ep| Backend { address: ep.address, port: ep.port, terminating: ep.terminating })
+        .map(|ep| Backend { address: ep.address, port: ep.port, terminating: ep.terminating, local: ep.is_on(node) })
         .collect();
     draining.sort();
     draining.dedup_by_key(|b| (b.address, b.port));
@@ -92,9 +99,7 @@ fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<
 /// ones. Topology does not narrow a Local policy. An unknown node name
 /// matches no endpoint: better no backend than Local traffic sent off-node.
 fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
-    let node_name = known_node_name(node);
-    let here: Vec<&Endpoint> =
-        endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect();
+    let here: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.is_on(node)).collect();
     let ready: Vec<&Endpoint> = here.iter().copied().filter(|ep| ep.ready).collect();
     if !ready.is_empty() {
         return (ready, false);

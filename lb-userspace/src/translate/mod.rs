@@ -77,7 +77,9 @@ fn translate_service(
     node: &NodeContext,
     problems: &mut Vec<Problem>,
 ) -> Vec<Frontend> {
-    let Some(spec) = svc.spec.as_ref() else { return Vec::new() };
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
     if !service::is_proxied(&svc.metadata, spec, node) {
         return Vec::new();
     }
@@ -119,7 +121,7 @@ fn port_frontends(
                 address,
                 port: port_number,
                 backends: backends.clone(),
-                draining: endpoints::draining(eps, backends),
+                draining: endpoints::draining(eps, backends, node),
                 when_empty: *when_empty,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,

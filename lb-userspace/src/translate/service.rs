@@ -82,7 +82,9 @@ fn affinity_timeout_s(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Prob
     }
     let configured =
         spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
-    let Some(seconds) = configured else { return Some(DEFAULT_AFFINITY_TIMEOUT_S) };
+    let Some(seconds) = configured else {
+        return Some(DEFAULT_AFFINITY_TIMEOUT_S);
+    };
     match u32::try_from(seconds) {
         Ok(seconds) if seconds > 0 => Some(seconds),
         _ => {

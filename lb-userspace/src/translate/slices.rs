@@ -54,7 +54,9 @@ impl SliceIndex {
     ) -> Self {
         let mut index = SliceIndex::default();
         for slice in slices {
-            let Some(service_name) = service_name(slice, node) else { continue };
+            let Some(service_name) = service_name(slice, node) else {
+                continue;
+            };
             let namespace = namespaced_name(&slice.metadata).0.to_owned();
             let parsed = parse(slice, node.family, problems);
             index.by_service.entry((namespace, service_name.to_owned())).or_default().push(parsed);

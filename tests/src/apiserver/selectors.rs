@@ -80,7 +80,9 @@ impl Filter {
                 Requirement::Equals(k, _) | Requirement::NotEquals(k, _) => {
                     return Err(ApiError::bad_request(format!("field label not supported: {k}")));
                 }
-                _ => return Err(ApiError::bad_request("invalid field selector: existence is not supported")),
+                _ => {
+                    return Err(ApiError::bad_request("invalid field selector: existence is not supported"));
+                }
             }
         }
         Ok(Self { labels, fields })

@@ -129,7 +129,9 @@ impl Store {
         let name = match (name_of(&obj), obj["metadata"]["generateName"].as_str()) {
             (Some(name), _) => name.to_owned(),
             (None, Some(prefix)) => format!("{prefix}{:05x}", self.uids + 1),
-            (None, None) => return Err(ApiError::new(422, "Invalid", "metadata.name: Required value")),
+            (None, None) => {
+                return Err(ApiError::new(422, "Invalid", "metadata.name: Required value"));
+            }
         };
         if let Some(ns) = obj["metadata"]["namespace"].as_str()
             && resource.namespaced

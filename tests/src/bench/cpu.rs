@@ -69,7 +69,9 @@ fn process_time() -> Duration {
 fn ksoftirqd_pids() -> &'static [u32] {
     static PIDS: OnceLock<Vec<u32>> = OnceLock::new();
     PIDS.get_or_init(|| {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         entries
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| {

@@ -87,7 +87,9 @@ where
             .x_desc("Services (log scale)")
             .y_desc(y_desc)
             .x_label_formatter(&|v| group(*v))
-            .y_label_formatter(&|v: &f64| if y_max >= 100.0 { group(*v) } else { format!("{v:.1}") })
+            .y_label_formatter(&|v: &f64| {
+                if y_max >= 100.0 { group(*v) } else { format!("{v:.1}") }
+            })
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
             .draw()?;

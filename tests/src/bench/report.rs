@@ -205,7 +205,9 @@ impl Report {
                 let ns = self.find(Section::PacketCost, "ebpf", &info.case, n, "ns_per_packet");
                 let ratio = self.find(Section::PacketCost, "ebpf", &info.case, n, "ratio_to_parse_only");
                 match (ns, ratio) {
-                    (Some(ns), Some(r)) => format!("{} ×{:.2}", range(ns.summary, 1), r.summary.median),
+                    (Some(ns), Some(r)) => {
+                        format!("{} ×{:.2}", range(ns.summary, 1), r.summary.median)
+                    }
                     (Some(ns), None) => range(ns.summary, 1),
                     _ => "–".to_owned(),
                 }

@@ -116,8 +116,12 @@ impl Installed {
     pub fn summary(&self) -> String {
         match self {
             Installed::Nothing => "nothing to install".to_owned(),
-            Installed::Rules { rules, took } => format!("{rules} rules loaded in {:.2} s", took.as_secs_f64()),
-            Installed::Agent { took, .. } => format!("agent programmed in {:.2} s", took.as_secs_f64()),
+            Installed::Rules { rules, took } => {
+                format!("{rules} rules loaded in {:.2} s", took.as_secs_f64())
+            }
+            Installed::Agent { took, .. } => {
+                format!("agent programmed in {:.2} s", took.as_secs_f64())
+            }
         }
     }
 }

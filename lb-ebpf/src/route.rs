@@ -1,0 +1,118 @@
+//! After NAT: send the packet straight out of the interface the node's
+//! routing table names, instead of handing it back to the stack.
+//!
+//! Why it is needed, not only faster: a reply translated back to a NodePort
+//! or an SNATed flow's packets carry one of the node's own addresses as
+//! source. Handed to the stack at ingress, such a packet fails the routing
+//! input's martian check ("source is a local address") and is dropped.
+//! Sent from here, it never meets that check, as if the node had
+//! originated it. Other NATed packets skip the forward path too, which
+//! costs less than a second pass through routing and netfilter.
+//!
+//! Which packets take it: every NATed packet whose route is a plain
+//! unicast forward to a neighbour (known: MACs written and
+//! `bpf_redirect`; not yet resolved: `bpf_redirect_neigh`, which resolves
+//! it). Everything else goes to the stack, which does the right thing and
+//! answers with the right ICMP error: a local destination (a host-network
+//! backend), no route, a packet larger than the route's MTU, a TTL about to
+//! expire, forwarding disabled on the ingress interface.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use lb_common::stats::Counter;
+
+use crate::{
+    nat, stats,
+    verdict::{PathResult, Verdict},
+};
+
+const AF_INET: u8 = 2;
+
+/// Where the routing table sends a packet.
+#[derive(Clone, Copy)]
+pub struct Route {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The route's preferred source address on that interface (only when
+    /// asked for). Network byte order.
+    pub source: [u8; 4],
+    /// Next hop's and egress interface's MACs, when the neighbour is known.
+    neighbour: Option<([u8; 6], [u8; 6])>,
+}
+
+/// The packet's addresses and ports after NAT: what the lookup routes.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// Looks up the route for `flow` as forwarding would for a packet arriving
+/// on this skb's interface. `want_source` also asks for the source address
+/// the node would use on the egress interface (for SNAT). `None`: not a
+/// plain forward (see the module comment).
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Option<Route> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain data).
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = flow.proto;
+    params.sport = flow.sport.to_be();
+    params.dport = flow.dport.to_be();
+    params.__bindgen_anon_1.tot_len = ip_total_len;
+    // SAFETY: reads the interface index of the live sk_buff.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
+    let flags = if want_source { BPF_FIB_LOOKUP_SRC } else { 0 };
+    // SAFETY: `params` is a live stack struct of the size passed.
+    let ret = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &mut params, size_of::<FibParams>() as i32, flags) };
+    let neighbour = match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Some((params.dmac, params.smac)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => None,
+        _ => return None,
+    };
+    // SAFETY: the union member the lookup writes for AF_INET.
+    let source = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
+    Some(Route { ifindex: params.ifindex, source, neighbour })
+}
+
+/// Sends the (already NATed) packet out along `route`. `Verdict::Next`
+/// when the TTL is about to expire: the stack answers that.
+#[inline(always)]
+pub fn send(ctx: &TcContext, route: &Route) -> PathResult<Verdict> {
+    if !nat::decrement_ttl(ctx)? {
+        return Ok(Verdict::Next);
+    }
+    let sent = match route.neighbour {
+        Some((dmac, smac)) => {
+            nat::write_macs(ctx, dmac, smac)?;
+            // SAFETY: plain helper call; flags 0 = the device's egress.
+            unsafe { bpf_redirect(route.ifindex, 0) }
+        }
+        // SAFETY: no next-hop parameters: the kernel resolves the packet's
+        // destination through the route it just found.
+        None => unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) },
+    };
+    if sent as i32 != aya_ebpf::bindings::TC_ACT_REDIRECT as i32 {
+        return Err(Counter::DropRewriteFailed);
+    }
+    stats::count(Counter::Redirected);
+    Ok(Verdict::Redirect)
+}
+
+/// Routes and sends `flow` if it is a plain forward; otherwise leaves the
+/// packet to the stack.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, flow: &Flow, ip_total_len: u16) -> PathResult<Verdict> {
+    match lookup(ctx, flow, ip_total_len, false) {
+        Some(route) => send(ctx, &route),
+        None => Ok(Verdict::Next),
+    }
+}

@@ -1,0 +1,186 @@
+//! A cluster of namespace nodes: N nodes and an external client on one LAN
+//! (a bridge in a namespace of its own), pods on each node, every node
+//! routing to the other nodes' pods. Each node runs its own agent (see
+//! [`Cluster::start_agents`]) reading one shared file of Services and
+//! EndpointSlices, as every kube-proxy reads one API server. As with
+//! [`crate::topology::Topology`], nothing is linked to the root namespace
+//! and no namespace has a default route; dropping a `Cluster` stops its
+//! agents and deletes its namespaces.
+//!
+//! Addresses:
+//! - LAN 192.168.50.0/24: the client .100, node i (1-based) .10+i;
+//! - pod j of node i: 10.244.i.(10+j)/32 behind the node's `pod<j>` veth;
+//!   the node side holds 10.244.i.1/32, every pod's gateway;
+//! - node i routes 10.244.k.0/24 via node k.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use crate::{
+    agent::{Agent, write_atomically},
+    topology::{run, run_in},
+};
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+
+pub fn node_ip(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 50, 10 + node as u8)
+}
+
+pub fn pod_ip(node: usize, pod: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, node as u8, 10 + pod as u8)
+}
+
+/// Kubernetes name of node i.
+pub fn node_name(node: usize) -> String {
+    format!("node-{node}")
+}
+
+#[derive(Debug)]
+pub struct Node {
+    /// Network namespace.
+    pub netns: String,
+    /// Pod namespaces, pod 1 first.
+    pub pods: Vec<String>,
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub lan: String,
+    pub client: String,
+    pub nodes: Vec<Node>,
+    /// The shared Services and EndpointSlices file.
+    pub source: PathBuf,
+    agents: Vec<Agent>,
+}
+
+impl Cluster {
+    /// `pods[i]` pods on node i+1.
+    pub fn create(pods: &[usize]) -> anyhow::Result<Self> {
+        let prefix = format!("lbc{}x{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        let cluster = Cluster {
+            lan: format!("{prefix}-lan"),
+            client: format!("{prefix}-client"),
+            nodes: pods
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Node {
+                    netns: format!("{prefix}-n{}", i + 1),
+                    pods: (1..=n).map(|j| format!("{prefix}-n{}p{j}", i + 1)).collect(),
+                })
+                .collect(),
+            source: std::env::temp_dir().join(format!("{prefix}-services.yaml")),
+            agents: Vec::new(),
+        };
+        // From here on, Drop cleans up whatever was created.
+        cluster.build().map(|()| cluster)
+    }
+
+    fn namespaces(&self) -> impl Iterator<Item = &String> {
+        [&self.lan, &self.client]
+            .into_iter()
+            .chain(self.nodes.iter().flat_map(|n| std::iter::once(&n.netns).chain(n.pods.iter())))
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        for ns in self.namespaces() {
+            run("ip", &["netns", "add", ns])?;
+            run_in(ns, &["ip", "link", "set", "lo", "up"])?;
+        }
+        run_in(&self.lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        run_in(&self.lan, &["ip", "link", "set", "br0", "up"])?;
+        self.join_lan(&self.client, "client", CLIENT_IP)?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let i = i + 1;
+            for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+                run_in(&node.netns, &["sysctl", "-qw", key])?;
+            }
+            self.join_lan(&node.netns, &format!("node{i}"), node_ip(i))?;
+            for (j, pod) in node.pods.iter().enumerate() {
+                self.add_pod(&node.netns, pod, i, j + 1)?;
+            }
+            for k in (1..=self.nodes.len()).filter(|&k| k != i) {
+                let pods = format!("10.244.{k}.0/24");
+                run_in(&node.netns, &["ip", "route", "add", &pods, "via", &node_ip(k).to_string()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `eth0` in `ns` with `address`, its peer on the LAN bridge.
+    fn join_lan(&self, ns: &str, lan_if: &str, address: Ipv4Addr) -> anyhow::Result<()> {
+        run_in(&self.lan, &["ip", "link", "add", lan_if, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        run_in(&self.lan, &["ip", "link", "set", lan_if, "master", "br0", "up"])?;
+        run_in(ns, &["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        run_in(ns, &["ip", "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Pod `pod` (1-based) of node `node`, routed as described above.
+    fn add_pod(&self, node_ns: &str, pod_ns: &str, node: usize, pod: usize) -> anyhow::Result<()> {
+        let node_if = format!("pod{pod}");
+        let ip = pod_ip(node, pod).to_string();
+        let gateway = format!("10.244.{node}.1");
+        run_in(node_ns, &["ip", "link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
+        run_in(node_ns, &["ip", "addr", "add", &format!("{gateway}/32"), "dev", &node_if])?;
+        run_in(node_ns, &["ip", "link", "set", &node_if, "up"])?;
+        run_in(node_ns, &["sysctl", "-qw", &format!("net.ipv4.conf.{node_if}.rp_filter=0")])?;
+        run_in(node_ns, &["ip", "route", "add", &format!("{ip}/32"), "dev", &node_if])?;
+        run_in(pod_ns, &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        run_in(pod_ns, &["ip", "link", "set", "eth0", "up"])?;
+        run_in(pod_ns, &["ip", "route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
+        for prefix in ["10.0.0.0/8", "192.168.50.0/24"] {
+            run_in(pod_ns, &["ip", "route", "add", prefix, "via", &gateway])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the shared Services and EndpointSlices file (every agent
+    /// re-reads it on change).
+    pub fn publish(&self, objects: &str) -> anyhow::Result<()> {
+        write_atomically(&self.source, objects)
+    }
+
+    /// Starts one agent per node on the published file, attached to the
+    /// node's LAN interface and pod veths, and waits until all are ready.
+    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let name = node_name(i + 1);
+            let args = ["--hostname-override", name.as_str(), "--interfaces", "eth0,pod*"];
+            let agent = Agent::start(&node.netns, &self.source, &args)?;
+            self.agents.push(agent);
+        }
+        for agent in &mut self.agents {
+            agent.wait_ready(Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
+    /// Node i's agent (1-based).
+    pub fn agent(&mut self, node: usize) -> &mut Agent {
+        &mut self.agents[node - 1]
+    }
+
+    /// The pinned maps directory of node i's agent.
+    pub fn pin_dir(&self, node: usize) -> &Path {
+        &self.agents[node - 1].pin_dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents first (their Drop stops them and removes their pins),
+        // then the namespaces.
+        self.agents.clear();
+        for ns in self.namespaces() {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_file(&self.source);
+    }
+}

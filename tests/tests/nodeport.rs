@@ -1,0 +1,170 @@
+//! External traffic end to end on two namespace nodes, each with its own
+//! agent (see `lb_tests::cluster`): a client on the nodes' LAN reaches
+//! NodePorts on every node, answered by pods on both nodes; a Cluster
+//! policy source-NATs flows sent to another node's pod (the pod sees the
+//! node's address, the client sees the NodePort answer); a Local policy
+//! keeps the client's address and a node without local endpoints drops;
+//! a Service without endpoints refuses. Real TCP and UDP through real
+//! namespaces. Needs root.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    cluster::{CLIENT_IP, Cluster, node_ip, pod_ip},
+    servers::{self, Servers},
+};
+
+const WEB_NODE_PORT: u16 = 30080;
+const LOCAL_NODE_PORT: u16 = 30081;
+const EMPTY_NODE_PORT: u16 = 30082;
+const DNS_NODE_PORT: u16 = 30053;
+
+/// `web` (Cluster policy): one pod on each node. `local` (Local policy):
+/// one pod, on node 1. `empty`: none. `dns` (UDP): one pod, on node 2.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.80
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  endpoints:
+  - {addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}}
+  - {addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: local, namespace: default}
+  spec:
+    type: NodePort
+    externalTrafficPolicy: Local
+    clusterIP: 10.96.0.81
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.12], nodeName: node-1, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: empty, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.82
+    selector: {app: nothing}
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30082}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dns, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.53
+    ports: [{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: dns-1, namespace: default, labels: {kubernetes.io/service-name: dns}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}]
+  ports: [{name: "", port: 5353, protocol: UDP}]
+"#;
+
+/// Node 1: pods 1 (`web`) and 2 (`local`); node 2: pod 1 (`web`, `dns`).
+fn cluster() -> (Cluster, Servers) {
+    let mut cluster = Cluster::create(&[2, 1]).expect("create the cluster (root needed)");
+    let mut servers = Servers::new();
+    for (node, pod, name) in [(1, 1, "n1p1"), (1, 2, "n1p2"), (2, 1, "n2p1")] {
+        let netns = cluster.nodes[node - 1].pods[pod - 1].clone();
+        let addr = SocketAddr::from((pod_ip(node, pod), 8080));
+        servers.http(&netns, addr, name).expect("start a pod's HTTP server");
+    }
+    let dns_pod = cluster.nodes[1].pods[0].clone();
+    servers.udp_echo(&dns_pod, SocketAddr::from((pod_ip(2, 1), 5353)), "n2p1").expect("start UDP echo");
+    cluster.publish(SERVICES).expect("publish the Services");
+    cluster.start_agents().expect("start one agent per node");
+    (cluster, servers)
+}
+
+fn at(node: usize, port: u16) -> SocketAddr {
+    SocketAddr::from((node_ip(node), port))
+}
+
+/// One connection: which pod answered, and the client address it saw.
+fn who_and_from(cluster: &Cluster, target: SocketAddr) -> (String, Ipv4Addr) {
+    let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
+    let name = servers::http_request_path(&mut conn, "/", false).expect("GET /");
+    let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+    (name, seen.parse().unwrap_or_else(|_| panic!("an address, got {seen:?}")))
+}
+
+#[test]
+fn node_port_answers_on_every_node_from_pods_on_both_nodes_with_snat_only_off_node() {
+    let (cluster, _servers) = cluster();
+    for node in [1, 2] {
+        let mut answered = BTreeSet::new();
+        for _ in 0..30 {
+            let (pod, seen) = who_and_from(&cluster, at(node, WEB_NODE_PORT));
+            let pod_node: usize = if pod.starts_with("n1") { 1 } else { 2 };
+            let expected = if pod_node == node { CLIENT_IP } else { node_ip(node) };
+            assert_eq!(
+                seen, expected,
+                "via node {node}, {pod} saw {seen}: SNAT exactly when the pod is on another node"
+            );
+            answered.insert(pod);
+        }
+        assert_eq!(answered, BTreeSet::from(["n1p1".to_owned(), "n2p1".to_owned()]), "via node {node}");
+    }
+}
+
+#[test]
+fn udp_node_port_to_another_node_answers_from_the_node_port() {
+    let (cluster, _servers) = cluster();
+    let (reply, from) =
+        servers::udp_exchange(&cluster.client, at(1, DNS_NODE_PORT), b"query").expect("UDP exchange via node 1");
+    assert_eq!(reply, "n2p1: query");
+    assert_eq!(from, at(1, DNS_NODE_PORT), "the reply comes from the NodePort the client asked");
+}
+
+#[test]
+fn local_policy_keeps_the_client_address_and_drops_on_a_node_without_local_endpoints() {
+    let (cluster, _servers) = cluster();
+    let (pod, seen) = who_and_from(&cluster, at(1, LOCAL_NODE_PORT));
+    assert_eq!((pod.as_str(), seen), ("n1p2", CLIENT_IP), "the local pod sees the real client");
+
+    let started = std::time::Instant::now();
+    let outcome = servers::connect(&cluster.client, at(2, LOCAL_NODE_PORT)).expect("enter the client");
+    let err = outcome.expect_err("node 2 has no local endpoint");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "dropped, not refused: {err}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    let outcome = servers::connect(&cluster.client, at(1, EMPTY_NODE_PORT)).expect("enter the client");
+    let err = outcome.expect_err("no endpoints anywhere");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn pods_reach_a_cluster_ip_served_on_both_nodes_with_their_own_address() {
+    let (cluster, _servers) = cluster();
+    let pod = cluster.nodes[0].pods[1].clone();
+    let vip = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 80), 80));
+    let mut answered = BTreeSet::new();
+    for _ in 0..30 {
+        let mut conn = servers::connect(&pod, vip).expect("enter the pod").expect("connect to the ClusterIP");
+        answered.insert(servers::http_request_path(&mut conn, "/", false).expect("GET /"));
+        let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+        assert_eq!(seen, pod_ip(1, 2).to_string(), "pod traffic is never SNATed");
+    }
+    assert_eq!(answered, BTreeSet::from(["n1p1".to_owned(), "n2p1".to_owned()]));
+}

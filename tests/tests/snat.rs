@@ -1,0 +1,218 @@
+//! External traffic through BPF_PROG_TEST_RUN, in a namespace of the
+//! test's own with a node address, a route to another node's pods and
+//! known neighbours, so the datapath's routing decisions are real:
+//! a NodePort flow to a backend on another node is source-NATed to the
+//! node's address, sent straight out of the interface its route names
+//! (MACs written, TTL decremented), and its replies are translated back
+//! to come from the NodePort; ports are claimed uniquely and exhaustion is
+//! a counted drop. Needs root.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    proto,
+    stats::Counter,
+};
+use lb_tests::{
+    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    packets::{self, Endpoint, ep},
+    topology::run,
+};
+use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
+
+const NODE_IP: [u8; 4] = [192, 168, 0, 10];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+/// The other node, gateway to its pods (10.244.9.0/24).
+const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
+const CLIENT: Endpoint = ep([192, 168, 0, 100], 40000);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+const NODE_PORT: Endpoint = ep(NODE_IP, 30090);
+const REMOTE_BACKEND: Endpoint = ep([10, 244, 9, 2], 8080);
+const CLUSTER_IP: Endpoint = ep([10, 96, 0, 90], 80);
+/// The only backend of a second NodePort, whose ports the test exhausts.
+const CROWDED_NODE_PORT: Endpoint = ep(NODE_IP, 30091);
+const CROWDED_BACKEND: Endpoint = ep([10, 244, 9, 3], 8080);
+/// A NodePort whose backend no route reaches.
+const UNROUTED_NODE_PORT: Endpoint = ep(NODE_IP, 30092);
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.90
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30090}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.9.2], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: crowded, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.91
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30091}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: crowded-1, namespace: default, labels: {kubernetes.io/service-name: crowded}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.9.3], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: unrouted, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.92
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30092}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: unrouted-1, namespace: default, labels: {kubernetes.io/service-name: unrouted}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.250.0.2], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+"#;
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// The node: `ext0` with the node address, the other node as gateway to
+/// its pods, the client on the same link; neighbours known, forwarding on.
+/// Runs in the calling thread's own namespace (see `Datapath::load`).
+fn routed_node() -> Datapath {
+    let dp = Datapath::load(NodeContext {
+        node_name: Some("node-a".into()),
+        node_addresses: vec![Ipv4Addr::from(NODE_IP).into()],
+        ..NodeContext::default()
+    })
+    .expect("load datapath (root needed)");
+    let steps: [&[&str]; 9] = [
+        &["ip", "link", "set", "lo", "up"],
+        &["ip", "link", "add", "ext0", "address", &mac(NODE_MAC), "type", "veth", "peer", "name", "ext0-peer"],
+        &["ip", "link", "set", "ext0", "up"],
+        &["ip", "link", "set", "ext0-peer", "up"],
+        &["ip", "addr", "add", "192.168.0.10/24", "dev", "ext0"],
+        &["ip", "route", "add", "10.244.9.0/24", "via", "192.168.0.20"],
+        &["ip", "neigh", "replace", "192.168.0.20", "lladdr", &mac(OTHER_NODE_MAC), "dev", "ext0", "nud", "permanent"],
+        &["ip", "neigh", "replace", "192.168.0.100", "lladdr", &mac(CLIENT_MAC), "dev", "ext0", "nud", "permanent"],
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ];
+    for step in steps {
+        run(step[0], &step[1..]).expect("set up the node's routes");
+    }
+    dp
+}
+
+fn original_entry(dp: &Datapath, client: Endpoint, frontend: Endpoint) -> Option<CtValueV4> {
+    dp.conntrack().expect("read conntrack").into_iter().find_map(|(k, v)| {
+        let matches = k.direction == DIR_ORIGINAL
+            && k.src_address == client.ip.octets()
+            && k.src_port == client.port
+            && k.dst_address == frontend.ip.octets()
+            && k.dst_port == frontend.port;
+        matches.then_some(v)
+    })
+}
+
+fn counters(pairs: &[(Counter, u64)]) -> Counters {
+    pairs.iter().copied().collect()
+}
+
+#[test]
+fn node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from_the_node_port() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+
+    let (syn, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("run SYN");
+    let entry = original_entry(&dp, CLIENT, NODE_PORT).expect("the flow is tracked");
+    assert_eq!(entry.nat_address, NODE_IP, "SNAT to the node's address on the route to the backend");
+    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port), "SNAT port {} in range", entry.nat_port);
+    let snat = ep(NODE_IP, entry.nat_port);
+    assert_eq!(syn.verdict, TC_ACT_REDIRECT, "sent out of ext0 directly");
+    assert_eq!(syn.packet, packets::routed(packets::tcp_syn(snat, REMOTE_BACKEND), OTHER_NODE_MAC, NODE_MAC));
+    assert_eq!(moved, counters(&[(Counter::NewFlow, 1), (Counter::Redirected, 1)]));
+
+    let reply = packets::tcp(REMOTE_BACKEND, snat, false, b"hello");
+    let (back, moved) = dp.run_counted(TC_PROGRAM, &reply).expect("run reply");
+    assert_eq!(back.verdict, TC_ACT_REDIRECT, "the reply, now from a node address, skips the stack's martian check");
+    let expected = packets::routed(packets::tcp(NODE_PORT, CLIENT, false, b"hello"), CLIENT_MAC, NODE_MAC);
+    assert!(packets::checksums_verify(&expected));
+    assert_eq!(back.packet, expected, "the client sees the NodePort answer");
+    assert_eq!(moved, counters(&[(Counter::ReplyNat, 1), (Counter::Redirected, 1)]));
+
+    let (next, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp(CLIENT, NODE_PORT, false, b"more")).expect("run ACK");
+    assert_eq!(next.verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        next.packet,
+        packets::routed(packets::tcp(snat, REMOTE_BACKEND, false, b"more"), OTHER_NODE_MAC, NODE_MAC)
+    );
+    assert_eq!(moved, counters(&[(Counter::Established, 1), (Counter::Redirected, 1)]));
+}
+
+#[test]
+fn cluster_ip_flow_keeps_the_client_address() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let pod = ep([10, 244, 1, 7], 41000);
+    let out = dp.run(TC_PROGRAM, &packets::tcp_syn(pod, CLUSTER_IP)).expect("run SYN");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.packet, packets::routed(packets::tcp_syn(pod, REMOTE_BACKEND), OTHER_NODE_MAC, NODE_MAC));
+    assert!(!original_entry(&dp, pod, CLUSTER_IP).expect("tracked").has_snat());
+}
+
+#[test]
+fn two_clients_with_the_same_port_get_different_snat_ports() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let other_client = ep([192, 168, 0, 101], CLIENT.port);
+    run("ip", &["neigh", "replace", "192.168.0.101", "lladdr", &mac(CLIENT_MAC), "dev", "ext0", "nud", "permanent"])
+        .expect("neighbour");
+    for client in [CLIENT, other_client] {
+        dp.run(TC_PROGRAM, &packets::tcp_syn(client, NODE_PORT)).expect("run SYN");
+    }
+    let first = original_entry(&dp, CLIENT, NODE_PORT).expect("first tracked");
+    let second = original_entry(&dp, other_client, NODE_PORT).expect("second tracked");
+    assert_ne!(first.nat_port, second.nat_port, "one reply tuple per flow");
+}
+
+#[test]
+fn exhausted_snat_ports_drop_the_new_flow_and_count_it() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let taken = CtValueV4 { backend_id: 1, frontend_id: 1, ..CtValueV4::default() };
+    dp.insert_conntrack((SNAT_PORT_MIN..=SNAT_PORT_MAX).map(|port| {
+        let key = CtKeyV4 {
+            src_address: CROWDED_BACKEND.ip.octets(),
+            dst_address: NODE_IP,
+            src_port: CROWDED_BACKEND.port,
+            dst_port: port,
+            proto: proto::TCP,
+            direction: DIR_REPLY,
+            _pad: [0; 2],
+        };
+        (key, taken)
+    }))
+    .expect("fill the SNAT range");
+    let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, CROWDED_NODE_PORT)).expect("run SYN");
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(moved, counters(&[(Counter::DropSnatPortsExhausted, 1)]));
+    assert!(original_entry(&dp, CLIENT, CROWDED_NODE_PORT).is_none(), "a dropped flow leaves no state");
+}
+
+#[test]
+fn snat_without_a_route_to_the_backend_is_a_counted_drop() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, UNROUTED_NODE_PORT)).expect("run SYN");
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(moved, counters(&[(Counter::DropSnatNoAddress, 1)]));
+}
