@@ -109,7 +109,10 @@ pub struct Pacing {
 
 /// Runs until `shutdown` completes. After the first successful sync,
 /// `ready_file` (if any) is created: a readiness signal for probes and
-/// tests that the datapath is attached and programmed.
+/// tests that the datapath is attached and programmed. `node_addresses`
+/// holds the node's current NodePort addresses (`node_addresses::follow`);
+/// a change re-translates everything.
+#[allow(clippy::too_many_arguments, reason = "the agent's parts, each used once; a struct would only rename them")]
 pub async fn run<W: MapWriter>(
     syncer: &mut Syncer<W>,
     source: &mut Source,
@@ -117,12 +120,14 @@ pub async fn run<W: MapWriter>(
     pacing: Pacing,
     ready_file: Option<&Path>,
     observers: &Observers,
+    mut node_addresses: tokio::sync::watch::Receiver<Vec<std::net::IpAddr>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut pacer = SyncPacer::new(pacing.min_sync_interval, pacing.sync_period);
     let mut problems = ProblemLog::default();
     let mut announced_ready = false;
     let mut ready_file = ready_file;
+    let mut node_changed = false;
     tokio::pin!(shutdown);
     // The first sync is pending from the start: an agent that never
     // manages one turns unhealthy.
@@ -141,13 +146,19 @@ pub async fn run<W: MapWriter>(
                 }
                 observers.health.node(source.node());
             }
+            Ok(()) = node_addresses.changed() => {
+                syncer.node_mut().node_addresses = node_addresses.borrow_and_update().clone();
+                node_changed = true;
+                pacer.request();
+                observers.queued();
+            }
             () = tokio::time::sleep_until(due.into()), if source.ready() => {
                 if !announced_ready {
                     info!("initial state complete; programming the datapath");
                     announced_ready = true;
                 }
                 let now = Instant::now().into_std();
-                let mut full = pacer.full_due(now) || syncer.needs_full();
+                let mut full = pacer.full_due(now) || syncer.needs_full() || std::mem::take(&mut node_changed);
                 if let Some(zone) = source.zone()
                     && syncer.node().zone != zone
                 {

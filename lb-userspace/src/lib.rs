@@ -9,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod netns;
+pub mod node_addresses;
 pub mod problems;
 pub mod runner;
 pub mod serve;

@@ -3,7 +3,7 @@
 //! All of it acts on the calling thread's namespace, so `enter` must run
 //! before any other thread starts.
 
-use std::{ffi::CStr, net::Ipv4Addr};
+use std::ffi::CStr;
 
 use anyhow::Context as _;
 use nix::sched::{CloneFlags, setns};
@@ -39,33 +39,4 @@ pub fn interfaces() -> anyhow::Result<Vec<String>> {
         libc::if_freenameindex(list);
     }
     Ok(names)
-}
-
-/// IPv4 addresses of all interfaces except loopback.
-pub fn ipv4_addresses() -> anyhow::Result<Vec<Ipv4Addr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head`, freed with freeifaddrs below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("listing addresses");
-    }
-    let mut out = Vec::new();
-    let mut cursor = head;
-    // SAFETY: walks the linked list getifaddrs returned.
-    unsafe {
-        while !cursor.is_null() {
-            let addr = (*cursor).ifa_addr;
-            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
-                let sin = addr.cast::<libc::sockaddr_in>();
-                let ip = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
-                if !ip.is_loopback() {
-                    out.push(ip);
-                }
-            }
-            cursor = (*cursor).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }

@@ -13,9 +13,11 @@ use std::{
     time::Duration,
 };
 
+use lb_common::{proto, service::ServiceKeyV4};
 use lb_tests::{
     cluster::{CLIENT_IP, Cluster, node_ip, pod_ip},
     servers::{self, Servers},
+    topology,
 };
 
 const WEB_NODE_PORT: u16 = 30080;
@@ -167,4 +169,26 @@ fn pods_reach_a_cluster_ip_served_on_both_nodes_with_their_own_address() {
         assert_eq!(seen, pod_ip(1, 2).to_string(), "pod traffic is never SNATed");
     }
     assert_eq!(answered, BTreeSet::from(["n1p1".to_owned(), "n2p1".to_owned()]));
+}
+
+#[test]
+fn an_address_added_to_a_running_node_serves_the_node_port_and_a_removed_one_stops() {
+    let (mut cluster, _servers) = cluster();
+    let added = Ipv4Addr::new(192, 168, 50, 21);
+    let node = cluster.nodes[0].netns.clone();
+    topology::run_in(&node, &["ip", "addr", "add", "192.168.50.21/24", "dev", "eth0"]).expect("add an address");
+    let frontend = ServiceKeyV4::frontend(added.octets(), WEB_NODE_PORT, proto::TCP);
+    cluster
+        .agent(1)
+        .wait_until(Duration::from_secs(5), |maps| maps.services.contains_key(&frontend))
+        .expect("the agent serves the NodePort on the new address");
+    let target = SocketAddr::from((added, WEB_NODE_PORT));
+    let (pod, _) = who_and_from(&cluster, target);
+    assert!(pod == "n1p1" || pod == "n2p1", "answered by a web pod, got {pod}");
+
+    topology::run_in(&node, &["ip", "addr", "del", "192.168.50.21/24", "dev", "eth0"]).expect("remove the address");
+    cluster
+        .agent(1)
+        .wait_until(Duration::from_secs(5), |maps| !maps.services.contains_key(&frontend))
+        .expect("the agent stops serving the NodePort on the removed address");
 }

@@ -12,7 +12,7 @@ use lb_userspace::{
     events::{EventPublisher, LogOnly},
     metrics::Metrics,
     model::NodeContext,
-    netns, serve,
+    netns, node_addresses, serve,
     source::{
         file::FileSource,
         kubernetes::{self, KubeSource},
@@ -90,7 +90,9 @@ struct Args {
     #[arg(long, env = "NODE_ZONE")]
     zone: Option<String>,
     /// Serve NodePorts only on local addresses inside these CIDRs
-    /// (comma-separated). Default: every local IPv4 address.
+    /// (comma-separated). Default: every local IPv4 address but loopback.
+    /// Addresses are followed while the agent runs (added: served at once;
+    /// removed: no longer).
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<Ipv4Net>,
     /// Serve only Services whose `service.kubernetes.io/service-proxy-name`
@@ -203,10 +205,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(interfaces = ?attacher.attached(), pin_dir = %args.pin_dir.display(), "datapath attached");
     let follower = tokio::spawn(attacher.follow(link_events));
 
+    let node_addresses = node_addresses::follow(args.nodeport_addresses.clone()).await?;
     let node = NodeContext {
         node_name: args.node_name.clone(),
         zone: args.zone.clone(),
-        node_addresses: nodeport_addresses(&args.nodeport_addresses)?,
+        node_addresses: node_addresses.borrow().clone(),
         proxy_name: args.proxy_name.clone(),
         family: lb_userspace::model::IpFamily::V4,
     };
@@ -240,6 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pacing,
         args.ready_file.as_deref(),
         &observers,
+        node_addresses,
         shutdown_signal(),
     )
     .await;
@@ -275,13 +279,4 @@ async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<(
         info!(address = %addr, "serving /healthz and /livez");
     }
     Ok(())
-}
-
-fn nodeport_addresses(filter: &[Ipv4Net]) -> anyhow::Result<Vec<std::net::IpAddr>> {
-    let all = netns::ipv4_addresses().context("reading node addresses")?;
-    Ok(all
-        .into_iter()
-        .filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(ip)))
-        .map(Into::into)
-        .collect())
 }

@@ -1,0 +1,156 @@
+//! The node's addresses, followed while the agent runs. NodePorts are
+//! served on every address of the node (or those inside
+//! `--nodeport-addresses`), so an address added later must start serving
+//! and a removed one must stop, without a restart.
+//!
+//! The current set comes from an rtnetlink address dump, changes from the
+//! kernel's address notifications (RTNLGRP_IPV4_IFADDR), subscribed before
+//! the dump so nothing added in between is missed. The same address may
+//! sit on several interfaces (a pod gateway on every pod veth): it counts
+//! until the last one goes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::Context as _;
+use futures::{StreamExt as _, TryStreamExt as _};
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::{
+        RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage},
+    },
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The node's IPv4 addresses by the interfaces that hold them (pure: fed
+/// with dump entries and notifications).
+#[derive(Debug, Default)]
+pub struct AddressSet {
+    holders: BTreeMap<Ipv4Addr, BTreeSet<u32>>,
+}
+
+impl AddressSet {
+    /// `address` is on interface `index`. True when the set changed.
+    pub fn add(&mut self, address: Ipv4Addr, index: u32) -> bool {
+        let fresh = !self.holders.contains_key(&address);
+        self.holders.entry(address).or_default().insert(index);
+        fresh
+    }
+
+    /// `address` left interface `index`. True when the set changed.
+    pub fn remove(&mut self, address: Ipv4Addr, index: u32) -> bool {
+        let Some(holders) = self.holders.get_mut(&address) else {
+            return false;
+        };
+        holders.remove(&index);
+        if !holders.is_empty() {
+            return false;
+        }
+        self.holders.remove(&address);
+        true
+    }
+
+    /// The addresses NodePorts are served on: loopback never (as
+    /// kube-proxy's nftables mode), and only those inside `filter` when it
+    /// is not empty.
+    pub fn node_port_addresses(&self, filter: &[Ipv4Net]) -> Vec<IpAddr> {
+        self.holders
+            .keys()
+            .filter(|ip| !ip.is_loopback())
+            .filter(|ip| filter.is_empty() || filter.iter().any(|net| net.contains(*ip)))
+            .map(|&ip| IpAddr::V4(ip))
+            .collect()
+    }
+}
+
+/// The IPv4 local address and interface of an address message.
+fn address_of(message: &AddressMessage) -> Option<(Ipv4Addr, u32)> {
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
+    // on point-to-point links, and the same as IFA_LOCAL elsewhere.
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    local.or(address).map(|ip| (ip, message.header.index))
+}
+
+/// Lists the node's addresses and follows them; the receiver always holds
+/// the current NodePort addresses. Acts on the calling thread's network
+/// namespace; must run inside a tokio runtime.
+pub async fn follow(filter: Vec<Ipv4Net>) -> anyhow::Result<watch::Receiver<Vec<IpAddr>>> {
+    let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
+        .context("subscribing to address notifications")?;
+    tokio::spawn(connection);
+    let mut set = AddressSet::default();
+    let mut dump = handle.address().get().execute();
+    while let Some(message) = dump.try_next().await.context("listing addresses")? {
+        if let Some((ip, index)) = address_of(&message) {
+            set.add(ip, index);
+        }
+    }
+    let (sender, receiver) = watch::channel(set.node_port_addresses(&filter));
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            let changed = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => {
+                    address_of(&m).is_some_and(|(ip, index)| set.add(ip, index))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+                    address_of(&m).is_some_and(|(ip, index)| set.remove(ip, index))
+                }
+                _ => false,
+            };
+            if changed {
+                let addresses = set.node_port_addresses(&filter);
+                info!(nodeport_addresses = ?addresses, "node addresses changed");
+                if sender.send(addresses).is_err() {
+                    return;
+                }
+            }
+        }
+        warn!("address notifications ended: NodePort addresses are no longer followed");
+    });
+    Ok(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> Ipv4Addr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_on_two_interfaces_stays_until_the_last_goes() {
+        let mut set = AddressSet::default();
+        assert!(set.add(ip("10.244.1.1"), 5));
+        assert!(!set.add(ip("10.244.1.1"), 6), "already there");
+        assert!(!set.remove(ip("10.244.1.1"), 5), "still on interface 6");
+        assert_eq!(set.node_port_addresses(&[]), [IpAddr::from(ip("10.244.1.1"))]);
+        assert!(set.remove(ip("10.244.1.1"), 6));
+        assert!(set.node_port_addresses(&[]).is_empty());
+        assert!(!set.remove(ip("10.244.1.1"), 6), "removing twice changes nothing");
+    }
+
+    #[test]
+    fn loopback_never_and_the_filter_applies() {
+        let mut set = AddressSet::default();
+        for (text, index) in [("127.0.0.1", 1), ("192.168.50.11", 2), ("10.244.1.1", 3)] {
+            set.add(ip(text), index);
+        }
+        assert_eq!(set.node_port_addresses(&[]), [IpAddr::from(ip("10.244.1.1")), IpAddr::from(ip("192.168.50.11"))]);
+        let lan: Ipv4Net = "192.168.50.0/24".parse().unwrap();
+        assert_eq!(set.node_port_addresses(&[lan]), [IpAddr::from(ip("192.168.50.11"))]);
+    }
+}
