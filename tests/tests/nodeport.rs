@@ -16,6 +16,7 @@ use std::{
 use lb_common::{proto, service::ServiceKeyV4};
 use lb_tests::{
     cluster::{CLIENT_IP, Cluster, node_ip, pod_ip},
+    links,
     servers::{self, Servers},
     topology,
 };
@@ -191,4 +192,43 @@ fn an_address_added_to_a_running_node_serves_the_node_port_and_a_removed_one_sto
         .agent(1)
         .wait_until(Duration::from_secs(5), |maps| !maps.services.contains_key(&frontend))
         .expect("the agent stops serving the NodePort on the removed address");
+}
+
+/// A LoadBalancer Service with an ingress IP and an external IP, neither
+/// on any node: traffic the network routes to a node is served there.
+const EDGE_SERVICES: &str = r#"
+- apiVersion: v1
+  kind: Service
+  metadata: {name: edge, namespace: default}
+  spec:
+    type: LoadBalancer
+    clusterIP: 10.96.0.84
+    externalIPs: [203.0.113.20]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30084}]
+  status:
+    loadBalancer: {ingress: [{ip: 203.0.113.10}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: edge-1, namespace: default, labels: {kubernetes.io/service-name: edge}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+"#;
+
+#[test]
+fn load_balancer_and_external_ips_routed_to_a_node_are_served_there() {
+    let (cluster, _servers) = cluster();
+    cluster.publish(&format!("{SERVICES}{EDGE_SERVICES}")).expect("publish");
+    let via = node_ip(1).to_string();
+    topology::run_in(&cluster.client, &["ip", "route", "add", "203.0.113.0/24", "via", &via]).expect("route");
+    for ip in [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 20)] {
+        let target = SocketAddr::from((ip, 80));
+        let answered = links::wait_for(Duration::from_secs(5), || {
+            servers::connect(&cluster.client, target).is_ok_and(|c| c.is_ok())
+        });
+        assert!(answered.is_some(), "{target} answers once the agents see the Service");
+        let (pod, seen) = who_and_from(&cluster, target);
+        assert_eq!(pod, "n2p1");
+        assert_eq!(seen, node_ip(1), "{target}: the pod on node 2 sees node 1, which SNATed");
+    }
 }
