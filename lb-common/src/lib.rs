@@ -18,6 +18,7 @@ pub mod ids;
 pub mod maps;
 pub mod port_filter;
 pub mod service;
+pub mod source_ranges;
 pub mod stats;
 
 /// IANA protocol numbers the datapath balances.

@@ -15,12 +15,14 @@ pub const CONNTRACK_V4: &str = "LB4_CT";
 pub const PORT_FILTER: &str = "LB_PORT_FILTER";
 /// Per-CPU packet counters, indexed by `stats::Counter`.
 pub const STATS: &str = "LB_STATS";
+/// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKeyV4` → `u8`.
+pub const SOURCE_RANGES_V4: &str = "LB4_SRC_RANGES";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 6] = [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS];
+pub const ALL: [&str; 7] = [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS, SOURCE_RANGES_V4];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
 /// 10 endpoints each need 110,000; the agent can raise it at load time.
@@ -32,5 +34,7 @@ pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
 /// map is always preallocated: about 100 bytes an entry, so 256 Ki entries
 /// is ~26 MB of kernel memory.
 pub const CONNTRACK_V4_CAPACITY: u32 = 1 << 18;
+/// Source ranges across all LoadBalancer frontends. Not preallocated.
+pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
 /// One entry per port number.
 pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;

@@ -67,6 +67,10 @@ pub const FLAG_LOCAL_ONLY: u16 = 1 << 5;
 /// not rejected (kube-proxy's choice: the client or its load balancer
 /// retries elsewhere instead of being told the Service is down).
 pub const FLAG_NO_LOCAL_ENDPOINTS: u16 = 1 << 6;
+/// `loadBalancerSourceRanges` apply: a new flow's source must match one of
+/// this frontend's entries in `LB4_SRC_RANGES`, or it is dropped.
+/// (Bit 7 is left for the backend-selection algorithm.)
+pub const FLAG_SOURCE_RANGES: u16 = 1 << 8;
 
 user_pod!(ServiceKeyV4, ServiceValue);
 

@@ -42,6 +42,9 @@ pub enum Counter {
     /// New flow that needed source NAT, but the route to the backend has no
     /// source address on this node.
     DropSnatNoAddress,
+    /// New flow to a LoadBalancer frontend from a source outside its
+    /// `loadBalancerSourceRanges`: dropped.
+    DropSourceRange,
     /// NATed packet sent straight to the interface the routing table names
     /// (the node's forwarding path is skipped).
     Redirected,
@@ -49,7 +52,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -66,6 +69,7 @@ impl Counter {
         Counter::DropNoLocalEndpoints,
         Counter::DropSnatPortsExhausted,
         Counter::DropSnatNoAddress,
+        Counter::DropSourceRange,
         Counter::Redirected,
     ];
 
@@ -88,6 +92,7 @@ impl Counter {
             Counter::DropNoLocalEndpoints => "drop_no_local_endpoints",
             Counter::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Counter::DropSnatNoAddress => "drop_snat_no_address",
+            Counter::DropSourceRange => "drop_source_range",
             Counter::Redirected => "redirected",
         }
     }

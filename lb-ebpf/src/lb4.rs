@@ -70,6 +70,12 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
         return Ok(None);
     };
+    // Before anything else, as kube-proxy's firewall chain: a source
+    // outside the ranges learns nothing, not even that there are no
+    // endpoints.
+    if !service::source_allowed(&svc, pkt) {
+        return Ok(Some(Outcome::drop(Counter::DropSourceRange)));
+    }
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
             return Ok(Some(Outcome::drop(Counter::DropNoLocalEndpoints)));

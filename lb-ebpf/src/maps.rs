@@ -4,14 +4,17 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
     ids,
-    maps::{BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY},
+    maps::{
+        BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY,
+        SOURCE_RANGES_V4_CAPACITY,
+    },
     service::{ServiceKeyV4, ServiceValue},
     stats::COUNTERS,
 };
@@ -43,3 +46,8 @@ pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new(
 /// created and pinned with the datapath's maps; the datapath never reads it.
 #[btf_map]
 pub static LB_IDS: Array<u32, { ids::COUNTERS as usize }> = Array::new();
+
+/// `loadBalancerSourceRanges` by (frontend id, client address): see
+/// `lb_common::source_ranges`. Written only by the agent.
+#[btf_map]
+pub static LB4_SRC_RANGES: LpmTrie<[u8; 8], u8, { SOURCE_RANGES_V4_CAPACITY as usize }> = LpmTrie::new();

@@ -1,14 +1,16 @@
 //! Service table lookups: frontend (slot 0), slot → backend id, backend.
 //! Each is one hash lookup, independent of how many Services exist.
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
     backend::BackendV4,
     port_filter,
-    service::{ServiceKeyV4, ServiceValue},
+    service::{FLAG_SOURCE_RANGES, ServiceKeyV4, ServiceValue},
+    source_ranges::SourceRangeKeyV4,
 };
 
 use crate::{
-    maps::{LB_PORT_FILTER, LB4_BACKENDS, LB4_SERVICES},
+    maps::{LB_PORT_FILTER, LB4_BACKENDS, LB4_SERVICES, LB4_SRC_RANGES},
     parse::PacketV4,
 };
 
@@ -51,4 +53,16 @@ pub fn backend_id_in_slot(frontend: ServiceKeyV4, slot: u16) -> Option<u32> {
 pub fn lookup_backend(backend_id: u32) -> Option<BackendV4> {
     // SAFETY: copied out at once.
     unsafe { LB4_BACKENDS.get(backend_id) }.copied()
+}
+
+/// Whether a new flow's source may reach this frontend: always, unless
+/// the frontend has `loadBalancerSourceRanges`, in which case one of them
+/// must contain it (one longest-prefix lookup, however many ranges).
+#[inline(always)]
+pub fn source_allowed(svc: &ServiceValue, pkt: &PacketV4) -> bool {
+    if svc.flags & FLAG_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let client = SourceRangeKeyV4::client(svc.frontend_id, pkt.src);
+    LB4_SRC_RANGES.get(&Key::new(client.prefix_len, client.data())).is_some()
 }

@@ -1,7 +1,11 @@
 //! Map-entry encodings of the model (pure): what a frontend's slot-0
 //! entry holds.
 
-use lb_common::service::{self, ServiceValue};
+use ipnet::IpNet;
+use lb_common::{
+    service::{self, ServiceValue},
+    source_ranges::SourceRangeKeyV4,
+};
 
 use crate::model::{Frontend, FrontendKind, WhenEmpty};
 
@@ -17,7 +21,22 @@ pub fn frontend_flags(frontend: &Frontend) -> u16 {
     let local = if frontend.local_only { service::FLAG_LOCAL_ONLY } else { 0 };
     let drop_when_empty = frontend.backends.is_empty() && frontend.when_empty == WhenEmpty::Drop;
     let no_local = if drop_when_empty { service::FLAG_NO_LOCAL_ENDPOINTS } else { 0 };
-    kind | affinity | local | no_local
+    let ranges = if frontend.source_ranges.is_some() { service::FLAG_SOURCE_RANGES } else { 0 };
+    kind | affinity | local | no_local | ranges
+}
+
+/// The `LB4_SRC_RANGES` entries of a frontend (its IPv4 ranges).
+pub fn source_range_keys(frontend: &Frontend, frontend_id: u32) -> Vec<SourceRangeKeyV4> {
+    let ranges = frontend.source_ranges.iter().flatten();
+    let mut keys: Vec<SourceRangeKeyV4> = ranges
+        .filter_map(|range| match range {
+            IpNet::V4(net) => Some(SourceRangeKeyV4::range(frontend_id, net.network().octets(), net.prefix_len())),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The slot-0 entry of a frontend with `count` backend slots.

@@ -165,6 +165,10 @@ pub struct Frontend {
     pub affinity_timeout_s: Option<u32>,
     /// A `Local` traffic policy restricted `backends` to this node.
     pub local_only: bool,
+    /// `loadBalancerSourceRanges` (LoadBalancer frontends only): `None`
+    /// admits every source; `Some` only sources inside one of these
+    /// (an empty list admits none).
+    pub source_ranges: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Frontend {

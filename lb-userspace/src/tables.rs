@@ -30,6 +30,10 @@ macro_rules! for_each_map {
             port_filter: PortFilter, u16 => u8, lb_common::maps::PORT_FILTER, Array, phase |_| 1, transition bits;
             /// Backends by id.
             backends: Backend, u32 => lb_common::backend::BackendV4, lb_common::maps::BACKENDS_V4, Hash, phase |_| 1, transition replace;
+            /// `loadBalancerSourceRanges` of frontends: in place before the
+            /// frontend entry's flag makes the datapath look them up.
+            source_ranges: SourceRange, lb_common::source_ranges::SourceRangeKeyV4 => u8,
+                lb_common::maps::SOURCE_RANGES_V4, Lpm, phase |_| 2, transition replace;
             /// Frontend entries (slot 0, phase 3) and backend slots (phase 2).
             services: Service, lb_common::service::ServiceKeyV4 => lb_common::service::ServiceValue, lb_common::maps::SERVICES_V4, Hash,
                 phase $crate::tables::service_phase, transition replace;
@@ -182,6 +186,8 @@ mod tests {
                 Write::Service(_, Some(_)) => "slot",
                 Write::Service(k, None) if k.backend_slot == 0 => "delete frontend",
                 Write::Service(_, None) => "delete slot",
+                Write::SourceRange(_, Some(_)) => "range",
+                Write::SourceRange(_, None) => "delete range",
             })
             .collect()
     }

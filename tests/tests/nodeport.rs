@@ -232,3 +232,43 @@ fn load_balancer_and_external_ips_routed_to_a_node_are_served_there() {
         assert_eq!(seen, node_ip(1), "{target}: the pod on node 2 sees node 1, which SNATed");
     }
 }
+
+/// A LoadBalancer Service that admits only the client's address.
+const GUARDED_SERVICES: &str = r#"
+- apiVersion: v1
+  kind: Service
+  metadata: {name: guarded, namespace: default}
+  spec:
+    type: LoadBalancer
+    clusterIP: 10.96.0.85
+    loadBalancerSourceRanges: [192.168.50.100/32]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30085}]
+  status:
+    loadBalancer: {ingress: [{ip: 203.0.113.30}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: guarded-1, namespace: default, labels: {kubernetes.io/service-name: guarded}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+"#;
+
+#[test]
+fn load_balancer_source_ranges_admit_the_listed_client_and_no_one_else() {
+    let (cluster, _servers) = cluster();
+    cluster.publish(&format!("{SERVICES}{GUARDED_SERVICES}")).expect("publish");
+    let via = node_ip(1).to_string();
+    let other = cluster.nodes[1].netns.clone();
+    for ns in [&cluster.client, &other] {
+        topology::run_in(ns, &["ip", "route", "add", "203.0.113.0/24", "via", &via]).expect("route");
+    }
+    let target = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 30), 80));
+    let answered =
+        links::wait_for(Duration::from_secs(5), || servers::connect(&cluster.client, target).is_ok_and(|c| c.is_ok()));
+    assert!(answered.is_some(), "the client inside the range is served");
+
+    // Node 2 (192.168.50.12) is outside the range: its SYNs are dropped.
+    let outcome = servers::connect(&other, target).expect("enter node 2");
+    let err = outcome.expect_err("a source outside the ranges must not connect");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "dropped, not refused: {err}");
+}

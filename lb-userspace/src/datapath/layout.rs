@@ -22,6 +22,7 @@ use lb_common::{
     conntrack::{CtKeyV4, CtValueV4},
     ids, maps as names,
     service::{ServiceKeyV4, ServiceValue},
+    source_ranges::SourceRangeKeyV4,
     stats,
 };
 use tracing::warn;
@@ -78,6 +79,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         names::CONNTRACK_V4 => (
             layout(MapType::LruHash, size::<CtKeyV4>(), size::<CtValueV4>(), capacities.conntrack),
             OnMismatch::RecreateLosingFlows,
+        ),
+        names::SOURCE_RANGES_V4 => (
+            layout(MapType::LpmTrie, size::<SourceRangeKeyV4>(), size::<u8>(), names::SOURCE_RANGES_V4_CAPACITY),
+            OnMismatch::Recreate,
         ),
         names::PORT_FILTER => {
             (layout(MapType::Array, size::<u32>(), size::<u8>(), names::PORT_FILTER_CAPACITY), OnMismatch::Recreate)

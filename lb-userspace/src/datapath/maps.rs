@@ -7,12 +7,16 @@ use std::{collections::BTreeMap, marker::PhantomData, path::Path};
 use anyhow::Context as _;
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use lb_common::{
     conntrack::{CtKeyV4, CtValueV4},
     maps as names,
     service::{ServiceKeyV4, ServiceValue},
+    source_ranges::SourceRangeKeyV4,
     stats::Counter,
 };
 
@@ -84,6 +88,41 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
     }
 }
 
+/// An LPM trie of source ranges. The mirror's keys carry the prefix length
+/// and the data in one struct; aya's `Key` holds the same bytes.
+struct Lpm<V>(LpmTrie<MapData, [u8; 8], V>);
+
+impl<V: Pod> Lpm<V> {
+    fn new(map: Map) -> anyhow::Result<Self> {
+        Ok(Self(map.try_into()?))
+    }
+
+    fn read_all(&self) -> anyhow::Result<BTreeMap<SourceRangeKeyV4, V>> {
+        self.0
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let [a, b, c, d, e, f, g, h] = key.data();
+                let key =
+                    SourceRangeKeyV4 { prefix_len: key.prefix_len(), frontend_id: [a, b, c, d], address: [e, f, g, h] };
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    fn write(&mut self, key: SourceRangeKeyV4, value: Option<V>) -> Result<(), MapError> {
+        let key = Key::new(key.prefix_len, key.data());
+        let result = match value {
+            Some(value) => self.0.insert(&key, value, 0),
+            None => self.0.remove(&key),
+        };
+        match result {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other,
+        }
+    }
+}
+
 fn is_not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound => true,
@@ -133,6 +172,7 @@ macro_rules! kernel_tables {
 macro_rules! kernel_storage {
     (Hash, $key:ty, $value:ty) => { Hash<$key, $value> };
     (Array, $key:ty, $value:ty) => { Indexed<$key, $value> };
+    (Lpm, $key:ty, $value:ty) => { Lpm<$value> };
 }
 
 for_each_map!(kernel_tables);

@@ -27,6 +27,7 @@ use std::{
 use lb_common::{
     ids as counters,
     service::{ServiceKeyV4, ServiceValue},
+    source_ranges::{self, SourceRangeKeyV4},
 };
 
 use self::{
@@ -49,6 +50,8 @@ struct Encoded {
     slots: Vec<SlotBackend>,
     /// Backends kept for established flows only (no slot).
     draining: Vec<SlotBackend>,
+    /// Its `LB4_SRC_RANGES` entries.
+    ranges: Vec<SourceRangeKeyV4>,
 }
 
 #[derive(Debug, Default)]
@@ -92,7 +95,17 @@ impl DesiredState {
                 (1..=value.count).map(|slot| state.backends.resumed_slot(existing, key.slot(slot))).collect();
             // A frontend with a missing slot or backend is rebuilt from scratch.
             let slots = slots.unwrap_or_default();
-            state.resumed.insert(*key, Encoded { frontend_id: value.frontend_id, slots, draining: Vec::new() });
+            state.resumed.insert(
+                *key,
+                Encoded {
+                    frontend_id: value.frontend_id,
+                    slots,
+                    draining: Vec::new(),
+                    // Whatever the maps hold beyond what is written again
+                    // goes with the first (full) sync's diff.
+                    ranges: Vec::new(),
+                },
+            );
         }
         state.frontend_ids = IdCounter::resume(last_frontend);
         state.record_counters();
@@ -187,12 +200,19 @@ impl DesiredState {
         for slot in slots.len() + 1..=old_slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
         }
+        let ranges = encode::source_range_keys(frontend, frontend_id);
+        for range in &ranges {
+            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, Some(source_ranges::ALLOWED));
+        }
+        for gone in owned.iter().flat_map(|o| &o.ranges).filter(|r| !ranges.contains(r)) {
+            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *gone, None);
+        }
         let value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
         set(&mut self.maps.services, &mut self.touched.services, key, Some(value));
         for backend in owned.iter().flat_map(|o| o.slots.iter().chain(&o.draining)) {
             self.release_backend(*backend);
         }
-        self.encoded.insert(key, Encoded { frontend_id, slots, draining });
+        self.encoded.insert(key, Encoded { frontend_id, slots, draining, ranges });
         self.record_counters();
     }
 
@@ -204,6 +224,9 @@ impl DesiredState {
         set(&mut self.maps.services, &mut self.touched.services, key, None);
         for slot in 1..=owned.slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
+        }
+        for range in &owned.ranges {
+            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, None);
         }
         for backend in owned.slots.iter().chain(&owned.draining) {
             self.release_backend(*backend);
@@ -316,6 +339,7 @@ mod tests {
             when_empty: WhenEmpty::Reject,
             affinity_timeout_s: Some(30),
             local_only: false,
+            source_ranges: None,
         }
     }
 

@@ -21,12 +21,13 @@ mod slices;
 #[cfg(test)]
 mod tests;
 
+use ipnet::IpNet;
 use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{Frontend, NodeContext, Problem, ServiceTable};
+use crate::model::{Frontend, FrontendKind, NodeContext, Problem, ServiceTable};
 
 use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, slices::SliceIndex};
 
@@ -111,6 +112,7 @@ fn port_frontends(
 ) -> Vec<Frontend> {
     let internal = endpoints::select(eps, settings.internal_local, node);
     let external = endpoints::select(eps, settings.external_local, node);
+    let source_ranges = load_balancer_source_ranges(&port, settings, node);
     port.addresses
         .into_iter()
         .map(|(kind, address, port_number)| {
@@ -125,9 +127,24 @@ fn port_frontends(
                 when_empty: *when_empty,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,
+                source_ranges: (kind == FrontendKind::LoadBalancer).then(|| source_ranges.clone()).flatten(),
             }
         })
         .collect()
+}
+
+/// The source ranges of this port's LoadBalancer frontends. As kube-proxy:
+/// when a range contains one of the node's addresses, the load balancer
+/// IPs themselves are admitted too, because a node that routes its own
+/// requests for an LB IP locally sends them with that IP as source.
+fn load_balancer_source_ranges(port: &PortFrontends, settings: &Settings, node: &NodeContext) -> Option<Vec<IpNet>> {
+    let mut ranges = settings.source_ranges.clone()?;
+    let admits_node = ranges.iter().any(|range| node.node_addresses.iter().any(|ip| range.contains(ip)));
+    if admits_node {
+        let lb_ips = port.addresses.iter().filter(|(kind, ..)| *kind == FrontendKind::LoadBalancer);
+        ranges.extend(lb_ips.map(|(_, ip, _)| IpNet::from(*ip)));
+    }
+    Some(ranges)
 }
 
 /// (namespace, name) of an object; absent fields read as "".

@@ -6,6 +6,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use ipnet::IpNet;
+
 use super::service_problem;
 use crate::model::{NodeContext, Problem};
 
@@ -59,6 +61,8 @@ pub(super) struct Settings {
     /// LoadBalancer frontends use only this node's endpoints.
     pub external_local: bool,
     pub affinity_timeout_s: Option<u32>,
+    /// `loadBalancerSourceRanges`, parsed (see [`source_ranges`]).
+    pub source_ranges: Option<Vec<IpNet>>,
 }
 
 impl Settings {
@@ -70,6 +74,7 @@ impl Settings {
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             affinity_timeout_s: affinity_timeout_s(svc, spec, problems),
+            source_ranges: source_ranges(svc, spec, problems),
         }
     }
 }
@@ -94,4 +99,27 @@ fn affinity_timeout_s(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Prob
             Some(DEFAULT_AFFINITY_TIMEOUT_S)
         }
     }
+}
+
+/// `loadBalancerSourceRanges` → the ranges a LoadBalancer frontend admits;
+/// `None` when the list is absent or empty (every source admitted), as
+/// kube-proxy reads it. Entries are trimmed, as kube-proxy does. An entry
+/// that is not a CIDR is reported and admits nothing: a typo in an
+/// allow-list must never open the Service to everyone.
+fn source_ranges(svc: &Service, spec: &ServiceSpec, problems: &mut Vec<Problem>) -> Option<Vec<IpNet>> {
+    let entries = spec.load_balancer_source_ranges.as_deref().unwrap_or_default();
+    if entries.is_empty() {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    for entry in entries {
+        match entry.trim().parse::<IpNet>() {
+            Ok(range) => ranges.push(range.trunc()),
+            Err(_) => problems.push(service_problem(
+                svc,
+                format!("loadBalancerSourceRanges entry {entry:?} is not a CIDR; it admits no source"),
+            )),
+        }
+    }
+    Some(ranges)
 }

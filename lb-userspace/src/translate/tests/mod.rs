@@ -7,6 +7,7 @@ mod families;
 mod frontends;
 mod policy;
 mod problems;
+mod ranges;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
