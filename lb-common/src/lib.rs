@@ -16,6 +16,7 @@ pub mod backend;
 pub mod conntrack;
 pub mod ids;
 pub mod maps;
+pub mod pod_cidrs;
 pub mod port_filter;
 pub mod service;
 pub mod source_ranges;

@@ -17,12 +17,15 @@ pub const PORT_FILTER: &str = "LB_PORT_FILTER";
 pub const STATS: &str = "LB_STATS";
 /// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKeyV4` → `u8`.
 pub const SOURCE_RANGES_V4: &str = "LB4_SRC_RANGES";
+/// The cluster's Pod CIDRs (LPM trie): `PodCidrKeyV4` → `u8`.
+pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 7] = [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS, SOURCE_RANGES_V4];
+pub const ALL: [&str; 8] =
+    [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS, SOURCE_RANGES_V4, POD_CIDRS_V4];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
 /// 10 endpoints each need 110,000; the agent can raise it at load time.
@@ -36,5 +39,7 @@ pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
 pub const CONNTRACK_V4_CAPACITY: u32 = 1 << 18;
 /// Source ranges across all LoadBalancer frontends. Not preallocated.
 pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
+/// Pod CIDRs: a cluster has a few.
+pub const POD_CIDRS_V4_CAPACITY: u32 = 64;
 /// One entry per port number.
 pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;

@@ -15,8 +15,9 @@ pub struct ServiceKeyV4 {
     pub port: u16,
     /// IANA protocol number (`proto::TCP`, ...).
     pub proto: u8,
-    /// Traffic scope: `SCOPE_EXTERNAL` (the only one used so far) or
-    /// `SCOPE_INTERNAL` when internal and external policies differ.
+    /// `SCOPE_EXTERNAL` for every frontend; `SCOPE_INTERNAL` for the
+    /// in-cluster entry of an external frontend with a Local policy (see
+    /// `FLAG_SHORT_CIRCUIT`), which Pod traffic uses instead.
     pub scope: u8,
     /// 0 for the frontend entry, 1..=count for backend slots. Host byte order.
     pub backend_slot: u16,
@@ -71,6 +72,11 @@ pub const FLAG_NO_LOCAL_ENDPOINTS: u16 = 1 << 6;
 /// this frontend's entries in `LB4_SRC_RANGES`, or it is dropped.
 /// (Bit 7 is left for the backend-selection algorithm.)
 pub const FLAG_SOURCE_RANGES: u16 = 1 << 8;
+/// An external frontend under `externalTrafficPolicy: Local` that has an
+/// in-cluster entry (the same key with `SCOPE_INTERNAL`): new flows from
+/// the cluster's Pod CIDRs use its cluster-wide backends, as kube-proxy's
+/// short-circuit of Pod traffic does.
+pub const FLAG_SHORT_CIRCUIT: u16 = 1 << 9;
 
 user_pod!(ServiceKeyV4, ServiceValue);
 
@@ -78,6 +84,11 @@ impl ServiceKeyV4 {
     /// The frontend entry (slot 0) for an address, port and protocol.
     pub const fn frontend(address: [u8; 4], port: u16, proto: u8) -> Self {
         Self { address, port, proto, scope: SCOPE_EXTERNAL, backend_slot: 0, _pad: [0; 2] }
+    }
+
+    /// The in-cluster entry of this frontend (see `FLAG_SHORT_CIRCUIT`).
+    pub const fn in_cluster(self) -> Self {
+        Self { scope: SCOPE_INTERNAL, ..self }
     }
 
     /// The key of backend slot `slot` (1-based) of this frontend.

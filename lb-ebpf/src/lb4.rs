@@ -76,6 +76,7 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     if !service::source_allowed(&svc, pkt) {
         return Ok(Some(Outcome::drop(Counter::DropSourceRange)));
     }
+    let (frontend, svc) = service::for_source(frontend, svc, pkt);
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
             return Ok(Some(Outcome::drop(Counter::DropNoLocalEndpoints)));

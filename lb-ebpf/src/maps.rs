@@ -12,7 +12,7 @@ use lb_common::{
     conntrack::{CtKeyV4, CtValueV4},
     ids,
     maps::{
-        BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY,
+        BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY,
         SOURCE_RANGES_V4_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceValue},
@@ -51,3 +51,8 @@ pub static LB_IDS: Array<u32, { ids::COUNTERS as usize }> = Array::new();
 /// `lb_common::source_ranges`. Written only by the agent.
 #[btf_map]
 pub static LB4_SRC_RANGES: LpmTrie<[u8; 8], u8, { SOURCE_RANGES_V4_CAPACITY as usize }> = LpmTrie::new();
+
+/// The cluster's Pod CIDRs (`lb_common::pod_cidrs`). Written only by the
+/// agent.
+#[btf_map]
+pub static LB4_POD_CIDRS: LpmTrie<[u8; 4], u8, { POD_CIDRS_V4_CAPACITY as usize }> = LpmTrie::new();

@@ -5,12 +5,12 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
     backend::BackendV4,
     port_filter,
-    service::{FLAG_SOURCE_RANGES, ServiceKeyV4, ServiceValue},
+    service::{FLAG_SHORT_CIRCUIT, FLAG_SOURCE_RANGES, ServiceKeyV4, ServiceValue},
     source_ranges::SourceRangeKeyV4,
 };
 
 use crate::{
-    maps::{LB_PORT_FILTER, LB4_BACKENDS, LB4_SERVICES, LB4_SRC_RANGES},
+    maps::{LB_PORT_FILTER, LB4_BACKENDS, LB4_POD_CIDRS, LB4_SERVICES, LB4_SRC_RANGES},
     parse::PacketV4,
 };
 
@@ -65,4 +65,21 @@ pub fn source_allowed(svc: &ServiceValue, pkt: &PacketV4) -> bool {
     }
     let client = SourceRangeKeyV4::client(svc.frontend_id, pkt.src);
     LB4_SRC_RANGES.get(&Key::new(client.prefix_len, client.data())).is_some()
+}
+
+/// The frontend a new flow uses: the in-cluster entry of a short-circuit
+/// frontend when the source is a Pod (inside the cluster's Pod CIDRs),
+/// else the frontend itself. Until the agent has written the in-cluster
+/// entry, the frontend itself serves.
+#[inline(always)]
+pub fn for_source(frontend: ServiceKeyV4, svc: ServiceValue, pkt: &PacketV4) -> (ServiceKeyV4, ServiceValue) {
+    if svc.flags & FLAG_SHORT_CIRCUIT == 0 || LB4_POD_CIDRS.get(&Key::new(32, pkt.src)).is_none() {
+        return (frontend, svc);
+    }
+    let twin = frontend.in_cluster();
+    // SAFETY: copied out at once.
+    match unsafe { LB4_SERVICES.get(twin) } {
+        Some(value) => (twin, *value),
+        None => (frontend, svc),
+    }
 }

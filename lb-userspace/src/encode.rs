@@ -3,6 +3,7 @@
 
 use ipnet::IpNet;
 use lb_common::{
+    pod_cidrs::PodCidrKeyV4,
     service::{self, ServiceValue},
     source_ranges::SourceRangeKeyV4,
 };
@@ -22,7 +23,24 @@ pub fn frontend_flags(frontend: &Frontend) -> u16 {
     let drop_when_empty = frontend.backends.is_empty() && frontend.when_empty == WhenEmpty::Drop;
     let no_local = if drop_when_empty { service::FLAG_NO_LOCAL_ENDPOINTS } else { 0 };
     let ranges = if frontend.source_ranges.is_some() { service::FLAG_SOURCE_RANGES } else { 0 };
-    kind | affinity | local | no_local | ranges
+    let short_circuit = if frontend.in_cluster.is_some() { service::FLAG_SHORT_CIRCUIT } else { 0 };
+    kind | affinity | local | no_local | ranges | short_circuit
+}
+
+/// The `LB4_POD_CIDRS` entries for the cluster's Pod CIDRs (IPv4 ones).
+pub fn pod_cidr_keys(cidrs: &[IpNet]) -> Vec<PodCidrKeyV4> {
+    let mut keys: Vec<PodCidrKeyV4> = cidrs
+        .iter()
+        .filter_map(|cidr| match cidr {
+            IpNet::V4(net) => {
+                Some(PodCidrKeyV4 { prefix_len: u32::from(net.prefix_len()), address: net.network().octets() })
+            }
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The `LB4_SRC_RANGES` entries of a frontend (its IPv4 ranges).

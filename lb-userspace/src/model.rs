@@ -169,6 +169,11 @@ pub struct Frontend {
     /// admits every source; `Some` only sources inside one of these
     /// (an empty list admits none).
     pub source_ranges: Option<Vec<ipnet::IpNet>>,
+    /// An external frontend under `externalTrafficPolicy: Local`, when the
+    /// node knows the cluster's Pod CIDRs: the same frontend with the
+    /// cluster-wide backends, which Pod traffic uses (kube-proxy's
+    /// short-circuit). Never nested further.
+    pub in_cluster: Option<Box<Frontend>>,
 }
 
 impl Frontend {
@@ -187,6 +192,9 @@ pub struct NodeContext {
     pub zone: Option<String>,
     /// Addresses NodePorts are served on (`--nodeport-addresses` applied).
     pub node_addresses: Vec<IpAddr>,
+    /// The cluster's Pod CIDRs (`--cluster-cidr`): sources inside them are
+    /// Pods. Empty: Pod traffic is not told apart (no short-circuit).
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
     /// `--proxy-name`: with it, only Services (and slices) labelled
     /// `service.kubernetes.io/service-proxy-name` with this value are ours;
     /// without it, only unlabelled ones, as for kube-proxy.

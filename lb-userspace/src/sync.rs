@@ -148,6 +148,7 @@ impl<W: MapWriter> Syncer<W> {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
+        self.state.set_pod_cidrs(&self.node.cluster_cidrs);
         let mut slices_by_service: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
         for slice in slices {
             if let Some(owner) = translate::slice_owner(slice) {

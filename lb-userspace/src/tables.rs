@@ -26,6 +26,9 @@ macro_rules! for_each_map {
             /// The id counters (`lb_common::ids`): written before anything
             /// that uses a new id, so a restarted agent never hands it out again.
             ids: Ids, u32 => u32, lb_common::maps::IDS, Array, phase |_| 0, transition replace;
+            /// The cluster's Pod CIDRs (`--cluster-cidr`).
+            pod_cidrs: PodCidr, lb_common::pod_cidrs::PodCidrKeyV4 => u8, lb_common::maps::POD_CIDRS_V4, Lpm,
+                phase |_| 0, transition replace;
             /// Port-filter bits by port (`lb_common::port_filter`).
             port_filter: PortFilter, u16 => u8, lb_common::maps::PORT_FILTER, Array, phase |_| 1, transition bits;
             /// Backends by id.
@@ -188,6 +191,7 @@ mod tests {
                 Write::Service(_, None) => "delete slot",
                 Write::SourceRange(_, Some(_)) => "range",
                 Write::SourceRange(_, None) => "delete range",
+                Write::PodCidr(..) => "pod cidr",
             })
             .collect()
     }

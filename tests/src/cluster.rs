@@ -26,6 +26,8 @@ use crate::{
 };
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+/// Every node's Pod addresses (the agents' `--cluster-cidr`).
+pub const POD_CIDRS: &str = "10.244.0.0/16";
 
 pub fn node_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 50, 10 + node as u8)
@@ -152,7 +154,7 @@ impl Cluster {
     pub fn start_agents(&mut self) -> anyhow::Result<()> {
         for (i, node) in self.nodes.iter().enumerate() {
             let name = node_name(i + 1);
-            let args = ["--hostname-override", name.as_str(), "--interfaces", "eth0,pod*"];
+            let args = ["--hostname-override", name.as_str(), "--interfaces", "eth0,pod*", "--cluster-cidr", POD_CIDRS];
             let agent = Agent::start(&node.netns, &self.source, &args)?;
             self.agents.push(agent);
         }

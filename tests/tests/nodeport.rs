@@ -272,3 +272,14 @@ fn load_balancer_source_ranges_admit_the_listed_client_and_no_one_else() {
     let err = outcome.expect_err("a source outside the ranges must not connect");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "dropped, not refused: {err}");
 }
+
+#[test]
+fn pods_reach_a_local_policy_node_port_through_any_node_with_endpoints_anywhere() {
+    let (cluster, _servers) = cluster();
+    // Node 2 has no endpoint of `local`: outside traffic is dropped there
+    // (see above), but a Pod on node 2 is served by the endpoint on node 1,
+    // as kube-proxy short-circuits Pod traffic to external destinations.
+    let pod = cluster.nodes[1].pods[0].clone();
+    let mut conn = servers::connect(&pod, at(2, LOCAL_NODE_PORT)).expect("enter the pod").expect("connect");
+    assert_eq!(servers::http_request_path(&mut conn, "/", true).expect("GET /"), "n1p2");
+}

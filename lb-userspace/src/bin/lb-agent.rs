@@ -100,6 +100,13 @@ struct Args {
     /// are served, as kube-proxy does (see docs/semantics.md).
     #[arg(long)]
     proxy_name: Option<String>,
+    /// The cluster's Pod CIDRs (comma-separated), as kube-proxy's
+    /// `--cluster-cidr` with `--detect-local-mode=ClusterCIDR`: Pods (sources
+    /// inside them) reaching a NodePort, external IP or load balancer IP of
+    /// a Service with `externalTrafficPolicy: Local` use endpoints anywhere
+    /// in the cluster. Without it, such traffic gets only this node's.
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    cluster_cidrs: Vec<ipnet::IpNet>,
     /// How often the source file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -211,6 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         zone: args.zone.clone(),
         node_addresses: node_addresses.borrow().clone(),
         proxy_name: args.proxy_name.clone(),
+        cluster_cidrs: args.cluster_cidrs.clone(),
         family: lb_userspace::model::IpFamily::V4,
     };
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");

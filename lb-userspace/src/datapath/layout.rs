@@ -21,6 +21,7 @@ use lb_common::{
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
     ids, maps as names,
+    pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceValue},
     source_ranges::SourceRangeKeyV4,
     stats,
@@ -82,6 +83,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::SOURCE_RANGES_V4 => (
             layout(MapType::LpmTrie, size::<SourceRangeKeyV4>(), size::<u8>(), names::SOURCE_RANGES_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        names::POD_CIDRS_V4 => (
+            layout(MapType::LpmTrie, size::<PodCidrKeyV4>(), size::<u8>(), names::POD_CIDRS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::PORT_FILTER => {

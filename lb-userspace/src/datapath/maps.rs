@@ -15,6 +15,7 @@ use aya::{
 use lb_common::{
     conntrack::{CtKeyV4, CtValueV4},
     maps as names,
+    pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceValue},
     source_ranges::SourceRangeKeyV4,
     stats::Counter,
@@ -88,30 +89,59 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
     }
 }
 
-/// An LPM trie of source ranges. The mirror's keys carry the prefix length
-/// and the data in one struct; aya's `Key` holds the same bytes.
-struct Lpm<V>(LpmTrie<MapData, [u8; 8], V>);
+/// A key of an LPM trie the agent writes: the mirror holds it as one
+/// struct (prefix length and data), aya as `Key<Data>`; same bytes.
+trait LpmKey: Copy + Ord {
+    type Data: Pod;
+    fn to_key(self) -> Key<Self::Data>;
+    fn from_key(key: Key<Self::Data>) -> Self;
+}
 
-impl<V: Pod> Lpm<V> {
+impl LpmKey for SourceRangeKeyV4 {
+    type Data = [u8; 8];
+
+    fn to_key(self) -> Key<[u8; 8]> {
+        Key::new(self.prefix_len, self.data())
+    }
+
+    fn from_key(key: Key<[u8; 8]>) -> Self {
+        let [a, b, c, d, e, f, g, h] = key.data();
+        Self { prefix_len: key.prefix_len(), frontend_id: [a, b, c, d], address: [e, f, g, h] }
+    }
+}
+
+impl LpmKey for PodCidrKeyV4 {
+    type Data = [u8; 4];
+
+    fn to_key(self) -> Key<[u8; 4]> {
+        Key::new(self.prefix_len, self.address)
+    }
+
+    fn from_key(key: Key<[u8; 4]>) -> Self {
+        Self { prefix_len: key.prefix_len(), address: key.data() }
+    }
+}
+
+/// An LPM trie, as the agent reads and writes it.
+struct Lpm<K: LpmKey, V>(LpmTrie<MapData, K::Data, V>);
+
+impl<K: LpmKey, V: Pod> Lpm<K, V> {
     fn new(map: Map) -> anyhow::Result<Self> {
         Ok(Self(map.try_into()?))
     }
 
-    fn read_all(&self) -> anyhow::Result<BTreeMap<SourceRangeKeyV4, V>> {
+    fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
         self.0
             .iter()
             .map(|entry| {
                 let (key, value) = entry?;
-                let [a, b, c, d, e, f, g, h] = key.data();
-                let key =
-                    SourceRangeKeyV4 { prefix_len: key.prefix_len(), frontend_id: [a, b, c, d], address: [e, f, g, h] };
-                Ok((key, value))
+                Ok((K::from_key(key), value))
             })
             .collect()
     }
 
-    fn write(&mut self, key: SourceRangeKeyV4, value: Option<V>) -> Result<(), MapError> {
-        let key = Key::new(key.prefix_len, key.data());
+    fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
+        let key = key.to_key();
         let result = match value {
             Some(value) => self.0.insert(&key, value, 0),
             None => self.0.remove(&key),
@@ -172,7 +202,7 @@ macro_rules! kernel_tables {
 macro_rules! kernel_storage {
     (Hash, $key:ty, $value:ty) => { Hash<$key, $value> };
     (Array, $key:ty, $value:ty) => { Indexed<$key, $value> };
-    (Lpm, $key:ty, $value:ty) => { Lpm<$value> };
+    (Lpm, $key:ty, $value:ty) => { Lpm<$key, $value> };
 }
 
 for_each_map!(kernel_tables);

@@ -159,9 +159,28 @@ impl DesiredState {
             return;
         };
         let key = ServiceKeyV4::frontend(ip.octets(), address.port, address.protocol.number());
-        match self.claims.winner(&address).cloned() {
-            Some(frontend) => self.put_frontend(key, &frontend),
+        let winner = self.claims.winner(&address).cloned();
+        // The in-cluster entry goes in after the frontend whose flag points
+        // to it; until then Pods get the frontend itself (see the datapath).
+        match &winner {
+            Some(frontend) => self.put_frontend(key, frontend),
             None => self.remove_frontend(key),
+        }
+        match winner.and_then(|frontend| frontend.in_cluster) {
+            Some(in_cluster) => self.put_frontend(key.in_cluster(), &in_cluster),
+            None => self.remove_frontend(key.in_cluster()),
+        }
+    }
+
+    /// The cluster's Pod CIDRs, as `LB4_POD_CIDRS` must hold them.
+    pub fn set_pod_cidrs(&mut self, cidrs: &[ipnet::IpNet]) {
+        let wanted = encode::pod_cidr_keys(cidrs);
+        let gone: Vec<_> = self.maps.pod_cidrs.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        for key in gone {
+            set(&mut self.maps.pod_cidrs, &mut self.touched.pod_cidrs, key, None);
+        }
+        for key in wanted {
+            set(&mut self.maps.pod_cidrs, &mut self.touched.pod_cidrs, key, Some(lb_common::pod_cidrs::POD_CIDR));
         }
     }
 
@@ -340,6 +359,7 @@ mod tests {
             affinity_timeout_s: Some(30),
             local_only: false,
             source_ranges: None,
+            in_cluster: None,
         }
     }
 

@@ -27,7 +27,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::model::{Frontend, FrontendKind, NodeContext, Problem, ServiceTable};
+use crate::model::{Frontend, FrontendKind, NodeContext, Problem, ServicePortName, ServiceTable};
 
 use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, slices::SliceIndex};
 
@@ -113,24 +113,54 @@ fn port_frontends(
     let internal = endpoints::select(eps, settings.internal_local, node);
     let external = endpoints::select(eps, settings.external_local, node);
     let source_ranges = load_balancer_source_ranges(&port, settings, node);
+    // kube-proxy's short-circuit: Pods reaching an external frontend of a
+    // Local-policy Service use endpoints anywhere, as ClusterIP traffic does.
+    let short_circuit =
+        (settings.external_local && !node.cluster_cidrs.is_empty()).then(|| endpoints::select(eps, false, node));
+    let shared = Shared { service: &port.service, eps, settings, node };
     port.addresses
-        .into_iter()
-        .map(|(kind, address, port_number)| {
-            let Selection { backends, local_only, when_empty } = if kind.is_external() { &external } else { &internal };
-            Frontend {
-                service: port.service.clone(),
-                kind,
-                address,
-                port: port_number,
-                backends: backends.clone(),
-                draining: endpoints::draining(eps, backends, node),
-                when_empty: *when_empty,
-                affinity_timeout_s: settings.affinity_timeout_s,
-                local_only: *local_only,
-                source_ranges: (kind == FrontendKind::LoadBalancer).then(|| source_ranges.clone()).flatten(),
-            }
+        .iter()
+        .map(|&(kind, address, number)| {
+            let selection = if kind.is_external() { &external } else { &internal };
+            let ranges = (kind == FrontendKind::LoadBalancer).then(|| source_ranges.clone()).flatten();
+            let in_cluster = short_circuit
+                .as_ref()
+                .filter(|_| kind.is_external())
+                .map(|cluster| Box::new(shared.frontend((kind, address, number), cluster, None)));
+            Frontend { in_cluster, ..shared.frontend((kind, address, number), selection, ranges) }
         })
         .collect()
+}
+
+/// What every frontend of one Service port shares.
+struct Shared<'a> {
+    service: &'a ServicePortName,
+    eps: &'a [endpoints::Endpoint],
+    settings: &'a Settings,
+    node: &'a NodeContext,
+}
+
+impl Shared<'_> {
+    fn frontend(
+        &self,
+        (kind, address, port): (FrontendKind, std::net::IpAddr, u16),
+        selection: &Selection,
+        source_ranges: Option<Vec<IpNet>>,
+    ) -> Frontend {
+        Frontend {
+            service: self.service.clone(),
+            kind,
+            address,
+            port,
+            backends: selection.backends.clone(),
+            draining: endpoints::draining(self.eps, &selection.backends, self.node),
+            when_empty: selection.when_empty,
+            affinity_timeout_s: self.settings.affinity_timeout_s,
+            local_only: selection.local_only,
+            source_ranges,
+            in_cluster: None,
+        }
+    }
 }
 
 /// The source ranges of this port's LoadBalancer frontends. As kube-proxy:

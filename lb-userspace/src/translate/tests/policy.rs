@@ -49,6 +49,32 @@ fn external_traffic_policy_local_keeps_node_local_endpoints() {
     assert!(!cluster_ip.local_only);
 }
 
+/// kube-proxy's short-circuit: with the Pod CIDRs known, Pods reaching an
+/// external frontend of a Local-policy Service get endpoints anywhere.
+#[test]
+fn external_traffic_policy_local_gives_pods_the_cluster_wide_endpoints_when_pod_cidrs_are_known() {
+    let mut svc = web_node_port_service();
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    let pods_known = NodeContext { cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()], ..node() };
+    let table = run_on(&pods_known, &[svc.clone()], &[spread_slice()]);
+    let node_port = at(&table, NODE_PORT);
+    assert_eq!(backends(node_port), ["10.244.1.5:8080"], "outside traffic: this node's endpoints");
+    let in_cluster = node_port.in_cluster.as_ref().expect("an in-cluster entry");
+    assert_eq!(backends(in_cluster), ["10.244.1.5:8080", "10.244.2.7:8080"], "Pod traffic: every endpoint");
+    assert!(!in_cluster.local_only && in_cluster.in_cluster.is_none());
+    assert!(at(&table, CLUSTER_IP).in_cluster.is_none(), "ClusterIPs follow internalTrafficPolicy only");
+
+    let table = run(&[svc], &[spread_slice()]);
+    assert!(at(&table, NODE_PORT).in_cluster.is_none(), "without Pod CIDRs, Pod traffic is not told apart");
+}
+
+#[test]
+fn external_traffic_policy_cluster_needs_no_in_cluster_entry() {
+    let pods_known = NodeContext { cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()], ..node() };
+    let table = run_on(&pods_known, &[web_node_port_service()], &[spread_slice()]);
+    assert!(at(&table, NODE_PORT).in_cluster.is_none());
+}
+
 #[test]
 fn local_policy_falls_back_to_local_serving_terminating_endpoints() {
     // A ready endpoint elsewhere does not stop the fallback: under Local
