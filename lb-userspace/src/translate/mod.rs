@@ -96,7 +96,7 @@ fn translate_service(
         .into_iter()
         .flat_map(|port| {
             let eps = index.endpoints(namespace, name, &port.service.port, port.service.protocol);
-            port_frontends(port, &eps, &settings, node)
+            port_frontends(&port, &eps, &settings, node)
         })
         .collect()
 }
@@ -105,14 +105,14 @@ fn translate_service(
 /// chosen under internalTrafficPolicy, the others those chosen under
 /// externalTrafficPolicy.
 fn port_frontends(
-    port: PortFrontends,
+    port: &PortFrontends,
     eps: &[endpoints::Endpoint],
     settings: &Settings,
     node: &NodeContext,
 ) -> Vec<Frontend> {
     let internal = endpoints::select(eps, settings.internal_local, node);
     let external = endpoints::select(eps, settings.external_local, node);
-    let source_ranges = load_balancer_source_ranges(&port, settings, node);
+    let source_ranges = load_balancer_source_ranges(port, settings, node);
     // kube-proxy's short-circuit: Pods reaching an external frontend of a
     // Local-policy Service use endpoints anywhere, as ClusterIP traffic does.
     let short_circuit =
