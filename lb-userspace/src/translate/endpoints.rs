@@ -89,17 +89,20 @@ fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<
 }
 
 /// Local policy: this node's ready endpoints, else its serving-terminating
-/// ones. Topology does not narrow a Local policy. An unknown node name
-/// matches no endpoint: better no backend than Local traffic sent off-node.
+/// ones. Topology does not narrow a Local policy.
 fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
-    let node_name = known_node_name(node);
-    let here: Vec<&Endpoint> =
-        endpoints.iter().filter(|ep| node_name.is_some() && ep.node_name.as_deref() == node_name).collect();
+    let here: Vec<&Endpoint> = endpoints.iter().filter(|ep| is_local(ep, node)).collect();
     let ready: Vec<&Endpoint> = here.iter().copied().filter(|ep| ep.ready).collect();
     if !ready.is_empty() {
         return (ready, false);
     }
     (here.into_iter().filter(|ep| ep.is_serving_terminating()).collect(), true)
+}
+
+/// Whether an endpoint runs on this node. An unknown node name matches
+/// none: better no backend than Local traffic sent off-node.
+pub(super) fn is_local(endpoint: &Endpoint, node: &NodeContext) -> bool {
+    known_node_name(node).is_some_and(|name| endpoint.node_name.as_deref() == Some(name))
 }
 
 /// This node's name, unless unknown; an empty name is unknown too, as in
