@@ -187,3 +187,17 @@ fn a_taken_port_is_reported_and_retried_while_other_services_are_served() {
     let answer = eventually("taken-web served once its port is free", || node.probe(TAKEN_WEB).ok());
     assert_eq!((answer.status, body(&answer)), (200, expected_body("taken-web", 1)));
 }
+
+/// kube-proxy's rule: with `--nodeport-addresses`, health check ports
+/// listen only on the node addresses it selects, not everywhere.
+#[test]
+fn nodeport_addresses_limit_where_health_checks_listen() {
+    let services = file(&[service(41, "local-web", "Local", LOCAL_WEB, &[ON_THIS_NODE])]);
+    let node = Node::start(&services, &["--nodeport-addresses", "10.0.1.0/24"]);
+    let answer = eventually("served on the selected address", || node.probe(LOCAL_WEB).ok());
+    assert_eq!(answer.status, 200);
+    // The node's address towards the backend is not selected.
+    let elsewhere = SocketAddr::from(([10, 244, 1, 1], LOCAL_WEB));
+    let other = servers::connect(&node.topology.node, elsewhere).expect("enter node namespace");
+    assert!(refused(&other), "not served on {elsewhere}: {other:?}");
+}

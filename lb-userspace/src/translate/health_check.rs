@@ -66,14 +66,16 @@ pub fn health_check<'a>(
 /// ports from its per-port table).
 fn needs_health_check(svc: &Service, node: &NodeContext) -> bool {
     let Some(spec) = svc.spec.as_ref() else { return false };
+    // The cheap test first: a full sync asks this of every Service.
+    if spec.type_.as_deref() != Some("LoadBalancer") || spec.external_traffic_policy.as_deref() != Some("Local") {
+        return false;
+    }
     let in_family = service::cluster_ips(spec)
         .iter()
         .filter_map(|ip| ip.parse::<IpAddr>().ok())
         .any(|ip| IpFamily::of(ip) == node.family);
     service::is_proxied(&svc.metadata, spec, node)
         && in_family
-        && spec.type_.as_deref() == Some("LoadBalancer")
-        && spec.external_traffic_policy.as_deref() == Some("Local")
         && spec.ports.as_ref().is_some_and(|ports| !ports.is_empty())
 }
 
