@@ -11,6 +11,7 @@ use std::{
 
 use lb_tests::{
     agent::{self, Agent},
+    apiserver::ApiServer,
     observe::{self, Response},
     servers,
     topology::{NODE_CLIENT_SIDE_IP, Topology},
@@ -62,7 +63,8 @@ struct Node {
     /// Runs as long as the `Node` (stopped before the namespaces go).
     _agent: Agent,
     topology: Topology,
-    source_file: std::path::PathBuf,
+    /// The Services file (or kubeconfig) given to the agent; removed on drop.
+    config_file: std::path::PathBuf,
 }
 
 impl Node {
@@ -74,11 +76,11 @@ impl Node {
         args.extend_from_slice(extra_args);
         let mut agent = Agent::start(&topology.node, &source_file, &args).expect("start agent");
         agent.wait_ready(Duration::from_secs(30)).expect("agent ready");
-        Node { _agent: agent, topology, source_file }
+        Node { _agent: agent, topology, config_file: source_file }
     }
 
     fn update(&self, services: &str) {
-        agent::write_atomically(&self.source_file, services).expect("write services");
+        agent::write_atomically(&self.config_file, services).expect("write services");
     }
 
     /// A new connection from the client to the node's health check `port`.
@@ -96,7 +98,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.source_file);
+        let _ = std::fs::remove_file(&self.config_file);
     }
 }
 
@@ -200,4 +202,63 @@ fn nodeport_addresses_limit_where_health_checks_listen() {
     let elsewhere = SocketAddr::from(([10, 244, 1, 1], LOCAL_WEB));
     let other = servers::connect(&node.topology.node, elsewhere).expect("enter node namespace");
     assert!(refused(&other), "not served on {elsewhere}: {other:?}");
+}
+
+/// `service()` as the API server holds it.
+fn service_object(index: u8, name: &str, health_check_port: u16) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"type": "LoadBalancer", "clusterIP": format!("10.96.0.{index}"), "clusterIPs": [format!("10.96.0.{index}")],
+                 "externalTrafficPolicy": "Local", "healthCheckNodePort": health_check_port,
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30000 + u16::from(index)}]}
+    })
+}
+
+fn slice_object(name: &str, (ip, node): (&str, &str)) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-1"), "namespace": "shop", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": node}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    })
+}
+
+/// The Kubernetes source applies changes one Service at a time; the
+/// counts follow those incremental syncs, and a port that cannot be opened
+/// becomes kube-proxy's Event on the Service.
+#[test]
+fn with_the_kubernetes_source_counts_follow_changes_and_a_taken_port_is_an_event() {
+    let topology = Topology::create(1).expect("topology");
+    let blocker = servers::in_netns(&topology.node, || Ok(std::net::TcpListener::bind(("0.0.0.0", TAKEN_WEB))?))
+        .expect("take the port");
+    let api = servers::in_netns(&topology.node, || Ok(ApiServer::start())).expect("API server");
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", topology.node));
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let args =
+        ["--source", "kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a"];
+    let mut agent = Agent::start_with(&topology.node, &args.map(str::to_owned)).expect("agent");
+    agent.wait_ready(Duration::from_secs(30)).expect("agent ready");
+    let node = Node { _agent: agent, topology, config_file: kubeconfig };
+
+    api.apply(service_object(41, "local-web", LOCAL_WEB));
+    api.apply(slice_object("local-web", ON_THIS_NODE));
+    api.apply(service_object(44, "taken-web", TAKEN_WEB));
+    let answer = eventually("local-web served", || node.probe(LOCAL_WEB).ok().filter(|a| a.status == 200));
+    assert_eq!(body(&answer), expected_body("local-web", 1));
+
+    api.apply(slice_object("local-web", ON_NODE_B));
+    let answer =
+        eventually("the endpoint's move is reported", || node.probe(LOCAL_WEB).ok().filter(|a| a.status == 503));
+    assert_eq!(body(&answer), expected_body("local-web", 0));
+
+    eventually("an Event about taken-web", || {
+        api.events().into_iter().find(|e| {
+            let regarding = e.get("regarding").or_else(|| e.get("involvedObject"));
+            e["reason"] == "FailedToStartServiceHealthcheck"
+                && regarding.and_then(|r| r.get("name")).and_then(Value::as_str) == Some("taken-web")
+        })
+    });
+    drop(blocker);
 }
