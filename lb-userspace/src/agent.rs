@@ -1,6 +1,7 @@
 //! The agent's main loop: wait for source changes, pace syncs, report
-//! problems. I/O lives at the edges (sources, map writer, event
-//! publisher); the decisions are in `runner`, `sync` and `problems`.
+//! problems, keep the Services' health check servers in step. I/O lives
+//! at the edges (sources, map writer, event publisher, listeners); the
+//! decisions are in `runner`, `sync`, `problems` and `healthcheck`.
 
 use std::{
     future::Future,

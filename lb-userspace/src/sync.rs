@@ -5,7 +5,9 @@
 //! kernel maps. A full sync re-translates everything and diffs every key
 //! against the maps as the kernel holds them *now* (read back), so it also
 //! repairs entries changed or removed behind the agent's back. A failed
-//! write makes the next sync full.
+//! write makes the next sync full. Each re-translated Service's health
+//! check (`healthCheckNodePort`) is recorded on the way, for the agent
+//! to reconcile its servers with.
 
 use std::{
     collections::{BTreeMap, HashMap},
