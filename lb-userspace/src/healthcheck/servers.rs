@@ -268,6 +268,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_proxy_behind_on_its_syncs_fails_every_check() {
+        let health = Arc::new(ProxyHealth::new(Duration::ZERO));
+        let servers = ServiceHealthServers::new(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)], health.clone(), Arc::default());
+        let port = free_port();
+        servers.reconcile(&desired(&[(port, "web", 2)]));
+        let (_, healthy) = get(connect(port)).await;
+        assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+
+        // A change has waited longer than the health timeout.
+        health.queued(SystemTime::UNIX_EPOCH);
+        let (_, lagging) = get(connect(port)).await;
+        assert!(lagging.starts_with("HTTP/1.1 503"), "{lagging}");
+        assert!(lagging.contains("\"serviceProxyHealthy\": false"), "{lagging}");
+    }
+
+    #[tokio::test]
     async fn a_taken_port_is_reported_once_and_retried_while_others_serve() {
         let servers = servers();
         let blocker = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
