@@ -20,12 +20,7 @@ use crate::{
     model::Problem,
     problems::ProblemLog,
     runner::SyncPacer,
-    source::{
-        file::FileSource,
-        kubernetes::KubeSource,
-        tracker::Changes,
-        objects::Objects,
-    },
+    source::{file::FileSource, kubernetes::KubeSource, objects::Objects, tracker::Changes},
     sync::{MapWriter, SyncReport, Syncer},
 };
 
@@ -95,7 +90,8 @@ impl Observers {
     pub fn new(health_timeout: Duration, health_check_addresses: Vec<std::net::IpAddr>) -> Self {
         let metrics: Arc<SyncMetrics> = Arc::default();
         let health = Arc::new(ProxyHealth::new(health_timeout));
-        let service_health = Arc::new(ServiceHealthServers::new(health_check_addresses, health.clone(), metrics.clone()));
+        let service_health =
+            Arc::new(ServiceHealthServers::new(health_check_addresses, health.clone(), metrics.clone()));
         Self { metrics, health, service_health }
     }
 
@@ -204,7 +200,11 @@ fn reconcile_health_checks<W: MapWriter>(syncer: &mut Syncer<W>, sink: &mut dyn 
 /// Runs the sync a source calls for: incremental when only some Services
 /// changed, full after a relist, a file change, or as the periodic resync
 /// (`full`).
-fn run_sync<W: MapWriter>(syncer: &mut Syncer<W>, source: &mut Source, full: bool) -> (anyhow::Result<SyncReport>, Vec<Problem>) {
+fn run_sync<W: MapWriter>(
+    syncer: &mut Syncer<W>,
+    source: &mut Source,
+    full: bool,
+) -> (anyhow::Result<SyncReport>, Vec<Problem>) {
     match source {
         Source::File { latest: Some(o), .. } => (syncer.sync(&o.services, &o.slices), o.problems.clone()),
         Source::File { latest: None, .. } => (syncer.sync([], []), Vec::new()),
@@ -235,7 +235,8 @@ fn sync_once<W: MapWriter>(
 ) -> bool {
     let started = Instant::now();
     let (result, mut unreadable) = run_sync(syncer, source, full);
-    let mut outcome = SyncOutcome { full, took: started.elapsed(), writes: None, repaired: 0, invalid_now: 0, invalid_new: 0 };
+    let mut outcome =
+        SyncOutcome { full, took: started.elapsed(), writes: None, repaired: 0, invalid_now: 0, invalid_new: 0 };
     let now = SystemTime::now();
     match result {
         Ok(report) => {

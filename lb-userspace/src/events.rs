@@ -68,7 +68,8 @@ impl ProblemSink for EventPublisher {
     /// kube-proxy's Event for the same failure (reason and action).
     fn health_check_failed(&mut self, failure: &Failure) {
         let (namespace, name) = &failure.service;
-        let service = Problem { kind: "Service", namespace: namespace.clone(), name: name.clone(), message: String::new() };
+        let service =
+            Problem { kind: "Service", namespace: namespace.clone(), name: name.clone(), message: String::new() };
         let event = Event {
             type_: EventType::Warning,
             reason: "FailedToStartServiceHealthcheck".into(),
