@@ -1,6 +1,7 @@
 //! The agent's main loop: wait for source changes, pace syncs, report
-//! problems. I/O lives at the edges (sources, map writer, event
-//! publisher); the decisions are in `runner`, `sync` and `problems`.
+//! problems, keep the Services' health check servers in step. I/O lives
+//! at the edges (sources, map writer, event publisher, listeners); the
+//! decisions are in `runner`, `sync`, `problems` and `healthcheck`.
 
 use std::{
     future::Future,
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     health::ProxyHealth,
+    healthcheck::{Failure, ServiceHealthServers},
     metrics::{SyncMetrics, SyncOutcome},
     model::Problem,
     problems::ProblemLog,
@@ -72,18 +74,25 @@ impl Source {
 }
 
 /// Where sync outcomes go beyond the log: the metrics and the health
-/// check, both read by the agent's HTTP endpoints.
+/// check, both read by the agent's HTTP endpoints, and the Services'
+/// health check servers.
 #[derive(Clone, Debug)]
 pub struct Observers {
     pub metrics: Arc<SyncMetrics>,
     pub health: Arc<ProxyHealth>,
+    pub service_health: Arc<ServiceHealthServers>,
 }
 
 impl Observers {
     /// `health_timeout`: how long a change may wait for its sync before
     /// the agent reports itself unhealthy (kube-proxy: 2 × sync period).
-    pub fn new(health_timeout: Duration) -> Self {
-        Self { metrics: Arc::default(), health: Arc::new(ProxyHealth::new(health_timeout)) }
+    /// `health_check_addresses`: where Services' health check ports listen.
+    pub fn new(health_timeout: Duration, health_check_addresses: Vec<std::net::IpAddr>) -> Self {
+        let metrics: Arc<SyncMetrics> = Arc::default();
+        let health = Arc::new(ProxyHealth::new(health_timeout));
+        let service_health =
+            Arc::new(ServiceHealthServers::new(health_check_addresses, health.clone(), metrics.clone()));
+        Self { metrics, health, service_health }
     }
 
     fn queued(&self) {
@@ -96,6 +105,8 @@ impl Observers {
 /// Publishes problems beyond the log (Kubernetes Events).
 pub trait ProblemSink {
     fn publish(&mut self, problem: &Problem);
+    /// A Service's health check port could not be opened.
+    fn health_check_failed(&mut self, _failure: &Failure) {}
 }
 
 /// How often to sync.
@@ -167,6 +178,8 @@ pub async fn run<W: MapWriter>(
                     full = true;
                 }
                 let ok = sync_once(syncer, source, full, &mut problems, sink, observers);
+                // After the maps are written: opening ports never delays the datapath.
+                reconcile_health_checks(syncer, sink, observers);
                 pacer.synced(Instant::now().into_std(), full, ok);
                 if ok
                     && let Some(path) = ready_file.take()
@@ -177,6 +190,21 @@ pub async fn run<W: MapWriter>(
             }
             () = &mut shutdown => return,
         }
+    }
+}
+
+/// Opens, updates and closes the Services' health check servers when a
+/// check changed, or to retry a port that failed to open.
+fn reconcile_health_checks<W: MapWriter>(syncer: &mut Syncer<W>, sink: &mut dyn ProblemSink, observers: &Observers) {
+    let changed = syncer.health_checks().take_changed();
+    if !changed && !observers.service_health.has_failures() {
+        return;
+    }
+    let desired = syncer.health_checks().desired();
+    for failure in observers.service_health.reconcile(&desired) {
+        let (namespace, name) = &failure.service;
+        warn!(namespace = %namespace, name = %name, port = failure.port, reason = %failure.reason, "health check not served; retrying at each sync");
+        sink.health_check_failed(&failure);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Kubernetes Events for objects the agent skips, so `kubectl describe`
-//! shows why a Service is not served. Publishing is best effort: without
+//! shows why a Service is not served, and for health check ports that
+//! cannot be opened. Publishing is best effort: without
 //! RBAC for events the failure is logged once at debug level.
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -8,7 +9,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
-use crate::{agent::ProblemSink, model::Problem};
+use crate::{agent::ProblemSink, healthcheck::Failure, model::Problem};
 
 pub struct EventPublisher {
     recorder: Recorder,
@@ -41,10 +42,19 @@ fn reference(problem: &Problem) -> ObjectReference {
     }
 }
 
+impl EventPublisher {
+    fn send(&self, event: Event, reference: ObjectReference) {
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "could not publish a Kubernetes Event");
+            }
+        });
+    }
+}
+
 impl ProblemSink for EventPublisher {
     fn publish(&mut self, problem: &Problem) {
-        let recorder = self.recorder.clone();
-        let reference = reference(problem);
         let event = Event {
             type_: EventType::Warning,
             reason: format!("Invalid{}", problem.kind),
@@ -52,11 +62,22 @@ impl ProblemSink for EventPublisher {
             action: "Skipped".into(),
             secondary: None,
         };
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "could not publish a Kubernetes Event");
-            }
-        });
+        self.send(event, reference(problem));
+    }
+
+    /// kube-proxy's Event for the same failure (reason and action).
+    fn health_check_failed(&mut self, failure: &Failure) {
+        let (namespace, name) = &failure.service;
+        let service =
+            Problem { kind: "Service", namespace: namespace.clone(), name: name.clone(), message: String::new() };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "FailedToStartServiceHealthcheck".into(),
+            note: Some(failure.to_string().chars().take(1000).collect()),
+            action: "Listen".into(),
+            secondary: None,
+        };
+        self.send(event, reference(&service));
     }
 }
 

@@ -58,6 +58,8 @@ pub struct SyncMetrics {
     invalid_objects_seen: Counter,
     healthz: Family<CodeLabel, Counter>,
     livez: Family<CodeLabel, Counter>,
+    health_check_servers: Gauge,
+    health_check_listen_failures: Counter,
 }
 
 impl Default for SyncMetrics {
@@ -75,6 +77,8 @@ impl Default for SyncMetrics {
             invalid_objects_seen: Counter::default(),
             healthz: Family::default(),
             livez: Family::default(),
+            health_check_servers: Gauge::default(),
+            health_check_listen_failures: Counter::default(),
         }
     }
 }
@@ -120,6 +124,17 @@ impl SyncMetrics {
     pub fn probe(&self, livez: bool, code: u16) {
         let family = if livez { &self.livez } else { &self.healthz };
         family.get_or_create(&vec![("code", code.to_string())]).inc();
+    }
+
+    /// Service health check ports open now.
+    pub fn health_check_servers(&self, open: usize) {
+        self.health_check_servers.set(open as i64);
+    }
+
+    /// A Service health check port could not be opened (counted at every
+    /// attempt, so a rate above zero means one is still failing).
+    pub fn health_check_listen_failed(&self) {
+        self.health_check_listen_failures.inc();
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -172,6 +187,16 @@ impl SyncMetrics {
             "invalid_objects_reported",
             "Distinct untranslatable objects reported since start",
             self.invalid_objects_seen.clone(),
+        );
+        lb.register(
+            "service_health_check_servers",
+            "healthCheckNodePort servers listening (LoadBalancer Services with externalTrafficPolicy Local)",
+            self.health_check_servers.clone(),
+        );
+        lb.register(
+            "service_health_check_listen_failures",
+            "Attempts to open a healthCheckNodePort that failed (retried at every sync)",
+            self.health_check_listen_failures.clone(),
         );
     }
 }
@@ -273,6 +298,8 @@ mod tests {
         sync.synced(&outcome, UNIX_EPOCH + Duration::from_secs(1000));
         sync.synced(&SyncOutcome { full: false, writes: None, ..outcome }, UNIX_EPOCH);
         sync.probe(false, 503);
+        sync.health_check_servers(2);
+        sync.health_check_listen_failed();
         let text = Metrics::new(&sync, "/nonexistent".into()).render();
         for line in [
             "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
@@ -283,6 +310,8 @@ mod tests {
             "lb_sync_map_writes_total 7",
             "lb_sync_failures_total 1",
             "lb_invalid_objects 1",
+            "lb_service_health_check_servers 2",
+            "lb_service_health_check_listen_failures_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line || l.starts_with(&format!("{line}."))),

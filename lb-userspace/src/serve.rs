@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoints: `/metrics` on the metrics address,
 //! `/healthz` and `/livez` on the health address (kube-proxy's defaults:
-//! 0.0.0.0:10249 and 0.0.0.0:10256).
+//! 0.0.0.0:10249 and 0.0.0.0:10256); the per-Service health check servers
+//! (`healthcheck`) use the same server.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinSet};
 use tracing::debug;
 
 use crate::{
@@ -16,34 +17,53 @@ use crate::{
     metrics::{self, Metrics, SyncMetrics},
 };
 
-/// An answer: status, content type, body.
-type Reply = (StatusCode, &'static str, String);
-
-fn not_found() -> Reply {
-    (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into())
+/// An answer: status, content type, extra headers, body.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
 }
 
-/// Serves `route` on `listener` until the task is dropped.
-async fn serve<F>(listener: TcpListener, route: F)
+impl Reply {
+    pub(crate) fn new(status: StatusCode, content_type: &'static str, body: String) -> Self {
+        Self { status, content_type, headers: Vec::new(), body }
+    }
+}
+
+fn not_found() -> Reply {
+    Reply::new(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into())
+}
+
+/// Serves `route` on `listener` until this future is dropped, which also
+/// closes the connections it accepted (they are its own tasks).
+pub(crate) async fn serve<F>(listener: TcpListener, route: F)
 where
     F: Fn(String) -> tokio::task::JoinHandle<Reply> + Send + Sync + 'static,
 {
     let route = Arc::new(route);
+    let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next() => continue,
         };
+        let Ok((stream, _)) = accepted else { continue };
         let route = route.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let reply = route(request.uri().path().to_owned());
                 async move {
-                    let (status, content_type, body) = reply.await.unwrap_or_else(|_| not_found());
-                    Response::builder()
-                        .status(status)
-                        .header(header::CONTENT_TYPE, content_type)
-                        .header("X-Content-Type-Options", "nosniff")
-                        .body(Full::new(Bytes::from(body)))
+                    let reply = reply.await.unwrap_or_else(|_| not_found());
+                    let mut response = Response::builder()
+                        .status(reply.status)
+                        .header(header::CONTENT_TYPE, reply.content_type)
+                        .header("X-Content-Type-Options", "nosniff");
+                    for (name, value) in reply.headers {
+                        response = response.header(name, value);
+                    }
+                    response.body(Full::new(Bytes::from(reply.body)))
                 }
             });
             if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
@@ -59,7 +79,7 @@ pub async fn metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     serve(listener, move |path| {
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || match path.as_str() {
-            "/metrics" => (StatusCode::OK, metrics::CONTENT_TYPE, metrics.render()),
+            "/metrics" => Reply::new(StatusCode::OK, metrics::CONTENT_TYPE, metrics.render()),
             _ => not_found(),
         })
     })
@@ -80,7 +100,7 @@ pub async fn health(listener: TcpListener, health: Arc<ProxyHealth>, sync: Arc<S
             let verdict = if livez { health.livez(now) } else { health.healthz(now) };
             let status = if verdict.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             sync.probe(livez, status.as_u16());
-            (status, "application/json", verdict.json(!livez))
+            Reply::new(status, "application/json", verdict.json(!livez))
         })
     })
     .await;

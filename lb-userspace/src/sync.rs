@@ -5,7 +5,9 @@
 //! kernel maps. A full sync re-translates everything and diffs every key
 //! against the maps as the kernel holds them *now* (read back), so it also
 //! repairs entries changed or removed behind the agent's back. A failed
-//! write makes the next sync full.
+//! write makes the next sync full. Each re-translated Service's health
+//! check (`healthCheckNodePort`) is recorded on the way, for the agent
+//! to reconcile its servers with.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,6 +18,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     datapath::maps::ServiceMaps,
+    healthcheck::HealthChecks,
     model::{NodeContext, Problem},
     state::{DesiredState, HighestIds, ServiceRef},
     tables::{self, DesiredMaps, Write},
@@ -81,6 +84,9 @@ pub struct Syncer<W> {
     node: NodeContext,
     /// A write failed: only a full sync can tell what the maps hold.
     needs_full: bool,
+    /// The Services' health check servers, kept with the translation
+    /// because it visits exactly the Services that changed.
+    health_checks: HealthChecks,
 }
 
 /// One Service whose objects changed: its (namespace, name), the Service
@@ -98,7 +104,7 @@ impl<W: MapWriter> Syncer<W> {
             HighestIds::default()
         });
         let state = DesiredState::resume(&existing, conntrack);
-        Self { writer, current: existing, state, node, needs_full: false }
+        Self { writer, current: existing, state, node, needs_full: false, health_checks: HealthChecks::default() }
     }
 
     /// Starts from what the maps hold now: an agent starting again over
@@ -135,6 +141,12 @@ impl<W: MapWriter> Syncer<W> {
         &mut self.node
     }
 
+    /// The health checks as of the last sync (whether or not its map
+    /// writes succeeded: they do not depend on the maps).
+    pub fn health_checks(&mut self) -> &mut HealthChecks {
+        &mut self.health_checks
+    }
+
     /// Whether the next sync must be full (a write failed).
     pub fn needs_full(&self) -> bool {
         self.needs_full
@@ -167,8 +179,7 @@ impl<W: MapWriter> Syncer<W> {
         }
         for (key, svc) in by_ref {
             let slices = slices_by_service.remove(&key).unwrap_or_default();
-            let (frontends, problems) = translate::translate_one(svc, slices, &self.node);
-            self.state.set_service(key, frontends, problems);
+            self.translate_service(key, svc, &slices);
         }
         self.state.take_touched();
         let repaired = self.reread_kernel_maps();
@@ -183,12 +194,23 @@ impl<W: MapWriter> Syncer<W> {
     pub fn update<'a>(&mut self, changes: impl IntoIterator<Item = ServiceChange<'a>>) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
         for (key, svc, slices) in changes {
-            let (frontends, problems) = translate::translate_one(svc, slices, &self.node);
-            self.state.set_service(key, frontends, problems);
+            self.translate_service(key, svc, &slices);
         }
         let touched = self.state.take_touched();
         let writes = tables::diff_keys(&self.current, self.state.maps(), &touched);
         self.apply(&writes, started)
+    }
+
+    /// One Service's frontends, problems and health check.
+    fn translate_service(&mut self, key: ServiceRef, svc: Option<&Service>, slices: &[&EndpointSlice]) {
+        let (frontends, mut problems) = translate::translate_one(svc, slices.iter().copied(), &self.node);
+        let check = svc.map(|svc| translate::health_check(svc, slices.iter().copied(), &self.node));
+        let check = check.transpose().unwrap_or_else(|problem| {
+            problems.push(problem);
+            None
+        });
+        self.health_checks.set(&key, check.flatten());
+        self.state.set_service(key, frontends, problems);
     }
 
     /// Replaces the mirror with what the kernel holds; returns how many
@@ -227,5 +249,104 @@ impl<W: MapWriter> Syncer<W> {
             problems: self.state.problems(),
             took: started.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{healthcheck::Listener, model::IpFamily};
+
+    /// The kernel maps, in memory.
+    #[derive(Debug, Default)]
+    struct Memory(DesiredMaps);
+
+    impl MapWriter for Memory {
+        fn apply(&mut self, writes: &[Write]) -> Result<(), ApplyError> {
+            tables::apply_to(&mut self.0, writes);
+            Ok(())
+        }
+
+        fn read_all(&self) -> anyhow::Result<DesiredMaps> {
+            Ok(self.0.clone())
+        }
+
+        fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
+            Ok(HighestIds::default())
+        }
+    }
+
+    fn syncer() -> Syncer<Memory> {
+        let node = NodeContext { node_name: Some("node-a".into()), family: IpFamily::V4, ..NodeContext::default() };
+        Syncer::new(Memory::default(), DesiredMaps::default(), node)
+    }
+
+    fn web(kind: &str, policy: &str, health_check_port: u16) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "type": kind, "clusterIP": "10.96.0.10", "externalTrafficPolicy": policy,
+                "healthCheckNodePort": health_check_port,
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn slice(endpoints: &[(&str, &str)]) -> EndpointSlice {
+        let endpoints: Vec<Value> =
+            endpoints.iter().map(|(ip, node)| json!({"addresses": [ip], "nodeName": node})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints
+        }))
+        .unwrap()
+    }
+
+    fn key() -> ServiceRef {
+        ("shop".into(), "web".into())
+    }
+
+    fn listeners(syncer: &mut Syncer<Memory>) -> Vec<(u16, usize)> {
+        let desired = syncer.health_checks().desired();
+        desired.listeners.iter().map(|(port, Listener { local_endpoints, .. })| (*port, *local_endpoints)).collect()
+    }
+
+    #[test]
+    fn health_checks_follow_full_and_incremental_syncs() {
+        let mut syncer = syncer();
+        let local = slice(&[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")]);
+        syncer.sync([&web("LoadBalancer", "Local", 32000)], [&local]).unwrap();
+        assert!(syncer.health_checks().take_changed());
+        assert_eq!(listeners(&mut syncer), [(32000, 1)]);
+
+        // Endpoints change: the count follows.
+        let elsewhere = slice(&[("10.244.2.5", "node-b")]);
+        let svc = web("LoadBalancer", "Local", 32000);
+        syncer.update([(key(), Some(&svc), vec![&elsewhere])]).unwrap();
+        assert_eq!(listeners(&mut syncer), [(32000, 0)]);
+
+        // The port changes.
+        let svc = web("LoadBalancer", "Local", 32100);
+        syncer.update([(key(), Some(&svc), vec![&local])]).unwrap();
+        assert_eq!(listeners(&mut syncer), [(32100, 1)]);
+
+        // The policy, then the type, change: no check; changed back, one again.
+        for svc in [web("LoadBalancer", "Cluster", 32100), web("NodePort", "Local", 32100)] {
+            syncer.update([(key(), Some(&svc), vec![&local])]).unwrap();
+            assert!(syncer.health_checks().take_changed());
+            assert_eq!(listeners(&mut syncer), []);
+            let back = web("LoadBalancer", "Local", 32100);
+            syncer.update([(key(), Some(&back), vec![&local])]).unwrap();
+            assert_eq!(listeners(&mut syncer), [(32100, 1)]);
+        }
+
+        // Deleted, as a full sync sees it.
+        syncer.sync([], [&local]).unwrap();
+        assert_eq!(listeners(&mut syncer), []);
     }
 }

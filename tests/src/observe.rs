@@ -37,6 +37,39 @@ pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<(u1
     Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
 }
 
+/// One HTTP response: status, headers (names in lower case), body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// `GET path` on an open connection, kept open for the next request; the
+/// response must carry a Content-Length (as the agent's do).
+pub fn request(conn: &mut TcpStream, path: &str) -> anyhow::Result<Response> {
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n")?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = conn.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "connection closed before a full response");
+        received.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&received);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split(' ').nth(1)).context("no status")?.parse()?;
+        let headers: BTreeMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        let length: usize = headers.get("content-length").context("no content-length")?.parse()?;
+        if body.len() >= length {
+            return Ok(Response { status, headers, body: body[..length].to_owned() });
+        }
+    }
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {

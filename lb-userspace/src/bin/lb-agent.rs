@@ -242,7 +242,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     // kube-proxy's health timeout: twice the sync period.
-    let observers = Observers::new(args.sync_period * 2);
+    let observers = Observers::new(args.sync_period * 2, health_check_addresses(&args, &syncer.node().node_addresses));
     serve_endpoints(&args, &observers).await?;
     agent::run(
         &mut syncer,
@@ -287,4 +287,18 @@ async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<(
         info!(address = %addr, "serving /healthz and /livez");
     }
     Ok(())
+}
+
+/// kube-proxy's rule for Services' health check ports: every address
+/// when `--nodeport-addresses` is not given, else the node addresses it
+/// selects.
+fn health_check_addresses(args: &Args, node_addresses: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
+    if args.nodeport_addresses.is_empty() {
+        vec![std::net::Ipv4Addr::UNSPECIFIED.into()]
+    } else {
+        if node_addresses.is_empty() {
+            warn!("--nodeport-addresses selects no address: Services' health check ports listen nowhere");
+        }
+        node_addresses.to_vec()
+    }
 }

@@ -26,8 +26,9 @@ impl Endpoint {
         self.serving && self.terminating
     }
 
-    /// Runs on this node.
-    fn is_on(&self, node: &NodeContext) -> bool {
+    /// Runs on this node. An unknown node name matches none: better no
+    /// backend than Local traffic sent off-node.
+    pub(super) fn is_on(&self, node: &NodeContext) -> bool {
         known_node_name(node).is_some_and(|name| self.node_name.as_deref() == Some(name))
     }
 
@@ -96,8 +97,7 @@ fn cluster_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<
 }
 
 /// Local policy: this node's ready endpoints, else its serving-terminating
-/// ones. Topology does not narrow a Local policy. An unknown node name
-/// matches no endpoint: better no backend than Local traffic sent off-node.
+/// ones. Topology does not narrow a Local policy.
 fn local_endpoints<'a>(endpoints: &'a [Endpoint], node: &NodeContext) -> (Vec<&'a Endpoint>, bool) {
     let here: Vec<&Endpoint> = endpoints.iter().filter(|ep| ep.is_on(node)).collect();
     let ready: Vec<&Endpoint> = here.iter().copied().filter(|ep| ep.ready).collect();

@@ -11,11 +11,13 @@
 //! - [`slices`]: EndpointSlices → endpoints, grouped by Service.
 //! - [`endpoints`]: endpoints → backends (conditions, traffic policy, topology).
 //! - [`claims`]: one owner per (address, port, protocol).
+//! - [`health_check`]: the `healthCheckNodePort` servers of Local Services.
 
 mod claims;
 mod endpoints;
 mod fields;
 mod frontends;
+mod health_check;
 mod service;
 mod slices;
 #[cfg(test)]
@@ -69,6 +71,7 @@ pub fn translate_one<'a>(
 }
 
 pub use self::claims::{Claims, FrontendAddr, ServiceRef};
+pub use self::health_check::{HealthCheck, health_check};
 pub use self::slices::owner as slice_owner;
 
 /// All frontends of one Service, with their backends.

@@ -68,6 +68,13 @@ impl SliceIndex {
         index
     }
 
+    /// Every (port name, protocol) the Service's slices list, each once.
+    pub(super) fn port_names(&self, namespace: &str, service: &str) -> BTreeSet<(String, Protocol)> {
+        let key = (namespace.to_owned(), service.to_owned());
+        let slices = self.by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        slices.iter().flat_map(|slice| slice.ports.iter().map(|p| (p.name.clone(), p.protocol))).collect()
+    }
+
     /// The endpoints of one Service port: from every slice port with the
     /// same name and protocol, which is how a (possibly named) targetPort
     /// resolves. One endpoint per (address, port), chosen by [`prefer`].

@@ -5,6 +5,7 @@
 mod endpoints;
 mod families;
 mod frontends;
+mod health_checks;
 mod policy;
 mod problems;
 mod ranges;
