@@ -4,6 +4,7 @@
 pub mod attach;
 mod batch;
 pub mod bpffs;
+pub mod chained;
 pub mod interfaces;
 pub mod layout;
 pub mod links;
