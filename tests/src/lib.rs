@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod bench;
+pub mod cni;
 pub mod datapath;
 pub mod links;
 pub mod load;
