@@ -170,6 +170,36 @@ fn requests(pod: &Pod, n: usize) -> anyhow::Result<BTreeSet<String>> {
         .collect()
 }
 
+/// `lbctl links -o json` in the node namespace: (owner, interface,
+/// container id, runs the current program) per link.
+fn lbctl_links(node: &Node) -> BTreeSet<(String, String, String, bool)> {
+    let lbctl = agent::binary("lbctl").unwrap();
+    let pin_dir = node.pin_dir.display().to_string();
+    let args = [
+        "--netns",
+        &node.node,
+        "--pin-dir",
+        &pin_dir,
+        "-o",
+        "json",
+        "links",
+    ];
+    let out = lb_tests::topology::run(lbctl.to_str().unwrap(), &args).expect("lbctl links");
+    let links: Vec<Value> = serde_json::from_str(&out).expect("JSON");
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    links
+        .iter()
+        .map(|l| {
+            (
+                text(&l["owner"]),
+                text(&l["interface"]),
+                text(&l["container_id"]),
+                l["current"] == true,
+            )
+        })
+        .collect()
+}
+
 fn link_ids(path: &Path) -> chained::LinkIds {
     chained::link_ids(path)
         .expect("open pinned link")
@@ -280,6 +310,24 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
     for (pod, result) in node.pods.iter().zip(&results) {
         node.runtime.check(pod, result).expect("CHECK after ADD");
     }
+    let expected: BTreeSet<_> = node
+        .pods
+        .iter()
+        .zip(&veths)
+        .map(|(pod, veth)| {
+            (
+                "cni".to_owned(),
+                veth.clone(),
+                pod.container_id.clone(),
+                true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lbctl_links(&node),
+        expected,
+        "lbctl links shows each pod's link on its veth"
+    );
 
     // The datapath stays while the agent is down; the next agent moves
     // the links to its program in place.
@@ -316,6 +364,11 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
             .check(pod, result)
             .expect("CHECK after the restart");
     }
+    assert_eq!(
+        lbctl_links(&node),
+        expected,
+        "after the restart, on the new program"
+    );
     assert_eq!(
         requests(client, 10).expect("requests after the restart"),
         BTreeSet::from(["server-pod".to_owned()])
