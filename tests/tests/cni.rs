@@ -379,8 +379,12 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
         .invoke(&lb_cni, "DEL", Some(client), Some(&results[0]))
         .expect("lb-cni DEL");
     assert!(!node.link_path(client).exists(), "the pin is removed");
+    // The kernel frees an unpinned link from a workqueue: a moment later.
     assert!(
-        node.ingress_programs(&veths[0]).is_empty(),
+        wait_for(Duration::from_secs(1), || node
+            .ingress_programs(&veths[0])
+            .is_empty())
+        .is_some(),
         "nothing left on the client's veth"
     );
     let missing = node
@@ -454,6 +458,17 @@ fn a_link_whose_pod_is_gone_is_dropped_by_the_next_agent_and_gc_removes_stale_li
         "the agent removed the pin of a link without interface"
     );
     assert!(node.link_path(&kept).exists(), "and kept the live one");
+
+    // GC without the list of valid attachments removes nothing.
+    let bare = node
+        .runtime
+        .invoke_as("1.1.0", &node.runtime.last_plugin(), "GC", None, None);
+    let bare = bare.expect_err("GC without valid attachments is refused");
+    assert_eq!(bare.code(), Some(u64::from(code::INVALID_CONFIG)), "{bare}");
+    assert!(
+        node.link_path(&kept).exists(),
+        "nothing removed by a refused GC"
+    );
 
     // GC with only `gone` listed as valid removes `kept`'s link.
     let mut lb_cni = node.runtime.last_plugin();

@@ -216,7 +216,14 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 /// Removes the links of this network's attachments the runtime no longer
 /// lists; goes on past a failure and reports them all.
 fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+    // Without the list, "nothing is valid" would detach every pod: refuse.
+    let valid = conf.valid_attachments.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "GC without cni.dev/valid-attachments",
+            "the runtime must list the attachments still in use; nothing was removed",
+        )
+    })?;
     let dir = chained::cni_links_dir(&conf.pin_dir);
     let names =
         links::pinned_names(&dir).map_err(datapath_error("cannot list the pinned links"))?;
