@@ -264,3 +264,93 @@ pub fn io_error(e: &std::io::Error) -> String {
     )
     .to_json(version)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Runs the plugin with these variables and stdin; the decoded output.
+    fn invoke(vars: &[(&str, &str)], stdin: &str) -> (bool, serde_json::Value) {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        let out = run(|k| vars.get(k).cloned(), stdin.as_bytes());
+        let json = if out.stdout.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&out.stdout).unwrap()
+        };
+        (out.success, json)
+    }
+
+    fn conf(pin_dir: &std::path::Path, extra: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"pods","type":"lb-cni","pinDir":{:?}{extra}}}"#,
+            pin_dir
+        )
+    }
+
+    #[test]
+    fn version_needs_nothing_but_the_command() {
+        let (ok, out) = invoke(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+        assert!(ok);
+        assert_eq!(out["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn del_of_nothing_succeeds_without_namespace_or_prev_result() {
+        let dir = std::env::temp_dir().join(format!("lb-cni-del-{}", std::process::id()));
+        let vars = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        for _ in 0..2 {
+            assert_eq!(
+                invoke(&vars, &conf(&dir, "")),
+                (true, serde_json::Value::Null)
+            );
+        }
+        assert!(!dir.exists(), "DEL creates nothing");
+    }
+
+    #[test]
+    fn add_errors_come_in_the_spec_shape_with_their_codes() {
+        let dir = std::env::temp_dir().join(format!("lb-cni-add-{}", std::process::id()));
+        let (ok, out) = invoke(
+            &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")],
+            &conf(&dir, ""),
+        );
+        assert!(!ok);
+        assert_eq!(out["code"], code::INVALID_ENVIRONMENT);
+        assert_eq!(out["cniVersion"], "1.0.0", "in the configuration's version");
+        assert!(
+            out["details"].as_str().unwrap().contains("CNI_CONTAINERID"),
+            "{out}"
+        );
+
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/lb-cni-test-no-such-namespace"),
+        ];
+        let (ok, out) = invoke(&vars, &conf(&dir, ""));
+        assert!(!ok);
+        assert_eq!(
+            out["code"],
+            code::INVALID_CONFIG,
+            "a chained plugin without prevResult: {out}"
+        );
+        let (ok, out) = invoke(
+            &vars,
+            &conf(&dir, r#","prevResult":{"cniVersion":"1.0.0"}"#),
+        );
+        assert!(!ok);
+        assert_eq!(out["code"], code::CONTAINER_UNKNOWN, "{out}");
+        assert!(!dir.exists(), "a failed ADD creates nothing");
+    }
+}

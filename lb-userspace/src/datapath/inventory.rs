@@ -30,8 +30,9 @@ pub struct PinnedLink {
     pub owner: Owner,
     /// The pin's file name under `links/` or `cni-links/`.
     pub pin: String,
-    /// The interface it runs on, in the caller's network namespace; None
-    /// when the interface is gone (or is in another namespace).
+    /// The interface it runs on; None once that interface is gone. The
+    /// kernel gives an index, named here in the caller's network
+    /// namespace: run in the agent's (`lbctl --netns`).
     pub interface: Option<String>,
     /// For CNI links: the attachment (network, container id, interface
     /// name inside the pod).
