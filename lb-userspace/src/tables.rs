@@ -65,10 +65,7 @@ pub fn replace<V: PartialEq + Copy>(old: Option<V>, new: Option<V>) -> Steps<V> 
 pub fn bits(old: Option<u8>, new: Option<u8>) -> Steps<u8> {
     let (old, new) = (old.unwrap_or(0), new.unwrap_or(0));
     let union = old | new;
-    Steps {
-        early: (union != old).then_some(Some(union)),
-        late: (union != new).then_some((new != 0).then_some(new)),
-    }
+    Steps { early: (union != old).then_some(Some(union)), late: (union != new).then_some((new != 0).then_some(new)) }
 }
 
 macro_rules! pure_tables {
@@ -200,7 +197,16 @@ mod tests {
         let writes = diff(&service(2), &DesiredMaps::default());
         assert_eq!(
             phases(&writes),
-            ["delete frontend", "delete slot", "delete slot", "clear bits", "clear bits", "delete backend", "delete backend", "ids"]
+            [
+                "delete frontend",
+                "delete slot",
+                "delete slot",
+                "clear bits",
+                "clear bits",
+                "delete backend",
+                "delete backend",
+                "ids"
+            ]
         );
     }
 

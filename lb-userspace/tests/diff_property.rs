@@ -162,10 +162,26 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
 enum Op {
     /// Service `svc` with these ports; NodePort type and Local external
     /// policy optional; an external IP equal to the node address optional.
-    PutService { svc: usize, ports: Vec<(u16, &'static str, u16)>, node_port: bool, local: bool, external_on_node: bool },
-    DeleteService { svc: usize },
-    PutSlice { svc: usize, slice: usize, endpoints: Vec<(u8, bool, bool)>, target: u16 },
-    DeleteSlice { svc: usize, slice: usize },
+    PutService {
+        svc: usize,
+        ports: Vec<(u16, &'static str, u16)>,
+        node_port: bool,
+        local: bool,
+        external_on_node: bool,
+    },
+    DeleteService {
+        svc: usize,
+    },
+    PutSlice {
+        svc: usize,
+        slice: usize,
+        endpoints: Vec<(u8, bool, bool)>,
+        target: u16,
+    },
+    DeleteSlice {
+        svc: usize,
+        slice: usize,
+    },
     /// The agent stops and a new one starts from the pinned maps.
     Restart,
     /// The next sync's apply fails after this many writes.
@@ -174,7 +190,8 @@ enum Op {
     Tamper(usize),
 }
 
-const PORT_CHOICES: [(u16, &str, u16); 4] = [(80, "TCP", 8080), (53, "UDP", 5353), (53, "TCP", 5353), (443, "TCP", 8443)];
+const PORT_CHOICES: [(u16, &str, u16); 4] =
+    [(80, "TCP", 8080), (53, "UDP", 5353), (53, "TCP", 5353), (443, "TCP", 8443)];
 const NODE_IP: &str = "192.168.0.10";
 
 fn op() -> impl Strategy<Value = Op> {
@@ -200,7 +217,8 @@ fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool,
     let ports: Vec<_> = ports
         .iter()
         .map(|(port, proto, target)| {
-            let mut p = json!({"name": format!("p{port}{proto}"), "port": port, "protocol": proto, "targetPort": target});
+            let mut p =
+                json!({"name": format!("p{port}{proto}"), "port": port, "protocol": proto, "targetPort": target});
             if node_port {
                 p["nodePort"] = json!(30000 + svc as u16 * 10 + port % 10);
             }

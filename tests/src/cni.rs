@@ -85,13 +85,7 @@ impl PluginFailure {
 
 impl std::fmt::Display for PluginFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} failed: {:?}; stderr: {}",
-            self.plugin,
-            self.error,
-            self.stderr.trim()
-        )
+        write!(f, "{} failed: {:?}; stderr: {}", self.plugin, self.error, self.stderr.trim())
     }
 }
 
@@ -109,14 +103,8 @@ pub struct Runtime {
 impl Runtime {
     /// The example conflist adapted to a test node: its own bridge name,
     /// subnet and IPAM directory, and lb-cni pointed at `pin_dir`.
-    pub fn example(
-        node_netns: &str,
-        bridge: &str,
-        subnet: &str,
-        pin_dir: &std::path::Path,
-    ) -> anyhow::Result<Self> {
-        let mut conflist: Value =
-            serde_json::from_str(EXAMPLE_CONFLIST).context("parsing the example conflist")?;
+    pub fn example(node_netns: &str, bridge: &str, subnet: &str, pin_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let mut conflist: Value = serde_json::from_str(EXAMPLE_CONFLIST).context("parsing the example conflist")?;
         let data_dir = std::env::temp_dir().join(format!("{node_netns}-ipam"));
         let plugins = conflist["plugins"].as_array_mut().context("no plugins")?;
         plugins[0]["bridge"] = json!(bridge);
@@ -127,19 +115,11 @@ impl Runtime {
         let lb_cni = agent::binary("lb-cni")?;
         let own_dir = lb_cni.parent().context("lb-cni without a directory")?;
         let cni_path = format!("{REFERENCE_PLUGINS}:{}", own_dir.display());
-        Ok(Self {
-            conflist,
-            node_netns: node_netns.to_owned(),
-            cni_path,
-            data_dir,
-        })
+        Ok(Self { conflist, node_netns: node_netns.to_owned(), cni_path, data_dir })
     }
 
     fn plugins(&self) -> Vec<Value> {
-        self.conflist["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.conflist["plugins"].as_array().cloned().unwrap_or_default()
     }
 
     /// The request configuration for one plugin (spec section 3).
@@ -161,10 +141,7 @@ impl Runtime {
         pod: Option<&Pod>,
         prev: Option<&Value>,
     ) -> Result<String, PluginFailure> {
-        let version = self.conflist["cniVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let version = self.conflist["cniVersion"].as_str().unwrap_or_default().to_owned();
         self.invoke_as(&version, plugin, command, pod, prev)
     }
 
@@ -178,11 +155,7 @@ impl Runtime {
         prev: Option<&Value>,
     ) -> Result<String, PluginFailure> {
         let kind = plugin["type"].as_str().unwrap_or_default().to_owned();
-        let fail = |error: Option<Value>, stderr: String| PluginFailure {
-            plugin: kind.clone(),
-            error,
-            stderr,
-        };
+        let fail = |error: Option<Value>, stderr: String| PluginFailure { plugin: kind.clone(), error, stderr };
         let binary = self
             .cni_path
             .split(':')
@@ -205,11 +178,7 @@ impl Runtime {
         let request = self.request(plugin, version, prev).to_string();
         let output = (|| {
             let mut child = cmd.spawn()?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(request.as_bytes())?;
+            child.stdin.take().expect("piped").write_all(request.as_bytes())?;
             child.wait_with_output()
         })()
         .map_err(|e| fail(None, format!("running {}: {e}", binary.display())))?;
@@ -217,10 +186,7 @@ impl Runtime {
         if output.status.success() {
             Ok(stdout)
         } else {
-            Err(fail(
-                serde_json::from_str(&stdout).ok(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            ))
+            Err(fail(serde_json::from_str(&stdout).ok(), String::from_utf8_lossy(&output.stderr).into_owned()))
         }
     }
 
@@ -270,9 +236,7 @@ impl Drop for Runtime {
 
 /// The pod's IPv4 address from an ADD result.
 pub fn pod_ip(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
-    let cidr = result["ips"][0]["address"]
-        .as_str()
-        .context("no ips[0].address in the result")?;
+    let cidr = result["ips"][0]["address"].as_str().context("no ips[0].address in the result")?;
     let ip = cidr.split('/').next().unwrap_or_default();
     ip.parse().with_context(|| format!("bad address {cidr}"))
 }
@@ -280,17 +244,10 @@ pub fn pod_ip(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
 /// The host-side veth of the pod from an ADD result (bridge lists the
 /// bridge, then the veth, then the pod's interface).
 pub fn host_veth(result: &Value, bridge: &str) -> anyhow::Result<String> {
-    let interfaces = result["interfaces"]
-        .as_array()
-        .context("no interfaces in the result")?;
+    let interfaces = result["interfaces"].as_array().context("no interfaces in the result")?;
     let host = interfaces
         .iter()
-        .filter(|i| {
-            i.get("sandbox")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .is_empty()
-        })
+        .filter(|i| i.get("sandbox").and_then(Value::as_str).unwrap_or("").is_empty())
         .filter_map(|i| i["name"].as_str())
         .find(|name| *name != bridge);
     match host {

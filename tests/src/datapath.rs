@@ -21,10 +21,10 @@ use lb_userspace::{
         loader::{self, Capacities},
         maps::ServiceMaps,
     },
-    tables::DesiredMaps,
     model::NodeContext,
     source::objects,
     sync::Syncer,
+    tables::DesiredMaps,
 };
 
 /// tc verdicts as the program returns them.
@@ -97,8 +97,8 @@ impl Datapath {
             .find(|(_, b)| b.address == backend.ip().octets() && b.port == backend.port())
             .map(|(id, _)| *id)
             .with_context(|| format!("no backend {backend} in the table"))?;
-        let mut map: HashMap<MapData, u32, BackendV4> = aya::maps::Map::from_map_data(MapData::from_id(self.backends_map_id)?)?
-            .try_into()?;
+        let mut map: HashMap<MapData, u32, BackendV4> =
+            aya::maps::Map::from_map_data(MapData::from_id(self.backends_map_id)?)?.try_into()?;
         map.remove(&id)?;
         Ok(id)
     }

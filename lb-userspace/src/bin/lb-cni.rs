@@ -11,18 +11,9 @@ fn main() {
     let mut stdin = Vec::new();
     let output = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => plugin::run(|name| std::env::var(name).ok(), &stdin),
-        Err(e) => plugin::Output {
-            stdout: plugin::io_error(&e),
-            success: false,
-        },
+        Err(e) => plugin::Output { stdout: plugin::io_error(&e), success: false },
     };
     let mut stdout = std::io::stdout().lock();
-    let written = stdout
-        .write_all(output.stdout.as_bytes())
-        .and_then(|()| stdout.flush());
-    std::process::exit(if output.success && written.is_ok() {
-        0
-    } else {
-        1
-    });
+    let written = stdout.write_all(output.stdout.as_bytes()).and_then(|()| stdout.flush());
+    std::process::exit(if output.success && written.is_ok() { 0 } else { 1 });
 }

@@ -30,12 +30,7 @@ pub fn listed_host_interfaces(prev_result: &str) -> Result<Vec<String>, serde_js
         sandbox: Option<String>,
     }
     let prev: PrevResult = serde_json::from_str(prev_result)?;
-    Ok(prev
-        .interfaces
-        .into_iter()
-        .filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty())
-        .map(|i| i.name)
-        .collect())
+    Ok(prev.interfaces.into_iter().filter(|i| i.sandbox.as_deref().unwrap_or("").is_empty()).map(|i| i.name).collect())
 }
 
 /// The interface to attach to: the veth peer when the kernel named one,
@@ -46,9 +41,7 @@ pub fn choose(peer: Option<&str>, listed: &[String]) -> Result<String, String> {
     }
     match listed {
         [one] => Ok(one.clone()),
-        [] => Err(
-            "the container interface is not a veth and prevResult lists no host interface".into(),
-        ),
+        [] => Err("the container interface is not a veth and prevResult lists no host interface".into()),
         many => Err(format!(
             "the container interface is not a veth and prevResult lists several host interfaces ({}): \
              cannot tell which one carries the pod's traffic",
@@ -86,10 +79,8 @@ pub fn veth_peer(netns: &Path, ifname: &str) -> anyhow::Result<Option<String>> {
     // A thread of its own enters the container's namespace; the netlink
     // socket it opens there stays bound to that namespace.
     let inside = std::thread::spawn(move || -> anyhow::Result<(u32, Option<u32>)> {
-        let file =
-            std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering {}", netns.display()))?;
+        let file = std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
+        setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {}", netns.display()))?;
         let msg = runtime()?
             .block_on(get_link(Query::Name(name.clone())))?
             .with_context(|| format!("no interface {name} in {}", netns.display()))?;
@@ -117,16 +108,12 @@ enum Query {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("starting a netlink runtime")
+    tokio::runtime::Builder::new_current_thread().enable_io().build().context("starting a netlink runtime")
 }
 
 /// One link by name or index; None if there is no such link.
 async fn get_link(query: Query) -> anyhow::Result<Option<LinkMessage>> {
-    let (connection, handle, _) =
-        rtnetlink::new_connection().context("opening a netlink socket")?;
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
     let request = match query {
         Query::Name(name) => handle.link().get().match_name(name),
@@ -154,19 +141,9 @@ mod tests {
 
     #[test]
     fn host_interfaces_are_those_without_a_sandbox() {
-        assert_eq!(
-            listed_host_interfaces(BRIDGE_RESULT).unwrap(),
-            ["cni0", "veth1234"]
-        );
-        assert_eq!(
-            listed_host_interfaces(r#"{"interfaces":[{"name":"v","sandbox":""}]}"#).unwrap(),
-            ["v"]
-        );
-        assert!(
-            listed_host_interfaces(r#"{"cniVersion":"1.0.0"}"#)
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(listed_host_interfaces(BRIDGE_RESULT).unwrap(), ["cni0", "veth1234"]);
+        assert_eq!(listed_host_interfaces(r#"{"interfaces":[{"name":"v","sandbox":""}]}"#).unwrap(), ["v"]);
+        assert!(listed_host_interfaces(r#"{"cniVersion":"1.0.0"}"#).unwrap().is_empty());
         assert!(listed_host_interfaces(r#""not an object""#).is_err());
     }
 

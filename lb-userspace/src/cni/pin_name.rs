@@ -18,18 +18,12 @@ pub struct AttachmentKey {
 
 impl AttachmentKey {
     pub fn new(network: &str, container_id: &str, ifname: &str) -> Self {
-        Self {
-            network: network.into(),
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-        }
+        Self { network: network.into(), container_id: container_id.into(), ifname: ifname.into() }
     }
 
     /// The pin file name.
     pub fn pin_name(&self) -> String {
-        [&self.network, &self.container_id, &self.ifname]
-            .map(|p| encode(p))
-            .join(":")
+        [&self.network, &self.container_id, &self.ifname].map(|p| encode(p)).join(":")
     }
 
     /// Reads a pin file name back; None if it is not one this module made.
@@ -87,10 +81,7 @@ mod tests {
             assert!(!name.contains('.') && !name.contains('/'), "{name}");
             assert_eq!(AttachmentKey::from_pin_name(&name), Some(key), "{name}");
         }
-        assert_eq!(
-            AttachmentKey::new("pods", "c1", "eth0").pin_name(),
-            "pods:c1:eth0"
-        );
+        assert_eq!(AttachmentKey::new("pods", "c1", "eth0").pin_name(), "pods:c1:eth0");
         assert_eq!(AttachmentKey::new("a.b", "c", "d").pin_name(), "a%2Eb:c:d");
     }
 

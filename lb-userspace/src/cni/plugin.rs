@@ -21,14 +21,8 @@ pub struct Output {
 /// configuration.
 pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Output {
     match dispatch(&env, stdin) {
-        Ok(stdout) => Output {
-            stdout,
-            success: true,
-        },
-        Err(e) => Output {
-            stdout: e.to_json(&protocol::error_version(stdin)),
-            success: false,
-        },
+        Ok(stdout) => Output { stdout, success: true },
+        Err(e) => Output { stdout: e.to_json(&protocol::error_version(stdin)), success: false },
     }
 }
 
@@ -41,9 +35,7 @@ fn dispatch(env: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Strin
     match command {
         Command::Add => add(&conf, &protocol::attachment(command, env)?),
         Command::Del => del(&conf, &protocol::attachment(command, env)?).map(|()| String::new()),
-        Command::Check => {
-            check(&conf, &protocol::attachment(command, env)?).map(|()| String::new())
-        }
+        Command::Check => check(&conf, &protocol::attachment(command, env)?).map(|()| String::new()),
         Command::Status => status(&conf).map(|()| String::new()),
         Command::Gc => gc(&conf).map(|()| String::new()),
         Command::Version => unreachable!("answered above"),
@@ -70,10 +62,7 @@ fn datapath_error(msg: &str) -> impl FnOnce(anyhow::Error) -> CniError + '_ {
 
 /// The node-side interface of the pod's `CNI_IFNAME`.
 fn host_interface(attachment: &Attachment, prev_result: &str) -> Result<String, CniError> {
-    let netns = attachment
-        .netns
-        .as_deref()
-        .expect("ADD and CHECK require CNI_NETNS");
+    let netns = attachment.netns.as_deref().expect("ADD and CHECK require CNI_NETNS");
     if !host_side::netns_exists(netns) {
         return Err(CniError::new(
             code::CONTAINER_UNKNOWN,
@@ -81,27 +70,12 @@ fn host_interface(attachment: &Attachment, prev_result: &str) -> Result<String, 
             netns.display().to_string(),
         ));
     }
-    let listed = host_side::listed_host_interfaces(prev_result).map_err(|e| {
-        CniError::new(
-            code::DECODING_FAILURE,
-            "cannot decode prevResult",
-            e.to_string(),
-        )
-    })?;
-    let peer = host_side::veth_peer(netns, &attachment.ifname).map_err(|e| {
-        CniError::new(
-            code::IO_FAILURE,
-            "cannot read the pod's interface",
-            format!("{e:#}"),
-        )
-    })?;
-    host_side::choose(peer.as_deref(), &listed).map_err(|details| {
-        CniError::new(
-            code::NO_HOST_INTERFACE,
-            "no node-side interface found for the pod",
-            details,
-        )
-    })
+    let listed = host_side::listed_host_interfaces(prev_result)
+        .map_err(|e| CniError::new(code::DECODING_FAILURE, "cannot decode prevResult", e.to_string()))?;
+    let peer = host_side::veth_peer(netns, &attachment.ifname)
+        .map_err(|e| CniError::new(code::IO_FAILURE, "cannot read the pod's interface", format!("{e:#}")))?;
+    host_side::choose(peer.as_deref(), &listed)
+        .map_err(|details| CniError::new(code::NO_HOST_INTERFACE, "no node-side interface found for the pod", details))
 }
 
 /// Attaches the agent's program at ingress of the pod's node-side
@@ -109,24 +83,18 @@ fn host_interface(attachment: &Attachment, prev_result: &str) -> Result<String, 
 fn add(conf: &NetConf, attachment: &Attachment) -> Result<String, CniError> {
     let prev = prev_result(conf)?;
     let ifname = host_interface(attachment, prev)?;
-    let program = chained::pinned_program_id(&conf.pin_dir)
-        .map_err(datapath_error("cannot open lb-agent's program"))?;
+    let program =
+        chained::pinned_program_id(&conf.pin_dir).map_err(datapath_error("cannot open lb-agent's program"))?;
     if program.is_none() {
         return Err(not_published(conf, code::TRY_AGAIN_LATER));
     }
     if links::links_dir(&conf.pin_dir).join(&ifname).exists() {
         // Both would run: every packet through the datapath twice.
-        eprintln!(
-            "lb-cni: warning: lb-agent's --interfaces also selects {ifname}; leave pod interfaces to lb-cni"
-        );
+        eprintln!("lb-cni: warning: lb-agent's --interfaces also selects {ifname}; leave pod interfaces to lb-cni");
     }
     let name = key(conf, attachment).pin_name();
-    let ids = chained::attach(&conf.pin_dir, &ifname, &name)
-        .map_err(datapath_error("cannot attach the datapath"))?;
-    eprintln!(
-        "lb-cni: {ifname}: attached, link {} (program {}) pinned as {name}",
-        ids.link_id, ids.program_id
-    );
+    let ids = chained::attach(&conf.pin_dir, &ifname, &name).map_err(datapath_error("cannot attach the datapath"))?;
+    eprintln!("lb-cni: {ifname}: attached, link {} (program {}) pinned as {name}", ids.link_id, ids.program_id);
     Ok(prev.to_owned())
 }
 
@@ -146,16 +114,8 @@ fn not_published(conf: &NetConf, code: u32) -> CniError {
 /// Removes the attachment's pinned link; succeeds when it is gone already.
 fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     let name = key(conf, attachment).pin_name();
-    let removed = chained::remove(&conf.pin_dir, &name)
-        .map_err(datapath_error("cannot remove the pinned link"))?;
-    eprintln!(
-        "lb-cni: {name}: {}",
-        if removed {
-            "link removed"
-        } else {
-            "no link pinned: nothing to do"
-        }
-    );
+    let removed = chained::remove(&conf.pin_dir, &name).map_err(datapath_error("cannot remove the pinned link"))?;
+    eprintln!("lb-cni: {name}: {}", if removed { "link removed" } else { "no link pinned: nothing to do" });
     Ok(())
 }
 
@@ -168,33 +128,22 @@ fn check(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     let not_attached = |msg: &str, details: String| CniError::new(code::NOT_ATTACHED, msg, details);
     let link = chained::link_ids(&path)
         .map_err(datapath_error("cannot open the pinned link"))?
-        .ok_or_else(|| {
-            not_attached(
-                "the pod's datapath link is not pinned",
-                path.display().to_string(),
-            )
-        })?;
+        .ok_or_else(|| not_attached("the pod's datapath link is not pinned", path.display().to_string()))?;
     let program = chained::pinned_program_id(&conf.pin_dir)
         .map_err(datapath_error("cannot open lb-agent's program"))?
         .ok_or_else(|| not_published(conf, code::NOT_ATTACHED))?;
     if link.program_id != program {
         return Err(not_attached(
             "the pod's link runs another program than lb-agent's",
-            format!(
-                "link {} runs program {}, lb-agent pinned program {program}",
-                link.link_id, link.program_id
-            ),
+            format!("link {} runs program {}, lb-agent pinned program {program}", link.link_id, link.program_id),
         ));
     }
-    let attached = chained::ingress_programs(&ifname)
-        .map_err(datapath_error("cannot list the interface's programs"))?;
+    let attached =
+        chained::ingress_programs(&ifname).map_err(datapath_error("cannot list the interface's programs"))?;
     if !attached.contains(&link.program_id) {
         return Err(not_attached(
             "the datapath is not attached to the pod's interface",
-            format!(
-                "{ifname} ingress runs programs {attached:?}, not {}",
-                link.program_id
-            ),
+            format!("{ifname} ingress runs programs {attached:?}, not {}", link.program_id),
         ));
     }
     Ok(())
@@ -205,11 +154,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     match chained::pinned_program_id(&conf.pin_dir) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(not_published(conf, code::NOT_AVAILABLE)),
-        Err(e) => Err(CniError::new(
-            code::NOT_AVAILABLE,
-            "cannot open lb-agent's program",
-            format!("{e:#}"),
-        )),
+        Err(e) => Err(CniError::new(code::NOT_AVAILABLE, "cannot open lb-agent's program", format!("{e:#}"))),
     }
 }
 
@@ -225,16 +170,13 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         )
     })?;
     let dir = chained::cni_links_dir(&conf.pin_dir);
-    let names =
-        links::pinned_names(&dir).map_err(datapath_error("cannot list the pinned links"))?;
+    let names = links::pinned_names(&dir).map_err(datapath_error("cannot list the pinned links"))?;
     let mut failures = Vec::new();
     for name in names {
         let Some(key) = AttachmentKey::from_pin_name(&name) else {
             continue;
         };
-        let listed = valid
-            .iter()
-            .any(|v| v.container_id == key.container_id && v.ifname == key.ifname);
+        let listed = valid.iter().any(|v| v.container_id == key.container_id && v.ifname == key.ifname);
         if key.network != conf.name || listed {
             continue;
         }
@@ -246,23 +188,14 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(
-            code::DATAPATH_FAILURE,
-            "cannot remove stale links",
-            failures.join("; "),
-        ))
+        Err(CniError::new(code::DATAPATH_FAILURE, "cannot remove stale links", failures.join("; ")))
     }
 }
 
 /// The error result for a configuration that could not even be read.
 pub fn io_error(e: &std::io::Error) -> String {
     let version = protocol::SUPPORTED_VERSIONS[protocol::SUPPORTED_VERSIONS.len() - 1];
-    CniError::new(
-        code::IO_FAILURE,
-        "cannot read the configuration from stdin",
-        e.to_string(),
-    )
-    .to_json(version)
+    CniError::new(code::IO_FAILURE, "cannot read the configuration from stdin", e.to_string()).to_json(version)
 }
 
 #[cfg(test)]
@@ -273,24 +206,15 @@ mod tests {
 
     /// Runs the plugin with these variables and stdin; the decoded output.
     fn invoke(vars: &[(&str, &str)], stdin: &str) -> (bool, serde_json::Value) {
-        let vars: BTreeMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
+        let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         let out = run(|k| vars.get(k).cloned(), stdin.as_bytes());
-        let json = if out.stdout.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&out.stdout).unwrap()
-        };
+        let json =
+            if out.stdout.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&out.stdout).unwrap() };
         (out.success, json)
     }
 
     fn conf(pin_dir: &std::path::Path, extra: &str) -> String {
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"pods","type":"lb-cni","pinDir":{:?}{extra}}}"#,
-            pin_dir
-        )
+        format!(r#"{{"cniVersion":"1.0.0","name":"pods","type":"lb-cni","pinDir":{:?}{extra}}}"#, pin_dir)
     }
 
     #[test]
@@ -303,16 +227,9 @@ mod tests {
     #[test]
     fn del_of_nothing_succeeds_without_namespace_or_prev_result() {
         let dir = std::env::temp_dir().join(format!("lb-cni-del-{}", std::process::id()));
-        let vars = [
-            ("CNI_COMMAND", "DEL"),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_IFNAME", "eth0"),
-        ];
+        let vars = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")];
         for _ in 0..2 {
-            assert_eq!(
-                invoke(&vars, &conf(&dir, "")),
-                (true, serde_json::Value::Null)
-            );
+            assert_eq!(invoke(&vars, &conf(&dir, "")), (true, serde_json::Value::Null));
         }
         assert!(!dir.exists(), "DEL creates nothing");
     }
@@ -320,17 +237,11 @@ mod tests {
     #[test]
     fn add_errors_come_in_the_spec_shape_with_their_codes() {
         let dir = std::env::temp_dir().join(format!("lb-cni-add-{}", std::process::id()));
-        let (ok, out) = invoke(
-            &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")],
-            &conf(&dir, ""),
-        );
+        let (ok, out) = invoke(&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")], &conf(&dir, ""));
         assert!(!ok);
         assert_eq!(out["code"], code::INVALID_ENVIRONMENT);
         assert_eq!(out["cniVersion"], "1.0.0", "in the configuration's version");
-        assert!(
-            out["details"].as_str().unwrap().contains("CNI_CONTAINERID"),
-            "{out}"
-        );
+        assert!(out["details"].as_str().unwrap().contains("CNI_CONTAINERID"), "{out}");
 
         let vars = [
             ("CNI_COMMAND", "ADD"),
@@ -340,15 +251,8 @@ mod tests {
         ];
         let (ok, out) = invoke(&vars, &conf(&dir, ""));
         assert!(!ok);
-        assert_eq!(
-            out["code"],
-            code::INVALID_CONFIG,
-            "a chained plugin without prevResult: {out}"
-        );
-        let (ok, out) = invoke(
-            &vars,
-            &conf(&dir, r#","prevResult":{"cniVersion":"1.0.0"}"#),
-        );
+        assert_eq!(out["code"], code::INVALID_CONFIG, "a chained plugin without prevResult: {out}");
+        let (ok, out) = invoke(&vars, &conf(&dir, r#","prevResult":{"cniVersion":"1.0.0"}"#));
         assert!(!ok);
         assert_eq!(out["code"], code::CONTAINER_UNKNOWN, "{out}");
         assert!(!dir.exists(), "a failed ADD creates nothing");

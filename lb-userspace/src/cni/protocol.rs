@@ -46,11 +46,7 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        Self {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
+        Self { code, msg: msg.into(), details: details.into() }
     }
 
     /// The spec's error structure, in `version`.
@@ -62,11 +58,7 @@ impl CniError {
             #[serde(flatten)]
             error: &'a CniError,
         }
-        serde_json::to_string(&Out {
-            cni_version: version,
-            error: self,
-        })
-        .expect("plain strings and numbers serialize")
+        serde_json::to_string(&Out { cni_version: version, error: self }).expect("plain strings and numbers serialize")
     }
 }
 
@@ -118,10 +110,7 @@ pub fn command(env: impl Fn(&str) -> Option<String>) -> Result<Command, CniError
 }
 
 /// Reads and checks the attachment parameters `command` requires.
-pub fn attachment(
-    command: Command,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Attachment, CniError> {
+pub fn attachment(command: Command, env: impl Fn(&str) -> Option<String>) -> Result<Attachment, CniError> {
     let get = |name: &str| env(name).filter(|v| !v.is_empty());
     let mut missing = Vec::new();
     let container_id = get("CNI_CONTAINERID");
@@ -137,20 +126,14 @@ pub fn attachment(
         }
     }
     if !missing.is_empty() {
-        return Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
-            "missing environment variables",
-            missing.join(", "),
-        ));
+        return Err(CniError::new(code::INVALID_ENVIRONMENT, "missing environment variables", missing.join(", ")));
     }
     let (container_id, ifname) = (container_id.unwrap_or_default(), ifname.unwrap_or_default());
     if !valid_container_id(&container_id) {
         return Err(CniError::new(
             code::INVALID_ENVIRONMENT,
             "invalid CNI_CONTAINERID",
-            format!(
-                "{container_id:?}: must start with a letter or digit, then letters, digits, _ . -"
-            ),
+            format!("{container_id:?}: must start with a letter or digit, then letters, digits, _ . -"),
         ));
     }
     if !valid_ifname(&ifname) {
@@ -160,11 +143,7 @@ pub fn attachment(
             format!("{ifname:?}: 1 to 15 characters, not . or .., without / : or whitespace"),
         ));
     }
-    Ok(Attachment {
-        container_id,
-        ifname,
-        netns: netns.map(PathBuf::from),
-    })
+    Ok(Attachment { container_id, ifname, netns: netns.map(PathBuf::from) })
 }
 
 /// The spec's container id rule: `[A-Za-z0-9][A-Za-z0-9_.-]*`.
@@ -180,9 +159,7 @@ fn valid_ifname(name: &str) -> bool {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// One still-valid attachment named by GC.
@@ -221,27 +198,16 @@ fn default_pin_dir() -> PathBuf {
 /// Parses the configuration and checks that this plugin speaks its version
 /// (and, for STATUS and GC, that the version has them).
 pub fn netconf(command: Command, stdin: &[u8]) -> Result<NetConf, CniError> {
-    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODING_FAILURE,
-            "cannot decode the network configuration",
-            e.to_string(),
-        )
-    })?;
+    let conf: NetConf = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(code::DECODING_FAILURE, "cannot decode the network configuration", e.to_string()))?;
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
             "incompatible CNI version",
-            format!(
-                "cniVersion {:?}; this plugin supports {}",
-                conf.cni_version,
-                SUPPORTED_VERSIONS.join(", ")
-            ),
+            format!("cniVersion {:?}; this plugin supports {}", conf.cni_version, SUPPORTED_VERSIONS.join(", ")),
         ));
     }
-    if matches!(command, Command::Status | Command::Gc)
-        && version_less(&conf.cni_version, STATUS_AND_GC_SINCE)
-    {
+    if matches!(command, Command::Status | Command::Gc) && version_less(&conf.cni_version, STATUS_AND_GC_SINCE) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
             "incompatible CNI version",
@@ -252,22 +218,14 @@ pub fn netconf(command: Command, stdin: &[u8]) -> Result<NetConf, CniError> {
         ));
     }
     if conf.name.is_empty() {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            "invalid network configuration",
-            "`name` is empty",
-        ));
+        return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration", "`name` is empty"));
     }
     Ok(conf)
 }
 
 /// `a < b` for dotted numeric versions.
 fn version_less(a: &str, b: &str) -> bool {
-    let parts = |v: &str| {
-        v.split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0))
-            .collect::<Vec<_>>()
-    };
+    let parts = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
     parts(a) < parts(b)
 }
 
@@ -278,13 +236,9 @@ pub fn version_result(stdin: &[u8]) -> String {
         #[serde(rename = "cniVersion")]
         cni_version: Option<String>,
     }
-    let asked = serde_json::from_slice::<Asked>(stdin)
-        .ok()
-        .and_then(|a| a.cni_version);
-    let version =
-        asked.unwrap_or_else(|| SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1].to_owned());
-    serde_json::json!({ "cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS })
-        .to_string()
+    let asked = serde_json::from_slice::<Asked>(stdin).ok().and_then(|a| a.cni_version);
+    let version = asked.unwrap_or_else(|| SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1].to_owned());
+    serde_json::json!({ "cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS }).to_string()
 }
 
 /// The version to write an error in: the configuration's when it can be
@@ -307,37 +261,21 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         move |k| map.get(k).cloned()
     }
 
-    const FULL: [(&str, &str); 4] = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "abc123"),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_NETNS", "/run/netns/p"),
-    ];
+    const FULL: [(&str, &str); 4] =
+        [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc123"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/run/netns/p")];
 
     #[test]
     fn commands_and_an_unknown_one() {
-        assert_eq!(
-            command(env(&[("CNI_COMMAND", "CHECK")])),
-            Ok(Command::Check)
-        );
-        assert_eq!(
-            command(env(&[("CNI_COMMAND", "STATUS")])),
-            Ok(Command::Status)
-        );
+        assert_eq!(command(env(&[("CNI_COMMAND", "CHECK")])), Ok(Command::Check));
+        assert_eq!(command(env(&[("CNI_COMMAND", "STATUS")])), Ok(Command::Status));
         let err = command(env(&[("CNI_COMMAND", "ATTACH")])).unwrap_err();
         assert_eq!(err.code, code::INVALID_ENVIRONMENT);
         assert!(err.details.contains("ATTACH"), "{err}");
-        assert_eq!(
-            command(env(&[])).unwrap_err().code,
-            code::INVALID_ENVIRONMENT
-        );
+        assert_eq!(command(env(&[])).unwrap_err().code, code::INVALID_ENVIRONMENT);
     }
 
     #[test]
@@ -346,138 +284,74 @@ mod tests {
         assert_eq!(all.netns, Some(PathBuf::from("/run/netns/p")));
         let without_netns = env(&FULL[..3]);
         let err = attachment(Command::Add, &without_netns).unwrap_err();
-        assert_eq!(
-            (err.code, err.details.as_str()),
-            (code::INVALID_ENVIRONMENT, "CNI_NETNS")
-        );
-        assert_eq!(
-            attachment(Command::Del, &without_netns).unwrap().netns,
-            None
-        );
+        assert_eq!((err.code, err.details.as_str()), (code::INVALID_ENVIRONMENT, "CNI_NETNS"));
+        assert_eq!(attachment(Command::Del, &without_netns).unwrap().netns, None);
         let err = attachment(Command::Check, env(&[("CNI_NETNS", "/x")])).unwrap_err();
-        assert_eq!(
-            err.details, "CNI_CONTAINERID, CNI_IFNAME",
-            "names every missing variable"
-        );
+        assert_eq!(err.details, "CNI_CONTAINERID, CNI_IFNAME", "names every missing variable");
     }
 
     #[test]
     fn container_ids_and_interface_names_follow_the_spec() {
-        for (id, ok) in [
-            ("abc", true),
-            ("a.b_c-d", true),
-            ("9", true),
-            ("-a", false),
-            (".a", false),
-            ("a/b", false),
-        ] {
+        for (id, ok) in [("abc", true), ("a.b_c-d", true), ("9", true), ("-a", false), (".a", false), ("a/b", false)] {
             assert_eq!(valid_container_id(id), ok, "{id}");
         }
-        for (name, ok) in [
-            ("eth0", true),
-            ("a.b", true),
-            ("", false),
-            ("..", false),
-            ("a:b", false),
-            ("a b", false),
-        ] {
+        for (name, ok) in [("eth0", true), ("a.b", true), ("", false), ("..", false), ("a:b", false), ("a b", false)] {
             assert_eq!(valid_ifname(name), ok, "{name}");
         }
         assert!(!valid_ifname("sixteen-chars-xx"));
-        let err = attachment(
-            Command::Add,
-            env(&[
-                ("CNI_CONTAINERID", "-x"),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_NETNS", "/n"),
-            ]),
-        )
-        .unwrap_err();
+        let err =
+            attachment(Command::Add, env(&[("CNI_CONTAINERID", "-x"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/n")]))
+                .unwrap_err();
         assert_eq!(err.msg, "invalid CNI_CONTAINERID");
     }
 
     #[test]
     fn netconf_keeps_prev_result_verbatim_and_defaults_the_pin_dir() {
         let prev = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"}],  "ips":[]}"#;
-        let stdin = format!(
-            r#"{{"cniVersion":"1.0.0","name":"pods","type":"lb-cni","prevResult":{prev}}}"#
-        );
+        let stdin = format!(r#"{{"cniVersion":"1.0.0","name":"pods","type":"lb-cni","prevResult":{prev}}}"#);
         let conf = netconf(Command::Add, stdin.as_bytes()).unwrap();
-        assert_eq!(
-            conf.prev_result.unwrap().get(),
-            prev,
-            "byte for byte, spacing included"
-        );
+        assert_eq!(conf.prev_result.unwrap().get(), prev, "byte for byte, spacing included");
         assert_eq!(conf.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
-        let conf = netconf(
-            Command::Del,
-            br#"{"cniVersion":"1.1.0","name":"n","pinDir":"/sys/fs/bpf/x"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (conf.pin_dir, conf.prev_result.is_none()),
-            (PathBuf::from("/sys/fs/bpf/x"), true)
-        );
+        let conf = netconf(Command::Del, br#"{"cniVersion":"1.1.0","name":"n","pinDir":"/sys/fs/bpf/x"}"#).unwrap();
+        assert_eq!((conf.pin_dir, conf.prev_result.is_none()), (PathBuf::from("/sys/fs/bpf/x"), true));
     }
 
     #[test]
     fn bad_configurations_get_the_spec_codes() {
-        assert_eq!(
-            netconf(Command::Add, b"{not json").unwrap_err().code,
-            code::DECODING_FAILURE
-        );
-        assert_eq!(
-            netconf(Command::Add, br#"{"name":"n"}"#).unwrap_err().code,
-            code::DECODING_FAILURE
-        );
+        assert_eq!(netconf(Command::Add, b"{not json").unwrap_err().code, code::DECODING_FAILURE);
+        assert_eq!(netconf(Command::Add, br#"{"name":"n"}"#).unwrap_err().code, code::DECODING_FAILURE);
         let old = netconf(Command::Add, br#"{"cniVersion":"0.3.1","name":"n"}"#).unwrap_err();
         assert_eq!(old.code, code::INCOMPATIBLE_VERSION);
-        assert!(
-            old.details.contains("0.3.1") && old.details.contains("1.1.0"),
-            "{old}"
-        );
+        assert!(old.details.contains("0.3.1") && old.details.contains("1.1.0"), "{old}");
         let status = netconf(Command::Status, br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap_err();
-        assert_eq!(
-            status.code,
-            code::INCOMPATIBLE_VERSION,
-            "STATUS is a 1.1.0 command"
-        );
+        assert_eq!(status.code, code::INCOMPATIBLE_VERSION, "STATUS is a 1.1.0 command");
         assert!(netconf(Command::Gc, br#"{"cniVersion":"1.1.0","name":"n"}"#).is_ok());
         assert_eq!(
-            netconf(Command::Add, br#"{"cniVersion":"1.0.0","name":""}"#)
-                .unwrap_err()
-                .code,
+            netconf(Command::Add, br#"{"cniVersion":"1.0.0","name":""}"#).unwrap_err().code,
             code::INVALID_CONFIG
         );
     }
 
     #[test]
     fn gc_reads_the_valid_attachments() {
-        let stdin = br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#;
+        let stdin =
+            br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#;
         let conf = netconf(Command::Gc, stdin).unwrap();
         assert_eq!(
             conf.valid_attachments,
-            Some(vec![ValidAttachment {
-                container_id: "c1".into(),
-                ifname: "eth0".into()
-            }])
+            Some(vec![ValidAttachment { container_id: "c1".into(), ifname: "eth0".into() }])
         );
     }
 
     #[test]
     fn version_and_error_results() {
-        let v: serde_json::Value =
-            serde_json::from_str(&version_result(br#"{"cniVersion":"1.0.0"}"#)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&version_result(br#"{"cniVersion":"1.0.0"}"#)).unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(
-            v["supportedVersions"],
-            serde_json::json!(["0.4.0", "1.0.0", "1.1.0"])
-        );
+        assert_eq!(v["supportedVersions"], serde_json::json!(["0.4.0", "1.0.0", "1.1.0"]));
         let v: serde_json::Value = serde_json::from_str(&version_result(b"")).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0", "no input: the newest");
         let e: serde_json::Value =
-            serde_json::from_str(&CniError::new(11, "try later", "no program").to_json("1.0.0"))
-                .unwrap();
+            serde_json::from_str(&CniError::new(11, "try later", "no program").to_json("1.0.0")).unwrap();
         assert_eq!(
             e,
             serde_json::json!({"cniVersion": "1.0.0", "code": 11, "msg": "try later", "details": "no program"})

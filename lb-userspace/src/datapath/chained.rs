@@ -71,10 +71,7 @@ pub struct Published {
 /// Agent side: pins `prog` for the plugin, then moves every CNI link to it.
 pub fn publish(prog: &mut SchedClassifier, pin_dir: &Path) -> anyhow::Result<Published> {
     let program_id = pin_program(prog, pin_dir)?;
-    let mut published = Published {
-        program_id,
-        ..Published::default()
-    };
+    let mut published = Published { program_id, ..Published::default() };
     let dir = cni_links_dir(pin_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for name in links::pinned_names(&dir)? {
@@ -94,11 +91,9 @@ fn pin_program(prog: &mut SchedClassifier, pin_dir: &Path) -> anyhow::Result<u32
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let next = dir.join(NEXT_PROGRAM);
     remove_if_present(&next)?;
-    prog.pin(&next)
-        .with_context(|| format!("pinning the program at {}", next.display()))?;
+    prog.pin(&next).with_context(|| format!("pinning the program at {}", next.display()))?;
     let path = program_pin(pin_dir);
-    std::fs::rename(&next, &path)
-        .with_context(|| format!("renaming {} to {}", next.display(), path.display()))?;
+    std::fs::rename(&next, &path).with_context(|| format!("renaming {} to {}", next.display(), path.display()))?;
     Ok(prog.info()?.id())
 }
 
@@ -108,9 +103,7 @@ pub fn pinned_program_id(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
     let path = program_pin(pin_dir);
     match ProgramInfo::from_pin(&path) {
         Ok(info) => Ok(Some(info.id())),
-        Err(ProgramError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-            Ok(None)
-        }
+        Err(ProgramError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("opening pinned program {}", path.display())),
     }
 }
@@ -128,40 +121,27 @@ pub fn attach(pin_dir: &Path, ifname: &str, link_name: &str) -> anyhow::Result<L
     // A repeated ADD (after a failed one) must not leave two links.
     remove_if_present(&path)?;
     let id = prog
-        .attach_with_options(
-            ifname,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
+        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .with_context(|| format!("attaching to {ifname} ingress (tcx)"))?;
     let link: FdLink = prog.take_link(id)?.try_into()?;
     // If pinning fails, `link` is dropped and the attachment goes with it.
-    link.pin(&path)
-        .with_context(|| format!("pinning link {}", path.display()))?;
+    link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
     follow_newer_program(pin_dir, &path)
 }
 
 /// After pinning a link: if an agent pinned a newer program meanwhile, it
 /// may have listed the links before this one existed; move it here.
 fn follow_newer_program(pin_dir: &Path, link: &Path) -> anyhow::Result<LinkIds> {
-    let ids = link_ids(link)?
-        .with_context(|| format!("{} vanished right after pinning", link.display()))?;
+    let ids = link_ids(link)?.with_context(|| format!("{} vanished right after pinning", link.display()))?;
     if pinned_program_id(pin_dir)?.is_none_or(|current| current == ids.program_id) {
         return Ok(ids);
     }
     let program = program_pin(pin_dir);
-    let mut prog = SchedClassifier::from_pin(&program)
-        .with_context(|| format!("opening {}", program.display()))?;
+    let mut prog = SchedClassifier::from_pin(&program).with_context(|| format!("opening {}", program.display()))?;
     info!(link = %link.display(), "the agent pinned a newer program while attaching: moving the link to it");
     match links::adopt(&mut prog, link)? {
-        Some((link_id, program_id)) => Ok(LinkIds {
-            link_id,
-            program_id,
-        }),
-        None => anyhow::bail!(
-            "the interface of {} vanished while attaching",
-            link.display()
-        ),
+        Some((link_id, program_id)) => Ok(LinkIds { link_id, program_id }),
+        None => anyhow::bail!("the interface of {} vanished while attaching", link.display()),
     }
 }
 
@@ -175,10 +155,7 @@ pub fn link_ids(path: &Path) -> anyhow::Result<Option<LinkIds>> {
         Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", path.display())),
     };
     let info = FdLink::from(pinned).info()?;
-    Ok(Some(LinkIds {
-        link_id: info.id(),
-        program_id: info.program_id(),
-    }))
+    Ok(Some(LinkIds { link_id: info.id(), program_id: info.program_id() }))
 }
 
 /// Ids of the programs attached at tcx ingress of `ifname`, in order.

@@ -49,24 +49,15 @@ pub struct PinnedLink {
 pub fn pinned_links(pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     let current = chained::pinned_program_id(pin_dir)?;
     let mut out = Vec::new();
-    for (owner, dir) in [
-        (Owner::Agent, links_dir(pin_dir)),
-        (Owner::Cni, chained::cni_links_dir(pin_dir)),
-    ] {
+    for (owner, dir) in [(Owner::Agent, links_dir(pin_dir)), (Owner::Cni, chained::cni_links_dir(pin_dir))] {
         for pin in links::pinned_names(&dir)? {
             let path = dir.join(&pin);
             // Removed between the listing and now: not a link any more.
-            let Some(LinkIds {
-                link_id,
-                program_id,
-            }) = chained::link_ids(&path)?
-            else {
+            let Some(LinkIds { link_id, program_id }) = chained::link_ids(&path)? else {
                 continue;
             };
             let interface = link_info::tcx_ifindex(&path)?.and_then(interface_name);
-            let key = (owner == Owner::Cni)
-                .then(|| AttachmentKey::from_pin_name(&pin))
-                .flatten();
+            let key = (owner == Owner::Cni).then(|| AttachmentKey::from_pin_name(&pin)).flatten();
             out.push(PinnedLink {
                 owner,
                 interface,
@@ -95,9 +86,5 @@ fn interface_name(index: u32) -> Option<String> {
         return None;
     }
     // SAFETY: on success `buf` holds a NUL-terminated name.
-    Some(
-        unsafe { CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
+    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }

@@ -75,7 +75,10 @@ impl BackendRefs {
     pub fn resumed_slot(&self, existing: &DesiredMaps, slot: ServiceKeyV4) -> Option<SlotBackend> {
         let id = existing.services.get(&slot)?.backend_id;
         let backend = existing.backends.get(&id)?;
-        Some(SlotBackend { identity: identity_of(backend), terminating: backend.flags & backend::FLAG_TERMINATING != 0 })
+        Some(SlotBackend {
+            identity: identity_of(backend),
+            terminating: backend.flags & backend::FLAG_TERMINATING != 0,
+        })
     }
 
     /// One more frontend uses `backend`; returns its id.
