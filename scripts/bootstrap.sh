@@ -6,7 +6,10 @@ set -euo pipefail
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
-APT_PACKAGES=(bpftool iproute2 iptables nftables iperf3 socat curl python3 python3-venv netsniff-ng)
+# containernetworking-plugins: the reference CNI plugins (bridge,
+# host-local) the CNI chaining test runs lb-cni after.
+APT_PACKAGES=(bpftool iproute2 iptables nftables iperf3 socat curl python3 python3-venv netsniff-ng
+              containernetworking-plugins)
 
 missing_apt=()
 for p in "${APT_PACKAGES[@]}"; do

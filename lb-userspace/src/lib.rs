@@ -2,6 +2,7 @@
 //! entries (pure) → ordered, minimal writes to the kernel maps (I/O).
 
 pub mod agent;
+pub mod cni;
 pub mod datapath;
 pub mod encode;
 pub mod events;

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod bench;
 pub mod cluster;
+pub mod cni;
 pub mod datapath;
 pub mod links;
 pub mod load;

@@ -8,7 +8,7 @@ use clap::Parser;
 use ipnet::Ipv4Net;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
-    datapath::{attach::Attacher, interfaces, links::Attachments, loader, maps::ServiceMaps},
+    datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps},
     events::{EventPublisher, LogOnly},
     metrics::Metrics,
     model::NodeContext,
@@ -74,13 +74,16 @@ struct Args {
     /// Enter this network namespace (`ip netns` name) before anything else.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
-    /// bpffs directory for pinned maps and links (`links/<interface>`).
+    /// bpffs directory for pinned maps, links (`links/<interface>`), the
+    /// program lb-cni attaches (`progs/lb_tc`) and lb-cni's links
+    /// (`cni-links/`).
     /// Mounts bpffs if the directory is not on it. What is pinned here
     /// outlives the agent: the datapath keeps running between restarts.
     #[arg(long, default_value = loader::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Remove everything pinned under --pin-dir (this detaches the
-    /// datapath from every interface and drops its maps), then exit.
+    /// datapath from every interface, the ones lb-cni attached included,
+    /// and drops its maps), then exit.
     #[arg(long)]
     cleanup: bool,
     /// This node's name (for Local traffic policies).
@@ -182,8 +185,9 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(run(args))
 }
 
-/// Removing the pinned links detaches the program; removing the pinned
-/// maps frees them once no program uses them.
+/// Removing the pinned links detaches the program (lb-cni's links in
+/// `cni-links/` too: they are under the same directory); removing the
+/// pinned maps frees them once no program uses them.
 fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(pin_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -201,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         loader::Capacities { services: args.services_max, backends: args.backends_max, conntrack: args.conntrack_max };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    publish_for_cni(&mut ebpf, &args.pin_dir)?;
     // Subscribed before attaching, so no interface slips between the two.
     let (present, link_events) = interfaces::watch().await?;
     let mut attacher =
@@ -260,6 +265,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     info!("shutting down; pinned links and maps stay: the datapath keeps running until the next start");
+    Ok(())
+}
+
+/// Pins the program for the CNI plugin and moves the plugin's links to it
+/// (`datapath::chained`), before anything else is attached.
+fn publish_for_cni(ebpf: &mut aya::Ebpf, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let prog = loader::program(ebpf, loader::TC_PROGRAM)?;
+    let published = chained::publish(prog, pin_dir).context("publishing the program for lb-cni")?;
+    for name in &published.stale {
+        info!(link = name, "CNI link without its interface (or deleted meanwhile): pin removed");
+    }
+    info!(program_id = published.program_id, cni_links = published.updated.len(), "program published for lb-cni");
     Ok(())
 }
 

@@ -11,7 +11,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{backend, conntrack::DIR_ORIGINAL, service};
 use lb_userspace::{
-    datapath::{loader, maps},
+    datapath::{
+        inventory::{self, Owner, PinnedLink},
+        loader, maps,
+    },
     model::Protocol,
     netns,
     trace::{self, Probe},
@@ -53,6 +56,11 @@ enum Command {
     Conntrack,
     /// Packet counters, summed over CPUs.
     Stats,
+    /// The pinned links that attach the datapath: the agent's (interfaces
+    /// --interfaces selects) and lb-cni's (pods' interfaces), with the
+    /// interface, link and program ids, and whether each runs the
+    /// program the agent pinned last.
+    Links,
     /// Runs a hypothetical packet through the datapath (BPF_PROG_TEST_RUN
     /// against the live pinned maps) and shows what it does with it.
     ///
@@ -120,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Command::Backends => print(args.output, backends(pin_dir)?.as_slice(), backends_table),
         Command::Conntrack => print(args.output, conntrack(pin_dir)?.as_slice(), conntrack_table),
         Command::Stats => print(args.output, stats(pin_dir)?.as_slice(), stats_table),
+        Command::Links => print(args.output, inventory::pinned_links(pin_dir)?.as_slice(), links_table),
         Command::Trace(t) => {
             let ifindex = t.iface.as_deref().map(if_index).transpose()?;
             let probe = Probe { src: t.src, dst: t.dst, proto: t.proto, syn: t.syn, ifindex };
@@ -381,4 +390,24 @@ fn trace_text(t: &trace::Trace) -> String {
         out += &format!("conntrack: {} entries created ({fate})\n", t.conntrack_created);
     }
     out
+}
+
+fn links_table(links: &[PinnedLink]) -> String {
+    let rows: Vec<Vec<String>> = links
+        .iter()
+        .map(|l| {
+            let owner = match l.owner {
+                Owner::Agent => "agent",
+                Owner::Cni => "cni",
+            };
+            let pod = match (&l.container_id, &l.pod_interface) {
+                (Some(id), Some(ifname)) => format!("{id}/{ifname}"),
+                _ => "-".to_owned(),
+            };
+            let interface = l.interface.clone().unwrap_or_else(|| "gone".to_owned());
+            let current = if l.current { "yes" } else { "no" };
+            vec![owner.to_owned(), interface, pod, l.link_id.to_string(), l.program_id.to_string(), current.to_owned()]
+        })
+        .collect();
+    columns(&["OWNER", "INTERFACE", "POD", "LINK", "PROGRAM", "CURRENT"], &rows)
 }

@@ -126,7 +126,7 @@ pub fn pinned_names(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// Swaps `prog` into the link pinned at `path`. None when there is no
 /// usable link there: nothing pinned, or a link whose interface is gone
 /// (the kernel answers ENOLINK; its pin is removed).
-fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+pub(crate) fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
     let pinned = match PinnedLink::from_pin(path) {
         Ok(pinned) => pinned,
         Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
@@ -144,7 +144,7 @@ fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<Option<(u32,
             Ok(Some((info.id(), info.program_id())))
         }
         Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
-            warn!(link = %path.display(), "pinned link's interface is gone; replacing it");
+            warn!(link = %path.display(), "pinned link's interface is gone; removing its pin");
             std::fs::remove_file(path).with_context(|| format!("removing stale link {}", path.display()))?;
             Ok(None)
         }

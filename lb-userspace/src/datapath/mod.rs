@@ -4,8 +4,11 @@
 pub mod attach;
 mod batch;
 pub mod bpffs;
+pub mod chained;
 pub mod interfaces;
+pub mod inventory;
 pub mod layout;
+pub mod link_info;
 pub mod links;
 pub mod loader;
 pub mod maps;
