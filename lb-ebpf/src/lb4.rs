@@ -85,7 +85,14 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     }
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
     let counter = if tracked.is_some() && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    let mut entry = conntrack::new_value(&frontend, &svc, backend_id);
+    let entry = conntrack::new_value(&frontend, &svc, backend_id);
+    // Hairpin: a Pod balanced to itself would receive its own address as
+    // source and drop the packet as a martian; it sees the frontend as its
+    // peer instead, and its replies to the frontend come back here.
+    if backend.address == pkt.src {
+        let to = SnatTo { address: frontend.address, route: None };
+        return snat_flow(ctx, pkt, &backend, entry, to, tracked, counter).map(Some);
+    }
     if !snat::needed(&svc, &backend) {
         conntrack::track(pkt, &backend, &entry)?;
         return to_backend(ctx, pkt, &backend, None, None, counter).map(Some);
@@ -93,14 +100,38 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     // The route to the backend names the node address to SNAT to.
     let to = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
     let route = route::lookup(ctx, &to, pkt.ip_total_len, true).ok_or(Counter::DropSnatNoAddress)?;
+    let to = SnatTo { address: route.source, route: Some(route) };
+    snat_flow(ctx, pkt, &backend, entry, to, tracked, counter).map(Some)
+}
+
+/// The source a new flow is translated to, and the route to its backend
+/// when already looked up.
+struct SnatTo {
+    address: [u8; 4],
+    route: Option<route::Route>,
+}
+
+/// Starts a source-NATed flow: claims a port on `to.address`, tracks the
+/// flow, rewrites the packet and sends it on. `tracked` is the tuple's
+/// previous entry, whose port a retransmitted SYN keeps.
+#[inline(always)]
+fn snat_flow(
+    ctx: &TcContext,
+    pkt: &PacketV4,
+    backend: &BackendV4,
+    mut entry: CtValueV4,
+    to: SnatTo,
+    tracked: Option<CtValueV4>,
+    counter: Counter,
+) -> PathResult<Outcome> {
     let previous = tracked
-        .filter(|t| t.has_snat() && t.backend_id == backend_id && t.nat_address == route.source)
+        .filter(|t| t.has_snat() && t.backend_id == entry.backend_id && t.nat_address == to.address)
         .map(|t| t.nat_port);
-    let port = snat::allocate(pkt, &backend, route.source, &entry, previous)?;
-    entry.nat_address = route.source;
+    let port = snat::allocate(pkt, backend, to.address, &entry, previous)?;
+    entry.nat_address = to.address;
     entry.nat_port = port;
-    conntrack::track(pkt, &backend, &entry)?;
-    to_backend(ctx, pkt, &backend, Some((route.source, port)), Some(route), counter).map(Some)
+    conntrack::track(pkt, backend, &entry)?;
+    to_backend(ctx, pkt, backend, Some((to.address, port)), to.route, counter)
 }
 
 #[inline(always)]

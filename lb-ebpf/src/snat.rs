@@ -8,6 +8,10 @@
 //! (as kube-proxy's masquerade does), and the reply returns here to be
 //! translated back.
 //!
+//! A Pod balanced to its own endpoint (hairpin) is source-NATed too, to
+//! the frontend's address: with its own address as source it would drop
+//! the packet, and its replies to the frontend come back through here.
+//!
 //! Ports: a flow's SNAT port is unique for its (node address, backend
 //! address and port, protocol), which is all a reply tuple holds. It is
 //! claimed by inserting the reply conntrack entry only if absent, so

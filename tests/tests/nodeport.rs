@@ -283,3 +283,33 @@ fn pods_reach_a_local_policy_node_port_through_any_node_with_endpoints_anywhere(
     let mut conn = servers::connect(&pod, at(2, LOCAL_NODE_PORT)).expect("enter the pod").expect("connect");
     assert_eq!(servers::http_request_path(&mut conn, "/", true).expect("GET /"), "n1p2");
 }
+
+/// A Service whose only endpoint is pod 1 of node 1.
+const SOLO_SERVICES: &str = r#"
+- apiVersion: v1
+  kind: Service
+  metadata: {name: solo, namespace: default}
+  spec:
+    clusterIP: 10.96.0.86
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: solo-1, namespace: default, labels: {kubernetes.io/service-name: solo}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+"#;
+
+#[test]
+fn a_pod_reaching_its_own_service_is_answered_by_itself_hairpin() {
+    let (cluster, _servers) = cluster();
+    cluster.publish(&format!("{SERVICES}{SOLO_SERVICES}")).expect("publish");
+    let pod = cluster.nodes[0].pods[0].clone();
+    let vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 86), 80));
+    let connected = links::wait_for(Duration::from_secs(5), || servers::connect(&pod, vip).is_ok_and(|c| c.is_ok()));
+    assert!(connected.is_some(), "the pod connects to its own Service");
+    let mut conn = servers::connect(&pod, vip).expect("enter the pod").expect("connect");
+    assert_eq!(servers::http_request_path(&mut conn, "/", false).expect("GET /"), "n1p1");
+    let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+    assert_eq!(seen, "10.96.0.86", "the pod, as server, sees its Service as the peer, never itself");
+}
