@@ -1,9 +1,12 @@
 //! Map-entry encodings of the model (pure): what a frontend's slot-0
-//! entry holds.
+//! entry and its Maglev table hold.
 
 use lb_common::service::{self, ServiceValue};
 
-use crate::model::{Frontend, FrontendKind, WhenEmpty};
+use crate::{
+    maglev::{self, Endpoint, Table},
+    model::{Balancing, Frontend, FrontendKind, WhenEmpty},
+};
 
 /// `FLAG_*` bits of a frontend entry.
 pub fn frontend_flags(frontend: &Frontend) -> u16 {
@@ -17,7 +20,12 @@ pub fn frontend_flags(frontend: &Frontend) -> u16 {
     let local = if frontend.local_only { service::FLAG_LOCAL_ONLY } else { 0 };
     let drop_when_empty = frontend.backends.is_empty() && frontend.when_empty == WhenEmpty::Drop;
     let no_local = if drop_when_empty { service::FLAG_NO_LOCAL_ENDPOINTS } else { 0 };
-    kind | affinity | local | no_local
+    let maglev = if frontend.balancing == Balancing::Maglev && !frontend.backends.is_empty() {
+        service::FLAG_MAGLEV
+    } else {
+        0
+    };
+    kind | affinity | local | no_local | maglev
 }
 
 /// The slot-0 entry of a frontend with `count` backend slots.
@@ -29,4 +37,12 @@ pub fn frontend_value(frontend: &Frontend, frontend_id: u32, count: u16) -> Serv
         flags: frontend_flags(frontend),
         affinity_timeout_s: frontend.affinity_timeout_s.unwrap_or(0),
     }
+}
+
+/// A Maglev frontend's table over its slot backends (endpoint and backend
+/// id each); `None` for other frontends and for one without backends,
+/// which has no table.
+pub fn maglev_table(frontend: &Frontend, backends: &[(Endpoint, u32)]) -> Option<Table> {
+    (frontend.balancing == Balancing::Maglev && !backends.is_empty())
+        .then(|| Table::new(maglev::build(backends)))
 }

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod encode;
 pub mod events;
 pub mod health;
+pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netns;

@@ -130,6 +130,21 @@ pub enum WhenEmpty {
     Drop,
 }
 
+/// How a frontend picks a new flow's backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Balancing {
+    /// The flow hash modulo the backend count picks a slot. Each node
+    /// orders its slots its own way: fine where a flow always enters
+    /// through the same node (ClusterIP traffic from a local pod).
+    #[default]
+    Hash,
+    /// The flow hash picks a position in a Maglev table built from the
+    /// endpoints themselves: every node picks the same backend for the
+    /// same flow, and a backend change moves few flows. For traffic an
+    /// outside load balancer may send to any node.
+    Maglev,
+}
+
 /// A backend of a frontend: endpoint address and target port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
@@ -162,6 +177,7 @@ pub struct Frontend {
     pub affinity_timeout_s: Option<u32>,
     /// A `Local` traffic policy restricted `backends` to this node.
     pub local_only: bool,
+    pub balancing: Balancing,
 }
 
 impl Frontend {

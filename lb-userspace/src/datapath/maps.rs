@@ -16,7 +16,7 @@ use lb_common::{
     stats::Counter,
 };
 
-use super::batch;
+use super::{batch, maglev::MaglevTables};
 use crate::{
     state::HighestIds,
     tables::{DesiredMaps, Write, for_each_map},
@@ -82,7 +82,7 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
     }
 }
 
-fn is_not_found(error: &MapError) -> bool {
+pub(super) fn is_not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -119,8 +119,8 @@ macro_rules! kernel_tables {
 
             /// One write.
             pub fn write(&mut self, write: &Write) -> anyhow::Result<()> {
-                let result = match *write {
-                    $( Write::$variant(key, value) => self.$field.write(key, value), )*
+                let result: anyhow::Result<()> = match write {
+                    $( Write::$variant(key, value) => self.$field.write(*key, value.clone()).map_err(Into::into), )*
                 };
                 result.with_context(|| format!("map write {write:?}"))
             }
@@ -131,6 +131,7 @@ macro_rules! kernel_tables {
 macro_rules! kernel_storage {
     (Hash, $key:ty, $value:ty) => { Hash<$key, $value> };
     (Array, $key:ty, $value:ty) => { Indexed<$key, $value> };
+    (OfMaps, $key:ty, $value:ty) => { MaglevTables };
 }
 
 for_each_map!(kernel_tables);

@@ -8,4 +8,5 @@ pub mod interfaces;
 pub mod layout;
 pub mod links;
 pub mod loader;
+mod maglev;
 pub mod maps;

@@ -123,6 +123,7 @@ fn port_frontends(
                 when_empty: *when_empty,
                 affinity_timeout_s: settings.affinity_timeout_s,
                 local_only: *local_only,
+                balancing: settings.balancing_for(kind),
             }
         })
         .collect()
