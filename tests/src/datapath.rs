@@ -83,6 +83,11 @@ impl Datapath {
         Ok(Self { ebpf, syncer, backends_map_id })
     }
 
+    /// Every map as the agent last wrote it.
+    pub fn maps(&self) -> &DesiredMaps {
+        self.syncer.current()
+    }
+
     /// The backend table as the agent last wrote it: id → backend.
     pub fn backends(&self) -> &BTreeMap<u32, BackendV4> {
         &self.syncer.current().backends
