@@ -167,3 +167,25 @@ fn two_nodes_send_a_flow_to_the_same_endpoint_whatever_their_ids() {
         );
     }
 }
+
+#[test]
+fn a_full_sync_repairs_a_table_position_changed_behind_the_agents_back() {
+    let all = backends(5);
+    let mut dp = datapath_with(&all);
+    let client = ep([10, 0, 1, 2], 42000);
+    let position = position(client, EXTERNAL_IP);
+    let table = table(&dp, EXTERNAL_IP);
+    let right = endpoint_of(&dp, table[position]);
+    let wrong_id = *table.iter().find(|&&id| id != table[position]).unwrap();
+    let key = ServiceKeyV4::frontend(EXTERNAL_IP.ip.octets(), EXTERNAL_IP.port, proto::TCP);
+    let frontend_id = dp.maps().services[&key].frontend_id;
+    dp.overwrite_maglev_position(frontend_id, position as u32, wrong_id).expect("tamper");
+    assert_eq!(
+        landing(&mut dp, client, EXTERNAL_IP, &all),
+        endpoint_of(&dp, wrong_id),
+        "the tampered position is used"
+    );
+    let repaired = dp.resync(&service(&all)).expect("full sync");
+    assert_eq!(repaired, 1, "one table differed");
+    assert_eq!(landing(&mut dp, client, EXTERNAL_IP, &all), right, "the position is put back");
+}
