@@ -63,7 +63,10 @@ fn cargo() -> Command {
 fn build(out_dir: &Path) -> anyhow::Result<PathBuf> {
     // BTF for maps and programs comes from debug info; the linker emits it.
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
-    let rustflags: OsString = [format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()].join("\x1f").into();
+    let rustflags: OsString =
+        [format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()]
+            .join("\x1f")
+            .into();
     // A target directory of its own: cargo would otherwise wait on the lock
     // the outer build holds (aya-build's choice of directory, kept so
     // existing build caches stay valid).
@@ -96,7 +99,9 @@ fn build(out_dir: &Path) -> anyhow::Result<PathBuf> {
             Some("compiler-artifact") if message["target"]["name"] == PACKAGE => {
                 executable = message["executable"].as_str().map(PathBuf::from).or(executable);
             }
-            Some("compiler-message") => message["message"]["rendered"].as_str().unwrap_or_default().lines().for_each(warn),
+            Some("compiler-message") => {
+                message["message"]["rendered"].as_str().unwrap_or_default().lines().for_each(warn)
+            }
             _ => {}
         }
     }
@@ -107,7 +112,10 @@ fn build(out_dir: &Path) -> anyhow::Result<PathBuf> {
         bail!("the eBPF build failed ({status}); its output is above");
     }
     // Cargo's progress lines are noise; its own warnings are not.
-    stderr.lines().filter(|l| l.trim_start().starts_with("warning:") || l.trim_start().starts_with("error")).for_each(warn);
+    stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning:") || l.trim_start().starts_with("error"))
+        .for_each(warn);
     executable.context("the eBPF build produced no binary")
 }
 

@@ -13,15 +13,7 @@ use crate::{maps::LB4_CT, parse::PacketV4, verdict::PathResult};
 
 #[inline(always)]
 fn key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, direction: u8) -> CtKeyV4 {
-    CtKeyV4 {
-        src_address: src,
-        dst_address: dst,
-        src_port: sport,
-        dst_port: dport,
-        proto,
-        direction,
-        _pad: [0; 2],
-    }
+    CtKeyV4 { src_address: src, dst_address: dst, src_port: sport, dst_port: dport, proto, direction, _pad: [0; 2] }
 }
 
 /// The tracked original-direction entry for a client → frontend packet.

@@ -27,14 +27,12 @@ pub static LB4_SERVICES: HashMap<ServiceKeyV4, ServiceValue, { SERVICES_V4_CAPAC
     HashMap::new();
 
 #[btf_map]
-pub static LB4_BACKENDS: HashMap<u32, BackendV4, { BACKENDS_V4_CAPACITY as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static LB4_BACKENDS: HashMap<u32, BackendV4, { BACKENDS_V4_CAPACITY as usize }, NO_PREALLOC> = HashMap::new();
 
 /// Written by the datapath for every new flow; LRU so a full table evicts
 /// the idlest flow instead of refusing new ones.
 #[btf_map]
-pub static LB4_CT: LruHashMap<CtKeyV4, CtValueV4, { CONNTRACK_V4_CAPACITY as usize }> =
-    LruHashMap::new();
+pub static LB4_CT: LruHashMap<CtKeyV4, CtValueV4, { CONNTRACK_V4_CAPACITY as usize }> = LruHashMap::new();
 
 /// `lb_common::port_filter` bits by port number.
 #[btf_map]

@@ -14,7 +14,10 @@ use aya_ebpf::{
 };
 use lb_common::{proto, stats::Counter};
 
-use crate::{parse::{ETH_LEN, PacketV4}, verdict::PathResult};
+use crate::{
+    parse::{ETH_LEN, PacketV4},
+    verdict::PathResult,
+};
 
 const IP_CSUM_OFF: usize = ETH_LEN + 10;
 const IP_SRC_OFF: usize = ETH_LEN + 12;

@@ -8,7 +8,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{LB4_BACKENDS, LB4_SERVICES, LB_PORT_FILTER},
+    maps::{LB_PORT_FILTER, LB4_BACKENDS, LB4_SERVICES},
     parse::PacketV4,
 };
 

@@ -18,12 +18,7 @@ use crate::{
     model::Problem,
     problems::ProblemLog,
     runner::SyncPacer,
-    source::{
-        file::FileSource,
-        kubernetes::KubeSource,
-        tracker::Changes,
-        objects::Objects,
-    },
+    source::{file::FileSource, kubernetes::KubeSource, objects::Objects, tracker::Changes},
     sync::{MapWriter, SyncReport, Syncer},
 };
 
@@ -177,7 +172,11 @@ pub async fn run<W: MapWriter>(
 /// Runs the sync a source calls for: incremental when only some Services
 /// changed, full after a relist, a file change, or as the periodic resync
 /// (`full`).
-fn run_sync<W: MapWriter>(syncer: &mut Syncer<W>, source: &mut Source, full: bool) -> (anyhow::Result<SyncReport>, Vec<Problem>) {
+fn run_sync<W: MapWriter>(
+    syncer: &mut Syncer<W>,
+    source: &mut Source,
+    full: bool,
+) -> (anyhow::Result<SyncReport>, Vec<Problem>) {
     match source {
         Source::File { latest: Some(o), .. } => (syncer.sync(&o.services, &o.slices), o.problems.clone()),
         Source::File { latest: None, .. } => (syncer.sync([], []), Vec::new()),
@@ -208,7 +207,8 @@ fn sync_once<W: MapWriter>(
 ) -> bool {
     let started = Instant::now();
     let (result, mut unreadable) = run_sync(syncer, source, full);
-    let mut outcome = SyncOutcome { full, took: started.elapsed(), writes: None, repaired: 0, invalid_now: 0, invalid_new: 0 };
+    let mut outcome =
+        SyncOutcome { full, took: started.elapsed(), writes: None, repaired: 0, invalid_now: 0, invalid_new: 0 };
     let now = SystemTime::now();
     match result {
         Ok(report) => {

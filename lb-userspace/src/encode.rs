@@ -20,11 +20,8 @@ pub fn frontend_flags(frontend: &Frontend) -> u16 {
     let local = if frontend.local_only { service::FLAG_LOCAL_ONLY } else { 0 };
     let drop_when_empty = frontend.backends.is_empty() && frontend.when_empty == WhenEmpty::Drop;
     let no_local = if drop_when_empty { service::FLAG_NO_LOCAL_ENDPOINTS } else { 0 };
-    let maglev = if frontend.balancing == Balancing::Maglev && !frontend.backends.is_empty() {
-        service::FLAG_MAGLEV
-    } else {
-        0
-    };
+    let maglev =
+        if frontend.balancing == Balancing::Maglev && !frontend.backends.is_empty() { service::FLAG_MAGLEV } else { 0 };
     kind | affinity | local | no_local | maglev
 }
 
@@ -43,6 +40,5 @@ pub fn frontend_value(frontend: &Frontend, frontend_id: u32, count: u16) -> Serv
 /// id each); `None` for other frontends and for one without backends,
 /// which has no table.
 pub fn maglev_table(frontend: &Frontend, backends: &[(Endpoint, u32)]) -> Option<Table> {
-    (frontend.balancing == Balancing::Maglev && !backends.is_empty())
-        .then(|| Table::new(maglev::build(backends)))
+    (frontend.balancing == Balancing::Maglev && !backends.is_empty()).then(|| Table::new(maglev::build(backends)))
 }

@@ -92,7 +92,11 @@ impl ProxyHealth {
 /// cluster autoscaler, should receive no new traffic from load balancers.
 pub fn node_eligible(node: &Node) -> bool {
     let deleting = node.metadata.deletion_timestamp.is_some();
-    let tainted = node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
     !deleting && !tainted
 }
 
@@ -173,7 +177,8 @@ mod tests {
         assert!(!health.healthz(at(0)).healthy);
         assert!(health.livez(at(0)).healthy);
         let deleting: Node =
-            serde_json::from_value(json!({"metadata": {"name": "n", "deletionTimestamp": "2026-01-01T00:00:00Z"}})).unwrap();
+            serde_json::from_value(json!({"metadata": {"name": "n", "deletionTimestamp": "2026-01-01T00:00:00Z"}}))
+                .unwrap();
         health.node(Some(&deleting));
         assert!(!health.healthz(at(0)).node_eligible);
         health.node(Some(&serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap()));

@@ -124,7 +124,11 @@ impl SyncMetrics {
 
     fn register(&self, registry: &mut Registry) {
         let kube = registry.sub_registry_with_prefix("kubeproxy");
-        kube.register("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", self.sync_duration.clone());
+        kube.register(
+            "sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            self.sync_duration.clone(),
+        );
         kube.register(
             "sync_full_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for full resyncs",
@@ -148,14 +152,22 @@ impl SyncMetrics {
         kube.register("proxy_healthz", "Cumulative proxy healthz HTTP status", self.healthz.clone());
         kube.register("proxy_livez", "Cumulative proxy livez HTTP status", self.livez.clone());
         let lb = registry.sub_registry_with_prefix("lb");
-        lb.register("sync_failures", "Syncs that failed (a map write or read failed); retried as full syncs", self.syncs_failed.clone());
+        lb.register(
+            "sync_failures",
+            "Syncs that failed (a map write or read failed); retried as full syncs",
+            self.syncs_failed.clone(),
+        );
         lb.register("sync_map_writes", "Map entries written or deleted by syncs", self.map_writes.clone());
         lb.register(
             "sync_map_entries_repaired",
             "Map entries a full sync found changed behind the agent's back and put back",
             self.entries_repaired.clone(),
         );
-        lb.register("invalid_objects", "Services and EndpointSlices skipped as untranslatable now", self.invalid_objects.clone());
+        lb.register(
+            "invalid_objects",
+            "Services and EndpointSlices skipped as untranslatable now",
+            self.invalid_objects.clone(),
+        );
         lb.register(
             "invalid_objects_reported",
             "Distinct untranslatable objects reported since start",
@@ -193,14 +205,23 @@ impl Collector for DatapathCollector {
             sizes.push((names::SERVICES_V4, held.services.len()));
             sizes.push((names::BACKENDS_V4, held.backends.len()));
             sizes.push((names::MAGLEV_V4, held.maglev.len()));
-            let metric = encoder.encode_descriptor("lb_frontends", "Frontends (address, port, protocol) programmed", None, prometheus_client::metrics::MetricType::Gauge)?;
+            let metric = encoder.encode_descriptor(
+                "lb_frontends",
+                "Frontends (address, port, protocol) programmed",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
             ConstGauge::new(frontends as i64).encode(metric)?;
         }
         if let Ok(entries) = maps::conntrack_entries(&self.pin_dir) {
             sizes.push((names::CONNTRACK_V4, entries.len()));
         }
-        let mut metric =
-            encoder.encode_descriptor("lb_map_entries", "Entries in each datapath map", None, prometheus_client::metrics::MetricType::Gauge)?;
+        let mut metric = encoder.encode_descriptor(
+            "lb_map_entries",
+            "Entries in each datapath map",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
         for (map, len) in sizes {
             ConstGauge::new(len as i64).encode(metric.encode_family(&[("map", map)])?)?;
         }
@@ -242,7 +263,14 @@ mod tests {
     #[test]
     fn sync_metrics_use_kube_proxys_names() {
         let sync = SyncMetrics::default();
-        let outcome = SyncOutcome { full: true, took: Duration::from_millis(3), writes: Some(7), repaired: 0, invalid_now: 1, invalid_new: 1 };
+        let outcome = SyncOutcome {
+            full: true,
+            took: Duration::from_millis(3),
+            writes: Some(7),
+            repaired: 0,
+            invalid_now: 1,
+            invalid_new: 1,
+        };
         sync.synced(&outcome, UNIX_EPOCH + Duration::from_secs(1000));
         sync.synced(&SyncOutcome { full: false, writes: None, ..outcome }, UNIX_EPOCH);
         sync.probe(false, 503);
@@ -257,7 +285,10 @@ mod tests {
             "lb_sync_failures_total 1",
             "lb_invalid_objects 1",
         ] {
-            assert!(text.lines().any(|l| l == line || l.starts_with(&format!("{line}."))), "{line:?} missing from\n{text}");
+            assert!(
+                text.lines().any(|l| l == line || l.starts_with(&format!("{line}."))),
+                "{line:?} missing from\n{text}"
+            );
         }
     }
 }

@@ -160,7 +160,8 @@ impl<W: MapWriter> Syncer<W> {
             by_ref.insert(owner.clone(), None);
         }
         for svc in services {
-            let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+            let key =
+                (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
             by_ref.insert(key, Some(svc));
         }
         for (key, svc) in by_ref {

@@ -71,10 +71,7 @@ pub fn replace<V: PartialEq>(old: Option<V>, new: Option<V>) -> Steps<V> {
 pub fn bits(old: Option<u8>, new: Option<u8>) -> Steps<u8> {
     let (old, new) = (old.unwrap_or(0), new.unwrap_or(0));
     let union = old | new;
-    Steps {
-        early: (union != old).then_some(Some(union)),
-        late: (union != new).then_some((new != 0).then_some(new)),
-    }
+    Steps { early: (union != old).then_some(Some(union)), late: (union != new).then_some((new != 0).then_some(new)) }
 }
 
 macro_rules! pure_tables {
@@ -208,7 +205,16 @@ mod tests {
         let writes = diff(&service(2), &DesiredMaps::default());
         assert_eq!(
             phases(&writes),
-            ["delete frontend", "delete slot", "delete slot", "clear bits", "clear bits", "delete backend", "delete backend", "ids"]
+            [
+                "delete frontend",
+                "delete slot",
+                "delete slot",
+                "clear bits",
+                "clear bits",
+                "delete backend",
+                "delete backend",
+                "ids"
+            ]
         );
     }
 
@@ -230,7 +236,10 @@ mod tests {
     #[test]
     fn a_maglev_table_is_written_before_its_frontend_and_removed_after_it() {
         let writes = diff(&DesiredMaps::default(), &maglev_service(2));
-        assert_eq!(phases(&writes), ["ids", "bits", "bits", "backend", "backend", "slot", "slot", "maglev", "frontend"]);
+        assert_eq!(
+            phases(&writes),
+            ["ids", "bits", "bits", "backend", "backend", "slot", "slot", "maglev", "frontend"]
+        );
         let writes = diff(&maglev_service(2), &DesiredMaps::default());
         assert_eq!(
             phases(&writes),

@@ -114,22 +114,32 @@ pub fn header(frame: &[u8]) -> Option<Header> {
     let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
     let with_port = |ip: Ipv4Addr, port: u16| SocketAddrV4::new(ip, port).to_string();
     Some(match packet.transport {
-        Some(TransportSlice::Tcp(t)) => {
-            Header { proto: "TCP".into(), src: with_port(src, t.source_port()), dst: with_port(dst, t.destination_port()), icmp: None }
-        }
-        Some(TransportSlice::Udp(u)) => {
-            Header { proto: "UDP".into(), src: with_port(src, u.source_port()), dst: with_port(dst, u.destination_port()), icmp: None }
-        }
-        Some(TransportSlice::Icmpv4(i)) => {
-            Header { proto: "ICMP".into(), src: src.to_string(), dst: dst.to_string(), icmp: Some((i.type_u8(), i.code_u8())) }
-        }
+        Some(TransportSlice::Tcp(t)) => Header {
+            proto: "TCP".into(),
+            src: with_port(src, t.source_port()),
+            dst: with_port(dst, t.destination_port()),
+            icmp: None,
+        },
+        Some(TransportSlice::Udp(u)) => Header {
+            proto: "UDP".into(),
+            src: with_port(src, u.source_port()),
+            dst: with_port(dst, u.destination_port()),
+            icmp: None,
+        },
+        Some(TransportSlice::Icmpv4(i)) => Header {
+            proto: "ICMP".into(),
+            src: src.to_string(),
+            dst: dst.to_string(),
+            icmp: Some((i.type_u8(), i.code_u8())),
+        },
         _ => Header { proto: "other".into(), src: src.to_string(), dst: dst.to_string(), icmp: None },
     })
 }
 
 fn pinned(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = pin_dir.join(name);
-    MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent running with this --pin-dir?)", path.display()))
+    MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent running with this --pin-dir?)", path.display()))
 }
 
 /// The capacities the agent gave its maps: loading with others would not
@@ -225,7 +235,13 @@ mod tests {
     use super::*;
 
     fn probe(proto: Protocol, syn: bool) -> Probe {
-        Probe { src: "10.0.1.2:40000".parse().unwrap(), dst: "10.96.0.10:80".parse().unwrap(), proto, syn, ifindex: None }
+        Probe {
+            src: "10.0.1.2:40000".parse().unwrap(),
+            dst: "10.96.0.10:80".parse().unwrap(),
+            proto,
+            syn,
+            ifindex: None,
+        }
     }
 
     #[test]

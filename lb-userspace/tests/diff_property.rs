@@ -58,19 +58,13 @@ fn assert_consistent(maps: &DesiredMaps) {
         }
         assert!(value.frontend_id <= maps.ids[&lb_common::ids::LAST_FRONTEND_ID], "id counter persisted first");
         if value.flags & lb_common::service::FLAG_MAGLEV != 0 {
-            let table = maps
-                .maglev
-                .get(&value.frontend_id)
-                .unwrap_or_else(|| panic!("{key:?}: Maglev table missing"));
+            let table = maps.maglev.get(&value.frontend_id).unwrap_or_else(|| panic!("{key:?}: Maglev table missing"));
             // Each distinct id once (a table has 16,381 positions but few backends).
             let mut named: Vec<u32> = table.ids().to_vec();
             named.sort_unstable();
             named.dedup();
             for id in named {
-                assert!(
-                    maps.backends.contains_key(&id),
-                    "{key:?}: Maglev table names missing backend {id}"
-                );
+                assert!(maps.backends.contains_key(&id), "{key:?}: Maglev table names missing backend {id}");
             }
         }
     }
@@ -179,10 +173,26 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
 enum Op {
     /// Service `svc` with these ports; NodePort type and Local external
     /// policy optional; an external IP equal to the node address optional.
-    PutService { svc: usize, ports: Vec<(u16, &'static str, u16)>, node_port: bool, local: bool, external_on_node: bool },
-    DeleteService { svc: usize },
-    PutSlice { svc: usize, slice: usize, endpoints: Vec<(u8, bool, bool)>, target: u16 },
-    DeleteSlice { svc: usize, slice: usize },
+    PutService {
+        svc: usize,
+        ports: Vec<(u16, &'static str, u16)>,
+        node_port: bool,
+        local: bool,
+        external_on_node: bool,
+    },
+    DeleteService {
+        svc: usize,
+    },
+    PutSlice {
+        svc: usize,
+        slice: usize,
+        endpoints: Vec<(u8, bool, bool)>,
+        target: u16,
+    },
+    DeleteSlice {
+        svc: usize,
+        slice: usize,
+    },
     /// The agent stops and a new one starts from the pinned maps.
     Restart,
     /// The next sync's apply fails after this many writes.
@@ -191,7 +201,8 @@ enum Op {
     Tamper(usize),
 }
 
-const PORT_CHOICES: [(u16, &str, u16); 4] = [(80, "TCP", 8080), (53, "UDP", 5353), (53, "TCP", 5353), (443, "TCP", 8443)];
+const PORT_CHOICES: [(u16, &str, u16); 4] =
+    [(80, "TCP", 8080), (53, "UDP", 5353), (53, "TCP", 5353), (443, "TCP", 8443)];
 const NODE_IP: &str = "192.168.0.10";
 
 fn op() -> impl Strategy<Value = Op> {
@@ -217,7 +228,8 @@ fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool,
     let ports: Vec<_> = ports
         .iter()
         .map(|(port, proto, target)| {
-            let mut p = json!({"name": format!("p{port}{proto}"), "port": port, "protocol": proto, "targetPort": target});
+            let mut p =
+                json!({"name": format!("p{port}{proto}"), "port": port, "protocol": proto, "targetPort": target});
             if node_port {
                 p["nodePort"] = json!(30000 + svc as u16 * 10 + port % 10);
             }

@@ -40,7 +40,12 @@ impl Agent {
     /// attached to every interface there, maps pinned under a unique
     /// directory in /sys/fs/bpf.
     pub fn start(netns: &str, source_file: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let mut args = vec!["--source".to_owned(), format!("file:{}", source_file.display()), "--poll-interval".into(), "20ms".into()];
+        let mut args = vec![
+            "--source".to_owned(),
+            format!("file:{}", source_file.display()),
+            "--poll-interval".into(),
+            "20ms".into(),
+        ];
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         Self::start_with(netns, &args)
     }
@@ -120,7 +125,11 @@ impl Agent {
 
     /// Waits until the pinned maps satisfy `ready`, failing if the agent
     /// exits or `timeout` passes.
-    pub fn wait_until(&mut self, timeout: Duration, ready: impl Fn(&DesiredMaps) -> bool) -> anyhow::Result<DesiredMaps> {
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        ready: impl Fn(&DesiredMaps) -> bool,
+    ) -> anyhow::Result<DesiredMaps> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -21,10 +21,10 @@ use lb_userspace::{
         loader::{self, Capacities},
         maps::ServiceMaps,
     },
-    tables::DesiredMaps,
     model::NodeContext,
     source::objects,
     sync::Syncer,
+    tables::DesiredMaps,
 };
 
 /// tc verdicts as the program returns them.
@@ -104,15 +104,20 @@ impl Datapath {
             .find(|(_, b)| b.address == backend.ip().octets() && b.port == backend.port())
             .map(|(id, _)| *id)
             .with_context(|| format!("no backend {backend} in the table"))?;
-        let mut map: HashMap<MapData, u32, BackendV4> = aya::maps::Map::from_map_data(MapData::from_id(self.backends_map_id)?)?
-            .try_into()?;
+        let mut map: HashMap<MapData, u32, BackendV4> =
+            aya::maps::Map::from_map_data(MapData::from_id(self.backends_map_id)?)?.try_into()?;
         map.remove(&id)?;
         Ok(id)
     }
 
     /// Writes one position of a frontend's Maglev table directly in the
     /// kernel, without telling the agent.
-    pub fn overwrite_maglev_position(&mut self, frontend_id: u32, position: u32, backend_id: u32) -> anyhow::Result<()> {
+    pub fn overwrite_maglev_position(
+        &mut self,
+        frontend_id: u32,
+        position: u32,
+        backend_id: u32,
+    ) -> anyhow::Result<()> {
         let map = aya::maps::Map::from_map_data(MapData::from_id(self.maglev_map_id)?)?;
         let outer: HashOfMaps<MapData, u32, Array<MapData, u32>> = map.try_into()?;
         outer.get(&frontend_id, 0)?.set(position, backend_id, 0)?;

@@ -87,7 +87,17 @@ impl Pod {
         run_in(ns, &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", node_if, "netns", node])?;
         run_in(ns, &["ip", "addr", "add", &format!("{}/24", self.ip), "dev", "eth0"])?;
         run_in(ns, &["ip", "link", "set", "eth0", "up"])?;
-        run_in(ns, &["ip", "route", "add", &format!("{}/24", Ipv4Addr::from(u32::from(CLIENT_IP) & !0xff)), "via", &format!("10.244.{n}.1")])?;
+        run_in(
+            ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                &format!("{}/24", Ipv4Addr::from(u32::from(CLIENT_IP) & !0xff)),
+                "via",
+                &format!("10.244.{n}.1"),
+            ],
+        )?;
         run_in(node, &["sysctl", "-qw", &format!("net.ipv4.conf.{node_if}.rp_filter=0")])?;
         run_in(node, &["ip", "addr", "add", &format!("10.244.{n}.1/24"), "dev", node_if])?;
         run_in(node, &["ip", "link", "set", node_if, "up"])?;
@@ -103,11 +113,21 @@ impl Drop for Pod {
 
 /// Creates and pins a map the way another build might have: `bpftool map
 /// create` with the given layout.
-pub fn pin_foreign_map(path: &Path, map_type: &str, key: u32, value: u32, entries: u32, name: &str) -> anyhow::Result<()> {
+pub fn pin_foreign_map(
+    path: &Path,
+    map_type: &str,
+    key: u32,
+    value: u32,
+    entries: u32,
+    name: &str,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().context("pin path without a parent")?)?;
     let path = path.to_str().context("non-UTF-8 pin path")?;
     let (key, value, entries) = (key.to_string(), value.to_string(), entries.to_string());
-    run("bpftool", &["map", "create", path, "type", map_type, "key", &key, "value", &value, "entries", &entries, "name", name])?;
+    run(
+        "bpftool",
+        &["map", "create", path, "type", map_type, "key", &key, "value", &value, "entries", &entries, "name", name],
+    )?;
     Ok(())
 }
 

@@ -58,7 +58,8 @@ pub fn udp_without_checksum(src: Endpoint, dst: Endpoint, payload: &[u8]) -> Vec
 pub fn tcp_syn_with_ip_options(src: Endpoint, dst: Endpoint) -> Vec<u8> {
     let mut ip = Ipv4Header::new(20, 64, IpNumber::TCP, src.ip.octets(), dst.ip.octets()).expect("ip header");
     ip.options = Ipv4Options::try_from(&[0x07, 0x07, 0x04, 0, 0, 0, 0, 0x01][..]).expect("options");
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(etherparse::IpHeaders::Ipv4(ip, Default::default()));
+    let builder =
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(etherparse::IpHeaders::Ipv4(ip, Default::default()));
     let builder = builder.tcp(src.port, dst.port, 1000, 64240).syn();
     let mut out = Vec::new();
     builder.write(&mut out, &[]).expect("build");
@@ -88,9 +89,7 @@ pub fn icmp_port_unreachable(original: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> V
     let quote = &original[14..14 + 20 + 8];
     let builder = PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC)
         .ipv4(from.octets(), to.octets(), 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::Port,
-        ));
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
     let mut out = Vec::new();
     builder.write(&mut out, quote).expect("build icmp");
     out

@@ -20,7 +20,10 @@ use anyhow::Context as _;
 pub use lb_userspace::netns::enter as enter_netns;
 
 /// Runs `f` on a thread inside namespace `netns` and returns its result.
-pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     let name = netns.to_owned();
     let handle = std::thread::spawn(move || {
         enter_netns(&name)?;

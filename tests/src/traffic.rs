@@ -113,7 +113,9 @@ impl Load {
     /// Stops the clients and returns what they saw.
     pub fn finish(self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
-        let join = |h: JoinHandle<Tally>| h.join().unwrap_or_else(|_| Tally { ok: 0, failures: vec!["client thread panicked".into()] });
+        let join = |h: JoinHandle<Tally>| {
+            h.join().unwrap_or_else(|_| Tally { ok: 0, failures: vec!["client thread panicked".into()] })
+        };
         LoadReport {
             connections: join(self.connections),
             udp: join(self.udp),

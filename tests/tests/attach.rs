@@ -66,7 +66,10 @@ fn restarts_and_upgrades_drop_no_connection_and_no_datagram() {
                 _ => not_updated_in_place.push(format!("restart {restart}: {interface} was {old:?}, now {new:?}")),
             }
         }
-        before = after.into_iter().map(|(i, ids)| (i, ids.unwrap_or(links::LinkIds { link_id: 0, program_id: 0 }))).collect();
+        before = after
+            .into_iter()
+            .map(|(i, ids)| (i, ids.unwrap_or(links::LinkIds { link_id: 0, program_id: 0 })))
+            .collect();
     }
     if let Some(rest) = DURATION.checked_sub(started.elapsed()) {
         std::thread::sleep(rest);
@@ -156,7 +159,9 @@ fn new_pod_interface_is_attached_within_a_second_and_unpinned_when_gone() {
         .is_ok_and(|body| body == "new-pod")
     });
     let since_appeared = appeared.elapsed();
-    eprintln!("new pod reached through its ClusterIP {since_appeared:?} after its interface appeared ({attempts} attempts)");
+    eprintln!(
+        "new pod reached through its ClusterIP {since_appeared:?} after its interface appeared ({attempts} attempts)"
+    );
     assert!(reached.is_some(), "the new pod was never reached through its ClusterIP ({attempts} attempts)");
     assert!(since_appeared < Duration::from_secs(1), "reached {since_appeared:?} after the interface appeared");
     let link = pinned_link_path(&cluster.agent.pin_dir, &pod.node_interface);
@@ -175,7 +180,10 @@ fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
     let pin_dir = cluster.agent.pin_dir.clone();
     let (gone_link, recreated_link) =
         (pinned_link_path(&pin_dir, &gone.node_interface), pinned_link_path(&pin_dir, &recreated.node_interface));
-    assert!(wait_for(Duration::from_secs(1), || gone_link.exists() && recreated_link.exists()).is_some(), "pods attached");
+    assert!(
+        wait_for(Duration::from_secs(1), || gone_link.exists() && recreated_link.exists()).is_some(),
+        "pods attached"
+    );
     let old = pinned_link(&pin_dir, &recreated.node_interface).unwrap();
 
     // While no agent runs: one pod goes, the other is deleted and created
@@ -190,7 +198,10 @@ fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
             drop(recreated.take());
             // Deleting a namespace destroys its veths asynchronously.
             let node = &topology.node;
-            assert!(wait_for(Duration::from_secs(5), || !links::interface_exists(node, "to-b9")).is_some(), "old veth gone");
+            assert!(
+                wait_for(Duration::from_secs(5), || !links::interface_exists(node, "to-b9")).is_some(),
+                "old veth gone"
+            );
             new_pod = Some(Pod::add(topology, 9)?);
             Ok(())
         })
@@ -203,7 +214,8 @@ fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
     assert!(!gone_link.exists(), "the deleted pod's pinned link is removed");
     let new = pinned_link(&pin_dir, &new_pod.node_interface).expect("the recreated pod's link is pinned");
     assert_ne!(new.link_id, old.link_id, "a new link replaces the one left without an interface");
-    let body = servers::http_get(&cluster.topology.client, SocketAddr::V4(POD_SERVICE)).expect("the recreated pod answers");
+    let body =
+        servers::http_get(&cluster.topology.client, SocketAddr::V4(POD_SERVICE)).expect("the recreated pod answers");
     assert_eq!(body, "new-pod");
 }
 
@@ -245,7 +257,8 @@ fn incompatible_id_counters_stop_the_agent_with_a_clear_message() {
     let pin_dir = PinDir(format!("/sys/fs/bpf/{}", topology.node).into());
     // The id counters with 8-byte values, as a build with u64 ids would pin them.
     links::pin_foreign_map(&pin_dir.0.join(names::IDS), "array", 4, 8, 2, names::IDS).expect("pin a foreign map");
-    let mut agent = LoggedAgent::spawn(&[], &agent_args(&topology, &pin_dir.0, &source), &topology.node).expect("spawn");
+    let mut agent =
+        LoggedAgent::spawn(&[], &agent_args(&topology, &pin_dir.0, &source), &topology.node).expect("spawn");
     let status = agent.wait_exit(Duration::from_secs(30)).expect("the agent exits");
     let stderr = agent.stderr();
     assert!(!status.success(), "the agent must refuse to start: {stderr}");
@@ -263,7 +276,11 @@ fn incompatible_derived_maps_and_conntrack_are_recreated_with_a_warning() {
     for i in 1..=scenario::BACKENDS {
         let ip = lb_tests::topology::backend_ip(i);
         servers
-            .http(&cluster_topology.backends[i - 1], SocketAddr::from((ip, scenario::HTTP_PORT)), &scenario::backend_name(i))
+            .http(
+                &cluster_topology.backends[i - 1],
+                SocketAddr::from((ip, scenario::HTTP_PORT)),
+                &scenario::backend_name(i),
+            )
             .unwrap();
     }
     let (_src, source) = services_file(&cluster_topology);
@@ -291,7 +308,9 @@ fn agent_started_with_ip_netns_exec_mounts_bpffs_and_serves() {
     let mut servers = Servers::new();
     for i in 1..=scenario::BACKENDS {
         let ip = lb_tests::topology::backend_ip(i);
-        servers.http(&topology.backends[i - 1], SocketAddr::from((ip, scenario::HTTP_PORT)), &scenario::backend_name(i)).unwrap();
+        servers
+            .http(&topology.backends[i - 1], SocketAddr::from((ip, scenario::HTTP_PORT)), &scenario::backend_name(i))
+            .unwrap();
     }
     let (_src, source) = services_file(&topology);
     // Inside `ip netns exec`, /sys/fs/bpf is a plain sysfs directory: the

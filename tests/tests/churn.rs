@@ -115,7 +115,8 @@ impl<'a> Churn<'a> {
             }
             let joining = self.dice.pick(&idle);
             let addr = SocketAddr::from((topology::backend_ip(joining), HTTP_PORT));
-            let server = HttpServer::start(&self.topology.backends[joining - 1], addr, &scenario::backend_name(joining))?;
+            let server =
+                HttpServer::start(&self.topology.backends[joining - 1], addr, &scenario::backend_name(joining))?;
             self.servers.insert(joining, server);
             self.ready.insert(joining);
         }
@@ -235,7 +236,8 @@ fn endpoint_churn_through_the_kubernetes_api_fails_no_connection() {
     api.write_kubeconfig(&kubeconfig_file).expect("kubeconfig");
     api.apply(web_service());
     api.apply(web_slice(&churn.endpoints()));
-    let args = ["--source", "kubernetes", "--kubeconfig", kubeconfig_file.to_str().unwrap(), "--hostname-override", "node-a"];
+    let args =
+        ["--source", "kubernetes", "--kubeconfig", kubeconfig_file.to_str().unwrap(), "--hostname-override", "node-a"];
     let mut agent = Agent::start_with(&topology.node, &args.map(str::to_owned)).expect("agent");
     agent.wait_ready(AGENT_WAIT).expect("agent ready");
     let first = churn.ready.len() as u16;

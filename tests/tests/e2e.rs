@@ -2,22 +2,18 @@
 //! datapath in the node namespace, real servers and real connections.
 //! Needs root; run one test at a time (`--test-threads=1`).
 
-use std::{
-    collections::BTreeMap,
-    io::ErrorKind,
-    net::SocketAddr,
-};
+use std::{collections::BTreeMap, io::ErrorKind, net::SocketAddr};
 
 use lb_tests::{
     scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
-    servers,
-    topology,
+    servers, topology,
 };
 
 fn requests(cluster: &DemoCluster, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
-        let body = servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP");
+        let body =
+            servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP");
         *seen.entry(body).or_insert(0) += 1;
     }
     seen
@@ -49,7 +45,8 @@ fn udp_echo_through_clusterip_replies_from_the_clusterip() {
 fn removed_backend_gets_no_new_requests_while_established_connection_survives() {
     let mut cluster = DemoCluster::start().expect("start demo cluster");
     // A keep-alive connection, pinned by conntrack to one backend.
-    let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+    let mut conn =
+        servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
     let pinned = servers::http_request(&mut conn, false).unwrap();
     // Remove a different backend from the file.
     let removed = (1..=scenario::BACKENDS).find(|&i| scenario::backend_name(i) != pinned).unwrap();
@@ -60,7 +57,11 @@ fn removed_backend_gets_no_new_requests_while_established_connection_survives() 
     assert!(!seen.contains_key(&scenario::backend_name(removed)), "removed backend still chosen: {seen:?}");
     assert_eq!(seen.len(), 2, "both remaining backends answer: {seen:?}");
     for _ in 0..3 {
-        assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "established connection keeps its backend");
+        assert_eq!(
+            servers::http_request(&mut conn, false).unwrap(),
+            pinned,
+            "established connection keeps its backend"
+        );
     }
 }
 
@@ -80,15 +81,19 @@ fn service_without_endpoints_refuses_at_once() {
 #[test]
 fn established_connection_to_a_terminating_endpoint_keeps_its_backend() {
     let ready = |m: &lb_userspace::tables::DesiredMaps| scenario::web_backend_ids(m).len() == 3;
-    let mut cluster = DemoCluster::start_with(3, &scenario::web_services_ready(&[1, 2, 3]), ready).expect("start cluster");
-    let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+    let mut cluster =
+        DemoCluster::start_with(3, &scenario::web_services_ready(&[1, 2, 3]), ready).expect("start cluster");
+    let mut conn =
+        servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
     let pinned = servers::http_request(&mut conn, false).unwrap();
     let leaving = (1..=3).find(|&i| scenario::backend_name(i) == pinned).unwrap();
     let endpoints: Vec<(usize, [bool; 3])> =
         (1..=3).map(|i| (i, if i == leaving { scenario::TERMINATING } else { scenario::READY })).collect();
     let others: Vec<usize> = (1..=3).filter(|&i| i != leaving).collect();
     cluster
-        .update(&scenario::web_services(&endpoints), |m| scenario::web_backend_ids(m).keys().copied().eq(others.iter().copied()))
+        .update(&scenario::web_services(&endpoints), |m| {
+            scenario::web_backend_ids(m).keys().copied().eq(others.iter().copied())
+        })
         .expect("agent applies the terminating endpoint");
 
     let seen = requests(&cluster, 30);
@@ -111,7 +116,8 @@ fn maglev_clusterip_spreads_300_requests_over_all_backends() {
     let maglev = |m: &lb_userspace::tables::DesiredMaps| {
         let key = lb_common::service::ServiceKeyV4::frontend(WEB.ip().octets(), WEB.port(), lb_common::proto::TCP);
         let frontend = m.services.get(&key);
-        frontend.is_some_and(|f| f.flags & lb_common::service::FLAG_MAGLEV != 0 && m.maglev.contains_key(&f.frontend_id))
+        frontend
+            .is_some_and(|f| f.flags & lb_common::service::FLAG_MAGLEV != 0 && m.maglev.contains_key(&f.frontend_id))
     };
     let cluster = DemoCluster::start_with(3, &text, maglev).expect("start cluster with a Maglev ClusterIP");
     let seen = requests(&cluster, 300);

@@ -72,14 +72,18 @@ impl Cluster {
         let api = servers::in_netns(&topology.node, || Ok(ApiServer::start())).expect("API server");
         let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", topology.node));
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        let args = ["--source", "kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a"];
+        let args =
+            ["--source", "kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a"];
         let agent = Agent::start_with(&topology.node, &args.map(str::to_owned)).expect("agent");
         Cluster { agent, api, _servers: servers, topology, kubeconfig }
     }
 
     fn backends_seen(&self, frontend: SocketAddrV4, requests: usize) -> BTreeSet<String> {
         (0..requests)
-            .map(|_| servers::http_get(&self.topology.client, SocketAddr::V4(frontend)).expect("request through the ClusterIP"))
+            .map(|_| {
+                servers::http_get(&self.topology.client, SocketAddr::V4(frontend))
+                    .expect("request through the ClusterIP")
+            })
             .collect()
     }
 }

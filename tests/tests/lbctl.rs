@@ -2,11 +2,7 @@
 //! maps the demo Services produce, and `lbctl trace` agrees with what
 //! real packets meet. Needs root; run one test at a time.
 
-use std::{
-    collections::BTreeSet,
-    io::ErrorKind,
-    net::SocketAddr,
-};
+use std::{collections::BTreeSet, io::ErrorKind, net::SocketAddr};
 
 use lb_tests::{
     observe::lbctl,
@@ -39,18 +35,26 @@ fn frontend<'a>(services: &'a Value, address: &str, port: u16) -> &'a Value {
 fn lbctl_shows_the_demo_services_backends_flows_and_counters() {
     let cluster = DemoCluster::start().expect("start demo cluster");
     let table = lbctl(&cluster.agent.pin_dir, &["services"]).unwrap();
-    let web_line = table.lines().find(|l| l.starts_with(&format!("{WEB}/TCP"))).unwrap_or_else(|| panic!("no web row:\n{table}"));
+    let web_line =
+        table.lines().find(|l| l.starts_with(&format!("{WEB}/TCP"))).unwrap_or_else(|| panic!("no web row:\n{table}"));
     assert!(web_line.contains("ClusterIP"), "{web_line}");
     for backend in web_backends() {
         assert!(web_line.contains(&backend), "{backend} missing from {web_line}");
     }
-    assert!(table.lines().any(|l| l.starts_with(&format!("{NOTHING_HERE}/TCP")) && l.contains("no endpoints: reject")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!("{NOTHING_HERE}/TCP")) && l.contains("no endpoints: reject")),
+        "{table}"
+    );
     assert!(table.lines().any(|l| l.starts_with(&format!("{ECHO}/UDP"))), "{table}");
 
     let services = json(&cluster, &["services"]);
     let web = frontend(&services, &WEB.ip().to_string(), WEB.port());
-    let listed: BTreeSet<String> =
-        web["backends"].as_array().unwrap().iter().map(|b| format!("{}:{}", b["address"].as_str().unwrap(), b["port"])).collect();
+    let listed: BTreeSet<String> = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{}:{}", b["address"].as_str().unwrap(), b["port"]))
+        .collect();
     assert_eq!(listed, web_backends());
     assert_eq!(frontend(&services, &NOTHING_HERE.ip().to_string(), 80)["empty_action"], "reject");
     let maps = cluster.agent.maps().unwrap();
@@ -93,7 +97,8 @@ fn trace_agrees_with_real_packets() {
     let client = topology::CLIENT_IP;
 
     // Hit: DNAT to one of the Service's backends, as a real request is.
-    let hit = trace(&cluster, &["--src", &format!("{client}:40000"), "--dst", &WEB.to_string(), "--proto", "tcp", "--syn"]);
+    let hit =
+        trace(&cluster, &["--src", &format!("{client}:40000"), "--dst", &WEB.to_string(), "--proto", "tcp", "--syn"]);
     assert_eq!(hit["verdict"], "pass", "{hit}");
     let rewritten = hit["output"]["dst"].as_str().unwrap();
     assert!(web_backends().contains(rewritten), "DNAT to a web backend, got {rewritten}: {hit}");
@@ -107,7 +112,8 @@ fn trace_agrees_with_real_packets() {
 
     // Miss: not a Service, passed untouched, as a real request to a pod is.
     let pod = SocketAddr::from((topology::backend_ip(1), scenario::HTTP_PORT));
-    let miss = trace(&cluster, &["--src", &format!("{client}:40001"), "--dst", &pod.to_string(), "--proto", "tcp", "--syn"]);
+    let miss =
+        trace(&cluster, &["--src", &format!("{client}:40001"), "--dst", &pod.to_string(), "--proto", "tcp", "--syn"]);
     assert_eq!(miss["verdict"], "pass", "{miss}");
     assert_eq!(miss["output"], miss["input"], "unchanged: {miss}");
     assert_eq!(moved(&miss), ["passed"], "{miss}");
@@ -117,7 +123,17 @@ fn trace_agrees_with_real_packets() {
     // as a real connection is refused.
     let reject = trace(
         &cluster,
-        &["--src", &format!("{client}:40002"), "--dst", &NOTHING_HERE.to_string(), "--proto", "tcp", "--syn", "--iface", "to-client"],
+        &[
+            "--src",
+            &format!("{client}:40002"),
+            "--dst",
+            &NOTHING_HERE.to_string(),
+            "--proto",
+            "tcp",
+            "--syn",
+            "--iface",
+            "to-client",
+        ],
     );
     assert_eq!(reject["verdict"], "redirect", "{reject}");
     assert_eq!(reject["output"]["proto"], "ICMP", "{reject}");
@@ -130,8 +146,20 @@ fn trace_agrees_with_real_packets() {
     // The human-readable form says the same.
     let text = lbctl(
         &cluster.agent.pin_dir,
-        &["--netns", &cluster.topology.node, "trace", "--src", &format!("{client}:40003"), "--dst", &WEB.to_string(), "--syn"],
+        &[
+            "--netns",
+            &cluster.topology.node,
+            "trace",
+            "--src",
+            &format!("{client}:40003"),
+            "--dst",
+            &WEB.to_string(),
+            "--syn",
+        ],
     )
     .unwrap();
-    assert!(text.contains("verdict:  pass") && text.contains("new_flow +1") && text.contains("removed again"), "{text}");
+    assert!(
+        text.contains("verdict:  pass") && text.contains("new_flow +1") && text.contains("removed again"),
+        "{text}"
+    );
 }

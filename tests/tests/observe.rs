@@ -64,7 +64,14 @@ impl KubeNode {
         let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", topology.node));
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         prepare(&api);
-        let mut args = vec!["--source", "kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a"];
+        let mut args = vec![
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+        ];
         args.extend_from_slice(extra_args);
         let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
         let agent = Agent::start_with(&topology.node, &args).expect("agent");
@@ -72,7 +79,9 @@ impl KubeNode {
     }
 
     fn node(&self, taints: &Value) {
-        self.api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}, "spec": {"taints": taints}}));
+        self.api.apply(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}, "spec": {"taints": taints}}),
+        );
     }
 
     /// Polls `path` until it answers `status`; returns the body.

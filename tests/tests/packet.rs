@@ -192,7 +192,9 @@ fn flow_that_rehashing_would_move(before: &[Endpoint], after: &[Endpoint]) -> (E
     let mut new = datapath_with(after);
     (45000..46000u16)
         .map(|port| ep([10, 0, 1, 2], port))
-        .map(|client| (client, landing(&mut old, client, MULTI_VIP, before), landing(&mut new, client, MULTI_VIP, after)))
+        .map(|client| {
+            (client, landing(&mut old, client, MULTI_VIP, before), landing(&mut new, client, MULTI_VIP, after))
+        })
         .find(|(_, first, fresh)| first != fresh)
         .map(|(client, first, _)| (client, first))
         .expect("some flow changes backend when re-hashed over the new set")
@@ -278,7 +280,11 @@ fn packet_fixtures() {
             packets::tcp(WEB_BACKEND, ep([10, 0, 1, 9], 50000), false, b"x"),
             Counter::Passed,
         ),
-        unchanged("wrong protocol for the Service (UDP to a TCP port)", packets::udp(CLIENT, WEB_VIP, b"x"), Counter::Passed),
+        unchanged(
+            "wrong protocol for the Service (UDP to a TCP port)",
+            packets::udp(CLIENT, WEB_VIP, b"x"),
+            Counter::Passed,
+        ),
         unchanged(
             "truncated: IHL claims 60 header bytes, the frame has fewer",
             {
@@ -386,7 +392,8 @@ fn established_flow_keeps_backend_after_backend_set_changes() {
     let first = dp.run(TC_PROGRAM, &packets::tcp_syn(client, MULTI_VIP)).unwrap();
     let chosen = *MULTI_BACKENDS.iter().find(|b| first.packet == packets::tcp_syn(client, **b)).unwrap();
     // Remove one of the *other* backends: the flow stays where it was.
-    let keep: Vec<Ipv4Addr> = MULTI_BACKENDS.iter().map(|b| b.ip).filter(|ip| *ip != chosen.ip).take(1).chain([chosen.ip]).collect();
+    let keep: Vec<Ipv4Addr> =
+        MULTI_BACKENDS.iter().map(|b| b.ip).filter(|ip| *ip != chosen.ip).take(1).chain([chosen.ip]).collect();
     dp.apply(&multi_with(&keep)).unwrap();
     let later = dp.run(TC_PROGRAM, &packets::tcp(client, MULTI_VIP, false, b"y")).unwrap();
     assert_eq!(later.packet, packets::tcp(client, chosen, false, b"y"));
@@ -403,7 +410,8 @@ fn multi_with(backends: &[Ipv4Addr]) -> String {
 
 /// The `multi` Service and its EndpointSlice, as List items.
 fn multi_items(backends: &[Ipv4Addr]) -> String {
-    let endpoints: String = backends.iter().map(|ip| format!("  - {{addresses: [{ip}], conditions: {{ready: true}}}}\n")).collect();
+    let endpoints: String =
+        backends.iter().map(|ip| format!("  - {{addresses: [{ip}], conditions: {{ready: true}}}}\n")).collect();
     format!(
         "- apiVersion: v1\n  kind: Service\n  metadata: {{name: multi, namespace: default}}\n  spec:\n    clusterIP: 10.96.0.20\n    ports: [{{port: 80, protocol: TCP, targetPort: 9000}}]\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: multi-1, namespace: default, labels: {{kubernetes.io/service-name: multi}}}}\n  addressType: IPv4\n  endpoints:\n{endpoints}  ports: [{{name: \"\", port: 9000, protocol: TCP}}]\n"
     )
@@ -416,7 +424,8 @@ fn syn_reusing_a_tracked_tuple_is_balanced_afresh() {
     let mut fresh = Datapath::load(NodeContext::default()).unwrap();
     fresh.apply(&reduced).unwrap();
     let clients: Vec<Endpoint> = (46000..46060u16).map(|p| ep([10, 0, 1, 2], p)).collect();
-    let first: Vec<Vec<u8>> = clients.iter().map(|c| dp.run(TC_PROGRAM, &packets::tcp_syn(*c, MULTI_VIP)).unwrap().packet).collect();
+    let first: Vec<Vec<u8>> =
+        clients.iter().map(|c| dp.run(TC_PROGRAM, &packets::tcp_syn(*c, MULTI_VIP)).unwrap().packet).collect();
     dp.apply(&reduced).unwrap();
     let mut moved = 0;
     for (client, first) in clients.iter().zip(&first) {

@@ -20,10 +20,10 @@ use lb_userspace::{
         loader::{self, Capacities, TC_PROGRAM},
         maps::{self, ServiceMaps},
     },
-    tables::DesiredMaps,
     model::NodeContext,
     source::objects,
     sync::Syncer,
+    tables::DesiredMaps,
 };
 
 /// Loads the datapath with maps pinned in `pin_dir` and syncs the demo
@@ -66,13 +66,18 @@ fn restart_with_pinned_maps_writes_nothing_when_nothing_changed() {
 #[test]
 fn established_connection_survives_an_agent_restart() {
     let mut cluster = DemoCluster::start().expect("start demo cluster");
-    let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+    let mut conn =
+        servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
     let pinned = servers::http_request(&mut conn, false).unwrap();
 
     cluster.agent.restart().expect("restart the agent");
     // Ready means re-attached and synced against the pinned maps.
     cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent ready again");
-    assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "same connection, same backend after the restart");
+    assert_eq!(
+        servers::http_request(&mut conn, false).unwrap(),
+        pinned,
+        "same connection, same backend after the restart"
+    );
 }
 
 const VIP: Endpoint = ep([10, 96, 0, 10], 80);
@@ -101,7 +106,12 @@ fn dnat_target(packet: &[u8], client: Endpoint, syn: bool, payload: &[u8], backe
 /// Opens flows (SYNs) from successive client ports until one lands on
 /// `backend` and, when given, would land elsewhere if balanced afresh
 /// over `rehashed` (checked on `probe`); returns that client.
-fn flow_to(dp: &mut Datapath, backend: Endpoint, backends: &[Endpoint], avoid_on: Option<(&mut Datapath, &[Endpoint])>) -> Endpoint {
+fn flow_to(
+    dp: &mut Datapath,
+    backend: Endpoint,
+    backends: &[Endpoint],
+    avoid_on: Option<(&mut Datapath, &[Endpoint])>,
+) -> Endpoint {
     let mut avoid_on = avoid_on;
     for port in 41000..42000u16 {
         let client = ep([10, 0, 1, 2], port);
@@ -199,7 +209,8 @@ fn has_web_backends(backends: &'static [usize]) -> impl Fn(&DesiredMaps) -> bool
 /// `wanted` accepts; returns it and the backend's name.
 fn keep_alive_connection(cluster: &DemoCluster, wanted: impl Fn(&str) -> bool) -> (std::net::TcpStream, String) {
     for _ in 0..50 {
-        let mut conn = servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
+        let mut conn =
+            servers::connect(&cluster.topology.client, SocketAddr::V4(WEB)).unwrap().expect("connect to the ClusterIP");
         let name = servers::http_request(&mut conn, false).expect("request on a new connection");
         if wanted(&name) {
             return (conn, name);
@@ -211,7 +222,9 @@ fn keep_alive_connection(cluster: &DemoCluster, wanted: impl Fn(&str) -> bool) -
 /// Who answers `n` new connections to web, by backend name.
 fn answers(cluster: &DemoCluster, n: usize) -> std::collections::BTreeSet<String> {
     (0..n)
-        .map(|_| servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP"))
+        .map(|_| {
+            servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP")
+        })
         .collect()
 }
 
@@ -225,7 +238,11 @@ fn cluster_where_backend_4_has_the_highest_id() -> DemoCluster {
     let cluster = DemoCluster::start_with(4, &scenario::web_services_ready(&[2, 3, 4]), has_web_backends(&[2, 3, 4]))
         .expect("start cluster");
     let ids = scenario::web_backend_ids(&cluster.agent.maps().unwrap());
-    assert_eq!(ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i), Some(4), "backend 4 has the highest id: {ids:?}");
+    assert_eq!(
+        ids.iter().max_by_key(|(_, id)| **id).map(|(i, _)| *i),
+        Some(4),
+        "backend 4 has the highest id: {ids:?}"
+    );
     cluster
 }
 
@@ -251,9 +268,17 @@ fn established_connection_survives_a_restart_that_changes_the_backend_set() {
     cluster.agent.wait_until(AGENT_WAIT, has_web_backends(&[1, 2, 3])).expect("new backend set programmed");
 
     for _ in 0..3 {
-        assert_eq!(servers::http_request(&mut conn, false).unwrap(), pinned, "same connection, same backend after the restart");
+        assert_eq!(
+            servers::http_request(&mut conn, false).unwrap(),
+            pinned,
+            "same connection, same backend after the restart"
+        );
     }
-    assert_eq!(answers(&cluster, 90), names(&[1, 2, 3]), "new connections reach exactly the remaining and new backends");
+    assert_eq!(
+        answers(&cluster, 90),
+        names(&[1, 2, 3]),
+        "new connections reach exactly the remaining and new backends"
+    );
 }
 
 /// End to end: a keep-alive connection whose backend (the one with the
@@ -267,7 +292,9 @@ fn idle_connection_to_a_backend_removed_before_a_restart_is_rebalanced() {
     let removed = scenario::backend_name(4);
     let (mut conn, _) = keep_alive_connection(&cluster, |name| name == removed);
 
-    cluster.update(&scenario::web_services_ready(&[2, 3]), has_web_backends(&[2, 3])).expect("running agent removes backend 4");
+    cluster
+        .update(&scenario::web_services_ready(&[2, 3]), has_web_backends(&[2, 3]))
+        .expect("running agent removes backend 4");
     let source = cluster.source_file.clone();
     cluster
         .agent

@@ -10,8 +10,8 @@ use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
     datapath::{attach::Attacher, interfaces, links::Attachments, loader, maps::ServiceMaps},
     events::{EventPublisher, LogOnly},
-    model::NodeContext,
     metrics::Metrics,
+    model::NodeContext,
     netns, serve,
     source::{
         file::FileSource,
@@ -40,7 +40,6 @@ impl FromStr for SourceArg {
         }
     }
 }
-
 
 #[derive(Debug, Parser)]
 #[command(version, about = "In-kernel Kubernetes Service load balancer: the node agent")]
@@ -122,13 +121,13 @@ struct Args {
     maglev_max: u32,
     /// Serve Prometheus metrics at /metrics on this address (as
     /// kube-proxy does); empty to disable.
-    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249", )]
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249")]
     metrics_bind_address: BindAddress,
     /// Serve /healthz and /livez on this address (kube-proxy's semantics:
     /// unhealthy when a change waits longer than 2 × --sync-period for its
     /// sync; /healthz also while the Node is being deleted or tainted for
     /// scale-down); empty to disable.
-    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", )]
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256")]
     healthz_bind_address: BindAddress,
 }
 
@@ -243,7 +242,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // kube-proxy's health timeout: twice the sync period.
     let observers = Observers::new(args.sync_period * 2);
     serve_endpoints(&args, &observers).await?;
-    agent::run(&mut syncer, &mut source, sink.as_mut(), pacing, args.ready_file.as_deref(), &observers, shutdown_signal()).await;
+    agent::run(
+        &mut syncer,
+        &mut source,
+        sink.as_mut(),
+        pacing,
+        args.ready_file.as_deref(),
+        &observers,
+        shutdown_signal(),
+    )
+    .await;
     follower.abort();
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
@@ -263,13 +271,15 @@ async fn shutdown_signal() {
 /// when one is taken) and serves them in the background.
 async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<()> {
     if let BindAddress(Some(addr)) = args.metrics_bind_address {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
         let metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
         tokio::spawn(serve::metrics(listener, std::sync::Arc::new(metrics)));
         info!(address = %addr, "serving /metrics");
     }
     if let BindAddress(Some(addr)) = args.healthz_bind_address {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health address {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the health address {addr}"))?;
         tokio::spawn(serve::health(listener, observers.health.clone(), observers.metrics.clone()));
         info!(address = %addr, "serving /healthz and /livez");
     }
@@ -278,5 +288,9 @@ async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<(
 
 fn nodeport_addresses(filter: &[Ipv4Net]) -> anyhow::Result<Vec<std::net::IpAddr>> {
     let all = netns::ipv4_addresses().context("reading node addresses")?;
-    Ok(all.into_iter().filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(ip))).map(Into::into).collect())
+    Ok(all
+        .into_iter()
+        .filter(|ip| filter.is_empty() || filter.iter().any(|c| c.contains(ip)))
+        .map(Into::into)
+        .collect())
 }

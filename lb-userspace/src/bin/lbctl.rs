@@ -245,7 +245,13 @@ fn services_table(frontends: &[Frontend]) -> String {
                     .join(", "),
             };
             let affinity = f.affinity_timeout_s.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
-            vec![format!("{}:{}/{}", f.address, f.port, f.proto), f.kind.to_owned(), f.id.to_string(), affinity, backends]
+            vec![
+                format!("{}:{}/{}", f.address, f.port, f.proto),
+                f.kind.to_owned(),
+                f.id.to_string(),
+                affinity,
+                backends,
+            ]
         })
         .collect();
     columns(&["FRONTEND", "TYPE", "ID", "AFFINITY", "BACKENDS"], &rows)

@@ -111,12 +111,7 @@ pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> io::Resu
     // SAFETY: attr points at `count` keys and values of the map's key and
     // value sizes, which the kernel only reads.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            std::ptr::from_mut(&mut attr),
-            size_of::<BatchAttr>(),
-        )
+        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
     };
     if ret >= 0 {
         return Ok(true);

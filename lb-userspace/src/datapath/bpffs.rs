@@ -50,10 +50,21 @@ pub fn ensure_mounted(pin_dir: &Path) -> anyhow::Result<()> {
     }
     let target = mount_point(pin_dir);
     std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-    mount(Some("bpffs"), &target, Some("bpf"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-        .with_context(|| format!("mounting bpffs at {}", target.display()))?;
+    mount(
+        Some("bpffs"),
+        &target,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs at {}", target.display()))?;
     warn!(mount_point = %target.display(), "bpffs was not mounted there: mounted it");
-    anyhow::ensure!(is_bpffs(pin_dir)?, "{} is still not on bpffs after mounting {}", pin_dir.display(), target.display());
+    anyhow::ensure!(
+        is_bpffs(pin_dir)?,
+        "{} is still not on bpffs after mounting {}",
+        pin_dir.display(),
+        target.display()
+    );
     Ok(())
 }
 

@@ -73,7 +73,8 @@ fn name_of(link: &LinkMessage) -> Option<String> {
 /// Subscribes to link notifications, then lists the links there are now.
 /// Both act on the calling thread's network namespace. Must run inside a
 /// tokio runtime (the netlink connection is spawned on it).
-pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item = LinkEvent> + Send + Unpin + 'static)> {
+pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item = LinkEvent> + Send + Unpin + 'static)>
+{
     let (connection, handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).context("subscribing to link notifications")?;
     tokio::spawn(connection);

@@ -20,8 +20,7 @@ use aya::maps::{MapData, MapType};
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
-    ids,
-    maps as names,
+    ids, maps as names,
     service::{ServiceKeyV4, ServiceValue},
     stats,
 };
@@ -83,7 +82,9 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         names::PORT_FILTER => {
             (layout(MapType::Array, size::<u32>(), size::<u8>(), names::PORT_FILTER_CAPACITY), OnMismatch::Recreate)
         }
-        names::STATS => (layout(MapType::PerCpuArray, size::<u32>(), size::<u64>(), stats::COUNTERS), OnMismatch::Recreate),
+        names::STATS => {
+            (layout(MapType::PerCpuArray, size::<u32>(), size::<u64>(), stats::COUNTERS), OnMismatch::Recreate)
+        }
         names::IDS => (layout(MapType::Array, size::<u32>(), size::<u32>(), ids::COUNTERS), OnMismatch::Refuse),
         // The outer map's value is an inner map's fd; the tables' own size
         // is checked by `maglev_tables_fit`.
@@ -146,7 +147,9 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static 
     }
     for (name, path, found, expected, policy) in &recreate {
         let consequence = match policy {
-            OnMismatch::RecreateLosingFlows => "tracked flows are lost: established connections through Services reset once",
+            OnMismatch::RecreateLosingFlows => {
+                "tracked flows are lost: established connections through Services reset once"
+            }
             _ => "recreated and rewritten from the Services",
         };
         warn!(map = name, %found, %expected, "pinned map has another layout than this build; {consequence}");

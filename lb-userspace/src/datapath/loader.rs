@@ -94,7 +94,8 @@ pub fn attach_ingress(ebpf: &mut Ebpf, interfaces: &[String]) -> anyhow::Result<
     interfaces
         .iter()
         .map(|iface| {
-            prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("attaching {TC_PROGRAM} to {iface} ingress"))
+            prog.attach(iface, TcAttachType::Ingress)
+                .with_context(|| format!("attaching {TC_PROGRAM} to {iface} ingress"))
         })
         .collect()
 }

@@ -71,7 +71,9 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
     fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
         let entries: Vec<(u32, V)> = match batch::lookup_all(self.0.map())? {
             Some(entries) => entries,
-            None => (0..).zip(self.0.iter()).map(|(index, value)| Ok((index, value?))).collect::<anyhow::Result<_>>()?,
+            None => {
+                (0..).zip(self.0.iter()).map(|(index, value)| Ok((index, value?))).collect::<anyhow::Result<_>>()?
+            }
         };
         let non_zero = entries.into_iter().filter(|(_, value)| *value != V::default());
         Ok(non_zero.filter_map(|(index, value)| Some((K::try_from(index).ok()?, value))).collect())

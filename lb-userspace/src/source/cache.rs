@@ -113,7 +113,12 @@ mod tests {
     #[test]
     fn relist_drops_objects_deleted_while_disconnected() {
         let mut cache = ObjectCache::default();
-        for e in [Event::Init, Event::InitApply(svc("a", "10.96.0.1")), Event::InitApply(svc("b", "10.96.0.2")), Event::InitDone] {
+        for e in [
+            Event::Init,
+            Event::InitApply(svc("a", "10.96.0.1")),
+            Event::InitApply(svc("b", "10.96.0.2")),
+            Event::InitDone,
+        ] {
             cache.apply(e);
         }
         // The watch broke; "a" was deleted meanwhile; the relist omits it.

@@ -71,9 +71,7 @@ pub struct KubeSource {
 
 impl std::fmt::Debug for KubeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSource")
-            .field("tracker", &self.tracker)
-            .finish()
+        f.debug_struct("KubeSource").field("tracker", &self.tracker).finish()
     }
 }
 
@@ -102,7 +100,12 @@ impl KubeSource {
         let mut streams = vec![services, slices];
         if let Some(name) = node_name {
             let node_config = config.fields(&format!("metadata.name={name}"));
-            streams.push(watcher(Api::<Node>::all(client), node_config).default_backoff().map(|e| Update::Node(e.map(Box::new))).boxed());
+            streams.push(
+                watcher(Api::<Node>::all(client), node_config)
+                    .default_backoff()
+                    .map(|e| Update::Node(e.map(Box::new)))
+                    .boxed(),
+            );
         }
         Self { tracker: ChangeTracker::default(), updates: futures::stream::select_all(streams).boxed() }
     }

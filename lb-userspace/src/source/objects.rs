@@ -130,9 +130,8 @@ fn collect(value: Value, out: &mut Objects) {
 }
 
 fn problem(kind: &'static str, value: &Value, error: &serde_json::Error) -> Problem {
-    let meta = |field: &str| {
-        value.pointer(&format!("/metadata/{field}")).and_then(Value::as_str).unwrap_or("?").to_owned()
-    };
+    let meta =
+        |field: &str| value.pointer(&format!("/metadata/{field}")).and_then(Value::as_str).unwrap_or("?").to_owned();
     Problem { kind, namespace: meta("namespace"), name: meta("name"), message: format!("cannot be read: {error}") }
 }
 
@@ -180,7 +179,8 @@ items:
 
     #[test]
     fn json_list_is_accepted() {
-        let text = r#"{"kind":"List","items":[{"kind":"Service","apiVersion":"v1","metadata":{"name":"j","namespace":"n"}}]}"#;
+        let text =
+            r#"{"kind":"List","items":[{"kind":"Service","apiVersion":"v1","metadata":{"name":"j","namespace":"n"}}]}"#;
         assert_eq!(parse(text).unwrap().services.len(), 1);
     }
 

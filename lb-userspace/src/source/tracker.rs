@@ -62,7 +62,6 @@ fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRe
     }
 }
 
-
 /// What changed since the last [`ChangeTracker::take_changes`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Changes {
@@ -314,7 +313,10 @@ mod tests {
     #[test]
     fn node_updates_that_change_no_zone_cost_nothing() {
         let mut tracker = listed(&[service("web")], &[]);
-        assert!(tracker.node_event(Event::Apply(node(Some("zone-a"), "2026-12-01T10:00:00Z"))), "the zone becomes known");
+        assert!(
+            tracker.node_event(Event::Apply(node(Some("zone-a"), "2026-12-01T10:00:00Z"))),
+            "the zone becomes known"
+        );
         assert_eq!(tracker.take_changes(), Changes::All);
         assert!(!tracker.node_event(Event::Apply(node(Some("zone-a"), "2026-12-01T10:00:10Z"))), "a heartbeat");
         assert_eq!(tracker.take_changes(), changed(&[]), "nothing to re-translate");

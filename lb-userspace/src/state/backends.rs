@@ -23,11 +23,7 @@ pub struct BackendIdentity {
 impl BackendIdentity {
     /// What Maglev hashes: the same on every node.
     pub fn endpoint(self) -> crate::maglev::Endpoint {
-        crate::maglev::Endpoint {
-            address: self.address,
-            port: self.port,
-            proto: self.proto,
-        }
+        crate::maglev::Endpoint { address: self.address, port: self.port, proto: self.proto }
     }
 
     /// `None` for an address of another family than this table's.
@@ -84,7 +80,10 @@ impl BackendRefs {
     pub fn resumed_slot(&self, existing: &DesiredMaps, slot: ServiceKeyV4) -> Option<SlotBackend> {
         let id = existing.services.get(&slot)?.backend_id;
         let backend = existing.backends.get(&id)?;
-        Some(SlotBackend { identity: identity_of(backend), terminating: backend.flags & backend::FLAG_TERMINATING != 0 })
+        Some(SlotBackend {
+            identity: identity_of(backend),
+            terminating: backend.flags & backend::FLAG_TERMINATING != 0,
+        })
     }
 
     /// One more frontend uses `backend`; returns its id.

@@ -34,13 +34,13 @@ use self::{
     ids::IdCounter,
     ports::{PortRefs, PortUse},
 };
+pub use crate::translate::ServiceRef;
 use crate::{
     encode,
     model::{Backend, Balancing, Frontend, Problem},
     tables::{DesiredMaps, Touched},
     translate::{Claims, FrontendAddr},
 };
-pub use crate::translate::ServiceRef;
 
 /// What is encoded for one served frontend.
 #[derive(Debug, Clone)]
@@ -168,7 +168,8 @@ impl DesiredState {
             }
             (None, None) => self.frontend_ids.allocate(),
         };
-        let wanted: Vec<SlotBackend> = slot_backends(&frontend.backends, key.proto).take(usize::from(u16::MAX)).collect();
+        let wanted: Vec<SlotBackend> =
+            slot_backends(&frontend.backends, key.proto).take(usize::from(u16::MAX)).collect();
         let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key.proto).collect();
         let old_slots: &[SlotBackend] = owned.as_ref().or(taken_over.as_ref()).map_or(&[], |old| &old.slots);
         let slots = slots::reassign(old_slots, &wanted);
@@ -295,7 +296,12 @@ mod tests {
     const WEB_NODE_PORT: ServiceKeyV4 = ServiceKeyV4::frontend([192, 168, 0, 10], 30080, 6);
 
     fn frontend(kind: FrontendKind, address: [u8; 4], port: u16, backends: &[u8]) -> Frontend {
-        let service = ServicePortName { namespace: "ns".into(), name: "web".into(), port: "http".into(), protocol: Protocol::Tcp };
+        let service = ServicePortName {
+            namespace: "ns".into(),
+            name: "web".into(),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        };
         let backends = backends
             .iter()
             .map(|&i| Backend { address: Ipv4Addr::new(10, 244, 0, i).into(), port: 8080, terminating: false })
@@ -446,7 +452,8 @@ mod tests {
         set(&mut state, &[1, 2]);
         let id = id_of(state.maps(), 2);
         let mut frontends = web(&[1]);
-        frontends[0].draining = vec![Backend { address: Ipv4Addr::new(10, 244, 0, 2).into(), port: 8080, terminating: true }];
+        frontends[0].draining =
+            vec![Backend { address: Ipv4Addr::new(10, 244, 0, 2).into(), port: 8080, terminating: true }];
         state.set_service(web_ref(), frontends, vec![]);
         assert_eq!(slots(state.maps(), WEB), [1], "no new flows to it");
         assert_eq!(id_of(state.maps(), 2), id, "established flows still find it, under the same id");

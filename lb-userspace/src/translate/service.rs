@@ -83,11 +83,7 @@ impl Settings {
     /// load balancer may send a flow's packets to any node, and all nodes
     /// must pick the same backend) and the slot hash for ClusterIPs.
     pub(super) fn balancing_for(&self, kind: FrontendKind) -> Balancing {
-        self.balancing.unwrap_or(if kind.is_external() {
-            Balancing::Maglev
-        } else {
-            Balancing::Hash
-        })
+        self.balancing.unwrap_or(if kind.is_external() { Balancing::Maglev } else { Balancing::Hash })
     }
 }
 
@@ -99,9 +95,7 @@ fn balancing(svc: &Service, problems: &mut Vec<Problem>) -> Option<Balancing> {
         "maglev" => Some(Balancing::Maglev),
         "hash" => Some(Balancing::Hash),
         other => {
-            let message = format!(
-                "annotation {LOAD_BALANCING}: {other:?} is neither \"maglev\" nor \"hash\"; ignored"
-            );
+            let message = format!("annotation {LOAD_BALANCING}: {other:?} is neither \"maglev\" nor \"hash\"; ignored");
             problems.push(service_problem(svc, message));
             None
         }

@@ -19,9 +19,9 @@ use k8s_openapi::api::discovery::v1::EndpointConditions;
 use lb_userspace::{datapath::maps::ServiceMaps, model::NodeContext};
 
 use super::{
-    Env, control_plane_api,
+    Env,
     agent::{Agent, AgentConfig},
-    cancel,
+    cancel, control_plane_api,
     layouts::ebpf::{capacities_for, programming_timeout},
     plan::{ControlPlan, ENDPOINTS_PER_SERVICE},
     report::{At, Report, Section, group},

@@ -76,7 +76,12 @@ pub fn run(plan: &ControlPlan, env: &Env, table: &Table, report: &mut Report) ->
     let rss_mib = peak_rss_kib_of(agent.pid())? as f64 / 1024.0;
     let maps = ServiceMaps::from_pins(&agent.pin_dir)?;
     let one = |v: f64| Summary::of(&[v]).expect("one value");
-    report.add(At::new(Section::ControlPlane, "ebpf", "api_startup", services), "startup", "ms", one(startup.as_secs_f64() * 1e3));
+    report.add(
+        At::new(Section::ControlPlane, "ebpf", "api_startup", services),
+        "startup",
+        "ms",
+        one(startup.as_secs_f64() * 1e3),
+    );
     report.add(At::new(Section::ControlPlane, "ebpf", "api_startup", services), "peak_rss", "MiB", one(rss_mib));
 
     let mut millis = Vec::with_capacity(plan.changes);
@@ -100,7 +105,11 @@ pub fn run(plan: &ControlPlan, env: &Env, table: &Table, report: &mut Report) ->
             if maps.service_entry(&key).is_some_and(|v| v.count != before) {
                 break;
             }
-            ensure!(t0.elapsed() < Duration::from_secs(10), "change {change} ({NAMESPACE}/{}) never reached the map", svc.name);
+            ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "change {change} ({NAMESPACE}/{}) never reached the map",
+                svc.name
+            );
             std::thread::sleep(Duration::from_micros(50));
         }
         millis.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -109,7 +118,12 @@ pub fn run(plan: &ControlPlan, env: &Env, table: &Table, report: &mut Report) ->
     }
     let mut sorted = millis;
     sorted.sort_by(f64::total_cmp);
-    let at = |p: f64| Summary { median: percentile(&sorted, p), min: sorted[0], max: sorted[sorted.len() - 1], samples: sorted.len() };
+    let at = |p: f64| Summary {
+        median: percentile(&sorted, p),
+        min: sorted[0],
+        max: sorted[sorted.len() - 1],
+        samples: sorted.len(),
+    };
     report.add(At::new(Section::ControlPlane, "ebpf", "api_event_to_map", services), "latency_p50", "ms", at(50.0));
     report.add(At::new(Section::ControlPlane, "ebpf", "api_event_to_map", services), "latency_p99", "ms", at(99.0));
     env.progress.log(&format!(

@@ -4,20 +4,14 @@
 //! real traffic through the datapath and shows where it went. Everything
 //! is removed at the end (also on failure).
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    process::Command,
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::SocketAddr, process::Command, time::Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
 use lb_tests::{
     agent,
     scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
-    servers,
-    topology,
+    servers, topology,
 };
 
 #[derive(Debug, Parser)]

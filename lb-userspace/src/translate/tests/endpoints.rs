@@ -308,7 +308,11 @@ fn backends_sorted_whatever_the_slice_order() {
 fn endpoints_not_chosen_for_new_flows_are_kept_for_established_ones() {
     let slice = web_slice(
         "web-abc12",
-        &[ready("10.244.1.5", "node-a"), serving_terminating("10.244.1.6", "node-a"), not_ready("10.244.1.7", "node-a")],
+        &[
+            ready("10.244.1.5", "node-a"),
+            serving_terminating("10.244.1.6", "node-a"),
+            not_ready("10.244.1.7", "node-a"),
+        ],
     );
     let table = run(&[web_service()], &[slice]);
     let web = frontend(&table, "10.96.0.10", 80, Protocol::Tcp);
