@@ -14,7 +14,9 @@
 
 pub mod backend;
 pub mod conntrack;
+pub mod flow;
 pub mod ids;
+pub mod maglev;
 pub mod maps;
 pub mod pod_cidrs;
 pub mod port_filter;

@@ -23,9 +23,13 @@ pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
 
+/// Maglev lookup tables (hash of maps): frontend id (`u32`) → an array of
+/// `maglev::TABLE_SIZE` backend ids.
+pub const MAGLEV_V4: &str = "LB4_MAGLEV";
+
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 8] =
-    [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS, SOURCE_RANGES_V4, POD_CIDRS_V4];
+pub const ALL: [&str; 9] =
+    [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS, SOURCE_RANGES_V4, POD_CIDRS_V4, MAGLEV_V4];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
 /// 10 endpoints each need 110,000; the agent can raise it at load time.
@@ -43,3 +47,10 @@ pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
 pub const POD_CIDRS_V4_CAPACITY: u32 = 64;
 /// One entry per port number.
 pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;
+/// Maglev frontends (one table each, `maglev::TABLE_BYTES` = 64 KiB of
+/// kernel memory apiece, allocated only for frontends that exist). By
+/// default NodePort, externalIP and LoadBalancer frontends use Maglev: a
+/// node with 3 addresses and 500 NodePort Service ports has 1,500 of them,
+/// about 94 MiB of tables. The agent can change it at load time
+/// (`--maglev-max`).
+pub const MAGLEV_V4_CAPACITY: u32 = 4096;

@@ -68,9 +68,12 @@ pub const FLAG_LOCAL_ONLY: u16 = 1 << 5;
 /// not rejected (kube-proxy's choice: the client or its load balancer
 /// retries elsewhere instead of being told the Service is down).
 pub const FLAG_NO_LOCAL_ENDPOINTS: u16 = 1 << 6;
+/// New flows pick their backend from this frontend's Maglev table
+/// (`LB4_MAGLEV`, keyed by `frontend_id`) instead of a slot. The slots
+/// stay written: `count` still says whether there are endpoints at all.
+pub const FLAG_MAGLEV: u16 = 1 << 7;
 /// `loadBalancerSourceRanges` apply: a new flow's source must match one of
 /// this frontend's entries in `LB4_SRC_RANGES`, or it is dropped.
-/// (Bit 7 is left for the backend-selection algorithm.)
 pub const FLAG_SOURCE_RANGES: u16 = 1 << 8;
 /// An external frontend under `externalTrafficPolicy: Local` that has an
 /// in-cluster entry (the same key with `SCOPE_INTERNAL`): new flows from

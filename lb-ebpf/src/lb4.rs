@@ -136,8 +136,7 @@ fn snat_flow(
 
 #[inline(always)]
 fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> PathResult<(u32, BackendV4)> {
-    let slot = select::slot_for(select::flow_hash(pkt), svc.count);
-    let backend_id = service::backend_id_in_slot(frontend, slot).ok_or(Counter::DropMissingBackend)?;
+    let backend_id = select::backend_id(pkt, frontend, svc).ok_or(Counter::DropMissingBackend)?;
     let backend = service::lookup_backend(backend_id).ok_or(Counter::DropMissingBackend)?;
     Ok((backend_id, backend))
 }

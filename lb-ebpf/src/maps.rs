@@ -4,16 +4,16 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
-    ids,
+    ids, maglev,
     maps::{
-        BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY,
-        SOURCE_RANGES_V4_CAPACITY,
+        BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
+        SERVICES_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceValue},
     stats::COUNTERS,
@@ -46,6 +46,19 @@ pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new(
 /// created and pinned with the datapath's maps; the datapath never reads it.
 #[btf_map]
 pub static LB_IDS: Array<u32, { ids::COUNTERS as usize }> = Array::new();
+
+/// One Maglev table per Maglev frontend: frontend id → an array of
+/// `maglev::TABLE_SIZE` backend ids (`lb_common::maglev`). The inner
+/// arrays all have that size, so the kernel inlines the inner lookup.
+/// Not preallocated: an entry costs nothing until the agent adds a table,
+/// and a removed entry is never reused under a reader.
+#[btf_map]
+pub static LB4_MAGLEV: HashOfMaps<
+    u32,
+    Array<u32, { maglev::TABLE_SIZE as usize }>,
+    { MAGLEV_V4_CAPACITY as usize },
+    NO_PREALLOC,
+> = HashOfMaps::new();
 
 /// `loadBalancerSourceRanges` by (frontend id, client address): see
 /// `lb_common::source_ranges`. Written only by the agent.

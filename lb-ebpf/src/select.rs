@@ -1,31 +1,48 @@
 //! Backend choice for a new flow: a hash of the 5-tuple picks a slot, so a
 //! flow's retransmitted first packet lands on the same backend even before
-//! its conntrack entry exists. (Maglev and ClientIP affinity choose the
-//! slot differently and plug in here.)
+//! its conntrack entry exists. A Maglev frontend (`FLAG_MAGLEV`) indexes
+//! its Maglev table with the same hash instead (ClientIP affinity will
+//! plug in here too).
 
-use crate::parse::PacketV4;
+use lb_common::{
+    flow, maglev,
+    service::{FLAG_MAGLEV, ServiceKeyV4, ServiceValue},
+};
 
-/// murmur3's 32-bit finaliser: cheap, and spreads nearby tuples evenly.
+use crate::{maps::LB4_MAGLEV, parse::PacketV4, service};
+
+/// The backend id for a new flow to `frontend` (`svc` is its entry, with
+/// a non-zero count). `None`: an entry the agent has not written yet.
 #[inline(always)]
-fn mix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+pub fn backend_id(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> Option<u32> {
+    let hash = flow_hash(pkt);
+    if svc.flags & FLAG_MAGLEV != 0 {
+        maglev_backend(svc.frontend_id, hash)
+    } else {
+        service::backend_id_in_slot(frontend, slot_for(hash, svc.count))
+    }
 }
 
+/// The 5-tuple hash new flows are balanced by (also where SNAT starts
+/// looking for a free port).
 #[inline(always)]
 pub fn flow_hash(pkt: &PacketV4) -> u32 {
-    let ports = (u32::from(pkt.sport) << 16) | u32::from(pkt.dport);
-    let mut h = mix(u32::from_ne_bytes(pkt.src) ^ 0x9e37_79b9);
-    h = mix(h ^ u32::from_ne_bytes(pkt.dst));
-    h = mix(h ^ ports);
-    mix(h ^ u32::from(pkt.proto))
+    flow::hash(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto)
 }
 
 /// Slot number (1..=count) for a hash. `count` is non-zero.
 #[inline(always)]
-pub fn slot_for(hash: u32, count: u16) -> u16 {
+fn slot_for(hash: u32, count: u16) -> u16 {
     (hash % u32::from(count)) as u16 + 1
+}
+
+/// The backend id at the flow's position in a Maglev frontend's table.
+/// `None` when the frontend has no table (the agent is mid-update).
+#[inline(always)]
+fn maglev_backend(frontend_id: u32, hash: u32) -> Option<u32> {
+    let position = maglev::position(hash);
+    // SAFETY: entries are removed only with BPF_F_NO_PREALLOC set, so a
+    // looked-up table is never another frontend's; the id is copied out.
+    let id = unsafe { LB4_MAGLEV.get_value(&frontend_id, &position) }.copied()?;
+    (id != 0).then_some(id)
 }

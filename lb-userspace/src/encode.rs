@@ -1,5 +1,5 @@
 //! Map-entry encodings of the model (pure): what a frontend's slot-0
-//! entry holds.
+//! entry and its Maglev table hold.
 
 use ipnet::IpNet;
 use lb_common::{
@@ -8,7 +8,10 @@ use lb_common::{
     source_ranges::SourceRangeKeyV4,
 };
 
-use crate::model::{Frontend, FrontendKind, WhenEmpty};
+use crate::{
+    maglev::{self, Endpoint, Table},
+    model::{Balancing, Frontend, FrontendKind, WhenEmpty},
+};
 
 /// `FLAG_*` bits of a frontend entry.
 pub fn frontend_flags(frontend: &Frontend) -> u16 {
@@ -24,7 +27,9 @@ pub fn frontend_flags(frontend: &Frontend) -> u16 {
     let no_local = if drop_when_empty { service::FLAG_NO_LOCAL_ENDPOINTS } else { 0 };
     let ranges = if frontend.source_ranges.is_some() { service::FLAG_SOURCE_RANGES } else { 0 };
     let short_circuit = if frontend.in_cluster.is_some() { service::FLAG_SHORT_CIRCUIT } else { 0 };
-    kind | affinity | local | no_local | ranges | short_circuit
+    let maglev =
+        if frontend.balancing == Balancing::Maglev && !frontend.backends.is_empty() { service::FLAG_MAGLEV } else { 0 };
+    kind | affinity | local | no_local | ranges | short_circuit | maglev
 }
 
 /// The `LB4_POD_CIDRS` entries for the cluster's Pod CIDRs (IPv4 ones).
@@ -66,4 +71,11 @@ pub fn frontend_value(frontend: &Frontend, frontend_id: u32, count: u16) -> Serv
         flags: frontend_flags(frontend),
         affinity_timeout_s: frontend.affinity_timeout_s.unwrap_or(0),
     }
+}
+
+/// A Maglev frontend's table over its slot backends (endpoint and backend
+/// id each); `None` for other frontends and for one without backends,
+/// which has no table.
+pub fn maglev_table(frontend: &Frontend, backends: &[(Endpoint, u32)]) -> Option<Table> {
+    (frontend.balancing == Balancing::Maglev && !backends.is_empty()).then(|| Table::new(maglev::build(backends)))
 }

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod events;
 pub mod health;
 pub mod healthcheck;
+pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netns;

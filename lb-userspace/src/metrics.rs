@@ -229,6 +229,7 @@ impl Collector for DatapathCollector {
             let frontends = held.services.keys().filter(|k| k.backend_slot == 0).count();
             sizes.push((names::SERVICES_V4, held.services.len()));
             sizes.push((names::BACKENDS_V4, held.backends.len()));
+            sizes.push((names::MAGLEV_V4, held.maglev.len()));
             let metric = encoder.encode_descriptor(
                 "lb_frontends",
                 "Frontends (address, port, protocol) programmed",

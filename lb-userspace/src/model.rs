@@ -130,6 +130,21 @@ pub enum WhenEmpty {
     Drop,
 }
 
+/// How a frontend picks a new flow's backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Balancing {
+    /// The flow hash modulo the backend count picks a slot. Each node
+    /// orders its slots its own way: fine where a flow always enters
+    /// through the same node (ClusterIP traffic from a local pod).
+    #[default]
+    Hash,
+    /// The flow hash picks a position in a Maglev table built from the
+    /// endpoints themselves: every node picks the same backend for the
+    /// same flow, and a backend change moves few flows. For traffic an
+    /// outside load balancer may send to any node.
+    Maglev,
+}
+
 /// A backend of a frontend: endpoint address and target port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
@@ -174,6 +189,8 @@ pub struct Frontend {
     /// cluster-wide backends, which Pod traffic uses (kube-proxy's
     /// short-circuit). Never nested further.
     pub in_cluster: Option<Box<Frontend>>,
+    /// How new flows pick a backend: slot hash or Maglev table.
+    pub balancing: Balancing,
 }
 
 impl Frontend {

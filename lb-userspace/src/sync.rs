@@ -219,7 +219,14 @@ impl<W: MapWriter> Syncer<W> {
     /// writes what the mirror says is missing.
     fn reread_kernel_maps(&mut self) -> usize {
         match self.writer.read_all() {
-            Ok(held) => {
+            Ok(mut held) => {
+                // A table read back as desired shares the desired one's
+                // memory (64 KiB each) instead of holding a second copy.
+                for (frontend_id, table) in &mut held.maglev {
+                    if let Some(desired) = self.state.maps().maglev.get(frontend_id).filter(|d| *d == table) {
+                        *table = desired.clone();
+                    }
+                }
                 let drift = tables::diff(&self.current, &held).len();
                 self.current = held;
                 drift

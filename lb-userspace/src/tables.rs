@@ -40,6 +40,12 @@ macro_rules! for_each_map {
             /// Frontend entries (slot 0, phase 3) and backend slots (phase 2).
             services: Service, lb_common::service::ServiceKeyV4 => lb_common::service::ServiceValue, lb_common::maps::SERVICES_V4, Hash,
                 phase $crate::tables::service_phase, transition replace;
+            /// Maglev tables by frontend id, with the slots (phase 2):
+            /// after the backends they name, before the frontend entry
+            /// that sets `FLAG_MAGLEV`, removed after it is gone. One
+            /// whole table per entry; the kernel writer writes only the
+            /// positions that differ.
+            maglev: Maglev, u32 => $crate::maglev::Table, lb_common::maps::MAGLEV_V4, OfMaps, phase |_| 2, transition replace;
         }
     };
 }
@@ -58,9 +64,9 @@ pub struct Steps<V> {
 }
 
 /// Plain values: a changed or new value is put, a removed one deleted.
-pub fn replace<V: PartialEq + Copy>(old: Option<V>, new: Option<V>) -> Steps<V> {
+pub fn replace<V: PartialEq>(old: Option<V>, new: Option<V>) -> Steps<V> {
     match (old, new) {
-        (old, Some(new)) if old != Some(new) => Steps { early: Some(Some(new)), late: None },
+        (old, Some(new)) if old.as_ref() != Some(&new) => Steps { early: Some(Some(new)), late: None },
         (Some(_), None) => Steps { early: None, late: Some(None) },
         _ => Steps { early: None, late: None },
     }
@@ -106,7 +112,7 @@ macro_rules! pure_tables {
         }
 
         /// One map write: a put (`Some`) or a deletion (`None`).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Clone, Debug, PartialEq, Eq)]
         pub enum Write {
             $( $variant($key, Option<$value>), )*
         }
@@ -119,7 +125,7 @@ macro_rules! pure_tables {
             $(
                 for key in &keys.$field {
                     let phase: u8 = ($phase)(key);
-                    let steps = $transition(current.$field.get(key).copied(), desired.$field.get(key).copied());
+                    let steps = $transition(current.$field.get(key).cloned(), desired.$field.get(key).cloned());
                     early.extend(steps.early.map(|value| (phase, Write::$variant(*key, value))));
                     late.extend(steps.late.map(|value| (phase, Write::$variant(*key, value))));
                 }
@@ -133,10 +139,10 @@ macro_rules! pure_tables {
         /// Applies writes to an in-memory mirror.
         pub fn apply_to(maps: &mut DesiredMaps, writes: &[Write]) {
             for write in writes {
-                match *write {
+                match write {
                     $(
-                        Write::$variant(key, Some(value)) => { maps.$field.insert(key, value); }
-                        Write::$variant(key, None) => { maps.$field.remove(&key); }
+                        Write::$variant(key, Some(value)) => { maps.$field.insert(*key, value.clone()); }
+                        Write::$variant(key, None) => { maps.$field.remove(key); }
                     )*
                 }
             }
@@ -192,6 +198,8 @@ mod tests {
                 Write::SourceRange(_, Some(_)) => "range",
                 Write::SourceRange(_, None) => "delete range",
                 Write::PodCidr(..) => "pod cidr",
+                Write::Maglev(_, Some(_)) => "maglev",
+                Write::Maglev(_, None) => "delete maglev",
             })
             .collect()
     }
@@ -224,6 +232,45 @@ mod tests {
     fn a_shrinking_service_lowers_its_count_before_its_slot_goes() {
         let writes = diff(&service(2), &service(1));
         assert_eq!(phases(&writes), ["ids", "frontend", "delete slot", "delete backend"]);
+    }
+
+    fn maglev_service(count: u16) -> DesiredMaps {
+        let mut maps = service(count);
+        maps.services.get_mut(&WEB).unwrap().flags |= lb_common::service::FLAG_MAGLEV;
+        let endpoint = |id: u32| crate::maglev::Endpoint { address: [10, 244, 0, id as u8], port: 8080, proto: 6 };
+        let backends: Vec<_> = (1..=u32::from(count)).map(|id| (endpoint(id), id)).collect();
+        maps.maglev.insert(1, crate::maglev::Table::new(crate::maglev::build(&backends)));
+        maps
+    }
+
+    #[test]
+    fn a_maglev_table_is_written_before_its_frontend_and_removed_after_it() {
+        let writes = diff(&DesiredMaps::default(), &maglev_service(2));
+        assert_eq!(
+            phases(&writes),
+            ["ids", "bits", "bits", "backend", "backend", "slot", "slot", "maglev", "frontend"]
+        );
+        let writes = diff(&maglev_service(2), &DesiredMaps::default());
+        assert_eq!(
+            phases(&writes),
+            [
+                "delete frontend",
+                "delete slot",
+                "delete slot",
+                "delete maglev",
+                "clear bits",
+                "clear bits",
+                "delete backend",
+                "delete backend",
+                "ids"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shrinking_maglev_frontend_rewrites_its_table_before_the_backend_goes() {
+        let writes = diff(&maglev_service(3), &maglev_service(2));
+        assert_eq!(phases(&writes), ["ids", "maglev", "frontend", "delete slot", "delete backend"]);
     }
 
     #[test]

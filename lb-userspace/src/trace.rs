@@ -152,6 +152,7 @@ fn pinned_capacities(pin_dir: &Path) -> anyhow::Result<loader::Capacities> {
         services: max(names::SERVICES_V4)?,
         backends: max(names::BACKENDS_V4)?,
         conntrack: max(names::CONNTRACK_V4)?,
+        maglev: max(names::MAGLEV_V4)?,
     })
 }
 

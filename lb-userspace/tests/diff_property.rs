@@ -57,6 +57,16 @@ fn assert_consistent(maps: &DesiredMaps) {
             assert!(entry.backend_id <= maps.ids[&lb_common::ids::LAST_BACKEND_ID], "id counter persisted first");
         }
         assert!(value.frontend_id <= maps.ids[&lb_common::ids::LAST_FRONTEND_ID], "id counter persisted first");
+        if value.flags & lb_common::service::FLAG_MAGLEV != 0 {
+            let table = maps.maglev.get(&value.frontend_id).unwrap_or_else(|| panic!("{key:?}: Maglev table missing"));
+            // Each distinct id once (a table has 16,381 positions but few backends).
+            let mut named: Vec<u32> = table.ids().to_vec();
+            named.sort_unstable();
+            named.dedup();
+            for id in named {
+                assert!(maps.backends.contains_key(&id), "{key:?}: Maglev table names missing backend {id}");
+            }
+        }
     }
 }
 
@@ -155,6 +165,7 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
         + changed(&before.backends, &after.backends)
         + changed(&before.port_filter, &after.port_filter)
         + changed(&before.ids, &after.ids)
+        + changed(&before.maglev, &after.maglev)
         + both_ways
 }
 
@@ -278,6 +289,9 @@ fn tamper(maps: &mut DesiredMaps, n: usize) {
     if services > 0 && n.is_multiple_of(2) {
         let key = *maps.services.keys().nth(n % services).unwrap();
         maps.services.remove(&key);
+    } else if !maps.maglev.is_empty() && n.is_multiple_of(3) {
+        let key = *maps.maglev.keys().nth(n % maps.maglev.len()).unwrap();
+        maps.maglev.remove(&key);
     } else if !maps.backends.is_empty() {
         let key = *maps.backends.keys().nth(n % maps.backends.len()).unwrap();
         maps.backends.remove(&key);

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, path::Path, time::Duration};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap as _, MapData, PerCpuArray},
+    maps::{Array, HashMap, HashOfMaps, IterableMap as _, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
@@ -38,6 +38,8 @@ pub struct Datapath {
     /// Kernel id of LB4_BACKENDS (the syncer owns the map itself), so a
     /// test can change it behind the agent's back.
     backends_map_id: u32,
+    /// Kernel id of LB4_MAGLEV, for the same reason.
+    maglev_map_id: u32,
 }
 
 /// Packet counters summed over CPUs, by counter.
@@ -68,10 +70,10 @@ impl Datapath {
     pub fn load_with(node: NodeContext, capacities: Capacities) -> anyhow::Result<Self> {
         isolate_thread()?;
         let mut ebpf = loader::load(None, capacities)?;
-        let backends_map_id = backends_map_id(&ebpf)?;
+        let (backends_map_id, maglev_map_id) = (backends_map_id(&ebpf)?, map_id(&ebpf, names::MAGLEV_V4)?);
         let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
         let syncer = Syncer::new(maps, DesiredMaps::default(), node);
-        Ok(Self { ebpf, syncer, backends_map_id })
+        Ok(Self { ebpf, syncer, backends_map_id, maglev_map_id })
     }
 
     /// Loads the programs with their maps pinned in `pin_dir`, re-using
@@ -80,9 +82,14 @@ impl Datapath {
     pub fn load_pinned(node: NodeContext, pin_dir: &Path) -> anyhow::Result<Self> {
         isolate_thread()?;
         let mut ebpf = loader::load(Some(pin_dir), Capacities::default())?;
-        let backends_map_id = backends_map_id(&ebpf)?;
+        let (backends_map_id, maglev_map_id) = (backends_map_id(&ebpf)?, map_id(&ebpf, names::MAGLEV_V4)?);
         let syncer = Syncer::resume(ServiceMaps::from_ebpf(&mut ebpf)?, node)?;
-        Ok(Self { ebpf, syncer, backends_map_id })
+        Ok(Self { ebpf, syncer, backends_map_id, maglev_map_id })
+    }
+
+    /// Every map as the agent last wrote it.
+    pub fn maps(&self) -> &DesiredMaps {
+        self.syncer.current()
     }
 
     /// The backend table as the agent last wrote it: id → backend.
@@ -103,6 +110,27 @@ impl Datapath {
             aya::maps::Map::from_map_data(MapData::from_id(self.backends_map_id)?)?.try_into()?;
         map.remove(&id)?;
         Ok(id)
+    }
+
+    /// Writes one position of a frontend's Maglev table directly in the
+    /// kernel, without telling the agent.
+    pub fn overwrite_maglev_position(
+        &mut self,
+        frontend_id: u32,
+        position: u32,
+        backend_id: u32,
+    ) -> anyhow::Result<()> {
+        let map = aya::maps::Map::from_map_data(MapData::from_id(self.maglev_map_id)?)?;
+        let outer: HashOfMaps<MapData, u32, Array<MapData, u32>> = map.try_into()?;
+        outer.get(&frontend_id, 0)?.set(position, backend_id, 0)?;
+        Ok(())
+    }
+
+    /// A full sync, as the agent runs every `--sync-period`, of the
+    /// objects last applied: returns how many entries it repaired.
+    pub fn resync(&mut self, text: &str) -> anyhow::Result<usize> {
+        let objects = objects::parse(text)?;
+        Ok(self.syncer.sync(&objects.services, &objects.slices)?.repaired)
     }
 
     /// The conntrack entries the datapath has written.
@@ -192,6 +220,16 @@ fn isolate_thread() -> anyhow::Result<()> {
     }
     ISOLATED.set(true);
     Ok(())
+}
+
+/// Kernel id of one of the object's maps.
+fn map_id(ebpf: &Ebpf, name: &str) -> anyhow::Result<u32> {
+    let map = ebpf.map(name).with_context(|| format!("map {name}"))?;
+    Ok(aya::maps::MapData::info(match map {
+        aya::maps::Map::HashOfMaps(data) => data,
+        _ => anyhow::bail!("{name} is not a hash of maps"),
+    })?
+    .id())
 }
 
 /// Kernel id of the object's LB4_BACKENDS.

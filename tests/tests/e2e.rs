@@ -104,3 +104,25 @@ fn established_connection_to_a_terminating_endpoint_keeps_its_backend() {
         "the established connection still reaches the terminating endpoint"
     );
 }
+
+/// A ClusterIP opted in to Maglev by annotation: the agent writes its
+/// table, and real connections spread over every backend.
+#[test]
+fn maglev_clusterip_spreads_300_requests_over_all_backends() {
+    let text = scenario::web_services_ready(&[1, 2, 3]).replace(
+        "metadata: {name: web, namespace: demo}",
+        "metadata: {name: web, namespace: demo, annotations: {lb.kubernetes.io/load-balancing: maglev}}",
+    );
+    let maglev = |m: &lb_userspace::tables::DesiredMaps| {
+        let key = lb_common::service::ServiceKeyV4::frontend(WEB.ip().octets(), WEB.port(), lb_common::proto::TCP);
+        let frontend = m.services.get(&key);
+        frontend
+            .is_some_and(|f| f.flags & lb_common::service::FLAG_MAGLEV != 0 && m.maglev.contains_key(&f.frontend_id))
+    };
+    let cluster = DemoCluster::start_with(3, &text, maglev).expect("start cluster with a Maglev ClusterIP");
+    let seen = requests(&cluster, 300);
+    assert_eq!(seen.len(), scenario::BACKENDS, "every backend answered: {seen:?}");
+    for (backend, n) in &seen {
+        assert!(*n >= 60, "{backend} got {n} of 300 (< 20%): {seen:?}");
+    }
+}

@@ -126,6 +126,11 @@ struct Args {
     /// Backend table size.
     #[arg(long, default_value_t = lb_common::maps::BACKENDS_V4_CAPACITY)]
     backends_max: u32,
+    /// Maglev frontends (NodePort, externalIP and LoadBalancer frontends,
+    /// and those opted in); each table costs 64 KiB of kernel memory
+    /// while its frontend exists.
+    #[arg(long, default_value_t = lb_common::maps::MAGLEV_V4_CAPACITY)]
+    maglev_max: u32,
     /// Serve Prometheus metrics at /metrics on this address (as
     /// kube-proxy does); empty to disable.
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249")]
@@ -201,8 +206,12 @@ fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let capacities =
-        loader::Capacities { services: args.services_max, backends: args.backends_max, conntrack: args.conntrack_max };
+    let capacities = loader::Capacities {
+        services: args.services_max,
+        backends: args.backends_max,
+        conntrack: args.conntrack_max,
+        maglev: args.maglev_max,
+    };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     publish_for_cni(&mut ebpf, &args.pin_dir)?;

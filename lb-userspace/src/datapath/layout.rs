@@ -96,6 +96,11 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
             (layout(MapType::PerCpuArray, size::<u32>(), size::<u64>(), stats::COUNTERS), OnMismatch::Recreate)
         }
         names::IDS => (layout(MapType::Array, size::<u32>(), size::<u32>(), ids::COUNTERS), OnMismatch::Refuse),
+        // The outer map's value is an inner map's fd; the tables' own size
+        // is checked by `maglev_tables_fit`.
+        names::MAGLEV_V4 => {
+            (layout(MapType::HashOfMaps, size::<u32>(), size::<u32>(), capacities.maglev), OnMismatch::Recreate)
+        }
         _ => return None,
     })
 }
@@ -146,7 +151,7 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static 
         let Some(found) = pinned_layout(&path)? else {
             continue;
         };
-        if found == expected {
+        if found == expected && (name != names::MAGLEV_V4 || maglev_tables_fit(&path)) {
             continue;
         }
         if policy == OnMismatch::Refuse {
@@ -165,6 +170,24 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static 
         std::fs::remove_file(path).map_err(|source| LayoutError::Unpin { path: path.clone(), source })?;
     }
     Ok(recreate.into_iter().map(|(name, ..)| name).collect())
+}
+
+/// Whether the pinned Maglev map takes tables of this build's size. The
+/// kernel keeps the inner-map template it was created with and reports
+/// nothing about it; it refuses an inner map of another size, so an
+/// insert of an empty table under an id no frontend has (`u32::MAX`)
+/// tells. Only a refusal (EINVAL) means "does not fit".
+fn maglev_tables_fit(path: &Path) -> bool {
+    use aya::maps::{Array, HashOfMaps, Map, MapError};
+    const PROBE: u32 = u32::MAX;
+    let probe = || -> Result<(), MapError> {
+        let mut outer: HashOfMaps<MapData, u32, Array<MapData, u32>> =
+            HashOfMaps::try_from(Map::HashOfMaps(MapData::from_pin(path)?))?;
+        let table = Array::<MapData, u32>::create(lb_common::maglev::TABLE_SIZE, 0)?;
+        outer.insert(PROBE, &table, 0)?;
+        outer.remove(&PROBE)
+    };
+    !matches!(probe(), Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL))
 }
 
 #[cfg(test)]

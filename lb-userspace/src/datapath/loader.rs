@@ -31,6 +31,7 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub conntrack: u32,
+    pub maglev: u32,
 }
 
 impl Default for Capacities {
@@ -39,6 +40,7 @@ impl Default for Capacities {
             services: names::SERVICES_V4_CAPACITY,
             backends: names::BACKENDS_V4_CAPACITY,
             conntrack: names::CONNTRACK_V4_CAPACITY,
+            maglev: names::MAGLEV_V4_CAPACITY,
         }
     }
 }
@@ -55,7 +57,8 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
     loader
         .map_max_entries(names::SERVICES_V4, capacities.services)
         .map_max_entries(names::BACKENDS_V4, capacities.backends)
-        .map_max_entries(names::CONNTRACK_V4, capacities.conntrack);
+        .map_max_entries(names::CONNTRACK_V4, capacities.conntrack)
+        .map_max_entries(names::MAGLEV_V4, capacities.maglev);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
             bpffs::ensure_mounted(dir)?;

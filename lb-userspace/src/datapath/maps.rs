@@ -21,7 +21,7 @@ use lb_common::{
     stats::Counter,
 };
 
-use super::batch;
+use super::{batch, maglev::MaglevTables};
 use crate::{
     state::HighestIds,
     tables::{DesiredMaps, Write, for_each_map},
@@ -153,7 +153,7 @@ impl<K: LpmKey, V: Pod> Lpm<K, V> {
     }
 }
 
-fn is_not_found(error: &MapError) -> bool {
+pub(super) fn is_not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -190,8 +190,8 @@ macro_rules! kernel_tables {
 
             /// One write.
             pub fn write(&mut self, write: &Write) -> anyhow::Result<()> {
-                let result = match *write {
-                    $( Write::$variant(key, value) => self.$field.write(key, value), )*
+                let result: anyhow::Result<()> = match write {
+                    $( Write::$variant(key, value) => self.$field.write(*key, value.clone()).map_err(Into::into), )*
                 };
                 result.with_context(|| format!("map write {write:?}"))
             }
@@ -203,6 +203,7 @@ macro_rules! kernel_storage {
     (Hash, $key:ty, $value:ty) => { Hash<$key, $value> };
     (Array, $key:ty, $value:ty) => { Indexed<$key, $value> };
     (Lpm, $key:ty, $value:ty) => { Lpm<$key, $value> };
+    (OfMaps, $key:ty, $value:ty) => { MaglevTables };
 }
 
 for_each_map!(kernel_tables);

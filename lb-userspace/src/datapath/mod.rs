@@ -11,4 +11,5 @@ pub mod layout;
 pub mod link_info;
 pub mod links;
 pub mod loader;
+mod maglev;
 pub mod maps;

@@ -21,6 +21,11 @@ pub struct BackendIdentity {
 }
 
 impl BackendIdentity {
+    /// What Maglev hashes: the same on every node.
+    pub fn endpoint(self) -> crate::maglev::Endpoint {
+        crate::maglev::Endpoint { address: self.address, port: self.port, proto: self.proto }
+    }
+
     /// `None` for an address of another family than this table's.
     pub fn new(address: IpAddr, port: u16, proto: u8) -> Option<Self> {
         match address {

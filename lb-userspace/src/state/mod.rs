@@ -38,7 +38,7 @@ use self::{
 pub use crate::translate::ServiceRef;
 use crate::{
     encode,
-    model::{Backend, Frontend, Problem},
+    model::{Backend, Balancing, Frontend, Problem},
     tables::{DesiredMaps, Touched},
     translate::{Claims, FrontendAddr},
 };
@@ -208,8 +208,10 @@ impl DesiredState {
         let old_slots: &[SlotBackend] = owned.as_ref().or(taken_over.as_ref()).map_or(&[], |old| &old.slots);
         let slots = slots::reassign(old_slots, &wanted);
         // New references before old ones go, so a kept backend keeps its id.
+        let mut slot_ids = Vec::with_capacity(slots.len());
         for (slot, backend) in (1u16..).zip(&slots) {
             let id = self.acquire_backend(*backend);
+            slot_ids.push((backend.identity.endpoint(), id));
             let entry = ServiceValue { backend_id: id, ..Default::default() };
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot), Some(entry));
         }
@@ -219,12 +221,15 @@ impl DesiredState {
         for slot in slots.len() + 1..=old_slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
         }
-        let ranges = encode::source_range_keys(frontend, frontend_id);
-        for range in &ranges {
-            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, Some(source_ranges::ALLOWED));
-        }
-        for gone in owned.iter().flat_map(|o| &o.ranges).filter(|r| !ranges.contains(r)) {
-            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *gone, None);
+        let old_ranges = owned.as_ref().map_or(&[][..], |o| &o.ranges);
+        let ranges = self.put_source_ranges(frontend, frontend_id, old_ranges);
+        // A table depends only on the slot backends: the periodic full
+        // sync re-encodes every frontend, and need not rebuild them all.
+        let same_backends = owned.as_ref().is_some_and(|o| o.slots == slots);
+        let wants_table = frontend.balancing == Balancing::Maglev && !slots.is_empty();
+        if !same_backends || self.maps.maglev.contains_key(&frontend_id) != wants_table {
+            let table = encode::maglev_table(frontend, &slot_ids);
+            set(&mut self.maps.maglev, &mut self.touched.maglev, frontend_id, table);
         }
         let value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
         set(&mut self.maps.services, &mut self.touched.services, key, Some(value));
@@ -235,12 +240,31 @@ impl DesiredState {
         self.record_counters();
     }
 
+    /// Writes a frontend's source ranges, removes those it no longer has,
+    /// and returns what it has now.
+    fn put_source_ranges(
+        &mut self,
+        frontend: &Frontend,
+        frontend_id: u32,
+        old: &[SourceRangeKeyV4],
+    ) -> Vec<SourceRangeKeyV4> {
+        let ranges = encode::source_range_keys(frontend, frontend_id);
+        for range in &ranges {
+            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, Some(source_ranges::ALLOWED));
+        }
+        for gone in old.iter().filter(|r| !ranges.contains(r)) {
+            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *gone, None);
+        }
+        ranges
+    }
+
     fn remove_frontend(&mut self, key: ServiceKeyV4) {
         self.resumed.remove(&key);
         let Some(owned) = self.encoded.remove(&key) else {
             return;
         };
         set(&mut self.maps.services, &mut self.touched.services, key, None);
+        set(&mut self.maps.maglev, &mut self.touched.maglev, owned.frontend_id, None);
         for slot in 1..=owned.slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
         }
@@ -302,14 +326,14 @@ fn slot_backends(backends: &[Backend], proto: u8) -> impl Iterator<Item = SlotBa
 }
 
 /// Sets or removes one desired entry, recording the key if it changed.
-fn set<K: Ord + Copy, V: PartialEq + Copy>(
+fn set<K: Ord + Copy, V: PartialEq + Clone>(
     map: &mut BTreeMap<K, V>,
     touched: &mut std::collections::BTreeSet<K>,
     key: K,
     value: Option<V>,
 ) {
     let changed = match value {
-        Some(value) => map.insert(key, value) != Some(value),
+        Some(value) => map.insert(key, value.clone()) != Some(value),
         None => map.remove(&key).is_some(),
     };
     if changed {
@@ -325,7 +349,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{Backend, FrontendKind, Protocol, ServicePortName, WhenEmpty},
+        model::{Backend, Balancing, FrontendKind, Protocol, ServicePortName, WhenEmpty},
         tables,
     };
 
@@ -360,6 +384,7 @@ mod tests {
             local_only: false,
             source_ranges: None,
             in_cluster: None,
+            balancing: Balancing::Hash,
         }
     }
 
@@ -502,6 +527,63 @@ mod tests {
         assert_eq!(id_of(state.maps(), 2), id, "established flows still find it, under the same id");
         set(&mut state, &[1]);
         assert_eq!(id_of(state.maps(), 2), None, "gone once it leaves the slices");
+    }
+
+    fn set_maglev(state: &mut DesiredState, backends: &[u8]) -> Touched {
+        let mut frontends = web(backends);
+        frontends[0].balancing = Balancing::Maglev;
+        state.set_service(web_ref(), frontends, vec![]);
+        state.take_touched()
+    }
+
+    /// The backends a Maglev frontend's table names, by last octet.
+    fn table_backends(maps: &DesiredMaps) -> std::collections::BTreeSet<u8> {
+        let id = maps.services[&WEB].frontend_id;
+        maps.maglev[&id].ids().iter().map(|id| maps.backends[id].address[3]).collect()
+    }
+
+    #[test]
+    fn a_maglev_frontend_has_a_full_table_over_its_backends_and_the_flag() {
+        let mut state = DesiredState::default();
+        set_maglev(&mut state, &[1, 2, 3]);
+        let maps = state.maps();
+        assert_eq!(maps.maglev.len(), 1);
+        assert_eq!(maps.maglev.values().next().unwrap().ids().len(), lb_common::maglev::TABLE_SIZE as usize);
+        assert_eq!(table_backends(maps), [1, 2, 3].into());
+        assert_ne!(maps.services[&WEB].flags & lb_common::service::FLAG_MAGLEV, 0);
+        assert_eq!(maps.services[&WEB].count, 3, "slots kept: the count still tells empty from not");
+    }
+
+    #[test]
+    fn a_hash_frontend_has_no_table() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2, 3]);
+        assert!(state.maps().maglev.is_empty());
+        assert_eq!(state.maps().services[&WEB].flags & lb_common::service::FLAG_MAGLEV, 0);
+    }
+
+    #[test]
+    fn a_maglev_table_follows_its_backends_and_goes_with_them() {
+        let mut state = DesiredState::default();
+        set_maglev(&mut state, &[1, 2, 3]);
+        let touched = set_maglev(&mut state, &[1, 3]);
+        assert_eq!(table_backends(state.maps()), [1, 3].into());
+        assert_eq!(touched.maglev.len(), 1);
+        set_maglev(&mut state, &[]);
+        assert!(state.maps().maglev.is_empty(), "no backends, no table");
+        assert_eq!(state.maps().services[&WEB].flags & lb_common::service::FLAG_MAGLEV, 0);
+        set_maglev(&mut state, &[4]);
+        state.set_service(web_ref(), vec![], vec![]);
+        assert!(state.maps().maglev.is_empty(), "the table goes with its frontend");
+    }
+
+    #[test]
+    fn restart_rebuilds_the_same_maglev_table() {
+        let mut before = DesiredState::default();
+        set_maglev(&mut before, &[1, 2, 3, 4]);
+        let mut resumed = DesiredState::resume(before.maps(), HighestIds::default());
+        set_maglev(&mut resumed, &[1, 2, 3, 4]);
+        assert_eq!(resumed.maps(), before.maps(), "nothing to write after a restart without changes");
     }
 
     #[test]

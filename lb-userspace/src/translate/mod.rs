@@ -162,6 +162,7 @@ impl Shared<'_> {
             local_only: selection.local_only,
             source_ranges,
             in_cluster: None,
+            balancing: self.settings.balancing_for(kind),
         }
     }
 }

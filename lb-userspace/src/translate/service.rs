@@ -9,11 +9,13 @@ use k8s_openapi::{
 use ipnet::IpNet;
 
 use super::service_problem;
-use crate::model::{NodeContext, Problem};
+use crate::model::{Balancing, FrontendKind, NodeContext, Problem};
 
 const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Marks headless Services' objects, which kube-proxy does not watch.
 pub(super) const HEADLESS: &str = "service.kubernetes.io/headless";
+/// Chooses a Service's balancing: `maglev` or `hash` (see `Balancing`).
+pub(super) const LOAD_BALANCING: &str = "lb.kubernetes.io/load-balancing";
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
@@ -63,6 +65,8 @@ pub(super) struct Settings {
     pub affinity_timeout_s: Option<u32>,
     /// `loadBalancerSourceRanges`, parsed (see [`source_ranges`]).
     pub source_ranges: Option<Vec<IpNet>>,
+    /// The `LOAD_BALANCING` annotation, when set to a known value.
+    pub balancing: Option<Balancing>,
 }
 
 impl Settings {
@@ -75,6 +79,30 @@ impl Settings {
             external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             affinity_timeout_s: affinity_timeout_s(svc, spec, problems),
             source_ranges: source_ranges(svc, spec, problems),
+            balancing: balancing(svc, problems),
+        }
+    }
+
+    /// The annotation's choice, else Maglev for the frontends traffic from
+    /// outside reaches (NodePort, externalIP, LoadBalancer: an outside
+    /// load balancer may send a flow's packets to any node, and all nodes
+    /// must pick the same backend) and the slot hash for ClusterIPs.
+    pub(super) fn balancing_for(&self, kind: FrontendKind) -> Balancing {
+        self.balancing.unwrap_or(if kind.is_external() { Balancing::Maglev } else { Balancing::Hash })
+    }
+}
+
+/// The `LOAD_BALANCING` annotation; an unknown value is reported and
+/// ignored (each frontend keeps its default).
+fn balancing(svc: &Service, problems: &mut Vec<Problem>) -> Option<Balancing> {
+    let value = svc.metadata.annotations.as_ref()?.get(LOAD_BALANCING)?;
+    match value.as_str() {
+        "maglev" => Some(Balancing::Maglev),
+        "hash" => Some(Balancing::Hash),
+        other => {
+            let message = format!("annotation {LOAD_BALANCING}: {other:?} is neither \"maglev\" nor \"hash\"; ignored");
+            problems.push(service_problem(svc, message));
+            None
         }
     }
 }

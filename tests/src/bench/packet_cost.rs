@@ -53,7 +53,7 @@ const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 enum Packets {
     /// Fresh SYNs to ClusterIPs spread over the table, repeat=1 each.
     NewToClusterIp,
-    /// Fresh SYNs to node address:nodePort, repeat=1 each.
+    /// Fresh SYNs to node address:nodePort (Maglev frontends), repeat=1 each.
     NewToNodePort,
     /// The established mirrored flow, repeated.
     Established,
@@ -87,7 +87,7 @@ const CASES: [Case; 7] = [
     },
     Case {
         id: "nodeport_new_flow",
-        label: "NodePort hit, new flow",
+        label: "NodePort hit, new flow (Maglev)",
         program: TC_PROGRAM,
         packets: Packets::NewToNodePort,
         floor: "parse_only_new",
@@ -132,7 +132,7 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
             "TCP SYN from a source never seen before to ClusterIPs spread over the whole table: conntrack miss, frontend lookup, backend choice, two conntrack inserts, DNAT of address and port. One run per packet (repeat=1: a repeated run would be fed its own rewritten output), mean over {m} distinct flows per repetition"
         ),
         "nodeport_new_flow" => format!(
-            "TCP SYN to node address {NODE_CLIENT_SIDE_IP}:nodePort of the first ≤{} Services (type NodePort), spread over them; otherwise measured like the ClusterIP new flow",
+            "TCP SYN to node address {NODE_CLIENT_SIDE_IP}:nodePort of the first ≤{} Services (type NodePort), spread over them; otherwise measured like the ClusterIP new flow. NodePort frontends use Maglev: the backend comes from the frontend's Maglev table (an outer hash lookup by frontend id, then an inlined array read) instead of a slot entry (a hash lookup), so beside the ClusterIP row this is Maglev's per-packet cost against the plain slot hash, same run",
             group(NODE_PORT_SERVICES as f64)
         ),
         "parse_only_repeated" => {

@@ -2,6 +2,7 @@
 //! `kubectl get -o json` prints them; fixtures here build the common ones
 //! and tests adjust fields with `value["spec"][...] = json!(...)`.
 
+mod balancing;
 mod endpoints;
 mod families;
 mod frontends;

@@ -1,0 +1,24 @@
+//! The flow hash that picks a new flow's backend: the datapath computes
+//! it per packet, the agent and the tests compute it to tell which slot
+//! or Maglev position a given flow lands on.
+
+/// murmur3's 32-bit finaliser: cheap, and spreads nearby tuples evenly.
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of a 5-tuple: addresses in network byte order, ports in host
+/// byte order (as the datapath parses them).
+#[inline(always)]
+pub fn hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+    let ports = (u32::from(sport) << 16) | u32::from(dport);
+    let mut h = mix(u32::from_ne_bytes(src) ^ 0x9e37_79b9);
+    h = mix(h ^ u32::from_ne_bytes(dst));
+    h = mix(h ^ ports);
+    mix(h ^ u32::from(proto))
+}

@@ -1,0 +1,284 @@
+//! Maglev lookup tables (pure): which backend each of a frontend's
+//! `lb_common::maglev::TABLE_SIZE` positions names, and which positions
+//! changed from one table to the next.
+//!
+//! Each backend's preference list (its permutation of the positions) is
+//! derived from two seeded hashes of its identity (address, port,
+//! protocol), never from the agent's node-local id: every node builds the
+//! same positions for the same endpoints. Backends take turns in identity
+//! order, each claiming its next preferred free position (the paper's
+//! population loop, equal weights), so the input order does not matter.
+
+use std::sync::Arc;
+
+use lb_common::maglev::TABLE_SIZE;
+
+/// A built table: backend ids by position. Shared, not copied, between
+/// the desired maps and the mirror of the kernel's (64 KiB each).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table(Arc<[u32]>);
+
+impl Table {
+    pub fn new(ids: Vec<u32>) -> Self {
+        Self(ids.into())
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+/// What a backend is known as on every node: address (network byte
+/// order), port and protocol. The bytes hashed are exactly these fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub address: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl Endpoint {
+    fn bytes(&self) -> [u8; 7] {
+        let [a, b, c, d] = self.address;
+        let [p, q] = self.port.to_be_bytes();
+        [a, b, c, d, p, q, self.proto]
+    }
+}
+
+/// Seeds of the two hashes (arbitrary, fixed: changing them reshuffles
+/// every table on every node at once).
+const OFFSET_SEED: u64 = 0x6d61_676c_6576_0001;
+const SKIP_SEED: u64 = 0x6d61_676c_6576_0002;
+
+/// FNV-1a over the bytes, started from the seed, then splitmix64's
+/// finaliser so that endpoints differing in one byte get unrelated
+/// permutations. Stable across builds and architectures.
+fn hash64(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A backend's preference list: position `j` of it is
+/// `(offset + j × skip) mod TABLE_SIZE`. With a prime table size and
+/// `skip` in 1..TABLE_SIZE, these visit every position exactly once.
+#[derive(Clone, Copy, Debug)]
+struct Permutation {
+    offset: u32,
+    skip: u32,
+}
+
+impl Permutation {
+    fn of(endpoint: &Endpoint) -> Self {
+        let bytes = endpoint.bytes();
+        let m = u64::from(TABLE_SIZE);
+        Self {
+            offset: (hash64(OFFSET_SEED, &bytes) % m) as u32,
+            skip: (hash64(SKIP_SEED, &bytes) % (m - 1) + 1) as u32,
+        }
+    }
+
+    #[cfg(test)]
+    fn position(&self, j: u32) -> u32 {
+        ((u64::from(self.offset) + u64::from(j) * u64::from(self.skip)) % u64::from(TABLE_SIZE)) as u32
+    }
+}
+
+/// The table for a frontend's backends, each given with the id the
+/// datapath knows it by: `TABLE_SIZE` backend ids, position by position.
+/// Empty without backends. Duplicated endpoints count once.
+pub fn build(backends: &[(Endpoint, u32)]) -> Vec<u32> {
+    let mut backends = backends.to_vec();
+    backends.sort_unstable();
+    backends.dedup_by_key(|(endpoint, _)| *endpoint);
+    if backends.is_empty() {
+        return Vec::new();
+    }
+    // Each backend's cursor walks its permutation: the next position it
+    // prefers, and the step to the one after (additions, no division).
+    let mut cursors: Vec<(u32, u32)> = backends
+        .iter()
+        .map(|(endpoint, _)| {
+            let permutation = Permutation::of(endpoint);
+            (permutation.offset, permutation.skip)
+        })
+        .collect();
+    let mut table: Vec<Option<u32>> = vec![None; TABLE_SIZE as usize];
+    let mut filled = 0;
+    'fill: loop {
+        for ((_, id), (next, skip)) in backends.iter().zip(&mut cursors) {
+            let position = loop {
+                let candidate = *next as usize;
+                *next += *skip;
+                if *next >= TABLE_SIZE {
+                    *next -= TABLE_SIZE;
+                }
+                if table[candidate].is_none() {
+                    break candidate;
+                }
+            };
+            table[position] = Some(*id);
+            filled += 1;
+            if filled == TABLE_SIZE {
+                break 'fill;
+            }
+        }
+    }
+    table.into_iter().map(|id| id.expect("every position is filled")).collect()
+}
+
+/// The positions whose backend differs between `old` and `new` (an empty
+/// `old`: all of them), with `new`'s backend: what a writer must write.
+pub fn delta(old: &[u32], new: &[u32]) -> Vec<(u32, u32)> {
+    (0u32..)
+        .zip(new)
+        .filter(|&(position, id)| old.get(position as usize) != Some(id))
+        .map(|(position, &id)| (position, id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    const M: usize = TABLE_SIZE as usize;
+
+    fn endpoint(i: u32) -> Endpoint {
+        let [_, a, b, c] = i.to_be_bytes();
+        Endpoint { address: [10, a, b, c], port: 8080 + (i % 7) as u16, proto: 6 }
+    }
+
+    /// Backends 1..=n, id = index.
+    fn backends(ids: impl IntoIterator<Item = u32>) -> Vec<(Endpoint, u32)> {
+        ids.into_iter().map(|i| (endpoint(i), i)).collect()
+    }
+
+    fn shares(table: &[u32]) -> BTreeMap<u32, usize> {
+        let mut out = BTreeMap::new();
+        for id in table {
+            *out.entry(*id).or_default() += 1;
+        }
+        out
+    }
+
+    fn changed(old: &[u32], new: &[u32]) -> usize {
+        delta(old, new).len()
+    }
+
+    #[test]
+    fn table_size_is_prime() {
+        let m = TABLE_SIZE;
+        assert!((2..).take_while(|d| d * d <= m).all(|d| !m.is_multiple_of(d)), "{m} is not prime");
+    }
+
+    #[test]
+    fn every_permutation_visits_every_position_once() {
+        for i in [1, 2, 3, 77, 1000, 65_000] {
+            let permutation = Permutation::of(&endpoint(i));
+            let visited: BTreeSet<u32> = (0..TABLE_SIZE).map(|j| permutation.position(j)).collect();
+            assert_eq!(visited.len(), M, "endpoint {i}: {permutation:?}");
+        }
+    }
+
+    #[test]
+    fn permutations_depend_on_address_and_port() {
+        let a = Endpoint { address: [10, 0, 0, 1], port: 80, proto: 6 };
+        let moved = [Endpoint { port: 81, ..a }, Endpoint { address: [10, 0, 0, 2], ..a }, Endpoint { proto: 17, ..a }];
+        for other in moved {
+            let (p, q) = (Permutation::of(&a), Permutation::of(&other));
+            assert!((p.offset, p.skip) != (q.offset, q.skip), "{a:?} and {other:?}");
+        }
+    }
+
+    #[test]
+    fn each_backend_gets_close_to_an_equal_share() {
+        for n in [1u32, 2, 3, 10, 100] {
+            let table = build(&backends(1..=n));
+            assert_eq!(table.len(), M);
+            let shares = shares(&table);
+            assert_eq!(shares.len(), n as usize, "every backend has positions");
+            let fair = M as f64 / f64::from(n);
+            let worst = shares.values().map(|&s| (s as f64 - fair).abs() / fair).fold(0.0, f64::max);
+            println!("N={n}: worst share off by {:.2}% of 1/N", worst * 100.0);
+            assert!(worst < 0.03, "N={n}: a share is {:.1}% off 1/N", worst * 100.0);
+        }
+    }
+
+    #[test]
+    fn the_same_endpoints_in_any_order_give_the_same_table() {
+        let forward = backends(1..=10);
+        let mut backward = forward.clone();
+        backward.reverse();
+        assert_eq!(build(&forward), build(&backward));
+    }
+
+    #[test]
+    fn positions_follow_endpoints_not_ids() {
+        // Another node knows the same endpoints under other ids.
+        let here = build(&backends(1..=5));
+        let there = build(&(1..=5).map(|i| (endpoint(i), i + 100)).collect::<Vec<_>>());
+        assert!(here.iter().zip(&there).all(|(a, b)| a + 100 == *b));
+    }
+
+    #[test]
+    fn removing_one_of_n_moves_about_one_nth() {
+        for n in [3u32, 10, 100] {
+            let before = build(&backends(1..=n));
+            let after = build(&backends((1..=n).filter(|&i| i != 2)));
+            let moved = changed(&before, &after) as f64 / M as f64;
+            let ideal = 1.0 / f64::from(n);
+            println!("remove 1 of {n}: {:.2}% of positions changed (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
+            // The removed backend's own positions must move; others move
+            // only where the population order shifts, which Maglev allows
+            // a little of (more the fewer positions each backend has:
+            // ~160 at N = 100). Modulo hashing would move ~(N-1)/N.
+            let own = before.iter().filter(|&&id| id == 2).count();
+            assert!(changed(&before, &after) >= own);
+            assert!(moved < ideal + 0.02, "remove 1 of {n}: {:.2}% changed", moved * 100.0);
+        }
+    }
+
+    #[test]
+    fn adding_one_moves_about_one_over_n_plus_one() {
+        for n in [3u32, 10, 100] {
+            let before = build(&backends(1..=n));
+            let after = build(&backends(1..=n + 1));
+            let moved = changed(&before, &after) as f64 / M as f64;
+            let ideal = 1.0 / f64::from(n + 1);
+            println!("add 1 to {n}: {:.2}% of positions changed (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
+            let own = after.iter().filter(|&&id| id == n + 1).count();
+            assert!(changed(&before, &after) >= own, "the new backend's positions changed");
+            assert!(moved < ideal + 0.02, "add 1 to {n}: {:.2}% changed", moved * 100.0);
+        }
+    }
+
+    #[test]
+    fn the_delta_names_exactly_the_changed_positions() {
+        let before = build(&backends(1..=10));
+        let after = build(&backends((1..=10).filter(|&i| i != 4)));
+        let delta = delta(&before, &after);
+        println!("remove 1 of 10: delta of {} writes out of {M}", delta.len());
+        let mut replayed = before.clone();
+        for &(position, id) in &delta {
+            replayed[position as usize] = id;
+        }
+        assert_eq!(replayed, after);
+        assert!(delta.iter().all(|&(p, _)| before[p as usize] != after[p as usize]));
+        assert_eq!(super::delta(&[], &after).len(), M, "a new table is written whole");
+        assert!(super::delta(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn no_backends_no_table() {
+        assert!(build(&[]).is_empty());
+    }
+}
