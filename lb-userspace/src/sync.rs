@@ -135,6 +135,12 @@ impl<W: MapWriter> Syncer<W> {
         &self.node
     }
 
+    /// How many Maglev tables the kernel map holds (`--maglev-max`):
+    /// frontends beyond it balance with the slot hash, reported.
+    pub fn set_maglev_budget(&mut self, tables: u32) {
+        self.state.set_maglev_budget(tables as usize);
+    }
+
     /// Node facts learnt at run time (the zone, from the Node object).
     /// Callers follow a change with a full [`Syncer::sync`].
     pub fn node_mut(&mut self) -> &mut NodeContext {

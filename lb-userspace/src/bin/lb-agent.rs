@@ -237,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
     let mut syncer = Syncer::resume(maps, node)?;
+    syncer.set_maglev_budget(args.maglev_max);
     if !syncer.current().services.is_empty() {
         info!(entries = syncer.current().services.len(), "resuming from pinned maps");
     }

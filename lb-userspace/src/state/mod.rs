@@ -66,6 +66,12 @@ pub struct DesiredState {
     ports: PortRefs,
     maps: DesiredMaps,
     touched: Touched,
+    /// How many Maglev tables the kernel map holds (`--maglev-max`);
+    /// `None`: no limit known.
+    maglev_budget: Option<usize>,
+    /// Maglev frontends that got no table because the budget was used up:
+    /// they balance with the slot hash until a table is free (reported).
+    maglev_fallbacks: HashMap<ServiceKeyV4, (FrontendAddr, Problem)>,
 }
 
 /// Ids the conntrack table names, for maps pinned before the id counters
@@ -142,12 +148,26 @@ impl DesiredState {
         for address in affected {
             self.reencode(address);
         }
+        self.retry_maglev_fallbacks();
+    }
+
+    /// Gives frontends that fell back to the slot hash the tables freed
+    /// since (a frontend re-encodes only when its claim changes, so they
+    /// would otherwise wait for a change of their own).
+    fn retry_maglev_fallbacks(&mut self) {
+        let Some(budget) = self.maglev_budget else { return };
+        let free = budget.saturating_sub(self.maps.maglev.len());
+        let retry: Vec<FrontendAddr> = self.maglev_fallbacks.values().map(|(address, _)| *address).take(free).collect();
+        for address in retry {
+            self.reencode(address);
+        }
     }
 
     /// All problems: each Service's own, and claims that lost a conflict.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out: Vec<Problem> = self.problems.values().flatten().cloned().collect();
         out.extend(self.claims.conflicts());
+        out.extend(self.maglev_fallbacks.values().map(|(_, problem)| problem.clone()));
         out.sort();
         out.dedup();
         out
@@ -226,18 +246,61 @@ impl DesiredState {
         // A table depends only on the slot backends: the periodic full
         // sync re-encodes every frontend, and need not rebuild them all.
         let same_backends = owned.as_ref().is_some_and(|o| o.slots == slots);
-        let wants_table = frontend.balancing == Balancing::Maglev && !slots.is_empty();
-        if !same_backends || self.maps.maglev.contains_key(&frontend_id) != wants_table {
-            let table = encode::maglev_table(frontend, &slot_ids);
+        let has_table = self.maps.maglev.contains_key(&frontend_id);
+        let wants_table = self.maglev_table_allowed(key, frontend, has_table, !slots.is_empty());
+        if !same_backends || has_table != wants_table {
+            let table = if wants_table { encode::maglev_table(frontend, &slot_ids) } else { None };
             set(&mut self.maps.maglev, &mut self.touched.maglev, frontend_id, table);
         }
-        let value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
+        let mut value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
+        if !wants_table {
+            value.flags &= !lb_common::service::FLAG_MAGLEV;
+        }
         set(&mut self.maps.services, &mut self.touched.services, key, Some(value));
         for backend in owned.iter().flat_map(|o| o.slots.iter().chain(&o.draining)) {
             self.release_backend(*backend);
         }
         self.encoded.insert(key, Encoded { frontend_id, slots, draining, ranges });
         self.record_counters();
+    }
+
+    /// Caps the Maglev tables at what the kernel map holds.
+    pub fn set_maglev_budget(&mut self, tables: usize) {
+        self.maglev_budget = Some(tables);
+    }
+
+    /// Whether a frontend gets a Maglev table: it asks for one and has
+    /// backends, and either has a table already or one is free. A full
+    /// table map must not stop the sync: the frontend balances with the
+    /// slot hash instead, reported, and gets a table at a later sync once
+    /// one is free.
+    fn maglev_table_allowed(
+        &mut self,
+        key: ServiceKeyV4,
+        frontend: &Frontend,
+        has_table: bool,
+        has_backends: bool,
+    ) -> bool {
+        let wanted = frontend.balancing == Balancing::Maglev && has_backends;
+        let full = self.maglev_budget.is_some_and(|budget| self.maps.maglev.len() >= budget);
+        if !wanted || has_table || !full {
+            self.maglev_fallbacks.remove(&key);
+            return wanted;
+        }
+        let message = format!(
+            "{}:{} uses the slot hash: every Maglev table is in use (--maglev-max {})",
+            frontend.address,
+            frontend.port,
+            self.maglev_budget.unwrap_or_default()
+        );
+        let problem = Problem {
+            kind: "Service",
+            namespace: frontend.service.namespace.clone(),
+            name: frontend.service.name.clone(),
+            message,
+        };
+        self.maglev_fallbacks.insert(key, (FrontendAddr::of(frontend), problem));
+        false
     }
 
     /// Writes a frontend's source ranges, removes those it no longer has,
@@ -265,6 +328,7 @@ impl DesiredState {
         };
         set(&mut self.maps.services, &mut self.touched.services, key, None);
         set(&mut self.maps.maglev, &mut self.touched.maglev, owned.frontend_id, None);
+        self.maglev_fallbacks.remove(&key);
         for slot in 1..=owned.slots.len() {
             set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
         }
@@ -575,6 +639,35 @@ mod tests {
         set_maglev(&mut state, &[4]);
         state.set_service(web_ref(), vec![], vec![]);
         assert!(state.maps().maglev.is_empty(), "the table goes with its frontend");
+    }
+
+    #[test]
+    fn maglev_frontends_beyond_the_table_budget_use_the_slot_hash_until_a_table_is_free() {
+        let mut state = DesiredState { maglev_budget: Some(1), ..DesiredState::default() };
+        let maglev = |name: &str, address: [u8; 4], port| {
+            let mut f =
+                Frontend { balancing: Balancing::Maglev, ..frontend(FrontendKind::NodePort, address, port, &[1, 2]) };
+            f.service.name = name.into();
+            f
+        };
+        let first = ServiceKeyV4::frontend([192, 168, 0, 10], 30080, 6);
+        let second = ServiceKeyV4::frontend([192, 168, 0, 10], 30081, 6);
+        state.set_service(("ns".into(), "a".into()), vec![maglev("a", first.address, first.port)], Vec::new());
+        state.set_service(("ns".into(), "b".into()), vec![maglev("b", second.address, second.port)], Vec::new());
+        let flags = |state: &DesiredState, key| state.maps().services[&key].flags & lb_common::service::FLAG_MAGLEV;
+        assert_eq!(state.maps().maglev.len(), 1);
+        assert_ne!(flags(&state, first), 0);
+        assert_eq!(flags(&state, second), 0, "no table, so no flag: the slot hash serves");
+        assert!(
+            state
+                .problems()
+                .iter()
+                .any(|p| p.message.contains(":30081 uses the slot hash") && p.message.contains("--maglev-max 1"))
+        );
+
+        state.set_service(("ns".into(), "a".into()), Vec::new(), Vec::new());
+        assert_ne!(flags(&state, second), 0, "a freed table is taken at the next sync");
+        assert!(state.problems().is_empty());
     }
 
     #[test]
