@@ -26,8 +26,10 @@ fn backends(n: u8) -> Vec<Endpoint> {
 /// A NodePort Service with an external IP (so Maglev by default on both)
 /// over `backends`.
 fn service(backends: &[Endpoint]) -> String {
-    let endpoints: String =
-        backends.iter().map(|b| format!("  - {{addresses: [{}], conditions: {{ready: true}}}}\n", b.ip)).collect();
+    let endpoints: String = backends
+        .iter()
+        .map(|b| format!("  - {{addresses: [{}], nodeName: node-a, conditions: {{ready: true}}}}\n", b.ip))
+        .collect();
     format!(
         r#"apiVersion: v1
 kind: List
@@ -51,7 +53,12 @@ items:
 }
 
 fn node() -> NodeContext {
-    NodeContext { node_addresses: vec![Ipv4Addr::from(NODE_IP).into()], ..NodeContext::default() }
+    // The endpoints run on this node, so NodePort flows need no SNAT.
+    NodeContext {
+        node_name: Some("node-a".into()),
+        node_addresses: vec![Ipv4Addr::from(NODE_IP).into()],
+        ..NodeContext::default()
+    }
 }
 
 fn datapath_with(backends: &[Endpoint]) -> Datapath {

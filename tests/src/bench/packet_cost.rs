@@ -246,7 +246,11 @@ impl SizeBench {
             endpoints_per_service: ENDPOINTS_PER_SERVICE,
             node_ports: NODE_PORT_SERVICES,
         });
-        let node = NodeContext { node_addresses: vec![NODE_CLIENT_SIDE_IP.into()], ..Default::default() };
+        let node = NodeContext {
+            node_name: Some(table::BENCH_NODE.to_owned()),
+            node_addresses: vec![NODE_CLIENT_SIDE_IP.into()],
+            ..Default::default()
+        };
         let mut dp =
             Datapath::load_with(node, capacities_for(services + NODE_PORT_SERVICES + 2, ENDPOINTS_PER_SERVICE))?;
         let mut service_objects = table.service_objects();

@@ -165,7 +165,13 @@ pub fn service_object(name: &str, cluster_ip: Ipv4Addr, port: PortSpec, node_por
     }
 }
 
-/// The EndpointSlice of Service `service`: every endpoint ready.
+/// The node every benchmark endpoint runs on: the datapath under test is
+/// that node's (its NodePort flows need no SNAT, as on a real node whose
+/// pods serve them).
+pub const BENCH_NODE: &str = "bench-node";
+
+/// The EndpointSlice of Service `service`: every endpoint ready, on
+/// [`BENCH_NODE`].
 pub fn slice_object(service: &str, endpoints: &[Ipv4Addr], port: PortSpec) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {
@@ -184,6 +190,7 @@ pub fn slice_object(service: &str, endpoints: &[Ipv4Addr], port: PortSpec) -> En
                     serving: Some(true),
                     terminating: Some(false),
                 }),
+                node_name: Some(BENCH_NODE.to_owned()),
                 ..Default::default()
             })
             .collect(),
