@@ -282,6 +282,22 @@ fn pods_reach_a_local_policy_node_port_through_any_node_with_endpoints_anywhere(
     let pod = cluster.nodes[1].pods[0].clone();
     let mut conn = servers::connect(&pod, at(2, LOCAL_NODE_PORT)).expect("enter the pod").expect("connect");
     assert_eq!(servers::http_request_path(&mut conn, "/", true).expect("GET /"), "n1p2");
+
+    // lbctl shows both entries of the NodePort on node 2: none for outside
+    // clients (drop), the endpoint on node 1 for Pods.
+    let listed = lb_tests::observe::lbctl(cluster.pin_dir(2), &["services", "-o", "json"]).expect("lbctl services");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    let entries: Vec<&serde_json::Value> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|f| f["address"] == node_ip(2).to_string() && f["port"] == LOCAL_NODE_PORT)
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let for_pods = entries.iter().find(|f| f["for_pods"] == true).expect("an entry for Pods");
+    assert_eq!(for_pods["backends"][0]["address"], pod_ip(1, 2).to_string());
+    let outside = entries.iter().find(|f| f["for_pods"] == false).expect("an entry for outside clients");
+    assert_eq!(outside["empty_action"], "drop");
 }
 
 /// A Service whose only endpoint is pod 1 of node 1.

@@ -105,6 +105,18 @@ fn proto_name(number: u8) -> String {
     Protocol::from_number(number).map_or_else(|| number.to_string(), |p| p.to_string())
 }
 
+/// The TYPE column: the kind, then what changes how it balances.
+fn type_label(f: &Frontend) -> String {
+    let mut label = f.kind.to_owned();
+    for (on, note) in [(f.for_pods, "pods"), (f.maglev, "maglev"), (f.source_ranges, "ranges")] {
+        if on {
+            label.push('+');
+            label.push_str(note);
+        }
+    }
+    label
+}
+
 fn kind_name(flags: u16) -> &'static str {
     [
         (service::FLAG_CLUSTER_IP, "ClusterIP"),
@@ -182,6 +194,13 @@ struct Frontend {
     port: u16,
     proto: String,
     kind: &'static str,
+    /// The in-cluster entry of a Local-policy external frontend: what Pods
+    /// reaching it use (`SCOPE_INTERNAL`).
+    for_pods: bool,
+    /// New flows pick backends from a Maglev table, not a slot.
+    maglev: bool,
+    /// `loadBalancerSourceRanges` restrict who may connect.
+    source_ranges: bool,
     id: u32,
     /// `ok`, `reject` (no endpoints), `drop` (no local endpoints).
     empty_action: Option<&'static str>,
@@ -227,6 +246,9 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
                 port: key.port,
                 proto: proto_name(key.proto),
                 kind: kind_name(value.flags),
+                for_pods: key.scope == service::SCOPE_INTERNAL,
+                maglev: value.flags & service::FLAG_MAGLEV != 0,
+                source_ranges: value.flags & service::FLAG_SOURCE_RANGES != 0,
                 id: value.frontend_id,
                 empty_action,
                 affinity_timeout_s: (value.affinity_timeout_s > 0).then_some(value.affinity_timeout_s),
@@ -254,13 +276,7 @@ fn services_table(frontends: &[Frontend]) -> String {
                     .join(", "),
             };
             let affinity = f.affinity_timeout_s.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
-            vec![
-                format!("{}:{}/{}", f.address, f.port, f.proto),
-                f.kind.to_owned(),
-                f.id.to_string(),
-                affinity,
-                backends,
-            ]
+            vec![format!("{}:{}/{}", f.address, f.port, f.proto), type_label(f), f.id.to_string(), affinity, backends]
         })
         .collect();
     columns(&["FRONTEND", "TYPE", "ID", "AFFINITY", "BACKENDS"], &rows)
