@@ -12,6 +12,7 @@ pub mod links;
 pub mod load;
 pub mod observe;
 pub mod packets;
+pub mod routed;
 pub mod scenario;
 pub mod servers;
 pub mod topology;

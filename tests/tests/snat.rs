@@ -17,16 +17,12 @@ use lb_common::{
 use lb_tests::{
     datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packets::{self, Endpoint, ep},
+    routed::{self, CLIENT_MAC, NODE_IP, NODE_MAC, OTHER_NODE_MAC, mac},
     topology::run,
 };
 use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
 
-const NODE_IP: [u8; 4] = [192, 168, 0, 10];
-const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-/// The other node, gateway to its pods (10.244.9.0/24).
-const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
 const CLIENT: Endpoint = ep([192, 168, 0, 100], 40000);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
 const NODE_PORT: Endpoint = ep(NODE_IP, 30090);
 const REMOTE_BACKEND: Endpoint = ep([10, 244, 9, 2], 8080);
 const CLUSTER_IP: Endpoint = ep([10, 96, 0, 90], 80);
@@ -81,10 +77,6 @@ items:
   ports: [{name: "", port: 8080, protocol: TCP}]
 "#;
 
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// The node: `ext0` with the node address, the other node as gateway to
 /// its pods, the client on the same link; neighbours known, forwarding on.
 /// Runs in the calling thread's own namespace (see `Datapath::load`).
@@ -95,20 +87,7 @@ fn routed_node() -> Datapath {
         ..NodeContext::default()
     })
     .expect("load datapath (root needed)");
-    let steps: [&[&str]; 9] = [
-        &["ip", "link", "set", "lo", "up"],
-        &["ip", "link", "add", "ext0", "address", &mac(NODE_MAC), "type", "veth", "peer", "name", "ext0-peer"],
-        &["ip", "link", "set", "ext0", "up"],
-        &["ip", "link", "set", "ext0-peer", "up"],
-        &["ip", "addr", "add", "192.168.0.10/24", "dev", "ext0"],
-        &["ip", "route", "add", "10.244.9.0/24", "via", "192.168.0.20"],
-        &["ip", "neigh", "replace", "192.168.0.20", "lladdr", &mac(OTHER_NODE_MAC), "dev", "ext0", "nud", "permanent"],
-        &["ip", "neigh", "replace", "192.168.0.100", "lladdr", &mac(CLIENT_MAC), "dev", "ext0", "nud", "permanent"],
-        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-    ];
-    for step in steps {
-        run(step[0], &step[1..]).expect("set up the node's routes");
-    }
+    routed::set_up().expect("set up the node's routes");
     dp
 }
 

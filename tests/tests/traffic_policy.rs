@@ -13,10 +13,11 @@ use lb_common::{
 use lb_tests::{
     datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
+    routed::{self, NODE_MAC, OTHER_NODE_MAC},
 };
 use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
 
-const NODE_IP: [u8; 4] = [192, 168, 0, 10];
+const NODE_IP: [u8; 4] = routed::NODE_IP;
 /// `local`: externalTrafficPolicy Local, its only endpoint on node-b.
 const LOCAL_NODE_PORT: Endpoint = ep(NODE_IP, 30090);
 const ELSEWHERE: Endpoint = ep([10, 244, 9, 2], 8080);
@@ -92,11 +93,14 @@ fn local_node_port_without_a_local_endpoint_drops_outside_clients_and_serves_pod
     assert_eq!((out.verdict, moved), (TC_ACT_SHOT, only(Counter::DropNoLocalEndpoints)), "outside: dropped");
 
     let pod = ep([10, 244, 3, 4], 42000);
+    routed::set_up().expect("routes to the other node");
     let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(pod, LOCAL_NODE_PORT)).expect("run");
-    // No route in the test's namespace, so the SNAT to another node cannot
-    // pick an address: the Pod's flow got as far as the cluster-wide
-    // endpoint, which is what this test is about.
-    assert_eq!((out.verdict, moved), (TC_ACT_SHOT, only(Counter::DropSnatNoAddress)), "pod: cluster-wide endpoint");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "pod: sent to the other node");
+    assert_eq!(moved, Counters::from([(Counter::NewFlow, 1), (Counter::Redirected, 1)]));
+    // The cluster-wide endpoint, reached from this node's address (SNAT:
+    // the endpoint is on another node).
+    let sent = ep(NODE_IP, u16::from_be_bytes([out.packet[34], out.packet[35]]));
+    assert_eq!(out.packet, packets::routed(packets::tcp_syn(sent, ELSEWHERE), OTHER_NODE_MAC, NODE_MAC));
 }
 
 #[test]
