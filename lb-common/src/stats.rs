@@ -27,6 +27,10 @@ pub enum Counter {
     /// Header shorter than its fields claim: dropped if addressed to a
     /// frontend would be guesswork, so passed untouched for the kernel to judge.
     PassTruncated,
+    /// Headers that disagree with each other or with the packet (IPv4
+    /// total length, TCP data offset, UDP length): passed untouched, never
+    /// NATed, for the kernel to drop.
+    PassMalformed,
     /// A slot or backend entry referenced by a frontend is missing (the
     /// agent is mid-update): the packet is dropped rather than mis-NATed.
     DropMissingBackend,
@@ -52,7 +56,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -63,6 +67,7 @@ impl Counter {
         Counter::PassOtherProtocol,
         Counter::PassOtherEthertype,
         Counter::PassTruncated,
+        Counter::PassMalformed,
         Counter::DropMissingBackend,
         Counter::DropConntrackFull,
         Counter::DropRewriteFailed,
@@ -86,6 +91,7 @@ impl Counter {
             Counter::PassOtherProtocol => "pass_other_protocol",
             Counter::PassOtherEthertype => "pass_other_ethertype",
             Counter::PassTruncated => "pass_truncated",
+            Counter::PassMalformed => "pass_malformed",
             Counter::DropMissingBackend => "drop_missing_backend",
             Counter::DropConntrackFull => "drop_conntrack_full",
             Counter::DropRewriteFailed => "drop_rewrite_failed",

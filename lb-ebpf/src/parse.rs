@@ -9,6 +9,13 @@
 //!   two destinations; until fragments are tracked, none is NATed.
 //! - Protocols other than TCP and UDP: passed untouched.
 //! - Truncated headers: passed untouched, never read past `data_end`.
+//! - Headers that disagree (an IPv4 total length shorter than its headers
+//!   or longer than the packet, a TCP data offset below 5 or past the
+//!   datagram, a UDP length outside it): passed untouched and counted
+//!   (`pass_truncated`, `pass_malformed`) for the kernel to drop. Such a
+//!   packet is never NATed and creates no state. An IPv4 total length of 0
+//!   is accepted on a GSO packet only (BIG TCP packets over 64 KiB carry
+//!   0 there); the packet's own length stands in for it.
 
 use core::mem::size_of;
 
@@ -20,9 +27,12 @@ pub const ETH_LEN: usize = EthHdr::LEN;
 pub const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
 const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
-/// TCP and UDP both start with source and destination port; 8 bytes cover
-/// the UDP header and the part of TCP we read (ports, seq).
+/// TCP and UDP both start with source and destination port.
 const L4_MIN_LEN: usize = 8;
+const UDP_LEN: usize = 8;
+const TCP_MIN_LEN: usize = 20;
+const TCP_DATA_OFFSET_OFFSET: usize = 12;
+const UDP_LENGTH_OFFSET: usize = 4;
 const TCP_FLAGS_OFFSET: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -69,6 +79,53 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
     Ok((start + offset) as *const T)
 }
 
+/// Where the IPv4 datagram ends (offset from the frame's start), after
+/// checking its total length against its header and the packet.
+#[inline(always)]
+fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<usize, Counter> {
+    let packet_len = ctx.len() as usize;
+    // SAFETY: reads a field of the live sk_buff.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let ip_end = match total_len {
+        0 if gso => packet_len,
+        len => ETH_LEN + usize::from(len),
+    };
+    if ip_end < l4_off + L4_MIN_LEN {
+        return Err(Counter::PassMalformed);
+    }
+    if ip_end > packet_len {
+        return Err(Counter::PassTruncated);
+    }
+    Ok(ip_end)
+}
+
+/// Checks the TCP header (whole, its data offset inside the datagram) and
+/// says whether it opens a connection (SYN without ACK).
+#[inline(always)]
+fn tcp_syn(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<bool, Counter> {
+    let header: *const [u8; TCP_MIN_LEN] = ptr_at(ctx, l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let header = unsafe { &*header };
+    let data_offset = usize::from(header[TCP_DATA_OFFSET_OFFSET] >> 4) * 4;
+    if data_offset < TCP_MIN_LEN || l4_off + data_offset > ip_end {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(header[TCP_FLAGS_OFFSET] & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
+/// Checks the UDP header's length against the datagram. Never a SYN.
+#[inline(always)]
+fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<bool, Counter> {
+    let header: *const [u8; UDP_LEN] = ptr_at(ctx, l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let header = unsafe { &*header };
+    let length = usize::from(u16::from_be_bytes([header[UDP_LENGTH_OFFSET], header[UDP_LENGTH_OFFSET + 1]]));
+    if length < UDP_LEN || l4_off + length > ip_end {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(false)
+}
+
 /// Parses the headers; `Err` carries the pass reason.
 #[inline(always)]
 pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
@@ -92,15 +149,11 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
         return Err(Counter::PassOtherProtocol);
     }
     let l4_off = ETH_LEN + ihl * 4;
+    let ip_end = datagram_end(ctx, u16::from_be_bytes(ip.tot_len), l4_off)?;
     let ports: *const [u8; L4_MIN_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { &*ports };
-    let tcp_syn = proto == proto::TCP && {
-        let flags: *const u8 = ptr_at(ctx, l4_off + TCP_FLAGS_OFFSET)?;
-        // SAFETY: bounds checked by ptr_at.
-        let flags = unsafe { *flags };
-        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-    };
+    let tcp_syn = if proto == proto::TCP { tcp_syn(ctx, l4_off, ip_end)? } else { udp_fits(ctx, l4_off, ip_end)? };
     Ok(PacketV4 {
         tcp_syn,
         src: ip.src_addr,

@@ -292,13 +292,13 @@ fn packet_fixtures() {
             Counter::Passed,
         ),
         unchanged(
-            "truncated: IHL claims 60 header bytes, the frame has fewer",
+            "malformed: IHL claims 60 header bytes, more than the total length",
             {
                 let mut p = packets::tcp_syn(CLIENT, WEB_VIP);
                 p[14] = 0x4f;
                 p
             },
-            Counter::PassTruncated,
+            Counter::PassMalformed,
         ),
         unchanged(
             "truncated: IPv4 header without L4 ports",
@@ -449,4 +449,61 @@ fn syn_reusing_a_tracked_tuple_is_balanced_afresh() {
         moved += usize::from(syn.packet != *first);
     }
     assert!(moved > 0, "some SYNs must land elsewhere than their tuple's first connection");
+}
+
+/// Sets the IPv4 total length (the header checksum is left alone: the
+/// datapath must not act on such a packet whatever its checksum).
+fn with_total_length(mut packet: Vec<u8>, total_length: u16) -> Vec<u8> {
+    packet[16..18].copy_from_slice(&total_length.to_be_bytes());
+    packet
+}
+
+/// Frames the kernel would drop are passed untouched, counted by reason,
+/// and leave no conntrack entry, whatever Service they are addressed to.
+#[test]
+fn malformed_frames_are_passed_untouched_and_create_no_state() {
+    let mut dp = datapath();
+    let client = ep([10, 0, 1, 66], 46000);
+    let syn = packets::tcp_syn(client, WEB_VIP);
+    let ip_len = (syn.len() - 14) as u16;
+    let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
+        ("IPv4 total length beyond the frame", with_total_length(syn.clone(), ip_len + 100), Counter::PassTruncated),
+        ("IPv4 total length shorter than the headers", with_total_length(syn.clone(), 24), Counter::PassMalformed),
+        (
+            "TCP data offset below 5",
+            {
+                let mut p = syn.clone();
+                p[14 + 20 + 12] = 0x40;
+                p
+            },
+            Counter::PassMalformed,
+        ),
+        (
+            "TCP data offset past the datagram",
+            {
+                let mut p = syn.clone();
+                p[14 + 20 + 12] = 0xf0;
+                p
+            },
+            Counter::PassMalformed,
+        ),
+        ("TCP header cut short", with_total_length(syn[..14 + 20 + 12].to_vec(), 32), Counter::PassTruncated),
+        (
+            "UDP length beyond the datagram",
+            {
+                let mut p = packets::udp(client, DNS_VIP, b"query");
+                p[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes());
+                p
+            },
+            Counter::PassMalformed,
+        ),
+    ];
+    for (description, frame, counter) in cases {
+        let (out, moved) = dp.run_counted(TC_PROGRAM, &frame).expect("test run");
+        assert_eq!(out.verdict, TC_ACT_UNSPEC, "{description}: passed");
+        assert_eq!(out.packet, frame, "{description}: untouched");
+        assert_eq!(moved, Counters::from([(counter, 1)]), "{description}: counted");
+    }
+    let state = dp.conntrack().expect("conntrack");
+    assert!(state.iter().all(|(k, _)| k.src_port != client.port && k.dst_port != client.port), "no state: {state:?}");
 }
