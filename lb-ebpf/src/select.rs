@@ -24,6 +24,15 @@ pub fn flow_hash(pkt: &PacketV4) -> u32 {
     mix(h ^ u32::from(pkt.proto))
 }
 
+/// A socket's hash (socket-level hooks, where the source port is not
+/// chosen yet at connect time): its cookie, unique per socket, so
+/// sockets spread over the backends and every datagram of one
+/// unconnected UDP socket goes to the same backend.
+#[inline(always)]
+pub fn socket_hash(cookie: u64) -> u32 {
+    mix(mix(cookie as u32 ^ 0x9e37_79b9) ^ (cookie >> 32) as u32)
+}
+
 /// Slot number (1..=count) for a hash. `count` is non-zero.
 #[inline(always)]
 pub fn slot_for(hash: u32, count: u16) -> u16 {

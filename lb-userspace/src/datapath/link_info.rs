@@ -50,21 +50,26 @@ struct LinkInfo {
     union: [u32; 32],
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, properly laid out `bpf_attr` prefix of the
     // size passed; the kernel reads and writes only within it.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
     if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
 }
 
-/// The interface index of the tcx link pinned at `path` (0 once its
-/// interface is gone); None if the link is not a tcx link.
-pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+/// Opens the BPF object pinned at `path`.
+pub(crate) fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes()).context("path with a NUL byte")?;
     let mut get = ObjGet { pathname: c_path.as_ptr() as u64, ..ObjGet::default() };
     let fd = bpf(BPF_OBJ_GET, &mut get).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor this function owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) };
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+}
+
+/// The interface index of the tcx link pinned at `path` (0 once its
+/// interface is gone); None if the link is not a tcx link.
+pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+    let fd = obj_get(path)?;
     let mut info = LinkInfo { link_type: 0, id: 0, prog_id: 0, _pad: 0, union: [0; 32] };
     let mut attr = InfoByFd {
         bpf_fd: u32::try_from(fd.as_raw_fd())?,

@@ -12,3 +12,4 @@ pub mod link_info;
 pub mod links;
 pub mod loader;
 pub mod maps;
+pub mod sock_links;
