@@ -19,11 +19,13 @@ pub struct SockRevKeyV4 {
     pub address: [u8; 4],
     /// Backend port. Host byte order.
     pub port: u16,
-    pub _pad: [u8; 2],
+    /// IANA protocol number of the socket (`proto::TCP`, `proto::UDP`).
+    pub proto: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<SockRevKeyV4>() == 16);
 
-/// Value of `LB4_SOCK_REV`. 8 bytes.
+/// Value of `LB4_SOCK_REV`. 12 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockRevValueV4 {
@@ -32,19 +34,24 @@ pub struct SockRevValueV4 {
     /// Frontend port. Host byte order.
     pub port: u16,
     pub _pad: [u8; 2],
+    /// The backend's id in `LB4_BACKENDS` when the socket was translated:
+    /// once that id is gone (or names another address), the agent knows
+    /// the socket's backend was removed and aborts a connected UDP socket
+    /// still sending to it. Host byte order.
+    pub backend_id: u32,
 }
-const _: () = assert!(size_of::<SockRevValueV4>() == 8);
+const _: () = assert!(size_of::<SockRevValueV4>() == 12);
 
 user_pod!(SockRevKeyV4, SockRevValueV4);
 
 impl SockRevKeyV4 {
-    pub const fn new(cookie: u64, address: [u8; 4], port: u16) -> Self {
-        Self { cookie, address, port, _pad: [0; 2] }
+    pub const fn new(cookie: u64, address: [u8; 4], port: u16, proto: u8) -> Self {
+        Self { cookie, address, port, proto, _pad: 0 }
     }
 }
 
 impl SockRevValueV4 {
-    pub const fn new(address: [u8; 4], port: u16) -> Self {
-        Self { address, port, _pad: [0; 2] }
+    pub const fn new(address: [u8; 4], port: u16, backend_id: u32) -> Self {
+        Self { address, port, _pad: [0; 2], backend_id }
     }
 }

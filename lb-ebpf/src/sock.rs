@@ -102,10 +102,13 @@ pub fn translate(ctx: &SockAddrContext) -> SockOutcome {
     }
     let cookie = cookie(ctx);
     let slot = select::slot_for(select::socket_hash(cookie), svc.count);
-    let Some(backend) = service::backend_id_in_slot(frontend, slot).and_then(service::lookup_backend) else {
+    let Some(backend_id) = service::backend_id_in_slot(frontend, slot) else {
         return reject(EAGAIN, Counter::SockMissingBackend);
     };
-    if !record(cookie, &backend, address, port) {
+    let Some(backend) = service::lookup_backend(backend_id) else {
+        return reject(EAGAIN, Counter::SockMissingBackend);
+    };
+    if !record(cookie, backend_id, &backend, (address, port)) {
         return reject(ENOMEM, Counter::SockRevNatFull);
     }
     set_destination(ctx, backend.address, backend.port);
@@ -113,9 +116,10 @@ pub fn translate(ctx: &SockAddrContext) -> SockOutcome {
 }
 
 #[inline(always)]
-fn record(cookie: u64, backend: &BackendV4, address: [u8; 4], port: u16) -> bool {
-    let key = SockRevKeyV4::new(cookie, backend.address, backend.port);
-    LB4_SOCK_REV.insert(key, SockRevValueV4::new(address, port), u64::from(BPF_ANY)).is_ok()
+fn record(cookie: u64, backend_id: u32, backend: &BackendV4, frontend: ([u8; 4], u16)) -> bool {
+    let key = SockRevKeyV4::new(cookie, backend.address, backend.port, backend.proto);
+    let value = SockRevValueV4::new(frontend.0, frontend.1, backend_id);
+    LB4_SOCK_REV.insert(key, value, u64::from(BPF_ANY)).is_ok()
 }
 
 /// recvmsg4 and getpeername4: an address that is the backend this socket
@@ -123,8 +127,8 @@ fn record(cookie: u64, backend: &BackendV4, address: [u8; 4], port: u16) -> bool
 /// call: they always allow.
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext) -> SockOutcome {
-    let (address, port, _) = destination(ctx);
-    let key = SockRevKeyV4::new(cookie(ctx), address, port);
+    let (address, port, proto) = destination(ctx);
+    let key = SockRevKeyV4::new(cookie(ctx), address, port, proto);
     // SAFETY: copied out at once.
     let Some(frontend) = (unsafe { LB4_SOCK_REV.get(key) }).copied() else {
         return SockOutcome { ret: ALLOW, counter: None };

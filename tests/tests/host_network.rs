@@ -4,7 +4,10 @@
 //! that cgroup is one the test creates; clients join it before they exec.
 //! Needs root; run one test at a time (`--test-threads=1`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use lb_tests::{
     host::{self, Client, TestCgroup},
@@ -142,10 +145,29 @@ fn connected_udp_socket_keeps_getting_answers_after_its_backend_is_removed() {
     host.cluster
         .update(&services, |m| scenario::udp_backend_count(m, ECHO) == Some(2))
         .expect("agent applies the removal");
-    for i in 0..5 {
-        client.send(&format!("after {i}")).unwrap();
-        let reply = client.line().unwrap();
-        assert!(reply.starts_with("reply backend-") && reply.ends_with(&format!("after {i}")), "{reply}");
-        assert!(!reply.starts_with(&format!("reply {}:", scenario::backend_name(backend))), "still pinned: {reply}");
+    // Every datagram gets an answer; within the agent's check interval
+    // (1 s) the answers come from another backend, and stay there.
+    let removed = format!("reply {}:", scenario::backend_name(backend));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for i in 0.. {
+        let reply = exchange(&mut client, &format!("after {i}"));
+        if !reply.starts_with(&removed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pinned to the removed backend: {reply}");
+        std::thread::sleep(Duration::from_millis(100));
     }
+    for i in 0..5 {
+        let reply = exchange(&mut client, &format!("later {i}"));
+        assert!(!reply.starts_with(&removed), "back on the removed backend: {reply}");
+    }
+    assert!(host.counter("sock_translated") >= 2, "the reconnect was translated again");
+}
+
+/// Sends one datagram on the client's connected socket; its answer.
+fn exchange(client: &mut Client, payload: &str) -> String {
+    client.send(payload).unwrap();
+    let reply = client.line().unwrap();
+    assert!(reply.starts_with("reply backend-") && reply.ends_with(payload), "{reply}");
+    reply
 }

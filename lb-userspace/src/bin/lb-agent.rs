@@ -308,6 +308,7 @@ fn attach_sockets(ebpf: &mut aya::Ebpf, args: &Args) -> anyhow::Result<()> {
     match &args.cgroup_path.0 {
         Some(cgroup) => {
             sock_links::attach(ebpf, &args.pin_dir, cgroup).context("attaching the socket-level programs")?;
+            abort_stale_udp_sockets(args.pin_dir.clone());
         }
         None => {
             sock_links::detach(&args.pin_dir)?;
@@ -315,6 +316,26 @@ fn attach_sockets(ebpf: &mut aya::Ebpf, args: &Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often connected UDP sockets are checked for a removed backend
+/// (`udp_abort`): the longest a socket keeps sending to a backend that
+/// has left its Service.
+const UDP_ABORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `udp_abort::sweep` every `UDP_ABORT_INTERVAL` on a thread of its
+/// own (it makes blocking syscalls), in the agent's network namespace.
+fn abort_stale_udp_sockets(pin_dir: PathBuf) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(UDP_ABORT_INTERVAL);
+            match lb_userspace::udp_abort::sweep(&pin_dir) {
+                Ok(0) => {}
+                Ok(aborted) => info!(sockets = aborted, "aborted UDP sockets connected to removed backends"),
+                Err(e) => warn!(error = %format!("{e:#}"), "checking UDP sockets for removed backends"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {
