@@ -171,3 +171,53 @@ fn exchange(client: &mut Client, payload: &str) -> String {
     assert!(reply.starts_with("reply backend-") && reply.ends_with(payload), "{reply}");
     reply
 }
+
+/// (link id, program id) of each socket-level program's pinned link.
+fn cgroup_links(pin_dir: &std::path::Path) -> Vec<(u32, u32)> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    lb_userspace::datapath::sock_links::PROGRAMS
+        .iter()
+        .map(|name| {
+            let path = lb_userspace::datapath::sock_links::links_dir(pin_dir).join(name);
+            let link = FdLink::from(PinnedLink::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+            let info = link.info().expect("link info");
+            (info.id(), info.program_id())
+        })
+        .collect()
+}
+
+#[test]
+fn translation_outlives_the_agent_and_a_restart_swaps_the_programs_in_place() {
+    let mut host = HostCluster::start();
+    let pin_dir = host.cluster.agent.pin_dir.clone();
+    let before = cgroup_links(&pin_dir);
+    let (node, cgroup) = (host.node().to_owned(), host.cgroup.path.clone());
+    host.cluster
+        .agent
+        .restart_after(|| {
+            // No agent: the pinned links keep translating.
+            let lines = host::run(&node, Some(&cgroup), "tcp", &WEB.to_string())?;
+            anyhow::ensure!(lines.first().map(String::as_str) == Some("peer 10.96.0.10:80"), "{lines:?}");
+            Ok(())
+        })
+        .expect("translated while the agent is down");
+    host.cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent back");
+    let after = cgroup_links(&pin_dir);
+    for ((link_before, prog_before), (link_after, prog_after)) in before.iter().zip(&after) {
+        assert_eq!(link_before, link_after, "the same pinned link");
+        assert_ne!(prog_before, prog_after, "now running the new agent's program");
+    }
+    assert_eq!(host.run("tcp", SocketAddr::V4(WEB)).first().map(String::as_str), Some("peer 10.96.0.10:80"));
+}
+
+#[test]
+fn cleanup_detaches_the_socket_level_programs() {
+    let host = HostCluster::start();
+    let pin_dir = host.cluster.agent.pin_dir.display().to_string();
+    let binary = lb_tests::agent::binary("lb-agent").expect("lb-agent is built");
+    topology::run(binary.to_str().unwrap(), &["--netns", host.node(), "--cleanup", "--pin-dir", &pin_dir])
+        .expect("cleanup");
+    // The agent is still running but its links are gone: nothing translates.
+    let lines = host.run("tcp", SocketAddr::V4(WEB));
+    assert_eq!(lines, vec!["error NetworkUnreachable 101".to_owned()]);
+}
