@@ -221,3 +221,21 @@ fn cleanup_detaches_the_socket_level_programs() {
     let lines = host.run("tcp", SocketAddr::V4(WEB));
     assert_eq!(lines, vec!["error NetworkUnreachable 101".to_owned()]);
 }
+
+#[test]
+fn a_cgroup_made_again_gets_new_links_on_restart() {
+    let mut host = HostCluster::start();
+    let cgroup = host.cgroup.path.clone();
+    host.cluster
+        .agent
+        .restart_after(|| {
+            // The links detach from the removed cgroup; the new one, at
+            // the same path, has none until the agent starts.
+            std::fs::remove_dir(&cgroup)?;
+            std::fs::create_dir(&cgroup)?;
+            Ok(())
+        })
+        .expect("cgroup made again");
+    host.cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent back");
+    assert_eq!(host.run("tcp", SocketAddr::V4(WEB)).first().map(String::as_str), Some("peer 10.96.0.10:80"));
+}

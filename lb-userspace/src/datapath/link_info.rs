@@ -1,4 +1,5 @@
-//! The interface a pinned tcx link is attached to. aya's `LinkInfo` gives
+//! The interface a pinned tcx link is attached to, and the cgroup of a
+//! pinned cgroup link. aya's `LinkInfo` gives
 //! the link and program ids but not the tcx part of `bpf_link_info`, and
 //! the CNI plugin's pins are named after the pod, not the interface: so
 //! `lbctl links` asks the kernel itself (BPF_OBJ_GET, then
@@ -17,6 +18,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_LINK_TYPE_TCX`.
 const LINK_TYPE_TCX: u32 = 11;
+/// `BPF_LINK_TYPE_CGROUP`.
+const LINK_TYPE_CGROUP: u32 = 3;
 
 /// The `BPF_OBJ_GET` part of `union bpf_attr`. The kernel wants every byte
 /// after the last field zero, so the tail padding is a field.
@@ -69,6 +72,20 @@ pub(crate) fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
 /// The interface index of the tcx link pinned at `path` (0 once its
 /// interface is gone); None if the link is not a tcx link.
 pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+    let info = read(path)?;
+    Ok((info.link_type == LINK_TYPE_TCX).then_some(info.union[0]))
+}
+
+/// The id of the cgroup the cgroup link pinned at `path` is attached to
+/// (the inode number of its cgroup2 directory); None if the link is not a
+/// cgroup link.
+pub fn cgroup_id(path: &Path) -> anyhow::Result<Option<u64>> {
+    let info = read(path)?;
+    // The cgroup member of the union starts with `__u64 cgroup_id`.
+    Ok((info.link_type == LINK_TYPE_CGROUP).then_some(u64::from(info.union[0]) | (u64::from(info.union[1]) << 32)))
+}
+
+fn read(path: &Path) -> anyhow::Result<LinkInfo> {
     let fd = obj_get(path)?;
     let mut info = LinkInfo { link_type: 0, id: 0, prog_id: 0, _pad: 0, union: [0; 32] };
     let mut attr = InfoByFd {
@@ -77,5 +94,5 @@ pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
         info: std::ptr::from_mut(&mut info) as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).with_context(|| format!("reading the link info of {}", path.display()))?;
-    Ok((info.link_type == LINK_TYPE_TCX).then_some(info.union[0]))
+    Ok(info)
 }

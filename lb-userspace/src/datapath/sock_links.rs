@@ -5,14 +5,18 @@
 //! Each link is pinned as `<pin-dir>/cgroup-links/<program>`. A starting
 //! agent swaps its program into a pinned link with `BPF_LINK_UPDATE`
 //! (atomic: every socket call sees the old or the new program, never
-//! none) and creates and pins a link only where none is pinned. A pinned
-//! link stays on the cgroup it was made for: to move the programs to
-//! another cgroup, detach them first (`--cgroup-path none`, or
-//! `--cleanup`). Removing the pins detaches the programs.
+//! none) and creates and pins a link only where none is pinned, or where
+//! the pinned one is on another cgroup than `--cgroup-path` (changed
+//! setting, or the cgroup removed and made again): that one is replaced,
+//! with a moment where neither runs. Removing the pins detaches the
+//! programs.
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -73,12 +77,12 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, cgroup: &Path) -> anyhow::Result<
     let dir = links_dir(pin_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let cgroup_dir = std::fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let cgroup_id = cgroup_dir.metadata()?.ino();
     let mut created = Vec::new();
     for name in PROGRAMS {
         let prog = program(ebpf, name)?;
         let path = dir.join(name);
-        if path.exists() {
-            update(prog, &path)?;
+        if path.exists() && on_cgroup(&path, cgroup_id)? && update(prog, &path)? {
             continue;
         }
         let id = prog
@@ -93,8 +97,23 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, cgroup: &Path) -> anyhow::Result<
     Ok(created)
 }
 
-/// Swaps `prog` into the link pinned at `path`.
-fn update(prog: &CgroupSockAddr, path: &Path) -> anyhow::Result<()> {
+/// Whether the link pinned at `path` is attached to the cgroup with id
+/// `cgroup_id`. When it is not (the agent was given another cgroup, or
+/// the cgroup was removed and made again), its pin is removed, which
+/// detaches it, and the caller makes a new link.
+fn on_cgroup(path: &Path, cgroup_id: u64) -> anyhow::Result<bool> {
+    if link_info::cgroup_id(path)? == Some(cgroup_id) {
+        return Ok(true);
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing link {}", path.display()))?;
+    info!(link = %path.display(), "pinned link was on another cgroup: replaced");
+    Ok(false)
+}
+
+/// Swaps `prog` into the link pinned at `path`. False when the link's
+/// cgroup has been removed (the kernel answers ENOLINK): its pin is
+/// removed, and the caller makes a new link.
+fn update(prog: &CgroupSockAddr, path: &Path) -> anyhow::Result<bool> {
     let link = link_info::obj_get(path)?;
     let prog_fd = prog.fd()?;
     let mut attr = LinkUpdate {
@@ -103,9 +122,14 @@ fn update(prog: &CgroupSockAddr, path: &Path) -> anyhow::Result<()> {
         flags: 0,
         old_prog_fd: 0,
     };
-    link_info::bpf(BPF_LINK_UPDATE, &mut attr)
-        .with_context(|| format!("replacing the program of pinned link {}", path.display()))?;
-    Ok(())
+    match link_info::bpf(BPF_LINK_UPDATE, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+            std::fs::remove_file(path).with_context(|| format!("removing stale link {}", path.display()))?;
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(|| format!("replacing the program of pinned link {}", path.display())),
+    }
 }
 
 /// Detaches the socket-level programs by removing their pinned links (a
