@@ -22,3 +22,10 @@ pub fn hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u3
     h = mix(h ^ ports);
     mix(h ^ u32::from(proto))
 }
+
+/// Hash of a socket cookie (the socket-level hooks, where no source port
+/// exists yet at connect time).
+#[inline(always)]
+pub fn socket(cookie: u64) -> u32 {
+    mix(mix(cookie as u32 ^ 0x9e37_79b9) ^ (cookie >> 32) as u32)
+}

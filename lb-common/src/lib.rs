@@ -21,6 +21,7 @@ pub mod maps;
 pub mod pod_cidrs;
 pub mod port_filter;
 pub mod service;
+pub mod sock;
 pub mod source_ranges;
 pub mod stats;
 

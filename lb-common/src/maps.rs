@@ -19,6 +19,8 @@ pub const STATS: &str = "LB_STATS";
 pub const SOURCE_RANGES_V4: &str = "LB4_SRC_RANGES";
 /// The cluster's Pod CIDRs (LPM trie): `PodCidrKeyV4` → `u8`.
 pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
+/// Socket-level reverse NAT (LRU): `SockRevKeyV4` → `SockRevValueV4`.
+pub const SOCK_REV_V4: &str = "LB4_SOCK_REV";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
@@ -28,8 +30,18 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 9] =
-    [SERVICES_V4, BACKENDS_V4, CONNTRACK_V4, PORT_FILTER, STATS, IDS, SOURCE_RANGES_V4, POD_CIDRS_V4, MAGLEV_V4];
+pub const ALL: [&str; 10] = [
+    SERVICES_V4,
+    BACKENDS_V4,
+    CONNTRACK_V4,
+    PORT_FILTER,
+    STATS,
+    IDS,
+    SOURCE_RANGES_V4,
+    POD_CIDRS_V4,
+    MAGLEV_V4,
+    SOCK_REV_V4,
+];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
 /// 10 endpoints each need 110,000; the agent can raise it at load time.
@@ -41,6 +53,11 @@ pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
 /// map is always preallocated: about 100 bytes an entry, so 256 Ki entries
 /// is ~26 MB of kernel memory.
 pub const CONNTRACK_V4_CAPACITY: u32 = 1 << 18;
+/// Sockets translated by the socket-level hooks, one entry per (socket,
+/// backend). LRU: a closed socket's entry is never deleted (no hook runs
+/// at close for every socket), so the idlest entries make room. About
+/// 100 bytes an entry, preallocated: 64 Ki entries is ~6.5 MB.
+pub const SOCK_REV_V4_CAPACITY: u32 = 1 << 16;
 /// Source ranges across all LoadBalancer frontends. Not preallocated.
 pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
 /// Pod CIDRs: a cluster has a few.

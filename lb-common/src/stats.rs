@@ -1,5 +1,6 @@
-//! Per-CPU packet counters, one slot per `Counter`. Each names what
-//! happened to a packet; drop and error reasons double as metric labels.
+//! Per-CPU counters, one slot per `Counter`. Each names what happened to
+//! a packet (tc) or to a socket operation (`Sock*`, the cgroup hooks);
+//! drop and error reasons double as metric labels.
 
 /// Index into `LB_STATS`.
 #[repr(u32)]
@@ -52,11 +53,34 @@ pub enum Counter {
     /// NATed packet sent straight to the interface the routing table names
     /// (the node's forwarding path is skipped).
     Redirected,
+    /// Socket-level (a process in the node's network namespace): a
+    /// connect or an unconnected UDP send to a frontend went to a backend.
+    SockTranslated,
+    /// Socket-level: a connect or send to a frontend with no endpoints
+    /// failed with ECONNREFUSED.
+    SockRejectNoEndpoints,
+    /// Socket-level: a connect or send to a frontend whose Local policy
+    /// leaves no endpoint on this node (and which has no in-cluster entry)
+    /// failed with ECONNREFUSED.
+    SockRejectNoLocalEndpoints,
+    /// Socket-level: a slot or backend entry was missing (the agent is
+    /// mid-update): the connect or send failed with EAGAIN.
+    SockMissingBackend,
+    /// Socket-level: the reverse-NAT map refused an insert: the connect or
+    /// send failed with ENOMEM rather than show the backend as the peer.
+    SockRevNatFull,
+    /// Socket-level: a frontend with `loadBalancerSourceRanges` was left
+    /// untranslated (the source address is not chosen yet at connect
+    /// time); the packet goes out to the load balancer like any other.
+    SockPassSourceRanges,
+    /// Socket-level: a reply's source (recvmsg) or a socket's peer
+    /// (getpeername) was shown as the frontend again.
+    SockReverseNat,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -76,6 +100,13 @@ impl Counter {
         Counter::DropSnatNoAddress,
         Counter::DropSourceRange,
         Counter::Redirected,
+        Counter::SockTranslated,
+        Counter::SockRejectNoEndpoints,
+        Counter::SockRejectNoLocalEndpoints,
+        Counter::SockMissingBackend,
+        Counter::SockRevNatFull,
+        Counter::SockPassSourceRanges,
+        Counter::SockReverseNat,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -100,6 +131,13 @@ impl Counter {
             Counter::DropSnatNoAddress => "drop_snat_no_address",
             Counter::DropSourceRange => "drop_source_range",
             Counter::Redirected => "redirected",
+            Counter::SockTranslated => "sock_translated",
+            Counter::SockRejectNoEndpoints => "sock_reject_no_endpoints",
+            Counter::SockRejectNoLocalEndpoints => "sock_reject_no_local_endpoints",
+            Counter::SockMissingBackend => "sock_missing_backend",
+            Counter::SockRevNatFull => "sock_rev_nat_full",
+            Counter::SockPassSourceRanges => "sock_pass_source_ranges",
+            Counter::SockReverseNat => "sock_reverse_nat",
         }
     }
 }

@@ -14,6 +14,12 @@
 //!   generated (checksum-partial) traffic. XDP pays on a physical NIC for
 //!   traffic from outside the cluster (NodePort, LB IPs): that program
 //!   arrives with the NodePort-on-XDP work and reuses these modules.
+//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4` run
+//!   at the cgroup `sock_addr` hooks of the cgroup the agent is given
+//!   (the host's root cgroup in a deployment): processes in the node's own
+//!   network namespace (kubelet, host-network Pods) send from a socket, not
+//!   through any interface's ingress, so their Service traffic is
+//!   translated on the socket (`sock`).
 //! - `lb_parse_only` parses exactly like `lb_tc` and passes: the floor the
 //!   benchmarks compare against.
 #![no_std]
@@ -29,10 +35,14 @@ mod route;
 mod select;
 mod service;
 mod snat;
+mod sock;
 mod stats;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 use crate::verdict::Verdict;
 
@@ -41,6 +51,38 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     let outcome = lb4::handle_packet(&ctx);
     stats::count(outcome.counter);
     outcome.verdict.tc_action()
+}
+
+/// TCP connect and UDP connect: the socket is connected to a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::translate(&ctx))
+}
+
+/// An unconnected UDP datagram (`sendto`): sent to a backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::translate(&ctx))
+}
+
+/// A UDP datagram received (`recvfrom`): its source shows as the frontend.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::reverse(&ctx))
+}
+
+/// `getpeername`: a translated socket's peer shows as the frontend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::reverse(&ctx))
+}
+
+#[inline(always)]
+fn sock_counted(outcome: sock::SockOutcome) -> i32 {
+    if let Some(counter) = outcome.counter {
+        stats::count(counter);
+    }
+    outcome.ret
 }
 
 #[classifier]

@@ -13,9 +13,10 @@ use lb_common::{
     ids, maglev,
     maps::{
         BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
-        SERVICES_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
+        SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceValue},
+    sock::{SockRevKeyV4, SockRevValueV4},
     stats::COUNTERS,
 };
 
@@ -69,3 +70,10 @@ pub static LB4_SRC_RANGES: LpmTrie<[u8; 8], u8, { SOURCE_RANGES_V4_CAPACITY as u
 /// agent.
 #[btf_map]
 pub static LB4_POD_CIDRS: LpmTrie<[u8; 4], u8, { POD_CIDRS_V4_CAPACITY as usize }> = LpmTrie::new();
+
+/// Socket-level reverse NAT (`lb_common::sock`): written by connect4 and
+/// sendmsg4, read by recvmsg4 and getpeername4. LRU: closed sockets' entries
+/// are never deleted, the idlest make room.
+#[btf_map]
+pub static LB4_SOCK_REV: LruHashMap<SockRevKeyV4, SockRevValueV4, { SOCK_REV_V4_CAPACITY as usize }> =
+    LruHashMap::new();

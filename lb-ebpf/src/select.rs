@@ -15,7 +15,12 @@ use crate::{maps::LB4_MAGLEV, parse::PacketV4, service};
 /// a non-zero count). `None`: an entry the agent has not written yet.
 #[inline(always)]
 pub fn backend_id(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> Option<u32> {
-    let hash = flow_hash(pkt);
+    backend_id_for(flow_hash(pkt), frontend, svc)
+}
+
+/// The backend id a hash picks: a Maglev table position or a slot.
+#[inline(always)]
+pub fn backend_id_for(hash: u32, frontend: ServiceKeyV4, svc: &ServiceValue) -> Option<u32> {
     if svc.flags & FLAG_MAGLEV != 0 {
         maglev_backend(svc.frontend_id, hash)
     } else {
@@ -28,6 +33,15 @@ pub fn backend_id(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) ->
 #[inline(always)]
 pub fn flow_hash(pkt: &PacketV4) -> u32 {
     flow::hash(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto)
+}
+
+/// A socket's hash (socket-level hooks, where the source port is not
+/// chosen yet at connect time): its cookie, unique per socket, so
+/// sockets spread over the backends and every datagram of one
+/// unconnected UDP socket goes to the same backend.
+#[inline(always)]
+pub fn socket_hash(cookie: u64) -> u32 {
+    flow::socket(cookie)
 }
 
 /// Slot number (1..=count) for a hash. `count` is non-zero.

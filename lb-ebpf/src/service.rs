@@ -36,7 +36,14 @@ pub fn may_be_backend_reply(pkt: &PacketV4) -> bool {
 /// The frontend a packet is addressed to, if any.
 #[inline(always)]
 pub fn lookup_frontend(pkt: &PacketV4) -> Option<(ServiceKeyV4, ServiceValue)> {
-    let key = ServiceKeyV4::frontend(pkt.dst, pkt.dport, pkt.proto);
+    lookup_frontend_at(pkt.dst, pkt.dport, pkt.proto)
+}
+
+/// The frontend at an address (network byte order), port (host byte
+/// order) and protocol, if any: packets and sockets alike.
+#[inline(always)]
+pub fn lookup_frontend_at(address: [u8; 4], port: u16, proto: u8) -> Option<(ServiceKeyV4, ServiceValue)> {
+    let key = ServiceKeyV4::frontend(address, port, proto);
     // SAFETY: the value is copied out at once, before any map update.
     let value = unsafe { LB4_SERVICES.get(key) }.copied()?;
     Some((key, value))
@@ -74,6 +81,16 @@ pub fn source_allowed(svc: &ServiceValue, pkt: &PacketV4) -> bool {
 #[inline(always)]
 pub fn for_source(frontend: ServiceKeyV4, svc: ServiceValue, pkt: &PacketV4) -> (ServiceKeyV4, ServiceValue) {
     if svc.flags & FLAG_SHORT_CIRCUIT == 0 || LB4_POD_CIDRS.get(&Key::new(32, pkt.src)).is_none() {
+        return (frontend, svc);
+    }
+    in_cluster(frontend, svc)
+}
+
+/// The in-cluster entry of a short-circuit frontend, when the agent has
+/// written it; else the frontend itself.
+#[inline(always)]
+pub fn in_cluster(frontend: ServiceKeyV4, svc: ServiceValue) -> (ServiceKeyV4, ServiceValue) {
+    if svc.flags & FLAG_SHORT_CIRCUIT == 0 {
         return (frontend, svc);
     }
     let twin = frontend.in_cluster();

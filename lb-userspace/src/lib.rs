@@ -16,12 +16,14 @@ pub mod node_addresses;
 pub mod problems;
 pub mod runner;
 pub mod serve;
+pub mod sock_diag;
 pub mod source;
 pub mod state;
 pub mod sync;
 pub mod tables;
 pub mod trace;
 pub mod translate;
+pub mod udp_abort;
 
 /// The datapath object built by build.rs from `lb-ebpf`.
 pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

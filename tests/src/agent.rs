@@ -148,9 +148,20 @@ impl Agent {
     }
 }
 
+/// The agent's default `--cgroup-path` is the machine's root cgroup: a
+/// test must never attach there, so unless the test names its own cgroup,
+/// socket-level translation is off (`none`).
+pub const NO_HOST_CGROUP: [&str; 2] = ["--cgroup-path", "none"];
+
+/// `NO_HOST_CGROUP` unless `args` already set `--cgroup-path`.
+pub fn cgroup_default<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> &'static [&'static str] {
+    if args.iter().any(|a| a.as_ref() == "--cgroup-path") { &[] } else { &NO_HOST_CGROUP }
+}
+
 fn spawn(args: &[std::ffi::OsString]) -> anyhow::Result<Child> {
     Command::new(binary("lb-agent")?)
         .args(args)
+        .args(cgroup_default(args))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .spawn()

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cluster;
 pub mod cni;
 pub mod datapath;
+pub mod host;
 pub mod links;
 pub mod load;
 pub mod observe;

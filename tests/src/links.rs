@@ -153,6 +153,9 @@ impl LoggedAgent {
         argv.push(binary.display().to_string());
         argv.extend(["--ready-file".to_owned(), ready_file.display().to_string()]);
         argv.extend(args.iter().cloned());
+        if !args.iter().any(|a| a == "--cleanup") {
+            argv.extend(agent::cgroup_default(args).iter().map(|a| (*a).to_owned()));
+        }
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .env("RUST_LOG", "info")

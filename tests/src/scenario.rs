@@ -39,6 +39,12 @@ pub fn backend_count(maps: &DesiredMaps, frontend: SocketAddrV4) -> Option<u16> 
     maps.services.get(&key).map(|v| v.count)
 }
 
+/// Number of backends the maps hold for a UDP frontend (None: no such frontend).
+pub fn udp_backend_count(maps: &DesiredMaps, frontend: SocketAddrV4) -> Option<u16> {
+    let key = ServiceKeyV4::frontend(frontend.ip().octets(), frontend.port(), lb_common::proto::UDP);
+    maps.services.get(&key).map(|v| v.count)
+}
+
 /// A Services file with only `web` (the demo's ClusterIP, port 80 to the
 /// backends' HTTP port), its endpoints backends `backends` (1-based), each
 /// with the given conditions (`ready`, `serving`, `terminating`).
@@ -106,6 +112,16 @@ impl DemoCluster {
     /// `backends` backend namespaces with their servers, and the agent
     /// programmed from `services`; returns once the maps satisfy `ready`.
     pub fn start_with(backends: usize, services: &str, ready: impl Fn(&DesiredMaps) -> bool) -> anyhow::Result<Self> {
+        Self::start_with_args(backends, services, &[], ready)
+    }
+
+    /// `start_with`, the agent started with `agent_args` too.
+    pub fn start_with_args(
+        backends: usize,
+        services: &str,
+        agent_args: &[&str],
+        ready: impl Fn(&DesiredMaps) -> bool,
+    ) -> anyhow::Result<Self> {
         let topology = Topology::create(backends)?;
         let mut servers = Servers::new();
         for i in 1..=backends {
@@ -118,7 +134,7 @@ impl DemoCluster {
         std::fs::create_dir_all(&source_dir)?;
         let source_file = source_dir.join("services.yaml");
         agent::write_atomically(&source_file, services)?;
-        let mut agent = Agent::start(&topology.node, &source_file, &[])?;
+        let mut agent = Agent::start(&topology.node, &source_file, agent_args)?;
         agent.wait_ready(Duration::from_secs(30))?;
         agent.wait_until(Duration::from_secs(5), ready)?;
         Ok(Self { agent, servers, topology, source_file, source_dir })

@@ -276,6 +276,7 @@ fn agent_with_capabilities(topology: &Topology, capabilities: &[String]) -> Resu
         .arg(format!("--pin-dir={}", pin_dir.display()))
         .arg(format!("--interfaces={}", topology.node_interfaces.join(",")))
         .arg(format!("--ready-file={}", ready.display()))
+        .args(lb_tests::agent::NO_HOST_CGROUP)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -155,6 +155,7 @@ fn json_logs_are_one_object_per_line() {
     let mut agent = std::process::Command::new(lb_tests::agent::binary("lb-agent").unwrap())
         .args(["--log-format", "json", "--netns", &topology.node, "--pin-dir", &pin_dir])
         .args(["--source", "file:/nonexistent", "--metrics-bind-address", "", "--healthz-bind-address", ""])
+        .args(lb_tests::agent::NO_HOST_CGROUP)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start lb-agent");

@@ -8,7 +8,7 @@ use clap::Parser;
 use ipnet::Ipv4Net;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
-    datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps},
+    datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps, sock_links},
     events::{EventPublisher, LogOnly},
     metrics::Metrics,
     model::NodeContext,
@@ -81,9 +81,18 @@ struct Args {
     /// outlives the agent: the datapath keeps running between restarts.
     #[arg(long, default_value = loader::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Translate Service traffic of the processes in this cgroup (and its
+    /// descendants) at the socket level: connect, sendmsg, recvmsg and
+    /// getpeername of IPv4 sockets. The default, the host's root cgroup (in
+    /// a DaemonSet: the host's cgroup2 mounted there), covers every process
+    /// of the node, so kubelet and host-network Pods reach ClusterIPs and
+    /// NodePorts. `none` detaches the socket-level programs. The links are
+    /// pinned under --pin-dir (`cgroup-links/`) and outlive the agent.
+    #[arg(long, value_name = "PATH|none", default_value = "/sys/fs/cgroup", value_parser = parse_cgroup_path)]
+    cgroup_path: CgroupPath,
     /// Remove everything pinned under --pin-dir (this detaches the
     /// datapath from every interface, the ones lb-cni attached included,
-    /// and drops its maps), then exit.
+    /// and from the cgroup, and drops its maps), then exit.
     #[arg(long)]
     cleanup: bool,
     /// This node's name (for Local traffic policies).
@@ -157,6 +166,18 @@ impl FromStr for BindAddress {
     }
 }
 
+/// `--cgroup-path`: a cgroup directory, or `none`.
+#[derive(Clone, Debug)]
+struct CgroupPath(Option<PathBuf>);
+
+fn parse_cgroup_path(s: &str) -> Result<CgroupPath, String> {
+    match s {
+        "" => Err("empty cgroup path (use `none` to disable socket-level translation)".to_owned()),
+        "none" => Ok(CgroupPath(None)),
+        path => Ok(CgroupPath(Some(PathBuf::from(path)))),
+    }
+}
+
 /// `10ms`, `30s`, `1m30s` (humantime's forms), or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(seconds) = s.parse::<u64>() {
@@ -215,6 +236,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     publish_for_cni(&mut ebpf, &args.pin_dir)?;
+    attach_sockets(&mut ebpf, &args)?;
     // Subscribed before attaching, so no interface slips between the two.
     let (present, link_events) = interfaces::watch().await?;
     let mut attacher =
@@ -288,6 +310,42 @@ fn publish_for_cni(ebpf: &mut aya::Ebpf, pin_dir: &std::path::Path) -> anyhow::R
     }
     info!(program_id = published.program_id, cni_links = published.updated.len(), "program published for lb-cni");
     Ok(())
+}
+
+/// Attaches the socket-level programs to --cgroup-path, or detaches them
+/// (`none`).
+fn attach_sockets(ebpf: &mut aya::Ebpf, args: &Args) -> anyhow::Result<()> {
+    match &args.cgroup_path.0 {
+        Some(cgroup) => {
+            sock_links::attach(ebpf, &args.pin_dir, cgroup).context("attaching the socket-level programs")?;
+            abort_stale_udp_sockets(args.pin_dir.clone());
+        }
+        None => {
+            sock_links::detach(&args.pin_dir)?;
+            info!("--cgroup-path none: socket-level translation off");
+        }
+    }
+    Ok(())
+}
+
+/// How often connected UDP sockets are checked for a removed backend
+/// (`udp_abort`): the longest a socket keeps sending to a backend that
+/// has left its Service.
+const UDP_ABORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `udp_abort::sweep` every `UDP_ABORT_INTERVAL` on a thread of its
+/// own (it makes blocking syscalls), in the agent's network namespace.
+fn abort_stale_udp_sockets(pin_dir: PathBuf) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(UDP_ABORT_INTERVAL);
+            match lb_userspace::udp_abort::sweep(&pin_dir) {
+                Ok(0) => {}
+                Ok(aborted) => info!(sockets = aborted, "aborted UDP sockets connected to removed backends"),
+                Err(e) => warn!(error = %format!("{e:#}"), "checking UDP sockets for removed backends"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

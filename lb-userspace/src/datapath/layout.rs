@@ -23,6 +23,7 @@ use lb_common::{
     ids, maps as names,
     pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceValue},
+    sock::{SockRevKeyV4, SockRevValueV4},
     source_ranges::SourceRangeKeyV4,
     stats,
 };
@@ -87,6 +88,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::POD_CIDRS_V4 => (
             layout(MapType::LpmTrie, size::<PodCidrKeyV4>(), size::<u8>(), names::POD_CIDRS_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        names::SOCK_REV_V4 => (
+            layout(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevValueV4>(), names::SOCK_REV_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::PORT_FILTER => {

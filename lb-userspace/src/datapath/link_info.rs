@@ -1,4 +1,5 @@
-//! The interface a pinned tcx link is attached to. aya's `LinkInfo` gives
+//! The interface a pinned tcx link is attached to, and the cgroup of a
+//! pinned cgroup link. aya's `LinkInfo` gives
 //! the link and program ids but not the tcx part of `bpf_link_info`, and
 //! the CNI plugin's pins are named after the pod, not the interface: so
 //! `lbctl links` asks the kernel itself (BPF_OBJ_GET, then
@@ -17,6 +18,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_LINK_TYPE_TCX`.
 const LINK_TYPE_TCX: u32 = 11;
+/// `BPF_LINK_TYPE_CGROUP`.
+const LINK_TYPE_CGROUP: u32 = 3;
 
 /// The `BPF_OBJ_GET` part of `union bpf_attr`. The kernel wants every byte
 /// after the last field zero, so the tail padding is a field.
@@ -50,21 +53,40 @@ struct LinkInfo {
     union: [u32; 32],
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, properly laid out `bpf_attr` prefix of the
     // size passed; the kernel reads and writes only within it.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
     if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
 }
 
-/// The interface index of the tcx link pinned at `path` (0 once its
-/// interface is gone); None if the link is not a tcx link.
-pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+/// Opens the BPF object pinned at `path`.
+pub(crate) fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes()).context("path with a NUL byte")?;
     let mut get = ObjGet { pathname: c_path.as_ptr() as u64, ..ObjGet::default() };
     let fd = bpf(BPF_OBJ_GET, &mut get).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor this function owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) };
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+}
+
+/// The interface index of the tcx link pinned at `path` (0 once its
+/// interface is gone); None if the link is not a tcx link.
+pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+    let info = read(path)?;
+    Ok((info.link_type == LINK_TYPE_TCX).then_some(info.union[0]))
+}
+
+/// The id of the cgroup the cgroup link pinned at `path` is attached to
+/// (the inode number of its cgroup2 directory); None if the link is not a
+/// cgroup link.
+pub fn cgroup_id(path: &Path) -> anyhow::Result<Option<u64>> {
+    let info = read(path)?;
+    // The cgroup member of the union starts with `__u64 cgroup_id`.
+    Ok((info.link_type == LINK_TYPE_CGROUP).then_some(u64::from(info.union[0]) | (u64::from(info.union[1]) << 32)))
+}
+
+fn read(path: &Path) -> anyhow::Result<LinkInfo> {
+    let fd = obj_get(path)?;
     let mut info = LinkInfo { link_type: 0, id: 0, prog_id: 0, _pad: 0, union: [0; 32] };
     let mut attr = InfoByFd {
         bpf_fd: u32::try_from(fd.as_raw_fd())?,
@@ -72,5 +94,5 @@ pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
         info: std::ptr::from_mut(&mut info) as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).with_context(|| format!("reading the link info of {}", path.display()))?;
-    Ok((info.link_type == LINK_TYPE_TCX).then_some(info.union[0]))
+    Ok(info)
 }

@@ -16,7 +16,7 @@ use aya::{
 };
 use lb_common::maps as names;
 
-use super::{bpffs, layout};
+use super::{bpffs, layout, sock_links};
 
 /// The tc program balancing Service traffic.
 pub const TC_PROGRAM: &str = "lb_tc";
@@ -74,6 +74,9 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
     let mut ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
     for name in [TC_PROGRAM, PARSE_ONLY_PROGRAM] {
         program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
+    }
+    for name in sock_links::PROGRAMS {
+        sock_links::program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
     Ok(ebpf)
 }

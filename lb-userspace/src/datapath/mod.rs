@@ -2,7 +2,7 @@
 //! maps the agent writes and the CLI reads.
 
 pub mod attach;
-mod batch;
+pub(crate) mod batch;
 pub mod bpffs;
 pub mod chained;
 pub mod interfaces;
@@ -13,3 +13,4 @@ pub mod links;
 pub mod loader;
 mod maglev;
 pub mod maps;
+pub mod sock_links;

@@ -71,6 +71,7 @@ impl Agent {
             .args(["--pin-dir", pin_dir.to_str().context("pin dir")?, "--interfaces", "all"])
             .args(["--services-max", &caps.services.to_string(), "--backends-max", &caps.backends.to_string()])
             .args(["--conntrack-max", &caps.conntrack.to_string()])
+            .args(crate::agent::NO_HOST_CGROUP)
             // Plain log lines: the parser below reads them.
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
