@@ -80,14 +80,32 @@ pub fn reclaim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &C
 
 /// Records a new flow (or re-records a re-balanced one). Without SNAT the
 /// reply entry is written here; with SNAT, `snat::allocate` claimed it.
+/// `Ok(false)`: nothing recorded, because the reply tuple belongs to a flow
+/// through another frontend (two Services sharing a backend, reached from
+/// one client address and port: legal, the destinations differ, but the
+/// backend's replies would look alike); the caller translates the source
+/// port instead, as the kernel's NAT does on such a clash.
 #[inline(always)]
-pub fn track(pkt: &PacketV4, backend: &BackendV4, original: &CtValueV4) -> PathResult<()> {
+pub fn track(pkt: &PacketV4, backend: &BackendV4, original: &CtValueV4) -> PathResult<bool> {
     if !original.has_snat() {
         let reply_key = key(backend.address, pkt.src, backend.port, pkt.sport, pkt.proto, DIR_REPLY);
+        // Fields are read through the reference, not a copied-out Option:
+        // the None case of a copy leaves registers the verifier rejects.
+        // SAFETY: read at once, before any update of the entry.
+        let taken = match unsafe { LB4_CT.get(reply_key) } {
+            Some(other) => {
+                other.frontend_address != original.frontend_address || other.frontend_port != original.frontend_port
+            }
+            None => false,
+        };
+        if taken {
+            return Ok(false);
+        }
         // Reply entry first: once the original entry exists, later packets
         // are NATed and their replies must already be recognised.
         LB4_CT.insert(reply_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
     }
     let original_key = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL);
-    LB4_CT.insert(original_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)
+    LB4_CT.insert(original_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
+    Ok(true)
 }

@@ -67,6 +67,11 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
         return to_backend(ctx, pkt, &backend, snat, None, Counter::Established).map(Some);
     }
+    // Only plain values live on from the tracked entry: an `Option` of the
+    // whole entry kept across the helper calls below leaves its undefined
+    // `None` payload in registers, which the verifier refuses to spill.
+    let was_tracked = tracked.is_some();
+    let previous = PreviousSnat::of(tracked);
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
         return Ok(None);
     };
@@ -84,24 +89,30 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         return reject::reject(ctx, pkt).map(Some);
     }
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
-    let counter = if tracked.is_some() && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
+    let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
     let entry = conntrack::new_value(&frontend, &svc, backend_id);
     // Hairpin: a Pod balanced to itself would receive its own address as
     // source and drop the packet as a martian; it sees the frontend as its
     // peer instead, and its replies to the frontend come back here.
     if backend.address == pkt.src {
         let to = SnatTo { address: frontend.address, route: None };
-        return snat_flow(ctx, pkt, &backend, entry, to, tracked, counter).map(Some);
+        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter).map(Some);
     }
     if !snat::needed(&svc, &backend) {
-        conntrack::track(pkt, &backend, &entry)?;
-        return to_backend(ctx, pkt, &backend, None, None, counter).map(Some);
+        if conntrack::track(pkt, &backend, &entry)? {
+            return to_backend(ctx, pkt, &backend, None, None, counter).map(Some);
+        }
+        // The backend's replies to this client port already belong to a
+        // flow through another frontend: keep the client's address, take
+        // another source port.
+        let to = SnatTo { address: pkt.src, route: None };
+        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter).map(Some);
     }
     // The route to the backend names the node address to SNAT to.
     let to = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
     let route = route::lookup(ctx, &to, pkt.ip_total_len, true).ok_or(Counter::DropSnatNoAddress)?;
     let to = SnatTo { address: route.source, route: Some(route) };
-    snat_flow(ctx, pkt, &backend, entry, to, tracked, counter).map(Some)
+    snat_flow(ctx, pkt, &backend, entry, to, previous, counter).map(Some)
 }
 
 /// The source a new flow is translated to, and the route to its backend
@@ -111,9 +122,33 @@ struct SnatTo {
     route: Option<route::Route>,
 }
 
+/// The SNAT a tuple's previous entry had (all zero: none), whose port a
+/// retransmitted SYN keeps.
+#[derive(Clone, Copy)]
+struct PreviousSnat {
+    backend_id: u32,
+    address: [u8; 4],
+    port: u16,
+}
+
+impl PreviousSnat {
+    #[inline(always)]
+    fn of(tracked: Option<CtValueV4>) -> Self {
+        match tracked {
+            Some(t) if t.has_snat() => Self { backend_id: t.backend_id, address: t.nat_address, port: t.nat_port },
+            _ => Self { backend_id: 0, address: [0; 4], port: 0 },
+        }
+    }
+
+    /// The port to try first for a flow to `backend_id` from `address`.
+    #[inline(always)]
+    fn port_for(self, backend_id: u32, address: [u8; 4]) -> Option<u16> {
+        (self.port != 0 && self.backend_id == backend_id && self.address == address).then_some(self.port)
+    }
+}
+
 /// Starts a source-NATed flow: claims a port on `to.address`, tracks the
-/// flow, rewrites the packet and sends it on. `tracked` is the tuple's
-/// previous entry, whose port a retransmitted SYN keeps.
+/// flow, rewrites the packet and sends it on.
 #[inline(always)]
 fn snat_flow(
     ctx: &TcContext,
@@ -121,15 +156,14 @@ fn snat_flow(
     backend: &BackendV4,
     mut entry: CtValueV4,
     to: SnatTo,
-    tracked: Option<CtValueV4>,
+    previous: PreviousSnat,
     counter: Counter,
 ) -> PathResult<Outcome> {
-    let previous = tracked
-        .filter(|t| t.has_snat() && t.backend_id == entry.backend_id && t.nat_address == to.address)
-        .map(|t| t.nat_port);
+    let previous = previous.port_for(entry.backend_id, to.address);
     let port = snat::allocate(pkt, backend, to.address, &entry, previous)?;
     entry.nat_address = to.address;
     entry.nat_port = port;
+    // An SNATed flow's reply entry is the one `allocate` claimed.
     conntrack::track(pkt, backend, &entry)?;
     to_backend(ctx, pkt, backend, Some((to.address, port)), to.route, counter)
 }

@@ -29,6 +29,7 @@ const MULTI_JOINER: Endpoint = ep([10, 244, 4, 2], 9000);
 const NODE_IP: [u8; 4] = [192, 168, 0, 10];
 const NODE_PORT: Endpoint = ep(NODE_IP, 30080);
 const NODE_PORT_BACKEND: Endpoint = ep([10, 244, 1, 2], 8080);
+const NODE_PORT_CLIENT: Endpoint = ep([10, 0, 1, 2], 40080);
 /// A Service whose only backend entry the table deletes from the kernel map.
 const FRAGILE_VIP: Endpoint = ep([10, 96, 0, 60], 80);
 const FRAGILE_BACKEND: Endpoint = ep([10, 244, 6, 2], 7000);
@@ -265,10 +266,13 @@ fn packet_fixtures() {
             packets::udp(DNS_VIP, CLIENT, b"answer"),
             Counter::ReplyNat,
         ),
+        // Another client port than the ClusterIP rows': web's ClusterIP and
+        // this NodePort share their backend, and a second flow from one
+        // client port to it has its port translated (tests/tests/collisions.rs).
         dnat(
-            packets::tcp_syn(CLIENT, NODE_PORT),
+            packets::tcp_syn(NODE_PORT_CLIENT, NODE_PORT),
             "SYN to the node address on a NodePort is DNATed to the backend",
-            packets::tcp_syn(CLIENT, NODE_PORT_BACKEND),
+            packets::tcp_syn(NODE_PORT_CLIENT, NODE_PORT_BACKEND),
             Counter::NewFlow,
         ),
         unchanged(
