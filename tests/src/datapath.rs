@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddrV4, path::Path, time::Duration};
 
+use crate::packets::Endpoint;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
@@ -12,7 +13,7 @@ use aya::{
 };
 use lb_common::{
     backend::BackendV4,
-    conntrack::{CtKeyV4, CtValueV4},
+    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL},
     maps as names,
     stats::Counter,
 };
@@ -131,6 +132,19 @@ impl Datapath {
     pub fn resync(&mut self, text: &str) -> anyhow::Result<usize> {
         let objects = objects::parse(text)?;
         Ok(self.syncer.sync(&objects.services, &objects.slices)?.repaired)
+    }
+
+    /// The original-direction conntrack entry of the flow from `client` to
+    /// `frontend`, if the datapath tracks one.
+    pub fn flow_entry(&self, client: Endpoint, frontend: Endpoint) -> Option<CtValueV4> {
+        self.conntrack().expect("read conntrack").into_iter().find_map(|(k, v)| {
+            let matches = k.direction == DIR_ORIGINAL
+                && k.src_address == client.ip.octets()
+                && k.src_port == client.port
+                && k.dst_address == frontend.ip.octets()
+                && k.dst_port == frontend.port;
+            matches.then_some(v)
+        })
     }
 
     /// The conntrack entries the datapath has written.

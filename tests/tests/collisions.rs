@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use lb_common::{
-    conntrack::{DIR_ORIGINAL, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    conntrack::{SNAT_PORT_MAX, SNAT_PORT_MIN},
     stats::Counter,
 };
 use lb_tests::{
@@ -65,13 +65,7 @@ fn the_second_flow_on_a_taken_reply_tuple_gets_another_source_port_and_both_repl
 
     let (second, moved) = dp.run_counted(TC_PROGRAM, &packets::udp(CLIENT, RESOLVER_B, b"b?")).expect("run");
     assert_eq!(moved, Counters::from([(Counter::NewFlow, 1)]));
-    let entry = dp
-        .conntrack()
-        .expect("conntrack")
-        .into_iter()
-        .find(|(k, _)| k.direction == DIR_ORIGINAL && k.dst_address == RESOLVER_B.ip.octets())
-        .map(|(_, v)| v)
-        .expect("the second flow is tracked");
+    let entry = dp.flow_entry(CLIENT, RESOLVER_B).expect("the second flow is tracked");
     assert_eq!(entry.nat_address, CLIENT.ip.octets(), "same client address");
     assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port), "another port: {}", entry.nat_port);
     let moved_client = ep(CLIENT.ip.octets(), entry.nat_port);

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORT_MAX, SNAT_PORT_MIN},
     proto,
     stats::Counter,
 };
@@ -91,17 +91,6 @@ fn routed_node() -> Datapath {
     dp
 }
 
-fn original_entry(dp: &Datapath, client: Endpoint, frontend: Endpoint) -> Option<CtValueV4> {
-    dp.conntrack().expect("read conntrack").into_iter().find_map(|(k, v)| {
-        let matches = k.direction == DIR_ORIGINAL
-            && k.src_address == client.ip.octets()
-            && k.src_port == client.port
-            && k.dst_address == frontend.ip.octets()
-            && k.dst_port == frontend.port;
-        matches.then_some(v)
-    })
-}
-
 fn counters(pairs: &[(Counter, u64)]) -> Counters {
     pairs.iter().copied().collect()
 }
@@ -112,7 +101,7 @@ fn node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from
     dp.apply(SERVICES).expect("program services");
 
     let (syn, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("run SYN");
-    let entry = original_entry(&dp, CLIENT, NODE_PORT).expect("the flow is tracked");
+    let entry = dp.flow_entry(CLIENT, NODE_PORT).expect("the flow is tracked");
     assert_eq!(entry.nat_address, NODE_IP, "SNAT to the node's address on the route to the backend");
     assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port), "SNAT port {} in range", entry.nat_port);
     let snat = ep(NODE_IP, entry.nat_port);
@@ -145,7 +134,7 @@ fn cluster_ip_flow_keeps_the_client_address() {
     let out = dp.run(TC_PROGRAM, &packets::tcp_syn(pod, CLUSTER_IP)).expect("run SYN");
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     assert_eq!(out.packet, packets::routed(packets::tcp_syn(pod, REMOTE_BACKEND), OTHER_NODE_MAC, NODE_MAC));
-    assert!(!original_entry(&dp, pod, CLUSTER_IP).expect("tracked").has_snat());
+    assert!(!dp.flow_entry(pod, CLUSTER_IP).expect("tracked").has_snat());
 }
 
 #[test]
@@ -158,8 +147,8 @@ fn two_clients_with_the_same_port_get_different_snat_ports() {
     for client in [CLIENT, other_client] {
         dp.run(TC_PROGRAM, &packets::tcp_syn(client, NODE_PORT)).expect("run SYN");
     }
-    let first = original_entry(&dp, CLIENT, NODE_PORT).expect("first tracked");
-    let second = original_entry(&dp, other_client, NODE_PORT).expect("second tracked");
+    let first = dp.flow_entry(CLIENT, NODE_PORT).expect("first tracked");
+    let second = dp.flow_entry(other_client, NODE_PORT).expect("second tracked");
     assert_ne!(first.nat_port, second.nat_port, "one reply tuple per flow");
 }
 
@@ -184,7 +173,7 @@ fn exhausted_snat_ports_drop_the_new_flow_and_count_it() {
     let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, CROWDED_NODE_PORT)).expect("run SYN");
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(moved, counters(&[(Counter::DropSnatPortsExhausted, 1)]));
-    assert!(original_entry(&dp, CLIENT, CROWDED_NODE_PORT).is_none(), "a dropped flow leaves no state");
+    assert!(dp.flow_entry(CLIENT, CROWDED_NODE_PORT).is_none(), "a dropped flow leaves no state");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    conntrack::{DIR_ORIGINAL, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    conntrack::{SNAT_PORT_MAX, SNAT_PORT_MIN},
     stats::Counter,
 };
 use lb_tests::{
@@ -115,13 +115,7 @@ fn hairpin_flow_is_source_nated_to_the_frontend_and_its_reply_translated_back() 
     let mut dp = datapath();
     let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(POD, SOLO_VIP)).expect("run SYN");
     assert_eq!(moved, only(Counter::NewFlow));
-    let entry = dp
-        .conntrack()
-        .expect("conntrack")
-        .into_iter()
-        .find(|(k, _)| k.direction == DIR_ORIGINAL && k.src_port == POD.port)
-        .map(|(_, v)| v)
-        .expect("the hairpin flow is tracked");
+    let entry = dp.flow_entry(POD, SOLO_VIP).expect("the hairpin flow is tracked");
     assert_eq!(entry.nat_address, SOLO_VIP.ip.octets(), "SNAT to the frontend, never the Pod's own address");
     assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port));
     let as_seen = ep(SOLO_VIP.ip.octets(), entry.nat_port);
