@@ -235,6 +235,17 @@ fn run_sync<W: MapWriter>(
     }
 }
 
+/// After a successful sync: how long the EndpointSlice changes it
+/// programmed took from their trigger to the datapath. After a failed
+/// one the times stay pending, so the latency includes the retries.
+fn observe_programming_latency(source: &mut Source, observers: &Observers, now: SystemTime) {
+    if let Source::Kubernetes(k) = source {
+        for triggered in k.tracker_mut().take_trigger_times() {
+            observers.metrics.programmed(triggered, now);
+        }
+    }
+}
+
 /// One sync with its reporting; returns whether it succeeded.
 fn sync_once<W: MapWriter>(
     syncer: &mut Syncer<W>,
@@ -262,6 +273,7 @@ fn sync_once<W: MapWriter>(
             };
             observers.metrics.synced(&outcome, now);
             observers.health.updated(now);
+            observe_programming_latency(source, observers, SystemTime::now());
             for problem in fresh {
                 warn!(kind = problem.kind, namespace = %problem.namespace, name = %problem.name, reason = %problem.message, "object skipped");
                 sink.publish(&problem);

@@ -2,7 +2,10 @@
 //! (pure, no I/O): kube-proxy's change trackers. Fed by the watchers in
 //! `kubernetes`, and in tests directly with watcher events.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::SystemTime,
+};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -54,6 +57,17 @@ fn compact_slice(slice: &mut EndpointSlice) {
     }
 }
 
+/// The EndpointSlice controller's annotation: when the change that made
+/// it write this slice happened (a Pod became ready, was deleted, ...).
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// A slice's change-trigger time, if it carries a valid one (RFC 3339).
+/// Read before the slice is compacted, which drops its annotations.
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let value = slice.metadata.annotations.as_ref()?.get(LAST_CHANGE_TRIGGER_TIME)?;
+    value.parse::<jiff::Timestamp>().ok().map(SystemTime::from)
+}
+
 /// The object an Apply/Delete event is about (None for relist events).
 fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRef> {
     match event {
@@ -73,7 +87,6 @@ pub enum Changes {
 }
 
 /// The cached objects and what changed in them.
-#[derive(Default)]
 pub struct ChangeTracker {
     services: ObjectCache<Service>,
     slices: ObjectCache<EndpointSlice>,
@@ -83,6 +96,19 @@ pub struct ChangeTracker {
     slices_by_service: HashMap<ServiceRef, BTreeSet<ServiceRef>>,
     changed: BTreeSet<ServiceRef>,
     relisted: bool,
+    /// Change-trigger times of the slices applied since the last
+    /// [`ChangeTracker::take_trigger_times`], by Service: what
+    /// `network_programming_duration_seconds` measures from.
+    trigger_times: HashMap<ServiceRef, Vec<SystemTime>>,
+    /// Trigger times from before the tracker existed are not measured: they
+    /// would count the time the agent was not running.
+    started: SystemTime,
+}
+
+impl Default for ChangeTracker {
+    fn default() -> Self {
+        Self::new(SystemTime::now())
+    }
 }
 
 impl std::fmt::Debug for ChangeTracker {
@@ -95,6 +121,21 @@ impl std::fmt::Debug for ChangeTracker {
 }
 
 impl ChangeTracker {
+    /// A tracker that measures programming latency only for changes
+    /// triggered after `started`.
+    pub fn new(started: SystemTime) -> Self {
+        Self {
+            services: ObjectCache::default(),
+            slices: ObjectCache::default(),
+            nodes: ObjectCache::default(),
+            slices_by_service: HashMap::new(),
+            changed: BTreeSet::new(),
+            relisted: false,
+            trigger_times: HashMap::new(),
+            started,
+        }
+    }
+
     /// Both Services and EndpointSlices have been listed at least once.
     pub fn ready(&self) -> bool {
         self.services.synced() && self.slices.synced()
@@ -111,7 +152,37 @@ impl ChangeTracker {
 
     /// Applies an EndpointSlice event.
     pub fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
-        self.apply_slice(compact_event(event, compact_slice))
+        let trigger = match &event {
+            watcher::Event::Apply(slice) => Some((translate::slice_owner(slice), Some(trigger_time(slice)))),
+            watcher::Event::Delete(slice) => Some((translate::slice_owner(slice), None)),
+            _ => None,
+        };
+        let changed = self.apply_slice(compact_event(event, compact_slice));
+        if changed && let Some((Some(owner), time)) = trigger {
+            self.note_trigger(owner, time);
+        }
+        changed
+    }
+
+    /// As kube-proxy: a deleted slice's annotation dates from its last
+    /// update, not from the deletion, so a deletion forgets the Service's
+    /// pending times instead of adding a wrong one.
+    /// `applied`: `None` for a deletion, else the applied slice's trigger
+    /// time if it has one.
+    fn note_trigger(&mut self, owner: ServiceRef, applied: Option<Option<SystemTime>>) {
+        match applied {
+            Some(Some(t)) if t > self.started => self.trigger_times.entry(owner).or_default().push(t),
+            Some(_) => {}
+            None => {
+                self.trigger_times.remove(&owner);
+            }
+        }
+    }
+
+    /// Takes the change-trigger times noted since the last call (to be
+    /// measured once a sync has programmed them).
+    pub fn take_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.trigger_times).into_values().flatten().collect()
     }
 
     /// Applies an event of this node's Node object. Only a change of the
@@ -267,6 +338,48 @@ mod tests {
 
     fn changed(names: &[&str]) -> Changes {
         Changes::Services(names.iter().map(|n| svc_ref(n)).collect())
+    }
+
+    /// A slice of `service` with one endpoint, written by the controller
+    /// for a change at `trigger` (RFC 3339), if any.
+    fn triggered_slice(service: &str, address: &str, trigger: Option<&str>) -> EndpointSlice {
+        let annotations = trigger.map(|t| json!({LAST_CHANGE_TRIGGER_TIME: t})).unwrap_or(json!({}));
+        serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{service}-1"), "namespace": "shop", "annotations": annotations,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [address]}], "ports": []
+        }))
+        .unwrap()
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        SystemTime::from(rfc3339.parse::<jiff::Timestamp>().unwrap())
+    }
+
+    #[test]
+    fn trigger_times_of_changes_after_the_start_are_kept_until_taken() {
+        let mut tracker = listed(&[service("web"), service("api")], &[]);
+        tracker.started = at("2026-12-01T10:00:00Z");
+        tracker.slice_event(Event::Apply(triggered_slice("web", "10.0.0.1", Some("2026-12-01T10:00:01.5Z"))));
+        tracker.slice_event(Event::Apply(triggered_slice("web", "10.0.0.2", Some("2026-12-01T10:00:02+00:00"))));
+        tracker.slice_event(Event::Apply(triggered_slice("api", "10.0.0.3", Some("2026-12-01T09:59:59Z"))));
+        tracker.slice_event(Event::Apply(triggered_slice("api", "10.0.0.4", Some("not a time"))));
+        tracker.slice_event(Event::Apply(triggered_slice("api", "10.0.0.5", None)));
+        let mut times = tracker.take_trigger_times();
+        times.sort();
+        assert_eq!(times, [at("2026-12-01T10:00:01.5Z"), at("2026-12-01T10:00:02Z")], "before the start: not measured");
+        assert!(tracker.take_trigger_times().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_deleted_slice_forgets_its_services_pending_trigger_times() {
+        let mut tracker = listed(&[service("web")], &[]);
+        tracker.started = at("2026-12-01T10:00:00Z");
+        let slice = triggered_slice("web", "10.0.0.1", Some("2026-12-01T10:00:01Z"));
+        tracker.slice_event(Event::Apply(slice.clone()));
+        tracker.slice_event(Event::Delete(slice));
+        assert!(tracker.take_trigger_times().is_empty(), "a deletion's annotation dates from an older update");
     }
 
     #[test]
