@@ -7,7 +7,8 @@
 //! kernel's address notifications (RTNLGRP_IPV4_IFADDR), subscribed before
 //! the dump so nothing added in between is missed. The same address may
 //! sit on several interfaces (a pod gateway on every pod veth): it counts
-//! until the last one goes.
+//! until the last one goes. When the kernel drops notifications (the
+//! socket's buffer was full), the addresses are listed again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,7 +31,7 @@ use tracing::{info, warn};
 
 /// The node's IPv4 addresses by the interfaces that hold them (pure: fed
 /// with dump entries and notifications).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct AddressSet {
     holders: BTreeMap<Ipv4Addr, BTreeSet<u32>>,
 }
@@ -91,13 +92,7 @@ pub async fn follow(filter: Vec<Ipv4Net>) -> anyhow::Result<watch::Receiver<Vec<
     let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
         .context("subscribing to address notifications")?;
     tokio::spawn(connection);
-    let mut set = AddressSet::default();
-    let mut dump = handle.address().get().execute();
-    while let Some(message) = dump.try_next().await.context("listing addresses")? {
-        if let Some((ip, index)) = address_of(&message) {
-            set.add(ip, index);
-        }
-    }
+    let mut set = list(&handle).await?;
     let (sender, receiver) = watch::channel(set.node_port_addresses(&filter));
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
@@ -108,10 +103,20 @@ pub async fn follow(filter: Vec<Ipv4Net>) -> anyhow::Result<watch::Receiver<Vec<
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
                     address_of(&m).is_some_and(|(ip, index)| set.remove(ip, index))
                 }
+                NetlinkPayload::Overrun(_) => {
+                    warn!("address notifications were lost (socket buffer full): listing addresses again");
+                    match list(&handle).await {
+                        Ok(listed) => std::mem::replace(&mut set, listed) != set,
+                        Err(e) => {
+                            warn!("{e:#}");
+                            false
+                        }
+                    }
+                }
                 _ => false,
             };
-            if changed {
-                let addresses = set.node_port_addresses(&filter);
+            let addresses = set.node_port_addresses(&filter);
+            if changed && *sender.borrow() != addresses {
                 info!(nodeport_addresses = ?addresses, "node addresses changed");
                 if sender.send(addresses).is_err() {
                     return;
@@ -121,6 +126,18 @@ pub async fn follow(filter: Vec<Ipv4Net>) -> anyhow::Result<watch::Receiver<Vec<
         warn!("address notifications ended: NodePort addresses are no longer followed");
     });
     Ok(receiver)
+}
+
+/// The node's addresses now.
+async fn list(handle: &rtnetlink::Handle) -> anyhow::Result<AddressSet> {
+    let mut set = AddressSet::default();
+    let mut dump = handle.address().get().execute();
+    while let Some(message) = dump.try_next().await.context("listing addresses")? {
+        if let Some((ip, index)) = address_of(&message) {
+            set.add(ip, index);
+        }
+    }
+    Ok(set)
 }
 
 #[cfg(test)]

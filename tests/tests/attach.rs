@@ -219,6 +219,59 @@ fn restart_drops_links_of_deleted_pods_and_replaces_those_of_recreated_ones() {
     assert_eq!(body, "new-pod");
 }
 
+/// The demo Services plus `web` again as a NodePort.
+fn services_with_node_port(node_port: u16) -> String {
+    let extra = format!(
+        "- apiVersion: v1
+  kind: Service
+  metadata: {{name: web-np, namespace: demo}}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.45
+    clusterIPs: [10.96.0.45]
+    ports: [{{name: http, port: 80, protocol: TCP, nodePort: {node_port}}}]
+"
+    );
+    format!("{}{extra}", scenario::DEMO_SERVICES.trim_end_matches('\n').to_owned() + "\n")
+}
+
+/// The kernel drops link and address notifications its socket has no room
+/// for. Paused while 300 interfaces with an address each appear, the
+/// agent finds the loss reported when it resumes, and lists links and
+/// addresses again: every interface gets the datapath, every address its
+/// NodePort, not only those whose notifications fit in the buffer.
+#[test]
+fn notifications_lost_while_the_agent_was_paused_are_caught_up() {
+    const LINKS: usize = 300;
+    const NODE_PORT: u16 = 30080;
+    let mut cluster = DemoCluster::start().expect("start demo cluster");
+    cluster
+        .update(&services_with_node_port(NODE_PORT), |m| m.services.keys().any(|k| k.port == NODE_PORT))
+        .expect("NodePort programmed");
+    let batch: String = (0..LINKS)
+        .map(|i| format!("link add ovr{i} type bridge\naddr add 10.250.{}.{}/32 dev ovr{i}\n", i / 250, i % 250 + 1))
+        .collect();
+    let pid = cluster.agent.pid() as i32;
+    // SAFETY: plain kill(2) on our own child; resumed below whatever happens.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let created = links::ip_batch(&cluster.topology.node, &batch);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    created.expect("create the interfaces");
+
+    let pin_dir = cluster.agent.pin_dir.clone();
+    let unattached = || (0..LINKS).filter(|i| !pinned_link_path(&pin_dir, &format!("ovr{i}")).exists()).count();
+    let attached = wait_for(Duration::from_secs(30), || unattached() == 0);
+    assert!(attached.is_some(), "{} of {LINKS} interfaces never attached", unattached());
+    let last = Ipv4Addr::new(10, 250, ((LINKS - 1) / 250) as u8, ((LINKS - 1) % 250 + 1) as u8);
+    cluster
+        .agent
+        .wait_until(Duration::from_secs(30), |m| {
+            m.services.keys().any(|k| k.address == last.octets() && k.port == NODE_PORT)
+        })
+        .expect("the NodePort is served on the last address added");
+}
+
 /// Guard for a pin directory the agent did not create through `Agent`.
 struct PinDir(PathBuf);
 impl Drop for PinDir {

@@ -43,10 +43,16 @@ impl Attacher {
                 self.attachments.remove(&name)?;
             }
         }
+        // Every interface is tried: one that vanished while being attached
+        // must not leave the others unattached.
+        let mut failed = Ok(());
         for (name, index) in selected {
-            self.attach(name, index)?;
+            if let Err(e) = self.attach(name, index) {
+                warn!("{e:#}");
+                failed = Err(e);
+            }
         }
-        Ok(())
+        failed
     }
 
     fn attach(&mut self, name: &str, index: u32) -> anyhow::Result<()> {
@@ -79,6 +85,7 @@ impl Attacher {
                     self.attachments.remove(&name)?;
                 }
             }
+            LinkEvent::Resync(present) => self.attach_present(&present)?,
         }
         Ok(())
     }

@@ -4,7 +4,10 @@
 //! Interfaces are selected by name patterns; the current set comes from an
 //! rtnetlink link dump, changes from the kernel's link notifications
 //! (RTNLGRP_LINK). The notification socket is subscribed before the dump,
-//! so a link created in between is seen at least once.
+//! so a link created in between is seen at least once. The kernel drops
+//! notifications when the socket's buffer is full (a burst of pods, or an
+//! agent that was paused); the socket then reports an overrun, and the
+//! links are listed again so none is missed.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,7 @@ use rtnetlink::{
         link::{LinkAttribute, LinkMessage},
     },
 };
+use tracing::warn;
 
 /// Name patterns selecting interfaces: `*` matches any run of characters;
 /// `*` alone (or `all`) selects every interface except loopback.
@@ -63,6 +67,8 @@ pub enum LinkEvent {
     Present { index: u32, name: String },
     /// The link with this index is gone.
     Removed { index: u32, name: Option<String> },
+    /// Notifications were lost: these are all the links there are now.
+    Resync(BTreeMap<u32, String>),
 }
 
 fn name_of(link: &LinkMessage) -> Option<String> {
@@ -80,6 +86,27 @@ pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item 
     let (connection, handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).context("subscribing to link notifications")?;
     tokio::spawn(connection);
+    let present = list(&handle).await?;
+    let events = messages.filter_map(move |(message, _)| {
+        let handle = handle.clone();
+        async move {
+            match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                    name_of(&link).map(|name| LinkEvent::Present { index: link.header.index, name })
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                    Some(LinkEvent::Removed { index: link.header.index, name: name_of(&link) })
+                }
+                NetlinkPayload::Overrun(_) => relist(&handle).await,
+                _ => None,
+            }
+        }
+    });
+    Ok((present, Box::pin(events)))
+}
+
+/// The links there are now, by index.
+async fn list(handle: &rtnetlink::Handle) -> anyhow::Result<BTreeMap<u32, String>> {
     let mut present = BTreeMap::new();
     let mut dump = handle.link().get().execute();
     while let Some(link) = dump.try_next().await.context("listing links")? {
@@ -87,18 +114,20 @@ pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item 
             present.insert(link.header.index, name);
         }
     }
-    let events = messages.filter_map(|(message, _)| async move {
-        match message.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                name_of(&link).map(|name| LinkEvent::Present { index: link.header.index, name })
-            }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
-                Some(LinkEvent::Removed { index: link.header.index, name: name_of(&link) })
-            }
-            _ => None,
+    Ok(present)
+}
+
+/// After an overrun. A failed listing is logged; the next overrun, or the
+/// next notification of each link, catches up.
+async fn relist(handle: &rtnetlink::Handle) -> Option<LinkEvent> {
+    warn!("link notifications were lost (socket buffer full): listing links again");
+    match list(handle).await {
+        Ok(present) => Some(LinkEvent::Resync(present)),
+        Err(e) => {
+            warn!("{e:#}");
+            None
         }
-    });
-    Ok((present, Box::pin(events)))
+    }
 }
 
 #[cfg(test)]
