@@ -9,12 +9,17 @@
 //!   and a 4-tuple seen again would find an earlier connection's conntrack
 //!   entry (not a new flow any more); with enough addresses no tuple
 //!   repeats within a run.
-//! - UDP: each socket is one flow to one Service (the sockets are spread
-//!   over the targets); each keeps one datagram in flight, sends the next
-//!   one when the answer arrives and gives a datagram up after 200 ms.
-//!   After the first exchange every packet belongs to an established
-//!   flow: this measures the per-packet cost of established flows, while
-//!   the TCP test measures new flows.
+//! - UDP, established flows: each socket is one flow to one Service (the
+//!   sockets are spread over the targets); each keeps one datagram in
+//!   flight, sends the next one when the answer arrives and gives a
+//!   datagram up after 200 ms. After the first exchange every packet
+//!   belongs to an established flow: the per-packet cost of established
+//!   flows.
+//! - UDP, new flows (what a DNS client costs): every exchange is one
+//!   datagram and its answer from a socket bound to a (client address,
+//!   port) pair never used before in this run's sequence, then closed.
+//!   The pairs are taken in order from a sequence shared by all runs of a
+//!   cell, so no 5-tuple repeats (32 addresses × 60,000 ports).
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -33,6 +38,9 @@ use crate::servers::enter_netns;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const UDP_GIVE_UP: Duration = Duration::from_millis(200);
 const UDP_PAYLOAD: &[u8] = b"lb-bench udp 32 byte payload...."; // small packets
+/// Source ports new UDP flows are bound to, from this one on.
+const NEW_FLOW_FIRST_PORT: u16 = 2_000;
+const NEW_FLOW_PORTS: u64 = 60_000;
 
 /// One load run.
 #[derive(Clone, Debug)]
@@ -44,6 +52,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     pub max_ops: u64,
     pub threads: usize,
+    /// New UDP flows: the next (source address, port) pair to use, shared
+    /// by the runs of one cell so that no pair comes back.
+    pub next_flow: Arc<AtomicU64>,
 }
 
 /// What a run did.
@@ -92,6 +103,34 @@ pub fn tcp_connections(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
 /// UDP request/answer exchanges over many flows.
 pub fn udp_exchanges(spec: &LoadSpec, sockets_per_thread: usize) -> anyhow::Result<LoadResult> {
     run(spec, move |thread, spec, counters, deadline| udp_worker(thread, sockets_per_thread, spec, counters, deadline))
+}
+
+/// UDP exchanges, each a new flow: one datagram and its answer from a
+/// fresh (source address, port), the socket closed after.
+pub fn udp_new_flows(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
+    run(spec, |_, spec, counters, deadline| {
+        let mut buf = [0u8; 2_048];
+        while Instant::now() < deadline && counters.ops.load(Ordering::Relaxed) < spec.max_ops && !cancel::cancelled() {
+            let i = spec.next_flow.fetch_add(1, Ordering::Relaxed);
+            let sources = spec.sources.len() as u64;
+            let port = NEW_FLOW_FIRST_PORT + ((i / sources) % NEW_FLOW_PORTS) as u16;
+            let source = SocketAddrV4::new(spec.sources[(i % sources) as usize], port);
+            let target = spec.targets[(i % spec.targets.len() as u64) as usize];
+            match one_udp_flow(source, target, &mut buf) {
+                Ok(()) => counters.ops.fetch_add(1, Ordering::Relaxed),
+                Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        Ok(())
+    })
+}
+
+fn one_udp_flow(source: SocketAddrV4, target: SocketAddr, buf: &mut [u8]) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(source)?;
+    socket.set_read_timeout(Some(UDP_GIVE_UP))?;
+    socket.send_to(UDP_PAYLOAD, target)?;
+    socket.recv_from(buf)?;
+    Ok(())
 }
 
 /// Starts the threads in the client namespace, lines them up on a barrier,

@@ -154,8 +154,12 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
         series_by(report, Section::PacketCost, "ns_per_packet", |_| true, |r| label(&r.case)),
         true,
     )?;
-    for (case, what) in [("tcp_connections", "New TCP connections"), ("udp_packets", "UDP packets")] {
-        let unit = if case == "udp_packets" { "packets/s" } else { "connections/s" };
+    let cases = [
+        ("tcp_connections", "New TCP connections", "connections/s", "connection"),
+        ("udp_new_flows", "New UDP flows", "flows/s", "new UDP flow"),
+        ("udp_packets", "UDP packets (established flows)", "packets/s", "packet"),
+    ];
+    for (case, what, unit, per) in cases {
         chart(
             &format!("traffic_{case}_rate.png"),
             &format!("{what} per second vs. number of Services"),
@@ -165,10 +169,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
         )?;
         chart(
             &format!("traffic_{case}_cpu.png"),
-            &format!(
-                "CPU time per {} vs. number of Services",
-                if case == "udp_packets" { "packet" } else { "connection" }
-            ),
+            &format!("CPU time per {per} vs. number of Services"),
             "µs of CPU (median)",
             series_by(report, Section::Traffic, "cpu", |r| r.case == case, |r| r.datapath.clone()),
             false,

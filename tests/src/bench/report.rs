@@ -253,6 +253,10 @@ impl Report {
                                 group(rate.summary.min),
                                 group(rate.summary.max)
                             );
+                            if let Some(ratio) = self.find(Section::Traffic, dp, &info.case, n, "ratio_to_floor") {
+                                let s = &ratio.summary;
+                                let _ = write!(cell, ", {:.2}× ({:.2}–{:.2}) the floor", s.median, s.min, s.max);
+                            }
                             if let Some(cpu) = cpu {
                                 let _ = write!(cell, ", {:.1} µs CPU", cpu.summary.median);
                             }

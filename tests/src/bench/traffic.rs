@@ -32,25 +32,79 @@ use crate::topology::{Topology, run_in};
 
 /// Client threads opening TCP connections (each waits for its answer).
 const TCP_CLIENT_THREADS: usize = 8;
-/// Client addresses TCP connections come from (10.0.1.2 and the next
-/// ones): enough 4-tuples that none repeats within a cell.
+/// Client addresses TCP connections and new UDP flows come from (10.0.1.2
+/// and the next ones): enough 4-tuples that none repeats within a cell.
 const CLIENT_ADDRESSES: u8 = 32;
-/// UDP client threads, each with this many sockets in flight.
+/// UDP client threads on established flows, each with this many sockets
+/// in flight.
 const UDP_CLIENT_THREADS: usize = 2;
 const UDP_SOCKETS_PER_THREAD: usize = 64;
+/// Client threads making new UDP flows (each waits for its answer).
+const UDP_NEW_FLOW_THREADS: usize = 8;
+
+/// What the client does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    TcpConnections,
+    UdpEstablished,
+    UdpNewFlows,
+}
+
+impl Load {
+    /// Packets through the node one operation stands for in the rate (an
+    /// established exchange counts its request and its answer); a new flow
+    /// is counted as one flow.
+    fn per_op(self) -> f64 {
+        if self == Load::UdpEstablished { 2.0 } else { 1.0 }
+    }
+
+    fn units(self) -> (&'static str, &'static str) {
+        match self {
+            Load::TcpConnections => ("connections/s", "us/connection"),
+            Load::UdpEstablished => ("packets/s", "us/packet"),
+            Load::UdpNewFlows => ("flows/s", "us/flow"),
+        }
+    }
+
+    /// Whether every operation must be a new flow for the datapath.
+    fn new_flow_each(self) -> bool {
+        self != Load::UdpEstablished
+    }
+
+    fn threads(self) -> usize {
+        match self {
+            Load::TcpConnections => TCP_CLIENT_THREADS,
+            Load::UdpEstablished => UDP_CLIENT_THREADS,
+            Load::UdpNewFlows => UDP_NEW_FLOW_THREADS,
+        }
+    }
+}
 
 struct TrafficKind {
     case: &'static str,
     label: &'static str,
     port: PortSpec,
+    load: Load,
 }
 
-const RUNS: [TrafficKind; 2] = [
-    TrafficKind { case: "tcp_connections", label: "New TCP connections per second", port: HTTP },
+const RUNS: [TrafficKind; 3] = [
+    TrafficKind {
+        case: "tcp_connections",
+        label: "New TCP connections per second",
+        port: HTTP,
+        load: Load::TcpConnections,
+    },
+    TrafficKind {
+        case: "udp_new_flows",
+        label: "New UDP flows per second (one datagram and its answer from a new source port: DNS-like)",
+        port: DNS,
+        load: Load::UdpNewFlows,
+    },
     TrafficKind {
         case: "udp_packets",
         label: "UDP packets per second (request + answer, established flows)",
         port: DNS,
+        load: Load::UdpEstablished,
     },
 ];
 
@@ -67,10 +121,19 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
     );
     report.describe(
         Section::Traffic,
-        "udp_packets",
+        "udp_new_flows",
         RUNS[1].label,
         &format!(
-            "{} flows ({UDP_CLIENT_THREADS} client threads × {UDP_SOCKETS_PER_THREAD} sockets), each a socket talking to one Service, the flows spread over up to {} Services across the table; each keeps one 32-byte datagram in flight and the backend echoes it. After the first exchange every packet belongs to an established flow, so this is the per-packet cost of established flows (new flows are the TCP test). Packets/s counts requests and answers that made it (both cross the node's datapath); a datagram unanswered after 200 ms counts as failed. CPU is per packet.",
+            "{UDP_NEW_FLOW_THREADS} client threads each bind a UDP socket to a (client address, port) pair not used before in the cell ({CLIENT_ADDRESSES} addresses × 60,000 ports, taken in order), send one 32-byte datagram to a Service, wait for the echo and close: every exchange is a new flow for the datapath and for netfilter's conntrack (the datapath's new-flow counter is checked against the exchange count), as each query of a DNS client is. Round-robin over up to {} Services across the table. Median (min–max) flows/s over {} run(s) of {secs:.1} s; CPU is per flow; an answer missing after 200 ms counts as failed.",
+            plan.max_targets, plan.repetitions
+        ),
+    );
+    report.describe(
+        Section::Traffic,
+        "udp_packets",
+        RUNS[2].label,
+        &format!(
+            "{} flows ({UDP_CLIENT_THREADS} client threads × {UDP_SOCKETS_PER_THREAD} sockets), each a socket talking to one Service, the flows spread over up to {} Services across the table; each keeps one 32-byte datagram in flight and the backend echoes it. After the first exchange every packet belongs to an established flow, so this is the per-packet cost of established flows (new flows are the TCP and new-UDP-flow tests). Packets/s counts requests and answers that made it (both cross the node's datapath); a datagram unanswered after 200 ms counts as failed. CPU is per packet.",
             UDP_CLIENT_THREADS * UDP_SOCKETS_PER_THREAD,
             plan.max_targets
         ),
@@ -124,7 +187,7 @@ fn measure_size(
     for layout in Layout::ALL {
         cancel::check()?;
         env.progress.start(format!("traffic: setting up {}", what(layout)));
-        match LayoutBench::set_up(plan, env, services, run.port, layout) {
+        match LayoutBench::set_up(plan, env, services, run, layout) {
             Ok(bench) => benches.push(bench),
             Err(e) if cancel::cancelled() => return Err(e),
             Err(e) => {
@@ -149,15 +212,41 @@ fn measure_size(
             }
         }
     }
+    let mut cells = Vec::new();
     for bench in benches {
         cancel::check()?;
         match bench.finish(env) {
-            Ok(cell) => record(report, services, run, bench.layout, &cell),
+            Ok(cell) => {
+                record(report, services, run, bench.layout, &cell);
+                cells.push((bench.layout, cell));
+            }
             Err(e) => report.warn(format!("traffic {}: {e:#}", what(bench.layout))),
         }
         env.progress.done_step();
     }
+    record_floor_ratios(report, services, run, &cells);
     Ok(())
+}
+
+/// Each layout's rate as a share of the no-rules floor, round by round:
+/// the runs of one round are interleaved, so they share the machine's
+/// state and their ratio is the fairest comparison there is.
+fn record_floor_ratios(report: &mut Report, services: usize, run: &TrafficKind, cells: &[(Layout, Cell)]) {
+    let Some((_, floor)) = cells.iter().find(|(layout, _)| *layout == Layout::NoRules) else {
+        return;
+    };
+    for (layout, cell) in cells.iter().filter(|(layout, _)| *layout != Layout::NoRules) {
+        let ratios: Vec<f64> = cell
+            .results
+            .iter()
+            .zip(&floor.results)
+            .filter(|(_, f)| f.ops > 0)
+            .map(|(r, f)| r.rate() / f.rate())
+            .collect();
+        if let Some(s) = Summary::of(&ratios) {
+            report.add(At::new(Section::Traffic, layout.name(), run.case, services), "ratio_to_floor", "x", s);
+        }
+    }
 }
 
 struct Cell {
@@ -171,8 +260,7 @@ struct Cell {
 
 fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layout, cell: &Cell) {
     let dp = layout.name();
-    // A UDP exchange is two packets through the node; a TCP op one connection.
-    let per_op = if run.port.protocol == Protocol::Udp { 2.0 } else { 1.0 };
+    let per_op = run.load.per_op();
     let rates: Vec<f64> = cell.results.iter().map(|r| r.rate() * per_op).collect();
     let cpu: Vec<f64> = cell
         .results
@@ -181,8 +269,7 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
         .map(|r| r.cpu.as_secs_f64() * 1e6 / (r.ops as f64 * per_op))
         .collect();
     let errors: Vec<f64> = cell.results.iter().map(|r| r.errors as f64).collect();
-    let unit = if run.port.protocol == Protocol::Udp { "packets/s" } else { "connections/s" };
-    let cpu_unit = if run.port.protocol == Protocol::Udp { "us/packet" } else { "us/connection" };
+    let (unit, cpu_unit) = run.load.units();
     if let Some(s) = Summary::of(&rates) {
         report.add(At::new(Section::Traffic, dp, run.case, services), "rate", unit, s);
     }
@@ -196,7 +283,7 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
     if let Some(s) = Summary::of(&errors) {
         report.add(At::new(Section::Traffic, dp, run.case, services), "errors", "count", s);
     }
-    if let (Some(seconds), Protocol::Tcp) = (cell.install_seconds, run.port.protocol) {
+    if let (Some(seconds), Load::TcpConnections) = (cell.install_seconds, run.load) {
         report.add(
             At::new(Section::Traffic, dp, "install", services),
             "seconds",
@@ -213,13 +300,13 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
             ops + failed
         ));
     }
-    // Each TCP connection must be a new flow for the datapath, or the
-    // test would measure conntrack hits.
+    // Each connection or new-flow exchange must be a new flow for the
+    // datapath, or the test would measure conntrack hits.
     if let Some(new_flows) = cell.new_flows
-        && (new_flows == 0 || (run.port.protocol == Protocol::Tcp && new_flows * 10 < cell.operations * 9))
+        && (new_flows == 0 || (run.load.new_flow_each() && new_flows * 10 < cell.operations * 9))
     {
         report.warn(format!(
-            "{dp} at {services} Services ({}): the datapath counted {new_flows} new flows for {} connections",
+            "{dp} at {services} Services ({}): the datapath counted {new_flows} new flows for {} operations",
             run.case, cell.operations
         ));
     }
@@ -265,7 +352,7 @@ struct LayoutBench {
     _servers: BackendServers,
     topology: Topology,
     layout: Layout,
-    protocol: Protocol,
+    load: Load,
     spec: LoadSpec,
     warmup: Duration,
     run_time: Duration,
@@ -275,7 +362,14 @@ struct LayoutBench {
 }
 
 impl LayoutBench {
-    fn set_up(plan: &TrafficPlan, env: &Env, services: usize, port: PortSpec, layout: Layout) -> anyhow::Result<Self> {
+    fn set_up(
+        plan: &TrafficPlan,
+        env: &Env,
+        services: usize,
+        run: &TrafficKind,
+        layout: Layout,
+    ) -> anyhow::Result<Self> {
+        let port = run.port;
         let topology = Topology::create(plan.backend_namespaces)?;
         let hosts = add_pod_addresses(&topology, plan.addresses_per_backend)?;
         // Short connections: the whole port range, from several addresses.
@@ -305,21 +399,21 @@ impl LayoutBench {
         } else {
             table.direct_endpoints(plan.max_targets)
         };
-        let threads = if port.protocol == Protocol::Udp { UDP_CLIENT_THREADS } else { TCP_CLIENT_THREADS };
         let spec = LoadSpec {
             netns: topology.client.clone(),
             targets: Arc::new(targets),
             sources: Arc::new(sources),
             duration: plan.warmup,
             max_ops: plan.max_ops,
-            threads,
+            threads: run.load.threads(),
+            next_flow: Arc::default(),
         };
         Ok(Self {
             installed,
             _servers: servers,
             topology,
             layout,
-            protocol: port.protocol,
+            load: run.load,
             spec,
             warmup: plan.warmup,
             run_time: plan.run_time,
@@ -333,16 +427,21 @@ impl LayoutBench {
     /// conntrack entries) is not kept.
     fn measure(&mut self, keep: bool, env: &Env) -> anyhow::Result<()> {
         self.spec.duration = if keep { self.run_time } else { self.warmup };
-        let result = match self.protocol {
-            Protocol::Udp => loadgen::udp_exchanges(&self.spec, UDP_SOCKETS_PER_THREAD)?,
-            _ => loadgen::tcp_connections(&self.spec)?,
+        let result = match self.load {
+            Load::UdpEstablished => loadgen::udp_exchanges(&self.spec, UDP_SOCKETS_PER_THREAD)?,
+            Load::UdpNewFlows => loadgen::udp_new_flows(&self.spec)?,
+            Load::TcpConnections => loadgen::tcp_connections(&self.spec)?,
         };
         self.operations += result.ops + result.errors;
         if keep {
             env.progress.log(&format!(
                 "  {} {}: {}/s, {} failed, {:.1} µs CPU per op, others {:.1} cores",
                 self.layout.name(),
-                if self.protocol == Protocol::Udp { "udp exchanges" } else { "tcp connections" },
+                match self.load {
+                    Load::UdpEstablished => "udp exchanges",
+                    Load::UdpNewFlows => "new udp flows",
+                    Load::TcpConnections => "tcp connections",
+                },
                 group(result.rate()),
                 result.errors,
                 if result.ops > 0 { result.cpu.as_secs_f64() * 1e6 / result.ops as f64 } else { f64::NAN },
