@@ -22,6 +22,9 @@
 //!   translated on the socket (`sock`).
 //! - `lb_parse_only` parses exactly like `lb_tc` and passes: the floor the
 //!   benchmarks compare against.
+//! - `lb_forward_only` parses like `lb_tc` and sends every packet on as
+//!   `lb_tc` sends a NATed one (`route`), with no Service work: the limit
+//!   the benchmarks compare real traffic against.
 #![no_std]
 #![no_main]
 
@@ -90,6 +93,18 @@ pub fn lb_parse_only(ctx: TcContext) -> i32 {
     match parse::parse_v4(&ctx) {
         Ok(_) | Err(_) => Verdict::Next.tc_action(),
     }
+}
+
+#[classifier]
+pub fn lb_forward_only(ctx: TcContext) -> i32 {
+    let verdict = match parse::parse_v4(&ctx) {
+        Ok(pkt) => {
+            let flow = route::Flow { src: pkt.src, dst: pkt.dst, sport: pkt.sport, dport: pkt.dport, proto: pkt.proto };
+            route::forward(&ctx, &flow, pkt.ip_total_len).unwrap_or(Verdict::Next)
+        }
+        Err(_) => Verdict::Next,
+    };
+    verdict.tc_action()
 }
 
 #[cfg(not(test))]

@@ -52,7 +52,7 @@ fn smoke_run_writes_every_measurement() {
         assert!(has("packet_cost", "ebpf", case, "ns_per_packet"), "packet_cost {case}");
         assert!(has("packet_cost", "ebpf", case, "ratio_to_parse_only"), "packet_cost {case} ratio");
     }
-    for datapath in ["none", "ebpf", "iptables", "nftables"] {
+    for datapath in ["none", "forward_only", "ebpf", "iptables", "nftables"] {
         for case in ["tcp_connections", "udp_new_flows", "udp_packets"] {
             assert!(has("traffic", datapath, case, "rate"), "traffic {datapath} {case} rate");
             assert!(has("traffic", datapath, case, "cpu"), "traffic {datapath} {case} cpu");

@@ -22,6 +22,8 @@ use super::{bpffs, layout, sock_links};
 pub const TC_PROGRAM: &str = "lb_tc";
 /// Parses like `lb_tc` and passes everything (the benchmarks' floor).
 pub const PARSE_ONLY_PROGRAM: &str = "lb_parse_only";
+/// Forwards by the FIB with no Service work: the benchmarks' limit.
+pub const FORWARD_ONLY_PROGRAM: &str = "lb_forward_only";
 /// Default bpffs directory for pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 
@@ -72,7 +74,7 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         loader.map_pin_path(map, path.as_path());
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
-    for name in [TC_PROGRAM, PARSE_ONLY_PROGRAM] {
+    for name in [TC_PROGRAM, PARSE_ONLY_PROGRAM, FORWARD_ONLY_PROGRAM] {
         program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
     for name in sock_links::PROGRAMS {
@@ -93,12 +95,20 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sch
 /// clsact otherwise), unpinned: the attachments last while `ebpf` lives.
 /// The agent pins its attachments instead (`links`).
 pub fn attach_ingress(ebpf: &mut Ebpf, interfaces: &[String]) -> anyhow::Result<Vec<SchedClassifierLinkId>> {
-    let prog = program(ebpf, TC_PROGRAM)?;
+    attach_program_ingress(ebpf, TC_PROGRAM, interfaces)
+}
+
+/// Attaches the classifier `name` as [`attach_ingress`] does `lb_tc`.
+pub fn attach_program_ingress(
+    ebpf: &mut Ebpf,
+    name: &str,
+    interfaces: &[String],
+) -> anyhow::Result<Vec<SchedClassifierLinkId>> {
+    let prog = program(ebpf, name)?;
     interfaces
         .iter()
         .map(|iface| {
-            prog.attach(iface, TcAttachType::Ingress)
-                .with_context(|| format!("attaching {TC_PROGRAM} to {iface} ingress"))
+            prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("attaching {name} to {iface} ingress"))
         })
         .collect()
 }

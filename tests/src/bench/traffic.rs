@@ -157,7 +157,7 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
     );
     report.note(
         Section::Traffic,
-        "Layouts: ebpf = lb-agent attached at tc ingress of every node interface; iptables / nftables = kube-proxy's rule layouts generated as kube-proxy writes them (KUBE-SERVICES → KUBE-SVC → KUBE-SEP with statistic probabilities; table ip kube-proxy with the service-ips vmap and numgen), cluster CIDR 10.0.0.0/8 so the client counts as a pod and is not masqueraded (as with ebpf); none = the client addresses the Services' endpoints directly (plain routing, the floor). No IPVS in this kernel, so no IPVS column.",
+        "Layouts: ebpf = lb-agent attached at tc ingress of every node interface; iptables / nftables = kube-proxy's rule layouts generated as kube-proxy writes them (KUBE-SERVICES → KUBE-SVC → KUBE-SEP with statistic probabilities; table ip kube-proxy with the service-ips vmap and numgen), cluster CIDR 10.0.0.0/8 so the client counts as a pod and is not masqueraded (as with ebpf); none = the client addresses the Services' endpoints directly (plain routing, the floor); forward_only = the same, with every packet forwarded by `lb_forward_only` at tc ingress of every node interface (the datapath's FIB lookup and redirect, no Service work: the limit a Service datapath that forwards this way can reach). No IPVS in this kernel, so no IPVS column.",
     );
     report.note(
         Section::Traffic,
@@ -391,7 +391,12 @@ impl LayoutBench {
         let installed = layouts::install(
             layout,
             &table,
-            &Target { node_netns: &topology.node, agent_bin: &env.agent_bin, work_dir: &env.work_dir },
+            &Target {
+                node_netns: &topology.node,
+                node_interfaces: &topology.node_interfaces,
+                agent_bin: &env.agent_bin,
+                work_dir: &env.work_dir,
+            },
         )?;
         env.progress.log(&format!("  {}: {}", layout.name(), installed.summary()));
         let targets = if layout.uses_frontends() {
@@ -457,7 +462,7 @@ impl LayoutBench {
             anyhow::bail!("{e:#} (namespaces {}…)", self.topology.client);
         }
         let (install_seconds, new_flows) = match &self.installed {
-            Installed::Nothing => (None, None),
+            Installed::Nothing | Installed::Program { .. } => (None, None),
             Installed::Rules { took, .. } => (Some(took.as_secs_f64()), None),
             Installed::Agent { agent, took } => {
                 let counters = agent.counters()?;

@@ -2,10 +2,12 @@
 //! Service table in the same topology: this project's eBPF datapath (the
 //! real agent), kube-proxy's iptables and nftables rule layouts (generated
 //! as kube-proxy writes them and loaded with its loaders' tools), and no
-//! rules at all (the client talks to pod addresses: plain routing).
+//! rules at all (the client talks to pod addresses: plain routing), and
+//! the limit: a program that only forwards the way the datapath does.
 //! There is no IPVS in this kernel, so no IPVS layout.
 
 pub mod ebpf;
+pub mod forward_only;
 pub mod iptables;
 pub mod nftables;
 
@@ -24,18 +26,23 @@ use super::{agent::Agent, table::Table};
 pub enum Layout {
     /// No Service handling: the client addresses endpoints directly.
     NoRules,
+    /// No Service handling either, but every packet forwarded by a tc
+    /// program through the FIB, as the datapath forwards: the limit.
+    ForwardOnly,
     Ebpf,
     Iptables,
     Nftables,
 }
 
 impl Layout {
-    pub const ALL: [Layout; 4] = [Layout::NoRules, Layout::Ebpf, Layout::Iptables, Layout::Nftables];
+    pub const ALL: [Layout; 5] =
+        [Layout::NoRules, Layout::ForwardOnly, Layout::Ebpf, Layout::Iptables, Layout::Nftables];
 
     /// Stable name for the CSV and the plots.
     pub fn name(self) -> &'static str {
         match self {
             Layout::NoRules => "none",
+            Layout::ForwardOnly => "forward_only",
             Layout::Ebpf => "ebpf",
             Layout::Iptables => "iptables",
             Layout::Nftables => "nftables",
@@ -45,6 +52,9 @@ impl Layout {
     pub fn description(self) -> &'static str {
         match self {
             Layout::NoRules => "no rules: client → pod addresses, plain routing (the floor)",
+            Layout::ForwardOnly => {
+                "no rules, client → pod addresses, each packet forwarded by lb_forward_only (FIB lookup + redirect, no Service work): the limit"
+            }
             Layout::Ebpf => "lb-agent attached at tc ingress of every node interface",
             Layout::Iptables => {
                 "kube-proxy iptables layout (nat KUBE-SERVICES → KUBE-SVC → KUBE-SEP), iptables-restore"
@@ -56,7 +66,7 @@ impl Layout {
     /// Whether the client addresses Service frontends (or, without rules,
     /// the endpoints themselves).
     pub fn uses_frontends(self) -> bool {
-        self != Layout::NoRules
+        !matches!(self, Layout::NoRules | Layout::ForwardOnly)
     }
 }
 
@@ -107,8 +117,19 @@ pub fn service_port_name(name: &str, port_name: &str) -> String {
 /// its guard drops.
 pub enum Installed {
     Nothing,
-    Rules { rules: usize, took: Duration },
-    Agent { agent: Agent, took: Duration },
+    Rules {
+        rules: usize,
+        took: Duration,
+    },
+    Agent {
+        agent: Agent,
+        took: Duration,
+    },
+    /// A program attached while this object lives.
+    Program {
+        _ebpf: Box<aya::Ebpf>,
+        took: Duration,
+    },
 }
 
 impl Installed {
@@ -122,6 +143,7 @@ impl Installed {
             Installed::Agent { took, .. } => {
                 format!("agent programmed in {:.2} s", took.as_secs_f64())
             }
+            Installed::Program { took, .. } => format!("program attached in {:.2} s", took.as_secs_f64()),
         }
     }
 }
@@ -129,6 +151,7 @@ impl Installed {
 /// Where a layout is installed.
 pub struct Target<'a> {
     pub node_netns: &'a str,
+    pub node_interfaces: &'a [String],
     pub agent_bin: &'a Path,
     /// Scratch directory for rule files and the agent's source file.
     pub work_dir: &'a Path,
@@ -137,6 +160,7 @@ pub struct Target<'a> {
 pub fn install(layout: Layout, table: &Table, target: &Target<'_>) -> anyhow::Result<Installed> {
     match layout {
         Layout::NoRules => Ok(Installed::Nothing),
+        Layout::ForwardOnly => forward_only::install(target.node_netns, target.node_interfaces),
         Layout::Ebpf => ebpf::install(table, target),
         Layout::Iptables => {
             let rules = iptables::ruleset(table);
