@@ -26,6 +26,7 @@
 #![no_main]
 
 mod conntrack;
+mod icmp_reply;
 mod lb4;
 mod maps;
 mod nat;
