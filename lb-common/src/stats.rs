@@ -21,7 +21,8 @@ pub enum Counter {
     /// IPv4 fragment: passed untouched (policy: no fragment tracking yet, so
     /// never NAT part of a datagram).
     PassFragment,
-    /// Protocol the datapath does not balance (ICMP, SCTP for now, ...): passed.
+    /// Protocol the datapath does not balance (SCTP for now, ...), or an ICMP
+    /// message that is not an error it translates (echo, ...): passed.
     PassOtherProtocol,
     /// Not IPv4 (ARP, IPv6 for now, ...): passed.
     PassOtherEthertype,
@@ -76,11 +77,24 @@ pub enum Counter {
     /// Socket-level: a reply's source (recvmsg) or a socket's peer
     /// (getpeername) was shown as the frontend again.
     SockReverseNat,
+    /// ICMP error (destination unreachable, time exceeded) about a NATed
+    /// flow: its quoted packet and outer header translated back, sent on.
+    IcmpErrorNat,
+    /// ICMP error whose quoted packet belongs to no tracked flow (or is not
+    /// a TCP/UDP first fragment): passed untouched.
+    PassIcmpErrorUntracked,
+    /// ICMP error whose quote is cut short (less than an IPv4 header plus
+    /// 8 bytes of it) or is not IPv4: passed untouched, no state created.
+    PassIcmpErrorTruncated,
+    /// A packet with DF set, about to be DNATed onto a route whose MTU it
+    /// exceeds: answered with ICMP fragmentation needed quoting the
+    /// packet as the client sent it.
+    IcmpFragNeeded,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -107,6 +121,10 @@ impl Counter {
         Counter::SockRevNatFull,
         Counter::SockPassSourceRanges,
         Counter::SockReverseNat,
+        Counter::IcmpErrorNat,
+        Counter::PassIcmpErrorUntracked,
+        Counter::PassIcmpErrorTruncated,
+        Counter::IcmpFragNeeded,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -138,6 +156,10 @@ impl Counter {
             Counter::SockRevNatFull => "sock_rev_nat_full",
             Counter::SockPassSourceRanges => "sock_pass_source_ranges",
             Counter::SockReverseNat => "sock_reverse_nat",
+            Counter::IcmpErrorNat => "icmp_error_nat",
+            Counter::PassIcmpErrorUntracked => "pass_icmp_error_untracked",
+            Counter::PassIcmpErrorTruncated => "pass_icmp_error_truncated",
+            Counter::IcmpFragNeeded => "icmp_frag_needed",
         }
     }
 }

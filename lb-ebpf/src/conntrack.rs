@@ -109,3 +109,12 @@ pub fn track(pkt: &PacketV4, backend: &BackendV4, original: &CtValueV4) -> PathR
     LB4_CT.insert(original_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
     Ok(true)
 }
+
+/// The entry tracked for a tuple in `direction`, read only: an ICMP error
+/// about a flow (`icmp_error`) is not traffic of that flow.
+#[inline(always)]
+pub fn lookup_tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, direction: u8) -> Option<CtValueV4> {
+    let k = key(src, dst, sport, dport, proto, direction);
+    // SAFETY: copied out at once.
+    unsafe { LB4_CT.get(k) }.copied()
+}

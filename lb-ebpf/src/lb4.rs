@@ -12,13 +12,13 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack, icmp_error,
     nat::{self, Side},
     parse::{self, PacketV4},
-    reject,
+    pmtu, reject,
     route::{self, Flow},
     select, service, snat,
-    verdict::{Outcome, PathResult},
+    verdict::{Outcome, PathResult, Verdict},
 };
 
 /// Decides what happens to one packet at tc ingress.
@@ -26,6 +26,8 @@ use crate::{
 pub fn handle_packet(ctx: &TcContext) -> Outcome {
     let pkt = match parse::parse_v4(ctx) {
         Ok(pkt) => pkt,
+        // ICMP, the one other protocol looked into: errors about NATed flows.
+        Err(Counter::PassOtherProtocol) => return icmp_error::handle(ctx),
         Err(pass_reason) => return Outcome::next(pass_reason),
     };
     let result = try_handle(ctx, &pkt);
@@ -177,6 +179,8 @@ fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) ->
 
 /// Rewrites a client → frontend packet to go to `backend` (from the SNAT
 /// address and port, if any) and sends it on; `route` when already known.
+/// Without a route, the MTU is checked before the rewrite, so a packet
+/// too big is answered quoting what the client sent (`pmtu`).
 #[inline(always)]
 fn to_backend(
     ctx: &TcContext,
@@ -186,16 +190,25 @@ fn to_backend(
     route: Option<route::Route>,
     counter: Counter,
 ) -> PathResult<Outcome> {
-    nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
     let mut flow = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
     if let Some((address, port)) = snat {
-        nat::rewrite(ctx, pkt, Side::Source, address, port)?;
         flow.src = address;
         flow.sport = port;
     }
+    let route = match route {
+        Some(route) => Some(route),
+        None => match pmtu::route(ctx, pkt, &flow)? {
+            pmtu::Checked::Fits(route) => route,
+            pmtu::Checked::Answered(outcome) => return Ok(outcome),
+        },
+    };
+    nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
+    if snat.is_some() {
+        nat::rewrite(ctx, pkt, Side::Source, flow.src, flow.sport)?;
+    }
     let verdict = match route {
         Some(route) => route::send(ctx, &route)?,
-        None => route::forward(ctx, &flow, pkt.ip_total_len)?,
+        None => Verdict::Next,
     };
     Ok(Outcome { verdict, counter })
 }

@@ -29,10 +29,14 @@
 #![no_main]
 
 mod conntrack;
+mod icmp_error;
+mod icmp_nat;
+mod icmp_reply;
 mod lb4;
 mod maps;
 mod nat;
 mod parse;
+mod pmtu;
 mod reject;
 mod route;
 mod select;

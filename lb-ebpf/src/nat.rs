@@ -94,7 +94,7 @@ pub fn write_macs(ctx: &TcContext, destination: [u8; 6], source: [u8; 6]) -> Pat
 
 /// Reads `N` bytes at `offset` by direct packet access.
 #[inline(always)]
-fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8; N]> {
+pub fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8; N]> {
     let start = ctx.data();
     if start + offset + N > ctx.data_end() {
         return Err(Counter::DropRewriteFailed);

@@ -7,7 +7,8 @@
 //! - Fragments (MF set or offset != 0): passed untouched. Only the first
 //!   fragment carries ports, so NATing it would split a datagram between
 //!   two destinations; until fragments are tracked, none is NATed.
-//! - Protocols other than TCP and UDP: passed untouched.
+//! - Protocols other than TCP and UDP: passed untouched, except ICMP
+//!   errors about NATed flows (`icmp_error`, which states its own policy).
 //! - Truncated headers: passed untouched, never read past `data_end`.
 //! - Headers that disagree (an IPv4 total length shorter than its headers
 //!   or longer than the packet, a TCP data offset below 5 or past the
@@ -26,7 +27,8 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
 const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
-const IP_MF_AND_OFFSET: u16 = 0x3fff;
+pub const IP_MF_AND_OFFSET: u16 = 0x3fff;
+const IP_DONT_FRAGMENT: u16 = 0x4000;
 /// TCP and UDP both start with source and destination port.
 const L4_MIN_LEN: usize = 8;
 const UDP_LEN: usize = 8;
@@ -54,6 +56,8 @@ pub struct PacketV4 {
     /// The IPv4 header's total length (host byte order), which a route's
     /// MTU is checked against.
     pub ip_total_len: u16,
+    /// DF set: a packet too big for its route is answered, not fragmented.
+    pub dont_fragment: bool,
 }
 
 impl PacketV4 {
@@ -69,8 +73,9 @@ impl PacketV4 {
     }
 }
 
+/// A pointer to a `T` at `offset` in the frame, if all of it is there.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -82,7 +87,7 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
 /// Where the IPv4 datagram ends (offset from the frame's start), after
 /// checking its total length against its header and the packet.
 #[inline(always)]
-fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<usize, Counter> {
+pub fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<usize, Counter> {
     let packet_len = ctx.len() as usize;
     // SAFETY: reads a field of the live sk_buff.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
@@ -141,7 +146,8 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
     if ip.vihl >> 4 != 4 || ihl < 5 {
         return Err(Counter::PassTruncated);
     }
-    if u16::from_be_bytes(ip.frags) & IP_MF_AND_OFFSET != 0 {
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & IP_MF_AND_OFFSET != 0 {
         return Err(Counter::PassFragment);
     }
     let proto = ip.proto as u8;
@@ -163,5 +169,6 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
         proto,
         l4_off,
         ip_total_len: u16::from_be_bytes(ip.tot_len),
+        dont_fragment: frags & IP_DONT_FRAGMENT != 0,
     })
 }

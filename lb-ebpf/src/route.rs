@@ -15,10 +15,16 @@
 //! it). Everything else goes to the stack, which does the right thing and
 //! answers with the right ICMP error: a local destination (a host-network
 //! backend), no route, a packet larger than the route's MTU, a TTL about to
-//! expire, forwarding disabled on the ingress interface.
+//! expire, forwarding disabled on the ingress interface. One exception: a
+//! packet with DF set that is about to be DNATed and exceeds the MTU is
+//! answered by `pmtu` instead, because the stack's answer would quote the
+//! translated packet.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
+        bpf_fib_lookup as FibParams,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -53,12 +59,25 @@ pub struct Flow {
     pub proto: u8,
 }
 
+/// What a route lookup found.
+#[derive(Clone, Copy)]
+pub enum Lookup {
+    /// A plain forward to a neighbour.
+    Route(Route),
+    /// A route exists, but a packet of the length asked about exceeds the
+    /// MTU forwarding uses on it (a locked route MTU, a learned path MTU,
+    /// or the device's).
+    TooBig { mtu: u16 },
+    /// Anything else (see the module comment): the stack decides.
+    Stack,
+}
+
 /// Looks up the route for `flow` as forwarding would for a packet arriving
-/// on this skb's interface. `want_source` also asks for the source address
-/// the node would use on the egress interface (for SNAT). `None`: not a
-/// plain forward (see the module comment).
+/// on this skb's interface, checking `ip_total_len` against its MTU.
+/// `want_source` also asks for the source address the node would use on
+/// the egress interface (for SNAT).
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Option<Route> {
+pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Lookup {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain data).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -76,11 +95,23 @@ pub fn lookup(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool
     let neighbour = match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Some((params.dmac, params.smac)),
         BPF_FIB_LKUP_RET_NO_NEIGH => None,
-        _ => return None,
+        // SAFETY: the union member the kernel writes with this result.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Lookup::TooBig { mtu: unsafe { params.__bindgen_anon_1.mtu_result } },
+        _ => return Lookup::Stack,
     };
     // SAFETY: the union member the lookup writes for AF_INET.
     let source = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
-    Some(Route { ifindex: params.ifindex, source, neighbour })
+    Lookup::Route(Route { ifindex: params.ifindex, source, neighbour })
+}
+
+/// `resolve`, for callers to whom anything but a plain forward means the
+/// stack. `None`: not a plain forward (see the module comment).
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Option<Route> {
+    match resolve(ctx, flow, ip_total_len, want_source) {
+        Lookup::Route(route) => Some(route),
+        Lookup::TooBig { .. } | Lookup::Stack => None,
+    }
 }
 
 /// Sends the (already NATed) packet out along `route`. `Verdict::Next`

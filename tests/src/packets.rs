@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
+use etherparse::{Icmpv4Type, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, icmpv4::DestUnreachableHeader};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -86,13 +86,47 @@ fn refresh_ip_checksum(packet: &mut [u8]) {
 /// its IP header and first 8 payload bytes, with the Ethernet addresses
 /// swapped: what a kube-proxy-style reject sends back.
 pub fn icmp_port_unreachable(original: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
-    let quote = &original[14..14 + 20 + 8];
-    let builder = PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC)
-        .ipv4(from.octets(), to.octets(), 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+    icmp_unreachable_reply(original, from, to, DestUnreachableHeader::Port)
+}
+
+/// ICMP destination unreachable (`header` names the code) from `from` to
+/// the sender of `original`, quoting its IP header and first 8 payload
+/// bytes, with the Ethernet addresses swapped.
+pub fn icmp_unreachable_reply(original: &[u8], from: Ipv4Addr, to: Ipv4Addr, header: DestUnreachableHeader) -> Vec<u8> {
+    let towards_node = icmp_error(from, to, Icmpv4Type::DestinationUnreachable(header), quote(original, 8));
+    // Ethernet destination first: back to the client, from the node.
+    [&CLIENT_MAC[..], &NODE_MAC[..], &towards_node[12..]].concat()
+}
+
+/// An ICMP error (`kind`) from `from` to `to` carrying `quote`, as a
+/// router or host sends it (TTL 64, DF set).
+pub fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: Icmpv4Type, quote: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(from.octets(), to.octets(), 64).icmpv4(kind);
     let mut out = Vec::new();
     builder.write(&mut out, quote).expect("build icmp");
     out
+}
+
+/// What an ICMP error quotes of `packet`: its IPv4 header (no options)
+/// and the first `l4_bytes` bytes after it.
+pub fn quote(packet: &[u8], l4_bytes: usize) -> &[u8] {
+    &packet[14..(14 + 20 + l4_bytes).min(packet.len())]
+}
+
+/// An ICMP echo request from `from` to `to`.
+pub fn icmp_echo(from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let builder =
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(from.octets(), to.octets(), 64).icmpv4_echo_request(7, 1);
+    let mut out = Vec::new();
+    builder.write(&mut out, b"ping").expect("build echo");
+    out
+}
+
+/// The same packet with DF cleared (the IPv4 header checksum refreshed).
+pub fn without_dont_fragment(mut packet: Vec<u8>) -> Vec<u8> {
+    packet[14 + 6] &= !0x40;
+    refresh_ip_checksum(&mut packet);
+    packet
 }
 
 /// `packet` as a router sends it on: new Ethernet addresses, TTL one less,

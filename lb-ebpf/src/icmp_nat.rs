@@ -1,0 +1,180 @@
+//! The byte rewrites of an ICMP error's translation (`icmp_error` decides
+//! what it becomes). Every checksum is updated incrementally (RFC 1624):
+//! the outer IPv4 header's; the quoted IPv4 header's; the quoted L4
+//! checksum when the quote holds it (UDP's, within the first 8 bytes,
+//! unless it is 0, "none"; TCP's only when the whole 20-byte header is
+//! quoted, as nf_nat's TCP rewrite does); and the ICMP checksum, for
+//! every quoted byte changed. A truncated quote needs no bytes it lacks.
+//! Each rewrite changes a checksum by exactly what it changes in the data
+//! the checksum covers, so the packet's sum stays the same and a
+//! CHECKSUM_COMPLETE skb->csum stays right.
+
+use aya_ebpf::programs::TcContext;
+use lb_common::{proto, stats::Counter};
+
+use crate::{nat, parse::ETH_LEN, verdict::PathResult};
+
+const IP_CSUM: usize = 10;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+const ICMP_CSUM: usize = 2;
+const TCP_CSUM: usize = 16;
+const TCP_MIN_LEN: usize = 20;
+const UDP_CSUM: usize = 6;
+
+/// An ICMP error about a TCP/UDP packet, as parsed by `icmp_error`.
+pub struct IcmpErrorV4 {
+    /// Network byte order.
+    pub outer_src: [u8; 4],
+    pub outer_dst: [u8; 4],
+    /// Host byte order.
+    pub ip_total_len: u16,
+    /// Offset of the ICMP header from the start of the frame.
+    pub icmp_off: usize,
+    pub quote: Quote,
+}
+
+/// The quoted packet: where its headers are, and its tuple.
+pub struct Quote {
+    /// Offsets from the start of the frame.
+    pub ip_off: usize,
+    pub l4_off: usize,
+    /// Offset of the L4 checksum, when the quote holds it.
+    pub l4_csum_off: Option<usize>,
+    /// Network byte order.
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// The quoted tuple and outer addresses the error is given: addresses in
+/// network byte order, ports in host byte order.
+pub struct Translation {
+    pub src: ([u8; 4], u16),
+    pub dst: ([u8; 4], u16),
+    pub outer_src: [u8; 4],
+    pub outer_dst: [u8; 4],
+}
+
+/// Where the quoted L4 checksum is, if the quote (ending at `quote_end`)
+/// holds it.
+#[inline(always)]
+pub fn quoted_l4_csum_off(proto: u8, l4_off: usize, quote_end: usize) -> Option<usize> {
+    if proto == proto::UDP {
+        return Some(l4_off + UDP_CSUM);
+    }
+    (l4_off + TCP_MIN_LEN <= quote_end).then_some(l4_off + TCP_CSUM)
+}
+
+/// Reads `N` bytes at `offset` through the kernel's helper (offsets past
+/// two header lengths are beyond what the verifier follows for direct
+/// access).
+#[inline(always)]
+fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8; N]> {
+    ctx.load::<[u8; N]>(offset).map_err(|_| Counter::DropRewriteFailed)
+}
+
+/// Writes `bytes` at `offset` through the kernel's helper, which leaves
+/// skb->csum alone: each rewrite below keeps the packet's sum.
+#[inline(always)]
+fn write_at<const N: usize>(ctx: &TcContext, offset: usize, bytes: [u8; N]) -> PathResult<()> {
+    ctx.store(offset, &bytes, 0).map_err(|_| Counter::DropRewriteFailed)
+}
+
+/// A running incremental update of one checksum field.
+#[derive(Clone, Copy)]
+struct CsumUpdate(u32);
+
+impl CsumUpdate {
+    #[inline(always)]
+    fn of(check: [u8; 2]) -> Self {
+        Self(u32::from(!u16::from_be_bytes(check)))
+    }
+
+    #[inline(always)]
+    fn replace2(&mut self, from: [u8; 2], to: [u8; 2]) {
+        self.0 += u32::from(!u16::from_be_bytes(from)) + u32::from(u16::from_be_bytes(to));
+    }
+
+    #[inline(always)]
+    fn replace4(&mut self, from: [u8; 4], to: [u8; 4]) {
+        self.replace2([from[0], from[1]], [to[0], to[1]]);
+        self.replace2([from[2], from[3]], [to[2], to[3]]);
+    }
+
+    #[inline(always)]
+    fn finish(self) -> [u8; 2] {
+        nat::fold_checksum(self.0)
+    }
+}
+
+/// Rewrites the quote, then the outer header, as `t` says.
+#[inline(always)]
+pub fn rewrite(ctx: &TcContext, err: &IcmpErrorV4, t: &Translation) -> PathResult<()> {
+    let icmp_csum = err.icmp_off + ICMP_CSUM;
+    let mut icmp = CsumUpdate::of(read_at(ctx, icmp_csum)?);
+    rewrite_quoted_ip(ctx, &err.quote, t, &mut icmp)?;
+    rewrite_quoted_l4(ctx, &err.quote, t, &mut icmp)?;
+    write_at(ctx, icmp_csum, icmp.finish())?;
+    rewrite_outer(ctx, err, t)
+}
+
+#[inline(always)]
+fn rewrite_quoted_ip(ctx: &TcContext, q: &Quote, t: &Translation, icmp: &mut CsumUpdate) -> PathResult<()> {
+    let old_csum = read_at::<2>(ctx, q.ip_off + IP_CSUM)?;
+    let mut ip = CsumUpdate::of(old_csum);
+    ip.replace4(q.src, t.src.0);
+    ip.replace4(q.dst, t.dst.0);
+    let new_csum = ip.finish();
+    icmp.replace4(q.src, t.src.0);
+    icmp.replace4(q.dst, t.dst.0);
+    icmp.replace2(old_csum, new_csum);
+    write_at(ctx, q.ip_off + IP_SRC, t.src.0)?;
+    write_at(ctx, q.ip_off + IP_DST, t.dst.0)?;
+    write_at(ctx, q.ip_off + IP_CSUM, new_csum)
+}
+
+#[inline(always)]
+fn rewrite_quoted_l4(ctx: &TcContext, q: &Quote, t: &Translation, icmp: &mut CsumUpdate) -> PathResult<()> {
+    let (old_ports, new_ports) = (ports(q.sport, q.dport), ports(t.src.1, t.dst.1));
+    icmp.replace4(old_ports, new_ports);
+    write_at(ctx, q.l4_off, new_ports)?;
+    let Some(csum_off) = q.l4_csum_off else {
+        return Ok(());
+    };
+    let old_csum = read_at::<2>(ctx, csum_off)?;
+    if q.proto == proto::UDP && old_csum == [0, 0] {
+        return Ok(());
+    }
+    // The pseudo header's addresses and the ports.
+    let mut l4 = CsumUpdate::of(old_csum);
+    l4.replace4(q.src, t.src.0);
+    l4.replace4(q.dst, t.dst.0);
+    l4.replace4(old_ports, new_ports);
+    let mut new_csum = l4.finish();
+    if q.proto == proto::UDP && new_csum == [0, 0] {
+        // 0 means "no checksum" in UDP; a computed 0 is sent as all ones.
+        new_csum = [0xff, 0xff];
+    }
+    icmp.replace2(old_csum, new_csum);
+    write_at(ctx, csum_off, new_csum)
+}
+
+#[inline(always)]
+fn rewrite_outer(ctx: &TcContext, err: &IcmpErrorV4, t: &Translation) -> PathResult<()> {
+    let mut ip = CsumUpdate::of(read_at(ctx, ETH_LEN + IP_CSUM)?);
+    ip.replace4(err.outer_src, t.outer_src);
+    ip.replace4(err.outer_dst, t.outer_dst);
+    write_at(ctx, ETH_LEN + IP_SRC, t.outer_src)?;
+    write_at(ctx, ETH_LEN + IP_DST, t.outer_dst)?;
+    write_at(ctx, ETH_LEN + IP_CSUM, ip.finish())
+}
+
+#[inline(always)]
+fn ports(sport: u16, dport: u16) -> [u8; 4] {
+    let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
+    [s[0], s[1], d[0], d[1]]
+}
