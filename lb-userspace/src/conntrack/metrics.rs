@@ -93,3 +93,38 @@ impl ConntrackMetrics {
         lb.register("gc_failures", "Garbage collection passes or UDP purges that failed", self.failures.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::{Metrics, SyncMetrics};
+
+    #[test]
+    fn a_sweep_shows_as_entries_removed_by_state_and_orphans() {
+        let conntrack = ConntrackMetrics::new(1 << 20);
+        let report = SweepReport {
+            entries: 10,
+            removed: [(State::Closing, 4)].into(),
+            orphans: 1,
+            took: Duration::from_millis(2),
+        };
+        conntrack.swept(&report);
+        conntrack.purged(2);
+        let mut metrics = Metrics::new(&SyncMetrics::default(), "/nonexistent".into());
+        metrics.register_conntrack(&conntrack);
+        let text = metrics.render();
+        for line in [
+            "lb_conntrack_entries 6",
+            "lb_conntrack_capacity 1048576",
+            "lb_conntrack_gc_removed_entries_total{state=\"closing\"} 4",
+            "lb_conntrack_gc_removed_entries_total{state=\"syn\"} 0",
+            "lb_conntrack_orphan_entries_total 1",
+            "lb_conntrack_udp_purged_entries_total 2",
+            "lb_conntrack_gc_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
+        }
+    }
+}
