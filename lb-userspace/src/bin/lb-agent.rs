@@ -127,8 +127,8 @@ struct Args {
     /// on exit (for readiness probes).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Conntrack table size in entries (two per flow). Preallocated: about
-    /// 100 bytes of kernel memory an entry. A full table evicts the idlest
+    /// Conntrack table size in entries (two per flow). Preallocated: 112
+    /// bytes of kernel memory an entry (117 MB for the default). A full table evicts the idlest
     /// flows; the agent warns above 90%.
     #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V4_CAPACITY)]
     conntrack_max: u32,
