@@ -29,7 +29,7 @@ const _: () = assert!(size_of::<CtKeyV4>() == 16);
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// Value of `LB4_CT`. 28 bytes.
+/// Value of `LB4_CT`. 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValueV4 {
@@ -44,9 +44,14 @@ pub struct CtValueV4 {
     pub frontend_port: u16,
     /// `FLAG_*` bits.
     pub flags: u16,
-    /// Creation time, seconds of the kernel's monotonic clock (for the
-    /// conntrack lifecycle: drain and garbage collection).
+    /// Creation time, seconds of the kernel's coarse monotonic clock
+    /// (`CLOCK_MONOTONIC_COARSE`), shown as the flow's age.
     pub created_s: u32,
+    /// When a packet last used this entry, same clock. Written only when
+    /// the second changed, so most packets leave the entry's cache line
+    /// clean. The agent's garbage collection compares it with the flow's
+    /// timeout.
+    pub last_seen_s: u32,
     /// Source NAT, for flows that must return through this node (external
     /// traffic sent to a backend on another node). Original direction: the
     /// node address that replaces the client's as source; reply direction:
@@ -58,7 +63,7 @@ pub struct CtValueV4 {
     pub nat_port: u16,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CtValueV4>() == 28);
+const _: () = assert!(size_of::<CtValueV4>() == 32);
 
 impl CtValueV4 {
     /// Whether this flow is source-NATed.
@@ -80,7 +85,58 @@ pub const SNAT_PORT_MAX: u16 = 65535;
 /// loop and a full range costs a few lookups, not thousands.
 pub const SNAT_PORT_ATTEMPTS: u32 = 32;
 
-/// A TCP FIN or RST was seen on this flow.
-pub const FLAG_CLOSING: u16 = 1 << 0;
+/// A packet beyond the one that opened the flow passed in this entry's
+/// direction: for TCP a packet without SYN (the handshake completed); for
+/// UDP, on the reply entry, the backend answered.
+pub const FLAG_ESTABLISHED: u16 = 1 << 0;
+/// A TCP FIN was sent in this entry's direction. FIN one way only is a
+/// half-closed connection: the other way may still carry data.
+pub const FLAG_FIN: u16 = 1 << 1;
+/// A TCP RST was seen in either direction; the datapath marks both
+/// entries of the flow.
+pub const FLAG_RST: u16 = 1 << 2;
+
+/// TCP header flag bits, as in the header's flags byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
+/// An entry's `FLAG_*` bits after one more packet in its direction
+/// (`tcp_flags`: the TCP header's flags byte, 0 for UDP). Bits are only
+/// ever added: a flow opened again by a new SYN gets a fresh entry.
+pub const fn observe(flags: u16, tcp_flags: u8) -> u16 {
+    let mut flags = flags;
+    if tcp_flags & TCP_SYN == 0 {
+        flags |= FLAG_ESTABLISHED;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        flags |= FLAG_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        flags |= FLAG_RST;
+    }
+    flags
+}
 
 user_pod!(CtKeyV4, CtValueV4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syn_leaves_the_entry_unestablished_and_the_next_packet_establishes_it() {
+        assert_eq!(observe(0, TCP_SYN), 0);
+        assert_eq!(observe(0, TCP_SYN | 0x10), 0, "a SYN-ACK is still the handshake");
+        assert_eq!(observe(0, 0x10), FLAG_ESTABLISHED);
+        assert_eq!(observe(0, 0), FLAG_ESTABLISHED, "any UDP datagram after the first");
+    }
+
+    #[test]
+    fn fin_and_rst_add_their_bits_and_nothing_is_ever_cleared() {
+        let fin = observe(FLAG_ESTABLISHED, TCP_FIN | 0x10);
+        assert_eq!(fin, FLAG_ESTABLISHED | FLAG_FIN);
+        assert_eq!(observe(fin, 0x10), fin);
+        assert_eq!(observe(fin, TCP_RST), fin | FLAG_RST);
+    }
+}

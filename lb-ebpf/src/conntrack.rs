@@ -1,6 +1,10 @@
 //! Conntrack entries for NATed flows: the original direction remembers the
 //! backend (and the SNAT source, if any), the reply direction remembers the
 //! frontend to restore (and the client, if SNATed).
+//!
+//! Every lookup of a tracked packet records it on its entry: the second it
+//! was seen and the TCP state bits (`lb_common::conntrack::observe`). The
+//! agent's garbage collection reads them; nothing here ever deletes.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -8,7 +12,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     backend::BackendV4,
-    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY},
+    conntrack::{self as ct, CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY, FLAG_RST},
     service::{ServiceKeyV4, ServiceValue},
     stats::Counter,
 };
@@ -20,27 +24,85 @@ fn key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, direction:
     CtKeyV4 { src_address: src, dst_address: dst, src_port: sport, dst_port: dport, proto, direction, _pad: [0; 2] }
 }
 
+/// Seconds of the kernel's coarse monotonic clock, the conntrack clock.
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: a helper without arguments or side effects.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// The entry at `k`, after recording `pkt` on it. Each field is written
+/// only when it changes: the common packet (same second, same state)
+/// leaves the entry's cache line clean. Two CPUs touching one entry at
+/// once may lose one's new bit; a lost bit only keeps the flow under a
+/// longer timeout.
+#[inline(always)]
+fn lookup_and_record(k: &CtKeyV4, pkt: &PacketV4) -> Option<CtValueV4> {
+    let entry = LB4_CT.get_ptr_mut(k)?;
+    // SAFETY: a value of the map, valid for this run of the program.
+    let entry = unsafe { &mut *entry };
+    let now = now_s();
+    if entry.last_seen_s != now {
+        entry.last_seen_s = now;
+    }
+    let flags = ct::observe(entry.flags, pkt.tcp_flags);
+    if entry.flags != flags {
+        entry.flags = flags;
+    }
+    Some(*entry)
+}
+
 /// The tracked original-direction entry for a client → frontend packet.
 #[inline(always)]
 pub fn lookup_original(pkt: &PacketV4) -> Option<CtValueV4> {
-    let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL);
-    // SAFETY: copied out at once.
-    unsafe { LB4_CT.get(k) }.copied()
+    lookup_and_record(&key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL), pkt)
 }
 
 /// The tracked reply-direction entry for a backend → client packet.
 #[inline(always)]
 pub fn lookup_reply(pkt: &PacketV4) -> Option<CtValueV4> {
-    let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY);
-    // SAFETY: copied out at once.
-    unsafe { LB4_CT.get(k) }.copied()
+    lookup_and_record(&key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt)
 }
 
-/// The value both entries of a new flow start from.
+/// Marks the entry at `k` reset, if it exists.
+#[inline(always)]
+fn mark_rst(k: &CtKeyV4) {
+    if let Some(entry) = LB4_CT.get_ptr_mut(k) {
+        // SAFETY: a value of the map, valid for this run of the program.
+        unsafe { (*entry).flags |= FLAG_RST };
+    }
+}
+
+/// An RST from the client closes the flow both ways: its reply entry is
+/// marked too (rare, so the extra lookup is fine). No-op for other packets.
+#[inline(always)]
+pub fn on_rst_mark_reply(pkt: &PacketV4, backend: &BackendV4, entry: &CtValueV4) {
+    if pkt.tcp_flags & ct::TCP_RST == 0 {
+        return;
+    }
+    let (client, client_port) =
+        if entry.has_snat() { (entry.nat_address, entry.nat_port) } else { (pkt.src, pkt.sport) };
+    mark_rst(&key(backend.address, client, backend.port, client_port, pkt.proto, DIR_REPLY));
+}
+
+/// An RST from the backend: marks the flow's original entry too. No-op
+/// for other packets.
+#[inline(always)]
+pub fn on_rst_mark_original(pkt: &PacketV4, entry: &CtValueV4) {
+    if pkt.tcp_flags & ct::TCP_RST == 0 {
+        return;
+    }
+    let (client, client_port) =
+        if entry.has_snat() { (entry.nat_address, entry.nat_port) } else { (pkt.dst, pkt.dport) };
+    let k = key(client, entry.frontend_address, client_port, entry.frontend_port, pkt.proto, DIR_ORIGINAL);
+    mark_rst(&k);
+}
+
+/// The value both entries of a new flow start from: seen now, in the
+/// state the opening packet gives.
 #[inline(always)]
 pub fn new_value(frontend: &ServiceKeyV4, service: &ServiceValue, backend_id: u32) -> CtValueV4 {
-    // SAFETY: a helper without arguments or side effects.
-    let now_s = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    let now_s = now_s();
     CtValueV4 {
         backend_id,
         frontend_id: service.frontend_id,
@@ -48,6 +110,7 @@ pub fn new_value(frontend: &ServiceKeyV4, service: &ServiceValue, backend_id: u3
         frontend_port: frontend.port,
         flags: 0,
         created_s: now_s,
+        last_seen_s: now_s,
         nat_address: [0; 4],
         nat_port: 0,
         _pad: [0; 2],

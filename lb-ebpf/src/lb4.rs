@@ -66,6 +66,7 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         && !pkt.tcp_syn
         && let Some(backend) = service::lookup_backend(entry.backend_id)
     {
+        conntrack::on_rst_mark_reply(pkt, &backend, &entry);
         let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
         return to_backend(ctx, pkt, &backend, snat, None, Counter::Established).map(Some);
     }
@@ -221,6 +222,7 @@ fn try_reply(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let Some(entry) = conntrack::lookup_reply(pkt) else {
         return Ok(None);
     };
+    conntrack::on_rst_mark_original(pkt, &entry);
     to_client(ctx, pkt, &entry).map(Some)
 }
 

@@ -51,6 +51,8 @@ pub struct PacketV4 {
     pub proto: u8,
     /// TCP SYN without ACK: the first packet of a new connection.
     pub tcp_syn: bool,
+    /// The TCP header's flags byte (0 for UDP), for conntrack's state bits.
+    pub tcp_flags: u8,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
     /// The IPv4 header's total length (host byte order), which a route's
@@ -105,9 +107,9 @@ pub fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<us
 }
 
 /// Checks the TCP header (whole, its data offset inside the datagram) and
-/// says whether it opens a connection (SYN without ACK).
+/// returns its flags byte.
 #[inline(always)]
-fn tcp_syn(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<bool, Counter> {
+fn tcp_flags(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counter> {
     let header: *const [u8; TCP_MIN_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let header = unsafe { &*header };
@@ -115,12 +117,12 @@ fn tcp_syn(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<bool, Counte
     if data_offset < TCP_MIN_LEN || l4_off + data_offset > ip_end {
         return Err(Counter::PassMalformed);
     }
-    Ok(header[TCP_FLAGS_OFFSET] & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    Ok(header[TCP_FLAGS_OFFSET])
 }
 
-/// Checks the UDP header's length against the datagram. Never a SYN.
+/// Checks the UDP header's length against the datagram. No TCP flags.
 #[inline(always)]
-fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<bool, Counter> {
+fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counter> {
     let header: *const [u8; UDP_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let header = unsafe { &*header };
@@ -128,7 +130,7 @@ fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<bool, Count
     if length < UDP_LEN || l4_off + length > ip_end {
         return Err(Counter::PassMalformed);
     }
-    Ok(false)
+    Ok(0)
 }
 
 /// Parses the headers; `Err` carries the pass reason.
@@ -159,9 +161,10 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
     let ports: *const [u8; L4_MIN_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { &*ports };
-    let tcp_syn = if proto == proto::TCP { tcp_syn(ctx, l4_off, ip_end)? } else { udp_fits(ctx, l4_off, ip_end)? };
+    let tcp_flags = if proto == proto::TCP { tcp_flags(ctx, l4_off, ip_end)? } else { udp_fits(ctx, l4_off, ip_end)? };
     Ok(PacketV4 {
-        tcp_syn,
+        tcp_syn: tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        tcp_flags,
         src: ip.src_addr,
         dst: ip.dst_addr,
         sport: u16::from_be_bytes([ports[0], ports[1]]),

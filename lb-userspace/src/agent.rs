@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::{
+    conntrack,
     health::ProxyHealth,
     healthcheck::{Failure, ServiceHealthServers},
     metrics::{SyncMetrics, SyncOutcome},
@@ -74,13 +75,14 @@ impl Source {
 }
 
 /// Where sync outcomes go beyond the log: the metrics and the health
-/// check, both read by the agent's HTTP endpoints, and the Services'
-/// health check servers.
+/// check, both read by the agent's HTTP endpoints, the Services' health
+/// check servers, and the conntrack worker (stale UDP flows).
 #[derive(Clone, Debug)]
 pub struct Observers {
     pub metrics: Arc<SyncMetrics>,
     pub health: Arc<ProxyHealth>,
     pub service_health: Arc<ServiceHealthServers>,
+    pub conntrack: Option<Arc<conntrack::worker::Handle>>,
 }
 
 impl Observers {
@@ -92,7 +94,7 @@ impl Observers {
         let health = Arc::new(ProxyHealth::new(health_timeout));
         let service_health =
             Arc::new(ServiceHealthServers::new(health_check_addresses, health.clone(), metrics.clone()));
-        Self { metrics, health, service_health }
+        Self { metrics, health, service_health, conntrack: None }
     }
 
     fn queued(&self) {
@@ -178,6 +180,9 @@ pub async fn run<W: MapWriter>(
                     full = true;
                 }
                 let ok = sync_once(syncer, source, full, &mut problems, sink, observers);
+                if ok && let Some(conntrack) = &observers.conntrack {
+                    conntrack.synced(syncer.listed_udp_pairs());
+                }
                 // After the maps are written: opening ports never delays the datapath.
                 reconcile_health_checks(syncer, sink, observers);
                 pacer.synced(Instant::now().into_std(), full, ok);

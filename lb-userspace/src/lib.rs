@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod conntrack;
 pub mod datapath;
 pub mod encode;
 pub mod events;

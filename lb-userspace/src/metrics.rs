@@ -292,6 +292,11 @@ impl Metrics {
         Self { registry }
     }
 
+    /// Adds the conntrack worker's metrics.
+    pub fn register_conntrack(&mut self, conntrack: &crate::conntrack::metrics::ConntrackMetrics) {
+        conntrack.register(&mut self.registry);
+    }
+
     /// The Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -118,6 +118,12 @@ impl<W: MapWriter> Syncer<W> {
         &self.current
     }
 
+    /// (frontend id, backend id) of every endpoint each served UDP
+    /// frontend lists (see `conntrack::stale_udp`).
+    pub fn listed_udp_pairs(&self) -> std::collections::BTreeSet<(u32, u32)> {
+        self.state.listed_pairs(lb_common::proto::UDP)
+    }
+
     pub fn writer(&self) -> &W {
         &self.writer
     }

@@ -164,6 +164,12 @@ impl Datapath {
         Ok(())
     }
 
+    /// LB4_CT itself, as the agent's conntrack worker opens it.
+    pub fn conntrack_map(&self) -> anyhow::Result<lb_userspace::conntrack::sweep::ConntrackMap> {
+        let id = self.syncer.writer().conntrack_map_id()?;
+        Ok(aya::maps::Map::from_map_data(MapData::from_id(id)?)?.try_into()?)
+    }
+
     /// LB_STATS, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let map: PerCpuArray<&MapData, u64> = self.ebpf.map(names::STATS).context("stats map")?.try_into()?;

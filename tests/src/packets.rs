@@ -38,6 +38,35 @@ pub fn tcp(src: Endpoint, dst: Endpoint, syn: bool, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// TCP control bits for [`tcp_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// A payload-free TCP segment with exactly these control bits.
+pub fn tcp_with(src: Endpoint, dst: Endpoint, flags: TcpFlags) -> Vec<u8> {
+    let mut builder = ip_builder(src, dst).tcp(src.port, dst.port, 1000, 64240);
+    if flags.syn {
+        builder = builder.syn();
+    }
+    if flags.ack {
+        builder = builder.ack(2000);
+    }
+    if flags.fin {
+        builder = builder.fin();
+    }
+    if flags.rst {
+        builder = builder.rst();
+    }
+    let mut out = Vec::with_capacity(builder.size(0));
+    builder.write(&mut out, &[]).expect("build tcp");
+    out
+}
+
 pub fn udp(src: Endpoint, dst: Endpoint, payload: &[u8]) -> Vec<u8> {
     let builder = ip_builder(src, dst).udp(src.port, dst.port);
     let mut out = Vec::with_capacity(builder.size(payload.len()));

@@ -339,7 +339,9 @@ fn incompatible_derived_maps_and_conntrack_are_recreated_with_a_warning() {
     let (_src, source) = services_file(&cluster_topology);
     let pin_dir = PinDir(format!("/sys/fs/bpf/{}", cluster_topology.node).into());
     links::pin_foreign_map(&pin_dir.0.join(names::SERVICES_V4), "hash", 12, 4, 1024, names::SERVICES_V4).unwrap();
-    links::pin_foreign_map(&pin_dir.0.join(names::CONNTRACK_V4), "hash", 16, 16, 1024, names::CONNTRACK_V4).unwrap();
+    // Conntrack as the version before last-seen times pinned it (28-byte values).
+    links::pin_foreign_map(&pin_dir.0.join(names::CONNTRACK_V4), "lru_hash", 16, 28, 1024, names::CONNTRACK_V4)
+        .unwrap();
     let mut agent =
         LoggedAgent::spawn(&[], &agent_args(&cluster_topology, &pin_dir.0, &source), &cluster_topology.node).unwrap();
     agent.wait_ready(Duration::from_secs(30)).expect("the agent starts");

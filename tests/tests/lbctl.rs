@@ -75,6 +75,8 @@ fn lbctl_shows_the_demo_services_backends_flows_and_counters() {
     let backend = flow["backend"].as_str().unwrap();
     let i: usize = answered_by.trim_start_matches("backend-").parse().unwrap();
     assert_eq!(backend, format!("{}:{}", topology::backend_ip(i), scenario::HTTP_PORT), "the flow's backend answered");
+    assert_eq!(flow["state"], "established", "handshake done, request answered: {flow}");
+    assert!(flow["idle_s"].as_u64().unwrap() <= flow["age_s"].as_u64().unwrap(), "{flow}");
 
     let stats = json(&cluster, &["stats"]);
     let new_flows = stats.as_array().unwrap().iter().find(|s| s["counter"] == "new_flow").expect("new_flow counter");

@@ -1,13 +1,14 @@
 //! lb-agent: keeps the eBPF datapath's maps in line with the cluster's
 //! Services and EndpointSlices.
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
 use ipnet::Ipv4Net;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
+    conntrack::{self, expiry, metrics::ConntrackMetrics},
     datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps, sock_links},
     events::{EventPublisher, LogOnly},
     metrics::Metrics,
@@ -126,9 +127,34 @@ struct Args {
     /// on exit (for readiness probes).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Conntrack table size (flows × 2).
+    /// Conntrack table size in entries (two per flow). Preallocated: 112
+    /// bytes of kernel memory an entry (117 MB for the default). A full table evicts the idlest
+    /// flows; the agent warns above 90%.
     #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V4_CAPACITY)]
     conntrack_max: u32,
+    /// How often conntrack is swept for flows past their timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    conntrack_gc_interval: Duration,
+    /// Idle timeout of an established TCP connection (also half-closed:
+    /// FIN one way only). Default 24h, what kube-proxy sets for the kernel.
+    #[arg(long, value_parser = parse_duration)]
+    conntrack_tcp_timeout_established: Option<Duration>,
+    /// Idle timeout of a TCP connection whose handshake did not complete.
+    /// Default 60s.
+    #[arg(long, value_parser = parse_duration)]
+    conntrack_tcp_timeout_syn: Option<Duration>,
+    /// Idle timeout of a TCP connection after FIN both ways or an RST.
+    /// Default 10s.
+    #[arg(long, value_parser = parse_duration)]
+    conntrack_tcp_timeout_close: Option<Duration>,
+    /// Idle timeout of a UDP flow the backend has not answered. Default
+    /// 30s (the kernel's nf_conntrack_udp_timeout).
+    #[arg(long, value_parser = parse_duration)]
+    conntrack_udp_timeout: Option<Duration>,
+    /// Idle timeout of a UDP flow the backend answered. Default 2m (the
+    /// kernel's nf_conntrack_udp_timeout_stream).
+    #[arg(long, value_parser = parse_duration)]
+    conntrack_udp_timeout_stream: Option<Duration>,
     /// Service table size (frontends + backend slots).
     #[arg(long, default_value_t = lb_common::maps::SERVICES_V4_CAPACITY)]
     services_max: u32,
@@ -279,8 +305,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     // kube-proxy's health timeout: twice the sync period.
-    let observers = Observers::new(args.sync_period * 2, health_check_addresses(&args, &syncer.node().node_addresses));
-    serve_endpoints(&args, &observers).await?;
+    let mut observers =
+        Observers::new(args.sync_period * 2, health_check_addresses(&args, &syncer.node().node_addresses));
+    let conntrack_metrics = Arc::new(ConntrackMetrics::new(args.conntrack_max));
+    let gc = conntrack::worker::spawn(args.pin_dir.clone(), conntrack_config(&args), conntrack_metrics.clone());
+    observers.conntrack = Some(Arc::new(gc));
+    serve_endpoints(&args, &observers, &conntrack_metrics).await?;
     agent::run(
         &mut syncer,
         &mut source,
@@ -298,6 +328,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     info!("shutting down; pinned links and maps stay: the datapath keeps running until the next start");
     Ok(())
+}
+
+/// The conntrack worker's settings from the flags (unset timeouts: the
+/// `expiry` defaults).
+fn conntrack_config(args: &Args) -> conntrack::worker::Config {
+    let or = |flag: Option<Duration>, default| flag.unwrap_or(default);
+    let timeouts = expiry::Timeouts::from_durations(
+        or(args.conntrack_tcp_timeout_syn, expiry::TCP_SYN_TIMEOUT),
+        or(args.conntrack_tcp_timeout_established, expiry::TCP_ESTABLISHED_TIMEOUT),
+        or(args.conntrack_tcp_timeout_close, expiry::TCP_CLOSE_TIMEOUT),
+        or(args.conntrack_udp_timeout, expiry::UDP_TIMEOUT),
+        or(args.conntrack_udp_timeout_stream, expiry::UDP_STREAM_TIMEOUT),
+    );
+    conntrack::worker::Config { interval: args.conntrack_gc_interval, timeouts, capacity: args.conntrack_max }
 }
 
 /// Pins the program for the CNI plugin and moves the plugin's links to it
@@ -357,11 +401,16 @@ async fn shutdown_signal() {
 
 /// Binds the metrics and health addresses (failing at start, not later,
 /// when one is taken) and serves them in the background.
-async fn serve_endpoints(args: &Args, observers: &Observers) -> anyhow::Result<()> {
+async fn serve_endpoints(
+    args: &Args,
+    observers: &Observers,
+    conntrack_metrics: &ConntrackMetrics,
+) -> anyhow::Result<()> {
     if let BindAddress(Some(addr)) = args.metrics_bind_address {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
-        let metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
+        let mut metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
+        metrics.register_conntrack(conntrack_metrics);
         tokio::spawn(serve::metrics(listener, std::sync::Arc::new(metrics)));
         info!(address = %addr, "serving /metrics");
     }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{backend, conntrack::DIR_ORIGINAL, service};
 use lb_userspace::{
+    conntrack::{clock, expiry, flows},
     datapath::{
         inventory::{self, Owner, PinnedLink},
         loader, maps,
@@ -332,17 +333,29 @@ struct Flow {
     frontend_id: u32,
     /// The source the backend sees, when the flow is source-NATed.
     snat: Option<SocketAddrV4>,
-    closing: bool,
+    /// `syn`, `established` or `closing` (TCP); `unreplied` or `replied` (UDP).
+    state: &'static str,
+    /// Seconds since the flow was opened, and since it last carried a packet.
+    age_s: u32,
+    idle_s: u32,
 }
 
 fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
-    let mut entries = maps::conntrack_entries(pin_dir)?;
-    entries.retain(|(k, _)| k.direction == DIR_ORIGINAL);
-    entries.sort_by_key(|(k, _)| *k);
+    let entries: std::collections::BTreeMap<_, _> = maps::conntrack_entries(pin_dir)?.into_iter().collect();
+    let now = clock::now_s();
     Ok(entries
-        .into_iter()
-        .map(|(k, v)| Flow {
+        .iter()
+        .filter(|(k, _)| k.direction == DIR_ORIGINAL)
+        .map(|(&k, &v)| {
+            let backend = held.backends.get(&v.backend_id);
+            let reply = backend.and_then(|b| entries.get(&flows::reply_key(&k, &v, b)));
+            (k, v, reply)
+        })
+        .map(|(k, v, reply)| Flow {
+            state: expiry::state(k.proto, Some(&v), reply).name(),
+            age_s: now.saturating_sub(v.created_s),
+            idle_s: expiry::idle_s(now, Some(&v), reply),
             proto: proto_name(k.proto),
             client: SocketAddrV4::new(k.src_address.into(), k.src_port),
             frontend: SocketAddrV4::new(k.dst_address.into(), k.dst_port),
@@ -350,7 +363,6 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
             backend: held.backends.get(&v.backend_id).map(|b| SocketAddrV4::new(b.address.into(), b.port)),
             frontend_id: v.frontend_id,
             snat: v.has_snat().then(|| SocketAddrV4::new(v.nat_address.into(), v.nat_port)),
-            closing: v.flags & lb_common::conntrack::FLAG_CLOSING != 0,
         })
         .collect())
 }
@@ -360,12 +372,21 @@ fn conntrack_table(flows: &[Flow]) -> String {
         .iter()
         .map(|f| {
             let backend = f.backend.map_or_else(|| format!("gone (id {})", f.backend_id), |b| b.to_string());
-            let state = if f.closing { "closing" } else { "open" };
             let snat = f.snat.map_or_else(|| "-".to_owned(), |s| s.to_string());
-            vec![f.proto.clone(), f.client.to_string(), f.frontend.to_string(), backend, snat, state.to_owned()]
+            let (age, idle) = (format!("{}s", f.age_s), format!("{}s", f.idle_s));
+            vec![
+                f.proto.clone(),
+                f.client.to_string(),
+                f.frontend.to_string(),
+                backend,
+                snat,
+                f.state.to_owned(),
+                age,
+                idle,
+            ]
         })
         .collect();
-    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE"], &rows)
+    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE", "AGE", "IDLE"], &rows)
 }
 
 #[derive(Serialize)]

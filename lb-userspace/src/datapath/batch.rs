@@ -1,7 +1,8 @@
 //! Whole-map reads with `BPF_MAP_LOOKUP_BATCH`: one syscall per few
 //! thousand entries instead of two per entry (aya only iterates key by
 //! key), so the periodic full sync can read every map back cheaply; and
-//! many-entry writes with `BPF_MAP_UPDATE_BATCH` (Maglev tables). A
+//! many-entry writes with `BPF_MAP_UPDATE_BATCH` (Maglev tables) and
+//! deletes with `BPF_MAP_DELETE_BATCH` (conntrack garbage collection). A
 //! kernel or map type without batch support answers EINVAL or ENOTSUPP;
 //! [`lookup_all`] then returns `None` ([`update_all`] `false`) and the
 //! caller goes entry by entry instead.
@@ -36,58 +37,104 @@ struct BatchAttr {
 
 /// Every entry of `map`, or `None` if the kernel cannot batch this map.
 pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Option<Vec<(K, V)>>> {
-    let mut chunk = FIRST_CHUNK;
-    'restart: loop {
-        let mut out = Vec::new();
-        // The batch position: a bucket index (hash maps) or the last key
-        // (arrays); 8 bytes hold either.
-        let mut position = 0u64;
+    let mut out = Vec::new();
+    let whole = for_each_chunk(map, |keys: &[K], values: &[V]| {
+        out.extend(keys.iter().copied().zip(values.iter().copied()));
+    })?;
+    Ok(whole.then_some(out))
+}
+
+/// Reads `map` a chunk at a time, handing each chunk to `chunk`, so a
+/// large map is walked in bounded memory. `Ok(false)`: the kernel cannot
+/// batch this map (nothing was handed over). Entries added or removed
+/// during the walk may be seen or not; none is seen twice unless it was
+/// re-created meanwhile.
+pub fn for_each_chunk<K: Pod, V: Pod>(map: &MapData, mut chunk: impl FnMut(&[K], &[V])) -> io::Result<bool> {
+    let mut size = FIRST_CHUNK;
+    // SAFETY: K and V are Pod (plain bytes, any bit pattern valid).
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; size];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; size];
+    // The batch position: a bucket index (hash maps) or the last key
+    // (arrays); 8 bytes hold either. `None`: from the start.
+    let mut position: Option<u64> = None;
+    loop {
         let mut next = 0u64;
-        let mut first = true;
-        // SAFETY: K and V are Pod (plain bytes, any bit pattern valid).
-        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
-        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { std::ptr::from_ref(&position) as u64 },
-                out_batch: std::ptr::from_mut(&mut next) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: chunk as u32,
-                map_fd: map.fd().as_fd().as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: attr points at live buffers of `chunk` keys and values
-            // of the map's key and value sizes, and at 8-byte positions.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    std::ptr::from_mut(&mut attr),
-                    size_of::<BatchAttr>(),
-                )
-            };
-            let error = (ret < 0).then(io::Error::last_os_error);
-            let filled = attr.count as usize;
-            match error.as_ref().and_then(io::Error::raw_os_error) {
-                None | Some(libc::ENOENT) => {
-                    out.extend(keys[..filled].iter().copied().zip(values[..filled].iter().copied()));
-                    if error.is_some() {
-                        // ENOENT: the walk reached the end.
-                        return Ok(Some(out));
-                    }
+        let mut attr = BatchAttr {
+            in_batch: position.as_ref().map_or(0, |p| std::ptr::from_ref(p) as u64),
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: size as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at live buffers of `size` keys and values of
+        // the map's key and value sizes, and at 8-byte positions.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
+        };
+        let error = (ret < 0).then(io::Error::last_os_error);
+        let filled = attr.count as usize;
+        match error.as_ref().and_then(io::Error::raw_os_error) {
+            None | Some(libc::ENOENT) => {
+                chunk(&keys[..filled], &values[..filled]);
+                if error.is_some() {
+                    // ENOENT: the walk reached the end.
+                    return Ok(true);
                 }
-                Some(libc::ENOSPC) => {
-                    chunk *= 4;
-                    continue 'restart;
-                }
-                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) => return Ok(None),
-                Some(_) => return Err(error.expect("an error")),
             }
-            position = next;
-            first = false;
+            Some(libc::ENOSPC) => {
+                // One bucket holds more than a chunk: the same position
+                // again, with room for it.
+                size *= 4;
+                keys.resize(size, keys[0]);
+                values.resize(size, values[0]);
+                continue;
+            }
+            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if position.is_none() => return Ok(false),
+            Some(_) => return Err(error.expect("an error")),
+        }
+        position = Some(next);
+    }
+}
+
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Deletes `keys` with `BPF_MAP_DELETE_BATCH`, a few thousand per
+/// syscall; keys already gone are skipped. Returns how many were deleted,
+/// or `None` if the kernel cannot batch this map (nothing deleted).
+pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<Option<usize>> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let batch = &rest[..rest.len().min(FIRST_CHUNK)];
+        let mut attr = BatchAttr {
+            keys: batch.as_ptr() as u64,
+            count: batch.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at `count` keys of the map's key size, which
+        // the kernel only reads.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_BATCH, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
+        };
+        let done = attr.count as usize;
+        deleted += done;
+        if ret >= 0 {
+            rest = &rest[batch.len()..];
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // The kernel stops at a key that is gone (evicted, or removed
+            // by the datapath's own re-balancing): skip it.
+            Some(libc::ENOENT) => rest = &rest[done + 1..],
+            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if deleted == 0 => return Ok(None),
+            _ => return Err(error),
         }
     }
+    Ok(Some(deleted))
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;

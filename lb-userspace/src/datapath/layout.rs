@@ -207,6 +207,15 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_pinned_before_last_seen_times_is_recreated_losing_flows() {
+        let (expected, policy) = expected(names::CONNTRACK_V4, Capacities::default()).unwrap();
+        // 28-byte values: no `last_seen_s`; their flags never held state.
+        let before = Layout { value_size: 28, ..expected };
+        assert_ne!(before, expected);
+        assert_eq!(policy, OnMismatch::RecreateLosingFlows);
+    }
+
+    #[test]
     fn only_the_id_counters_are_refused() {
         let refused: Vec<_> = names::ALL
             .into_iter()

@@ -250,10 +250,14 @@ impl ServiceMaps {
     }
 }
 
-/// Reads the conntrack table (CLI, tests).
+/// Reads the conntrack table (CLI, metrics, tests): batched, as the
+/// table holds up to `--conntrack-max` entries.
 pub fn conntrack_entries(pin_dir: &Path) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
     let map: HashMap<MapData, CtKeyV4, CtValueV4> =
         open_pinned(pin_dir, names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?;
+    if let Some(entries) = batch::lookup_all(map.map()).context("reading conntrack")? {
+        return Ok(entries);
+    }
     map.iter().map(|e| e.context("reading conntrack")).collect()
 }
 

@@ -2,7 +2,7 @@
 //! maps the agent writes and the CLI reads.
 
 pub mod attach;
-pub(crate) mod batch;
+pub mod batch;
 pub mod bpffs;
 pub mod chained;
 pub mod interfaces;

@@ -127,6 +127,11 @@ impl BackendRefs {
         Some((id, Lifecycle::Removed))
     }
 
+    /// The id of a live backend.
+    pub fn id(&self, identity: BackendIdentity) -> Option<u32> {
+        self.live.get(&identity).map(|live| live.id)
+    }
+
     /// The entry of a live backend.
     pub fn value(&self, identity: BackendIdentity) -> Option<BackendV4> {
         let live = self.live.get(&identity)?;

@@ -133,6 +133,17 @@ impl DesiredState {
         self.claims.services().chain(self.problems.keys().filter(|s| !self.claims.has_service(s)))
     }
 
+    /// (frontend id, backend id) of every endpoint each served frontend of
+    /// protocol `proto` lists, chosen for new flows or draining.
+    pub fn listed_pairs(&self, proto: u8) -> std::collections::BTreeSet<(u32, u32)> {
+        self.encoded
+            .iter()
+            .filter(|(key, _)| key.proto == proto)
+            .flat_map(|(_, e)| e.slots.iter().chain(&e.draining).map(move |b| (e.frontend_id, b.identity)))
+            .filter_map(|(frontend_id, identity)| Some((frontend_id, self.backends.id(identity)?)))
+            .collect()
+    }
+
     pub fn frontend_count(&self) -> usize {
         self.encoded.len()
     }

@@ -143,6 +143,11 @@ impl Agent {
         maps::counters(&self.pin_dir)
     }
 
+    /// Entries in the datapath's conntrack table now.
+    pub fn conntrack_entries(&self) -> anyhow::Result<usize> {
+        Ok(maps::conntrack_entries(&self.pin_dir)?.len())
+    }
+
     fn log_tail(&self) -> String {
         self.log_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default()
     }

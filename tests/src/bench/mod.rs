@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod backends;
 pub mod cancel;
+pub mod conntrack_gc;
 pub mod control_plane;
 pub mod control_plane_api;
 pub mod cpu;
@@ -35,6 +36,7 @@ pub enum Part {
     PacketCost,
     Traffic,
     ControlPlane,
+    ConntrackGc,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +108,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         (Part::PacketCost, plan.packet.sizes.len()),
         (Part::Traffic, plan.traffic.sizes.len() * 2 * layouts::Layout::ALL.len()),
         (Part::ControlPlane, plan.control.startup_sizes.len() + 2),
+        (Part::ConntrackGc, 1),
     ]
     .iter()
     .filter(|(part, _)| wants(*part))
@@ -124,6 +127,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         }
         if wants(Part::ControlPlane) {
             control_plane::run(&plan.control, &env, &mut report)?;
+        }
+        if wants(Part::ConntrackGc) {
+            conntrack_gc::run(plan.mode, &env, &mut report)?;
         }
         Ok(())
     })();

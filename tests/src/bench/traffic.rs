@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::stats::Counter;
+use lb_common::{maps::CONNTRACK_V4_CAPACITY, stats::Counter};
 use lb_userspace::model::Protocol;
 
 use super::{
@@ -254,6 +254,8 @@ struct Cell {
     install_seconds: Option<f64>,
     /// ebpf only: flows the datapath balanced, from its counters.
     new_flows: Option<u64>,
+    /// ebpf only: conntrack entries left after the case's runs.
+    conntrack_entries: Option<usize>,
     /// Connections or exchanges attempted, warm-up included.
     operations: u64,
 }
@@ -290,6 +292,16 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
             "s",
             Summary::of(&[seconds]).expect("one value"),
         );
+    }
+    if let Some(entries) = cell.conntrack_entries {
+        let summary = Summary::of(&[entries as f64]).expect("one value");
+        report.add(At::new(Section::Traffic, dp, run.case, services), "conntrack_entries", "entries", summary);
+        if entries as u64 * 10 > u64::from(CONNTRACK_V4_CAPACITY) * 9 {
+            report.warn(format!(
+                "{dp} at {services} Services ({}): conntrack {entries} entries of {CONNTRACK_V4_CAPACITY}: the LRU evicts",
+                run.case
+            ));
+        }
     }
     let ops: u64 = cell.results.iter().map(|r| r.ops).sum();
     let failed: u64 = cell.results.iter().map(|r| r.errors).sum();
@@ -461,18 +473,30 @@ impl LayoutBench {
         if let Some(e) = &self.failed {
             anyhow::bail!("{e:#} (namespaces {}…)", self.topology.client);
         }
-        let (install_seconds, new_flows) = match &self.installed {
-            Installed::Nothing | Installed::Program { .. } => (None, None),
-            Installed::Rules { took, .. } => (Some(took.as_secs_f64()), None),
+        let (install_seconds, new_flows, conntrack_entries) = match &self.installed {
+            Installed::Nothing | Installed::Program { .. } => (None, None, None),
+            Installed::Rules { took, .. } => (Some(took.as_secs_f64()), None, None),
             Installed::Agent { agent, took } => {
                 let counters = agent.counters()?;
                 let nonzero: Vec<String> =
                     counters.iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{}={n}", c.name())).collect();
                 env.progress.log(&format!("  ebpf datapath counters: {}", nonzero.join(" ")));
                 let new_flows = counters.iter().find(|(c, _)| *c == Counter::NewFlow).map(|(_, n)| *n);
-                (Some(took.as_secs_f64()), new_flows)
+                let entries = agent.conntrack_entries()?;
+                env.progress.log(&format!(
+                    "  ebpf conntrack: {} entries of {}",
+                    group(entries as f64),
+                    group(f64::from(CONNTRACK_V4_CAPACITY))
+                ));
+                (Some(took.as_secs_f64()), new_flows, Some(entries))
             }
         };
-        Ok(Cell { results: self.results.clone(), install_seconds, new_flows, operations: self.operations })
+        Ok(Cell {
+            results: self.results.clone(),
+            install_seconds,
+            new_flows,
+            conntrack_entries,
+            operations: self.operations,
+        })
     }
 }

@@ -1,0 +1,128 @@
+//! The two entries of one flow: which key an entry's partner has.
+//!
+//! A reply entry names its flow's original key by itself (it holds the
+//! frontend, and for a source-NATed flow the client). An original entry
+//! names only a backend id: its reply key needs that backend's address.
+
+use lb_common::{
+    backend::BackendV4,
+    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY},
+};
+
+/// The original-direction key of the flow `key` belongs to (`key` itself
+/// for an original entry).
+pub fn original_key(key: &CtKeyV4, value: &CtValueV4) -> CtKeyV4 {
+    if key.direction == DIR_ORIGINAL {
+        return *key;
+    }
+    // Replies go to the client, or for a source-NATed flow to the node
+    // address standing in for it; the entry then holds the client.
+    let (client, client_port) =
+        if value.has_snat() { (value.nat_address, value.nat_port) } else { (key.dst_address, key.dst_port) };
+    CtKeyV4 {
+        src_address: client,
+        dst_address: value.frontend_address,
+        src_port: client_port,
+        dst_port: value.frontend_port,
+        proto: key.proto,
+        direction: DIR_ORIGINAL,
+        _pad: [0; 2],
+    }
+}
+
+/// The reply-direction key of an original entry whose backend is `backend`.
+pub fn reply_key(key: &CtKeyV4, value: &CtValueV4, backend: &BackendV4) -> CtKeyV4 {
+    // The backend answers the address it saw as source: the client's, or
+    // the node's for a source-NATed flow.
+    let (to, to_port) =
+        if value.has_snat() { (value.nat_address, value.nat_port) } else { (key.src_address, key.src_port) };
+    CtKeyV4 {
+        src_address: backend.address,
+        dst_address: to,
+        src_port: backend.port,
+        dst_port: to_port,
+        proto: key.proto,
+        direction: DIR_REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// Whether `reply` is the reply entry of the flow whose original entry is
+/// `original`: not a leftover of an earlier flow with the same client
+/// tuple, re-balanced to another backend since.
+pub fn partners(original: (&CtKeyV4, &CtValueV4), reply: (&CtKeyV4, &CtValueV4)) -> bool {
+    let (ok, ov) = original;
+    let (rk, rv) = reply;
+    original_key(rk, rv) == *ok && ov.backend_id == rv.backend_id && ov.frontend_id == rv.frontend_id && {
+        let (to, to_port) = if ov.has_snat() { (ov.nat_address, ov.nat_port) } else { (ok.src_address, ok.src_port) };
+        (rk.dst_address, rk.dst_port) == (to, to_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::proto;
+
+    use super::*;
+
+    const CLIENT: ([u8; 4], u16) = ([10, 0, 1, 2], 40000);
+    const FRONTEND: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+    const NODE: ([u8; 4], u16) = ([192, 168, 0, 10], 61000);
+    const BACKEND: BackendV4 = BackendV4 { address: [10, 244, 1, 2], port: 8080, proto: proto::TCP, flags: 0 };
+
+    fn k(src: ([u8; 4], u16), dst: ([u8; 4], u16), direction: u8) -> CtKeyV4 {
+        CtKeyV4 {
+            src_address: src.0,
+            dst_address: dst.0,
+            src_port: src.1,
+            dst_port: dst.1,
+            proto: proto::TCP,
+            direction,
+            _pad: [0; 2],
+        }
+    }
+
+    fn value(nat: Option<([u8; 4], u16)>) -> CtValueV4 {
+        let (nat_address, nat_port) = nat.unwrap_or(([0; 4], 0));
+        CtValueV4 {
+            backend_id: 7,
+            frontend_id: 3,
+            frontend_address: FRONTEND.0,
+            frontend_port: FRONTEND.1,
+            nat_address,
+            nat_port,
+            ..CtValueV4::default()
+        }
+    }
+
+    const B: ([u8; 4], u16) = (BACKEND.address, BACKEND.port);
+
+    #[test]
+    fn a_plain_flows_entries_name_each_other() {
+        let (original, reply) =
+            ((k(CLIENT, FRONTEND, DIR_ORIGINAL), value(None)), (k(B, CLIENT, DIR_REPLY), value(None)));
+        assert_eq!(reply_key(&original.0, &original.1, &BACKEND), reply.0);
+        assert_eq!(original_key(&reply.0, &reply.1), original.0);
+        assert_eq!(original_key(&original.0, &original.1), original.0);
+        assert!(partners((&original.0, &original.1), (&reply.0, &reply.1)));
+    }
+
+    #[test]
+    fn a_source_nated_flows_entries_name_each_other_through_the_node_address() {
+        // The original entry holds the node address and port the backend
+        // sees; the reply entry holds the client to restore.
+        let original = (k(CLIENT, FRONTEND, DIR_ORIGINAL), value(Some(NODE)));
+        let reply = (k(B, NODE, DIR_REPLY), value(Some(CLIENT)));
+        assert_eq!(reply_key(&original.0, &original.1, &BACKEND), reply.0);
+        assert_eq!(original_key(&reply.0, &reply.1), original.0);
+        assert!(partners((&original.0, &original.1), (&reply.0, &reply.1)));
+    }
+
+    #[test]
+    fn a_reply_entry_left_by_an_earlier_backend_is_not_the_partner() {
+        let original = (k(CLIENT, FRONTEND, DIR_ORIGINAL), CtValueV4 { backend_id: 8, ..value(None) });
+        let stale = (k(B, CLIENT, DIR_REPLY), value(None));
+        assert_eq!(original_key(&stale.0, &stale.1), original.0);
+        assert!(!partners((&original.0, &original.1), (&stale.0, &stale.1)));
+    }
+}
