@@ -76,11 +76,21 @@ pub enum Counter {
     /// Socket-level: a reply's source (recvmsg) or a socket's peer
     /// (getpeername) was shown as the frontend again.
     SockReverseNat,
+    /// A new flow (or socket) to a ClientIP affinity frontend followed the
+    /// client's recent choice (in addition to its own counter).
+    AffinityHit,
+    /// A new flow to an affinity frontend from a client without an entry:
+    /// balanced, and the choice recorded.
+    AffinityMiss,
+    /// A new flow to an affinity frontend whose client's entry was ignored
+    /// (older than the timeout, or naming a backend this frontend no longer
+    /// chooses): balanced afresh, and the new choice recorded.
+    AffinityStale,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -107,6 +117,9 @@ impl Counter {
         Counter::SockRevNatFull,
         Counter::SockPassSourceRanges,
         Counter::SockReverseNat,
+        Counter::AffinityHit,
+        Counter::AffinityMiss,
+        Counter::AffinityStale,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -138,6 +151,9 @@ impl Counter {
             Counter::SockRevNatFull => "sock_rev_nat_full",
             Counter::SockPassSourceRanges => "sock_pass_source_ranges",
             Counter::SockReverseNat => "sock_reverse_nat",
+            Counter::AffinityHit => "affinity_hit",
+            Counter::AffinityMiss => "affinity_miss",
+            Counter::AffinityStale => "affinity_stale",
         }
     }
 }

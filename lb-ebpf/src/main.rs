@@ -25,6 +25,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod conntrack;
 mod lb4;
 mod maps;
