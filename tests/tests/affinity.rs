@@ -382,3 +382,30 @@ fn after_the_timeout_a_clients_next_connection_is_balanced_afresh() {
     assert!(after.last_used_s >= before.last_used_s + 3, "entry stamped anew: {before:?} then {after:?}");
     assert_eq!(counter(&cluster, Counter::AffinityStale), stale_before + 1, "the expired entry was not followed");
 }
+
+/// The pinned maps keep every client's affinity across an agent restart,
+/// and a restarted agent rewrites no member; `lbctl affinity` shows the
+/// entry.
+#[test]
+fn a_clients_affinity_survives_an_agent_restart() {
+    let mut cluster = DemoCluster::start_with(3, &web(Some(10800)), web_affinity(true)).expect("start cluster");
+    let before = requests(&cluster, 10);
+    let [(key, entry)] = web_entries(&cluster)[..] else { panic!("one entry expected") };
+    let members = cluster.agent.maps().unwrap().affinity_members;
+
+    cluster.agent.restart().expect("restart the agent");
+    cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent ready again");
+    let hits = counter(&cluster, Counter::AffinityHit);
+    let after = requests(&cluster, 10);
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "the same one backend");
+    assert_eq!(counter(&cluster, Counter::AffinityHit), hits + 10, "every connection followed the kept entry");
+    let [(_, kept)] = web_entries(&cluster)[..] else { panic!("one entry expected") };
+    assert_eq!(kept.backend_id, entry.backend_id);
+    assert_eq!(cluster.agent.maps().unwrap().affinity_members, members);
+
+    let json = lb_tests::observe::lbctl(&cluster.agent.pin_dir, &["affinity", "-o", "json"]).expect("lbctl affinity");
+    let shown: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(shown[0]["client"], Ipv4Addr::from(key.client).to_string(), "{json}");
+    assert_eq!(shown[0]["backend_id"], entry.backend_id, "{json}");
+    assert_eq!(shown[0]["fresh"], true, "{json}");
+}
