@@ -64,7 +64,9 @@ impl MapWriter for ServiceMaps {
     }
 
     fn forget_affinity(&mut self, frontend_ids: &BTreeSet<u32>) -> anyhow::Result<()> {
-        ServiceMaps::forget_affinity(self, frontend_ids).map(drop)
+        let deleted = ServiceMaps::forget_affinity(self, frontend_ids)?;
+        tracing::debug!(?frontend_ids, deleted, "affinity entries deleted");
+        Ok(())
     }
 }
 

@@ -253,9 +253,7 @@ impl ServiceMaps {
         }
         Ok(highest)
     }
-}
 
-impl ServiceMaps {
     /// Deletes every affinity entry of these frontends; returns how many.
     /// A scan of the whole map: it runs only when a frontend's affinity is
     /// switched on or off, or an affinity frontend goes.
@@ -264,8 +262,10 @@ impl ServiceMaps {
         let mut deleted = 0;
         for key in keys.iter().filter(|k| frontend_ids.contains(&k.frontend_id)) {
             match self.affinity.remove(key) {
-                Err(e) if !is_not_found(&e) => return Err(e).context("deleting an affinity entry"),
-                _ => deleted += 1,
+                Ok(()) => deleted += 1,
+                // Evicted meanwhile by the LRU map: gone all the same.
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e).context("deleting an affinity entry"),
             }
         }
         Ok(deleted)
