@@ -23,6 +23,14 @@ pub fn hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u3
     mix(h ^ u32::from(proto))
 }
 
+/// Hash of a client address alone: ClientIP affinity frontends balance
+/// a client's first flow by it, so every node (and every flow of the
+/// client) picks the same slot or Maglev position until the backends change.
+#[inline(always)]
+pub fn client(src: [u8; 4]) -> u32 {
+    mix(mix(u32::from_ne_bytes(src) ^ 0x9e37_79b9))
+}
+
 /// Hash of a socket cookie (the socket-level hooks, where no source port
 /// exists yet at connect time).
 #[inline(always)]

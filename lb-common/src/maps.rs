@@ -21,6 +21,10 @@ pub const SOURCE_RANGES_V4: &str = "LB4_SRC_RANGES";
 pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
 /// Socket-level reverse NAT (LRU): `SockRevKeyV4` → `SockRevValueV4`.
 pub const SOCK_REV_V4: &str = "LB4_SOCK_REV";
+/// ClientIP affinity (LRU): `AffinityKeyV4` → `AffinityValueV4`.
+pub const AFFINITY_V4: &str = "LB4_AFFINITY";
+/// Backends each affinity frontend may choose: `AffinityMemberKeyV4` → `u8`.
+pub const AFFINITY_MEMBERS_V4: &str = "LB4_AFF_MEMBERS";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
@@ -30,7 +34,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -41,6 +45,8 @@ pub const ALL: [&str; 10] = [
     POD_CIDRS_V4,
     MAGLEV_V4,
     SOCK_REV_V4,
+    AFFINITY_V4,
+    AFFINITY_MEMBERS_V4,
 ];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
@@ -63,6 +69,15 @@ pub const CONNTRACK_V4_CAPACITY: u32 = 1 << 20;
 /// at close for every socket), so the idlest entries make room. About
 /// 100 bytes an entry, preallocated: 64 Ki entries is ~6.5 MB.
 pub const SOCK_REV_V4_CAPACITY: u32 = 1 << 16;
+/// Clients with ClientIP affinity, one entry per (frontend, client
+/// address). LRU: an entry is never deleted when it expires (the datapath
+/// only compares its age), so the idlest make room; a client whose entry
+/// was evicted is balanced afresh. About 80 bytes an entry, preallocated:
+/// 64 Ki entries is ~5 MB.
+pub const AFFINITY_V4_CAPACITY: u32 = 1 << 16;
+/// Backends of affinity frontends, one entry per (frontend, backend) slot.
+/// Not preallocated.
+pub const AFFINITY_MEMBERS_V4_CAPACITY: u32 = 1 << 18;
 /// Source ranges across all LoadBalancer frontends. Not preallocated.
 pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
 /// Pod CIDRs: a cluster has a few.

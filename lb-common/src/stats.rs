@@ -90,11 +90,21 @@ pub enum Counter {
     /// exceeds: answered with ICMP fragmentation needed quoting the
     /// packet as the client sent it.
     IcmpFragNeeded,
+    /// A new flow (or socket) to a ClientIP affinity frontend followed the
+    /// client's recent choice (in addition to its own counter).
+    AffinityHit,
+    /// A new flow to an affinity frontend from a client without an entry:
+    /// balanced, and the choice recorded.
+    AffinityMiss,
+    /// A new flow to an affinity frontend whose client's entry was ignored
+    /// (older than the timeout, or naming a backend this frontend no longer
+    /// chooses): balanced afresh, and the new choice recorded.
+    AffinityStale,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 33] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -125,6 +135,9 @@ impl Counter {
         Counter::PassIcmpErrorUntracked,
         Counter::PassIcmpErrorTruncated,
         Counter::IcmpFragNeeded,
+        Counter::AffinityHit,
+        Counter::AffinityMiss,
+        Counter::AffinityStale,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -160,6 +173,9 @@ impl Counter {
             Counter::PassIcmpErrorUntracked => "pass_icmp_error_untracked",
             Counter::PassIcmpErrorTruncated => "pass_icmp_error_truncated",
             Counter::IcmpFragNeeded => "icmp_frag_needed",
+            Counter::AffinityHit => "affinity_hit",
+            Counter::AffinityMiss => "affinity_miss",
+            Counter::AffinityStale => "affinity_stale",
         }
     }
 }

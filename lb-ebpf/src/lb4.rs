@@ -7,12 +7,12 @@ use aya_ebpf::programs::TcContext;
 use lb_common::{
     backend::BackendV4,
     conntrack::CtValueV4,
-    service::{FLAG_NO_LOCAL_ENDPOINTS, ServiceKeyV4, ServiceValue},
+    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY, ServiceKeyV4, ServiceValue},
     stats::Counter,
 };
 
 use crate::{
-    conntrack, icmp_error,
+    affinity, conntrack, icmp_error,
     nat::{self, Side},
     parse::{self, PacketV4},
     pmtu, reject,
@@ -171,8 +171,13 @@ fn snat_flow(
     to_backend(ctx, pkt, backend, Some((to.address, port)), to.route, counter)
 }
 
+/// A new flow's backend: the client's affinity on a ClientIP frontend,
+/// else the flow hash's pick.
 #[inline(always)]
 fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> PathResult<(u32, BackendV4)> {
+    if svc.flags & FLAG_SESSION_AFFINITY != 0 {
+        return affinity::choose(frontend, svc, pkt.src).ok_or(Counter::DropMissingBackend);
+    }
     let backend_id = select::backend_id(pkt, frontend, svc).ok_or(Counter::DropMissingBackend)?;
     let backend = service::lookup_backend(backend_id).ok_or(Counter::DropMissingBackend)?;
     Ok((backend_id, backend))

@@ -28,6 +28,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod conntrack;
 mod icmp_error;
 mod icmp_nat;

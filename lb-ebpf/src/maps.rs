@@ -8,12 +8,14 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
+    affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
     ids, maglev,
     maps::{
-        BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
-        SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
+        AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY,
+        MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY,
+        SOURCE_RANGES_V4_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
@@ -77,3 +79,16 @@ pub static LB4_POD_CIDRS: LpmTrie<[u8; 4], u8, { POD_CIDRS_V4_CAPACITY as usize 
 #[btf_map]
 pub static LB4_SOCK_REV: LruHashMap<SockRevKeyV4, SockRevValueV4, { SOCK_REV_V4_CAPACITY as usize }> =
     LruHashMap::new();
+
+/// ClientIP affinity (`lb_common::affinity`): written by the datapath for
+/// every new flow to an affinity frontend. LRU, so a full map evicts the
+/// idlest client instead of refusing new ones.
+#[btf_map]
+pub static LB4_AFFINITY: LruHashMap<AffinityKeyV4, AffinityValueV4, { AFFINITY_V4_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// The backends each affinity frontend may choose for new flows. Written
+/// only by the agent.
+#[btf_map]
+pub static LB4_AFF_MEMBERS: HashMap<AffinityMemberKeyV4, u8, { AFFINITY_MEMBERS_V4_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();

@@ -1,8 +1,9 @@
 //! Backend choice for a new flow: a hash of the 5-tuple picks a slot, so a
 //! flow's retransmitted first packet lands on the same backend even before
 //! its conntrack entry exists. A Maglev frontend (`FLAG_MAGLEV`) indexes
-//! its Maglev table with the same hash instead (ClientIP affinity will
-//! plug in here too).
+//! its Maglev table with the same hash instead. ClientIP affinity
+//! frontends (`affinity`) use the same choice with the client's address
+//! as the hash.
 
 use lb_common::{
     flow, maglev,

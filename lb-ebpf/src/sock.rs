@@ -16,6 +16,8 @@
 //! - A frontend with `loadBalancerSourceRanges` is left untranslated: the
 //!   source address is not chosen yet at connect time, so it cannot be
 //!   checked; the traffic goes to the load balancer, which checks it.
+//! - ClientIP affinity holds for the node as one client (`NODE_CLIENT`):
+//!   the source address is not chosen yet at connect time either.
 
 use aya_ebpf::{
     EbpfContext,
@@ -24,13 +26,14 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
+    affinity::NODE_CLIENT,
     backend::BackendV4,
-    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SOURCE_RANGES},
+    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY, FLAG_SOURCE_RANGES, ServiceKeyV4, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
     stats::Counter,
 };
 
-use crate::{maps::LB4_SOCK_REV, select, service};
+use crate::{affinity, maps::LB4_SOCK_REV, select, service};
 
 /// What a cgroup `sock_addr` program returns to let the call go on.
 pub const ALLOW: i32 = 1;
@@ -101,10 +104,7 @@ pub fn translate(ctx: &SockAddrContext) -> SockOutcome {
         return reject(ECONNREFUSED, Counter::SockRejectNoEndpoints);
     }
     let cookie = cookie(ctx);
-    let Some(backend_id) = select::backend_id_for(select::socket_hash(cookie), frontend, &svc) else {
-        return reject(EAGAIN, Counter::SockMissingBackend);
-    };
-    let Some(backend) = service::lookup_backend(backend_id) else {
+    let Some((backend_id, backend)) = choose(frontend, &svc, cookie) else {
         return reject(EAGAIN, Counter::SockMissingBackend);
     };
     if !record(cookie, backend_id, &backend, (address, port)) {
@@ -112,6 +112,18 @@ pub fn translate(ctx: &SockAddrContext) -> SockOutcome {
     }
     set_destination(ctx, backend.address, backend.port);
     SockOutcome { ret: ALLOW, counter: Some(Counter::SockTranslated) }
+}
+
+/// A socket's backend: the node's affinity on a ClientIP frontend (every
+/// process of the node is one client, `NODE_CLIENT`), else the cookie's
+/// pick. `None`: a slot or backend entry is missing.
+#[inline(always)]
+fn choose(frontend: ServiceKeyV4, svc: &ServiceValue, cookie: u64) -> Option<(u32, BackendV4)> {
+    if svc.flags & FLAG_SESSION_AFFINITY != 0 {
+        return affinity::choose(frontend, svc, NODE_CLIENT);
+    }
+    let backend_id = select::backend_id_for(select::socket_hash(cookie), frontend, svc)?;
+    Some((backend_id, service::lookup_backend(backend_id)?))
 }
 
 #[inline(always)]

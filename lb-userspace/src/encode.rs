@@ -3,6 +3,7 @@
 
 use ipnet::IpNet;
 use lb_common::{
+    affinity::AffinityMemberKeyV4,
     pod_cidrs::PodCidrKeyV4,
     service::{self, ServiceValue},
     source_ranges::SourceRangeKeyV4,
@@ -57,6 +58,21 @@ pub fn source_range_keys(frontend: &Frontend, frontend_id: u32) -> Vec<SourceRan
             IpNet::V6(_) => None,
         })
         .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The `LB4_AFF_MEMBERS` entries of a frontend over its slot backends'
+/// ids: one per backend for a ClientIP affinity frontend (the backends it
+/// chooses new flows from; draining ones are not among them), none
+/// otherwise, as only affinity frontends look them up.
+pub fn affinity_member_keys(frontend: &Frontend, frontend_id: u32, slot_ids: &[u32]) -> Vec<AffinityMemberKeyV4> {
+    if frontend.affinity_timeout_s.is_none() {
+        return Vec::new();
+    }
+    let mut keys: Vec<AffinityMemberKeyV4> =
+        slot_ids.iter().map(|&backend_id| AffinityMemberKeyV4 { frontend_id, backend_id }).collect();
     keys.sort();
     keys.dedup();
     keys

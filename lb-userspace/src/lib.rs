@@ -1,6 +1,7 @@
 //! The agent: Kubernetes objects → per-node service table (pure) → map
 //! entries (pure) → ordered, minimal writes to the kernel maps (I/O).
 
+pub mod affinity;
 pub mod agent;
 pub mod cni;
 pub mod conntrack;

@@ -10,13 +10,14 @@
 //! to reconcile its servers with.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
+    affinity::Forget,
     datapath::maps::ServiceMaps,
     healthcheck::HealthChecks,
     model::{NodeContext, Problem},
@@ -35,6 +36,8 @@ pub trait MapWriter {
     /// The highest ids conntrack names (only consulted when the maps hold
     /// no id counters: pinned by a version that kept none).
     fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds>;
+    /// Deletes the datapath's ClientIP affinity entries of these frontends.
+    fn forget_affinity(&mut self, frontend_ids: &BTreeSet<u32>) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,12 @@ impl MapWriter for ServiceMaps {
 
     fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
         ServiceMaps::conntrack_highest_ids(self)
+    }
+
+    fn forget_affinity(&mut self, frontend_ids: &BTreeSet<u32>) -> anyhow::Result<()> {
+        let deleted = ServiceMaps::forget_affinity(self, frontend_ids)?;
+        tracing::debug!(?frontend_ids, deleted, "affinity entries deleted");
+        Ok(())
     }
 }
 
@@ -251,13 +260,16 @@ impl<W: MapWriter> Syncer<W> {
     }
 
     fn apply(&mut self, writes: &[Write], started: Instant) -> anyhow::Result<SyncReport> {
+        self.forget_affinity(&Forget::of(&self.current, writes).before);
         let result = self.writer.apply(writes);
         // Only what was applied counts as current.
         let applied = match &result {
             Ok(()) => writes.len(),
             Err(e) => e.applied,
         };
+        let forget_after = Forget::of(&self.current, &writes[..applied]).after;
         tables::apply_to(&mut self.current, &writes[..applied]);
+        self.forget_affinity(&forget_after);
         self.needs_full = result.is_err();
         result?;
         Ok(SyncReport {
@@ -269,18 +281,32 @@ impl<W: MapWriter> Syncer<W> {
             took: started.elapsed(),
         })
     }
+
+    /// Deletes affinity entries of switched frontends. A failure is
+    /// logged, not fatal: entries left behind are never followed while
+    /// affinity is off, and the next switch on deletes them.
+    fn forget_affinity(&mut self, frontend_ids: &BTreeSet<u32>) {
+        if frontend_ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.writer.forget_affinity(frontend_ids) {
+            tracing::warn!(error = %format!("{e:#}"), ?frontend_ids, "cannot delete affinity entries");
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
+    use lb_common::service::ServiceKeyV4;
+
     use super::*;
     use crate::{healthcheck::Listener, model::IpFamily};
 
-    /// The kernel maps, in memory.
+    /// The kernel maps, in memory, and the affinity deletions asked for.
     #[derive(Debug, Default)]
-    struct Memory(DesiredMaps);
+    struct Memory(DesiredMaps, Vec<BTreeSet<u32>>);
 
     impl MapWriter for Memory {
         fn apply(&mut self, writes: &[Write]) -> Result<(), ApplyError> {
@@ -294,6 +320,11 @@ mod tests {
 
         fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
             Ok(HighestIds::default())
+        }
+
+        fn forget_affinity(&mut self, frontend_ids: &BTreeSet<u32>) -> anyhow::Result<()> {
+            self.1.push(frontend_ids.clone());
+            Ok(())
         }
     }
 
@@ -367,5 +398,23 @@ mod tests {
         // Deleted, as a full sync sees it.
         syncer.sync([], [&local]).unwrap();
         assert_eq!(listeners(&mut syncer), []);
+    }
+
+    #[test]
+    fn switching_affinity_off_deletes_the_frontends_entries_after_the_write() {
+        let mut syncer = syncer();
+        let local = slice(&[("10.244.1.5", "node-a")]);
+        let mut svc = web("ClusterIP", "Cluster", 0);
+        svc.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        syncer.sync([&svc], [&local]).unwrap();
+        let frontend = ServiceKeyV4::frontend([10, 96, 0, 10], 80, lb_common::proto::TCP);
+        let id = syncer.current().services[&frontend].frontend_id;
+        assert_eq!(syncer.writer().1, [BTreeSet::from([id])], "switched on: start fresh");
+
+        svc.spec.as_mut().unwrap().session_affinity = Some("None".into());
+        syncer.update([(key(), Some(&svc), vec![&local])]).unwrap();
+        assert_eq!(syncer.writer().1, [BTreeSet::from([id]), BTreeSet::from([id])], "switched off");
+        syncer.update([(key(), Some(&svc), vec![&local])]).unwrap();
+        assert_eq!(syncer.writer().1.len(), 2, "nothing switched: no scan");
     }
 }

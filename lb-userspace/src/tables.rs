@@ -37,6 +37,13 @@ macro_rules! for_each_map {
             /// frontend entry's flag makes the datapath look them up.
             source_ranges: SourceRange, lb_common::source_ranges::SourceRangeKeyV4 => u8,
                 lb_common::maps::SOURCE_RANGES_V4, Lpm, phase |_| 2, transition replace;
+            /// The backends each ClientIP affinity frontend may choose, in
+            /// the slots' phase but declared before them: a backend becomes
+            /// a member after it exists and before a slot names it, and
+            /// stops being one once the frontend's count no longer reaches
+            /// its slot (the datapath also checks that it still exists).
+            affinity_members: AffinityMember, lb_common::affinity::AffinityMemberKeyV4 => u8,
+                lb_common::maps::AFFINITY_MEMBERS_V4, Hash, phase |_| 2, transition replace;
             /// Frontend entries (slot 0, phase 3) and backend slots (phase 2).
             services: Service, lb_common::service::ServiceKeyV4 => lb_common::service::ServiceValue, lb_common::maps::SERVICES_V4, Hash,
                 phase $crate::tables::service_phase, transition replace;
@@ -200,6 +207,8 @@ mod tests {
                 Write::PodCidr(..) => "pod cidr",
                 Write::Maglev(_, Some(_)) => "maglev",
                 Write::Maglev(_, None) => "delete maglev",
+                Write::AffinityMember(_, Some(_)) => "member",
+                Write::AffinityMember(_, None) => "delete member",
             })
             .collect()
     }

@@ -70,6 +70,31 @@ fn assert_consistent(maps: &DesiredMaps) {
     }
 }
 
+/// A member backend exists for as long as its entry does.
+fn assert_members_exist(maps: &DesiredMaps) {
+    for member in maps.affinity_members.keys() {
+        assert!(maps.backends.contains_key(&member.backend_id), "member {member:?} names a missing backend");
+    }
+}
+
+/// Once a sync is written, the members are exactly the slot backends of
+/// each affinity frontend. (Not after every write: while a frontend's
+/// winning claim passes to a Service without affinity, its slots change
+/// before its flag; a client then briefly follows the old backend.)
+fn members_match_slots(maps: &DesiredMaps) -> bool {
+    let wanted: BTreeSet<lb_common::affinity::AffinityMemberKeyV4> = maps
+        .services
+        .iter()
+        .filter(|(k, v)| k.backend_slot == 0 && v.flags & lb_common::service::FLAG_SESSION_AFFINITY != 0)
+        .flat_map(|(k, v)| (1..=v.count).map(move |slot| (k.slot(slot), v.frontend_id)))
+        .map(|(slot, frontend_id)| lb_common::affinity::AffinityMemberKeyV4 {
+            frontend_id,
+            backend_id: maps.services[&slot].backend_id,
+        })
+        .collect();
+    maps.affinity_members.keys().copied().collect::<BTreeSet<_>>() == wanted
+}
+
 impl CheckingWriter {
     fn record_ids(&mut self) {
         for (id, b) in &self.maps.backends {
@@ -99,6 +124,7 @@ impl MapWriter for CheckingWriter {
             tables::apply_to(&mut self.maps, std::slice::from_ref(write));
             if !self.tampered {
                 assert_consistent(&self.maps);
+                assert_members_exist(&self.maps);
             }
             self.record_ids();
         }
@@ -112,6 +138,11 @@ impl MapWriter for CheckingWriter {
 
     fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
         Ok(HighestIds::default())
+    }
+
+    /// The affinity map is the datapath's; nothing here holds it.
+    fn forget_affinity(&mut self, _frontend_ids: &BTreeSet<u32>) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
@@ -166,6 +197,7 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
         + changed(&before.port_filter, &after.port_filter)
         + changed(&before.ids, &after.ids)
         + changed(&before.maglev, &after.maglev)
+        + changed(&before.affinity_members, &after.affinity_members)
         + both_ways
 }
 
@@ -244,6 +276,10 @@ fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool,
     }
     if external_on_node {
         spec["externalIPs"] = json!([NODE_IP]);
+    }
+    // Varies with the generated ports, so affinity is switched on and off.
+    if ports.len() % 2 == 1 {
+        spec["sessionAffinity"] = json!("ClientIP");
     }
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
@@ -362,6 +398,7 @@ proptest! {
                     let after = &syncer.writer().maps;
                     prop_assert_eq!(decode(after), expected(&translate::translate(&svcs, &slcs, &node)));
                     prop_assert_eq!(syncer.writer().last_writes, minimal_writes(&before, after));
+                    prop_assert!(members_match_slots(after), "affinity members are the slot backends");
                 }
                 Err(_) => prop_assert!(syncer.needs_full(), "a failed write forces a full sync"),
             }

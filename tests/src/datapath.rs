@@ -12,6 +12,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
+    affinity::{AffinityKeyV4, AffinityValueV4},
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL},
     maps as names,
@@ -41,6 +42,8 @@ pub struct Datapath {
     backends_map_id: u32,
     /// Kernel id of LB4_MAGLEV, for the same reason.
     maglev_map_id: u32,
+    /// Kernel id of LB4_AFFINITY, for the same reason.
+    affinity_map_id: u32,
 }
 
 /// Packet counters summed over CPUs, by counter.
@@ -72,9 +75,10 @@ impl Datapath {
         isolate_thread()?;
         let mut ebpf = loader::load(None, capacities)?;
         let (backends_map_id, maglev_map_id) = (backends_map_id(&ebpf)?, map_id(&ebpf, names::MAGLEV_V4)?);
+        let affinity_map_id = map_id(&ebpf, names::AFFINITY_V4)?;
         let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
         let syncer = Syncer::new(maps, DesiredMaps::default(), node);
-        Ok(Self { ebpf, syncer, backends_map_id, maglev_map_id })
+        Ok(Self { ebpf, syncer, backends_map_id, maglev_map_id, affinity_map_id })
     }
 
     /// Loads the programs with their maps pinned in `pin_dir`, re-using
@@ -84,8 +88,9 @@ impl Datapath {
         isolate_thread()?;
         let mut ebpf = loader::load(Some(pin_dir), Capacities::default())?;
         let (backends_map_id, maglev_map_id) = (backends_map_id(&ebpf)?, map_id(&ebpf, names::MAGLEV_V4)?);
+        let affinity_map_id = map_id(&ebpf, names::AFFINITY_V4)?;
         let syncer = Syncer::resume(ServiceMaps::from_ebpf(&mut ebpf)?, node)?;
-        Ok(Self { ebpf, syncer, backends_map_id, maglev_map_id })
+        Ok(Self { ebpf, syncer, backends_map_id, maglev_map_id, affinity_map_id })
     }
 
     /// Every map as the agent last wrote it.
@@ -125,6 +130,21 @@ impl Datapath {
         let outer: HashOfMaps<MapData, u32, Array<MapData, u32>> = map.try_into()?;
         outer.get(&frontend_id, 0)?.set(position, backend_id, 0)?;
         Ok(())
+    }
+
+    /// The datapath's ClientIP affinity entries.
+    pub fn affinity(&self) -> anyhow::Result<BTreeMap<AffinityKeyV4, AffinityValueV4>> {
+        let map: HashMap<MapData, AffinityKeyV4, AffinityValueV4> =
+            aya::maps::Map::from_map_data(MapData::from_id(self.affinity_map_id)?)?.try_into()?;
+        map.iter().map(|entry| Ok(entry?)).collect()
+    }
+
+    /// Writes an affinity entry behind the datapath's back (an aged one,
+    /// or one naming a backend the frontend no longer chooses).
+    pub fn insert_affinity(&mut self, key: AffinityKeyV4, value: AffinityValueV4) -> anyhow::Result<()> {
+        let mut map: HashMap<MapData, AffinityKeyV4, AffinityValueV4> =
+            aya::maps::Map::from_map_data(MapData::from_id(self.affinity_map_id)?)?.try_into()?;
+        Ok(map.insert(key, value, 0)?)
     }
 
     /// A full sync, as the agent runs every `--sync-period`, of the
@@ -242,14 +262,24 @@ fn isolate_thread() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kernel id of one of the object's maps.
+/// Kernel id of one of the object's maps (a hash of maps or an LRU hash).
 fn map_id(ebpf: &Ebpf, name: &str) -> anyhow::Result<u32> {
     let map = ebpf.map(name).with_context(|| format!("map {name}"))?;
     Ok(aya::maps::MapData::info(match map {
-        aya::maps::Map::HashOfMaps(data) => data,
-        _ => anyhow::bail!("{name} is not a hash of maps"),
+        aya::maps::Map::HashOfMaps(data) | aya::maps::Map::LruHashMap(data) => data,
+        _ => anyhow::bail!("{name} is neither a hash of maps nor an LRU hash"),
     })?
     .id())
+}
+
+/// Seconds of the clock the datapath stamps affinity entries with
+/// (`bpf_ktime_get_coarse_ns` is `CLOCK_MONOTONIC_COARSE`).
+pub fn monotonic_coarse_s() -> u32 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
+    now.tv_sec as u32
 }
 
 /// Kernel id of the object's LB4_BACKENDS.

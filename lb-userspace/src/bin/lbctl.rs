@@ -55,6 +55,9 @@ enum Command {
     Backends,
     /// Tracked flows (original direction) and the backend each one uses.
     Conntrack,
+    /// ClientIP session affinity: per frontend and client, the backend
+    /// the client's new flows follow and how long ago its last one began.
+    Affinity,
     /// Packet counters, summed over CPUs.
     Stats,
     /// The pinned links that attach the datapath: the agent's (interfaces
@@ -140,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Command::Services => print(args.output, services(pin_dir)?.as_slice(), services_table),
         Command::Backends => print(args.output, backends(pin_dir)?.as_slice(), backends_table),
         Command::Conntrack => print(args.output, conntrack(pin_dir)?.as_slice(), conntrack_table),
+        Command::Affinity => print(args.output, affinity(pin_dir)?.as_slice(), affinity_table),
         Command::Stats => print(args.output, stats(pin_dir)?.as_slice(), stats_table),
         Command::Links => print(args.output, inventory::pinned_links(pin_dir)?.as_slice(), links_table),
         Command::Trace(t) => {
@@ -387,6 +391,77 @@ fn conntrack_table(flows: &[Flow]) -> String {
         })
         .collect();
     columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE", "AGE", "IDLE"], &rows)
+}
+
+#[derive(Serialize)]
+struct Affinity {
+    frontend_id: u32,
+    /// `None`: the frontend is gone (its entries age out of the LRU map).
+    frontend: Option<String>,
+    /// `None`: the node's own processes (socket-level hooks).
+    client: Option<Ipv4Addr>,
+    backend_id: u32,
+    /// `None`: the backend is gone (the client's next flow is balanced afresh).
+    backend: Option<SocketAddrV4>,
+    /// Seconds since the client's last new flow to the frontend.
+    age_s: u32,
+    /// Whether that is within the frontend's current timeout.
+    fresh: bool,
+}
+
+fn affinity(pin_dir: &Path) -> anyhow::Result<Vec<Affinity>> {
+    let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
+    let frontends: std::collections::BTreeMap<u32, (&service::ServiceKeyV4, &service::ServiceValue)> =
+        held.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| (v.frontend_id, (k, v))).collect();
+    let now_s = monotonic_coarse_s()?;
+    let mut entries = maps::affinity_entries(pin_dir)?;
+    entries.sort_by_key(|(k, _)| *k);
+    Ok(entries
+        .into_iter()
+        .map(|(k, v)| {
+            let frontend = frontends.get(&k.frontend_id);
+            let age_s = now_s.saturating_sub(v.last_used_s);
+            Affinity {
+                frontend_id: k.frontend_id,
+                frontend: frontend.map(|(key, _)| frontend_label(key)),
+                client: (k.client != lb_common::affinity::NODE_CLIENT).then(|| k.client.into()),
+                backend_id: v.backend_id,
+                backend: held.backends.get(&v.backend_id).map(|b| SocketAddrV4::new(b.address.into(), b.port)),
+                age_s,
+                fresh: frontend.is_some_and(|(_, f)| v.is_fresh(now_s, f.affinity_timeout_s)),
+            }
+        })
+        .collect())
+}
+
+/// A frontend as `PROTO ADDRESS:PORT`, `(pods)` for an in-cluster entry.
+fn frontend_label(key: &service::ServiceKeyV4) -> String {
+    let pods = if key.scope == service::SCOPE_INTERNAL { " (pods)" } else { "" };
+    format!("{} {}{pods}", proto_name(key.proto), SocketAddrV4::new(key.address.into(), key.port))
+}
+
+/// The datapath's clock (`bpf_ktime_get_coarse_ns`), in seconds.
+fn monotonic_coarse_s() -> anyhow::Result<u32> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("clock_gettime");
+    }
+    Ok(now.tv_sec as u32)
+}
+
+fn affinity_table(entries: &[Affinity]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|a| {
+            let frontend = a.frontend.clone().unwrap_or_else(|| format!("gone (id {})", a.frontend_id));
+            let client = a.client.map_or_else(|| "this node".to_owned(), |c| c.to_string());
+            let backend = a.backend.map_or_else(|| format!("gone (id {})", a.backend_id), |b| b.to_string());
+            let state = if a.fresh { "active" } else { "expired" };
+            vec![frontend, client, backend, format!("{}s", a.age_s), state.to_owned()]
+        })
+        .collect();
+    columns(&["FRONTEND", "CLIENT", "BACKEND", "AGE", "STATE"], &rows)
 }
 
 #[derive(Serialize)]

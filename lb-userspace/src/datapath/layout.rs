@@ -18,6 +18,7 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use lb_common::{
+    affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
     ids, maps as names,
@@ -92,6 +93,15 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::SOCK_REV_V4 => (
             layout(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevValueV4>(), names::SOCK_REV_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        // Lost affinities cost only one fresh choice per client.
+        names::AFFINITY_V4 => (
+            layout(MapType::LruHash, size::<AffinityKeyV4>(), size::<AffinityValueV4>(), names::AFFINITY_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        names::AFFINITY_MEMBERS_V4 => (
+            layout(MapType::Hash, size::<AffinityMemberKeyV4>(), size::<u8>(), names::AFFINITY_MEMBERS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::PORT_FILTER => {

@@ -13,6 +13,7 @@ use aya::{
     },
 };
 use lb_common::{
+    affinity::{AffinityKeyV4, AffinityValueV4},
     conntrack::{CtKeyV4, CtValueV4},
     maps as names,
     pod_cidrs::PodCidrKeyV4,
@@ -167,10 +168,13 @@ macro_rules! kernel_tables {
         $field:ident: $variant:ident, $key:ty => $value:ty, $name:expr, $storage:ident,
             phase $phase:expr, transition $transition:ident;
     )*) => {
-        /// The maps the agent writes, plus conntrack (read at start).
+        /// The maps the agent writes, plus conntrack (read at start) and
+        /// the datapath's affinity entries (cleared when a frontend's
+        /// affinity is switched).
         pub struct ServiceMaps {
             $( $field: kernel_storage!($storage, $key, $value), )*
             conntrack: HashMap<MapData, CtKeyV4, CtValueV4>,
+            affinity: HashMap<MapData, AffinityKeyV4, AffinityValueV4>,
         }
 
         impl ServiceMaps {
@@ -178,6 +182,7 @@ macro_rules! kernel_tables {
                 Ok(Self {
                     $( $field: <kernel_storage!($storage, $key, $value)>::new(open($name)?).context($name)?, )*
                     conntrack: open(names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?,
+                    affinity: open(names::AFFINITY_V4)?.try_into().context(names::AFFINITY_V4)?,
                 })
             }
 
@@ -248,6 +253,30 @@ impl ServiceMaps {
         }
         Ok(highest)
     }
+
+    /// Deletes every affinity entry of these frontends; returns how many.
+    /// A scan of the whole map: it runs only when a frontend's affinity is
+    /// switched on or off, or an affinity frontend goes.
+    pub fn forget_affinity(&mut self, frontend_ids: &std::collections::BTreeSet<u32>) -> anyhow::Result<usize> {
+        let keys: Vec<AffinityKeyV4> = self.affinity.keys().collect::<Result<_, _>>().context("reading affinity")?;
+        let mut deleted = 0;
+        for key in keys.iter().filter(|k| frontend_ids.contains(&k.frontend_id)) {
+            match self.affinity.remove(key) {
+                Ok(()) => deleted += 1,
+                // Evicted meanwhile by the LRU map: gone all the same.
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e).context("deleting an affinity entry"),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Reads the affinity table (CLI, tests).
+pub fn affinity_entries(pin_dir: &Path) -> anyhow::Result<Vec<(AffinityKeyV4, AffinityValueV4)>> {
+    let map: HashMap<MapData, AffinityKeyV4, AffinityValueV4> =
+        open_pinned(pin_dir, names::AFFINITY_V4)?.try_into().context(names::AFFINITY_V4)?;
+    map.iter().map(|e| e.context("reading affinity")).collect()
 }
 
 /// Reads the conntrack table (CLI, metrics, tests): batched, as the

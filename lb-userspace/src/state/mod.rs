@@ -25,6 +25,7 @@ use std::{
 };
 
 use lb_common::{
+    affinity::{self, AffinityMemberKeyV4},
     ids as counters,
     service::{ServiceKeyV4, ServiceValue},
     source_ranges::{self, SourceRangeKeyV4},
@@ -52,6 +53,8 @@ struct Encoded {
     draining: Vec<SlotBackend>,
     /// Its `LB4_SRC_RANGES` entries.
     ranges: Vec<SourceRangeKeyV4>,
+    /// Its `LB4_AFF_MEMBERS` entries (ClientIP affinity frontends only).
+    members: Vec<AffinityMemberKeyV4>,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +113,7 @@ impl DesiredState {
                     // Whatever the maps hold beyond what is written again
                     // goes with the first (full) sync's diff.
                     ranges: Vec::new(),
+                    members: Vec::new(),
                 },
             );
         }
@@ -254,6 +258,8 @@ impl DesiredState {
         }
         let old_ranges = owned.as_ref().map_or(&[][..], |o| &o.ranges);
         let ranges = self.put_source_ranges(frontend, frontend_id, old_ranges);
+        let old_members = owned.as_ref().map_or(&[][..], |o| &o.members);
+        let members = self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members);
         // A table depends only on the slot backends: the periodic full
         // sync re-encodes every frontend, and need not rebuild them all.
         let same_backends = owned.as_ref().is_some_and(|o| o.slots == slots);
@@ -271,7 +277,7 @@ impl DesiredState {
         for backend in owned.iter().flat_map(|o| o.slots.iter().chain(&o.draining)) {
             self.release_backend(*backend);
         }
-        self.encoded.insert(key, Encoded { frontend_id, slots, draining, ranges });
+        self.encoded.insert(key, Encoded { frontend_id, slots, draining, ranges, members });
         self.record_counters();
     }
 
@@ -332,6 +338,27 @@ impl DesiredState {
         ranges
     }
 
+    /// Writes a ClientIP affinity frontend's member backends, removes those
+    /// it no longer chooses (or all, when affinity is off), and returns
+    /// what it has now.
+    fn put_affinity_members(
+        &mut self,
+        frontend: &Frontend,
+        frontend_id: u32,
+        slot_ids: &[(crate::maglev::Endpoint, u32)],
+        old: &[AffinityMemberKeyV4],
+    ) -> Vec<AffinityMemberKeyV4> {
+        let ids: Vec<u32> = slot_ids.iter().map(|(_, id)| *id).collect();
+        let members = encode::affinity_member_keys(frontend, frontend_id, &ids);
+        for member in &members {
+            set(&mut self.maps.affinity_members, &mut self.touched.affinity_members, *member, Some(affinity::MEMBER));
+        }
+        for gone in old.iter().filter(|m| !members.contains(m)) {
+            set(&mut self.maps.affinity_members, &mut self.touched.affinity_members, *gone, None);
+        }
+        members
+    }
+
     fn remove_frontend(&mut self, key: ServiceKeyV4) {
         self.resumed.remove(&key);
         let Some(owned) = self.encoded.remove(&key) else {
@@ -345,6 +372,9 @@ impl DesiredState {
         }
         for range in &owned.ranges {
             set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, None);
+        }
+        for member in &owned.members {
+            set(&mut self.maps.affinity_members, &mut self.touched.affinity_members, *member, None);
         }
         for backend in owned.slots.iter().chain(&owned.draining) {
             self.release_backend(*backend);
@@ -525,8 +555,9 @@ mod tests {
         assert_eq!(id_of(state.maps(), 3), None, "removed backend is gone");
         let writes = tables::diff_keys(&before, state.maps(), &touched);
         // Slot 3 and 5 rewritten, backend 3 deleted, backend 6 added, the
-        // id counter advanced; the frontend entry and count stay.
-        assert_eq!(writes.len(), 5, "{writes:?}");
+        // id counter advanced, and (an affinity frontend) 3's membership
+        // gone, 6's new; the frontend entry and count stay.
+        assert_eq!(writes.len(), 7, "{writes:?}");
     }
 
     #[test]
@@ -539,8 +570,8 @@ mod tests {
         let touched = set(&mut state, &fewer);
         let writes = tables::diff_keys(&before, state.maps(), &touched);
         // Slot 7 takes the last backend, the frontend's count drops, the
-        // last slot and the backend go.
-        assert_eq!(writes.len(), 4, "{writes:?}");
+        // last slot, the backend and (an affinity frontend) its membership go.
+        assert_eq!(writes.len(), 5, "{writes:?}");
     }
 
     #[test]
@@ -602,6 +633,47 @@ mod tests {
         assert_eq!(id_of(state.maps(), 2), id, "established flows still find it, under the same id");
         set(&mut state, &[1]);
         assert_eq!(id_of(state.maps(), 2), None, "gone once it leaves the slices");
+    }
+
+    /// The member backends of `web`, by last octet.
+    fn members(maps: &DesiredMaps) -> Vec<u8> {
+        let id = maps.services[&WEB].frontend_id;
+        let of_web = maps.affinity_members.keys().filter(|m| m.frontend_id == id);
+        let mut octets: Vec<u8> = of_web.map(|m| maps.backends[&m.backend_id].address[3]).collect();
+        octets.sort_unstable();
+        octets
+    }
+
+    #[test]
+    fn an_affinity_frontends_members_are_its_slot_backends() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2, 3]);
+        assert_eq!(members(state.maps()), [1, 2, 3]);
+
+        let mut frontends = web(&[1, 3]);
+        frontends[0].draining =
+            vec![Backend { address: Ipv4Addr::new(10, 244, 0, 2).into(), port: 8080, terminating: true, local: false }];
+        state.set_service(web_ref(), frontends, vec![]);
+        assert_eq!(members(state.maps()), [1, 3], "a draining backend takes no new flows, affinity or not");
+        assert_eq!(state.maps().affinity_members.len(), 2);
+
+        set(&mut state, &[3, 4]);
+        assert_eq!(members(state.maps()), [3, 4], "one gone, one new");
+        assert_eq!(state.maps().affinity_members.len(), 2);
+    }
+
+    #[test]
+    fn members_go_with_affinity_and_with_the_frontend() {
+        let mut state = DesiredState::default();
+        set(&mut state, &[1, 2]);
+        let mut frontends = web(&[1, 2]);
+        frontends[0].affinity_timeout_s = None;
+        state.set_service(web_ref(), frontends, vec![]);
+        assert!(state.maps().affinity_members.is_empty(), "affinity off: no members");
+        set(&mut state, &[1, 2]);
+        assert_eq!(members(state.maps()), [1, 2]);
+        state.set_service(web_ref(), Vec::new(), vec![]);
+        assert!(state.maps().affinity_members.is_empty(), "frontend gone: no members");
     }
 
     fn set_maglev(state: &mut DesiredState, backends: &[u8]) -> Touched {

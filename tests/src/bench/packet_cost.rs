@@ -43,6 +43,10 @@ const MIRROR_B: Endpoint = ep([10, 95, 0, 2], 8_080);
 /// A port no frontend uses, and an address no Service has.
 const UNUSED_PORT: u16 = 9_999;
 const OTHER_ADDRESS: Endpoint = ep([10, 200, 0, 1], 80);
+/// A ClusterIP with ClientIP session affinity, and the one client whose
+/// new flows (one source port each) it sends to that client's backend.
+const STICKY: Endpoint = ep([10, 95, 0, 3], 80);
+const STICKY_CLIENT: [u8; 4] = [10, 99, 0, 1];
 /// The first this-many Services are NodePort Services.
 const NODE_PORT_SERVICES: usize = 2_000;
 /// Pod addresses the endpoints are drawn from: a large cluster's worth.
@@ -55,6 +59,8 @@ enum Packets {
     NewToClusterIp,
     /// Fresh SYNs to node address:nodePort (Maglev frontends), repeat=1 each.
     NewToNodePort,
+    /// Fresh SYNs from one client to the affinity ClusterIP, repeat=1 each.
+    NewToSticky,
     /// The established mirrored flow, repeated.
     Established,
     UnusedPort,
@@ -70,7 +76,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -90,6 +96,13 @@ const CASES: [Case; 7] = [
         label: "NodePort hit, new flow (Maglev)",
         program: TC_PROGRAM,
         packets: Packets::NewToNodePort,
+        floor: "parse_only_new",
+    },
+    Case {
+        id: "affinity_hit_new_flow",
+        label: "ClusterIP hit, new flow, ClientIP affinity hit",
+        program: TC_PROGRAM,
+        packets: Packets::NewToSticky,
         floor: "parse_only_new",
     },
     Case {
@@ -134,6 +147,12 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
         "nodeport_new_flow" => format!(
             "TCP SYN to node address {NODE_CLIENT_SIDE_IP}:nodePort of the first ≤{} Services (type NodePort), spread over them; otherwise measured like the ClusterIP new flow. NodePort frontends use Maglev: the backend comes from the frontend's Maglev table (an outer hash lookup by frontend id, then an inlined array read) instead of a slot entry (a hash lookup), so beside the ClusterIP row this is Maglev's per-packet cost against the plain slot hash, same run",
             group(NODE_PORT_SERVICES as f64)
+        ),
+        "affinity_hit_new_flow" => format!(
+            "TCP SYN from {}, each from a new source port, to {}:{}, a ClusterIP with `sessionAffinity: ClientIP` and {ENDPOINTS_PER_SERVICE} endpoints, whose affinity entry for that client exists: the ClusterIP new flow plus the affinity lookup, the membership lookup and the entry's refresh instead of the slot lookup; one run per packet, mean over {m} flows per repetition",
+            std::net::Ipv4Addr::from(STICKY_CLIENT),
+            STICKY.ip,
+            STICKY.port
         ),
         "parse_only_repeated" => {
             format!("`lb_parse_only` on the established-flow packet, repeat={r}; the floor for the repeated cases")
@@ -252,7 +271,7 @@ impl SizeBench {
             ..Default::default()
         };
         let mut dp =
-            Datapath::load_with(node, capacities_for(services + NODE_PORT_SERVICES + 2, ENDPOINTS_PER_SERVICE))?;
+            Datapath::load_with(node, capacities_for(services + NODE_PORT_SERVICES + 3, ENDPOINTS_PER_SERVICE))?;
         let mut service_objects = table.service_objects();
         let mut slices = table.slice_objects();
         let mirror_b_port =
@@ -262,13 +281,19 @@ impl SizeBench {
         slices.push(table::slice_object("mirror-a", &[MIRROR_B.ip], mirror_a_port));
         service_objects.push(table::service_object("mirror-b", MIRROR_B.ip, mirror_b_port, None));
         slices.push(table::slice_object("mirror-b", &[MIRROR_A.ip], mirror_b_port));
+        let mut sticky = table::service_object("sticky", STICKY.ip, HTTP, None);
+        if let Some(spec) = sticky.spec.as_mut() {
+            spec.session_affinity = Some("ClientIP".to_owned());
+        }
+        service_objects.push(sticky);
+        slices.push(table::slice_object("sticky", &table.services[0].endpoints, HTTP));
         let sync = dp.syncer_mut().sync(&service_objects, &slices)?;
         ensure!(sync.problems.is_empty(), "untranslatable objects: {:?}", sync.problems.first());
         let node_port_count = table.services.iter().filter(|s| s.node_port.is_some()).count();
         ensure!(
-            sync.frontends == services + node_port_count + 2,
+            sync.frontends == services + node_port_count + 3,
             "expected {} frontends, the sync made {}",
-            services + node_port_count + 2,
+            services + node_port_count + 3,
             sync.frontends
         );
         let spread = plan.flows_per_sample;
@@ -319,6 +344,7 @@ impl SizeBench {
                 dst.port
             );
         }
+        self.verify_affinity_hit()?;
         self.establish_mirror()?;
         let first = self.dp.run(TC_PROGRAM, &self.established)?;
         let second = self.dp.run(TC_PROGRAM, &first.packet)?;
@@ -333,6 +359,26 @@ impl SizeBench {
             }
         }
         Ok(())
+    }
+
+    /// The sticky client's first flow records its entry; a later one
+    /// from another port follows it.
+    fn verify_affinity_hit(&mut self) -> anyhow::Result<()> {
+        let (first, second) = (self.sticky_syn(), self.sticky_syn());
+        self.dp.run(TC_PROGRAM, &first)?;
+        let (out, moved) = self.dp.run_counted(TC_PROGRAM, &second)?;
+        ensure!(
+            out.verdict == TC_ACT_UNSPEC && moved.contains_key(&lb_common::stats::Counter::AffinityHit),
+            "a second flow from the sticky client was no affinity hit (verdict {}, counters {moved:?})",
+            out.verdict
+        );
+        Ok(())
+    }
+
+    /// A SYN from the sticky client, from a source port not used yet.
+    fn sticky_syn(&mut self) -> Vec<u8> {
+        let port = flow_source(self.take_flows(1)).port;
+        packets::tcp_syn(Endpoint { ip: STICKY_CLIENT.into(), port }, STICKY)
     }
 
     /// Opens both directions of the mirrored pair (idempotent: later runs
@@ -360,6 +406,14 @@ impl SizeBench {
                     .map(|k| packets::tcp_syn(flow_source(first + k as u64), targets[k % targets.len()]))
                     .collect();
                 self.take_flows(batch.len());
+                let mut total = 0.0;
+                for packet in &batch {
+                    total += self.dp.time(case.program, packet, 1)?.as_nanos() as f64;
+                }
+                Ok(total / batch.len() as f64)
+            }
+            Packets::NewToSticky => {
+                let batch: Vec<Vec<u8>> = (0..self.flows_per_sample).map(|_| self.sticky_syn()).collect();
                 let mut total = 0.0;
                 for packet in &batch {
                     total += self.dp.time(case.program, packet, 1)?.as_nanos() as f64;
