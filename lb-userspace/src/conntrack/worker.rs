@@ -1,7 +1,8 @@
 //! The thread that removes conntrack entries: a garbage collection pass
 //! every interval, and a UDP purge as soon as a sync asks for one. It
-//! makes blocking syscalls, so it runs beside the sync loop, never in it;
-//! the datapath never waits for it.
+//! makes blocking syscalls, so it runs beside the sync loop, never in it.
+//! The datapath never waits for a whole pass: the kernel locks one hash
+//! bucket at a time for the batched reads and deletes.
 
 use std::{
     collections::BTreeSet,
