@@ -2,7 +2,7 @@
 //! binary (`lb-bench`, in the tests crate, which shares the topology and
 //! datapath fixtures with the end-to-end tests).
 
-use crate::setup::{self, workspace_root};
+use crate::setup::{self, target_dir};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -13,7 +13,7 @@ pub struct BenchArgs {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run("cargo", &["build", "--release", "--bins"])?;
-    let bin = workspace_root().join("target/release/lb-bench");
+    let bin = target_dir().join("release/lb-bench");
     let args: Vec<&str> = args.args.iter().map(String::as_str).collect();
     setup::run(bin.to_str().expect("UTF-8 path"), &args)
 }

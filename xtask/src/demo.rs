@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: builds, then runs the demo binary (`lb-demo`, in the
 //! tests crate, which shares the namespace topology with the e2e tests).
 
-use crate::setup::{self, workspace_root};
+use crate::setup::{self, target_dir};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -12,7 +12,7 @@ pub struct DemoArgs {
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     setup::run("cargo", &["build", "--bins"])?;
-    let bin = workspace_root().join("target/debug/lb-demo");
+    let bin = target_dir().join("debug/lb-demo");
     let args: Vec<&str> = args.args.iter().map(String::as_str).collect();
     setup::run(bin.to_str().expect("UTF-8 path"), &args)
 }
