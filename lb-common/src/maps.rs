@@ -73,7 +73,8 @@ pub const SOCK_REV_V4_CAPACITY: u32 = 1 << 16;
 /// address). LRU: an entry is never deleted when it expires (the datapath
 /// only compares its age), so the idlest make room; a client whose entry
 /// was evicted is balanced afresh. About 80 bytes an entry, preallocated:
-/// 64 Ki entries is ~5 MB.
+/// 64 Ki entries is ~5 MB. The agent can change it at load time
+/// (`--affinity-max`).
 pub const AFFINITY_V4_CAPACITY: u32 = 1 << 16;
 /// Backends of affinity frontends, one entry per (frontend, backend) slot.
 /// Not preallocated.

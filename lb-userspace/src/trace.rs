@@ -153,6 +153,7 @@ fn pinned_capacities(pin_dir: &Path) -> anyhow::Result<loader::Capacities> {
         backends: max(names::BACKENDS_V4)?,
         conntrack: max(names::CONNTRACK_V4)?,
         maglev: max(names::MAGLEV_V4)?,
+        affinity: max(names::AFFINITY_V4)?,
     })
 }
 

@@ -322,6 +322,25 @@ fn incompatible_id_counters_stop_the_agent_with_a_clear_message() {
     assert!(!pinned_link_path(&pin_dir.0, "to-client").exists(), "nothing attached");
 }
 
+/// The size flags size the pinned maps; a restart with another size
+/// recreates the map (its entries are lost, never misread).
+#[test]
+fn size_flags_set_the_pinned_maps_capacity() {
+    let topology = Topology::create(1).expect("topology");
+    let (_src, source) = services_file(&topology);
+    let pin_dir = PinDir(format!("/sys/fs/bpf/{}", topology.node).into());
+    let capacity = |map: &str| layout::pinned_layout(&pin_dir.0.join(map)).unwrap().expect("pinned").max_entries;
+    for (affinity, conntrack) in [("4096", "8192"), ("2048", "8192")] {
+        let mut args = agent_args(&topology, &pin_dir.0, &source);
+        args.extend(["--affinity-max", affinity, "--conntrack-max", conntrack].map(str::to_owned));
+        let mut agent = LoggedAgent::spawn(&[], &args, &topology.node).unwrap();
+        agent.wait_ready(Duration::from_secs(30)).expect("the agent starts");
+        assert_eq!(capacity(names::AFFINITY_V4).to_string(), affinity);
+        assert_eq!(capacity(names::CONNTRACK_V4).to_string(), conntrack);
+        agent.terminate().expect("agent stops");
+    }
+}
+
 #[test]
 fn incompatible_derived_maps_and_conntrack_are_recreated_with_a_warning() {
     let cluster_topology = Topology::create(scenario::BACKENDS).expect("topology");

@@ -166,6 +166,11 @@ struct Args {
     /// while its frontend exists.
     #[arg(long, default_value_t = lb_common::maps::MAGLEV_V4_CAPACITY)]
     maglev_max: u32,
+    /// ClientIP affinity entries, one per (frontend, client address).
+    /// Preallocated, about 80 bytes each; when full, the idlest client's
+    /// entry makes room and that client is balanced afresh.
+    #[arg(long, default_value_t = lb_common::maps::AFFINITY_V4_CAPACITY)]
+    affinity_max: u32,
     /// Serve Prometheus metrics at /metrics on this address (as
     /// kube-proxy does); empty to disable.
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10249")]
@@ -258,6 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backends: args.backends_max,
         conntrack: args.conntrack_max,
         maglev: args.maglev_max,
+        affinity: args.affinity_max,
     };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;

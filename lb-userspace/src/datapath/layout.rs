@@ -97,7 +97,7 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         // Lost affinities cost only one fresh choice per client.
         names::AFFINITY_V4 => (
-            layout(MapType::LruHash, size::<AffinityKeyV4>(), size::<AffinityValueV4>(), names::AFFINITY_V4_CAPACITY),
+            layout(MapType::LruHash, size::<AffinityKeyV4>(), size::<AffinityValueV4>(), capacities.affinity),
             OnMismatch::Recreate,
         ),
         names::AFFINITY_MEMBERS_V4 => (

@@ -34,6 +34,7 @@ pub struct Capacities {
     pub backends: u32,
     pub conntrack: u32,
     pub maglev: u32,
+    pub affinity: u32,
 }
 
 impl Default for Capacities {
@@ -43,6 +44,7 @@ impl Default for Capacities {
             backends: names::BACKENDS_V4_CAPACITY,
             conntrack: names::CONNTRACK_V4_CAPACITY,
             maglev: names::MAGLEV_V4_CAPACITY,
+            affinity: names::AFFINITY_V4_CAPACITY,
         }
     }
 }
@@ -60,7 +62,8 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         .map_max_entries(names::SERVICES_V4, capacities.services)
         .map_max_entries(names::BACKENDS_V4, capacities.backends)
         .map_max_entries(names::CONNTRACK_V4, capacities.conntrack)
-        .map_max_entries(names::MAGLEV_V4, capacities.maglev);
+        .map_max_entries(names::MAGLEV_V4, capacities.maglev)
+        .map_max_entries(names::AFFINITY_V4, capacities.affinity);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
             bpffs::ensure_mounted(dir)?;
