@@ -55,17 +55,22 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
     }
 }
 
-/// Whether `netns` has an interface called `name`.
 /// Runs `ip -batch` commands in `netns` (one command a line).
 pub fn ip_batch(netns: &str, commands: &str) -> anyhow::Result<()> {
-    let mut child =
-        Command::new("ip").args(["-n", netns, "-batch", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    child.stdin.take().expect("piped stdin").write_all(commands.as_bytes())?;
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    child.stdin.take().context("ip stdin")?.write_all(commands.as_bytes())?;
     let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "ip -n {netns} -batch: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
 
+/// Whether `netns` has an interface called `name`.
 pub fn interface_exists(netns: &str, name: &str) -> bool {
     run("ip", &["-n", netns, "link", "show", name]).is_ok()
 }

@@ -5,13 +5,7 @@
 //! another's conntrack or netfilter state; the copies exist side by side
 //! and their runs are interleaved.
 
-use std::{
-    io::Write as _,
-    net::Ipv4Addr,
-    process::{Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use lb_common::{maps::CONNTRACK_V4_CAPACITY, stats::Counter};
@@ -28,7 +22,10 @@ use super::{
     stats::Summary,
     table::{DNS, HTTP, PortSpec, Table, TableSpec},
 };
-use crate::topology::{Topology, run_in};
+use crate::{
+    links,
+    topology::{Topology, run_in},
+};
 
 /// Client threads opening TCP connections (each waits for its answer).
 const TCP_CLIENT_THREADS: usize = 8;
@@ -327,17 +324,7 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
 /// Adds /24 addresses to `eth0` of a namespace, in one `ip -batch`.
 fn add_addresses(netns: &str, addresses: &[Ipv4Addr]) -> anyhow::Result<()> {
     let script: String = addresses.iter().map(|ip| format!("address add {ip}/24 dev eth0\n")).collect();
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running ip -batch")?;
-    child.stdin.take().context("ip stdin")?.write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "ip -n {netns} -batch: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok(())
+    links::ip_batch(netns, &script)
 }
 
 /// The pod addresses of each backend namespace: its topology address
