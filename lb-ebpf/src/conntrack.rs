@@ -152,21 +152,26 @@ pub fn reclaim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &C
 pub fn track(pkt: &PacketV4, backend: &BackendV4, original: &CtValueV4) -> PathResult<bool> {
     if !original.has_snat() {
         let reply_key = key(backend.address, pkt.src, backend.port, pkt.sport, pkt.proto, DIR_REPLY);
-        // Fields are read through the reference, not a copied-out Option:
-        // the None case of a copy leaves registers the verifier rejects.
-        // SAFETY: read at once, before any update of the entry.
-        let taken = match unsafe { LB4_CT.get(reply_key) } {
-            Some(other) => {
-                other.frontend_address != original.frontend_address || other.frontend_port != original.frontend_port
-            }
-            None => false,
-        };
-        if taken {
-            return Ok(false);
-        }
         // Reply entry first: once the original entry exists, later packets
-        // are NATed and their replies must already be recognised.
-        LB4_CT.insert(reply_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
+        // are NATed and their replies must already be recognised. A new
+        // tuple takes one insert; only a tuple already tracked (a
+        // re-balanced flow, or another frontend's) is looked at.
+        if LB4_CT.insert(reply_key, *original, u64::from(BPF_NOEXIST)).is_err() {
+            // Fields are read through the reference, not a copied-out
+            // Option: the None case of a copy leaves registers the
+            // verifier rejects.
+            // SAFETY: read at once, before any update of the entry.
+            let taken = match unsafe { LB4_CT.get(reply_key) } {
+                Some(other) => {
+                    other.frontend_address != original.frontend_address || other.frontend_port != original.frontend_port
+                }
+                None => false,
+            };
+            if taken {
+                return Ok(false);
+            }
+            LB4_CT.insert(reply_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
+        }
     }
     let original_key = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL);
     LB4_CT.insert(original_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
