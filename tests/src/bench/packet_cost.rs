@@ -8,7 +8,9 @@
 //!   flows, and the parse-only floor they are compared with is timed the
 //!   same way (its per-run timer overhead is in both);
 //! - the conntrack hit uses two Services whose backends are each other's
-//!   frontend, so the rewritten packet is again an established flow;
+//!   frontend, so the rewritten packet is again an established flow; a
+//!   SYN through the same pair takes the whole new-flow path on every
+//!   iteration, on warm caches;
 //! - misses leave the packet untouched, so repeating them is exact.
 //!
 //! Cases are interleaved: every repetition runs each case once, in turn.
@@ -37,6 +39,9 @@ use crate::{
 
 /// Source of the repeated (established and miss) packets.
 const CLIENT: Endpoint = ep([10, 0, 1, 2], 40_000);
+/// Source of the repeated SYN through the mirrored pair: its own tuples,
+/// apart from the established flow's.
+const SYN_CLIENT: Endpoint = ep([10, 0, 1, 3], 40_001);
 /// The mirrored pair: A's only endpoint is B's frontend and vice versa.
 const MIRROR_A: Endpoint = ep([10, 95, 0, 1], 80);
 const MIRROR_B: Endpoint = ep([10, 95, 0, 2], 8_080);
@@ -63,6 +68,9 @@ enum Packets {
     NewToSticky,
     /// The established mirrored flow, repeated.
     Established,
+    /// A SYN through the mirrored pair, repeated: each iteration re-opens
+    /// a tracked tuple, which a SYN balances afresh.
+    SynRepeated,
     UnusedPort,
     OtherAddress,
 }
@@ -76,7 +84,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -120,6 +128,13 @@ const CASES: [Case; 8] = [
         floor: "parse_only_repeated",
     },
     Case {
+        id: "new_flow_warm",
+        label: "ClusterIP hit, new flow, warm caches",
+        program: TC_PROGRAM,
+        packets: Packets::SynRepeated,
+        floor: "parse_only_repeated",
+    },
+    Case {
         id: "miss_unused_port",
         label: "miss: port no Service uses",
         program: TC_PROGRAM,
@@ -160,6 +175,9 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
         "conntrack_hit" => format!(
             "a TCP segment of an established flow, repeat={r}. Two Services point at each other's frontend ({}:{} → {}:{} → back) and both flows are established first, so each iteration, fed the previous one's output, is a conntrack hit plus a DNAT of address and port",
             MIRROR_A.ip, MIRROR_A.port, MIRROR_B.ip, MIRROR_B.port
+        ),
+        "new_flow_warm" => format!(
+            "a TCP SYN through the mirrored pair, repeat={r}: a SYN is balanced afresh even when its tuple is tracked, so every iteration takes the whole new-flow path (frontend lookup, backend choice, both conntrack entries written, DNAT) with the maps' cache lines warm, where the repeat=1 new-flow rows pay a cold start on every packet. It does a little more than a first packet: the reply entry's insert finds the tuple tracked and looks at it before replacing it"
         ),
         "miss_unused_port" => format!(
             "TCP to a ClusterIP on port {UNUSED_PORT}, which no frontend uses: the per-port prefilter (one array read) passes it; unchanged, so repeat={r} is exact"
@@ -228,6 +246,7 @@ struct SizeBench {
     cluster_ips: Vec<Endpoint>,
     node_ports: Vec<Endpoint>,
     established: Vec<u8>,
+    syn_repeated: Vec<u8>,
     unused_port: Vec<u8>,
     other_address: Vec<u8>,
     next_flow: u64,
@@ -309,6 +328,7 @@ impl SizeBench {
             cluster_ips,
             node_ports,
             established: packets::tcp(CLIENT, MIRROR_A, false, PAYLOAD),
+            syn_repeated: packets::tcp_syn(SYN_CLIENT, MIRROR_A),
             unused_port: packets::tcp(CLIENT, endpoint(table::cluster_ip(0), UNUSED_PORT), false, PAYLOAD),
             other_address: packets::tcp(CLIENT, OTHER_ADDRESS, false, PAYLOAD),
             next_flow: 0,
@@ -352,11 +372,32 @@ impl SizeBench {
             destination(&first.packet) == Some(MIRROR_B) && destination(&second.packet) == Some(MIRROR_A),
             "the mirrored flow does not alternate between its frontends"
         );
+        self.verify_syn_repeated()?;
         for (name, packet) in [("unused port", &self.unused_port), ("other address", &self.other_address)] {
             let out = self.dp.run(TC_PROGRAM, packet)?;
             if out.verdict != TC_ACT_UNSPEC || &out.packet != packet {
                 bail!("the {name} miss did not pass the packet unchanged (verdict {})", out.verdict);
             }
+        }
+        Ok(())
+    }
+
+    /// Each iteration of the repeated SYN is balanced afresh and DNATed
+    /// to the other frontend of the pair.
+    fn verify_syn_repeated(&mut self) -> anyhow::Result<()> {
+        let mut packet = self.syn_repeated.clone();
+        for expected in [MIRROR_B, MIRROR_A, MIRROR_B] {
+            let (out, moved) = self.dp.run_counted(TC_PROGRAM, &packet)?;
+            let balanced = [lb_common::stats::Counter::NewFlow, lb_common::stats::Counter::Rebalanced]
+                .iter()
+                .any(|counter| moved.contains_key(counter));
+            ensure!(
+                balanced && destination(&out.packet) == Some(expected),
+                "the repeated SYN was not balanced to {}:{} (counters {moved:?})",
+                expected.ip,
+                expected.port
+            );
+            packet = out.packet;
         }
         Ok(())
     }
@@ -420,7 +461,7 @@ impl SizeBench {
                 }
                 Ok(total / batch.len() as f64)
             }
-            Packets::Established | Packets::UnusedPort | Packets::OtherAddress => {
+            Packets::Established | Packets::SynRepeated | Packets::UnusedPort | Packets::OtherAddress => {
                 let packet = match case.packets {
                     Packets::Established => {
                         // LRU eviction by the new-flow cases must not turn
@@ -428,6 +469,7 @@ impl SizeBench {
                         self.establish_mirror()?;
                         self.established.clone()
                     }
+                    Packets::SynRepeated => self.syn_repeated.clone(),
                     Packets::UnusedPort => self.unused_port.clone(),
                     _ => self.other_address.clone(),
                 };
