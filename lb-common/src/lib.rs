@@ -16,6 +16,7 @@ pub mod affinity;
 pub mod backend;
 pub mod conntrack;
 pub mod flow;
+pub mod frontend_stats;
 pub mod ids;
 pub mod maglev;
 pub mod maps;

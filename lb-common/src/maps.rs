@@ -25,6 +25,9 @@ pub const SOCK_REV_V4: &str = "LB4_SOCK_REV";
 pub const AFFINITY_V4: &str = "LB4_AFFINITY";
 /// Backends each affinity frontend may choose: `AffinityMemberKeyV4` → `u8`.
 pub const AFFINITY_MEMBERS_V4: &str = "LB4_AFF_MEMBERS";
+/// Per-frontend counters (per-CPU hash): frontend id (`u32`) →
+/// `FrontendStatsV4`.
+pub const FRONTEND_STATS_V4: &str = "LB4_FE_STATS";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
@@ -34,7 +37,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -47,6 +50,7 @@ pub const ALL: [&str; 12] = [
     SOCK_REV_V4,
     AFFINITY_V4,
     AFFINITY_MEMBERS_V4,
+    FRONTEND_STATS_V4,
 ];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
@@ -81,6 +85,10 @@ pub const AFFINITY_V4_CAPACITY: u32 = 1 << 16;
 pub const AFFINITY_MEMBERS_V4_CAPACITY: u32 = 1 << 18;
 /// Source ranges across all LoadBalancer frontends. Not preallocated.
 pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
+/// Frontends counted in `FRONTEND_STATS_V4`: one entry per frontend that
+/// has seen a new flow, removed by the agent when the frontend goes. Not
+/// preallocated (per-CPU values: 24 bytes per CPU an entry).
+pub const FRONTEND_STATS_V4_CAPACITY: u32 = 1 << 17;
 /// Pod CIDRs: a cluster has a few.
 pub const POD_CIDRS_V4_CAPACITY: u32 = 64;
 /// One entry per port number.

@@ -7,12 +7,13 @@ use aya_ebpf::programs::TcContext;
 use lb_common::{
     backend::BackendV4,
     conntrack::CtValueV4,
+    frontend_stats::FrontendEvent,
     service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY, ServiceKeyV4, ServiceValue},
     stats::Counter,
 };
 
 use crate::{
-    affinity, conntrack, icmp_error,
+    affinity, conntrack, frontend_stats, icmp_error,
     nat::{self, Side},
     parse::{self, PacketV4},
     pmtu, reject,
@@ -82,16 +83,20 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     // outside the ranges learns nothing, not even that there are no
     // endpoints.
     if !service::source_allowed(&svc, pkt) {
+        frontend_stats::count(svc.frontend_id, FrontendEvent::Dropped);
         return Ok(Some(Outcome::drop(Counter::DropSourceRange)));
     }
     let (frontend, svc) = service::for_source(frontend, svc, pkt);
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
+            frontend_stats::count(svc.frontend_id, FrontendEvent::Dropped);
             return Ok(Some(Outcome::drop(Counter::DropNoLocalEndpoints)));
         }
+        frontend_stats::count(svc.frontend_id, FrontendEvent::Rejected);
         return reject::reject(ctx, pkt).map(Some);
     }
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
+    frontend_stats::count(svc.frontend_id, FrontendEvent::NewFlow);
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
     let entry = conntrack::new_value(&frontend, &svc, backend_id);
     // Hairpin: a Pod balanced to itself would receive its own address as

@@ -30,6 +30,7 @@
 
 mod affinity;
 mod conntrack;
+mod frontend_stats;
 mod icmp_error;
 mod icmp_nat;
 mod icmp_reply;

@@ -4,18 +4,19 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
+    frontend_stats::FrontendStatsV4,
     ids, maglev,
     maps::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY,
-        MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY,
-        SOURCE_RANGES_V4_CAPACITY,
+        FRONTEND_STATS_V4_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
+        SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
@@ -92,3 +93,10 @@ pub static LB4_AFFINITY: LruHashMap<AffinityKeyV4, AffinityValueV4, { AFFINITY_V
 #[btf_map]
 pub static LB4_AFF_MEMBERS: HashMap<AffinityMemberKeyV4, u8, { AFFINITY_MEMBERS_V4_CAPACITY as usize }, NO_PREALLOC> =
     HashMap::new();
+
+/// Per-frontend counters (`lb_common::frontend_stats`): created by the
+/// datapath at a frontend's first new flow, removed by the agent when the
+/// frontend goes.
+#[btf_map]
+pub static LB4_FE_STATS: PerCpuHashMap<u32, FrontendStatsV4, { FRONTEND_STATS_V4_CAPACITY as usize }, NO_PREALLOC> =
+    PerCpuHashMap::new();

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     conntrack,
+    frontend_metrics::FrontendDirectory,
     health::ProxyHealth,
     healthcheck::{Failure, ServiceHealthServers},
     metrics::{SyncMetrics, SyncOutcome},
@@ -83,6 +84,8 @@ pub struct Observers {
     pub health: Arc<ProxyHealth>,
     pub service_health: Arc<ServiceHealthServers>,
     pub conntrack: Option<Arc<conntrack::worker::Handle>>,
+    /// Who each frontend id belongs to, for the per-Service counters.
+    pub frontends: Arc<FrontendDirectory>,
 }
 
 impl Observers {
@@ -94,7 +97,7 @@ impl Observers {
         let health = Arc::new(ProxyHealth::new(health_timeout));
         let service_health =
             Arc::new(ServiceHealthServers::new(health_check_addresses, health.clone(), metrics.clone()));
-        Self { metrics, health, service_health, conntrack: None }
+        Self { metrics, health, service_health, conntrack: None, frontends: Arc::default() }
     }
 
     fn queued(&self) {
@@ -277,6 +280,7 @@ fn sync_once<W: MapWriter>(
                 ..outcome
             };
             observers.metrics.synced(&outcome, now);
+            observers.frontends.synced(syncer.frontend_labels(), full);
             observers.health.updated(now);
             observe_programming_latency(source, observers, SystemTime::now());
             for problem in fresh {

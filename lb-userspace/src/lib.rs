@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod encode;
 pub mod events;
+pub mod frontend_metrics;
 pub mod health;
 pub mod healthcheck;
 pub mod maglev;

@@ -6,8 +6,9 @@
 //! time, not copied into the agent: the kernel's counters are the truth,
 //! and a scrape costs the agent nothing between scrapes.
 //!
-//! Not here: per-Service packet counters (the datapath counts per
-//! reason only).
+//! Per-Service counters (new flows, rejected, dropped, by frontend) are
+//! in `frontend_metrics`; packets of established flows are counted per
+//! reason only.
 
 use std::{
     path::PathBuf,
@@ -290,6 +291,11 @@ impl Metrics {
         sync.register(&mut registry);
         registry.register_collector(Box::new(DatapathCollector { pin_dir }));
         Self { registry }
+    }
+
+    /// Adds the per-Service counters (`frontend_metrics`).
+    pub fn register_frontends(&mut self, collector: crate::frontend_metrics::FrontendCollector) {
+        self.registry.register_collector(Box::new(collector));
     }
 
     /// Adds the conntrack worker's metrics.

@@ -169,6 +169,11 @@ impl<W: MapWriter> Syncer<W> {
     }
 
     /// Whether the next sync must be full (a write failed).
+    /// Who each served frontend id belongs to.
+    pub fn frontend_labels(&self) -> &crate::state::labels::FrontendLabels {
+        self.state.frontend_labels()
+    }
+
     pub fn needs_full(&self) -> bool {
         self.needs_full
     }

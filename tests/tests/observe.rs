@@ -12,7 +12,7 @@ use lb_tests::{
     agent::Agent,
     apiserver::ApiServer,
     observe::{self, HEALTH},
-    scenario::{DemoCluster, WEB},
+    scenario::{DemoCluster, NOTHING_HERE, WEB},
     servers,
     topology::Topology,
 };
@@ -46,6 +46,37 @@ fn metrics_count_each_new_flow_and_time_the_syncs() {
     assert_eq!(after["lb_map_entries{map=\"LB4_BACKENDS\"}"], maps.backends.len() as f64);
     assert_eq!(after["lb_map_entries{map=\"LB4_SERVICES\"}"], maps.services.len() as f64);
     assert!(after["lb_map_entries{map=\"LB4_CT\"}"] >= 2.0, "the flows are tracked");
+}
+
+/// The per-Service counters carry the Service's namespace, name, port
+/// and frontend, and count what each frontend's new flows became.
+#[test]
+fn per_service_counters_name_the_service_and_count_its_new_flows() {
+    let cluster = DemoCluster::start().expect("start demo cluster");
+    let node = &cluster.topology.node;
+    let web =
+        r#"{namespace="demo",service="web",port="http",protocol="TCP",kind="ClusterIP",frontend="10.96.0.10:80"}"#;
+    let nothing =
+        r#"{namespace="demo",service="nothing-here",port="",protocol="TCP",kind="ClusterIP",frontend="10.96.0.30:80"}"#;
+    let before = observe::scrape(node).expect("scrape");
+    const REQUESTS: usize = 12;
+    const REFUSED: usize = 3;
+    for _ in 0..REQUESTS {
+        servers::http_get(&cluster.topology.client, SocketAddr::V4(WEB)).expect("request through the ClusterIP");
+    }
+    for _ in 0..REFUSED {
+        let result = servers::connect(&cluster.topology.client, SocketAddr::V4(NOTHING_HERE)).expect("connect");
+        assert!(result.is_err(), "a Service without endpoints refuses");
+    }
+    let after = observe::scrape(node).expect("scrape");
+    let grew = |metric: &str, labels: &str| {
+        let key = format!("{metric}{labels}");
+        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+    };
+    assert_eq!(grew("lb_service_new_flows_total", web), REQUESTS as f64, "{after:#?}");
+    assert_eq!(grew("lb_service_rejected_flows_total", web), 0.0);
+    assert_eq!(grew("lb_service_rejected_flows_total", nothing), REFUSED as f64, "{after:#?}");
+    assert_eq!(grew("lb_service_new_flows_total", nothing), 0.0);
 }
 
 /// An agent watching the stand-in API server, this node's Node included.

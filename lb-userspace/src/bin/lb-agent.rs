@@ -11,6 +11,7 @@ use lb_userspace::{
     conntrack::{self, expiry, metrics::ConntrackMetrics},
     datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps, sock_links},
     events::{EventPublisher, LogOnly},
+    frontend_metrics::{FrontendCollector, FrontendDirectory},
     metrics::Metrics,
     model::NodeContext,
     netns, node_addresses, serve,
@@ -316,6 +317,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let conntrack_metrics = Arc::new(ConntrackMetrics::new(args.conntrack_max));
     let gc = conntrack::worker::spawn(args.pin_dir.clone(), conntrack_config(&args), conntrack_metrics.clone());
     observers.conntrack = Some(Arc::new(gc));
+    observers.frontends = Arc::new(FrontendDirectory::new(args.pin_dir.clone()));
     serve_endpoints(&args, &observers, &conntrack_metrics).await?;
     agent::run(
         &mut syncer,
@@ -417,6 +419,10 @@ async fn serve_endpoints(
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
         let mut metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
         metrics.register_conntrack(conntrack_metrics);
+        metrics.register_frontends(FrontendCollector {
+            pin_dir: args.pin_dir.clone(),
+            directory: observers.frontends.clone(),
+        });
         tokio::spawn(serve::metrics(listener, std::sync::Arc::new(metrics)));
         info!(address = %addr, "serving /metrics");
     }

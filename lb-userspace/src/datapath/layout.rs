@@ -21,6 +21,7 @@ use lb_common::{
     affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
     backend::BackendV4,
     conntrack::{CtKeyV4, CtValueV4},
+    frontend_stats::FrontendStatsV4,
     ids, maps as names,
     pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceValue},
@@ -102,6 +103,11 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::AFFINITY_MEMBERS_V4 => (
             layout(MapType::Hash, size::<AffinityMemberKeyV4>(), size::<u8>(), names::AFFINITY_MEMBERS_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        // Counters only: lost on a change of layout.
+        names::FRONTEND_STATS_V4 => (
+            layout(MapType::PerCpuHash, size::<u32>(), size::<FrontendStatsV4>(), names::FRONTEND_STATS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::PORT_FILTER => {

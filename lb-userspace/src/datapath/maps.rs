@@ -8,13 +8,14 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, Pod,
     maps::{
-        Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
+        Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityValueV4},
     conntrack::{CtKeyV4, CtValueV4},
+    frontend_stats::FrontendStatsV4,
     maps as names,
     pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceValue},
@@ -288,6 +289,34 @@ pub fn conntrack_entries(pin_dir: &Path) -> anyhow::Result<Vec<(CtKeyV4, CtValue
         return Ok(entries);
     }
     map.iter().map(|e| e.context("reading conntrack")).collect()
+}
+
+/// Each counted frontend's counters (by frontend id), summed over CPUs.
+pub fn frontend_stats(pin_dir: &Path) -> anyhow::Result<BTreeMap<u32, FrontendStatsV4>> {
+    let map: PerCpuHashMap<MapData, u32, FrontendStatsV4> =
+        open_pinned(pin_dir, names::FRONTEND_STATS_V4)?.try_into().context(names::FRONTEND_STATS_V4)?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (id, per_cpu) = entry.context("reading per-frontend counters")?;
+        out.insert(id, per_cpu.iter().fold(FrontendStatsV4::default(), |sum, cpu| sum.add(*cpu)));
+    }
+    Ok(out)
+}
+
+/// Removes the counters of frontends no longer served (`live` says which
+/// are). Frontend ids are never reused, so a removed frontend's counters
+/// would only ever be read, never moved again. Returns how many went.
+pub fn prune_frontend_stats(pin_dir: &Path, live: impl Fn(u32) -> bool) -> anyhow::Result<usize> {
+    let mut map: PerCpuHashMap<MapData, u32, FrontendStatsV4> =
+        open_pinned(pin_dir, names::FRONTEND_STATS_V4)?.try_into().context(names::FRONTEND_STATS_V4)?;
+    let gone: Vec<u32> = map.keys().filter_map(Result::ok).filter(|id| !live(*id)).collect();
+    for id in &gone {
+        match map.remove(id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).context("removing per-frontend counters"),
+        }
+    }
+    Ok(gone.len())
 }
 
 /// Sums the per-CPU counters.

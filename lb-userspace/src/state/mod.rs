@@ -16,6 +16,7 @@
 
 mod backends;
 mod ids;
+pub mod labels;
 mod ports;
 mod slots;
 
@@ -34,6 +35,7 @@ use lb_common::{
 use self::{
     backends::{BackendIdentity, BackendRefs, Lifecycle, SlotBackend},
     ids::IdCounter,
+    labels::{FrontendLabel, FrontendLabels},
     ports::{PortRefs, PortUse},
 };
 pub use crate::translate::ServiceRef;
@@ -75,6 +77,8 @@ pub struct DesiredState {
     /// Maglev frontends that got no table because the budget was used up:
     /// they balance with the slot hash until a table is free (reported).
     maglev_fallbacks: HashMap<ServiceKeyV4, (FrontendAddr, Problem)>,
+    /// Who each served frontend id belongs to (metric labels).
+    labels: FrontendLabels,
 }
 
 /// Ids the conntrack table names, for maps pinned before the id counters
@@ -150,6 +154,11 @@ impl DesiredState {
 
     pub fn frontend_count(&self) -> usize {
         self.encoded.len()
+    }
+
+    /// Who each served frontend id belongs to.
+    pub fn frontend_labels(&self) -> &FrontendLabels {
+        &self.labels
     }
 
     /// Replaces what one Service claims (nothing: the Service is gone).
@@ -237,6 +246,7 @@ impl DesiredState {
             }
             (None, None) => self.frontend_ids.allocate(),
         };
+        self.labels.set(frontend_id, FrontendLabel::of(frontend));
         let wanted: Vec<SlotBackend> =
             slot_backends(&frontend.backends, key.proto).take(usize::from(u16::MAX)).collect();
         let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key.proto).collect();
@@ -380,6 +390,7 @@ impl DesiredState {
             self.release_backend(*backend);
         }
         self.frontend_ids.release(owned.frontend_id);
+        self.labels.remove(owned.frontend_id);
         self.change_port(key.port, PortUse::Frontend, false);
     }
 
