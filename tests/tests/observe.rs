@@ -77,6 +77,16 @@ fn per_service_counters_name_the_service_and_count_its_new_flows() {
     assert_eq!(grew("lb_service_rejected_flows_total", web), 0.0);
     assert_eq!(grew("lb_service_rejected_flows_total", nothing), REFUSED as f64, "{after:#?}");
     assert_eq!(grew("lb_service_new_flows_total", nothing), 0.0);
+
+    // lbctl shows the same counts, from the maps alone.
+    let json = observe::lbctl(&cluster.agent.pin_dir, &["services", "-o", "json"]).expect("lbctl services");
+    let frontends: Value = serde_json::from_str(&json).expect("json");
+    let counted = |address: &str, field: &str| {
+        let frontend = frontends.as_array().unwrap().iter().find(|f| f["address"] == address).expect(address);
+        frontend[field].as_f64().unwrap()
+    };
+    assert_eq!(counted("10.96.0.10", "new_flows"), after[&format!("lb_service_new_flows_total{web}")]);
+    assert_eq!(counted("10.96.0.30", "rejected"), after[&format!("lb_service_rejected_flows_total{nothing}")]);
 }
 
 /// An agent watching the stand-in API server, this node's Node included.

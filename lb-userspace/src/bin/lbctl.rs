@@ -210,6 +210,11 @@ struct Frontend {
     /// `ok`, `reject` (no endpoints), `drop` (no local endpoints).
     empty_action: Option<&'static str>,
     affinity_timeout_s: Option<u32>,
+    /// New flows balanced, rejected and dropped since the frontend was
+    /// created (or this node's counters were reset).
+    new_flows: u64,
+    rejected: u64,
+    dropped: u64,
     backends: Vec<SlotBackend>,
 }
 
@@ -225,6 +230,8 @@ struct SlotBackend {
 
 fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
+    // Maps pinned by an older agent have no per-frontend counters: zeros.
+    let counted = maps::frontend_stats(pin_dir).unwrap_or_default();
     let frontends = held.services.iter().filter(|(k, _)| k.backend_slot == 0);
     Ok(frontends
         .map(|(key, value)| {
@@ -257,6 +264,9 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
                 id: value.frontend_id,
                 empty_action,
                 affinity_timeout_s: (value.affinity_timeout_s > 0).then_some(value.affinity_timeout_s),
+                new_flows: counted.get(&value.frontend_id).map_or(0, |c| c.new_flows),
+                rejected: counted.get(&value.frontend_id).map_or(0, |c| c.rejected),
+                dropped: counted.get(&value.frontend_id).map_or(0, |c| c.dropped),
                 backends,
             }
         })
@@ -281,10 +291,19 @@ fn services_table(frontends: &[Frontend]) -> String {
                     .join(", "),
             };
             let affinity = f.affinity_timeout_s.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
-            vec![format!("{}:{}/{}", f.address, f.port, f.proto), type_label(f), f.id.to_string(), affinity, backends]
+            // New flows balanced / refused (rejected + dropped).
+            let flows = format!("{}/{}", f.new_flows, f.rejected + f.dropped);
+            vec![
+                format!("{}:{}/{}", f.address, f.port, f.proto),
+                type_label(f),
+                f.id.to_string(),
+                affinity,
+                flows,
+                backends,
+            ]
         })
         .collect();
-    columns(&["FRONTEND", "TYPE", "ID", "AFFINITY", "BACKENDS"], &rows)
+    columns(&["FRONTEND", "TYPE", "ID", "AFFINITY", "FLOWS/REFUSED", "BACKENDS"], &rows)
 }
 
 #[derive(Serialize)]
