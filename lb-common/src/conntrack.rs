@@ -96,6 +96,14 @@ pub const FLAG_FIN: u16 = 1 << 1;
 /// entries of the flow.
 pub const FLAG_RST: u16 = 1 << 2;
 
+/// The flow's frontend is one of the node's own addresses (a NodePort, or
+/// an external or LoadBalancer IP the node holds), so its replies leave
+/// with a local source. Set at creation, only when the datapath forwards
+/// through the stack (`config::FLAG_FORWARD_THROUGH_STACK`): such replies
+/// are still sent by the datapath, which the stack's martian check would
+/// drop.
+pub const FLAG_LOCAL_FRONTEND: u16 = 1 << 8;
+
 /// TCP header flag bits, as in the header's flags byte.
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;

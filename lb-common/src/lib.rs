@@ -14,6 +14,7 @@
 
 pub mod affinity;
 pub mod backend;
+pub mod config;
 pub mod conntrack;
 pub mod flow;
 pub mod frontend_stats;

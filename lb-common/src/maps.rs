@@ -28,6 +28,8 @@ pub const AFFINITY_MEMBERS_V4: &str = "LB4_AFF_MEMBERS";
 /// Per-frontend counters (per-CPU hash): frontend id (`u32`) →
 /// `FrontendStatsV4`.
 pub const FRONTEND_STATS_V4: &str = "LB4_FE_STATS";
+/// Datapath settings (array of one): `u32` 0 → `DatapathConfig`.
+pub const CONFIG: &str = "LB_CONFIG";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
@@ -37,7 +39,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -51,6 +53,7 @@ pub const ALL: [&str; 13] = [
     AFFINITY_V4,
     AFFINITY_MEMBERS_V4,
     FRONTEND_STATS_V4,
+    CONFIG,
 ];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with

@@ -6,14 +6,14 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{
     backend::BackendV4,
-    conntrack::CtValueV4,
+    conntrack::{CtValueV4, FLAG_LOCAL_FRONTEND},
     frontend_stats::FrontendEvent,
-    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY, ServiceKeyV4, ServiceValue},
+    service::{FLAG_CLUSTER_IP, FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY, ServiceKeyV4, ServiceValue},
     stats::Counter,
 };
 
 use crate::{
-    affinity, conntrack, frontend_stats, icmp_error,
+    affinity, config, conntrack, frontend_stats, icmp_error,
     nat::{self, Side},
     parse::{self, PacketV4},
     pmtu, reject,
@@ -98,7 +98,10 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
     frontend_stats::count(svc.frontend_id, FrontendEvent::NewFlow);
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    let entry = conntrack::new_value(&frontend, &svc, backend_id);
+    let mut entry = conntrack::new_value(&frontend, &svc, backend_id);
+    if config::forward_through_stack() && svc.flags & FLAG_CLUSTER_IP == 0 && route::is_local(ctx, frontend.address) {
+        entry.flags |= FLAG_LOCAL_FRONTEND;
+    }
     // Hairpin: a Pod balanced to itself would receive its own address as
     // source and drop the packet as a martian; it sees the frontend as its
     // peer instead, and its replies to the frontend come back here.
@@ -216,6 +219,9 @@ fn to_backend(
     nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
     if snat.is_some() {
         nat::rewrite(ctx, pkt, Side::Source, flow.src, flow.sport)?;
+    } else if config::forward_through_stack() {
+        // The client's own source: the forward path takes it as it is.
+        return Ok(Outcome { verdict: Verdict::Next, counter });
     }
     let verdict = match route {
         Some(route) => route::send(ctx, &route)?,
@@ -250,6 +256,9 @@ fn to_client(ctx: &TcContext, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<O
         nat::rewrite(ctx, pkt, Side::Destination, entry.nat_address, entry.nat_port)?;
         flow.dst = entry.nat_address;
         flow.dport = entry.nat_port;
+    }
+    if config::forward_through_stack() && entry.flags & FLAG_LOCAL_FRONTEND == 0 {
+        return Ok(Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat });
     }
     let verdict = route::forward(ctx, &flow, pkt.ip_total_len)?;
     Ok(Outcome { verdict, counter: Counter::ReplyNat })

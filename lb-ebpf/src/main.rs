@@ -29,6 +29,7 @@
 #![no_main]
 
 mod affinity;
+mod config;
 mod conntrack;
 mod frontend_stats;
 mod icmp_error;

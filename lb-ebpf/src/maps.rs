@@ -10,6 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
     backend::BackendV4,
+    config::DatapathConfig,
     conntrack::{CtKeyV4, CtValueV4},
     frontend_stats::FrontendStatsV4,
     ids, maglev,
@@ -100,3 +101,7 @@ pub static LB4_AFF_MEMBERS: HashMap<AffinityMemberKeyV4, u8, { AFFINITY_MEMBERS_
 #[btf_map]
 pub static LB4_FE_STATS: PerCpuHashMap<u32, FrontendStatsV4, { FRONTEND_STATS_V4_CAPACITY as usize }, NO_PREALLOC> =
     PerCpuHashMap::new();
+
+/// The agent's settings (`lb_common::config`), one entry.
+#[btf_map]
+pub static LB_CONFIG: Array<DatapathConfig, 1> = Array::new();

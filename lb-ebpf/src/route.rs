@@ -22,8 +22,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
-        bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -96,14 +96,11 @@ pub enum Lookup {
     Stack,
 }
 
-/// Looks up the route for `flow` as forwarding would for a packet arriving
-/// on this skb's interface, checking `ip_total_len` against its MTU.
-/// `want_source` also asks for the source address the node would use on
-/// the egress interface (for SNAT).
+/// Asks the routing table about `flow` as forwarding would for a packet
+/// of `ip_total_len` bytes arriving on this skb's interface; the result
+/// code, with `params` filled in by the kernel.
 #[inline(always)]
-pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Lookup {
-    let mut words = core::mem::MaybeUninit::uninit();
-    let params = zeroed_params(&mut words);
+fn fib(ctx: &TcContext, flow: &Flow, ip_total_len: u16, flags: u32, params: &mut FibParams) -> u32 {
     params.family = AF_INET;
     params.l4_protocol = flow.proto;
     params.sport = flow.sport.to_be();
@@ -113,10 +110,20 @@ pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: boo
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
-    let flags = if want_source { BPF_FIB_LOOKUP_SRC } else { 0 };
     // SAFETY: `params` is a live stack struct of the size passed.
-    let ret = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), params, size_of::<FibParams>() as i32, flags) };
-    let neighbour = match ret as u32 {
+    unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), params, size_of::<FibParams>() as i32, flags) as u32 }
+}
+
+/// Looks up the route for `flow` as forwarding would for a packet arriving
+/// on this skb's interface, checking `ip_total_len` against its MTU.
+/// `want_source` also asks for the source address the node would use on
+/// the egress interface (for SNAT).
+#[inline(always)]
+pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Lookup {
+    let mut words = core::mem::MaybeUninit::uninit();
+    let params = zeroed_params(&mut words);
+    let flags = if want_source { BPF_FIB_LOOKUP_SRC } else { 0 };
+    let neighbour = match fib(ctx, flow, ip_total_len, flags, params) {
         BPF_FIB_LKUP_RET_SUCCESS => Some((params.dmac, params.smac)),
         BPF_FIB_LKUP_RET_NO_NEIGH => None,
         // SAFETY: the union member the kernel writes with this result.
@@ -126,6 +133,17 @@ pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: boo
     // SAFETY: the union member the lookup writes for AF_INET.
     let source = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
     Lookup::Route(Route { ifindex: params.ifindex, source, neighbour })
+}
+
+/// Whether `address` is one of the node's own: the routing table does not
+/// forward to it (a local route; broadcast and multicast, which no
+/// frontend is, answer the same).
+#[inline(always)]
+pub fn is_local(ctx: &TcContext, address: [u8; 4]) -> bool {
+    let mut words = core::mem::MaybeUninit::uninit();
+    let params = zeroed_params(&mut words);
+    let flow = Flow { src: [0; 4], dst: address, sport: 0, dport: 0, proto: 0 };
+    fib(ctx, &flow, 0, 0, params) == BPF_FIB_LKUP_RET_NOT_FWDED
 }
 
 /// `resolve`, for callers to whom anything but a plain forward means the

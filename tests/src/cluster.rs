@@ -152,9 +152,16 @@ impl Cluster {
     /// Starts one agent per node on the published file, attached to the
     /// node's LAN interface and pod veths, and waits until all are ready.
     pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        self.start_agents_with(&[])
+    }
+
+    /// `start_agents`, each agent given `extra_args` too.
+    pub fn start_agents_with(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         for (i, node) in self.nodes.iter().enumerate() {
             let name = node_name(i + 1);
-            let args = ["--hostname-override", name.as_str(), "--interfaces", "eth0,pod*", "--cluster-cidr", POD_CIDRS];
+            let mut args = vec!["--hostname-override", name.as_str(), "--interfaces", "eth0,pod*", "--cluster-cidr"];
+            args.push(POD_CIDRS);
+            args.extend_from_slice(extra_args);
             let agent = Agent::start(&node.netns, &self.source, &args)?;
             self.agents.push(agent);
         }

@@ -126,3 +126,60 @@ fn maglev_clusterip_spreads_300_requests_over_all_backends() {
         assert!(*n >= 60, "{backend} got {n} of 300 (< 20%): {seen:?}");
     }
 }
+
+/// Packets the node's FORWARD chain counted, per rule, in order.
+fn forward_chain_packets(node: &str) -> Vec<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", node, "iptables", "-nvxL", "FORWARD"])
+        .output()
+        .expect("run iptables");
+    assert!(out.status.success(), "iptables -L in the node namespace");
+    // Two header lines, then one line per rule starting with its packet count.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Requests through the ClusterIP with two counting rules in the node's
+/// FORWARD chain (where an iptables-based NetworkPolicy of a chained CNI
+/// runs): packets to the backends, and replies from the ClusterIP. Returns
+/// what each rule counted.
+fn through_the_forward_chain(agent_args: &[&str]) -> (u64, u64) {
+    const REQUESTS: usize = 10;
+    let cluster = DemoCluster::start_with_args(scenario::BACKENDS, scenario::DEMO_SERVICES, agent_args, |m| {
+        scenario::backend_count(m, WEB) == Some(3)
+    })
+    .expect("start demo cluster");
+    let node = &cluster.topology.node;
+    let clusterip = WEB.ip().to_string();
+    for rule in
+        [["-A", "FORWARD", "-d", "10.244.0.0/16", "-j", "ACCEPT"], ["-A", "FORWARD", "-s", &clusterip, "-j", "ACCEPT"]]
+    {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", node, "iptables"])
+            .args(rule)
+            .status()
+            .expect("run iptables");
+        assert!(status.success(), "iptables in the node namespace");
+    }
+    assert_eq!(requests(&cluster, REQUESTS).values().sum::<usize>(), REQUESTS);
+    let counted = forward_chain_packets(node);
+    (counted[0], counted[1])
+}
+
+/// `--forward-through-stack`: Service traffic, both ways, passes the
+/// node's netfilter FORWARD chain, where a chained CNI's iptables
+/// NetworkPolicy sees it. Without it the datapath sends translated packets
+/// out directly and the chain is never consulted.
+#[test]
+fn forward_through_stack_puts_service_traffic_through_the_forward_chain() {
+    let (to_backends, replies) = through_the_forward_chain(&["--forward-through-stack"]);
+    // At least SYN, ACK, request and FIN each way per connection.
+    assert!(to_backends >= 30, "requests cross FORWARD: {to_backends} packets");
+    assert!(replies >= 30, "replies cross FORWARD: {replies} packets");
+
+    let (to_backends, replies) = through_the_forward_chain(&[]);
+    assert_eq!((to_backends, replies), (0, 0), "by default the chain is bypassed");
+}

@@ -86,6 +86,11 @@ items:
 
 /// Node 1: pods 1 (`web`) and 2 (`local`); node 2: pod 1 (`web`, `dns`).
 fn cluster() -> (Cluster, Servers) {
+    cluster_with(&[])
+}
+
+/// `cluster()`, every agent started with `agent_args` too.
+fn cluster_with(agent_args: &[&str]) -> (Cluster, Servers) {
     let mut cluster = Cluster::create(&[2, 1]).expect("create the cluster (root needed)");
     let mut servers = Servers::new();
     for (node, pod, name) in [(1, 1, "n1p1"), (1, 2, "n1p2"), (2, 1, "n2p1")] {
@@ -96,7 +101,7 @@ fn cluster() -> (Cluster, Servers) {
     let dns_pod = cluster.nodes[1].pods[0].clone();
     servers.udp_echo(&dns_pod, SocketAddr::from((pod_ip(2, 1), 5353)), "n2p1").expect("start UDP echo");
     cluster.publish(SERVICES).expect("publish the Services");
-    cluster.start_agents().expect("start one agent per node");
+    cluster.start_agents_with(agent_args).expect("start one agent per node");
     (cluster, servers)
 }
 
@@ -129,6 +134,29 @@ fn node_port_answers_on_every_node_from_pods_on_both_nodes_with_snat_only_off_no
         }
         assert_eq!(answered, BTreeSet::from(["n1p1".to_owned(), "n2p1".to_owned()]), "via node {node}");
     }
+}
+
+/// With `--forward-through-stack`, translated packets go through the
+/// node's forward path, except those it would drop as martians: NodePort
+/// replies (source: the node's address) and SNATed requests. NodePorts
+/// keep answering, with the same SNAT rule.
+#[test]
+fn node_port_answers_when_forwarding_through_the_stack() {
+    let (cluster, _servers) = cluster_with(&["--forward-through-stack"]);
+    for node in [1, 2] {
+        let mut answered = BTreeSet::new();
+        for _ in 0..12 {
+            let (pod, seen) = who_and_from(&cluster, at(node, WEB_NODE_PORT));
+            let pod_node: usize = if pod.starts_with("n1") { 1 } else { 2 };
+            let expected = if pod_node == node { CLIENT_IP } else { node_ip(node) };
+            assert_eq!(seen, expected, "via node {node}, {pod} saw {seen}");
+            answered.insert(pod);
+        }
+        assert_eq!(answered, BTreeSet::from(["n1p1".to_owned(), "n2p1".to_owned()]), "via node {node}");
+    }
+    let (answer, from) =
+        servers::udp_exchange(&cluster.client, at(1, DNS_NODE_PORT), b"ping").expect("UDP through the NodePort");
+    assert_eq!((answer.as_str(), from), ("n2p1: ping", at(1, DNS_NODE_PORT)));
 }
 
 #[test]

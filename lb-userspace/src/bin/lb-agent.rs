@@ -124,6 +124,16 @@ struct Args {
     /// How often the source file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Send NATed packets on through the kernel's forward path, netfilter's
+    /// FORWARD chain included, instead of out of the egress interface
+    /// directly: for chaining after a CNI plugin that enforces
+    /// NetworkPolicy with iptables there. Packets whose source after
+    /// translation is a node address (SNATed flows, replies from a
+    /// NodePort or another frontend address the node holds) are still sent
+    /// directly: the forward path would drop them as martians.
+    /// `--forward-through-stack` alone means true.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    forward_through_stack: bool,
     /// Created once the datapath is attached and first programmed; removed
     /// on exit (for readiness probes).
     #[arg(long)]
@@ -267,6 +277,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         affinity: args.affinity_max,
     };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
+    write_config(&args)?;
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     publish_for_cni(&mut ebpf, &args.pin_dir)?;
     attach_sockets(&mut ebpf, &args)?;
@@ -335,6 +346,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     info!("shutting down; pinned links and maps stay: the datapath keeps running until the next start");
+    Ok(())
+}
+
+/// The datapath's settings from the flags, written before any program is
+/// attached (a restart rewrites them for the running programs too).
+fn write_config(args: &Args) -> anyhow::Result<()> {
+    let mut flags = 0;
+    if args.forward_through_stack {
+        flags |= lb_common::config::FLAG_FORWARD_THROUGH_STACK;
+    }
+    lb_userspace::datapath::maps::write_config(&args.pin_dir, lb_common::config::DatapathConfig { flags })?;
+    info!(forward_through_stack = args.forward_through_stack, "datapath settings written");
     Ok(())
 }
 

@@ -105,6 +105,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
             layout(MapType::Hash, size::<AffinityMemberKeyV4>(), size::<u8>(), names::AFFINITY_MEMBERS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
+        names::CONFIG => (
+            layout(MapType::Array, size::<u32>(), size::<lb_common::config::DatapathConfig>(), 1),
+            OnMismatch::Recreate,
+        ),
         // Counters only: lost on a change of layout.
         names::FRONTEND_STATS_V4 => (
             layout(MapType::PerCpuHash, size::<u32>(), size::<FrontendStatsV4>(), names::FRONTEND_STATS_V4_CAPACITY),

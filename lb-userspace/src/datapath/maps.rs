@@ -291,6 +291,14 @@ pub fn conntrack_entries(pin_dir: &Path) -> anyhow::Result<Vec<(CtKeyV4, CtValue
     map.iter().map(|e| e.context("reading conntrack")).collect()
 }
 
+/// Writes the datapath's settings (`LB_CONFIG`), read by every program
+/// from its next packet on.
+pub fn write_config(pin_dir: &Path, config: lb_common::config::DatapathConfig) -> anyhow::Result<()> {
+    let mut map: Array<MapData, lb_common::config::DatapathConfig> =
+        open_pinned(pin_dir, names::CONFIG)?.try_into().context(names::CONFIG)?;
+    map.set(0, config, 0).context("writing the datapath settings")
+}
+
 /// Each counted frontend's counters (by frontend id), summed over CPUs.
 pub fn frontend_stats(pin_dir: &Path) -> anyhow::Result<BTreeMap<u32, FrontendStatsV4>> {
     let map: PerCpuHashMap<MapData, u32, FrontendStatsV4> =
