@@ -45,8 +45,10 @@ pub enum Counter {
     DropNoLocalEndpoints,
     /// New flow that needed source NAT, but every port tried was taken.
     DropSnatPortsExhausted,
-    /// New flow that needed source NAT, but the route to the backend has no
-    /// source address on this node.
+    /// New flow that needed source NAT, but the route to the backend is no
+    /// plain forward from this node (no route, or no source address on
+    /// it), or the first packet exceeds the route's MTU without DF (with
+    /// DF it is answered: `IcmpFragNeeded`).
     DropSnatNoAddress,
     /// New flow to a LoadBalancer frontend from a source outside its
     /// `loadBalancerSourceRanges`: dropped.

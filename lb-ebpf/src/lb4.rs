@@ -95,10 +95,28 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
         frontend_stats::count(svc.frontend_id, FrontendEvent::Rejected);
         return reject::reject(ctx, pkt).map(Some);
     }
-    let (backend_id, backend) = choose_backend(pkt, frontend, &svc)?;
-    frontend_stats::count(svc.frontend_id, FrontendEvent::NewFlow);
+    let outcome = start_flow(ctx, pkt, frontend, &svc, was_tracked, previous)?;
+    if matches!(outcome.counter, Counter::NewFlow | Counter::Rebalanced) {
+        frontend_stats::count(svc.frontend_id, FrontendEvent::NewFlow);
+    }
+    Ok(Some(outcome))
+}
+
+/// A new flow to `frontend` (with endpoints): chooses its backend, tracks
+/// it (with SNAT when its replies must come back through this node) and
+/// sends the translated packet on.
+#[inline(always)]
+fn start_flow(
+    ctx: &TcContext,
+    pkt: &PacketV4,
+    frontend: ServiceKeyV4,
+    svc: &ServiceValue,
+    was_tracked: bool,
+    previous: PreviousSnat,
+) -> PathResult<Outcome> {
+    let (backend_id, backend) = choose_backend(pkt, frontend, svc)?;
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    let mut entry = conntrack::new_value(&frontend, &svc, backend_id);
+    let mut entry = conntrack::new_value(&frontend, svc, backend_id);
     if config::forward_through_stack() && svc.flags & FLAG_CLUSTER_IP == 0 && route::is_local(ctx, frontend.address) {
         entry.flags |= FLAG_LOCAL_FRONTEND;
     }
@@ -107,23 +125,32 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     // peer instead, and its replies to the frontend come back here.
     if backend.address == pkt.src {
         let to = SnatTo { address: frontend.address, route: None };
-        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter).map(Some);
+        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
     }
-    if !snat::needed(&svc, &backend) {
+    if !snat::needed(svc, &backend) {
         if conntrack::track(pkt, &backend, &entry)? {
-            return to_backend(ctx, pkt, &backend, None, None, counter).map(Some);
+            return to_backend(ctx, pkt, &backend, None, None, counter);
         }
         // The backend's replies to this client port already belong to a
         // flow through another frontend: keep the client's address, take
         // another source port.
         let to = SnatTo { address: pkt.src, route: None };
-        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter).map(Some);
+        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
     }
     // The route to the backend names the node address to SNAT to.
     let to = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
-    let route = route::lookup(ctx, &to, pkt.ip_total_len, true).ok_or(Counter::DropSnatNoAddress)?;
+    // Checked against the MTU before any rewrite, as for DNAT: a DF packet
+    // too big is answered quoting what the client sent. Anything else that
+    // is no plain forward (no route; too big without DF, which the stack
+    // cannot fragment for a packet the datapath must send itself) is
+    // dropped: the stack would drop an SNATed packet as a martian.
+    let route = match pmtu::route(ctx, pkt, &to, true)? {
+        pmtu::Checked::Fits(Some(route)) => route,
+        pmtu::Checked::Fits(None) => return Err(Counter::DropSnatNoAddress),
+        pmtu::Checked::Answered(outcome) => return Ok(outcome),
+    };
     let to = SnatTo { address: route.source, route: Some(route) };
-    snat_flow(ctx, pkt, &backend, entry, to, previous, counter).map(Some)
+    snat_flow(ctx, pkt, &backend, entry, to, previous, counter)
 }
 
 /// The source a new flow is translated to, and the route to its backend
@@ -211,7 +238,7 @@ fn to_backend(
     }
     let route = match route {
         Some(route) => Some(route),
-        None => match pmtu::route(ctx, pkt, &flow)? {
+        None => match pmtu::route(ctx, pkt, &flow, false)? {
             pmtu::Checked::Fits(route) => route,
             pmtu::Checked::Answered(outcome) => return Ok(outcome),
         },

@@ -34,9 +34,10 @@ pub enum Checked {
 
 /// Looks up the route for `flow` (the packet's tuple after NAT), checking
 /// `pkt` against its MTU; answers a DF packet that does not fit.
+/// `want_source`: the route must name the node's source address (SNAT).
 #[inline(always)]
-pub fn route(ctx: &TcContext, pkt: &PacketV4, flow: &Flow) -> PathResult<Checked> {
-    let mtu = match route::resolve(ctx, flow, pkt.ip_total_len, false) {
+pub fn route(ctx: &TcContext, pkt: &PacketV4, flow: &Flow, want_source: bool) -> PathResult<Checked> {
+    let mtu = match route::resolve(ctx, flow, pkt.ip_total_len, want_source) {
         route::Lookup::Route(route) => return Ok(Checked::Fits(Some(route))),
         route::Lookup::Stack => return Ok(Checked::Fits(None)),
         route::Lookup::TooBig { mtu } => mtu,

@@ -15,7 +15,7 @@ use etherparse::{
 };
 use lb_common::stats::Counter;
 use lb_tests::{
-    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
     routed::{self, CLIENT_MAC, NODE_IP, NODE_MAC, OTHER_NODE_IP, OTHER_NODE_MAC},
     topology::run,
@@ -31,6 +31,9 @@ const DNS_BACKEND: Endpoint = ep([10, 244, 9, 3], 5353);
 /// A Service whose backend sits behind a route with a smaller MTU.
 const NARROW_VIP: Endpoint = ep([10, 96, 0, 94], 80);
 const NARROW_BACKEND: Endpoint = ep([10, 244, 8, 2], 8080);
+/// The narrow Service's NodePort: its flows from outside are SNATed (the
+/// backend runs on another node).
+const NARROW_NODE_PORT: Endpoint = ep(NODE_IP, 30094);
 const NARROW_PODS: &str = "10.244.8.0/24";
 const NARROW_MTU: u16 = 1000;
 const FRAG_NEEDED_MTU: u16 = 1400;
@@ -68,8 +71,9 @@ items:
   kind: Service
   metadata: {name: narrow, namespace: default}
   spec:
+    type: NodePort
     clusterIP: 10.96.0.94
-    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30094}]
 - apiVersion: discovery.k8s.io/v1
   kind: EndpointSlice
   metadata: {name: narrow-1, namespace: default, labels: {kubernetes.io/service-name: narrow}}
@@ -281,4 +285,28 @@ fn df_packet_too_big_for_the_backend_route_is_answered_with_frag_needed() {
         &routed,
         &[(Counter::Established, 1), (Counter::Redirected, 1)],
     );
+}
+
+/// The first packet of a flow that needs SNAT is checked against the
+/// route's MTU before it is translated, as a DNATed one is: too big with
+/// DF, it is answered from the NodePort quoting what the client sent, and
+/// no flow is tracked; without DF it is dropped (the stack cannot fragment
+/// a packet that only the datapath may send).
+#[test]
+fn df_first_packet_of_an_snated_flow_too_big_is_answered_with_frag_needed() {
+    let mut dp = node();
+    let big = vec![0x42; usize::from(NARROW_MTU)];
+    let too_big = packets::tcp(CLIENT, NARROW_NODE_PORT, true, &big);
+    let frag_needed = DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: NARROW_MTU };
+    let answer = packets::icmp_unreachable_reply(&too_big, NARROW_NODE_PORT.ip, CLIENT.ip, frag_needed);
+    let description = "a DF SYN over the MTU to a NodePort";
+    expect(&mut dp, description, &too_big, TC_ACT_REDIRECT, &answer, &[(Counter::IcmpFragNeeded, 1)]);
+    assert!(dp.conntrack().expect("conntrack").is_empty(), "no flow is tracked");
+    let unfragmentable = packets::without_dont_fragment(too_big);
+    let (out, moved) = dp.run_counted(TC_PROGRAM, &unfragmentable).expect("run");
+    assert_eq!((out.verdict, moved), (TC_ACT_SHOT, counters(&[(Counter::DropSnatNoAddress, 1)])), "without DF");
+    let fits = vec![0x42; usize::from(NARROW_MTU) - 60];
+    let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp(CLIENT, NARROW_NODE_PORT, true, &fits)).expect("run");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "a SYN that fits is SNATed and sent: {moved:?}");
+    assert_eq!(moved.get(&Counter::NewFlow), Some(&1));
 }
