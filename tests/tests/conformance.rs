@@ -175,6 +175,38 @@ fn should_serve_multiport_endpoints_from_pods() {
     probe::eventually_refused(&exec, port81);
 }
 
+/// "[sig-network] Services should be updated after adding or deleting
+/// ports"
+///
+/// A port added to a Service is served once its pods have it; a port
+/// removed is no longer served, while the others keep working
+/// (<https://kubernetes.io/docs/concepts/services-networking/service/#multi-port-services>).
+/// Once `portname2` is gone, the controller keeps pod2 in a slice without
+/// ports.
+#[test]
+fn should_be_updated_after_adding_or_deleting_ports() {
+    let mut c = cluster(&[1, 2]);
+    let exec = c.pod_netns(2, 2).to_owned();
+    c.serve_http(1, 1, 100).unwrap();
+    c.serve_http(2, 1, 101).unwrap();
+    let svc = Service::cluster_ip("edit-port-test", vip(14))
+        .port(ServicePort::tcp(80, 0).named("portname1").target_name("svc1"));
+    let pod1 = c.pod(1, 1).container_port("svc1", 100, Protocol::Tcp);
+    let pod2 = c.pod(2, 1).container_port("svc2", 101, Protocol::Tcp);
+    let (port80, port81) = (at(vip(14), 80), at(vip(14), 81));
+    c.apply(&svc, std::slice::from_ref(&pod1));
+    probe::eventually_answered_by(&exec, port80, &names(&[(1, 1)]), 5);
+
+    let two_ports = svc.clone().port(ServicePort::tcp(81, 0).named("portname2").target_name("svc2"));
+    c.apply(&two_ports, &[pod1.clone(), pod2.clone()]);
+    probe::eventually_answered_by(&exec, port80, &names(&[(1, 1)]), 5);
+    probe::eventually_answered_by(&exec, port81, &names(&[(2, 1)]), 5);
+
+    c.apply(&svc, &[pod1, pod2]);
+    eventually_unanswered(&exec, port81);
+    probe::eventually_answered_by(&exec, port80, &names(&[(1, 1)]), 5);
+}
+
 /// "[sig-network] EndpointSlice should support a Service with multiple
 /// endpoint IPs specified in multiple EndpointSlices [Conformance]"
 ///
@@ -534,6 +566,34 @@ fn should_be_able_to_switch_session_affinity_for_service_with_type_cluster_ip() 
     check_affinity(&exec, target, true);
 }
 
+/// "[sig-network] Services should have session affinity timeout work for
+/// service with type clusterIP [LinuxOnly]"
+///
+/// With a ClientIP affinity timeout, the client stays on one pod until the
+/// timeout passes, then gets other pods
+/// (<https://kubernetes.io/docs/reference/networking/virtual-ips/#session-stickiness-timeout>).
+/// A 2 s timeout instead of 125 s, and 3 s between tries after it (the
+/// case waits the timeout plus 5 s).
+#[test]
+#[ignore = "datapath gap: after the timeout a client is balanced on a hash of its address alone, so it returns to the same pod while the endpoints stay the same (docs/semantics.md section 17); kube-proxy balances it at random"]
+fn should_have_session_affinity_timeout_work_for_service_with_type_cluster_ip() {
+    let (mut c, exec, endpoints) = affinity_cluster();
+    let svc = affinity_service("affinity-clusterip-timeout", vip(34), None).session_affinity_timeout(2);
+    c.apply(&svc, &endpoints);
+    let target = at(vip(34), 80);
+    eventually(PROPAGATION, "reachable", || probe::answer(&exec, target));
+    check_affinity(&exec, target, true);
+    let mut hosts = BTreeSet::new();
+    for _ in 0..10 {
+        hosts.insert(probe::answer(&exec, target).unwrap());
+        if hosts.len() > 1 {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    panic!("session is sticky after reaching the timeout: always {hosts:?}");
+}
+
 /// "[sig-network] Services should have session affinity work for NodePort
 /// service [LinuxOnly] [Conformance]"
 ///
@@ -618,6 +678,110 @@ fn should_work_after_the_service_has_been_recreated() {
     probe::eventually_answered_by(&exec, addr, &names(&[(1, 1)]), 3);
 }
 
+/// "[sig-network] Services should be able to up and down services"
+///
+/// Two Services up; one stopped (its pods and the Service deleted) goes
+/// down while the other stays up; a third created later is up beside it
+/// (<https://kubernetes.io/docs/concepts/services-networking/service/>).
+/// Two pods a Service instead of three, checked from a pod (no
+/// host-network exec pod here).
+#[test]
+fn should_be_able_to_up_and_down_services() {
+    let mut c = cluster(&[4, 3]);
+    let exec = c.pod_netns(1, 4).to_owned();
+    let members = [[(1, 1), (2, 1)], [(1, 2), (2, 2)], [(1, 3), (2, 3)]];
+    for pods in &members {
+        serve_http(&mut c, pods, 9376);
+    }
+    let services: Vec<Service> = (0..3)
+        .map(|i| Service::cluster_ip(&format!("up-down-{}", i + 1), vip(43 + i as u8)).port(ServicePort::tcp(80, 9376)))
+        .collect();
+    let addr = |i: usize| at(vip(43 + i as u8), 80);
+    for i in [0, 1] {
+        c.apply(&services[i], &pods(&c, &members[i]));
+        probe::eventually_answered_by(&exec, addr(i), &names(&members[i]), 20);
+    }
+    c.apply(&services[0], &[]);
+    c.delete_service("up-down-1");
+    eventually_unanswered(&exec, addr(0));
+    probe::eventually_answered_by(&exec, addr(1), &names(&members[1]), 20);
+
+    c.apply(&services[2], &pods(&c, &members[2]));
+    probe::eventually_answered_by(&exec, addr(1), &names(&members[1]), 20);
+    probe::eventually_answered_by(&exec, addr(2), &names(&members[2]), 20);
+}
+
+/// A fixed-source-port UDP client (as `nc -u -p 12345`) asking until it is
+/// answered by `pod`.
+fn eventually_asked(client: &probe::FixedPortUdpClient, pod: &str) {
+    eventually(PROPAGATION, &format!("{pod} answers the client's flow"), || {
+        let answered = client.ask()?;
+        anyhow::ensure!(answered == pod, "answered by {answered}");
+        Ok(())
+    });
+}
+
+/// "[sig-network] Conntrack should be able to preserve UDP traffic when
+/// server pod cycles for a NodePort service"
+///
+/// As the ClusterIP case below, through the server node's NodePort: the
+/// client's one flow moves to the new pod.
+#[test]
+fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_node_port_service() {
+    let mut c = cluster(&[1, 2]);
+    c.serve_udp_echo(2, 1, 80).unwrap();
+    let svc = Service::cluster_ip("svc-udp-nodeport", vip(44))
+        .with_type(ServiceType::NodePort)
+        .port(ServicePort::udp(80, 80).named("udp").node_port(30095));
+    let client = probe::FixedPortUdpClient::bind(c.pod_netns(1, 1), 12345, at(node_ip(2), 30095)).unwrap();
+    c.apply(&svc, &[c.pod(2, 1)]);
+    eventually_asked(&client, "n2p1");
+
+    c.serve_udp_echo(2, 2, 80).unwrap();
+    c.apply(&svc, &pods(&c, &[(2, 1), (2, 2)]));
+    c.stop_pod(2, 1);
+    c.apply(&svc, &[c.pod(2, 2)]);
+    eventually_asked(&client, "n2p2");
+}
+
+/// "[sig-network] Conntrack should be able to preserve UDP traffic when
+/// server pod cycles for a ClusterIP service with InternalTrafficPolicy
+/// set to Local"
+///
+/// With `internalTrafficPolicy: Local`, the client's flow is dropped while
+/// its node has no endpoint (the other node's does not count), and must
+/// not stay stuck once a new local pod appears
+/// (<https://kubernetes.io/docs/concepts/services-networking/service-traffic-policy/>).
+#[test]
+fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_cluster_ip_service_with_internal_traffic_policy_set_to_local()
+ {
+    let mut c = cluster(&[3, 1]);
+    c.serve_udp_echo(1, 2, 80).unwrap();
+    c.serve_udp_echo(2, 1, 80).unwrap();
+    let svc = Service::cluster_ip("svc-udp-itp", vip(45))
+        .internal_traffic_policy_local()
+        .port(ServicePort::udp(80, 80).named("udp"));
+    let client = probe::FixedPortUdpClient::bind(c.pod_netns(1, 1), 12345, at(vip(45), 80)).unwrap();
+    c.apply(&svc, &[c.pod(1, 2)]);
+    eventually_asked(&client, "n1p2");
+
+    c.apply(&svc, &pods(&c, &[(1, 2), (2, 1)]));
+    c.stop_pod(1, 2);
+    c.apply(&svc, &[c.pod(2, 1)]);
+    // The client keeps sending while its node has no endpoint: dropped,
+    // never answered from the other node.
+    eventually(PROPAGATION, "dropped without a local endpoint", || match client.ask() {
+        Ok(pod) => anyhow::bail!("answered by {pod}"),
+        Err(_) => Ok(()),
+    });
+    for _ in 0..5 {
+        assert!(client.ask().is_err(), "no local endpoint: no answer");
+    }
+    c.serve_udp_echo(1, 3, 80).unwrap();
+    c.apply(&svc, &pods(&c, &[(1, 3), (2, 1)]));
+    eventually_asked(&client, "n1p3");
+}
+
 /// "[sig-network] Conntrack should be able to preserve UDP traffic when
 /// server pod cycles for a ClusterIP service"
 ///
@@ -633,21 +797,13 @@ fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_cluster_i
     let svc = Service::cluster_ip("svc-udp", vip(42)).port(ServicePort::udp(80, 80).named("udp"));
     let client = probe::FixedPortUdpClient::bind(c.pod_netns(1, 1), 12345, at(vip(42), 80)).unwrap();
     c.apply(&svc, &[c.pod(2, 1)]);
-    eventually(PROPAGATION, "backend 1 answers", || {
-        let pod = client.ask()?;
-        anyhow::ensure!(pod == "n2p1", "answered by {pod}");
-        Ok(())
-    });
+    eventually_asked(&client, "n2p1");
 
     c.serve_udp_echo(2, 2, 80).unwrap();
     c.apply(&svc, &pods(&c, &[(2, 1), (2, 2)]));
     c.stop_pod(2, 1);
     c.apply(&svc, &[c.pod(2, 2)]);
-    eventually(PROPAGATION, "backend 2 answers the same flow", || {
-        let pod = client.ask()?;
-        anyhow::ensure!(pod == "n2p2", "answered by {pod}");
-        Ok(())
-    });
+    eventually_asked(&client, "n2p2");
 }
 
 // ---------------------------------------------------------------------------
@@ -781,6 +937,64 @@ fn should_fallback_to_local_terminating_endpoints_when_there_are_no_ready_endpoi
         assert_eq!(probe::answer(&pause0, node_port0).unwrap(), "n1p1");
         assert_eq!(probe::answer(&pause1, node_port0).unwrap(), "n1p1");
         assert_eq!(probe::answer(&outside, node_port0).unwrap(), "n1p1");
+    }
+}
+
+/// The PublishNotReadyAddresses cases: a NodePort Service whose one pod
+/// (n1p1, on node 1) is deleted and no longer ready, reached by a pod on
+/// node 2 through the ClusterIP and both nodes' NodePort.
+fn unready_case(publish: bool, ip: Ipv4Addr, node_port: u16) -> (Cluster, String, [SocketAddr; 3]) {
+    let mut c = cluster(&[1, 1]);
+    serve_http(&mut c, &[(1, 1)], 80);
+    let mut svc = Service::cluster_ip(if publish { "svc-tolerate-unready" } else { "svc-not-tolerate-unready" }, ip)
+        .with_type(ServiceType::NodePort)
+        .port(ServicePort::tcp(80, 80).named("http").node_port(node_port));
+    if publish {
+        svc = svc.publish_not_ready_addresses();
+    }
+    let pause1 = c.pod_netns(2, 1).to_owned();
+    let targets = [at(ip, 80), at(node_ip(1), node_port), at(node_ip(2), node_port)];
+    c.apply(&svc, &[c.pod(1, 1)]);
+    for target in targets {
+        probe::eventually_answered_by(&pause1, target, &names(&[(1, 1)]), 1);
+    }
+    c.apply(&svc, &[c.pod(1, 1).not_ready().terminating()]);
+    (c, pause1, targets)
+}
+
+/// "[sig-network] Services should be able to connect to terminating and
+/// unready endpoints if PublishNotReadyAddresses is true"
+///
+/// The controller publishes the deleted, unready pod as ready, so it keeps
+/// serving through the ClusterIP and every NodePort
+/// (<https://kubernetes.io/docs/reference/kubernetes-api/service-resources/service-v1/#ServiceSpec>,
+/// `publishNotReadyAddresses`).
+#[test]
+fn should_be_able_to_connect_to_terminating_and_unready_endpoints_if_publish_not_ready_addresses_is_true() {
+    let (_c, pause1, targets) = unready_case(true, vip(54), 30096);
+    for _ in 0..5 {
+        for target in targets {
+            assert_eq!(probe::answer(&pause1, target).unwrap(), "n1p1", "{target}");
+        }
+    }
+}
+
+/// "[sig-network] Services should not be able to connect to terminating
+/// and unready endpoints if PublishNotReadyAddresses is false"
+///
+/// A deleted pod that is not ready is neither ready nor serving: no
+/// endpoint is usable, and the ClusterIP and every NodePort refuse.
+#[test]
+fn should_not_be_able_to_connect_to_terminating_and_unready_endpoints_if_publish_not_ready_addresses_is_false() {
+    let (_c, pause1, targets) = unready_case(false, vip(55), 30097);
+    for target in targets {
+        eventually_unanswered(&pause1, target);
+    }
+    for _ in 0..5 {
+        for target in targets {
+            let outcome = probe::connect(&pause1, target, NO_ANSWER);
+            assert!(!matches!(outcome, Outcome::Answered(_)), "{target}: {outcome:?}");
+        }
     }
 }
 

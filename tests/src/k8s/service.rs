@@ -160,6 +160,18 @@ impl Service {
         self
     }
 
+    /// `sessionAffinity: ClientIP` with this timeout.
+    pub fn session_affinity_timeout(mut self, seconds: u32) -> Self {
+        self.client_ip_affinity = Some(seconds);
+        self
+    }
+
+    /// The EndpointSlice controller marks every endpoint ready.
+    pub fn publish_not_ready_addresses(mut self) -> Self {
+        self.publish_not_ready_addresses = true;
+        self
+    }
+
     pub fn external_traffic_policy_local(mut self) -> Self {
         self.external_traffic_policy_local = true;
         self
