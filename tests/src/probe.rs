@@ -66,6 +66,18 @@ pub fn connect(netns: &str, addr: SocketAddr, connect_timeout: Duration) -> Outc
     }
 }
 
+/// The status code of one `GET path` from `netns` to `addr`.
+pub fn http_status(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut conn = servers::connect(netns, addr)??;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head)?;
+    // "HTTP/1.1 200"
+    let status = std::str::from_utf8(&head[9..12])?;
+    Ok(status.parse()?)
+}
+
 /// The pod that answers one new connection from `netns` to `addr`.
 pub fn answer(netns: &str, addr: SocketAddr) -> anyhow::Result<String> {
     match connect(netns, addr, Duration::from_secs(3)) {

@@ -919,6 +919,41 @@ fn svc_proxy_terminating(ip: Ipv4Addr) -> Service {
     Service::cluster_ip("svc-proxy-terminating", ip).port(ServicePort::tcp(80, 80).named("http"))
 }
 
+/// "[sig-network] Services should fail health check node port if there are
+/// only terminating endpoints"
+///
+/// A LoadBalancer Service with `externalTrafficPolicy: Local`: its health
+/// check port on the endpoint's node answers 200 while the endpoint is
+/// ready and 503 once it only terminates, so load balancers stop sending
+/// there, while the terminating endpoint still serves the NodePort
+/// (<https://kubernetes.io/docs/reference/networking/virtual-ips/#external-traffic-policy>).
+/// No cloud here: the Service has no load balancer address.
+#[test]
+fn should_fail_health_check_node_port_if_there_are_only_terminating_endpoints() {
+    let (mut c, pause0, _) = terminating_cluster();
+    let svc = Service {
+        ports: vec![ServicePort::tcp(80, 80).named("http").node_port(30100)],
+        ..svc_proxy_terminating(vip(56))
+    }
+    .with_type(ServiceType::LoadBalancer)
+    .external_traffic_policy_local()
+    .health_check_node_port(32000);
+    let health = at(node_ip(1), 32000);
+    c.apply(&svc, &[c.pod(1, 1)]);
+    eventually(PROPAGATION, "healthy with a ready endpoint", || {
+        let status = probe::http_status(&pause0, health, "/healthz")?;
+        anyhow::ensure!(status == 200, "{status}");
+        Ok(())
+    });
+    c.apply(&svc, &[c.pod(1, 1).terminating()]);
+    eventually(PROPAGATION, "unhealthy with only a terminating endpoint", || {
+        let status = probe::http_status(&pause0, health, "/healthz")?;
+        anyhow::ensure!(status == 503, "{status}");
+        Ok(())
+    });
+    assert_eq!(probe::answer(&pause0, at(node_ip(1), 30100)).unwrap(), "n1p1", "the NodePort still serves");
+}
+
 /// "[sig-network] Services should fallback to terminating endpoints when
 /// there are no ready endpoints with internalTrafficPolicy=Cluster"
 ///

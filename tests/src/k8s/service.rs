@@ -33,6 +33,10 @@ impl Protocol {
 pub enum ServiceType {
     ClusterIP,
     NodePort,
+    /// NodePorts plus whatever load balancer a cloud provides (none here:
+    /// no ingress address), and, with `externalTrafficPolicy: Local`, a
+    /// health check port.
+    LoadBalancer,
     /// A DNS alias: `externalName` is the name; no cluster IP, nothing for a
     /// proxy to program.
     ExternalName(String),
@@ -103,6 +107,8 @@ pub struct Service {
     pub internal_traffic_policy_local: bool,
     pub traffic_distribution: Option<String>,
     pub publish_not_ready_addresses: bool,
+    /// Kept only for a LoadBalancer Service with a Local policy.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// The API server's default ClientIP affinity timeout.
@@ -123,6 +129,7 @@ impl Service {
             internal_traffic_policy_local: false,
             traffic_distribution: None,
             publish_not_ready_addresses: false,
+            health_check_node_port: None,
         }
     }
 
@@ -182,6 +189,11 @@ impl Service {
         self
     }
 
+    pub fn health_check_node_port(mut self, port: u16) -> Self {
+        self.health_check_node_port = Some(port);
+        self
+    }
+
     pub fn traffic_distribution(mut self, value: &str) -> Self {
         self.traffic_distribution = Some(value.to_owned());
         self
@@ -193,7 +205,7 @@ impl Service {
     }
 
     fn has_node_ports(&self) -> bool {
-        self.type_ == ServiceType::NodePort
+        matches!(self.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
 
     /// The Service as the API server stores and serves it.
@@ -202,6 +214,7 @@ impl Service {
         let type_name = match &self.type_ {
             ServiceType::ClusterIP => "ClusterIP",
             ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
             ServiceType::ExternalName(_) => "ExternalName",
         };
         spec.insert("type".into(), type_name.into());
@@ -228,6 +241,11 @@ impl Service {
                 "externalTrafficPolicy".into(),
                 if self.external_traffic_policy_local { "Local" } else { "Cluster" }.into(),
             );
+        }
+        if let (ServiceType::LoadBalancer, true, Some(port)) =
+            (&self.type_, self.external_traffic_policy_local, self.health_check_node_port)
+        {
+            spec.insert("healthCheckNodePort".into(), port.into());
         }
         match self.client_ip_affinity {
             Some(timeout) => {
