@@ -320,6 +320,15 @@ mod tests {
     }
 
     #[test]
+    fn health_check_port_only_for_local_load_balancers() {
+        let lb = web().with_type(ServiceType::LoadBalancer).health_check_node_port(32000);
+        assert!(lb.to_json()["spec"].get("healthCheckNodePort").is_none(), "Cluster policy: none");
+        let local = lb.external_traffic_policy_local().to_json();
+        assert_eq!(local["spec"]["healthCheckNodePort"], 32000);
+        assert_eq!(local["spec"]["ports"][0]["nodePort"], 30080);
+    }
+
+    #[test]
     fn headless_is_cluster_ip_none() {
         assert_eq!(Service::headless("db").to_json()["spec"]["clusterIP"], "None");
     }
