@@ -58,7 +58,8 @@ impl Servers {
 
     /// An HTTP/1.1 server on `addr` in `netns` that answers every request
     /// with `name` (keep-alive supported: one connection, many requests),
-    /// except `GET /client`, answered with the client address it saw.
+    /// except `GET /client`, answered with the client address it saw, and
+    /// `GET /address`, answered with the address the client connected to.
     pub fn http(&mut self, netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
         self.threads.push(spawn_http(netns, addr, name, self.stop.clone())?);
         Ok(())
@@ -67,21 +68,25 @@ impl Servers {
     /// A UDP server on `addr` in `netns` that answers each datagram with
     /// `name: <datagram>`.
     pub fn udp_echo(&mut self, netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<()> {
-        let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?))?;
-        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-        let stop = self.stop.clone();
-        let name = name.to_owned();
-        self.threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
-                    let reply = [name.as_bytes(), b": ", &buf[..n]].concat();
-                    let _ = socket.send_to(&reply, peer);
-                }
-            }
-        }));
+        self.threads.push(spawn_udp_echo(netns, addr, name, self.stop.clone())?);
         Ok(())
     }
+}
+
+/// Bound on `addr` in `netns` when this returns; echoes until `stop` is set.
+fn spawn_udp_echo(netns: &str, addr: SocketAddr, name: &str, stop: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
+    let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?))?;
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let name = name.to_owned();
+    Ok(std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                let reply = [name.as_bytes(), b": ", &buf[..n]].concat();
+                let _ = socket.send_to(&reply, peer);
+            }
+        }
+    }))
 }
 
 /// Listens on `addr` in `netns` (listening when this returns) and serves
@@ -131,6 +136,33 @@ impl Drop for HttpServer {
     }
 }
 
+/// One UDP echo server (as [`Servers::udp_echo`]) that stops on its own,
+/// as a pod does: dropping it closes its socket within 20 ms, after which
+/// datagrams to it are answered with port unreachable by the kernel.
+#[derive(Debug)]
+pub struct UdpEchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEchoServer {
+    /// Bound on `addr` in `netns` by the time it returns.
+    pub fn start(netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn_udp_echo(netns, addr, name, stop.clone())?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for UdpEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Default for Servers {
     fn default() -> Self {
         Self::new()
@@ -165,8 +197,12 @@ fn serve_http(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
             let close = request.contains("connection: close");
             // `GET /client`: the address this server saw the request from,
             // which tells a test whether the client's address was kept.
+            // `GET /address`: the address the request was sent to, which
+            // tells apart endpoints that are addresses of one pod.
             let body = if request.starts_with("get /client ") {
                 conn.peer_addr().map_or_else(|_| "unknown".to_owned(), |peer| peer.ip().to_string())
+            } else if request.starts_with("get /address ") {
+                conn.local_addr().map_or_else(|_| "unknown".to_owned(), |local| local.ip().to_string())
             } else {
                 name.to_owned()
             };

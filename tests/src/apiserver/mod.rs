@@ -2,7 +2,8 @@
 //! test machines.
 //!
 //! It speaks the real list/watch protocol with real Kubernetes JSON over
-//! plain HTTP on 127.0.0.1, so the agent's unmodified `kube` client and
+//! plain HTTP (on 127.0.0.1 unless told otherwise), so the agent's
+//! unmodified `kube` client and
 //! `kube-runtime` watchers run against it:
 //!
 //! - Services (`/api/v1/[namespaces/{ns}/]services`), EndpointSlices
@@ -61,11 +62,19 @@ pub struct ApiServerOptions {
     pub bookmark_interval: Duration,
     /// The bearer token every request must carry (the kubeconfig has it).
     pub token: String,
+    /// Where to listen, in the network namespace of the thread that calls
+    /// [`ApiServer::start_with`]. Port 0 picks a free one. Agents on several
+    /// namespace nodes share one server on an address they all route to.
+    pub listen: std::net::SocketAddr,
 }
 
 impl Default for ApiServerOptions {
     fn default() -> Self {
-        Self { bookmark_interval: Duration::from_secs(1), token: "lb-tests-token".into() }
+        Self {
+            bookmark_interval: Duration::from_secs(1),
+            token: "lb-tests-token".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 }
 
@@ -148,7 +157,8 @@ impl ApiServer {
 
     pub fn start_with(options: ApiServerOptions) -> Self {
         // Bind here so the port is known, and listening, before returning.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let listener =
+            std::net::TcpListener::bind(options.listen).unwrap_or_else(|e| panic!("binding {}: {e}", options.listen));
         listener.set_nonblocking(true).expect("non-blocking listener");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let shared = Arc::new(Shared {
@@ -178,7 +188,7 @@ impl ApiServer {
         Self { shared, url, shutdown: Some(shutdown), thread: Some(thread) }
     }
 
-    /// `http://127.0.0.1:{port}`
+    /// `http://{address}:{port}`, `http://127.0.0.1:{port}` by default.
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -1,17 +1,23 @@
 //! A cluster of namespace nodes: N nodes and an external client on one LAN
 //! (a bridge in a namespace of its own), pods on each node, every node
-//! routing to the other nodes' pods. Each node runs its own agent (see
-//! [`Cluster::start_agents`]) reading one shared file of Services and
-//! EndpointSlices, as every kube-proxy reads one API server. As with
+//! routing to the other nodes' pods. Each node runs its own agent, as every
+//! node runs its own kube-proxy, reading either one shared file of Services
+//! and EndpointSlices ([`Cluster::start_agents`]) or one stand-in API
+//! server ([`Cluster::start_agents_on_api`], then [`Cluster::apply`] writes
+//! Services and the EndpointSlices the controller would). As with
 //! [`crate::topology::Topology`], nothing is linked to the root namespace
 //! and no namespace has a default route; dropping a `Cluster` stops its
-//! agents and deletes its namespaces.
+//! agents, servers and API server and deletes its namespaces.
 //!
 //! Addresses:
-//! - LAN 192.168.50.0/24: the client .100, node i (1-based) .10+i;
+//! - LAN 192.168.50.0/24: the client .100, node i (1-based) .10+i, the API
+//!   server .1 (on the bridge, in the LAN namespace);
 //! - pod j of node i: 10.244.i.(10+j)/32 behind the node's `pod<j>` veth;
 //!   the node side holds 10.244.i.1/32, every pod's gateway;
 //! - node i routes 10.244.k.0/24 via node k.
+
+mod api;
+mod pods;
 
 use std::{
     net::Ipv4Addr,
@@ -24,6 +30,9 @@ use crate::{
     agent::{Agent, write_atomically},
     topology::{run, run_in},
 };
+
+pub use self::api::API_SERVER_IP;
+use self::{api::ApiState, pods::PodServers};
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
 /// Every node's Pod addresses (the agents' `--cluster-cidr`).
@@ -40,6 +49,16 @@ pub fn pod_ip(node: usize, pod: usize) -> Ipv4Addr {
 /// Kubernetes name of node i.
 pub fn node_name(node: usize) -> String {
     format!("node-{node}")
+}
+
+/// Topology zone of node i: `zone-a` for node 1, `zone-b` for node 2, ...
+pub fn node_zone(node: usize) -> String {
+    format!("zone-{}", char::from(b'a' + (node - 1) as u8))
+}
+
+/// Name of pod j of node i (what its servers answer with): `n1p2`.
+pub fn pod_name(node: usize, pod: usize) -> String {
+    format!("n{node}p{pod}")
 }
 
 #[derive(Debug)]
@@ -60,6 +79,10 @@ pub struct Cluster {
     /// The shared Services and EndpointSlices file.
     pub source: PathBuf,
     agents: Vec<Agent>,
+    /// The API server and what was written to it, once agents run on it.
+    api: Option<ApiState>,
+    /// Servers running in pods, by (node, pod).
+    servers: PodServers,
 }
 
 impl Cluster {
@@ -79,6 +102,8 @@ impl Cluster {
                 .collect(),
             source: std::env::temp_dir().join(format!("{prefix}-services.yaml")),
             agents: Vec::new(),
+            api: None,
+            servers: PodServers::default(),
         };
         // From here on, Drop cleans up whatever was created.
         cluster.build().map(|()| cluster)
@@ -185,8 +210,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Agents first (their Drop stops them and removes their pins),
-        // then the namespaces.
+        // then servers and the API server, then the namespaces.
         self.agents.clear();
+        self.servers = PodServers::default();
+        self.api = None;
         for ns in self.namespaces() {
             let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
         }
