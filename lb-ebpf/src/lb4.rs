@@ -211,7 +211,8 @@ fn snat_flow(
 #[inline(always)]
 fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> PathResult<(u32, BackendV4)> {
     if svc.flags & FLAG_SESSION_AFFINITY != 0 {
-        return affinity::choose(frontend, svc, pkt.src).ok_or(Counter::DropMissingBackend);
+        let flow_hash = select::flow_hash(pkt);
+        return affinity::choose(frontend, svc, pkt.src, flow_hash).ok_or(Counter::DropMissingBackend);
     }
     let backend_id = select::backend_id(pkt, frontend, svc).ok_or(Counter::DropMissingBackend)?;
     let backend = service::lookup_backend(backend_id).ok_or(Counter::DropMissingBackend)?;

@@ -120,7 +120,7 @@ pub fn translate(ctx: &SockAddrContext) -> SockOutcome {
 #[inline(always)]
 fn choose(frontend: ServiceKeyV4, svc: &ServiceValue, cookie: u64) -> Option<(u32, BackendV4)> {
     if svc.flags & FLAG_SESSION_AFFINITY != 0 {
-        return affinity::choose(frontend, svc, NODE_CLIENT);
+        return affinity::choose(frontend, svc, NODE_CLIENT, select::socket_hash(cookie));
     }
     let backend_id = select::backend_id_for(select::socket_hash(cookie), frontend, svc)?;
     Some((backend_id, service::lookup_backend(backend_id)?))

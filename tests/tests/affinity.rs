@@ -230,15 +230,30 @@ fn an_entry_older_than_the_timeout_is_not_followed_and_a_new_timeout_applies_at_
 
     set_entry(&mut dp, elsewhere, TIMEOUT_S + 1);
     let (to, moved) = syn_landing(&mut dp, ep(CLIENT, 40002), &all_backends());
-    assert_eq!((to, moved), (pick, counted(&[Counter::NewFlow, Counter::AffinityStale])), "61 s > 60 s");
+    assert_eq!(moved, counted(&[Counter::NewFlow, Counter::AffinityStale]), "61 s > 60 s");
+    assert_eq!(to, flow_hash_pick(&dp, ep(CLIENT, 40002)), "balanced by the flow's own hash, as a new client is not");
     let entry = dp.affinity().unwrap()[&AffinityKeyV4::new(sticky_id(&dp), CLIENT)];
-    assert_eq!(entry.backend_id, backend_id(&dp, pick), "the new choice is recorded");
+    assert_eq!(entry.backend_id, backend_id(&dp, to), "the new choice is recorded");
     assert!(monotonic_coarse_s() - entry.last_used_s <= 1, "and stamped now: {entry:?}");
 
     dp.apply(&services(&ready(&[1, 2, 3]), 10, "Cluster")).unwrap();
     set_entry(&mut dp, elsewhere, 30);
     let (to, moved) = syn_landing(&mut dp, ep(CLIENT, 40003), &all_backends());
-    assert_eq!((to, moved), (pick, counted(&[Counter::NewFlow, Counter::AffinityStale])), "30 s > 10 s");
+    assert_eq!(moved, counted(&[Counter::NewFlow, Counter::AffinityStale]), "30 s > 10 s");
+    assert_eq!(to, flow_hash_pick(&dp, ep(CLIENT, 40003)));
+}
+
+/// Where a flow from `client` to the sticky ClusterIP lands when balanced
+/// by its 5-tuple hash (the slot the datapath's hash picks).
+fn flow_hash_pick(dp: &Datapath, client: Endpoint) -> Endpoint {
+    let hash = lb_common::flow::hash(client.ip.octets(), STICKY_VIP.ip.octets(), client.port, STICKY_VIP.port, 6);
+    let held = dp.maps();
+    let frontend = ServiceKeyV4::frontend(STICKY_VIP.ip.octets(), STICKY_VIP.port, 6);
+    let count = u32::from(held.services[&frontend].count);
+    let slot = (hash % count) as u16 + 1;
+    let id = held.services[&frontend.slot(slot)].backend_id;
+    let b = held.backends[&id];
+    ep(b.address, b.port)
 }
 
 #[test]

@@ -622,7 +622,6 @@ fn check_affinity_timeout(svc: &Service, target: impl Fn() -> SocketAddr) {
 /// timeout passes, then gets other pods
 /// (<https://kubernetes.io/docs/reference/networking/virtual-ips/#session-stickiness-timeout>).
 #[test]
-#[ignore = "datapath gap: after the timeout a client is balanced on a hash of its address alone, so it returns to the same pod while the endpoints stay the same (docs/semantics.md section 17); kube-proxy balances it at random"]
 fn should_have_session_affinity_timeout_work_for_service_with_type_cluster_ip() {
     check_affinity_timeout(&affinity_service("affinity-clusterip-timeout", vip(34), None), || at(vip(34), 80));
 }
@@ -632,7 +631,6 @@ fn should_have_session_affinity_timeout_work_for_service_with_type_cluster_ip() 
 ///
 /// The same through the first node's address and the NodePort.
 #[test]
-#[ignore = "datapath gap: after the timeout a client is balanced on a hash of its address alone (Maglev position), so it returns to the same pod while the endpoints stay the same (docs/semantics.md section 17); kube-proxy balances it at random"]
 fn should_have_session_affinity_timeout_work_for_node_port_service() {
     check_affinity_timeout(&affinity_service("affinity-nodeport-timeout", vip(35), Some(30098)), || {
         at(node_ip(1), 30098)
