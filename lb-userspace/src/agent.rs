@@ -17,7 +17,7 @@ use crate::{
     conntrack,
     frontend_metrics::FrontendDirectory,
     health::ProxyHealth,
-    healthcheck::{Failure, ServiceHealthServers},
+    healthcheck::{Failure, HealthCheckAddresses, ServiceHealthServers},
     metrics::{SyncMetrics, SyncOutcome},
     model::Problem,
     problems::ProblemLog,
@@ -92,7 +92,7 @@ impl Observers {
     /// `health_timeout`: how long a change may wait for its sync before
     /// the agent reports itself unhealthy (kube-proxy: 2 × sync period).
     /// `health_check_addresses`: where Services' health check ports listen.
-    pub fn new(health_timeout: Duration, health_check_addresses: Vec<std::net::IpAddr>) -> Self {
+    pub fn new(health_timeout: Duration, health_check_addresses: HealthCheckAddresses) -> Self {
         let metrics: Arc<SyncMetrics> = Arc::default();
         let health = Arc::new(ProxyHealth::new(health_timeout));
         let service_health =
@@ -164,6 +164,7 @@ pub async fn run<W: MapWriter>(
             }
             Ok(()) = node_addresses.changed() => {
                 syncer.node_mut().node_addresses = node_addresses.borrow_and_update().clone();
+                observers.service_health.node_addresses_changed(&syncer.node().node_addresses);
                 node_changed = true;
                 pacer.request();
                 observers.queued();

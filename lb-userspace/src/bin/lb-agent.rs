@@ -12,6 +12,7 @@ use lb_userspace::{
     datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps, sock_links},
     events::{EventPublisher, LogOnly},
     frontend_metrics::{FrontendCollector, FrontendDirectory},
+    healthcheck::HealthCheckAddresses,
     metrics::Metrics,
     model::NodeContext,
     netns, node_addresses, serve,
@@ -461,13 +462,13 @@ async fn serve_endpoints(
 /// kube-proxy's rule for Services' health check ports: every address
 /// when `--nodeport-addresses` is not given, else the node addresses it
 /// selects.
-fn health_check_addresses(args: &Args, node_addresses: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
+fn health_check_addresses(args: &Args, node_addresses: &[std::net::IpAddr]) -> HealthCheckAddresses {
     if args.nodeport_addresses.is_empty() {
-        vec![std::net::Ipv4Addr::UNSPECIFIED.into()]
+        HealthCheckAddresses::Any
     } else {
         if node_addresses.is_empty() {
             warn!("--nodeport-addresses selects no address: Services' health check ports listen nowhere");
         }
-        node_addresses.to_vec()
+        HealthCheckAddresses::Node(node_addresses.to_vec())
     }
 }

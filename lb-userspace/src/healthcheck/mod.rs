@@ -15,5 +15,5 @@ pub mod servers;
 
 pub use self::{
     desired::{Desired, HealthChecks, Listener},
-    servers::{Failure, ServiceHealthServers},
+    servers::{Failure, HealthCheckAddresses, ServiceHealthServers},
 };

@@ -16,7 +16,7 @@ use std::{
 
 use hyper::StatusCode;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     desired::{Desired, Listener},
@@ -74,16 +74,55 @@ struct State {
 #[derive(Debug)]
 pub struct ServiceHealthServers {
     /// Where each port listens: 0.0.0.0, or the addresses
-    /// `--nodeport-addresses` selects (kube-proxy's rule).
-    addresses: Vec<IpAddr>,
+    /// `--nodeport-addresses` selects (kube-proxy's rule), which follow the
+    /// node's addresses as they change (`set_addresses`).
+    addresses: Mutex<Vec<IpAddr>>,
+    /// Whether `addresses` are the node's (follow them) or 0.0.0.0.
+    follows_node: bool,
     proxy_health: Arc<ProxyHealth>,
     metrics: Arc<SyncMetrics>,
     state: Mutex<State>,
 }
 
+/// Where Services' health check ports listen (kube-proxy's rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheckAddresses {
+    /// 0.0.0.0: every address, now and later.
+    Any,
+    /// The node's addresses `--nodeport-addresses` selects, as they change.
+    Node(Vec<IpAddr>),
+}
+
 impl ServiceHealthServers {
-    pub fn new(addresses: Vec<IpAddr>, proxy_health: Arc<ProxyHealth>, metrics: Arc<SyncMetrics>) -> Self {
-        Self { addresses, proxy_health, metrics, state: Mutex::default() }
+    pub fn new(addresses: HealthCheckAddresses, proxy_health: Arc<ProxyHealth>, metrics: Arc<SyncMetrics>) -> Self {
+        let (addresses, follows_node) = match addresses {
+            HealthCheckAddresses::Any => (vec![IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)], false),
+            HealthCheckAddresses::Node(addresses) => (addresses, true),
+        };
+        Self { addresses: Mutex::new(addresses), follows_node, proxy_health, metrics, state: Mutex::default() }
+    }
+
+    /// The node's selected addresses changed. Listening on the node's
+    /// addresses, every open port is closed, to be opened on the new ones
+    /// by the next `reconcile` (which the sync the change triggers runs).
+    /// No-op on 0.0.0.0, or when they are the same.
+    pub fn node_addresses_changed(&self, addresses: &[IpAddr]) {
+        if !self.follows_node {
+            return;
+        }
+        let mut current = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current == addresses {
+            return;
+        }
+        if addresses.is_empty() {
+            warn!("--nodeport-addresses selects no address now: Services' health check ports listen nowhere");
+        }
+        *current = addresses.to_vec();
+        drop(current);
+        let mut state = self.state();
+        info!(ports = state.open.len(), "node addresses changed: reopening health checks on the new ones");
+        state.open.clear();
+        state.failing.clear();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -142,8 +181,9 @@ impl ServiceHealthServers {
     /// Listens on every address, or on none: a port open on only some
     /// addresses would pass some probes and not others.
     fn open(&self, port: u16, listener: Listener) -> Result<Open, String> {
-        let mut sockets = Vec::with_capacity(self.addresses.len());
-        for &address in &self.addresses {
+        let addresses = self.addresses.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut sockets = Vec::with_capacity(addresses.len());
+        for address in addresses {
             let addr = SocketAddr::new(address, port);
             let socket = bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
             sockets.push(socket);
@@ -202,7 +242,11 @@ mod tests {
 
     fn servers() -> ServiceHealthServers {
         let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
-        ServiceHealthServers::new(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)], health, Arc::default())
+        ServiceHealthServers::new(
+            HealthCheckAddresses::Node(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+            health,
+            Arc::default(),
+        )
     }
 
     fn desired(entries: &[(u16, &str, usize)]) -> Desired {
@@ -267,10 +311,56 @@ mod tests {
         assert!(refused, "the port closes");
     }
 
+    /// Whether `addr` comes to accept connections (`listening`) or to
+    /// refuse them within a second: the runtime drops an aborted server
+    /// only once it runs again.
+    async fn becomes(addr: SocketAddr, listening: bool) -> bool {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() == listening {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn ports_move_with_the_nodes_addresses() {
+        let (old, new) = (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        let servers = servers();
+        let port = free_port();
+        let wanted = desired(&[(port, "web", 1)]);
+        assert!(servers.reconcile(&wanted).is_empty());
+        assert!(becomes(SocketAddr::new(old, port), true).await);
+
+        servers.node_addresses_changed(&[new]);
+        assert!(servers.reconcile(&wanted).is_empty(), "reopened on the new address");
+        assert!(becomes(SocketAddr::new(new, port), true).await, "the new address serves");
+        assert!(becomes(SocketAddr::new(old, port), false).await, "the old one no longer does");
+        let (_, reply) = get(std::net::TcpStream::connect((new, port)).unwrap()).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn on_every_address_ports_stay_put_when_the_node_changes() {
+        let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+        let servers = ServiceHealthServers::new(HealthCheckAddresses::Any, health, Arc::default());
+        let port = free_port();
+        let wanted = desired(&[(port, "web", 1)]);
+        servers.reconcile(&wanted);
+        servers.node_addresses_changed(&[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
+        assert_eq!(servers.ports(), [port], "0.0.0.0 covers every address: nothing to reopen");
+        assert!(becomes(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), true).await);
+    }
+
     #[tokio::test]
     async fn a_proxy_behind_on_its_syncs_fails_every_check() {
         let health = Arc::new(ProxyHealth::new(Duration::ZERO));
-        let servers = ServiceHealthServers::new(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)], health.clone(), Arc::default());
+        let servers = ServiceHealthServers::new(
+            HealthCheckAddresses::Node(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+            health.clone(),
+            Arc::default(),
+        );
         let port = free_port();
         servers.reconcile(&desired(&[(port, "web", 2)]));
         let (_, healthy) = get(connect(port)).await;
