@@ -28,6 +28,10 @@ pub const AFFINITY_MEMBERS_V4: &str = "LB4_AFF_MEMBERS";
 /// Per-frontend counters (per-CPU hash): frontend id (`u32`) →
 /// `FrontendStatsV4`.
 pub const FRONTEND_STATS_V4: &str = "LB4_FE_STATS";
+/// Each pinned map's layout version (hash): `layout_key(name)` →
+/// `layout_version(name)` as of the build that last loaded it. Read and
+/// written by the agent only.
+pub const LAYOUT: &str = "LB_LAYOUT";
 /// Datapath settings (array of one): `u32` 0 → `DatapathConfig`.
 pub const CONFIG: &str = "LB_CONFIG";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
@@ -39,7 +43,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -54,6 +58,7 @@ pub const ALL: [&str; 14] = [
     AFFINITY_MEMBERS_V4,
     FRONTEND_STATS_V4,
     CONFIG,
+    LAYOUT,
 ];
 
 /// Frontend entries plus one entry per backend slot. 10,000 Services with
@@ -103,3 +108,30 @@ pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;
 /// about 94 MiB of tables. The agent can change it at load time
 /// (`--maglev-max`).
 pub const MAGLEV_V4_CAPACITY: u32 = 4096;
+
+/// Entries of `LAYOUT`: one per map, with room to grow.
+pub const LAYOUT_CAPACITY: u32 = 64;
+
+/// The version of a map's layout: what its keys and values mean, beyond
+/// their sizes (which the agent compares too). Bumped when a field changes
+/// meaning at the same size, so a map pinned by a build that read it the
+/// old way is recreated (or refused, for the id counters) rather than
+/// misread. Maps pinned before versions were recorded are version 1.
+/// Every map is at version 1: none has changed meaning at a constant size
+/// since versions were first recorded (a change adds its map here).
+pub fn layout_version(_map: &str) -> u32 {
+    1
+}
+
+/// `LAYOUT`'s key for a map: its name, NUL-padded to 16 bytes.
+pub fn layout_key(map: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let bytes = map.as_bytes();
+    let len = if bytes.len() < 16 { bytes.len() } else { 15 };
+    let mut i = 0;
+    while i < len {
+        key[i] = bytes[i];
+        i += 1;
+    }
+    key
+}

@@ -16,7 +16,7 @@ use lb_common::{
     ids, maglev,
     maps::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY,
-        FRONTEND_STATS_V4_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
+        FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
         SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceValue},
@@ -105,3 +105,9 @@ pub static LB4_FE_STATS: PerCpuHashMap<u32, FrontendStatsV4, { FRONTEND_STATS_V4
 /// The agent's settings (`lb_common::config`), one entry.
 #[btf_map]
 pub static LB_CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+/// Each pinned map's layout version (`lb_common::maps::LAYOUT`). Declared
+/// here so it is created and pinned with the others; the datapath never
+/// reads it.
+#[btf_map]
+pub static LB_LAYOUT: HashMap<[u8; 16], u32, { LAYOUT_CAPACITY as usize }> = HashMap::new();

@@ -323,6 +323,62 @@ fn incompatible_id_counters_stop_the_agent_with_a_clear_message() {
     assert!(!pinned_link_path(&pin_dir.0, "to-client").exists(), "nothing attached");
 }
 
+/// Records `version` for `map` in the pinned `LB_LAYOUT` (pinned first if
+/// missing), as a build whose `map` means something else at the same
+/// sizes would have left it.
+fn record_foreign_version(pin_dir: &std::path::Path, map: &str, version: u32) {
+    let layout = pin_dir.join(names::LAYOUT);
+    if !layout.exists() {
+        links::pin_foreign_map(&layout, "hash", 16, 4, names::LAYOUT_CAPACITY, names::LAYOUT).expect("pin LB_LAYOUT");
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>();
+    let path = layout.to_str().unwrap().to_owned();
+    let mut args = vec!["map".to_owned(), "update".into(), "pinned".into(), path, "key".into()];
+    args.extend(hex(&names::layout_key(map)));
+    args.push("value".into());
+    args.extend(hex(&version.to_ne_bytes()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lb_tests::topology::run("bpftool", &args).expect("record a version");
+}
+
+/// A map whose shape matches but whose recorded layout version is not
+/// this build's means something else: a derived map is recreated (with a
+/// warning naming both versions), the id counters are refused.
+#[test]
+fn a_map_of_another_layout_version_is_recreated_and_id_counters_of_one_are_refused() {
+    let topology = Topology::create(1).expect("topology");
+    let (_src, source) = services_file(&topology);
+    let pin_dir = PinDir(format!("/sys/fs/bpf/{}", topology.node).into());
+    let capacities = lb_userspace::datapath::loader::Capacities::default();
+    let backends = layout::expected(names::BACKENDS_V4, capacities).unwrap().0;
+    links::pin_foreign_map(
+        &pin_dir.0.join(names::BACKENDS_V4),
+        "hash",
+        backends.key_size,
+        backends.value_size,
+        backends.max_entries,
+        names::BACKENDS_V4,
+    )
+    .expect("pin a same-shaped map");
+    record_foreign_version(&pin_dir.0, names::BACKENDS_V4, 99);
+    let mut agent =
+        LoggedAgent::spawn(&[], &agent_args(&topology, &pin_dir.0, &source), &topology.node).expect("spawn");
+    agent.wait_ready(Duration::from_secs(30)).expect("the agent starts");
+    let stderr = agent.stderr();
+    assert!(stderr.contains("another layout") && stderr.contains("version 99"), "warns, with versions: {stderr}");
+    let found = layout::pinned_layout(&pin_dir.0.join(names::BACKENDS_V4)).unwrap().expect("pinned");
+    assert_eq!(found, backends, "recreated, and this build's version recorded");
+    agent.terminate().expect("agent stops");
+    drop(agent);
+
+    record_foreign_version(&pin_dir.0, names::IDS, 99);
+    let mut agent =
+        LoggedAgent::spawn(&[], &agent_args(&topology, &pin_dir.0, &source), &topology.node).expect("spawn");
+    let status = agent.wait_exit(Duration::from_secs(30)).expect("the agent exits");
+    let stderr = agent.stderr();
+    assert!(!status.success() && stderr.contains("LB_IDS"), "the id counters are refused: {stderr}");
+}
+
 /// The size flags size the pinned maps; a restart with another size
 /// recreates the map (its entries are lost, never misread).
 #[test]

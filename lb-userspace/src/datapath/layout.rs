@@ -5,7 +5,9 @@
 //! map pinned by another version, with a different key or value size,
 //! would be adopted and its entries read as the wrong type. So before
 //! loading, every pinned map is compared with the layout this build
-//! declares (`lb_common` types and capacities). A map the agent rebuilds
+//! declares (`lb_common` types and capacities), and with the layout
+//! version the last build that loaded it recorded in `LB_LAYOUT` (what its
+//! entries mean, which sizes alone cannot tell). A map the agent rebuilds
 //! anyway is recreated; conntrack is recreated (its flows are lost, never
 //! misread); the id counters, which keep ids unique across restarts, are
 //! never thrown away silently: the agent refuses to start.
@@ -33,21 +35,24 @@ use tracing::warn;
 
 use super::loader::Capacities;
 
-/// A map's shape as the kernel reports it.
+/// A map's shape as the kernel reports it, and the version of what its
+/// entries mean (`lb_common::maps::layout_version`), as recorded in
+/// `LB_LAYOUT` by the build that loaded it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Layout {
     pub map_type: MapType,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    pub version: u32,
 }
 
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} key {} B, value {} B, {} entries",
-            self.map_type, self.key_size, self.value_size, self.max_entries
+            "{:?} key {} B, value {} B, {} entries, version {}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.version
         )
     }
 }
@@ -71,7 +76,9 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
     fn size<T>() -> u32 {
         u32::try_from(size_of::<T>()).expect("map types are small")
     }
-    let layout = |map_type, key_size, value_size, max_entries| Layout { map_type, key_size, value_size, max_entries };
+    let version = names::layout_version(map);
+    let layout =
+        |map_type, key_size, value_size, max_entries| Layout { map_type, key_size, value_size, max_entries, version };
     Some(match map {
         names::SERVICES_V4 => (
             layout(MapType::Hash, size::<ServiceKeyV4>(), size::<ServiceValue>(), capacities.services),
@@ -105,6 +112,9 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
             layout(MapType::Hash, size::<AffinityMemberKeyV4>(), size::<u8>(), names::AFFINITY_MEMBERS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
+        names::LAYOUT => {
+            (layout(MapType::Hash, size::<[u8; 16]>(), size::<u32>(), names::LAYOUT_CAPACITY), OnMismatch::Recreate)
+        }
         names::CONFIG => (
             layout(MapType::Array, size::<u32>(), size::<lb_common::config::DatapathConfig>(), 1),
             OnMismatch::Recreate,
@@ -159,7 +169,39 @@ pub fn pinned_layout(path: &Path) -> Result<Option<Layout>, LayoutError> {
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
+        version: recorded_version(path),
     }))
+}
+
+/// The layout version `LB_LAYOUT` (beside the map at `path`) records for
+/// it. 1 when nothing is recorded: the map was pinned before versions
+/// were, or with the version-1 layout.
+fn recorded_version(path: &Path) -> u32 {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return 1;
+    };
+    let recorded = || -> Option<u32> {
+        let map = aya::maps::Map::from_map_data(MapData::from_pin(dir.join(names::LAYOUT)).ok()?).ok()?;
+        let versions: aya::maps::HashMap<MapData, [u8; 16], u32> = map.try_into().ok()?;
+        versions.get(&names::layout_key(name), 0).ok()
+    };
+    recorded().unwrap_or(1)
+}
+
+/// Records this build's layout version of every map in `LB_LAYOUT`, once
+/// the maps are loaded and pinned, so the next start can tell what they
+/// mean.
+pub fn record_versions(pin_dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let path = pin_dir.join(names::LAYOUT);
+    let map = aya::maps::Map::from_map_data(MapData::from_pin(&path)?)?;
+    let mut versions: aya::maps::HashMap<MapData, [u8; 16], u32> = map.try_into()?;
+    for name in names::ALL {
+        versions
+            .insert(names::layout_key(name), names::layout_version(name), 0)
+            .with_context(|| format!("recording the layout version of {name}"))?;
+    }
+    Ok(())
 }
 
 /// Checks every map pinned under `pin_dir` against this build; unpins the

@@ -77,6 +77,9 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         loader.map_pin_path(map, path.as_path());
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
+    if let Some(dir) = pin_dir {
+        layout::record_versions(dir)?;
+    }
     for name in [TC_PROGRAM, PARSE_ONLY_PROGRAM, FORWARD_ONLY_PROGRAM] {
         program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
