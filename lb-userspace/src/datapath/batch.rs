@@ -172,7 +172,8 @@ pub fn update_in_order<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> Res
         };
         if ret < 0 {
             let error = io::Error::last_os_error();
-            let written = (attr.count as usize).min(chunk.len());
+            // The entry that failed is not among the written ones.
+            let written = (attr.count as usize).min(chunk.len() - 1);
             return match error.raw_os_error() {
                 Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if done == 0 && written == 0 => Ok(false),
                 _ => Err(Stopped { done: done + written, error }),
