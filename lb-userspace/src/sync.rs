@@ -49,10 +49,7 @@ pub struct ApplyError {
 
 impl MapWriter for ServiceMaps {
     fn apply(&mut self, writes: &[Write]) -> Result<(), ApplyError> {
-        for (applied, write) in writes.iter().enumerate() {
-            self.write(write).map_err(|source| ApplyError { applied, source })?;
-        }
-        Ok(())
+        self.write_all(writes).map_err(|(applied, source)| ApplyError { applied, source })
     }
 
     fn read_all(&self) -> anyhow::Result<DesiredMaps> {

@@ -235,7 +235,27 @@ enum LogFormat {
     Json,
 }
 
+/// glibc's allocator tuned for the agent's shape: a few large buffers
+/// that live briefly (an initial list's response and its decoding, one
+/// sync's diff) next to a table that lives long.
+fn tune_allocator() {
+    // One arena for all threads: the lists are decoded on the runtime's
+    // worker and synced on the main thread, and memory one frees should
+    // serve the other's next allocations, not sit in a second arena.
+    // A fixed mmap threshold (which also stops glibc from raising it after
+    // each large free): buffers from 1 MiB up are mapped and given back
+    // whole when freed, instead of pinning heap pages the table then
+    // grows around.
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let args = Args::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -277,6 +297,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         maglev: args.maglev_max,
         affinity: args.affinity_max,
     };
+    // The watchers start listing on the runtime's worker while this thread
+    // loads and attaches the datapath: with many Services both take a
+    // while, and neither needs the other.
+    let kube = match &args.source {
+        SourceArg::Kubernetes => {
+            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
+            let source = KubeSource::new(client.clone(), args.node_name.as_deref(), args.proxy_name.as_deref());
+            Some((client, source))
+        }
+        SourceArg::File(_) => None,
+    };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     write_config(&args)?;
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
@@ -312,9 +343,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (mut source, mut sink): (Source, Box<dyn ProblemSink>) = match &args.source {
         SourceArg::File(path) => (Source::file(FileSource::new(path, args.poll_interval)), Box::new(LogOnly)),
         SourceArg::Kubernetes => {
-            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
+            let (client, source) = kube.context("the Kubernetes source was started above")?;
             let node_name = args.node_name.as_deref();
-            let source = KubeSource::new(client.clone(), node_name, args.proxy_name.as_deref());
             (Source::Kubernetes(Box::new(source)), Box::new(EventPublisher::new(client, node_name)))
         }
     };

@@ -139,33 +139,52 @@ pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<Option<usize>
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
-/// Writes `entries` with `BPF_MAP_UPDATE_BATCH`: one syscall instead of
-/// one per entry (a new Maglev table is 16,381 entries). `Ok(false)`: the
-/// kernel cannot batch this map, the caller writes entry by entry.
+/// A batched write that stopped at an error: the first `done` entries
+/// were written, the others not.
+#[derive(Debug)]
+pub struct Stopped {
+    pub done: usize,
+    pub error: io::Error,
+}
+
+/// Writes `entries` with `BPF_MAP_UPDATE_BATCH`: one syscall per few
+/// thousand entries instead of one per entry (a new Maglev table is
+/// 16,381 entries, a first sync of 10,000 Services 130,000). The kernel
+/// writes them one after the other in the order given, so a batch keeps
+/// the order a caller depends on. `Ok(false)`: the kernel cannot batch
+/// this map (nothing written), the caller writes entry by entry.
+pub fn update_in_order<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> Result<bool, Stopped> {
+    let mut done = 0;
+    for chunk in entries.chunks(FIRST_CHUNK) {
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at `count` keys and values of the map's key
+        // and value sizes, which the kernel only reads.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
+        };
+        if ret < 0 {
+            let error = io::Error::last_os_error();
+            // The entry that failed is not among the written ones.
+            let written = (attr.count as usize).min(chunk.len() - 1);
+            return match error.raw_os_error() {
+                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if done == 0 && written == 0 => Ok(false),
+                _ => Err(Stopped { done: done + written, error }),
+            };
+        }
+        done += chunk.len();
+    }
+    Ok(true)
+}
+
+/// [`update_in_order`] where a partial write is only an error.
 pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> io::Result<bool> {
-    if entries.is_empty() {
-        return Ok(true);
-    }
-    let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
-    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(entries.len()).expect("fewer than 2^32 entries"),
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        ..BatchAttr::default()
-    };
-    // SAFETY: attr points at `count` keys and values of the map's key and
-    // value sizes, which the kernel only reads.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
-    };
-    if ret >= 0 {
-        return Ok(true);
-    }
-    let error = io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if attr.count == 0 => Ok(false),
-        _ => Err(error),
-    }
+    update_in_order(map, entries).map_err(|stopped| stopped.error)
 }

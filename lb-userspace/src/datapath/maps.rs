@@ -65,6 +65,44 @@ impl<K: Pod + Ord, V: Pod> Hash<K, V> {
             other => other,
         }
     }
+
+    /// Puts go in batches (a first sync is mostly puts: one syscall per
+    /// few thousand instead of one each), in the order given; deletions
+    /// one by one, as they are few and an absent key must not stop them.
+    fn write_run(&mut self, run: &[(K, Option<&V>)]) -> Result<(), Partial> {
+        let mut done = 0;
+        while done < run.len() {
+            let puts: Vec<(K, V)> = run[done..].iter().map_while(|(k, v)| v.map(|v| (*k, *v))).collect();
+            if puts.is_empty() {
+                let (key, _) = run[done];
+                self.write(key, None).map_err(|e| Partial { applied: done, error: e.into() })?;
+                done += 1;
+                continue;
+            }
+            match batch::update_in_order(self.0.map(), &puts) {
+                Ok(true) => {}
+                Ok(false) => one_by_one(&puts, done, |(k, v)| self.write(*k, Some(*v)).map_err(Into::into))?,
+                Err(stopped) => return Err(Partial { applied: done + stopped.done, error: stopped.error.into() }),
+            }
+            done += puts.len();
+        }
+        Ok(())
+    }
+}
+
+/// Writes that failed part-way: how many went through, and why the next did not.
+struct Partial {
+    applied: usize,
+    error: anyhow::Error,
+}
+
+/// Writes `entries` one at a time; `offset` is how many writes of the
+/// run came before them (for the count in an error).
+fn one_by_one<T>(entries: &[T], offset: usize, mut write: impl FnMut(&T) -> anyhow::Result<()>) -> Result<(), Partial> {
+    for (index, entry) in entries.iter().enumerate() {
+        write(entry).map_err(|error| Partial { applied: offset + index, error })?;
+    }
+    Ok(())
 }
 
 /// An array map indexed by a small integer key; a zero value is "absent".
@@ -88,6 +126,10 @@ impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Ind
 
     fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
         self.0.set(key.into(), value.unwrap_or_default(), 0)
+    }
+
+    fn write_run(&mut self, run: &[(K, Option<&V>)]) -> Result<(), Partial> {
+        one_by_one(run, 0, |(k, v)| self.write(*k, v.cloned()).map_err(Into::into))
     }
 }
 
@@ -153,6 +195,16 @@ impl<K: LpmKey, V: Pod> Lpm<K, V> {
             other => other,
         }
     }
+
+    fn write_run(&mut self, run: &[(K, Option<&V>)]) -> Result<(), Partial> {
+        one_by_one(run, 0, |(k, v)| self.write(*k, v.copied()).map_err(Into::into))
+    }
+}
+
+impl MaglevTables {
+    fn write_run(&mut self, run: &[(u32, Option<&crate::maglev::Table>)]) -> Result<(), Partial> {
+        one_by_one(run, 0, |(id, table)| self.write(*id, table.cloned()))
+    }
 }
 
 pub(super) fn is_not_found(error: &MapError) -> bool {
@@ -200,6 +252,34 @@ macro_rules! kernel_tables {
                     $( Write::$variant(key, value) => self.$field.write(*key, value.clone()).map_err(Into::into), )*
                 };
                 result.with_context(|| format!("map write {write:?}"))
+            }
+
+            /// Writes in order, each run of consecutive writes to one map
+            /// handed to that map at once (hash maps batch their puts).
+            /// On failure, says how many writes were applied.
+            pub fn write_all(&mut self, writes: &[Write]) -> Result<(), (usize, anyhow::Error)> {
+                let mut done = 0;
+                while let Some(first) = writes.get(done) {
+                    let rest = &writes[done..];
+                    let (len, result) = match first {
+                        $( Write::$variant(..) => {
+                            let run: Vec<($key, Option<&$value>)> = rest
+                                .iter()
+                                .map_while(|w| match w {
+                                    Write::$variant(key, value) => Some((*key, value.as_ref())),
+                                    _ => None,
+                                })
+                                .collect();
+                            (run.len(), self.$field.write_run(&run))
+                        } )*
+                    };
+                    if let Err(Partial { applied, error }) = result {
+                        let failed = &writes[done + applied];
+                        return Err((done + applied, error.context(format!("map write {failed:?}"))));
+                    }
+                    done += len;
+                }
+                Ok(())
             }
         }
     };

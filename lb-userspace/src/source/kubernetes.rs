@@ -6,7 +6,7 @@
 //! completed their first list: a half-synced view (Services without their
 //! endpoints) would make live Services reject traffic.
 
-use std::{path::Path, pin::Pin};
+use std::path::Path;
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _};
@@ -19,6 +19,8 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt as _, watcher},
 };
+
+use tokio::sync::mpsc;
 
 use super::tracker::ChangeTracker;
 
@@ -46,6 +48,22 @@ enum Update {
     Node(Result<Box<watcher::Event<Node>>, watcher::Error>),
 }
 
+/// Drives `updates` on a task of its own and hands each over the
+/// returned channel. Unbounded, like the buffer of listed objects the
+/// watcher itself keeps: the consumer takes them as fast as it can, and
+/// the task ends when the consumer is gone.
+fn forward(mut updates: impl Stream<Item = Update> + Send + Unpin + 'static) -> mpsc::UnboundedReceiver<Update> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(update) = updates.next().await {
+            if tx.send(update).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// A client for `--kubeconfig PATH`, else in-cluster, else `$KUBECONFIG`
 /// (or ~/.kube/config), like kube-proxy.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
@@ -66,7 +84,8 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 
 pub struct KubeSource {
     tracker: ChangeTracker,
-    updates: Pin<Box<dyn Stream<Item = Update> + Send>>,
+    /// Events from the watchers' task, in the order they arrived.
+    updates: mpsc::UnboundedReceiver<Update>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -76,9 +95,12 @@ impl std::fmt::Debug for KubeSource {
 }
 
 impl KubeSource {
-    /// Starts the watchers. `node_name` selects this node's Node object
-    /// (for its topology zone); without it no Node is watched.
-    /// `proxy_name` is `--proxy-name`.
+    /// Starts the watchers, on a task of their own: the initial lists (the
+    /// requests and decoding the answers, long in a large cluster) go on
+    /// while the agent loads and attaches the datapath, before anyone
+    /// asks for [`KubeSource::changed`]. `node_name` selects this node's
+    /// Node object (for its topology zone); without it no Node is
+    /// watched. `proxy_name` is `--proxy-name`. Needs a Tokio runtime.
     pub fn new(client: Client, node_name: Option<&str>, proxy_name: Option<&str>) -> Self {
         let (service_selector, slice_selector) = selectors(proxy_name);
         // Lists are served from the API server's watch cache (resourceVersion
@@ -107,7 +129,7 @@ impl KubeSource {
                     .boxed(),
             );
         }
-        Self { tracker: ChangeTracker::default(), updates: futures::stream::select_all(streams).boxed() }
+        Self { tracker: ChangeTracker::default(), updates: forward(futures::stream::select_all(streams)) }
     }
 
     /// Both Services and EndpointSlices have been listed at least once.
@@ -119,7 +141,7 @@ impl KubeSource {
     /// show may have changed; watcher errors are returned (the watcher
     /// itself retries with backoff).
     pub async fn changed(&mut self) -> anyhow::Result<bool> {
-        let update = self.updates.next().await.context("all watch streams ended")?;
+        let update = self.updates.recv().await.context("all watch streams ended")?;
         Ok(match update {
             Update::Service(event) => self.tracker.service_event(*event?),
             Update::Slice(event) => self.tracker.slice_event(*event?),

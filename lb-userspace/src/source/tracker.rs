@@ -44,16 +44,48 @@ fn compact_service(svc: &mut Service) {
     if let Some(annotations) = svc.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
+    if let Some(spec) = svc.spec.as_mut() {
+        for list in [&mut spec.cluster_ips, &mut spec.ip_families, &mut spec.external_ips].into_iter().flatten() {
+            list.shrink_to_fit();
+        }
+        if let Some(ranges) = spec.load_balancer_source_ranges.as_mut() {
+            ranges.shrink_to_fit();
+        }
+        if let Some(ports) = spec.ports.as_mut() {
+            ports.shrink_to_fit();
+        }
+    }
+    if let Some(ingress) = svc.status.as_mut().and_then(|s| s.load_balancer.as_mut()).and_then(|lb| lb.ingress.as_mut())
+    {
+        ingress.shrink_to_fit();
+    }
 }
 
+/// Besides dropping fields, gives back the spare room decoding left in
+/// every list: a list decoded from a stream grows by doubling (10
+/// endpoints take room for 16, one address room for 4), which made the
+/// cached slices half again as large as their content.
 fn compact_slice(slice: &mut EndpointSlice) {
     slice.metadata.managed_fields = None;
     slice.metadata.annotations = None;
     slice.metadata.owner_references = None;
+    slice.endpoints.shrink_to_fit();
     for endpoint in &mut slice.endpoints {
         endpoint.target_ref = None;
         endpoint.hostname = None;
         endpoint.deprecated_topology = None;
+        endpoint.addresses.shrink_to_fit();
+        if let Some(hints) = endpoint.hints.as_mut() {
+            if let Some(zones) = hints.for_zones.as_mut() {
+                zones.shrink_to_fit();
+            }
+            if let Some(nodes) = hints.for_nodes.as_mut() {
+                nodes.shrink_to_fit();
+            }
+        }
+    }
+    if let Some(ports) = slice.ports.as_mut() {
+        ports.shrink_to_fit();
     }
 }
 

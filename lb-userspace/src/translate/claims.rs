@@ -10,7 +10,7 @@
 //! by (namespace, name) wins; kube-proxy leaves that case undefined.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, btree_map::Entry},
     net::IpAddr,
 };
 
@@ -61,7 +61,45 @@ impl ClaimKey {
 #[derive(Debug, Default)]
 pub struct Claims {
     by_service: HashMap<ServiceRef, Vec<FrontendAddr>>,
-    by_address: BTreeMap<FrontendAddr, BTreeMap<ClaimKey, Frontend>>,
+    by_address: BTreeMap<FrontendAddr, ClaimList>,
+}
+
+/// The claims on one address, sorted by key. A sorted list, not a map:
+/// nearly every address has exactly one claim, and a one-entry BTreeMap
+/// allocates room for eleven (kilobytes per frontend, tens of megabytes
+/// at 10,000 Services).
+#[derive(Debug)]
+struct ClaimList(Vec<(ClaimKey, Frontend)>);
+
+impl ClaimList {
+    fn one(key: ClaimKey, frontend: Frontend) -> Self {
+        Self(vec![(key, frontend)])
+    }
+
+    /// Adds a claim, replacing one with the same key.
+    fn insert(&mut self, key: ClaimKey, frontend: Frontend) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(at) => self.0[at].1 = frontend,
+            Err(at) => self.0.insert(at, (key, frontend)),
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&ClaimKey) -> bool) {
+        self.0.retain(|(key, _)| keep(key));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The claims, winner first.
+    fn values(&self) -> impl Iterator<Item = &Frontend> {
+        self.0.iter().map(|(_, frontend)| frontend)
+    }
 }
 
 impl Claims {
@@ -71,7 +109,7 @@ impl Claims {
         let mut affected = BTreeSet::new();
         for address in self.by_service.remove(service).unwrap_or_default() {
             if let Some(claims) = self.by_address.get_mut(&address) {
-                claims.retain(|key, _| (&key.namespace, &key.name) != (&service.0, &service.1));
+                claims.retain(|key| (&key.namespace, &key.name) != (&service.0, &service.1));
                 if claims.is_empty() {
                     self.by_address.remove(&address);
                 }
@@ -80,7 +118,13 @@ impl Claims {
         }
         let addresses: Vec<FrontendAddr> = frontends.iter().map(FrontendAddr::of).collect();
         for frontend in frontends {
-            self.by_address.entry(FrontendAddr::of(&frontend)).or_default().insert(ClaimKey::of(&frontend), frontend);
+            let key = ClaimKey::of(&frontend);
+            match self.by_address.entry(FrontendAddr::of(&frontend)) {
+                Entry::Occupied(mut claims) => claims.get_mut().insert(key, frontend),
+                Entry::Vacant(slot) => {
+                    slot.insert(ClaimList::one(key, frontend));
+                }
+            }
         }
         affected.extend(addresses.iter().copied());
         if !addresses.is_empty() {

@@ -95,7 +95,7 @@ async fn respond(shared: &Arc<Shared>, request: Request<Incoming>) -> Result<Res
         }
         (Method::GET, None) => {
             let store = shared.store.lock().expect("store lock");
-            Ok(json_response(200, &list(&store, &target, &params)?))
+            Ok(bytes_response(200, list(&store, &target, &params)?))
         }
         (Method::GET, Some(name)) => {
             let key = ObjectKey::new(target.resource, ns, name);
@@ -207,7 +207,7 @@ fn list_version(store: &Store, params: &Params) -> Result<u64, ApiError> {
 /// A page of a list. Every page of a paginated list comes from the snapshot
 /// the first page was taken at; the continue token carries its version and
 /// the last key returned.
-fn list(store: &Store, target: &Target, params: &Params) -> Result<Value, ApiError> {
+fn list(store: &Store, target: &Target, params: &Params) -> Result<Vec<u8>, ApiError> {
     let resource = target.resource;
     let filter = Filter::parse(params.get("labelSelector"), params.get("fieldSelector"))?;
     let limit = params.number("limit")?.filter(|&l| l > 0);
@@ -233,7 +233,7 @@ fn list(store: &Store, target: &Target, params: &Params) -> Result<Value, ApiErr
             && after.as_ref().is_none_or(|(ns, name)| (&key.namespace, &key.name) > (ns, name))
             && filter.matches(obj)
     });
-    let page: Vec<(ObjectKey, Value)> = matching.by_ref().take(limit.map_or(usize::MAX, |l| l as usize)).collect();
+    let page: Vec<(&ObjectKey, &Value)> = matching.by_ref().take(limit.map_or(usize::MAX, |l| l as usize)).collect();
     let remaining = matching.count();
 
     let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -246,24 +246,43 @@ fn list(store: &Store, target: &Target, params: &Params) -> Result<Value, ApiErr
             metadata["remainingItemCount"] = remaining.into();
         }
     }
-    // Items in a list carry no kind/apiVersion on the wire; the list's own
-    // kind says what they are.
-    let items: Vec<Value> = page
-        .into_iter()
-        .map(|(_, mut obj)| {
-            if let Some(fields) = obj.as_object_mut() {
-                fields.remove("kind");
-                fields.remove("apiVersion");
-            }
-            obj
-        })
-        .collect();
-    Ok(json!({
-        "kind": resource.list_kind(),
-        "apiVersion": resource.api_version(),
-        "metadata": metadata,
-        "items": items,
-    }))
+    let list = ListBody {
+        kind: resource.list_kind(),
+        api_version: resource.api_version(),
+        metadata,
+        items: page.into_iter().map(|(_, obj)| WithoutTypeMeta(obj)).collect(),
+    };
+    // Written straight from the stored objects: the stand-in's own cost
+    // stays small next to the client's it is there to measure.
+    Ok(serde_json::to_vec(&list).expect("JSON values serialize"))
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListBody<'a> {
+    kind: String,
+    api_version: String,
+    metadata: Value,
+    items: Vec<WithoutTypeMeta<'a>>,
+}
+
+/// An object as a list item: items carry no kind/apiVersion on the wire;
+/// the list's own kind says what they are.
+struct WithoutTypeMeta<'a>(&'a Value);
+
+impl serde::Serialize for WithoutTypeMeta<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let kept = fields.iter().filter(|(k, _)| *k != "kind" && *k != "apiVersion");
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in kept {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
@@ -315,7 +334,11 @@ fn version() -> Value {
 }
 
 fn json_response(code: u16, body: &Value) -> Response<Body> {
-    let body = Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync();
+    bytes_response(code, body.to_string().into_bytes())
+}
+
+fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
+    let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(CONTENT_TYPE, "application/json")

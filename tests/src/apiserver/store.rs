@@ -203,16 +203,15 @@ impl Store {
     /// The objects of `resource` as they were at `rv`, in key order. The
     /// current state is rolled back through the history, which is how a
     /// paginated list stays one consistent snapshot across pages.
-    pub fn snapshot(&self, resource: &'static Resource, rv: u64) -> Result<Vec<(ObjectKey, Value)>, ApiError> {
-        let mut objects: BTreeMap<ObjectKey, Value> = self
-            .objects
-            .iter()
-            .filter(|(k, _)| k.resource() == resource)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for change in self.changes_after(rv)?.iter().rev().filter(|c| c.key.resource() == resource) {
+    /// Borrowed, not copied: a list of a large table is served without
+    /// cloning every object.
+    pub fn snapshot(&self, resource: &'static Resource, rv: u64) -> Result<Vec<(&ObjectKey, &Value)>, ApiError> {
+        let changes = self.changes_after(rv)?;
+        let mut objects: BTreeMap<&ObjectKey, &Value> =
+            self.objects.iter().filter(|(k, _)| k.resource() == resource).collect();
+        for change in changes.iter().rev().filter(|c| c.key.resource() == resource) {
             match &change.before {
-                Some(before) => objects.insert(change.key.clone(), before.clone()),
+                Some(before) => objects.insert(&change.key, before),
                 None => objects.remove(&change.key),
             };
         }

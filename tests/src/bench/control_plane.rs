@@ -33,12 +33,12 @@ use crate::{datapath::Datapath, topology::Topology};
 /// Pod addresses the endpoints are drawn from.
 const POD_POOL: usize = 20_000;
 
-fn table(services: usize) -> Table {
+fn table(services: usize, endpoints_per_service: usize) -> Table {
     Table::generate(&TableSpec {
         services,
         port: HTTP,
         pool: (0..POD_POOL).map(|i| Ipv4Addr::new(10, 244, (i / 250) as u8, (2 + i % 250) as u8)).collect(),
-        endpoints_per_service: ENDPOINTS_PER_SERVICE,
+        endpoints_per_service,
         node_ports: 0,
     })
 }
@@ -82,14 +82,19 @@ pub fn run(plan: &ControlPlan, env: &Env, report: &mut Report) -> anyhow::Result
     ));
     endpoint_changes(plan, report)?;
     env.progress.done_step();
-    cancel::check()?;
-    control_plane_api::run(plan, env, &table(plan.change_size), report)?;
+    for scale in &plan.api_scales {
+        cancel::check()?;
+        let table = table(scale.services, scale.endpoints_per_service);
+        control_plane_api::run(scale, env, &table, report).with_context(|| {
+            format!("Kubernetes source with {} Services × {} endpoints", scale.services, scale.endpoints_per_service)
+        })?;
+    }
     Ok(())
 }
 
 fn startup(env: &Env, services: usize, report: &mut Report) -> anyhow::Result<()> {
     let topology = Topology::create(1)?;
-    let table = table(services);
+    let table = table(services, ENDPOINTS_PER_SERVICE);
     let source = env.work_dir.join(format!("control-{services}.json"));
     table.write_json(&source)?;
     let mut agent = Agent::start(&AgentConfig {
@@ -153,7 +158,7 @@ enum SyncPath {
 
 fn endpoint_changes(plan: &ControlPlan, report: &mut Report) -> anyhow::Result<()> {
     let services = plan.change_size;
-    let table = table(services);
+    let table = table(services, ENDPOINTS_PER_SERVICE);
     let mut dp = Datapath::load_with(NodeContext::default(), capacities_for(services, ENDPOINTS_PER_SERVICE))?;
     let service_objects = table.service_objects();
     let mut slices = table.slice_objects();

@@ -107,7 +107,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let steps = [
         (Part::PacketCost, plan.packet.sizes.len()),
         (Part::Traffic, plan.traffic.sizes.len() * 2 * layouts::Layout::ALL.len()),
-        (Part::ControlPlane, plan.control.startup_sizes.len() + 2),
+        (Part::ControlPlane, plan.control.startup_sizes.len() + 1 + plan.control.api_scales.len()),
         (Part::ConntrackGc, 1),
     ]
     .iter()

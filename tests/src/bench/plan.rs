@@ -69,6 +69,24 @@ pub struct ControlPlan {
     /// Table size for the one-endpoint-change latency.
     pub change_size: usize,
     pub changes: usize,
+    /// Tables the agent is started with through the Kubernetes API source:
+    /// start → programmed, peak RSS and watch event → map write at each.
+    pub api_scales: Vec<ApiScale>,
+}
+
+/// One table served by the stand-in API server.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiScale {
+    pub services: usize,
+    pub endpoints_per_service: usize,
+    /// Endpoint changes timed after the start.
+    pub changes: usize,
+}
+
+impl ApiScale {
+    const fn new(services: usize, endpoints_per_service: usize, changes: usize) -> Self {
+        Self { services, endpoints_per_service, changes }
+    }
 }
 
 impl Plan {
@@ -87,7 +105,12 @@ impl Plan {
                     addresses_per_backend: 5,
                     max_targets: 64,
                 },
-                control: ControlPlan { startup_sizes: vec![100], change_size: 100, changes: 5 },
+                control: ControlPlan {
+                    startup_sizes: vec![100],
+                    change_size: 100,
+                    changes: 5,
+                    api_scales: vec![ApiScale::new(100, ENDPOINTS_PER_SERVICE, 5)],
+                },
             },
             Mode::Quick => Plan {
                 mode,
@@ -107,7 +130,13 @@ impl Plan {
                     addresses_per_backend: 4,
                     max_targets: 1_000,
                 },
-                control: ControlPlan { startup_sizes: vec![1_000, 10_000], change_size: 10_000, changes: 30 },
+                // The larger API scale points run only in the full run.
+                control: ControlPlan {
+                    startup_sizes: vec![1_000, 10_000],
+                    change_size: 10_000,
+                    changes: 30,
+                    api_scales: vec![ApiScale::new(10_000, ENDPOINTS_PER_SERVICE, 30)],
+                },
             },
             Mode::Full => Plan {
                 mode,
@@ -127,7 +156,17 @@ impl Plan {
                     addresses_per_backend: 4,
                     max_targets: 1_000,
                 },
-                control: ControlPlan { startup_sizes: vec![1_000, 10_000], change_size: 10_000, changes: 200 },
+                control: ControlPlan {
+                    startup_sizes: vec![1_000, 10_000],
+                    change_size: 10_000,
+                    changes: 200,
+                    api_scales: vec![
+                        ApiScale::new(10_000, ENDPOINTS_PER_SERVICE, 200),
+                        ApiScale::new(50_000, ENDPOINTS_PER_SERVICE, 200),
+                        // 250,000 endpoints.
+                        ApiScale::new(5_000, 50, 200),
+                    ],
+                },
             },
         }
     }
