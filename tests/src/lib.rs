@@ -18,5 +18,6 @@ pub mod probe;
 pub mod routed;
 pub mod scenario;
 pub mod servers;
+pub mod tap;
 pub mod topology;
 pub mod traffic;

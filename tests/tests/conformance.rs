@@ -334,6 +334,37 @@ fn should_be_able_to_create_a_functioning_node_port_service() {
     }
 }
 
+/// "[sig-network] Services should be possible to connect to a service via
+/// ExternalIP when the external IP is not assigned to a node"
+///
+/// A ClusterIP Service with an external IP that no node holds
+/// (203.0.113.250, a documentation address) answers on it from its pods,
+/// as on its cluster IP, for traffic routed to a node
+/// (<https://kubernetes.io/docs/concepts/services-networking/service/#external-ips>):
+/// from a pod (whose route to it goes through its node, as a pod's default
+/// route does) and, beyond the case, from a client outside the cluster
+/// whose route to it goes through node 1.
+#[test]
+fn should_be_possible_to_connect_to_a_service_via_external_ip_when_the_external_ip_is_not_assigned_to_a_node() {
+    let mut c = cluster(&[1, 2]);
+    let exec = c.pod_netns(2, 2).to_owned();
+    serve_http(&mut c, &[(1, 1), (2, 1)], 9376);
+    let external_ip = Ipv4Addr::new(203, 0, 113, 250);
+    let svc = Service::cluster_ip("externalip-test", vip(27))
+        .external_ip(external_ip)
+        .port(ServicePort::tcp(80, 9376).named("http"));
+    c.apply(&svc, &pods(&c, &[(1, 1), (2, 1)]));
+    let documentation_net = "203.0.113.0/24";
+    lb_tests::topology::run_in(&exec, &["ip", "route", "add", documentation_net, "via", "10.244.2.1"]).unwrap();
+    let outside = c.client.clone();
+    lb_tests::topology::run_in(&outside, &["ip", "route", "add", documentation_net, "via", &node_ip(1).to_string()])
+        .unwrap();
+    let both = names(&[(1, 1), (2, 1)]);
+    check_reachability(&c, &exec, &svc, &both);
+    probe::eventually_answered_by(&exec, at(external_ip, 80), &both, 20);
+    probe::eventually_answered_by(&outside, at(external_ip, 80), &both, 20);
+}
+
 /// "[sig-network] Services should be able to update service type to
 /// NodePort listening on same port number but different protocols"
 ///
@@ -900,6 +931,69 @@ fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_cluster_i
     eventually_asked(&client, "n2p2");
 }
 
+/// "[sig-network] Conntrack proxy implementation should not be vulnerable
+/// to the invalid conntrack state bug [Privileged]"
+///
+/// A pod on node 1 holds a connection through a ClusterIP to a pod on
+/// node 2; the server pod then sends, with a raw socket as the case's
+/// "boom" server does, a segment of that connection whose sequence number
+/// lies far outside the client's window. The proxy must not let it reach
+/// the client untranslated (from the pod's own address): the client would
+/// answer with a reset that kills the connection at the server
+/// (<https://kubernetes.io/blog/2019/03/29/kube-proxy-subtleties-debugging-an-intermittent-connection-reset/>).
+/// Here the datapath's reverse NAT follows the flow's addresses, not TCP
+/// windows: the segment reaches the client from the ClusterIP, its TCP
+/// discards it, and the connection goes on (kube-proxy drops it instead, as
+/// conntrack-invalid).
+#[test]
+fn should_not_be_vulnerable_to_the_invalid_conntrack_state_bug() {
+    use etherparse::PacketBuilder;
+    use lb_tests::tap::{self, TcpTap};
+
+    let mut c = cluster(&[1, 1]);
+    c.serve_http(2, 1, 9000).unwrap();
+    c.apply(&Service::cluster_ip("boom-server", vip(48)).port(ServicePort::tcp(9000, 9000)), &[c.pod(2, 1)]);
+    let service = SocketAddrV4::new(vip(48), 9000);
+    let (client_ns, server_ns) = (c.pod_netns(1, 1).to_owned(), c.pod_netns(2, 1).to_owned());
+    let tap = TcpTap::open(&client_ns).unwrap();
+    let mut conn = eventually(PROPAGATION, "connected through the ClusterIP", || {
+        let mut conn = lb_tests::servers::connect(&client_ns, service.into())??;
+        anyhow::ensure!(lb_tests::servers::http_request(&mut conn, false)? == "n2p1");
+        Ok(conn)
+    });
+    let client = match conn.local_addr().unwrap() {
+        SocketAddr::V4(addr) => addr,
+        other => panic!("an IPv4 client, got {other}"),
+    };
+    // Where the server's side of this connection stands: the last segment
+    // of its answer (its next sequence number, and what it acknowledged).
+    let received = tap.drain().unwrap();
+    let last = received.iter().rfind(|s| s.source == service && s.destination == client).expect("answered");
+
+    let server_pod = SocketAddrV4::new(pod_ip(2, 1), 9000);
+    let out_of_window = last.seq_end().wrapping_add(1 << 30);
+    let builder = PacketBuilder::ipv4(server_pod.ip().octets(), client.ip().octets(), 64)
+        .tcp(server_pod.port(), client.port(), out_of_window, 502)
+        .ack(last.ack)
+        .psh();
+    let mut boom = Vec::with_capacity(builder.size(4));
+    builder.write(&mut boom, b"boom").unwrap();
+    tap::send_ipv4(&server_ns, &boom).expect("inject the out-of-window segment");
+
+    let seen = eventually(PROPAGATION, "the injected segment reaches the client", || {
+        let seen = tap.drain()?;
+        anyhow::ensure!(seen.iter().any(|s| s.payload == b"boom"), "not yet");
+        Ok(seen)
+    });
+    let untranslated: Vec<_> = seen.iter().filter(|s| s.source == server_pod).collect();
+    assert!(untranslated.is_empty(), "segments reached the client from the pod's own address: {untranslated:?}");
+    let boom_seen = seen.iter().find(|s| s.payload == b"boom").unwrap();
+    assert_eq!((boom_seen.source, boom_seen.seq), (service, out_of_window), "translated, sequence kept");
+    assert_eq!(lb_tests::servers::http_request(&mut conn, false).unwrap(), "n2p1", "the connection still works");
+    let resets: Vec<_> = tap.drain().unwrap().into_iter().filter(|s| s.rst).collect();
+    assert!(resets.is_empty(), "the client's connection was reset: {resets:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Terminating endpoints
 // ---------------------------------------------------------------------------
@@ -1422,6 +1516,57 @@ fn should_route_traffic_to_an_endpoint_that_is_close_to_the_client() {
 
     c.apply(&svc, &[c.pod(1, 1).not_ready(), c.pod(2, 1)]);
     probe::eventually_answered_by(&zone_a, addr, &names(&[(2, 1)]), 20);
+}
+
+/// "[sig-network] Traffic Distribution should route traffic to an endpoint
+/// in the same zone when using PreferSameZone"
+///
+/// As for `PreferClose`, which `PreferSameZone` renames: three nodes in
+/// zones a, b and c, serving pods in a and b; a client in zone a or b
+/// reaches only its own zone's pod, a client in zone c (no pod) reaches
+/// both
+/// (<https://kubernetes.io/docs/reference/networking/virtual-ips/#traffic-distribution>).
+#[test]
+fn should_route_traffic_to_an_endpoint_in_the_same_zone_when_using_prefer_same_zone() {
+    let mut c = cluster(&[2, 2, 1]);
+    serve_http(&mut c, &[(1, 1), (2, 1)], 9376);
+    let svc = Service::cluster_ip("traffic-dist-test-service", vip(91))
+        .traffic_distribution("PreferSameZone")
+        .port(ServicePort::tcp(80, 9376));
+    c.apply(&svc, &pods(&c, &[(1, 1), (2, 1)]));
+    let addr = at(vip(91), 80);
+    probe::eventually_answered_by(c.pod_netns(1, 2), addr, &names(&[(1, 1)]), 20);
+    probe::eventually_answered_by(c.pod_netns(2, 2), addr, &names(&[(2, 1)]), 20);
+    probe::eventually_answered_by(c.pod_netns(3, 1), addr, &names(&[(1, 1), (2, 1)]), 20);
+}
+
+/// "[sig-network] Traffic Distribution should route traffic to an endpoint
+/// on the same node or fall back to same zone when using PreferSameNode"
+///
+/// Five nodes: zone a holds nodes 1 and 2, each with a client and a
+/// server pod; zone b holds node 3 (a client) and node 4 (a server); zone
+/// c holds node 5 (a client). Each zone-a client reaches only the pod on
+/// its own node, the zone-b client only zone b's pod (no pod on its node:
+/// the zone hints), the zone-c client every pod (neither)
+/// (<https://kubernetes.io/docs/reference/networking/virtual-ips/#traffic-distribution>).
+#[test]
+fn should_route_traffic_to_an_endpoint_on_the_same_node_or_fall_back_to_same_zone_when_using_prefer_same_node() {
+    let mut c = Cluster::create(&[2, 2, 1, 1, 1]).expect("create the cluster (root needed)");
+    for (node, zone) in c.nodes.iter_mut().zip(["zone-a", "zone-a", "zone-b", "zone-b", "zone-c"]) {
+        node.zone = zone.to_owned();
+    }
+    c.start_agents_on_api().expect("start one agent per node on the API server");
+    let servers = [(1, 1), (2, 1), (4, 1)];
+    serve_http(&mut c, &servers, 9376);
+    let svc = Service::cluster_ip("traffic-dist-test-service", vip(92))
+        .traffic_distribution("PreferSameNode")
+        .port(ServicePort::tcp(80, 9376));
+    c.apply(&svc, &pods(&c, &servers));
+    let addr = at(vip(92), 80);
+    probe::eventually_answered_by(c.pod_netns(1, 2), addr, &names(&[(1, 1)]), 20);
+    probe::eventually_answered_by(c.pod_netns(2, 2), addr, &names(&[(2, 1)]), 20);
+    probe::eventually_answered_by(c.pod_netns(3, 1), addr, &names(&[(4, 1)]), 20);
+    probe::eventually_answered_by(c.pod_netns(5, 1), addr, &names(&servers), 30);
 }
 
 // ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{Cluster, POD_CIDRS, node_ip, node_name, node_zone, pod_ip, pod_name};
+use super::{Cluster, POD_CIDRS, node_ip, node_name, pod_ip, pod_name};
 use crate::{
     agent::Agent,
     apiserver::{ApiServer, ApiServerOptions},
@@ -40,13 +40,13 @@ impl Drop for ApiState {
     }
 }
 
-/// Node i as its kubelet registers it.
-fn node_object(node: usize) -> Value {
+/// Node i, in `zone`, as its kubelet registers it.
+fn node_object(node: usize, zone: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": node_name(node), "labels": {
             "kubernetes.io/hostname": node_name(node),
-            "topology.kubernetes.io/zone": node_zone(node),
+            "topology.kubernetes.io/zone": zone,
         }},
         "spec": {"podCIDR": format!("10.244.{node}.0/24"), "podCIDRs": [format!("10.244.{node}.0/24")]},
         "status": {
@@ -67,8 +67,8 @@ impl Cluster {
         let server = servers::in_netns(&self.lan, move || Ok(ApiServer::start_with(options)))?;
         let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", self.lan));
         server.write_kubeconfig(&kubeconfig)?;
-        for node in 1..=self.nodes.len() {
-            server.apply(node_object(node));
+        for (i, node) in self.nodes.iter().enumerate() {
+            server.apply(node_object(i + 1, &node.zone));
         }
         let kubeconfig_arg = kubeconfig.to_str().expect("temp paths are UTF-8").to_owned();
         self.api = Some(ApiState { server, kubeconfig, slices: BTreeMap::new() });
@@ -107,7 +107,7 @@ impl Cluster {
     /// Pod `pod` of node `node` as the EndpointSlice controller sees it:
     /// ready, on its node, in its node's zone.
     pub fn pod(&self, node: usize, pod: usize) -> Pod {
-        Pod::new(&pod_name(node, pod), pod_ip(node, pod), &node_name(node), Some(&node_zone(node)))
+        Pod::new(&pod_name(node, pod), pod_ip(node, pod), &node_name(node), Some(&self.nodes[node - 1].zone))
     }
 
     /// Creates or updates `service`, then writes the EndpointSlices the

@@ -51,7 +51,8 @@ pub fn node_name(node: usize) -> String {
     format!("node-{node}")
 }
 
-/// Topology zone of node i: `zone-a` for node 1, `zone-b` for node 2, ...
+/// Default topology zone of node i: `zone-a` for node 1, `zone-b` for
+/// node 2, ... ([`Node::zone`] may change it before the agents start).
 pub fn node_zone(node: usize) -> String {
     format!("zone-{}", char::from(b'a' + (node - 1) as u8))
 }
@@ -67,6 +68,9 @@ pub struct Node {
     pub netns: String,
     /// Pod namespaces, pod 1 first.
     pub pods: Vec<String>,
+    /// Its `topology.kubernetes.io/zone`, as registered with the API
+    /// server by [`Cluster::start_agents_on_api`].
+    pub zone: String,
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -98,6 +102,7 @@ impl Cluster {
                 .map(|(i, &n)| Node {
                     netns: format!("{prefix}-n{}", i + 1),
                     pods: (1..=n).map(|j| format!("{prefix}-n{}p{j}", i + 1)).collect(),
+                    zone: node_zone(i + 1),
                 })
                 .collect(),
             source: std::env::temp_dir().join(format!("{prefix}-services.yaml")),

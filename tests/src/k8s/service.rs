@@ -106,6 +106,9 @@ pub struct Service {
     pub external_traffic_policy_local: bool,
     pub internal_traffic_policy_local: bool,
     pub traffic_distribution: Option<String>,
+    /// `spec.externalIPs`: addresses the network routes to a node, where a
+    /// proxy serves them like the cluster IP.
+    pub external_ips: Vec<Ipv4Addr>,
     pub publish_not_ready_addresses: bool,
     /// Kept only for a LoadBalancer Service with a Local policy.
     pub health_check_node_port: Option<u16>,
@@ -128,6 +131,7 @@ impl Service {
             external_traffic_policy_local: false,
             internal_traffic_policy_local: false,
             traffic_distribution: None,
+            external_ips: Vec::new(),
             publish_not_ready_addresses: false,
             health_check_node_port: None,
         }
@@ -199,6 +203,11 @@ impl Service {
         self
     }
 
+    pub fn external_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.external_ips.push(ip);
+        self
+    }
+
     /// The labels its Pods carry.
     pub fn selector(&self) -> Value {
         json!({"app": self.name})
@@ -235,6 +244,10 @@ impl Service {
                 "internalTrafficPolicy".into(),
                 if self.internal_traffic_policy_local { "Local" } else { "Cluster" }.into(),
             );
+        }
+        if !self.external_ips.is_empty() {
+            let ips: Vec<String> = self.external_ips.iter().map(Ipv4Addr::to_string).collect();
+            spec.insert("externalIPs".into(), json!(ips));
         }
         if self.has_node_ports() {
             spec.insert(
@@ -326,6 +339,13 @@ mod tests {
         let local = lb.external_traffic_policy_local().to_json();
         assert_eq!(local["spec"]["healthCheckNodePort"], 32000);
         assert_eq!(local["spec"]["ports"][0]["nodePort"], 30080);
+    }
+
+    #[test]
+    fn external_ips_are_listed() {
+        let svc = web().external_ip(Ipv4Addr::new(203, 0, 113, 250)).to_json();
+        assert_eq!(svc["spec"]["externalIPs"], json!(["203.0.113.250"]));
+        assert!(web().to_json()["spec"].get("externalIPs").is_none());
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //!   the Service's own labels, and `service.kubernetes.io/headless` for a
 //!   headless Service; the `endpoints.kubernetes.io/last-change-trigger-time`
 //!   annotation; the Service as owner;
-//! - `trafficDistribution: PreferClose` gives every ready endpoint with a
-//!   zone a hint for its own zone;
+//! - `trafficDistribution: PreferClose` or `PreferSameZone` gives every
+//!   ready endpoint with a zone a hint for its own zone; `PreferSameNode`
+//!   gives it that zone hint and a hint for its own node (`nodeName`);
+//!   other endpoints get no hints;
 //! - an ExternalName Service, or one without a selector, has no slices
 //!   from the controller.
 //!
@@ -127,11 +129,35 @@ pub(super) fn endpoint(service: &Service, pod: &Pod) -> Value {
     });
     if let Some(zone) = &pod.zone {
         out["zone"] = zone.clone().into();
-        if service.traffic_distribution.as_deref() == Some("PreferClose") && ready {
-            out["hints"] = json!({"forZones": [{"name": zone}]});
-        }
+    }
+    if let Some(hints) = hints(service, pod, ready) {
+        out["hints"] = hints;
     }
     out
+}
+
+/// `trafficdist.preferCloseHeuristic.update`: for the three "close"
+/// distributions, a ready endpoint is hinted to its own zone when it has
+/// one and, for `PreferSameNode` only, to its own node; any other endpoint
+/// (not ready, or of a Service without such a distribution) has no hints.
+fn hints(service: &Service, pod: &Pod, ready: bool) -> Option<Value> {
+    let node_hints = match service.traffic_distribution.as_deref() {
+        Some("PreferClose" | "PreferSameZone") => false,
+        Some("PreferSameNode") => true,
+        _ => return None,
+    };
+    if !ready {
+        return None;
+    }
+    let mut hints = serde_json::Map::new();
+    if let Some(zone) = &pod.zone {
+        hints.insert("forZones".into(), json!([{"name": zone}]));
+    }
+    // A scheduled Pod always has a node name.
+    if node_hints && !pod.node.is_empty() {
+        hints.insert("forNodes".into(), json!([{"name": pod.node}]));
+    }
+    (!hints.is_empty()).then_some(Value::Object(hints))
 }
 
 /// The EndpointSlices the controller keeps for `service` (whose uid is
@@ -274,6 +300,41 @@ mod tests {
         assert_eq!(endpoint(&svc, &pod(1))["hints"], json!({"forZones": [{"name": "zone-a"}]}));
         assert!(endpoint(&svc, &pod(1).terminating()).get("hints").is_none());
         assert!(endpoint(&web(), &pod(1)).get("hints").is_none());
+    }
+
+    #[test]
+    fn prefer_same_zone_hints_as_prefer_close() {
+        let svc = web().traffic_distribution("PreferSameZone");
+        assert_eq!(endpoint(&svc, &pod(1))["hints"], json!({"forZones": [{"name": "zone-a"}]}));
+        assert!(endpoint(&svc, &pod(1).not_ready()).get("hints").is_none());
+    }
+
+    #[test]
+    fn prefer_same_node_hints_ready_endpoints_to_their_node_and_zone() {
+        let svc = web().traffic_distribution("PreferSameNode");
+        assert_eq!(
+            endpoint(&svc, &pod(1))["hints"],
+            json!({"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "node-1"}]})
+        );
+        assert!(endpoint(&svc, &pod(1).terminating()).get("hints").is_none());
+        assert!(endpoint(&svc, &pod(1).not_ready()).get("hints").is_none());
+    }
+
+    #[test]
+    fn an_endpoint_without_a_zone_gets_only_what_it_can_be_hinted_to() {
+        let zoneless = Pod::new("pod9", Ipv4Addr::new(10, 244, 1, 9), "node-1", None);
+        let same_node = web().traffic_distribution("PreferSameNode");
+        assert_eq!(endpoint(&same_node, &zoneless)["hints"], json!({"forNodes": [{"name": "node-1"}]}));
+        for distribution in ["PreferClose", "PreferSameZone"] {
+            let svc = web().traffic_distribution(distribution);
+            assert!(endpoint(&svc, &zoneless).get("hints").is_none(), "{distribution}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_distribution_gives_no_hints() {
+        let svc = web().traffic_distribution("PreferSomewhereElse");
+        assert!(endpoint(&svc, &pod(1)).get("hints").is_none());
     }
 
     #[test]
