@@ -43,7 +43,7 @@ impl FrontendStatsV4 {
     }
 
     /// Sums the CPUs' values.
-    pub fn add(self, other: Self) -> Self {
+    pub fn plus(self, other: Self) -> Self {
         Self {
             new_flows: self.new_flows.wrapping_add(other.new_flows),
             rejected: self.rejected.wrapping_add(other.rejected),

@@ -386,7 +386,7 @@ pub fn frontend_stats(pin_dir: &Path) -> anyhow::Result<BTreeMap<u32, FrontendSt
     let mut out = BTreeMap::new();
     for entry in map.iter() {
         let (id, per_cpu) = entry.context("reading per-frontend counters")?;
-        out.insert(id, per_cpu.iter().fold(FrontendStatsV4::default(), |sum, cpu| sum.add(*cpu)));
+        out.insert(id, per_cpu.iter().fold(FrontendStatsV4::default(), |sum, cpu| sum.plus(*cpu)));
     }
     Ok(out)
 }
