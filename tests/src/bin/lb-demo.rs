@@ -88,6 +88,8 @@ fn main() -> anyhow::Result<()> {
     for line in String::from_utf8_lossy(&out.stdout).lines().take(5) {
         println!("{line}");
     }
+    heading("Each frontend's new and refused flows (lbctl services)");
+    lbctl(&cluster, "services")?;
     heading("Packet counters (lbctl stats)");
     lbctl(&cluster, "stats")?;
 
