@@ -853,20 +853,10 @@ fn eventually_asked(client: &probe::FixedPortUdpClient, pod: &str) {
 /// client's one flow moves to the new pod.
 #[test]
 fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_node_port_service() {
-    let mut c = cluster(&[1, 2]);
-    c.serve_udp_echo(2, 1, 80).unwrap();
     let svc = Service::cluster_ip("svc-udp-nodeport", vip(44))
         .with_type(ServiceType::NodePort)
         .port(ServicePort::udp(80, 80).named("udp").node_port(30095));
-    let client = probe::FixedPortUdpClient::bind(c.pod_netns(1, 1), 12345, at(node_ip(2), 30095)).unwrap();
-    c.apply(&svc, &[c.pod(2, 1)]);
-    eventually_asked(&client, "n2p1");
-
-    c.serve_udp_echo(2, 2, 80).unwrap();
-    c.apply(&svc, &pods(&c, &[(2, 1), (2, 2)]));
-    c.stop_pod(2, 1);
-    c.apply(&svc, &[c.pod(2, 2)]);
-    eventually_asked(&client, "n2p2");
+    check_udp_flow_follows_a_cycled_pod(&svc, at(node_ip(2), 30095));
 }
 
 /// "[sig-network] Conntrack should be able to preserve UDP traffic when
@@ -917,17 +907,24 @@ fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_cluster_i
 /// clears the stale conntrack entries).
 #[test]
 fn should_be_able_to_preserve_udp_traffic_when_server_pod_cycles_for_a_cluster_ip_service() {
+    let svc = Service::cluster_ip("svc-udp", vip(42)).port(ServicePort::udp(80, 80).named("udp"));
+    check_udp_flow_follows_a_cycled_pod(&svc, at(vip(42), 80));
+}
+
+/// conntrack.go's pod-cycling cases: a client on node 1 sending to
+/// `target` from one fixed source port is answered by the pod on node 2,
+/// then, once that pod is replaced, by its replacement.
+fn check_udp_flow_follows_a_cycled_pod(svc: &Service, target: SocketAddr) {
     let mut c = cluster(&[1, 2]);
     c.serve_udp_echo(2, 1, 80).unwrap();
-    let svc = Service::cluster_ip("svc-udp", vip(42)).port(ServicePort::udp(80, 80).named("udp"));
-    let client = probe::FixedPortUdpClient::bind(c.pod_netns(1, 1), 12345, at(vip(42), 80)).unwrap();
-    c.apply(&svc, &[c.pod(2, 1)]);
+    let client = probe::FixedPortUdpClient::bind(c.pod_netns(1, 1), 12345, target).unwrap();
+    c.apply(svc, &[c.pod(2, 1)]);
     eventually_asked(&client, "n2p1");
 
     c.serve_udp_echo(2, 2, 80).unwrap();
-    c.apply(&svc, &pods(&c, &[(2, 1), (2, 2)]));
+    c.apply(svc, &pods(&c, &[(2, 1), (2, 2)]));
     c.stop_pod(2, 1);
-    c.apply(&svc, &[c.pod(2, 2)]);
+    c.apply(svc, &[c.pod(2, 2)]);
     eventually_asked(&client, "n2p2");
 }
 
