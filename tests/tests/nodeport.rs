@@ -117,13 +117,14 @@ fn who_and_from(cluster: &Cluster, target: SocketAddr) -> (String, Ipv4Addr) {
     (name, seen.parse().unwrap_or_else(|_| panic!("an address, got {seen:?}")))
 }
 
-#[test]
-fn node_port_answers_on_every_node_from_pods_on_both_nodes_with_snat_only_off_node() {
-    let (cluster, _servers) = cluster();
+/// `connections` connections to the web NodePort through each node: both
+/// pods answer through both nodes, and a pod sees the node's address
+/// exactly when it runs on the other node (SNAT), else the client's.
+fn node_port_serves_both_pods_with_snat_only_off_node(cluster: &Cluster, connections: usize) {
     for node in [1, 2] {
         let mut answered = BTreeSet::new();
-        for _ in 0..30 {
-            let (pod, seen) = who_and_from(&cluster, at(node, WEB_NODE_PORT));
+        for _ in 0..connections {
+            let (pod, seen) = who_and_from(cluster, at(node, WEB_NODE_PORT));
             let pod_node: usize = if pod.starts_with("n1") { 1 } else { 2 };
             let expected = if pod_node == node { CLIENT_IP } else { node_ip(node) };
             assert_eq!(
@@ -136,6 +137,12 @@ fn node_port_answers_on_every_node_from_pods_on_both_nodes_with_snat_only_off_no
     }
 }
 
+#[test]
+fn node_port_answers_on_every_node_from_pods_on_both_nodes_with_snat_only_off_node() {
+    let (cluster, _servers) = cluster();
+    node_port_serves_both_pods_with_snat_only_off_node(&cluster, 30);
+}
+
 /// With `--forward-through-stack`, translated packets go through the
 /// node's forward path, except those it would drop as martians: NodePort
 /// replies (source: the node's address) and SNATed requests. NodePorts
@@ -143,17 +150,7 @@ fn node_port_answers_on_every_node_from_pods_on_both_nodes_with_snat_only_off_no
 #[test]
 fn node_port_answers_when_forwarding_through_the_stack() {
     let (cluster, _servers) = cluster_with(&["--forward-through-stack"]);
-    for node in [1, 2] {
-        let mut answered = BTreeSet::new();
-        for _ in 0..12 {
-            let (pod, seen) = who_and_from(&cluster, at(node, WEB_NODE_PORT));
-            let pod_node: usize = if pod.starts_with("n1") { 1 } else { 2 };
-            let expected = if pod_node == node { CLIENT_IP } else { node_ip(node) };
-            assert_eq!(seen, expected, "via node {node}, {pod} saw {seen}");
-            answered.insert(pod);
-        }
-        assert_eq!(answered, BTreeSet::from(["n1p1".to_owned(), "n2p1".to_owned()]), "via node {node}");
-    }
+    node_port_serves_both_pods_with_snat_only_off_node(&cluster, 12);
     let (answer, from) =
         servers::udp_exchange(&cluster.client, at(1, DNS_NODE_PORT), b"ping").expect("UDP through the NodePort");
     assert_eq!((answer.as_str(), from), ("n2p1: ping", at(1, DNS_NODE_PORT)));
