@@ -31,14 +31,19 @@ pub enum FrontendEvent {
 }
 
 impl FrontendStatsV4 {
-    /// A value with one event counted, for a frontend's first.
-    pub const fn first(event: FrontendEvent) -> Self {
-        let mut stats = Self { new_flows: 0, rejected: 0, dropped: 0 };
+    /// The counter `event` moves.
+    pub fn counter_mut(&mut self, event: FrontendEvent) -> &mut u64 {
         match event {
-            FrontendEvent::NewFlow => stats.new_flows = 1,
-            FrontendEvent::Rejected => stats.rejected = 1,
-            FrontendEvent::Dropped => stats.dropped = 1,
+            FrontendEvent::NewFlow => &mut self.new_flows,
+            FrontendEvent::Rejected => &mut self.rejected,
+            FrontendEvent::Dropped => &mut self.dropped,
         }
+    }
+
+    /// A value with one event counted, for a frontend's first.
+    pub fn first(event: FrontendEvent) -> Self {
+        let mut stats = Self::default();
+        *stats.counter_mut(event) = 1;
         stats
     }
 

@@ -14,12 +14,7 @@ pub fn count(frontend_id: u32, event: FrontendEvent) {
     if let Some(stats) = LB4_FE_STATS.get_ptr_mut(frontend_id) {
         // SAFETY: this CPU's value of the entry; BPF programs do not
         // preempt each other on one CPU.
-        let stats = unsafe { &mut *stats };
-        match event {
-            FrontendEvent::NewFlow => stats.new_flows += 1,
-            FrontendEvent::Rejected => stats.rejected += 1,
-            FrontendEvent::Dropped => stats.dropped += 1,
-        }
+        *unsafe { &mut *stats }.counter_mut(event) += 1;
         return;
     }
     // Another CPU may create the entry first: then this event is lost,

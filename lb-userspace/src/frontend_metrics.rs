@@ -41,7 +41,7 @@ impl FrontendDirectory {
     pub fn synced(&self, labels: &FrontendLabels, full: bool) {
         let table = {
             let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-            if current.0 != labels.generation() || current.1.is_empty() {
+            if current.0 != labels.generation() {
                 *current = (labels.generation(), labels.snapshot());
             }
             current.1.clone()

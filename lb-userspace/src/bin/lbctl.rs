@@ -253,6 +253,7 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
                     }
                 })
                 .collect();
+            let flows = counted.get(&value.frontend_id).copied().unwrap_or_default();
             Frontend {
                 address: Ipv4Addr::from(key.address),
                 port: key.port,
@@ -264,9 +265,9 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
                 id: value.frontend_id,
                 empty_action,
                 affinity_timeout_s: (value.affinity_timeout_s > 0).then_some(value.affinity_timeout_s),
-                new_flows: counted.get(&value.frontend_id).map_or(0, |c| c.new_flows),
-                rejected: counted.get(&value.frontend_id).map_or(0, |c| c.rejected),
-                dropped: counted.get(&value.frontend_id).map_or(0, |c| c.dropped),
+                new_flows: flows.new_flows,
+                rejected: flows.rejected,
+                dropped: flows.dropped,
                 backends,
             }
         })
