@@ -496,9 +496,6 @@ fn health_check_addresses(args: &Args, node_addresses: &[std::net::IpAddr]) -> H
     if args.nodeport_addresses.is_empty() {
         HealthCheckAddresses::Any
     } else {
-        if node_addresses.is_empty() {
-            warn!("--nodeport-addresses selects no address: Services' health check ports listen nowhere");
-        }
         HealthCheckAddresses::Node(node_addresses.to_vec())
     }
 }

@@ -73,12 +73,9 @@ struct State {
 /// The running health check servers.
 #[derive(Debug)]
 pub struct ServiceHealthServers {
-    /// Where each port listens: 0.0.0.0, or the addresses
-    /// `--nodeport-addresses` selects (kube-proxy's rule), which follow the
-    /// node's addresses as they change (`set_addresses`).
-    addresses: Mutex<Vec<IpAddr>>,
-    /// Whether `addresses` are the node's (follow them) or 0.0.0.0.
-    follows_node: bool,
+    /// Where each port listens; the node's addresses follow it as they
+    /// change (`node_addresses_changed`).
+    addresses: Mutex<HealthCheckAddresses>,
     proxy_health: Arc<ProxyHealth>,
     metrics: Arc<SyncMetrics>,
     state: Mutex<State>,
@@ -95,11 +92,10 @@ pub enum HealthCheckAddresses {
 
 impl ServiceHealthServers {
     pub fn new(addresses: HealthCheckAddresses, proxy_health: Arc<ProxyHealth>, metrics: Arc<SyncMetrics>) -> Self {
-        let (addresses, follows_node) = match addresses {
-            HealthCheckAddresses::Any => (vec![IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)], false),
-            HealthCheckAddresses::Node(addresses) => (addresses, true),
-        };
-        Self { addresses: Mutex::new(addresses), follows_node, proxy_health, metrics, state: Mutex::default() }
+        if addresses == HealthCheckAddresses::Node(Vec::new()) {
+            warn_listening_nowhere();
+        }
+        Self { addresses: Mutex::new(addresses), proxy_health, metrics, state: Mutex::default() }
     }
 
     /// The node's selected addresses changed. Listening on the node's
@@ -107,18 +103,18 @@ impl ServiceHealthServers {
     /// by the next `reconcile` (which the sync the change triggers runs).
     /// No-op on 0.0.0.0, or when they are the same.
     pub fn node_addresses_changed(&self, addresses: &[IpAddr]) {
-        if !self.follows_node {
+        let mut guard = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        let HealthCheckAddresses::Node(current) = &mut *guard else {
             return;
-        }
-        let mut current = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        };
         if *current == addresses {
             return;
         }
         if addresses.is_empty() {
-            warn!("--nodeport-addresses selects no address now: Services' health check ports listen nowhere");
+            warn_listening_nowhere();
         }
         *current = addresses.to_vec();
-        drop(current);
+        drop(guard);
         let mut state = self.state();
         info!(ports = state.open.len(), "node addresses changed: reopening health checks on the new ones");
         state.open.clear();
@@ -181,7 +177,10 @@ impl ServiceHealthServers {
     /// Listens on every address, or on none: a port open on only some
     /// addresses would pass some probes and not others.
     fn open(&self, port: u16, listener: Listener) -> Result<Open, String> {
-        let addresses = self.addresses.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let addresses = match &*self.addresses.lock().unwrap_or_else(PoisonError::into_inner) {
+            HealthCheckAddresses::Any => vec![IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)],
+            HealthCheckAddresses::Node(addresses) => addresses.clone(),
+        };
         let mut sockets = Vec::with_capacity(addresses.len());
         for address in addresses {
             let addr = SocketAddr::new(address, port);
@@ -205,6 +204,10 @@ impl ServiceHealthServers {
             tokio::spawn(async move { to_reply(&reply::answer(&service, local_endpoints, healthy)) })
         })
     }
+}
+
+fn warn_listening_nowhere() {
+    warn!("--nodeport-addresses selects no address: Services' health check ports listen nowhere");
 }
 
 fn to_reply(answer: &reply::Answer) -> Reply {
