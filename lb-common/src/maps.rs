@@ -126,12 +126,7 @@ pub fn layout_version(_map: &str) -> u32 {
 /// `LAYOUT`'s key for a map: its name, NUL-padded to 16 bytes.
 pub fn layout_key(map: &str) -> [u8; 16] {
     let mut key = [0u8; 16];
-    let bytes = map.as_bytes();
-    let len = if bytes.len() < 16 { bytes.len() } else { 15 };
-    let mut i = 0;
-    while i < len {
-        key[i] = bytes[i];
-        i += 1;
-    }
+    let name = &map.as_bytes()[..map.len().min(15)];
+    key[..name.len()].copy_from_slice(name);
     key
 }
