@@ -109,52 +109,37 @@ fn spawn_http(netns: &str, addr: SocketAddr, name: &str, stop: Arc<AtomicBool>) 
     }))
 }
 
-/// One HTTP server (as [`Servers::http`]) that stops on its own, as a pod
-/// does: dropping it closes its listening socket and, within 100 ms, its
-/// open connections.
+/// One server that stops on its own, as a pod's does: dropping it closes
+/// its socket (an HTTP server's open connections within 100 ms, a UDP
+/// echo server's socket within 20 ms, after which the kernel answers
+/// datagrams to it with port unreachable).
 #[derive(Debug)]
-pub struct HttpServer {
+pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl HttpServer {
-    /// Listening on `addr` in `netns` by the time it returns.
-    pub fn start(netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<Self> {
+impl Server {
+    /// An HTTP server as [`Servers::http`], listening on `addr` in `netns`
+    /// by the time it returns.
+    pub fn http(netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<Self> {
+        Self::spawn(|stop| spawn_http(netns, addr, name, stop))
+    }
+
+    /// A UDP echo server as [`Servers::udp_echo`], bound on `addr` in
+    /// `netns` by the time it returns.
+    pub fn udp_echo(netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<Self> {
+        Self::spawn(|stop| spawn_udp_echo(netns, addr, name, stop))
+    }
+
+    fn spawn(start: impl FnOnce(Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>>) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = spawn_http(netns, addr, name, stop.clone())?;
+        let thread = start(stop.clone())?;
         Ok(Self { stop, thread: Some(thread) })
     }
 }
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One UDP echo server (as [`Servers::udp_echo`]) that stops on its own,
-/// as a pod does: dropping it closes its socket within 20 ms, after which
-/// datagrams to it are answered with port unreachable by the kernel.
-#[derive(Debug)]
-pub struct UdpEchoServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpEchoServer {
-    /// Bound on `addr` in `netns` by the time it returns.
-    pub fn start(netns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = spawn_udp_echo(netns, addr, name, stop.clone())?;
-        Ok(Self { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for UdpEchoServer {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

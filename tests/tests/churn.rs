@@ -17,7 +17,7 @@ use lb_tests::{
     apiserver::ApiServer,
     load::ConnectionLoad,
     scenario::{self, HTTP_PORT, READY, TERMINATING, WEB, backend_count},
-    servers::{self, HttpServer},
+    servers::{self, Server},
     topology::{self, Topology},
 };
 use serde_json::{Value, json};
@@ -59,7 +59,7 @@ type Endpoints = Vec<(usize, [bool; 3])>;
 struct Churn<'a> {
     topology: &'a Topology,
     dice: Dice,
-    servers: BTreeMap<usize, HttpServer>,
+    servers: BTreeMap<usize, Server>,
     ready: BTreeSet<usize>,
     terminating: BTreeSet<usize>,
     /// Out of the slice, server still running: (backend, step it stops at).
@@ -115,8 +115,7 @@ impl<'a> Churn<'a> {
             }
             let joining = self.dice.pick(&idle);
             let addr = SocketAddr::from((topology::backend_ip(joining), HTTP_PORT));
-            let server =
-                HttpServer::start(&self.topology.backends[joining - 1], addr, &scenario::backend_name(joining))?;
+            let server = Server::http(&self.topology.backends[joining - 1], addr, &scenario::backend_name(joining))?;
             self.servers.insert(joining, server);
             self.ready.insert(joining);
         }

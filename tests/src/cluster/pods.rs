@@ -4,18 +4,12 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::{Cluster, pod_name};
-use crate::servers::{HttpServer, UdpEchoServer};
+use crate::servers::Server;
 
-#[derive(Debug)]
-enum Running {
-    // Held for their Drop, which stops them.
-    Http(#[allow(dead_code, reason = "held to keep the server running")] HttpServer),
-    Udp(#[allow(dead_code, reason = "held to keep the server running")] UdpEchoServer),
-}
-
+/// Each pod's servers, held for their Drop, which stops them.
 #[derive(Debug, Default)]
 pub(super) struct PodServers {
-    running: BTreeMap<(usize, usize), Vec<Running>>,
+    running: BTreeMap<(usize, usize), Vec<Server>>,
 }
 
 impl Cluster {
@@ -29,20 +23,17 @@ impl Cluster {
     /// other path with the pod's name ([`pod_name`]).
     pub fn serve_http(&mut self, node: usize, pod: usize, port: u16) -> anyhow::Result<()> {
         let server =
-            HttpServer::start(self.pod_netns(node, pod), SocketAddr::from(([0, 0, 0, 0], port)), &pod_name(node, pod))?;
-        self.servers.running.entry((node, pod)).or_default().push(Running::Http(server));
+            Server::http(self.pod_netns(node, pod), SocketAddr::from(([0, 0, 0, 0], port)), &pod_name(node, pod))?;
+        self.servers.running.entry((node, pod)).or_default().push(server);
         Ok(())
     }
 
     /// Starts a UDP echo server in a pod on `port`, answering each
     /// datagram with `<pod name>: <datagram>`.
     pub fn serve_udp_echo(&mut self, node: usize, pod: usize, port: u16) -> anyhow::Result<()> {
-        let server = UdpEchoServer::start(
-            self.pod_netns(node, pod),
-            SocketAddr::from(([0, 0, 0, 0], port)),
-            &pod_name(node, pod),
-        )?;
-        self.servers.running.entry((node, pod)).or_default().push(Running::Udp(server));
+        let server =
+            Server::udp_echo(self.pod_netns(node, pod), SocketAddr::from(([0, 0, 0, 0], port)), &pod_name(node, pod))?;
+        self.servers.running.entry((node, pod)).or_default().push(server);
         Ok(())
     }
 
