@@ -30,4 +30,18 @@ pub const FLAG_TERMINATING: u8 = 1 << 0;
 /// anyway, so the client's address is kept.
 pub const FLAG_LOCAL: u8 = 1 << 1;
 
-user_pod!(BackendV4);
+/// Value of `LB6_BACKENDS` (key: backend id, from the same id space as
+/// `LB4_BACKENDS`). `BackendV4` with a 16-byte address. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendV6 {
+    /// Network byte order.
+    pub address: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<BackendV6>() == 20);
+
+user_pod!(BackendV4, BackendV6);

@@ -126,7 +126,52 @@ pub const fn observe(flags: u16, tcp_flags: u8) -> u16 {
     flags
 }
 
-user_pod!(CtKeyV4, CtValueV4);
+/// Key of `LB6_CT`: `CtKeyV4` with 16-byte addresses. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKeyV6 {
+    /// Network byte order.
+    pub src_address: [u8; 16],
+    /// Network byte order.
+    pub dst_address: [u8; 16],
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKeyV6>() == 40);
+
+/// Value of `LB6_CT`: `CtValueV4` with 16-byte addresses, the fields
+/// meaning the same. 56 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValueV6 {
+    pub backend_id: u32,
+    pub frontend_id: u32,
+    /// Network byte order.
+    pub frontend_address: [u8; 16],
+    pub frontend_port: u16,
+    pub flags: u16,
+    pub created_s: u32,
+    pub last_seen_s: u32,
+    /// Network byte order.
+    pub nat_address: [u8; 16],
+    pub nat_port: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtValueV6>() == 56);
+
+impl CtValueV6 {
+    /// Whether this flow is source-NATed.
+    pub const fn has_snat(&self) -> bool {
+        self.nat_port != 0
+    }
+}
+
+user_pod!(CtKeyV4, CtValueV4, CtKeyV6, CtValueV6);
 
 #[cfg(test)]
 mod tests {

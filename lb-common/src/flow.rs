@@ -23,6 +23,25 @@ pub fn hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u3
     mix(h ^ u32::from(proto))
 }
 
+/// An IPv6 address folded to 32 bits (its four words XORed), so IPv6
+/// tuples hash through the same function as IPv4 ones.
+#[inline(always)]
+pub fn fold(address: [u8; 16]) -> [u8; 4] {
+    let mut folded = [0u8; 4];
+    let mut i = 0;
+    while i < 4 {
+        folded[i] = address[i] ^ address[4 + i] ^ address[8 + i] ^ address[12 + i];
+        i += 1;
+    }
+    folded
+}
+
+/// Hash of an IPv6 5-tuple: `hash` over the folded addresses.
+#[inline(always)]
+pub fn hash_v6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> u32 {
+    hash(fold(src), fold(dst), sport, dport, proto)
+}
+
 /// Hash of a client address alone: ClientIP affinity frontends balance
 /// a client's first flow by it, so every node (and every flow of the
 /// client) picks the same slot or Maglev position until the backends change.

@@ -11,6 +11,13 @@ pub const SERVICES_V4: &str = "LB4_SERVICES";
 pub const BACKENDS_V4: &str = "LB4_BACKENDS";
 /// Connection tracking (LRU): `CtKeyV4` → `CtValueV4`.
 pub const CONNTRACK_V4: &str = "LB4_CT";
+/// The IPv6 twins of the three maps above, with `ServiceKeyV6`,
+/// `BackendV6` and `CtKeyV6` / `CtValueV6`. Backend and frontend ids come
+/// from one id space for both families, so the per-frontend counters,
+/// Maglev tables and the port filter are shared.
+pub const SERVICES_V6: &str = "LB6_SERVICES";
+pub const BACKENDS_V6: &str = "LB6_BACKENDS";
+pub const CONNTRACK_V6: &str = "LB6_CT";
 /// Which ports may belong to a frontend or a backend (array, by port).
 pub const PORT_FILTER: &str = "LB_PORT_FILTER";
 /// Per-CPU packet counters, indexed by `stats::Counter`.
@@ -43,10 +50,13 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 18] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
+    SERVICES_V6,
+    BACKENDS_V6,
+    CONNTRACK_V6,
     PORT_FILTER,
     STATS,
     IDS,
@@ -76,6 +86,15 @@ pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
 /// before garbage collection removes the closed ones (a quarter of this
 /// overflowed). The agent can change it at load time (`--conntrack-max`).
 pub const CONNTRACK_V4_CAPACITY: u32 = 1 << 20;
+/// IPv6 frontends and slots, not preallocated.
+pub const SERVICES_V6_CAPACITY: u32 = 1 << 18;
+pub const BACKENDS_V6_CAPACITY: u32 = 1 << 18;
+/// IPv6 tracked flows. Preallocated like `CONNTRACK_V4_CAPACITY`, at
+/// about 150 bytes an entry with its bucket: 256 Ki entries (128 Ki
+/// flows) is ~40 MB of kernel memory, a quarter of the IPv4 table's
+/// entries, since most clusters still carry most Service traffic over
+/// IPv4. The agent can change it at load time (`--conntrack-max-v6`).
+pub const CONNTRACK_V6_CAPACITY: u32 = 1 << 18;
 /// Sockets translated by the socket-level hooks, one entry per (socket,
 /// backend). LRU: a closed socket's entry is never deleted (no hook runs
 /// at close for every socket), so the idlest entries make room. About

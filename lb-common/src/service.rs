@@ -81,11 +81,45 @@ pub const FLAG_SOURCE_RANGES: u16 = 1 << 8;
 /// short-circuit of Pod traffic does.
 pub const FLAG_SHORT_CIRCUIT: u16 = 1 << 9;
 
-user_pod!(ServiceKeyV4, ServiceValue);
+/// Key of `LB6_SERVICES`: `ServiceKeyV4` with a 16-byte address. 24 bytes.
+/// The value is the same `ServiceValue`: ids, counts and flags do not
+/// depend on the family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKeyV6 {
+    /// Network byte order.
+    pub address: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub backend_slot: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ServiceKeyV6>() == 24);
+
+user_pod!(ServiceKeyV4, ServiceKeyV6, ServiceValue);
 
 impl ServiceKeyV4 {
     /// The frontend entry (slot 0) for an address, port and protocol.
     pub const fn frontend(address: [u8; 4], port: u16, proto: u8) -> Self {
+        Self { address, port, proto, scope: SCOPE_EXTERNAL, backend_slot: 0, _pad: [0; 2] }
+    }
+
+    /// The in-cluster entry of this frontend (see `FLAG_SHORT_CIRCUIT`).
+    pub const fn in_cluster(self) -> Self {
+        Self { scope: SCOPE_INTERNAL, ..self }
+    }
+
+    /// The key of backend slot `slot` (1-based) of this frontend.
+    pub const fn slot(self, slot: u16) -> Self {
+        Self { backend_slot: slot, ..self }
+    }
+}
+
+impl ServiceKeyV6 {
+    /// The frontend entry (slot 0) for an address, port and protocol.
+    pub const fn frontend(address: [u8; 16], port: u16, proto: u8) -> Self {
         Self { address, port, proto, scope: SCOPE_EXTERNAL, backend_slot: 0, _pad: [0; 2] }
     }
 

@@ -24,7 +24,7 @@ pub enum Counter {
     /// Protocol the datapath does not balance (SCTP for now, ...), or an ICMP
     /// message that is not an error it translates (echo, ...): passed.
     PassOtherProtocol,
-    /// Not IPv4 (ARP, IPv6 for now, ...): passed.
+    /// Neither IPv4 nor IPv6 (ARP, VLAN-tagged, ...): passed.
     PassOtherEthertype,
     /// Header shorter than its fields claim: dropped if addressed to a
     /// frontend would be guesswork, so passed untouched for the kernel to judge.
@@ -102,11 +102,20 @@ pub enum Counter {
     /// (older than the timeout, or naming a backend this frontend no longer
     /// chooses): balanced afresh, and the new choice recorded.
     AffinityStale,
+    /// IPv6 packet whose L4 header was not found within the extension
+    /// headers walked (hop-by-hop, routing, destination options, at most
+    /// `parse::IPV6_EXT_HEADERS_MAX` of them), or behind one not walked
+    /// (AH, ESP, ...): passed untouched, never NATed.
+    PassExtensionHeaders,
+    /// New IPv6 flow that needs what the IPv6 path does not do yet
+    /// (source NAT, `loadBalancerSourceRanges`): dropped, so such a
+    /// frontend is never served without its rules.
+    DropV6Unsupported,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 33] = [
+    pub const ALL: [Counter; 35] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -140,6 +149,8 @@ impl Counter {
         Counter::AffinityHit,
         Counter::AffinityMiss,
         Counter::AffinityStale,
+        Counter::PassExtensionHeaders,
+        Counter::DropV6Unsupported,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -178,6 +189,8 @@ impl Counter {
             Counter::AffinityHit => "affinity_hit",
             Counter::AffinityMiss => "affinity_miss",
             Counter::AffinityStale => "affinity_stale",
+            Counter::PassExtensionHeaders => "pass_extension_headers",
+            Counter::DropV6Unsupported => "drop_v6_unsupported",
         }
     }
 }

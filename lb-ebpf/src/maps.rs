@@ -9,17 +9,18 @@ use aya_ebpf::{
 };
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
-    backend::BackendV4,
+    backend::{BackendV4, BackendV6},
     config::DatapathConfig,
-    conntrack::{CtKeyV4, CtValueV4},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
     ids, maglev,
     maps::{
-        AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, CONNTRACK_V4_CAPACITY,
-        FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY, POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY,
-        SERVICES_V4_CAPACITY, SOCK_REV_V4_CAPACITY, SOURCE_RANGES_V4_CAPACITY,
+        AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, BACKENDS_V6_CAPACITY,
+        CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY,
+        POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY,
+        SOURCE_RANGES_V4_CAPACITY,
     },
-    service::{ServiceKeyV4, ServiceValue},
+    service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
     stats::COUNTERS,
 };
@@ -39,6 +40,19 @@ pub static LB4_BACKENDS: HashMap<u32, BackendV4, { BACKENDS_V4_CAPACITY as usize
 /// the idlest flow instead of refusing new ones.
 #[btf_map]
 pub static LB4_CT: LruHashMap<CtKeyV4, CtValueV4, { CONNTRACK_V4_CAPACITY as usize }> = LruHashMap::new();
+
+/// The IPv6 twins of the three maps above. Frontend and backend ids come
+/// from the same id space as IPv4's, so the port filter, the per-frontend
+/// counters and Maglev tables are shared.
+#[btf_map]
+pub static LB6_SERVICES: HashMap<ServiceKeyV6, ServiceValue, { SERVICES_V6_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB6_BACKENDS: HashMap<u32, BackendV6, { BACKENDS_V6_CAPACITY as usize }, NO_PREALLOC> = HashMap::new();
+
+#[btf_map]
+pub static LB6_CT: LruHashMap<CtKeyV6, CtValueV6, { CONNTRACK_V6_CAPACITY as usize }> = LruHashMap::new();
 
 /// `lb_common::port_filter` bits by port number.
 #[btf_map]

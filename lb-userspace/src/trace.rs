@@ -152,6 +152,7 @@ fn pinned_capacities(pin_dir: &Path) -> anyhow::Result<loader::Capacities> {
         services: max(names::SERVICES_V4)?,
         backends: max(names::BACKENDS_V4)?,
         conntrack: max(names::CONNTRACK_V4)?,
+        conntrack_v6: max(names::CONNTRACK_V6)?,
         maglev: max(names::MAGLEV_V4)?,
         affinity: max(names::AFFINITY_V4)?,
     })

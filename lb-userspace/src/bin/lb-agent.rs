@@ -144,6 +144,10 @@ struct Args {
     /// flows; the agent warns above 90%.
     #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V4_CAPACITY)]
     conntrack_max: u32,
+    /// IPv6 conntrack table size in entries (two per flow). Preallocated:
+    /// about 150 bytes of kernel memory an entry (40 MB for the default).
+    #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V6_CAPACITY)]
+    conntrack_max_v6: u32,
     /// How often conntrack is swept for flows past their timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     conntrack_gc_interval: Duration,
@@ -294,6 +298,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         services: args.services_max,
         backends: args.backends_max,
         conntrack: args.conntrack_max,
+        conntrack_v6: args.conntrack_max_v6,
         maglev: args.maglev_max,
         affinity: args.affinity_max,
     };

@@ -21,12 +21,12 @@ use std::{
 use aya::maps::{MapData, MapType};
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
-    backend::BackendV4,
-    conntrack::{CtKeyV4, CtValueV4},
+    backend::{BackendV4, BackendV6},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
     ids, maps as names,
     pod_cidrs::PodCidrKeyV4,
-    service::{ServiceKeyV4, ServiceValue},
+    service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
     source_ranges::SourceRangeKeyV4,
     stats,
@@ -89,6 +89,17 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         }
         names::CONNTRACK_V4 => (
             layout(MapType::LruHash, size::<CtKeyV4>(), size::<CtValueV4>(), capacities.conntrack),
+            OnMismatch::RecreateLosingFlows,
+        ),
+        names::SERVICES_V6 => (
+            layout(MapType::Hash, size::<ServiceKeyV6>(), size::<ServiceValue>(), capacities.services),
+            OnMismatch::Recreate,
+        ),
+        names::BACKENDS_V6 => {
+            (layout(MapType::Hash, size::<u32>(), size::<BackendV6>(), capacities.backends), OnMismatch::Recreate)
+        }
+        names::CONNTRACK_V6 => (
+            layout(MapType::LruHash, size::<CtKeyV6>(), size::<CtValueV6>(), capacities.conntrack_v6),
             OnMismatch::RecreateLosingFlows,
         ),
         names::SOURCE_RANGES_V4 => (

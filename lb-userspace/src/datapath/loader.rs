@@ -33,6 +33,7 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub conntrack: u32,
+    pub conntrack_v6: u32,
     pub maglev: u32,
     pub affinity: u32,
 }
@@ -43,6 +44,7 @@ impl Default for Capacities {
             services: names::SERVICES_V4_CAPACITY,
             backends: names::BACKENDS_V4_CAPACITY,
             conntrack: names::CONNTRACK_V4_CAPACITY,
+            conntrack_v6: names::CONNTRACK_V6_CAPACITY,
             maglev: names::MAGLEV_V4_CAPACITY,
             affinity: names::AFFINITY_V4_CAPACITY,
         }
@@ -62,6 +64,9 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         .map_max_entries(names::SERVICES_V4, capacities.services)
         .map_max_entries(names::BACKENDS_V4, capacities.backends)
         .map_max_entries(names::CONNTRACK_V4, capacities.conntrack)
+        .map_max_entries(names::SERVICES_V6, capacities.services)
+        .map_max_entries(names::BACKENDS_V6, capacities.backends)
+        .map_max_entries(names::CONNTRACK_V6, capacities.conntrack_v6)
         .map_max_entries(names::MAGLEV_V4, capacities.maglev)
         .map_max_entries(names::AFFINITY_V4, capacities.affinity);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
