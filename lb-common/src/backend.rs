@@ -31,8 +31,9 @@ pub const FLAG_TERMINATING: u8 = 1 << 0;
 pub const FLAG_LOCAL: u8 = 1 << 1;
 
 /// Value of `LB6_BACKENDS` (key: backend id, from the same id space as
-/// `LB4_BACKENDS`). `BackendV4` with a 16-byte address. 20 bytes.
-#[repr(C)]
+/// `LB4_BACKENDS`). `BackendV4` with a 16-byte address. 20 bytes, 4-byte
+/// aligned (see `ServiceKeyV6`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendV6 {
     /// Network byte order.

@@ -126,8 +126,9 @@ pub const fn observe(flags: u16, tcp_flags: u8) -> u16 {
     flags
 }
 
-/// Key of `LB6_CT`: `CtKeyV4` with 16-byte addresses. 40 bytes.
-#[repr(C)]
+/// Key of `LB6_CT`: `CtKeyV4` with 16-byte addresses. 40 bytes, 8-byte
+/// aligned (see `ServiceKeyV6`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKeyV6 {
     /// Network byte order.
@@ -145,8 +146,8 @@ pub struct CtKeyV6 {
 const _: () = assert!(size_of::<CtKeyV6>() == 40);
 
 /// Value of `LB6_CT`: `CtValueV4` with 16-byte addresses, the fields
-/// meaning the same. 56 bytes.
-#[repr(C)]
+/// meaning the same. 56 bytes, 8-byte aligned (see `ServiceKeyV6`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValueV6 {
     pub backend_id: u32,

@@ -36,6 +36,16 @@ pub fn fold(address: [u8; 16]) -> [u8; 4] {
     folded
 }
 
+/// `fold` of an address held as a `u128` of its bytes in memory order
+/// (`u128::from_ne_bytes`), as the datapath holds IPv6 addresses: the
+/// same four bytes on a little-endian machine (BPF's `bpfel` and the
+/// agent's hosts), where the low 32 bits are the first four bytes.
+#[inline(always)]
+pub fn fold_u128(address: u128) -> [u8; 4] {
+    let halves = address ^ (address >> 64);
+    ((halves ^ (halves >> 32)) as u32).to_ne_bytes()
+}
+
 /// Hash of an IPv6 5-tuple: `hash` over the folded addresses.
 #[inline(always)]
 pub fn hash_v6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> u32 {
@@ -55,4 +65,16 @@ pub fn client(src: [u8; 4]) -> u32 {
 #[inline(always)]
 pub fn socket(cookie: u64) -> u32 {
     mix(mix(cookie as u32 ^ 0x9e37_79b9) ^ (cookie >> 32) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_an_address_as_bytes_or_as_a_u128_gives_the_same_bytes() {
+        let address = [0xfd, 0, 0, 0, 0, 0, 0, 0x01, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+        assert_eq!(fold(address), fold_u128(u128::from_ne_bytes(address)));
+        assert_ne!(fold(address), [0; 4]);
+    }
 }

@@ -21,6 +21,7 @@ use lb_common::{
 };
 
 use crate::{
+    family::V4,
     maps::{LB4_AFF_MEMBERS, LB4_AFFINITY},
     select, service, stats,
 };
@@ -38,8 +39,8 @@ pub fn choose(frontend: ServiceKeyV4, svc: &ServiceValue, client: [u8; 4], flow_
         Followed::Miss => flow::client(client),
         Followed::Stale => flow_hash,
     };
-    let id = select::backend_id_for(hash, frontend, svc)?;
-    Some(record(key, (id, service::lookup_backend(id)?), now_s))
+    let id = select::backend_id_for::<V4>(hash, frontend, svc)?;
+    Some(record(key, (id, service::lookup_backend::<V4>(id)?), now_s))
 }
 
 /// Records `chosen` as the client's backend, used now.
@@ -72,7 +73,7 @@ fn follow(key: &AffinityKeyV4, svc: &ServiceValue, now_s: u32) -> Followed {
         return Followed::Miss;
     };
     let valid = entry.is_fresh(now_s, svc.affinity_timeout_s) && is_member(svc.frontend_id, entry.backend_id);
-    let backend = if valid { service::lookup_backend(entry.backend_id) } else { None };
+    let backend = if valid { service::lookup_backend::<V4>(entry.backend_id) } else { None };
     match backend {
         Some(backend) => {
             stats::count(Counter::AffinityHit);

@@ -11,18 +11,16 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
 };
 use lb_common::{
-    backend::BackendV4,
-    conntrack::{self as ct, CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY, FLAG_RST},
-    service::{ServiceKeyV4, ServiceValue},
+    conntrack::{self as ct, DIR_ORIGINAL, DIR_REPLY, FLAG_RST},
+    service::ServiceValue,
     stats::Counter,
 };
 
-use crate::{maps::LB4_CT, parse::PacketV4, verdict::PathResult};
-
-#[inline(always)]
-fn key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, direction: u8) -> CtKeyV4 {
-    CtKeyV4 { src_address: src, dst_address: dst, src_port: sport, dst_port: dport, proto, direction, _pad: [0; 2] }
-}
+use crate::{
+    family::{Backend, CtEntry, Family, ServiceKey},
+    parse::Packet,
+    verdict::PathResult,
+};
 
 /// Seconds of the kernel's coarse monotonic clock, the conntrack clock.
 #[inline(always)]
@@ -37,108 +35,117 @@ fn now_s() -> u32 {
 /// once may lose one's new bit; a lost bit only keeps the flow under a
 /// longer timeout.
 #[inline(always)]
-fn lookup_and_record(k: &CtKeyV4, pkt: &PacketV4) -> Option<CtValueV4> {
-    let entry = LB4_CT.get_ptr_mut(k)?;
+fn lookup_and_record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<F::CtValue> {
+    record(k, pkt).map(|entry| *entry)
+}
+
+/// `lookup_and_record`, leaving the entry in the map: what the IPv6
+/// paths use, whose 56-byte entries would otherwise be copied onto a
+/// stack they share with 16-byte addresses.
+#[inline(always)]
+fn record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<&'static mut F::CtValue> {
+    let entry = F::ct_entry(k)?;
     // SAFETY: a value of the map, valid for this run of the program.
     let entry = unsafe { &mut *entry };
     let now = now_s();
-    if entry.last_seen_s != now {
-        entry.last_seen_s = now;
+    if *entry.last_seen_mut() != now {
+        *entry.last_seen_mut() = now;
     }
-    let flags = ct::observe(entry.flags, pkt.tcp_flags);
-    if entry.flags != flags {
-        entry.flags = flags;
+    let flags = ct::observe(entry.flags(), pkt.tcp_flags);
+    if entry.flags() != flags {
+        *entry.flags_mut() = flags;
     }
-    Some(*entry)
+    Some(entry)
 }
 
 /// The tracked original-direction entry for a client → frontend packet.
 #[inline(always)]
-pub fn lookup_original(pkt: &PacketV4) -> Option<CtValueV4> {
-    lookup_and_record(&key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL), pkt)
+pub fn lookup_original<F: Family>(pkt: &Packet<F>) -> Option<F::CtValue> {
+    lookup_and_record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL), pkt)
 }
 
 /// The tracked reply-direction entry for a backend → client packet.
 #[inline(always)]
-pub fn lookup_reply(pkt: &PacketV4) -> Option<CtValueV4> {
-    lookup_and_record(&key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt)
+pub fn lookup_reply<F: Family>(pkt: &Packet<F>) -> Option<F::CtValue> {
+    lookup_and_record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt)
+}
+
+/// `lookup_original`, the entry left in the map (see `record`).
+#[inline(always)]
+pub fn original_in_map<F: Family>(pkt: &Packet<F>) -> Option<&'static F::CtValue> {
+    record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL), pkt).map(|e| &*e)
+}
+
+/// `lookup_reply`, the entry left in the map (see `record`).
+#[inline(always)]
+pub fn reply_in_map<F: Family>(pkt: &Packet<F>) -> Option<&'static F::CtValue> {
+    record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt).map(|e| &*e)
 }
 
 /// Marks the entry at `k` reset, if it exists.
 #[inline(always)]
-fn mark_rst(k: &CtKeyV4) {
-    if let Some(entry) = LB4_CT.get_ptr_mut(k) {
+fn mark_rst<F: Family>(k: &F::CtKey) {
+    if let Some(entry) = F::ct_entry(k) {
         // SAFETY: a value of the map, valid for this run of the program.
-        unsafe { (*entry).flags |= FLAG_RST };
+        unsafe { *(*entry).flags_mut() |= FLAG_RST };
     }
 }
 
 /// An RST from the client closes the flow both ways: its reply entry is
 /// marked too (rare, so the extra lookup is fine). No-op for other packets.
 #[inline(always)]
-pub fn on_rst_mark_reply(pkt: &PacketV4, backend: &BackendV4, entry: &CtValueV4) {
+pub fn on_rst_mark_reply<F: Family>(pkt: &Packet<F>, backend: &F::Backend, entry: &F::CtValue) {
     if pkt.tcp_flags & ct::TCP_RST == 0 {
         return;
     }
-    let (client, client_port) =
-        if entry.has_snat() { (entry.nat_address, entry.nat_port) } else { (pkt.src, pkt.sport) };
-    mark_rst(&key(backend.address, client, backend.port, client_port, pkt.proto, DIR_REPLY));
+    let (nat_address, nat_port) = entry.nat();
+    let (client, client_port) = if nat_port != 0 { (nat_address, nat_port) } else { (pkt.src, pkt.sport) };
+    mark_rst::<F>(&F::ct_key(backend.address(), client, backend.port(), client_port, pkt.proto, DIR_REPLY));
 }
 
 /// An RST from the backend: marks the flow's original entry too. No-op
 /// for other packets.
 #[inline(always)]
-pub fn on_rst_mark_original(pkt: &PacketV4, entry: &CtValueV4) {
+pub fn on_rst_mark_original<F: Family>(pkt: &Packet<F>, entry: &F::CtValue) {
     if pkt.tcp_flags & ct::TCP_RST == 0 {
         return;
     }
-    let (client, client_port) =
-        if entry.has_snat() { (entry.nat_address, entry.nat_port) } else { (pkt.dst, pkt.dport) };
-    let k = key(client, entry.frontend_address, client_port, entry.frontend_port, pkt.proto, DIR_ORIGINAL);
-    mark_rst(&k);
+    let (nat_address, nat_port) = entry.nat();
+    let (client, client_port) = if nat_port != 0 { (nat_address, nat_port) } else { (pkt.dst, pkt.dport) };
+    let (frontend, frontend_port) = entry.frontend();
+    mark_rst::<F>(&F::ct_key(client, frontend, client_port, frontend_port, pkt.proto, DIR_ORIGINAL));
 }
 
 /// The value both entries of a new flow start from: seen now, in the
 /// state the opening packet gives.
 #[inline(always)]
-pub fn new_value(frontend: &ServiceKeyV4, service: &ServiceValue, backend_id: u32) -> CtValueV4 {
-    let now_s = now_s();
-    CtValueV4 {
-        backend_id,
-        frontend_id: service.frontend_id,
-        frontend_address: frontend.address,
-        frontend_port: frontend.port,
-        flags: 0,
-        created_s: now_s,
-        last_seen_s: now_s,
-        nat_address: [0; 4],
-        nat_port: 0,
-        _pad: [0; 2],
-    }
+pub fn new_value<F: Family>(frontend: &F::ServiceKey, service: &ServiceValue, backend_id: u32) -> F::CtValue {
+    F::CtValue::new(backend_id, service.frontend_id, (frontend.address(), frontend.port()), now_s())
 }
 
 /// Claims the reply entry of an SNATed flow: replies come from `backend`
 /// to (`address`, `port`). Fails when that tuple belongs to another flow,
 /// so two flows never share a reply tuple.
 #[inline(always)]
-pub fn claim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &CtValueV4) -> bool {
-    let k = key(backend.address, address, backend.port, port, backend.proto, DIR_REPLY);
-    LB4_CT.insert(k, *value, u64::from(BPF_NOEXIST)).is_ok()
+pub fn claim_reply<F: Family>(backend: &F::Backend, address: F::Addr, port: u16, value: &F::CtValue) -> bool {
+    let k = F::ct_key(backend.address(), address, backend.port(), port, backend.proto(), DIR_REPLY);
+    F::ct_insert(&k, value, u64::from(BPF_NOEXIST)).is_ok()
 }
 
 /// Re-claims the reply entry an SNATed flow had before (a retransmitted
 /// SYN of the same tuple): only if it still restores this same client.
 #[inline(always)]
-pub fn reclaim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &CtValueV4) -> bool {
-    let k = key(backend.address, address, backend.port, port, backend.proto, DIR_REPLY);
-    // SAFETY: copied out at once.
-    let Some(current) = unsafe { LB4_CT.get(k) }.copied() else {
-        return claim_reply(backend, address, port, value);
+pub fn reclaim_reply<F: Family>(backend: &F::Backend, address: F::Addr, port: u16, value: &F::CtValue) -> bool {
+    let k = F::ct_key(backend.address(), address, backend.port(), port, backend.proto(), DIR_REPLY);
+    let Some(current) = F::ct_entry(&k) else {
+        return claim_reply::<F>(backend, address, port, value);
     };
-    if current.nat_address != value.nat_address || current.nat_port != value.nat_port {
+    // SAFETY: read at once, before any update of the entry.
+    let current_nat = unsafe { (*current).nat() };
+    if current_nat != value.nat() {
         return false;
     }
-    LB4_CT.insert(k, *value, u64::from(BPF_ANY)).is_ok()
+    F::ct_insert(&k, value, u64::from(BPF_ANY)).is_ok()
 }
 
 /// Records a new flow (or re-records a re-balanced one). Without SNAT the
@@ -149,40 +156,45 @@ pub fn reclaim_reply(backend: &BackendV4, address: [u8; 4], port: u16, value: &C
 /// backend's replies would look alike); the caller translates the source
 /// port instead, as the kernel's NAT does on such a clash.
 #[inline(always)]
-pub fn track(pkt: &PacketV4, backend: &BackendV4, original: &CtValueV4) -> PathResult<bool> {
-    if !original.has_snat() {
-        let reply_key = key(backend.address, pkt.src, backend.port, pkt.sport, pkt.proto, DIR_REPLY);
+pub fn track<F: Family>(pkt: &Packet<F>, backend: &F::Backend, original: &F::CtValue) -> PathResult<bool> {
+    if original.nat().1 == 0 {
+        let reply_key = F::ct_key(backend.address(), pkt.src, backend.port(), pkt.sport, pkt.proto, DIR_REPLY);
         // Reply entry first: once the original entry exists, later packets
         // are NATed and their replies must already be recognised. A new
         // tuple takes one insert; only a tuple already tracked (a
         // re-balanced flow, or another frontend's) is looked at.
-        if LB4_CT.insert(reply_key, *original, u64::from(BPF_NOEXIST)).is_err() {
-            // Fields are read through the reference, not a copied-out
+        if F::ct_insert(&reply_key, original, u64::from(BPF_NOEXIST)).is_err() {
+            // Fields are read through the pointer, not a copied-out
             // Option: the None case of a copy leaves registers the
             // verifier rejects.
-            // SAFETY: read at once, before any update of the entry.
-            let taken = match unsafe { LB4_CT.get(reply_key) } {
-                Some(other) => {
-                    other.frontend_address != original.frontend_address || other.frontend_port != original.frontend_port
-                }
+            let taken = match F::ct_entry(&reply_key) {
+                // SAFETY: read at once, before any update of the entry.
+                Some(other) => (unsafe { (*other).frontend() }) != original.frontend(),
                 None => false,
             };
             if taken {
                 return Ok(false);
             }
-            LB4_CT.insert(reply_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
+            F::ct_insert(&reply_key, original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
         }
     }
-    let original_key = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL);
-    LB4_CT.insert(original_key, *original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
+    let original_key = F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL);
+    F::ct_insert(&original_key, original, u64::from(BPF_ANY)).map_err(|_| Counter::DropConntrackFull)?;
     Ok(true)
 }
 
 /// The entry tracked for a tuple in `direction`, read only: an ICMP error
 /// about a flow (`icmp_error`) is not traffic of that flow.
 #[inline(always)]
-pub fn lookup_tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, direction: u8) -> Option<CtValueV4> {
-    let k = key(src, dst, sport, dport, proto, direction);
+pub fn lookup_tuple<F: Family>(
+    src: F::Addr,
+    dst: F::Addr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    direction: u8,
+) -> Option<F::CtValue> {
+    let k = F::ct_key(src, dst, sport, dport, proto, direction);
     // SAFETY: copied out at once.
-    unsafe { LB4_CT.get(k) }.copied()
+    F::ct_entry(&k).map(|entry| unsafe { *entry })
 }

@@ -17,6 +17,14 @@ pub fn count(frontend_id: u32, event: FrontendEvent) {
         *unsafe { &mut *stats }.counter_mut(event) += 1;
         return;
     }
+    create(frontend_id, event);
+}
+
+/// Creates a frontend's entry with its first event. A function of its
+/// own: the value's zeroed fields compile to a `memset` call, whose
+/// buffer would otherwise sit in every caller's stack frame.
+#[inline(never)]
+fn create(frontend_id: u32, event: FrontendEvent) {
     // Another CPU may create the entry first: then this event is lost,
     // once per frontend at most.
     let _ = LB4_FE_STATS.insert(frontend_id, FrontendStatsV4::first(event), u64::from(BPF_NOEXIST));

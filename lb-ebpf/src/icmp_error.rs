@@ -39,6 +39,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     conntrack,
+    family::V4,
     icmp_nat::{self, IcmpErrorV4, Quote, Translation},
     parse::{self, ETH_LEN, IP_MF_AND_OFFSET, IPV4_MIN_LEN},
     route::{self, Flow},
@@ -74,7 +75,7 @@ pub fn handle(ctx: &TcContext) -> Outcome {
 #[inline(always)]
 fn send_translated(ctx: &TcContext, err: &IcmpErrorV4, t: &Translation) -> PathResult<Outcome> {
     icmp_nat::rewrite(ctx, err, t)?;
-    let flow = Flow { src: t.outer_src, dst: t.outer_dst, sport: 0, dport: 0, proto: IPPROTO_ICMP };
+    let flow = Flow::<V4> { src: t.outer_src, dst: t.outer_dst, sport: 0, dport: 0, proto: IPPROTO_ICMP };
     let verdict = route::forward(ctx, &flow, err.ip_total_len)?;
     Ok(Outcome { verdict, counter: Counter::IcmpErrorNat })
 }
@@ -149,10 +150,10 @@ fn parse_quote(ctx: &TcContext, ip_off: usize, ip_end: usize) -> Result<Quote, C
 #[inline(always)]
 fn translation(err: &IcmpErrorV4) -> Option<Translation> {
     let q = &err.quote;
-    if let Some(entry) = conntrack::lookup_tuple(q.dst, q.src, q.dport, q.sport, q.proto, DIR_REPLY) {
+    if let Some(entry) = conntrack::lookup_tuple::<V4>(q.dst, q.src, q.dport, q.sport, q.proto, DIR_REPLY) {
         return Some(towards_client(err, &entry));
     }
-    let entry = conntrack::lookup_tuple(q.dst, q.src, q.dport, q.sport, q.proto, DIR_ORIGINAL)?;
+    let entry = conntrack::lookup_tuple::<V4>(q.dst, q.src, q.dport, q.sport, q.proto, DIR_ORIGINAL)?;
     towards_backend(err, &entry)
 }
 
@@ -179,7 +180,7 @@ fn towards_client(err: &IcmpErrorV4, entry: &CtValueV4) -> Translation {
 #[inline(always)]
 fn towards_backend(err: &IcmpErrorV4, entry: &CtValueV4) -> Option<Translation> {
     let q = &err.quote;
-    let backend = service::lookup_backend(entry.backend_id)?;
+    let backend = service::lookup_backend::<V4>(entry.backend_id)?;
     let (client, outer_src) = if entry.has_snat() {
         ((entry.nat_address, entry.nat_port), entry.nat_address)
     } else {

@@ -38,19 +38,25 @@ const IP_DONT_FRAGMENT: u8 = 0x40;
 /// One's-complement sum of big-endian 16-bit words, folded and inverted.
 #[inline(always)]
 fn checksum(bytes: &[u8]) -> [u8; 2] {
+    nat::fold_checksum(word_sum(bytes))
+}
+
+/// The unfolded sum of `bytes` as big-endian 16-bit words (even length).
+#[inline(always)]
+pub fn word_sum(bytes: &[u8]) -> u32 {
     let mut sum: u32 = 0;
     let mut i = 0;
     while i + 1 < bytes.len() {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
-    nat::fold_checksum(sum)
+    sum
 }
 
 /// Copies exactly `dst.len()` bytes (aya's `load_bytes` clamps the length
 /// to the packet, which the verifier cannot prove non-zero).
 #[inline(always)]
-fn load_exact<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> PathResult<()> {
+pub fn load_exact<const N: usize>(ctx: &TcContext, offset: usize, dst: &mut [u8; N]) -> PathResult<()> {
     // SAFETY: `dst` is a live stack buffer of exactly N bytes.
     let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset as u32, dst.as_mut_ptr().cast(), N as u32) };
     if ret == 0 { Ok(()) } else { Err(Counter::DropRewriteFailed) }

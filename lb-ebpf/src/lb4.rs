@@ -13,7 +13,9 @@ use lb_common::{
 };
 
 use crate::{
-    affinity, config, conntrack, frontend_stats, icmp_error,
+    affinity, config, conntrack,
+    family::{Family, V4},
+    frontend_stats, icmp_error,
     nat::{self, Side},
     parse::{self, PacketV4},
     pmtu, reject,
@@ -23,7 +25,7 @@ use crate::{
 };
 
 /// Decides what happens to one packet at tc ingress.
-#[inline(always)]
+#[inline(never)]
 pub fn handle_packet(ctx: &TcContext) -> Outcome {
     let pkt = match parse::parse_v4(ctx) {
         Ok(pkt) => pkt,
@@ -65,7 +67,7 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let tracked = conntrack::lookup_original(pkt);
     if let Some(entry) = tracked
         && !pkt.tcp_syn
-        && let Some(backend) = service::lookup_backend(entry.backend_id)
+        && let Some(backend) = service::lookup_backend::<V4>(entry.backend_id)
     {
         conntrack::on_rst_mark_reply(pkt, &backend, &entry);
         let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
@@ -116,8 +118,11 @@ fn start_flow(
 ) -> PathResult<Outcome> {
     let (backend_id, backend) = choose_backend(pkt, frontend, svc)?;
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    let mut entry = conntrack::new_value(&frontend, svc, backend_id);
-    if config::forward_through_stack() && svc.flags & FLAG_CLUSTER_IP == 0 && route::is_local(ctx, frontend.address) {
+    let mut entry = conntrack::new_value::<V4>(&frontend, svc, backend_id);
+    if config::forward_through_stack()
+        && svc.flags & FLAG_CLUSTER_IP == 0
+        && route::is_local::<V4>(ctx, V4::unspecified(), frontend.address)
+    {
         entry.flags |= FLAG_LOCAL_FRONTEND;
     }
     // Hairpin: a Pod balanced to itself would receive its own address as
@@ -127,7 +132,7 @@ fn start_flow(
         let to = SnatTo { address: frontend.address, route: None };
         return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
     }
-    if !snat::needed(svc, &backend) {
+    if !snat::needed(svc, backend.flags) {
         if conntrack::track(pkt, &backend, &entry)? {
             return to_backend(ctx, pkt, &backend, None, None, counter);
         }
@@ -138,7 +143,7 @@ fn start_flow(
         return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
     }
     // The route to the backend names the node address to SNAT to.
-    let to = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
+    let to = Flow::<V4> { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
     // Checked against the MTU before any rewrite, as for DNAT: a DF packet
     // too big is answered quoting what the client sent. Anything else that
     // is no plain forward (no route; too big without DF, which the stack
@@ -215,7 +220,7 @@ fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) ->
         return affinity::choose(frontend, svc, pkt.src, flow_hash).ok_or(Counter::DropMissingBackend);
     }
     let backend_id = select::backend_id(pkt, frontend, svc).ok_or(Counter::DropMissingBackend)?;
-    let backend = service::lookup_backend(backend_id).ok_or(Counter::DropMissingBackend)?;
+    let backend = service::lookup_backend::<V4>(backend_id).ok_or(Counter::DropMissingBackend)?;
     Ok((backend_id, backend))
 }
 
@@ -232,7 +237,8 @@ fn to_backend(
     route: Option<route::Route>,
     counter: Counter,
 ) -> PathResult<Outcome> {
-    let mut flow = Flow { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
+    let mut flow =
+        Flow::<V4> { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
     if let Some((address, port)) = snat {
         flow.src = address;
         flow.sport = port;
@@ -273,7 +279,7 @@ fn try_reply(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
 #[inline(always)]
 fn to_client(ctx: &TcContext, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<Outcome> {
     nat::rewrite(ctx, pkt, Side::Source, entry.frontend_address, entry.frontend_port)?;
-    let mut flow = Flow {
+    let mut flow = Flow::<V4> {
         src: entry.frontend_address,
         dst: pkt.dst,
         sport: entry.frontend_port,

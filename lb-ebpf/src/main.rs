@@ -31,14 +31,18 @@
 mod affinity;
 mod config;
 mod conntrack;
+mod family;
 mod frontend_stats;
+mod icmp6_reply;
 mod icmp_error;
 mod icmp_nat;
 mod icmp_reply;
 mod lb4;
+mod lb6;
 mod maps;
 mod nat;
 mod parse;
+mod parse6;
 mod pmtu;
 mod reject;
 mod route;
@@ -58,7 +62,8 @@ use crate::verdict::Verdict;
 
 #[classifier]
 pub fn lb_tc(ctx: TcContext) -> i32 {
-    let outcome = lb4::handle_packet(&ctx);
+    // The families part here: each has its own paths.
+    let outcome = if parse::is_ipv6(&ctx) { lb6::handle_packet(&ctx) } else { lb4::handle_packet(&ctx) };
     stats::count(outcome.counter);
     outcome.verdict.tc_action()
 }
@@ -116,7 +121,13 @@ pub fn lb_parse_only(ctx: TcContext) -> i32 {
 pub fn lb_forward_only(ctx: TcContext) -> i32 {
     let verdict = match parse::parse_v4(&ctx) {
         Ok(pkt) => {
-            let flow = route::Flow { src: pkt.src, dst: pkt.dst, sport: pkt.sport, dport: pkt.dport, proto: pkt.proto };
+            let flow = route::Flow::<family::V4> {
+                src: pkt.src,
+                dst: pkt.dst,
+                sport: pkt.sport,
+                dport: pkt.dport,
+                proto: pkt.proto,
+            };
             route::forward(&ctx, &flow, pkt.ip_total_len).unwrap_or(Verdict::Next)
         }
         Err(_) => Verdict::Next,

@@ -10,18 +10,23 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
 use lb_common::{proto, stats::Counter};
 
 use crate::{
-    parse::{ETH_LEN, PacketV4},
+    family::Family,
+    parse::{ETH_LEN, Packet, PacketV4, PacketV6},
     verdict::PathResult,
 };
 
 const IP_CSUM_OFF: usize = ETH_LEN + 10;
 const IP_SRC_OFF: usize = ETH_LEN + 12;
 const IP_DST_OFF: usize = ETH_LEN + 16;
+const IP6_SRC_OFF: usize = ETH_LEN + 8;
+const IP6_DST_OFF: usize = ETH_LEN + 24;
+const IP6_HOP_LIMIT_OFF: usize = ETH_LEN + 7;
 const SPORT_OFF: usize = 0;
 const DPORT_OFF: usize = 2;
 
@@ -52,6 +57,16 @@ pub fn fold_checksum(mut sum: u32) -> [u8; 2] {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()
+}
+
+/// `fold_checksum` for a sum of words read in memory order (as the
+/// kernel's `bpf_csum_diff` sums them): the field's bytes as they go into
+/// the packet.
+#[inline(always)]
+pub fn fold_checksum_ne(mut sum: u32) -> [u8; 2] {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_ne_bytes()
 }
 
 /// RFC 1624 incremental update of a 16-bit one's-complement checksum for
@@ -103,6 +118,41 @@ pub fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8
     Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
 }
 
+/// Decrements the IPv6 hop limit (no header checksum to update).
+/// `Ok(false)`: it would reach zero; left for the stack to answer.
+#[inline(always)]
+pub fn decrement_hop_limit(ctx: &TcContext) -> PathResult<bool> {
+    let [hops] = read_at::<1>(ctx, IP6_HOP_LIMIT_OFF)?;
+    if hops <= 1 {
+        return Ok(false);
+    }
+    write_at(ctx, IP6_HOP_LIMIT_OFF, [hops - 1])?;
+    Ok(true)
+}
+
+/// The L4 checksum flags for `pkt`'s protocol (see the module comment).
+#[inline(always)]
+fn mangled<F: Family>(pkt: &Packet<F>) -> u64 {
+    if pkt.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 }
+}
+
+/// Rewrites one port of `pkt` (the other half of every rewrite), with
+/// its L4 checksum update. Ports are not in the pseudo header.
+#[inline(always)]
+fn rewrite_port<F: Family>(ctx: &TcContext, pkt: &Packet<F>, side: Side, port: u16) -> PathResult<()> {
+    let (old_port, port_off) = match side {
+        Side::Source => (pkt.sport, pkt.l4_off + SPORT_OFF),
+        Side::Destination => (pkt.dport, pkt.l4_off + DPORT_OFF),
+    };
+    if port == old_port {
+        return Ok(());
+    }
+    write_at(ctx, port_off, port.to_be_bytes())?;
+    let from = u64::from(old_port.to_be());
+    let to = u64::from(port.to_be());
+    ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, mangled(pkt) | 2).map_err(|_| Counter::DropRewriteFailed)
+}
+
 /// Rewrites source or destination address and port of `pkt` in place.
 /// Bytes and the IPv4 header checksum are written by direct access (the
 /// IP header checksum is always complete, whatever the skb's checksum
@@ -111,32 +161,50 @@ pub fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8
 /// helper, which knows the skb's checksum state.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, pkt: &PacketV4, side: Side, addr: [u8; 4], port: u16) -> PathResult<()> {
-    let (old_addr, old_port, addr_off, port_off) = match side {
-        Side::Source => (pkt.src, pkt.sport, IP_SRC_OFF, pkt.l4_off + SPORT_OFF),
-        Side::Destination => (pkt.dst, pkt.dport, IP_DST_OFF, pkt.l4_off + DPORT_OFF),
+    let (old_addr, addr_off) = match side {
+        Side::Source => (pkt.src, IP_SRC_OFF),
+        Side::Destination => (pkt.dst, IP_DST_OFF),
     };
-    let mangled = if pkt.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-    let l4_csum_off = pkt.l4_csum_off();
-    let addr_changes = addr != old_addr;
-    let port_changes = port != old_port;
-    if addr_changes {
+    if addr != old_addr {
         let check = read_at::<2>(ctx, IP_CSUM_OFF)?;
         write_at(ctx, IP_CSUM_OFF, csum_replace4(check, old_addr, addr))?;
         write_at(ctx, addr_off, addr)?;
-    }
-    if port_changes {
-        write_at(ctx, port_off, port.to_be_bytes())?;
-    }
-    if addr_changes {
         let from = u64::from(u32::from_ne_bytes(old_addr));
         let to = u64::from(u32::from_ne_bytes(addr));
-        ctx.l4_csum_replace(l4_csum_off, from, to, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
+        ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt) | 4)
             .map_err(|_| Counter::DropRewriteFailed)?;
     }
-    if port_changes {
-        let from = u64::from(old_port.to_be());
-        let to = u64::from(port.to_be());
-        ctx.l4_csum_replace(l4_csum_off, from, to, mangled | 2).map_err(|_| Counter::DropRewriteFailed)?;
+    rewrite_port(ctx, pkt, side, port)
+}
+
+/// `rewrite` for IPv6: no header checksum; the L4 checksum takes the
+/// address change as one checksum difference of the 16 bytes
+/// (`bpf_csum_diff`), applied to the pseudo header by the same helper.
+#[inline(always)]
+pub fn rewrite_v6(ctx: &TcContext, pkt: &PacketV6, side: Side, addr: u128, port: u16) -> PathResult<()> {
+    let (old_addr, addr_off) = match side {
+        Side::Source => (pkt.src, IP6_SRC_OFF),
+        Side::Destination => (pkt.dst, IP6_DST_OFF),
+    };
+    if addr != old_addr {
+        let mut from = words(old_addr);
+        let mut to = words(addr);
+        // SAFETY: two live stack buffers of 16 bytes each, as passed.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(Counter::DropRewriteFailed);
+        }
+        write_at(ctx, addr_off, addr.to_ne_bytes())?;
+        // Size 0: `to` is a checksum difference, not a field's new value.
+        ctx.l4_csum_replace(pkt.l4_csum_off(), 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))
+            .map_err(|_| Counter::DropRewriteFailed)?;
     }
-    Ok(())
+    rewrite_port(ctx, pkt, side, port)
+}
+
+/// An IPv6 address as the four 32-bit words `bpf_csum_diff` sums.
+#[inline(always)]
+fn words(address: u128) -> [u32; 4] {
+    // SAFETY: any 16 bytes are four valid words.
+    unsafe { core::mem::transmute::<u128, [u32; 4]>(address) }
 }

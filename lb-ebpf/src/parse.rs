@@ -1,7 +1,8 @@
-//! Ethernet + IPv4 + TCP/UDP parsing by direct packet access.
+//! Ethernet + IPv4 + TCP/UDP parsing by direct packet access, and what
+//! the IPv6 parser (`parse6`) shares with it.
 //!
-//! Policy, stated once:
-//! - Not IPv4 (ARP, IPv6 for now, VLAN-tagged): passed untouched.
+//! Policy, stated once (IPv6 adds its own in `parse6`):
+//! - Neither IPv4 nor IPv6 (ARP, VLAN-tagged): passed untouched.
 //! - IP options (IHL > 5): supported; the L4 header is found at IHL * 4.
 //!   IHL < 5 is malformed: passed untouched for the kernel to drop.
 //! - Fragments (MF set or offset != 0): passed untouched. Only the first
@@ -24,9 +25,12 @@ use aya_ebpf::programs::TcContext;
 use lb_common::{proto, stats::Counter};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
+use crate::family::{Family, V4, V6};
+
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
 const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
+pub const ETH_P_IPV6_BE: u16 = 0x86dd_u16.to_be();
 pub const IP_MF_AND_OFFSET: u16 = 0x3fff;
 const IP_DONT_FRAGMENT: u16 = 0x4000;
 /// TCP and UDP both start with source and destination port.
@@ -39,12 +43,11 @@ const TCP_FLAGS_OFFSET: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// The fields of an IPv4 TCP/UDP packet the datapath works with.
-#[derive(Clone, Copy)]
-pub struct PacketV4 {
+/// The fields of a TCP/UDP packet of family `F` the datapath works with.
+pub struct Packet<F: Family> {
     /// Network byte order, as in the packet.
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: F::Addr,
+    pub dst: F::Addr,
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
@@ -55,20 +58,36 @@ pub struct PacketV4 {
     pub tcp_flags: u8,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
-    /// The IPv4 header's total length (host byte order), which a route's
-    /// MTU is checked against.
+    /// The IP packet's whole length (IPv4 total length; IPv6 payload
+    /// length plus its fixed header), host byte order, which a route's MTU
+    /// is checked against.
     pub ip_total_len: u16,
-    /// DF set: a packet too big for its route is answered, not fragmented.
+    /// IPv4 DF set: a packet too big for its route is answered, not
+    /// fragmented. Always set for IPv6, which routers never fragment.
     pub dont_fragment: bool,
 }
 
-impl PacketV4 {
+impl<F: Family> Clone for Packet<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for Packet<F> {}
+
+pub type PacketV4 = Packet<V4>;
+pub type PacketV6 = Packet<V6>;
+
+impl<F: Family> Packet<F> {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         self.l4_off + if self.proto == proto::TCP { 16 } else { 6 }
     }
+}
 
+impl PacketV4 {
     #[inline(always)]
     pub fn has_ip_options(&self) -> bool {
         self.l4_off != ETH_LEN + IPV4_MIN_LEN
@@ -90,12 +109,22 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
 /// checking its total length against its header and the packet.
 #[inline(always)]
 pub fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<usize, Counter> {
+    length_field_end(ctx, total_len, ETH_LEN, l4_off)
+}
+
+/// Where an IP packet ends whose length field says `length` bytes from
+/// `counted_from` (IPv4: the IP header; IPv6: the end of its fixed
+/// header), checked against the L4 header and the packet. A length of 0
+/// is accepted on a GSO packet only (BIG TCP): the packet's own length
+/// stands in for it.
+#[inline(always)]
+pub fn length_field_end(ctx: &TcContext, length: u16, counted_from: usize, l4_off: usize) -> Result<usize, Counter> {
     let packet_len = ctx.len() as usize;
     // SAFETY: reads a field of the live sk_buff.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    let ip_end = match total_len {
+    let ip_end = match length {
         0 if gso => packet_len,
-        len => ETH_LEN + usize::from(len),
+        len => counted_from + usize::from(len),
     };
     if ip_end < l4_off + L4_MIN_LEN {
         return Err(Counter::PassMalformed);
@@ -133,14 +162,45 @@ fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counter
     Ok(0)
 }
 
+/// `Err(PassOtherEthertype)` unless the frame carries `ether_type` (big-endian).
+#[inline(always)]
+pub fn ether_type_is(ctx: &TcContext, ether_type: u16) -> Result<(), Counter> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != ether_type {
+        return Err(Counter::PassOtherEthertype);
+    }
+    Ok(())
+}
+
+/// Whether the frame carries IPv6 (a short frame does not).
+#[inline(always)]
+pub fn is_ipv6(ctx: &TcContext) -> bool {
+    ether_type_is(ctx, ETH_P_IPV6_BE).is_ok()
+}
+
+/// Checks the TCP or UDP header at `l4_off` against the datagram (ending
+/// at `ip_end`) and returns the ports and TCP flags: what every family's
+/// parse ends with.
+#[inline(always)]
+pub fn l4_header(ctx: &TcContext, proto: u8, l4_off: usize, ip_end: usize) -> Result<(u16, u16, u8), Counter> {
+    let ports: *const [u8; L4_MIN_LEN] = ptr_at(ctx, l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { &*ports };
+    let tcp_flags = if proto == proto::TCP { tcp_flags(ctx, l4_off, ip_end)? } else { udp_fits(ctx, l4_off, ip_end)? };
+    Ok((u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]), tcp_flags))
+}
+
+/// Whether TCP flags open a new connection: SYN without ACK.
+#[inline(always)]
+pub fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// Parses the headers; `Err` carries the pass reason.
 #[inline(always)]
 pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
-        return Err(Counter::PassOtherEthertype);
-    }
+    ether_type_is(ctx, ETH_P_IP_BE)?;
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -158,17 +218,14 @@ pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
     }
     let l4_off = ETH_LEN + ihl * 4;
     let ip_end = datagram_end(ctx, u16::from_be_bytes(ip.tot_len), l4_off)?;
-    let ports: *const [u8; L4_MIN_LEN] = ptr_at(ctx, l4_off)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ports = unsafe { &*ports };
-    let tcp_flags = if proto == proto::TCP { tcp_flags(ctx, l4_off, ip_end)? } else { udp_fits(ctx, l4_off, ip_end)? };
+    let (sport, dport, tcp_flags) = l4_header(ctx, proto, l4_off, ip_end)?;
     Ok(PacketV4 {
-        tcp_syn: tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        tcp_syn: is_syn(tcp_flags),
         tcp_flags,
         src: ip.src_addr,
         dst: ip.dst_addr,
-        sport: u16::from_be_bytes([ports[0], ports[1]]),
-        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        sport,
+        dport,
         proto,
         l4_off,
         ip_total_len: u16::from_be_bytes(ip.tot_len),

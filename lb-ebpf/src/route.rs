@@ -31,11 +31,71 @@ use aya_ebpf::{
 use lb_common::stats::Counter;
 
 use crate::{
+    family::{Family, V4, V6},
     nat, stats,
     verdict::{PathResult, Verdict},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// What routing needs to know of a family: how its addresses go into a
+/// lookup and come out, and how a forwarded packet's hop count drops.
+pub trait Routed: Family {
+    fn set_addresses(params: &mut FibParams, src: Self::Addr, dst: Self::Addr);
+    /// The source address a lookup with `BPF_FIB_LOOKUP_SRC` chose.
+    fn source(params: &FibParams) -> Self::Addr;
+    /// Decrements the TTL or hop limit; `Ok(false)` when it would expire.
+    fn decrement_hops(ctx: &TcContext) -> PathResult<bool>;
+}
+
+impl Routed for V4 {
+    #[inline(always)]
+    fn set_addresses(params: &mut FibParams, src: [u8; 4], dst: [u8; 4]) {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    }
+
+    #[inline(always)]
+    fn source(params: &FibParams) -> [u8; 4] {
+        // SAFETY: the union member the lookup writes for AF_INET.
+        unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes()
+    }
+
+    #[inline(always)]
+    fn decrement_hops(ctx: &TcContext) -> PathResult<bool> {
+        nat::decrement_ttl(ctx)
+    }
+}
+
+impl Routed for V6 {
+    #[inline(always)]
+    fn set_addresses(params: &mut FibParams, src: u128, dst: u128) {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = words(src);
+        params.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+
+    #[inline(always)]
+    fn source(params: &FibParams) -> u128 {
+        // SAFETY: the union member the lookup writes for AF_INET6; four
+        // words in network byte order are the address's 16 bytes.
+        unsafe { core::mem::transmute::<[u32; 4], u128>(params.__bindgen_anon_3.ipv6_src) }
+    }
+
+    #[inline(always)]
+    fn decrement_hops(ctx: &TcContext) -> PathResult<bool> {
+        nat::decrement_hop_limit(ctx)
+    }
+}
+
+/// An IPv6 address as the lookup's four 32-bit words, network byte order.
+#[inline(always)]
+fn words(address: u128) -> [u32; 4] {
+    // SAFETY: any 16 bytes are four valid words.
+    unsafe { core::mem::transmute::<u128, [u32; 4]>(address) }
+}
 
 /// Storage for a `struct bpf_fib_lookup`, zeroed by eight 8-byte stores.
 /// `mem::zeroed` (or any zeroing LLVM recognises as a memset of this
@@ -62,32 +122,47 @@ fn zeroed_params(words: &mut core::mem::MaybeUninit<FibWords>) -> &mut FibParams
 }
 
 /// Where the routing table sends a packet.
-#[derive(Clone, Copy)]
-pub struct Route {
+pub struct Route<F: Family = V4> {
     /// Egress interface.
     pub ifindex: u32,
     /// The route's preferred source address on that interface (only when
     /// asked for). Network byte order.
-    pub source: [u8; 4],
+    pub source: F::Addr,
     /// Next hop's and egress interface's MACs, when the neighbour is known.
     neighbour: Option<([u8; 6], [u8; 6])>,
 }
 
+impl<F: Family> Clone for Route<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for Route<F> {}
+
 /// The packet's addresses and ports after NAT: what the lookup routes.
-#[derive(Clone, Copy)]
-pub struct Flow {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+pub struct Flow<F: Family = V4> {
+    pub src: F::Addr,
+    pub dst: F::Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
 }
 
+impl<F: Family> Clone for Flow<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for Flow<F> {}
+
 /// What a route lookup found.
-#[derive(Clone, Copy)]
-pub enum Lookup {
+pub enum Lookup<F: Family = V4> {
     /// A plain forward to a neighbour.
-    Route(Route),
+    Route(Route<F>),
     /// A route exists, but a packet of the length asked about exceeds the
     /// MTU forwarding uses on it (a locked route MTU, a learned path MTU,
     /// or the device's).
@@ -100,16 +175,14 @@ pub enum Lookup {
 /// of `ip_total_len` bytes arriving on this skb's interface; the result
 /// code, with `params` filled in by the kernel.
 #[inline(always)]
-fn fib(ctx: &TcContext, flow: &Flow, ip_total_len: u16, flags: u32, params: &mut FibParams) -> u32 {
-    params.family = AF_INET;
+fn fib<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, flags: u32, params: &mut FibParams) -> u32 {
+    F::set_addresses(params, flow.src, flow.dst);
     params.l4_protocol = flow.proto;
     params.sport = flow.sport.to_be();
     params.dport = flow.dport.to_be();
     params.__bindgen_anon_1.tot_len = ip_total_len;
     // SAFETY: reads the interface index of the live sk_buff.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
     // SAFETY: `params` is a live stack struct of the size passed.
     unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), params, size_of::<FibParams>() as i32, flags) as u32 }
 }
@@ -119,7 +192,7 @@ fn fib(ctx: &TcContext, flow: &Flow, ip_total_len: u16, flags: u32, params: &mut
 /// `want_source` also asks for the source address the node would use on
 /// the egress interface (for SNAT).
 #[inline(always)]
-pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Lookup {
+pub fn resolve<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Lookup<F> {
     let mut words = core::mem::MaybeUninit::uninit();
     let params = zeroed_params(&mut words);
     let flags = if want_source { BPF_FIB_LOOKUP_SRC } else { 0 };
@@ -130,26 +203,24 @@ pub fn resolve(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: boo
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Lookup::TooBig { mtu: unsafe { params.__bindgen_anon_1.mtu_result } },
         _ => return Lookup::Stack,
     };
-    // SAFETY: the union member the lookup writes for AF_INET.
-    let source = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
-    Lookup::Route(Route { ifindex: params.ifindex, source, neighbour })
+    Lookup::Route(Route { ifindex: params.ifindex, source: F::source(params), neighbour })
 }
 
 /// Whether `address` is one of the node's own: the routing table does not
 /// forward to it (a local route; broadcast and multicast, which no
 /// frontend is, answer the same).
 #[inline(always)]
-pub fn is_local(ctx: &TcContext, address: [u8; 4]) -> bool {
+pub fn is_local<F: Routed>(ctx: &TcContext, unspecified: F::Addr, address: F::Addr) -> bool {
     let mut words = core::mem::MaybeUninit::uninit();
     let params = zeroed_params(&mut words);
-    let flow = Flow { src: [0; 4], dst: address, sport: 0, dport: 0, proto: 0 };
+    let flow = Flow::<F> { src: unspecified, dst: address, sport: 0, dport: 0, proto: 0 };
     fib(ctx, &flow, 0, 0, params) == BPF_FIB_LKUP_RET_NOT_FWDED
 }
 
 /// `resolve`, for callers to whom anything but a plain forward means the
 /// stack. `None`: not a plain forward (see the module comment).
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool) -> Option<Route> {
+pub fn lookup<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Option<Route<F>> {
     match resolve(ctx, flow, ip_total_len, want_source) {
         Lookup::Route(route) => Some(route),
         Lookup::TooBig { .. } | Lookup::Stack => None,
@@ -159,8 +230,8 @@ pub fn lookup(ctx: &TcContext, flow: &Flow, ip_total_len: u16, want_source: bool
 /// Sends the (already NATed) packet out along `route`. `Verdict::Next`
 /// when the TTL is about to expire: the stack answers that.
 #[inline(always)]
-pub fn send(ctx: &TcContext, route: &Route) -> PathResult<Verdict> {
-    if !nat::decrement_ttl(ctx)? {
+pub fn send<F: Routed>(ctx: &TcContext, route: &Route<F>) -> PathResult<Verdict> {
+    if !F::decrement_hops(ctx)? {
         return Ok(Verdict::Next);
     }
     let sent = match route.neighbour {
@@ -183,7 +254,7 @@ pub fn send(ctx: &TcContext, route: &Route) -> PathResult<Verdict> {
 /// Routes and sends `flow` if it is a plain forward; otherwise leaves the
 /// packet to the stack.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, flow: &Flow, ip_total_len: u16) -> PathResult<Verdict> {
+pub fn forward<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16) -> PathResult<Verdict> {
     match lookup(ctx, flow, ip_total_len, false) {
         Some(route) => send(ctx, &route),
         None => Ok(Verdict::Next),

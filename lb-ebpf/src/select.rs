@@ -7,33 +7,33 @@
 
 use lb_common::{
     flow, maglev,
-    service::{FLAG_MAGLEV, ServiceKeyV4, ServiceValue},
+    service::{FLAG_MAGLEV, ServiceValue},
 };
 
-use crate::{maps::LB4_MAGLEV, parse::PacketV4, service};
+use crate::{family::Family, maps::LB4_MAGLEV, parse::Packet, service};
 
 /// The backend id for a new flow to `frontend` (`svc` is its entry, with
 /// a non-zero count). `None`: an entry the agent has not written yet.
 #[inline(always)]
-pub fn backend_id(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> Option<u32> {
-    backend_id_for(flow_hash(pkt), frontend, svc)
+pub fn backend_id<F: Family>(pkt: &Packet<F>, frontend: F::ServiceKey, svc: &ServiceValue) -> Option<u32> {
+    backend_id_for::<F>(flow_hash(pkt), frontend, svc)
 }
 
 /// The backend id a hash picks: a Maglev table position or a slot.
 #[inline(always)]
-pub fn backend_id_for(hash: u32, frontend: ServiceKeyV4, svc: &ServiceValue) -> Option<u32> {
+pub fn backend_id_for<F: Family>(hash: u32, frontend: F::ServiceKey, svc: &ServiceValue) -> Option<u32> {
     if svc.flags & FLAG_MAGLEV != 0 {
         maglev_backend(svc.frontend_id, hash)
     } else {
-        service::backend_id_in_slot(frontend, slot_for(hash, svc.count))
+        service::backend_id_in_slot::<F>(frontend, slot_for(hash, svc.count))
     }
 }
 
 /// The 5-tuple hash new flows are balanced by (also where SNAT starts
 /// looking for a free port).
 #[inline(always)]
-pub fn flow_hash(pkt: &PacketV4) -> u32 {
-    flow::hash(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto)
+pub fn flow_hash<F: Family>(pkt: &Packet<F>) -> u32 {
+    F::flow_hash(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto)
 }
 
 /// A socket's hash (socket-level hooks, where the source port is not
@@ -51,7 +51,9 @@ fn slot_for(hash: u32, count: u16) -> u16 {
     (hash % u32::from(count)) as u16 + 1
 }
 
-/// The backend id at the flow's position in a Maglev frontend's table.
+/// The backend id at the flow's position in a Maglev frontend's table
+/// (one table map for both families: frontend and backend ids share one
+/// id space).
 /// `None` when the frontend has no table (the agent is mid-update).
 #[inline(always)]
 fn maglev_backend(frontend_id: u32, hash: u32) -> Option<u32> {

@@ -3,15 +3,15 @@
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
-    backend::BackendV4,
     port_filter,
     service::{FLAG_SHORT_CIRCUIT, FLAG_SOURCE_RANGES, ServiceKeyV4, ServiceValue},
     source_ranges::SourceRangeKeyV4,
 };
 
 use crate::{
-    maps::{LB_PORT_FILTER, LB4_BACKENDS, LB4_POD_CIDRS, LB4_SERVICES, LB4_SRC_RANGES},
-    parse::PacketV4,
+    family::{Family, ServiceKey},
+    maps::{LB_PORT_FILTER, LB4_POD_CIDRS, LB4_SERVICES, LB4_SRC_RANGES},
+    parse::{Packet, PacketV4},
 };
 
 /// `lb_common::port_filter` bits for a port (0 when unset).
@@ -24,42 +24,39 @@ pub fn port_bits(port: u16) -> u8 {
 }
 
 #[inline(always)]
-pub fn may_be_frontend(pkt: &PacketV4) -> bool {
+pub fn may_be_frontend<F: Family>(pkt: &Packet<F>) -> bool {
     port_bits(pkt.dport) & port_filter::FRONTEND_PORT != 0
 }
 
 #[inline(always)]
-pub fn may_be_backend_reply(pkt: &PacketV4) -> bool {
+pub fn may_be_backend_reply<F: Family>(pkt: &Packet<F>) -> bool {
     port_bits(pkt.sport) & port_filter::BACKEND_PORT != 0
 }
 
 /// The frontend a packet is addressed to, if any.
 #[inline(always)]
-pub fn lookup_frontend(pkt: &PacketV4) -> Option<(ServiceKeyV4, ServiceValue)> {
-    lookup_frontend_at(pkt.dst, pkt.dport, pkt.proto)
+pub fn lookup_frontend<F: Family>(pkt: &Packet<F>) -> Option<(F::ServiceKey, ServiceValue)> {
+    lookup_frontend_at::<F>(pkt.dst, pkt.dport, pkt.proto)
 }
 
 /// The frontend at an address (network byte order), port (host byte
 /// order) and protocol, if any: packets and sockets alike.
 #[inline(always)]
-pub fn lookup_frontend_at(address: [u8; 4], port: u16, proto: u8) -> Option<(ServiceKeyV4, ServiceValue)> {
-    let key = ServiceKeyV4::frontend(address, port, proto);
-    // SAFETY: the value is copied out at once, before any map update.
-    let value = unsafe { LB4_SERVICES.get(key) }.copied()?;
+pub fn lookup_frontend_at<F: Family>(address: F::Addr, port: u16, proto: u8) -> Option<(F::ServiceKey, ServiceValue)> {
+    let key = F::ServiceKey::frontend(address, port, proto);
+    let value = F::service(&key)?;
     Some((key, value))
 }
 
 /// The backend id in slot `slot` (1-based) of a frontend.
 #[inline(always)]
-pub fn backend_id_in_slot(frontend: ServiceKeyV4, slot: u16) -> Option<u32> {
-    // SAFETY: copied out at once.
-    unsafe { LB4_SERVICES.get(frontend.slot(slot)) }.map(|v| v.backend_id)
+pub fn backend_id_in_slot<F: Family>(frontend: F::ServiceKey, slot: u16) -> Option<u32> {
+    F::service(&frontend.slot(slot)).map(|v| v.backend_id)
 }
 
 #[inline(always)]
-pub fn lookup_backend(backend_id: u32) -> Option<BackendV4> {
-    // SAFETY: copied out at once.
-    unsafe { LB4_BACKENDS.get(backend_id) }.copied()
+pub fn lookup_backend<F: Family>(backend_id: u32) -> Option<F::Backend> {
+    F::backend(backend_id)
 }
 
 /// Whether a new flow's source may reach this frontend: always, unless

@@ -26,7 +26,7 @@ use lb_common::{
     stats::Counter,
 };
 
-use crate::{conntrack, parse::PacketV4, select, verdict::PathResult};
+use crate::{conntrack, family::V4, parse::PacketV4, select, verdict::PathResult};
 
 const PORT_SPAN: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 /// Candidate ports are this far apart: odd, so the walk visits the whole
@@ -34,14 +34,15 @@ const PORT_SPAN: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 /// ports.
 const PORT_STRIDE: u32 = 997;
 
-/// Whether a new flow to `backend` through this frontend needs SNAT:
+/// Whether a new flow to a backend (with `backend_flags`) through this
+/// frontend needs SNAT:
 /// external traffic (the frontend is a node address, externalIP or LB IP)
 /// under a Cluster policy, to a backend on another node. A Local policy
 /// keeps the client's address: its backends are all on this node.
 #[inline(always)]
-pub fn needed(service: &ServiceValue, backend: &BackendV4) -> bool {
+pub fn needed(service: &ServiceValue, backend_flags: u8) -> bool {
     let external = service.flags & (FLAG_NODE_PORT | FLAG_EXTERNAL_IP | FLAG_LOAD_BALANCER) != 0;
-    external && service.flags & FLAG_LOCAL_ONLY == 0 && backend.flags & FLAG_LOCAL == 0
+    external && service.flags & FLAG_LOCAL_ONLY == 0 && backend_flags & FLAG_LOCAL == 0
 }
 
 /// Claims a source port on `address` for a new flow to `backend` and
@@ -61,7 +62,7 @@ pub fn allocate(
     reply.nat_address = pkt.src;
     reply.nat_port = pkt.sport;
     if let Some(port) = previous
-        && conntrack::reclaim_reply(backend, address, port, &reply)
+        && conntrack::reclaim_reply::<V4>(backend, address, port, &reply)
     {
         return Ok(port);
     }
@@ -69,7 +70,7 @@ pub fn allocate(
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
         let port = SNAT_PORT_MIN + ((start + attempt * PORT_STRIDE) % PORT_SPAN) as u16;
-        if conntrack::claim_reply(backend, address, port, &reply) {
+        if conntrack::claim_reply::<V4>(backend, address, port, &reply) {
             return Ok(port);
         }
         attempt += 1;

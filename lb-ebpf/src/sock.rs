@@ -33,7 +33,7 @@ use lb_common::{
     stats::Counter,
 };
 
-use crate::{affinity, maps::LB4_SOCK_REV, select, service};
+use crate::{affinity, family::V4, maps::LB4_SOCK_REV, select, service};
 
 /// What a cgroup `sock_addr` program returns to let the call go on.
 pub const ALLOW: i32 = 1;
@@ -90,7 +90,7 @@ fn reject(errno: i32, counter: Counter) -> SockOutcome {
 #[inline(always)]
 pub fn translate(ctx: &SockAddrContext) -> SockOutcome {
     let (address, port, proto) = destination(ctx);
-    let Some((frontend, svc)) = service::lookup_frontend_at(address, port, proto) else {
+    let Some((frontend, svc)) = service::lookup_frontend_at::<V4>(address, port, proto) else {
         return SockOutcome { ret: ALLOW, counter: None };
     };
     if svc.flags & FLAG_SOURCE_RANGES != 0 {
@@ -122,8 +122,8 @@ fn choose(frontend: ServiceKeyV4, svc: &ServiceValue, cookie: u64) -> Option<(u3
     if svc.flags & FLAG_SESSION_AFFINITY != 0 {
         return affinity::choose(frontend, svc, NODE_CLIENT, select::socket_hash(cookie));
     }
-    let backend_id = select::backend_id_for(select::socket_hash(cookie), frontend, svc)?;
-    Some((backend_id, service::lookup_backend(backend_id)?))
+    let backend_id = select::backend_id_for::<V4>(select::socket_hash(cookie), frontend, svc)?;
+    Some((backend_id, service::lookup_backend::<V4>(backend_id)?))
 }
 
 #[inline(always)]

@@ -1,0 +1,242 @@
+//! The IPv6 packet paths, on the same modules as IPv4's (`conntrack`,
+//! `service`, `select`, `route`, compiled for `V6`): client → frontend
+//! (DNAT to a backend) and backend → client (reverse NAT), each step one
+//! O(1) map operation, then sent on by `route`.
+//!
+//! What IPv6 does not do yet, and what such a packet meets instead:
+//! - Source NAT (external traffic to a backend on another node, hairpin,
+//!   a reply tuple taken by another frontend's flow) and
+//!   `loadBalancerSourceRanges`: the new flow is dropped
+//!   (`drop_v6_unsupported`), never served without its rules.
+//! - ClientIP affinity: the flow is balanced by its 5-tuple like any other.
+//! - The in-cluster short-circuit of a Local external frontend: Pods use
+//!   the frontend itself.
+//! - Path MTU answers and ICMPv6 errors about NATed flows: left to the
+//!   stack.
+//! - `--forward-through-stack`: IPv6 flows are always sent on by the
+//!   datapath, so FORWARD rules do not see them.
+//!
+//! The IPv6 code is split into BPF-to-BPF calls (`try_forward`,
+//! `try_reply`, `send`, `reject`): inlined, 16-byte addresses and
+//! 40-byte keys take more stack than one frame may have, and frames add
+//! up along a call chain, which may not pass 512 bytes either.
+
+use aya_ebpf::programs::TcContext;
+use lb_common::{
+    frontend_stats::FrontendEvent,
+    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SOURCE_RANGES},
+    stats::Counter,
+};
+
+use crate::{
+    conntrack,
+    family::{Backend, CtEntry, V6},
+    frontend_stats, icmp6_reply,
+    nat::{self, Side},
+    parse::PacketV6,
+    parse6,
+    route::{self, Flow},
+    select, service, snat,
+    verdict::{Outcome, PathResult, Verdict},
+};
+
+type BackendV6 = lb_common::backend::BackendV6;
+
+/// Decides what happens to one IPv6 packet at tc ingress.
+///
+/// The work is split into functions of their own (BPF-to-BPF calls),
+/// each deciding and rewriting, and the sending (`send`, `reject`) is
+/// done from here: a call chain's stack frames add up, and the chain may
+/// not pass 512 bytes. The IPv4 paths stay inlined in `lb_tc`.
+#[inline(never)]
+pub fn handle_packet(ctx: &TcContext) -> Outcome {
+    let pkt = match parse6::parse_v6(ctx) {
+        Ok(pkt) => pkt,
+        Err(pass_reason) => return Outcome::next(pass_reason),
+    };
+    match try_handle(ctx, &pkt) {
+        Ok(outcome) => outcome,
+        Err(drop_reason) => Outcome::drop(drop_reason),
+    }
+}
+
+/// What one path decided for a packet, when not simply sent on.
+enum Step {
+    /// Not this path's packet.
+    Pass,
+    Done(Outcome),
+    /// A new flow to a frontend without endpoints: to be rejected.
+    Reject,
+}
+
+#[inline(always)]
+fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
+    if service::may_be_frontend(pkt) {
+        // Filled in by the callee that finds it. Passed by pointer, not
+        // returned in an `Option`: a `None`'s undefined payload, stored,
+        // is refused by the verifier.
+        let mut backend = BackendV6::default();
+        let counter = match tracked_backend(pkt, &mut backend) {
+            Tracked::Established => Counter::Established,
+            tracked => {
+                // Counted here, not in `start_flow`: a call from there would
+                // lengthen the call chain past the stack limit.
+                let mut event = FrontendCount { frontend_id: 0, event: None };
+                let new_flow = start_flow(pkt, tracked == Tracked::Stale, &mut backend, &mut event);
+                if let Some(counted) = event.event {
+                    frontend_stats::count(event.frontend_id, counted);
+                }
+                match new_flow? {
+                    NewFlow::To(counter) => counter,
+                    NewFlow::Not(Step::Pass) => return try_reply_or_pass(ctx, pkt),
+                    NewFlow::Not(Step::Done(outcome)) => return Ok(outcome),
+                    NewFlow::Not(Step::Reject) => return reject(ctx, pkt),
+                }
+            }
+        };
+        to_backend(ctx, pkt, &backend)?;
+        return Ok(Outcome { verdict: send(ctx, pkt)?, counter });
+    }
+    try_reply_or_pass(ctx, pkt)
+}
+
+#[inline(always)]
+fn try_reply_or_pass(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
+    if service::may_be_backend_reply(pkt) && try_reply(ctx, pkt)? {
+        return Ok(Outcome { verdict: send(ctx, pkt)?, counter: Counter::ReplyNat });
+    }
+    Ok(Outcome::next(Counter::Passed))
+}
+
+/// Whether a client → frontend packet belongs to a tracked flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracked {
+    Untracked,
+    /// Tracked, but to be balanced afresh: a SYN, or its backend is gone.
+    Stale,
+    /// Tracked, its backend written to the caller's.
+    Established,
+}
+
+/// Client → frontend, conntrack first, as for IPv4 (`lb4::try_forward`
+/// says why): writes the tracked flow's backend to `backend`.
+#[inline(never)]
+fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6) -> Tracked {
+    let Some(entry) = conntrack::original_in_map(pkt) else {
+        return Tracked::Untracked;
+    };
+    if pkt.tcp_syn {
+        return Tracked::Stale;
+    }
+    let Some(found) = service::lookup_backend::<V6>(entry.backend_id) else {
+        return Tracked::Stale;
+    };
+    conntrack::on_rst_mark_reply(pkt, &found, entry);
+    *backend = found;
+    Tracked::Established
+}
+
+/// The per-frontend counter a new flow moves (`frontend_stats`).
+struct FrontendCount {
+    frontend_id: u32,
+    event: Option<FrontendEvent>,
+}
+
+/// What a packet that opens a flow leads to.
+enum NewFlow {
+    /// Tracked: to be sent to the backend written to the caller's.
+    To(Counter),
+    /// Anything else.
+    Not(Step),
+}
+
+/// A new flow (or a tracked one whose backend is gone): chooses its
+/// backend and tracks it.
+#[inline(never)]
+fn start_flow(
+    pkt: &PacketV6,
+    was_tracked: bool,
+    chosen: &mut BackendV6,
+    count: &mut FrontendCount,
+) -> PathResult<NewFlow> {
+    let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
+        return Ok(NewFlow::Not(Step::Pass));
+    };
+    count.frontend_id = svc.frontend_id;
+    let dropped = |count: &mut FrontendCount, reason| {
+        count.event = Some(FrontendEvent::Dropped);
+        Ok(NewFlow::Not(Step::Done(Outcome::drop(reason))))
+    };
+    if svc.flags & FLAG_SOURCE_RANGES != 0 {
+        return dropped(count, Counter::DropV6Unsupported);
+    }
+    if svc.count == 0 {
+        if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
+            return dropped(count, Counter::DropNoLocalEndpoints);
+        }
+        count.event = Some(FrontendEvent::Rejected);
+        return Ok(NewFlow::Not(Step::Reject));
+    }
+    let backend_id = select::backend_id(pkt, frontend, &svc).ok_or(Counter::DropMissingBackend)?;
+    let backend = service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?;
+    if backend.address() == pkt.src || snat::needed(&svc, backend.flags) {
+        return dropped(count, Counter::DropV6Unsupported);
+    }
+    let entry = conntrack::new_value::<V6>(&frontend, &svc, backend_id);
+    if !conntrack::track(pkt, &backend, &entry)? {
+        // The reply tuple belongs to another frontend's flow: IPv4 takes
+        // another source port, which needs SNAT.
+        return dropped(count, Counter::DropV6Unsupported);
+    }
+    count.event = Some(FrontendEvent::NewFlow);
+    let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
+    *chosen = backend;
+    Ok(NewFlow::To(counter))
+}
+
+/// Rewrites a client → frontend packet to go to `backend`.
+#[inline(never)]
+fn to_backend(ctx: &TcContext, pkt: &PacketV6, backend: &BackendV6) -> PathResult<()> {
+    nat::rewrite_v6(ctx, pkt, Side::Destination, backend.address(), backend.port)
+}
+
+/// Backend → client: restores the frontend as the source. `false`: not
+/// a reply of a tracked flow.
+#[inline(never)]
+fn try_reply(ctx: &TcContext, pkt: &PacketV6) -> PathResult<bool> {
+    let Some(entry) = conntrack::reply_in_map(pkt) else {
+        return Ok(false);
+    };
+    conntrack::on_rst_mark_original(pkt, entry);
+    let (frontend, frontend_port) = entry.frontend();
+    nat::rewrite_v6(ctx, pkt, Side::Source, frontend, frontend_port)?;
+    Ok(true)
+}
+
+/// Sends a rewritten packet on (`route`), along the route of the
+/// addresses and ports it now carries.
+#[inline(never)]
+fn send(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Verdict> {
+    let (src, dst) = parse6::addresses(ctx)?;
+    let ports = nat::read_at::<4>(ctx, pkt.l4_off)?;
+    let flow = Flow::<V6> {
+        src,
+        dst,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        proto: pkt.proto,
+    };
+    route::forward(ctx, &flow, pkt.ip_total_len)
+}
+
+/// No endpoints: ICMPv6 port unreachable, as ip6tables' REJECT sends.
+/// A packet with extension headers is dropped instead (see
+/// `icmp6_reply`), counted as a reject.
+#[inline(never)]
+fn reject(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
+    if pkt.has_extension_headers() {
+        return Ok(Outcome::drop(Counter::RejectNoEndpoints));
+    }
+    icmp6_reply::send_port_unreachable(ctx, pkt)?;
+    Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::RejectNoEndpoints })
+}
