@@ -14,7 +14,7 @@ use aya::{
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityValueV4},
     backend::BackendV4,
-    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, DIR_ORIGINAL},
     maps as names,
     stats::Counter,
 };
@@ -182,6 +182,13 @@ impl Datapath {
             map.insert(key, value, 0)?;
         }
         Ok(())
+    }
+
+    /// The IPv6 flows the datapath has tracked (LB6_CT), by key.
+    pub fn conntrack_v6(&self) -> anyhow::Result<Vec<(CtKeyV6, CtValueV6)>> {
+        let map: HashMap<&MapData, CtKeyV6, CtValueV6> =
+            self.ebpf.map(names::CONNTRACK_V6).context("LB6_CT")?.try_into()?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
     /// LB4_CT itself, as the agent's conntrack worker opens it.

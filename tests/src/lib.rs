@@ -14,6 +14,7 @@ pub mod links;
 pub mod load;
 pub mod observe;
 pub mod packets;
+pub mod packets6;
 pub mod probe;
 pub mod routed;
 pub mod scenario;

@@ -121,7 +121,7 @@ pub fn eventually_refused(netns: &str, addr: SocketAddr) {
 /// Waits at most a second for the answer.
 pub fn udp_answer(netns: &str, addr: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
     let (reply, from) = in_netns(netns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(crate::servers::any_port_of_family(addr))?;
         socket.set_read_timeout(Some(Duration::from_secs(1)))?;
         socket.send_to(b"hostname", addr)?;
         let mut buf = [0u8; 256];

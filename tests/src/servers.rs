@@ -237,11 +237,20 @@ pub fn http_get(netns: &str, addr: SocketAddr) -> anyhow::Result<String> {
     http_request(&mut conn, true)
 }
 
+/// An ephemeral port on the unspecified address of `target`'s family:
+/// where a client socket binds to reach `target`.
+pub fn any_port_of_family(target: SocketAddr) -> SocketAddr {
+    match target {
+        SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
 /// One UDP exchange from inside `netns`: returns the reply and its source.
 pub fn udp_exchange(netns: &str, addr: SocketAddr, payload: &[u8]) -> anyhow::Result<(String, SocketAddr)> {
     let payload = payload.to_vec();
     in_netns(netns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(crate::servers::any_port_of_family(addr))?;
         socket.set_read_timeout(Some(Duration::from_secs(3)))?;
         socket.send_to(&payload, addr)?;
         let mut buf = [0u8; 2048];

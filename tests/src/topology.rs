@@ -5,7 +5,7 @@
 //! its namespaces (and with them their veths), also when a test panics.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -48,6 +48,13 @@ pub struct Topology {
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 pub const NODE_CLIENT_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 pub const SERVICE_RANGE: &str = "10.96.0.0/16";
+
+pub const CLIENT_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+pub const SERVICE_RANGE_V6: &str = "fd00:96::/64";
+
+pub fn backend_ip_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, i as u16, 0, 0, 0, 0, 2)
+}
 
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, i as u8, 2)
@@ -92,6 +99,34 @@ impl Topology {
         }
         run_in(&self.client, &["ip", "route", "add", SERVICE_RANGE, "via", &NODE_CLIENT_SIDE_IP.to_string()])?;
         run_in(&self.client, &["ip", "route", "add", "10.244.0.0/16", "via", &NODE_CLIENT_SIDE_IP.to_string()])?;
+        Ok(())
+    }
+
+    /// Adds IPv6 (ULA, on the test's own links only) beside the IPv4
+    /// addresses: client `fd00:1::2/64` (node side `fd00:1::1`), backend i
+    /// `fd00:244:i::2/64` (node side `fd00:244:i::1`), routed as IPv4 is:
+    /// the client reaches the Service range `fd00:96::/64` and the
+    /// backends' range through the node, backends reach the client.
+    /// Addresses skip duplicate address detection, so they are usable at
+    /// once.
+    pub fn add_ipv6(&self) -> anyhow::Result<()> {
+        run_in(&self.node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        self.address_v6(&self.node, "to-client", "fd00:1::1/64")?;
+        self.address_v6(&self.client, "eth0", &format!("{CLIENT_IP_V6}/64"))?;
+        for (i, ns) in self.backends.iter().enumerate() {
+            let i = i + 1;
+            self.address_v6(&self.node, &format!("to-b{i}"), &format!("fd00:244:{i}::1/64"))?;
+            self.address_v6(ns, "eth0", &format!("{}/64", backend_ip_v6(i)))?;
+            run_in(ns, &["ip", "-6", "route", "add", "fd00:1::/64", "via", &format!("fd00:244:{i}::1")])?;
+        }
+        for range in [SERVICE_RANGE_V6, "fd00:244::/32"] {
+            run_in(&self.client, &["ip", "-6", "route", "add", range, "via", "fd00:1::1"])?;
+        }
+        Ok(())
+    }
+
+    fn address_v6(&self, ns: &str, dev: &str, address: &str) -> anyhow::Result<()> {
+        run_in(ns, &["ip", "-6", "addr", "add", address, "dev", dev, "nodad"])?;
         Ok(())
     }
 

@@ -1,0 +1,167 @@
+//! IPv6 end to end, with real traffic: a client, a node running the agent
+//! and two backend namespaces, addressed with IPv4 and IPv6 (ULA, on the
+//! test's own links only). A dual-stack Service answers on both families
+//! from the same client, an IPv6-only UDP Service answers from its
+//! ClusterIP, and an IPv6 Service without endpoints refuses at once (the
+//! datapath's ICMPv6 port unreachable). Needs root.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{self, Agent},
+    probe::{self, Outcome},
+    servers::{self, Servers},
+    topology::{self, Topology},
+};
+
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 5353;
+const WEB_V6: &str = "[fd00:96::10]:80";
+const WEB_V4: &str = "10.96.0.10:80";
+const DNS_V6: &str = "[fd00:96::53]:53";
+const EMPTY_V6: &str = "[fd00:96::30]:80";
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: demo}
+  spec:
+    ipFamilyPolicy: PreferDualStack
+    ipFamilies: [IPv6, IPv4]
+    clusterIP: fd00:96::10
+    clusterIPs: [fd00:96::10, 10.96.0.10]
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-v6, namespace: demo, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv6
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
+  - {addresses: ["fd00:244:2::2"], conditions: {ready: true}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-v4, namespace: demo, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: [10.244.1.2], conditions: {ready: true}}
+  - {addresses: [10.244.2.2], conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dns, namespace: demo}
+  spec:
+    ipFamilyPolicy: SingleStack
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::53
+    clusterIPs: [fd00:96::53]
+    ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: dns-v6, namespace: demo, labels: {kubernetes.io/service-name: dns}}
+  addressType: IPv6
+  ports: [{name: dns, port: 5353, protocol: UDP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: empty, namespace: demo}
+  spec:
+    ipFamilyPolicy: SingleStack
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::30
+    clusterIPs: [fd00:96::30]
+    selector: {app: nothing}
+    ports: [{port: 80, protocol: TCP}]
+"#;
+
+/// Field order is drop order: the agent, then the servers, then the
+/// namespaces.
+struct DualStackCluster {
+    agent: Agent,
+    _servers: Servers,
+    topology: Topology,
+    source_dir: std::path::PathBuf,
+}
+
+impl DualStackCluster {
+    fn start() -> Self {
+        let topology = Topology::create(2).expect("namespaces");
+        topology.add_ipv6().expect("IPv6 addresses");
+        let mut servers = Servers::new();
+        for i in 1..=2 {
+            let ns = &topology.backends[i - 1];
+            let name = format!("backend-{i}");
+            for ip in [IpAddr::from(topology::backend_ip(i)), IpAddr::from(topology::backend_ip_v6(i))] {
+                servers.http(ns, SocketAddr::new(ip, HTTP_PORT), &name).expect("http server");
+                servers.udp_echo(ns, SocketAddr::new(ip, ECHO_PORT), &name).expect("udp server");
+            }
+        }
+        let source_dir = std::env::temp_dir().join(&topology.node);
+        std::fs::create_dir_all(&source_dir).unwrap();
+        let source_file = source_dir.join("services.yaml");
+        agent::write_atomically(&source_file, SERVICES).unwrap();
+        let mut agent = Agent::start(&topology.node, &source_file, &[]).expect("agent");
+        agent.wait_ready(Duration::from_secs(30)).expect("agent ready");
+        Self { agent, _servers: servers, topology, source_dir }
+    }
+}
+
+impl Drop for DualStackCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.source_dir);
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn a_dual_stack_service_answers_the_same_client_on_both_families() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    let both: Vec<String> = vec!["backend-1".into(), "backend-2".into()];
+    probe::eventually_answered_by(client, addr(WEB_V6), &both, 20);
+    probe::eventually_answered_by(client, addr(WEB_V4), &both, 20);
+
+    // No source NAT: the pod sees the client's own IPv6 address.
+    let mut conn = servers::connect(client, addr(WEB_V6)).unwrap().expect("connect over IPv6");
+    let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+    let seen: SocketAddr = seen.trim().parse().unwrap_or_else(|_| panic!("a client address, not {seen:?}"));
+    assert_eq!(seen.ip(), IpAddr::from(topology::CLIENT_IP_V6));
+    let _ = &cluster.agent;
+}
+
+#[test]
+fn an_ipv6_only_udp_service_answers_from_its_cluster_ip() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    let (pod, from) =
+        probe::eventually(Duration::from_secs(10), "UDP answer over IPv6", || probe::udp_answer(client, addr(DNS_V6)));
+    assert_eq!(pod, "backend-1");
+    assert_eq!(from, addr(DNS_V6), "the answer's source is the ClusterIP, reverse-translated");
+    // Every new flow (a fresh source port each) is answered.
+    let pods: BTreeSet<String> =
+        (0..10).map(|_| probe::udp_answer(client, addr(DNS_V6)).expect("UDP answer").0).collect();
+    assert_eq!(pods, BTreeSet::from(["backend-1".to_owned()]));
+}
+
+#[test]
+fn an_ipv6_service_without_endpoints_refuses_at_once() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    // Wait until the frontend is programmed (its dual-stack neighbour
+    // answers), then a connect is refused, not left to time out.
+    probe::eventually(Duration::from_secs(10), "the web Service answering", || probe::answer(client, addr(WEB_V6)));
+    // Refused, not timed out (`NoAnswer` after 3 s).
+    let outcome = probe::connect(client, addr(EMPTY_V6), Duration::from_secs(3));
+    assert!(matches!(outcome, Outcome::Refused), "refused by ICMPv6 port unreachable, got {outcome:?}");
+}
