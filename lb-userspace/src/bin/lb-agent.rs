@@ -337,6 +337,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy_name: args.proxy_name.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
         family: lb_userspace::model::IpFamily::V4,
+        dual_stack: true,
     };
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
     let mut syncer = Syncer::resume(maps, node)?;
