@@ -13,10 +13,9 @@
 
 use std::collections::BTreeSet;
 
-use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4},
-    proto,
-};
+use lb_common::proto;
+
+use super::flows::{CtEntry as _, FlowKey};
 
 /// (frontend id, backend id).
 pub type Pair = (u32, u32);
@@ -34,11 +33,12 @@ impl Listed {
         Self { pairs, frontends }
     }
 
-    /// Whether this entry belongs to a UDP flow to be removed.
-    pub fn is_stale(&self, key: &CtKeyV4, value: &CtValueV4) -> bool {
-        key.proto == proto::UDP
-            && self.frontends.contains(&value.frontend_id)
-            && !self.pairs.contains(&(value.frontend_id, value.backend_id))
+    /// Whether this entry (of either family: the ids are shared) belongs
+    /// to a UDP flow to be removed.
+    pub fn is_stale<K: FlowKey>(&self, key: &K, value: &K::Value) -> bool {
+        key.proto() == proto::UDP
+            && self.frontends.contains(&value.frontend_id())
+            && !self.pairs.contains(&(value.frontend_id(), value.backend_id()))
     }
 }
 
@@ -65,6 +65,8 @@ impl Trigger {
 
 #[cfg(test)]
 mod tests {
+    use lb_common::conntrack::{CtKeyV4, CtValueV4};
+
     use super::*;
 
     fn entry(proto: u8, frontend_id: u32, backend_id: u32) -> (CtKeyV4, CtValueV4) {
