@@ -79,14 +79,14 @@ fn node() -> NodeContext {
 /// IPs given, of the families given.
 fn web(families: &[&str], cluster_ips: &[IpAddr]) -> Service {
     let ips: Vec<String> = cluster_ips.iter().map(ToString::to_string).collect();
-    service(json!({
+    service(&json!({
         "type": "NodePort",
         "clusterIP": ips[0], "clusterIPs": ips, "ipFamilies": families,
         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}],
     }))
 }
 
-fn service(spec: Value) -> Service {
+fn service(spec: &Value) -> Service {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "default"},

@@ -4,7 +4,7 @@
 //! frontend, and for a source-NATed flow the client). An original entry
 //! names only a backend id: its reply key needs that backend's address.
 
-use std::{fmt::Debug, hash::Hash};
+use std::{fmt::Debug, hash::Hash, net::SocketAddr};
 
 use aya::Pod;
 use lb_common::{
@@ -17,8 +17,11 @@ use lb_common::{
 pub trait CtEntry: Pod + Copy + Debug {
     fn flags(&self) -> u16;
     fn last_seen_s(&self) -> u32;
+    fn created_s(&self) -> u32;
     fn frontend_id(&self) -> u32;
     fn backend_id(&self) -> u32;
+    /// The address standing in for the client, for a source-NATed flow.
+    fn nat(&self) -> Option<SocketAddr>;
 }
 
 /// A conntrack key of one family (`CtKeyV4`, `CtKeyV6`), with the value
@@ -31,6 +34,9 @@ pub trait FlowKey: Pod + Copy + Eq + Hash + Debug {
 
     fn proto(&self) -> u8;
     fn direction(&self) -> u8;
+    fn source(&self) -> SocketAddr;
+    fn destination(&self) -> SocketAddr;
+    fn backend_address(backend: &Self::Backend) -> SocketAddr;
     /// See [`original_key`].
     fn original_of(&self, value: &Self::Value) -> Self;
     /// See [`reply_key`].
@@ -68,6 +74,14 @@ macro_rules! family {
                 self.last_seen_s
             }
 
+            fn created_s(&self) -> u32 {
+                self.created_s
+            }
+
+            fn nat(&self) -> Option<SocketAddr> {
+                self.has_snat().then(|| SocketAddr::new(self.nat_address.into(), self.nat_port))
+            }
+
             fn frontend_id(&self) -> u32 {
                 self.frontend_id
             }
@@ -87,6 +101,18 @@ macro_rules! family {
 
             fn direction(&self) -> u8 {
                 self.direction
+            }
+
+            fn source(&self) -> SocketAddr {
+                SocketAddr::new(self.src_address.into(), self.src_port)
+            }
+
+            fn destination(&self) -> SocketAddr {
+                SocketAddr::new(self.dst_address.into(), self.dst_port)
+            }
+
+            fn backend_address(backend: &$backend) -> SocketAddr {
+                SocketAddr::new(backend.address.into(), backend.port)
             }
 
             fn original_of(&self, value: &$value) -> Self {
@@ -212,5 +238,44 @@ mod tests {
         let stale = (k(B, CLIENT, DIR_REPLY), value(None));
         assert_eq!(original_key(&stale.0, &stale.1), original.0);
         assert!(!partners((&original.0, &original.1), (&stale.0, &stale.1)));
+    }
+
+    /// `CtKeyV6` with the addresses given (IPv6 `::a:b`-style, last two
+    /// bytes) and TCP.
+    fn k6(src: ([u8; 2], u16), dst: ([u8; 2], u16), direction: u8) -> CtKeyV6 {
+        let address = |[a, b]: [u8; 2]| {
+            let mut address = [0u8; 16];
+            address[0] = 0xfd;
+            address[14..].copy_from_slice(&[a, b]);
+            address
+        };
+        CtKeyV6 {
+            src_address: address(src.0),
+            dst_address: address(dst.0),
+            src_port: src.1,
+            dst_port: dst.1,
+            proto: proto::TCP,
+            direction,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn ipv6_entries_name_each_other_as_ipv4_ones_do() {
+        let (client, frontend, backend) = (([0, 1], 40000), ([0, 0xa], 80), ([1, 2], 8080));
+        let original = k6(client, frontend, DIR_ORIGINAL);
+        let reply = k6(backend, client, DIR_REPLY);
+        let value = CtValueV6 {
+            backend_id: 7,
+            frontend_id: 3,
+            frontend_address: original.dst_address,
+            frontend_port: 80,
+            ..CtValueV6::default()
+        };
+        let b = BackendV6 { address: reply.src_address, port: 8080, proto: proto::TCP, flags: 0 };
+        assert_eq!(reply_key(&original, &value, &b), reply);
+        assert_eq!(original_key(&reply, &value), original);
+        assert!(partners((&original, &value), (&reply, &value)));
+        assert_eq!(original.source().to_string(), "[fd00::1]:40000");
     }
 }

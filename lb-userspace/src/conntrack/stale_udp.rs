@@ -65,7 +65,7 @@ impl Trigger {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::conntrack::{CtKeyV4, CtValueV4};
+    use lb_common::conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6};
 
     use super::*;
 
@@ -101,5 +101,19 @@ mod tests {
         assert!(trigger.after_sync([(1, 5), (1, 6)].into()).is_none(), "an endpoint added");
         assert!(trigger.after_sync([(1, 5), (1, 6)].into()).is_none(), "nothing changed");
         assert_eq!(trigger.after_sync([(1, 6)].into()), Some(Listed::new([(1, 6)].into())));
+    }
+
+    #[test]
+    fn ipv6_flows_are_judged_by_the_same_shared_ids() {
+        let listed = Listed::new([(1, 5)].into());
+        let entry = |backend_id| {
+            (
+                CtKeyV6 { proto: proto::UDP, ..CtKeyV6::default() },
+                CtValueV6 { frontend_id: 1, backend_id, ..CtValueV6::default() },
+            )
+        };
+        let ((key, stale), (_, listed_backend)) = (entry(7), entry(5));
+        assert!(listed.is_stale(&key, &stale));
+        assert!(!listed.is_stale(&key, &listed_backend));
     }
 }
