@@ -277,3 +277,17 @@ fn an_ipv6_frontend_with_source_ranges_keeps_the_flag_but_no_range_entries() {
         maps.source_ranges
     );
 }
+
+#[test]
+fn ipv6_frontends_get_their_metric_labels() {
+    let syncer = synced(&[dual_stack()], &slices());
+    let labels = syncer.frontend_labels().snapshot();
+    let maps = &syncer.writer().maps;
+    let v6: Vec<u32> = maps.services_v6.values().map(|v| v.frontend_id).filter(|id| *id != 0).collect();
+    assert_eq!(v6.len(), 2);
+    for id in v6 {
+        let label = labels.get(&id).unwrap_or_else(|| panic!("frontend {id} has no label"));
+        assert!(label.address.is_ipv6(), "{label:?}");
+    }
+    assert_eq!(labels.len(), 4, "both families' frontends");
+}

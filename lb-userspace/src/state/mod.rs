@@ -31,9 +31,9 @@ use lb_common::{
     source_ranges::{self, SourceRangeKeyV4},
 };
 
-pub use self::family::ServiceKey;
 use self::{
     backends::{BackendIdentity, BackendRefs, Lifecycle, SlotBackend},
+    family::ServiceKey,
     ids::IdCounter,
     labels::{FrontendLabel, FrontendLabels},
     ports::{PortRefs, PortUse},
