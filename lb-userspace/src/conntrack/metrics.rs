@@ -145,4 +145,17 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
         }
     }
+
+    #[test]
+    fn the_ipv6_table_has_its_own_series() {
+        let (v4, v6) = (ConntrackMetrics::new(1 << 20), ConntrackMetrics::new_v6(1 << 18));
+        v6.swept(&SweepReport { entries: 3, ..SweepReport::default() });
+        let mut metrics = Metrics::new(&SyncMetrics::default(), "/nonexistent".into());
+        metrics.register_conntrack(&v4);
+        metrics.register_conntrack(&v6);
+        let text = metrics.render();
+        for line in ["lb_conntrack_entries 0", "lb_conntrack_v6_entries 3", "lb_conntrack_v6_capacity 262144"] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
+        }
+    }
 }

@@ -319,9 +319,8 @@ impl DesiredState {
             return wanted;
         }
         let message = format!(
-            "{}:{} uses the slot hash: every Maglev table is in use (--maglev-max {})",
-            frontend.address,
-            frontend.port,
+            "{} uses the slot hash: every Maglev table is in use (--maglev-max {})",
+            std::net::SocketAddr::new(frontend.address, frontend.port),
             self.maglev_budget.unwrap_or_default()
         );
         let problem = Problem {
