@@ -110,3 +110,25 @@ impl Collector for FrontendCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FrontendKind, Protocol, ServicePortName};
+
+    #[test]
+    fn an_ipv6_frontend_is_labelled_with_a_bracketed_address() {
+        let label = FrontendLabel {
+            service: ServicePortName {
+                namespace: "ns".into(),
+                name: "web".into(),
+                port: "http".into(),
+                protocol: Protocol::Tcp,
+            },
+            kind: FrontendKind::ClusterIp,
+            address: "fd00:10:96::a".parse().unwrap(),
+            port: 80,
+        };
+        assert_eq!(labels(&label)[5], ("frontend", "[fd00:10:96::a]:80".to_owned()));
+    }
+}

@@ -9,7 +9,7 @@
 //! order, each claiming its next preferred free position (the paper's
 //! population loop, equal weights), so the input order does not matter.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use lb_common::maglev::TABLE_SIZE;
 
@@ -28,20 +28,25 @@ impl Table {
     }
 }
 
-/// What a backend is known as on every node: address (network byte
-/// order), port and protocol. The bytes hashed are exactly these fields.
+/// What a backend is known as on every node: address, port and protocol.
+/// The bytes hashed are exactly these fields, the address in network byte
+/// order (4 bytes or 16: a frontend's backends are all of its family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub address: [u8; 4],
+    pub address: IpAddr,
     pub port: u16,
     pub proto: u8,
 }
 
 impl Endpoint {
-    fn bytes(&self) -> [u8; 7] {
-        let [a, b, c, d] = self.address;
-        let [p, q] = self.port.to_be_bytes();
-        [a, b, c, d, p, q, self.proto]
+    fn bytes(&self) -> Vec<u8> {
+        let mut bytes = match self.address {
+            IpAddr::V4(address) => address.octets().to_vec(),
+            IpAddr::V6(address) => address.octets().to_vec(),
+        };
+        bytes.extend(self.port.to_be_bytes());
+        bytes.push(self.proto);
+        bytes
     }
 }
 
@@ -146,7 +151,10 @@ pub fn delta(old: &[u32], new: &[u32]) -> Vec<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        net::Ipv4Addr,
+    };
 
     use super::*;
 
@@ -154,7 +162,7 @@ mod tests {
 
     fn endpoint(i: u32) -> Endpoint {
         let [_, a, b, c] = i.to_be_bytes();
-        Endpoint { address: [10, a, b, c], port: 8080 + (i % 7) as u16, proto: 6 }
+        Endpoint { address: Ipv4Addr::new(10, a, b, c).into(), port: 8080 + (i % 7) as u16, proto: 6 }
     }
 
     /// Backends 1..=n, id = index.
@@ -191,8 +199,12 @@ mod tests {
 
     #[test]
     fn permutations_depend_on_address_and_port() {
-        let a = Endpoint { address: [10, 0, 0, 1], port: 80, proto: 6 };
-        let moved = [Endpoint { port: 81, ..a }, Endpoint { address: [10, 0, 0, 2], ..a }, Endpoint { proto: 17, ..a }];
+        let a = Endpoint { address: Ipv4Addr::new(10, 0, 0, 1).into(), port: 80, proto: 6 };
+        let moved = [
+            Endpoint { port: 81, ..a },
+            Endpoint { address: Ipv4Addr::new(10, 0, 0, 2).into(), ..a },
+            Endpoint { proto: 17, ..a },
+        ];
         for other in moved {
             let (p, q) = (Permutation::of(&a), Permutation::of(&other));
             assert!((p.offset, p.skip) != (q.offset, q.skip), "{a:?} and {other:?}");

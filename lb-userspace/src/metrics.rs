@@ -249,9 +249,12 @@ impl Collector for DatapathCollector {
         }
         let mut sizes = Vec::new();
         if let Ok(held) = ServiceMaps::from_pins(&self.pin_dir).and_then(|m| m.read_all()) {
-            let frontends = held.services.keys().filter(|k| k.backend_slot == 0).count();
+            let frontends = held.services.keys().filter(|k| k.backend_slot == 0).count()
+                + held.services_v6.keys().filter(|k| k.backend_slot == 0).count();
             sizes.push((names::SERVICES_V4, held.services.len()));
             sizes.push((names::BACKENDS_V4, held.backends.len()));
+            sizes.push((names::SERVICES_V6, held.services_v6.len()));
+            sizes.push((names::BACKENDS_V6, held.backends_v6.len()));
             sizes.push((names::MAGLEV_V4, held.maglev.len()));
             let metric = encoder.encode_descriptor(
                 "lb_frontends",
@@ -263,6 +266,9 @@ impl Collector for DatapathCollector {
         }
         if let Ok(entries) = maps::conntrack_entries(&self.pin_dir) {
             sizes.push((names::CONNTRACK_V4, entries.len()));
+        }
+        if let Ok(entries) = maps::conntrack_v6_entries(&self.pin_dir) {
+            sizes.push((names::CONNTRACK_V6, entries.len()));
         }
         let mut metric = encoder.encode_descriptor(
             "lb_map_entries",

@@ -218,6 +218,21 @@ pub struct NodeContext {
     pub proxy_name: Option<String>,
     /// The family this table is built for (see [`IpFamily`]).
     pub family: IpFamily,
+    /// Whether the node serves both families: a sync then builds the
+    /// table of each, `family` naming the one being built.
+    pub dual_stack: bool,
+}
+
+impl NodeContext {
+    /// The families whose tables a sync builds.
+    pub fn families(&self) -> Vec<IpFamily> {
+        if self.dual_stack { vec![IpFamily::V4, IpFamily::V6] } else { vec![self.family] }
+    }
+
+    /// This context, building the table of `family`.
+    pub fn for_family(&self, family: IpFamily) -> Self {
+        Self { family, ..self.clone() }
+    }
 }
 
 /// An object that could not be (fully) translated. It is skipped and

@@ -224,15 +224,26 @@ impl<W: MapWriter> Syncer<W> {
         self.apply(&writes, started)
     }
 
-    /// One Service's frontends, problems and health check.
+    /// One Service's frontends, problems and health check, over the
+    /// families the node serves: a dual-stack Service has the frontends of
+    /// both, each family's from its own addresses and EndpointSlices.
     fn translate_service(&mut self, key: ServiceRef, svc: Option<&Service>, slices: &[&EndpointSlice]) {
-        let (frontends, mut problems) = translate::translate_one(svc, slices.iter().copied(), &self.node);
-        let check = svc.map(|svc| translate::health_check(svc, slices.iter().copied(), &self.node));
-        let check = check.transpose().unwrap_or_else(|problem| {
-            problems.push(problem);
-            None
-        });
-        self.health_checks.set(&key, check.flatten());
+        let (mut frontends, mut problems, mut check) = (Vec::new(), Vec::new(), None);
+        for family in self.node.families() {
+            let node = self.node.for_family(family);
+            let (family_frontends, family_problems) = translate::translate_one(svc, slices.iter().copied(), &node);
+            frontends.extend(family_frontends);
+            problems.extend(family_problems);
+            // Both families answer on the same healthCheckNodePort: the
+            // first family with a check has it.
+            match svc.map(|svc| translate::health_check(svc, slices.iter().copied(), &node)).transpose() {
+                Ok(found) => check = check.or(found.flatten()),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        problems.sort();
+        problems.dedup();
+        self.health_checks.set(&key, check);
         self.state.set_service(key, frontends, problems);
     }
 

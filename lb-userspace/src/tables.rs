@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::service::ServiceKeyV4;
+use lb_common::service::{ServiceKeyV4, ServiceKeyV6};
 
 /// Invokes `$callback!` with the declaration of every map the agent
 /// writes: `field: Variant, Key => Value, pinned name, kernel storage,
@@ -33,6 +33,9 @@ macro_rules! for_each_map {
             port_filter: PortFilter, u16 => u8, lb_common::maps::PORT_FILTER, Array, phase |_| 1, transition bits;
             /// Backends by id.
             backends: Backend, u32 => lb_common::backend::BackendV4, lb_common::maps::BACKENDS_V4, Hash, phase |_| 1, transition replace;
+            /// IPv6 backends by id, from the same id space as `backends`.
+            backends_v6: BackendV6, u32 => lb_common::backend::BackendV6, lb_common::maps::BACKENDS_V6, Hash, phase |_| 1,
+                transition replace;
             /// `loadBalancerSourceRanges` of frontends: in place before the
             /// frontend entry's flag makes the datapath look them up.
             source_ranges: SourceRange, lb_common::source_ranges::SourceRangeKeyV4 => u8,
@@ -47,6 +50,9 @@ macro_rules! for_each_map {
             /// Frontend entries (slot 0, phase 3) and backend slots (phase 2).
             services: Service, lb_common::service::ServiceKeyV4 => lb_common::service::ServiceValue, lb_common::maps::SERVICES_V4, Hash,
                 phase $crate::tables::service_phase, transition replace;
+            /// IPv6 frontend entries and slots, in the same phases.
+            services_v6: ServiceV6, lb_common::service::ServiceKeyV6 => lb_common::service::ServiceValue,
+                lb_common::maps::SERVICES_V6, Hash, phase $crate::tables::service_v6_phase, transition replace;
             /// Maglev tables by frontend id, with the slots (phase 2):
             /// after the backends they name, before the frontend entry
             /// that sets `FLAG_MAGLEV`, removed after it is gone. One
@@ -60,7 +66,16 @@ pub(crate) use for_each_map;
 
 /// Slots are written before the frontend entry whose count reaches them.
 pub fn service_phase(key: &ServiceKeyV4) -> u8 {
-    if key.backend_slot == 0 { 3 } else { 2 }
+    slot_phase(key.backend_slot)
+}
+
+/// As [`service_phase`], for the IPv6 table.
+pub fn service_v6_phase(key: &ServiceKeyV6) -> u8 {
+    slot_phase(key.backend_slot)
+}
+
+fn slot_phase(backend_slot: u16) -> u8 {
+    if backend_slot == 0 { 3 } else { 2 }
 }
 
 /// How a value goes from `old` to `new`: what is written among the puts
@@ -209,6 +224,7 @@ mod tests {
                 Write::Maglev(_, None) => "delete maglev",
                 Write::AffinityMember(_, Some(_)) => "member",
                 Write::AffinityMember(_, None) => "delete member",
+                Write::BackendV6(..) | Write::ServiceV6(..) => unreachable!("no IPv6 entries here"),
             })
             .collect()
     }
@@ -246,7 +262,8 @@ mod tests {
     fn maglev_service(count: u16) -> DesiredMaps {
         let mut maps = service(count);
         maps.services.get_mut(&WEB).unwrap().flags |= lb_common::service::FLAG_MAGLEV;
-        let endpoint = |id: u32| crate::maglev::Endpoint { address: [10, 244, 0, id as u8], port: 8080, proto: 6 };
+        let endpoint =
+            |id: u32| crate::maglev::Endpoint { address: [10, 244, 0, id as u8].into(), port: 8080, proto: 6 };
         let backends: Vec<_> = (1..=u32::from(count)).map(|id| (endpoint(id), id)).collect();
         maps.maglev.insert(1, crate::maglev::Table::new(crate::maglev::build(&backends)));
         maps

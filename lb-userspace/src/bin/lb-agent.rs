@@ -337,6 +337,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy_name: args.proxy_name.clone(),
         cluster_cidrs: args.cluster_cidrs.clone(),
         family: lb_userspace::model::IpFamily::V4,
+        dual_stack: true,
     };
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
     let mut syncer = Syncer::resume(maps, node)?;
@@ -361,8 +362,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // kube-proxy's health timeout: twice the sync period.
     let mut observers =
         Observers::new(args.sync_period * 2, health_check_addresses(&args, &syncer.node().node_addresses));
-    let conntrack_metrics = Arc::new(ConntrackMetrics::new(args.conntrack_max));
-    let gc = conntrack::worker::spawn(args.pin_dir.clone(), conntrack_config(&args), conntrack_metrics.clone());
+    let conntrack_metrics = conntrack::worker::Metrics {
+        v4: Arc::new(ConntrackMetrics::new(args.conntrack_max)),
+        v6: Arc::new(ConntrackMetrics::new_v6(args.conntrack_max_v6)),
+    };
+    let gc = conntrack::worker::spawn(
+        args.pin_dir.clone(),
+        conntrack_config(&args),
+        conntrack::worker::Metrics { v4: conntrack_metrics.v4.clone(), v6: conntrack_metrics.v6.clone() },
+    );
     observers.conntrack = Some(Arc::new(gc));
     observers.frontends = Arc::new(FrontendDirectory::new(args.pin_dir.clone()));
     serve_endpoints(&args, &observers, &conntrack_metrics).await?;
@@ -408,7 +416,12 @@ fn conntrack_config(args: &Args) -> conntrack::worker::Config {
         or(args.conntrack_udp_timeout, expiry::UDP_TIMEOUT),
         or(args.conntrack_udp_timeout_stream, expiry::UDP_STREAM_TIMEOUT),
     );
-    conntrack::worker::Config { interval: args.conntrack_gc_interval, timeouts, capacity: args.conntrack_max }
+    conntrack::worker::Config {
+        interval: args.conntrack_gc_interval,
+        timeouts,
+        capacity: args.conntrack_max,
+        capacity_v6: args.conntrack_max_v6,
+    }
 }
 
 /// Pins the program for the CNI plugin and moves the plugin's links to it
@@ -471,13 +484,14 @@ async fn shutdown_signal() {
 async fn serve_endpoints(
     args: &Args,
     observers: &Observers,
-    conntrack_metrics: &ConntrackMetrics,
+    conntrack_metrics: &conntrack::worker::Metrics,
 ) -> anyhow::Result<()> {
     if let BindAddress(Some(addr)) = args.metrics_bind_address {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
         let mut metrics = Metrics::new(&observers.metrics, args.pin_dir.clone());
-        metrics.register_conntrack(conntrack_metrics);
+        metrics.register_conntrack(&conntrack_metrics.v4);
+        metrics.register_conntrack(&conntrack_metrics.v6);
         metrics.register_frontends(FrontendCollector {
             pin_dir: args.pin_dir.clone(),
             directory: observers.frontends.clone(),

@@ -3,7 +3,8 @@
 //! hypothetical packet through the datapath.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
 };
 
@@ -11,7 +12,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{backend, conntrack::DIR_ORIGINAL, service};
 use lb_userspace::{
-    conntrack::{clock, expiry, flows},
+    conntrack::{
+        clock, expiry,
+        flows::{self, CtEntry as _, FlowKey},
+    },
     datapath::{
         inventory::{self, Owner, PinnedLink},
         loader, maps,
@@ -195,7 +199,7 @@ fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
 
 #[derive(Serialize)]
 struct Frontend {
-    address: Ipv4Addr,
+    address: IpAddr,
     port: u16,
     proto: String,
     kind: &'static str,
@@ -223,7 +227,7 @@ struct SlotBackend {
     slot: u16,
     /// `None`: the slot names a backend the table does not hold.
     id: Option<u32>,
-    address: Option<Ipv4Addr>,
+    address: Option<IpAddr>,
     port: Option<u16>,
     terminating: bool,
 }
@@ -232,46 +236,78 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
     // Maps pinned by an older agent have no per-frontend counters: zeros.
     let counted = maps::frontend_stats(pin_dir).unwrap_or_default();
-    let frontends = held.services.iter().filter(|(k, _)| k.backend_slot == 0);
-    Ok(frontends
-        .map(|(key, value)| {
-            let empty_action = match (value.count, value.flags & service::FLAG_NO_LOCAL_ENDPOINTS != 0) {
-                (0, true) => Some("drop"),
-                (0, false) => Some("reject"),
-                _ => None,
-            };
-            let backends = (1..=value.count)
-                .map(|slot| {
-                    let id = held.services.get(&key.slot(slot)).map(|s| s.backend_id);
-                    let b = id.and_then(|id| held.backends.get(&id));
-                    SlotBackend {
-                        slot,
-                        id,
-                        address: b.map(|b| Ipv4Addr::from(b.address)),
-                        port: b.map(|b| b.port),
-                        terminating: b.is_some_and(|b| b.flags & backend::FLAG_TERMINATING != 0),
-                    }
-                })
-                .collect();
-            let flows = counted.get(&value.frontend_id).copied().unwrap_or_default();
-            Frontend {
-                address: Ipv4Addr::from(key.address),
-                port: key.port,
-                proto: proto_name(key.proto),
-                kind: kind_name(value.flags),
-                for_pods: key.scope == service::SCOPE_INTERNAL,
-                maglev: value.flags & service::FLAG_MAGLEV != 0,
-                source_ranges: value.flags & service::FLAG_SOURCE_RANGES != 0,
-                id: value.frontend_id,
-                empty_action,
-                affinity_timeout_s: (value.affinity_timeout_s > 0).then_some(value.affinity_timeout_s),
-                new_flows: flows.new_flows,
-                rejected: flows.rejected,
-                dropped: flows.dropped,
-                backends,
+    let v4 = held.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(key, value)| {
+        let slot = |slot| {
+            let id = held.services.get(&key.slot(slot)).map(|s| s.backend_id);
+            let b = id.and_then(|id| held.backends.get(&id));
+            (id, b.map(|b| (IpAddr::from(b.address), b.port, b.flags)))
+        };
+        let entry = FrontendEntry { address: key.address.into(), port: key.port, proto: key.proto, scope: key.scope };
+        frontend(entry, value, slot, &counted)
+    });
+    let v6 = held.services_v6.iter().filter(|(k, _)| k.backend_slot == 0).map(|(key, value)| {
+        let slot = |slot| {
+            let id = held.services_v6.get(&key.slot(slot)).map(|s| s.backend_id);
+            let b = id.and_then(|id| held.backends_v6.get(&id));
+            (id, b.map(|b| (IpAddr::from(b.address), b.port, b.flags)))
+        };
+        let entry = FrontendEntry { address: key.address.into(), port: key.port, proto: key.proto, scope: key.scope };
+        frontend(entry, value, slot, &counted)
+    });
+    Ok(v4.chain(v6).collect())
+}
+
+/// A frontend entry's key, of either family.
+#[derive(Clone, Copy)]
+struct FrontendEntry {
+    address: IpAddr,
+    port: u16,
+    proto: u8,
+    scope: u8,
+}
+
+/// One frontend, decoded; `slot` gives a slot's backend id and, when the
+/// table holds it, the backend's address, port and flags.
+fn frontend(
+    key: FrontendEntry,
+    value: &service::ServiceValue,
+    slot: impl Fn(u16) -> (Option<u32>, Option<(IpAddr, u16, u8)>),
+    counted: &BTreeMap<u32, lb_common::frontend_stats::FrontendStatsV4>,
+) -> Frontend {
+    let empty_action = match (value.count, value.flags & service::FLAG_NO_LOCAL_ENDPOINTS != 0) {
+        (0, true) => Some("drop"),
+        (0, false) => Some("reject"),
+        _ => None,
+    };
+    let backends = (1..=value.count)
+        .map(|number| {
+            let (id, b) = slot(number);
+            SlotBackend {
+                slot: number,
+                id,
+                address: b.map(|(address, _, _)| address),
+                port: b.map(|(_, port, _)| port),
+                terminating: b.is_some_and(|(_, _, flags)| flags & backend::FLAG_TERMINATING != 0),
             }
         })
-        .collect())
+        .collect();
+    let flows = counted.get(&value.frontend_id).copied().unwrap_or_default();
+    Frontend {
+        address: key.address,
+        port: key.port,
+        proto: proto_name(key.proto),
+        kind: kind_name(value.flags),
+        for_pods: key.scope == service::SCOPE_INTERNAL,
+        maglev: value.flags & service::FLAG_MAGLEV != 0,
+        source_ranges: value.flags & service::FLAG_SOURCE_RANGES != 0,
+        id: value.frontend_id,
+        empty_action,
+        affinity_timeout_s: (value.affinity_timeout_s > 0).then_some(value.affinity_timeout_s),
+        new_flows: flows.new_flows,
+        rejected: flows.rejected,
+        dropped: flows.dropped,
+        backends,
+    }
 }
 
 fn services_table(frontends: &[Frontend]) -> String {
@@ -285,7 +321,9 @@ fn services_table(frontends: &[Frontend]) -> String {
                     .backends
                     .iter()
                     .map(|b| match (b.address, b.port) {
-                        (Some(a), Some(p)) => format!("{a}:{p}{}", if b.terminating { " (terminating)" } else { "" }),
+                        (Some(a), Some(p)) => {
+                            format!("{}{}", SocketAddr::new(a, p), if b.terminating { " (terminating)" } else { "" })
+                        }
                         _ => format!("<slot {} missing>", b.slot),
                     })
                     .collect::<Vec<_>>()
@@ -295,7 +333,7 @@ fn services_table(frontends: &[Frontend]) -> String {
             // New flows balanced / refused (rejected + dropped).
             let flows = format!("{}/{}", f.new_flows, f.rejected + f.dropped);
             vec![
-                format!("{}:{}/{}", f.address, f.port, f.proto),
+                format!("{}/{}", SocketAddr::new(f.address, f.port), f.proto),
                 type_label(f),
                 f.id.to_string(),
                 affinity,
@@ -310,7 +348,7 @@ fn services_table(frontends: &[Frontend]) -> String {
 #[derive(Serialize)]
 struct Backend {
     id: u32,
-    address: Ipv4Addr,
+    address: IpAddr,
     port: u16,
     proto: String,
     terminating: bool,
@@ -320,16 +358,20 @@ struct Backend {
 
 fn backends(pin_dir: &Path) -> anyhow::Result<Vec<Backend>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
-    Ok(held
-        .backends
-        .iter()
-        .map(|(&id, b)| Backend {
+    let v4 = held.backends.iter().map(|(&id, b)| (id, IpAddr::from(b.address), b.port, b.proto, b.flags));
+    let v6 = held.backends_v6.iter().map(|(&id, b)| (id, IpAddr::from(b.address), b.port, b.proto, b.flags));
+    // One id space: in id order across both families.
+    let mut all: Vec<_> = v4.chain(v6).collect();
+    all.sort_by_key(|(id, ..)| *id);
+    Ok(all
+        .into_iter()
+        .map(|(id, address, port, proto, flags)| Backend {
             id,
-            address: Ipv4Addr::from(b.address),
-            port: b.port,
-            proto: proto_name(b.proto),
-            terminating: b.flags & backend::FLAG_TERMINATING != 0,
-            local: b.flags & backend::FLAG_LOCAL != 0,
+            address,
+            port,
+            proto: proto_name(proto),
+            terminating: flags & backend::FLAG_TERMINATING != 0,
+            local: flags & backend::FLAG_LOCAL != 0,
         })
         .collect())
 }
@@ -340,7 +382,8 @@ fn backends_table(backends: &[Backend]) -> String {
         .map(|b| {
             let state = if b.terminating { "terminating" } else { "ready" };
             let node = if b.local { "local" } else { "remote" };
-            vec![b.id.to_string(), format!("{}:{}/{}", b.address, b.port, b.proto), state.to_owned(), node.to_owned()]
+            let backend = format!("{}/{}", SocketAddr::new(b.address, b.port), b.proto);
+            vec![b.id.to_string(), backend, state.to_owned(), node.to_owned()]
         })
         .collect();
     columns(&["ID", "BACKEND", "STATE", "NODE"], &rows)
@@ -349,14 +392,14 @@ fn backends_table(backends: &[Backend]) -> String {
 #[derive(Serialize)]
 struct Flow {
     proto: String,
-    client: SocketAddrV4,
-    frontend: SocketAddrV4,
+    client: SocketAddr,
+    frontend: SocketAddr,
     backend_id: u32,
     /// `None`: the backend is gone (the next packet re-balances the flow).
-    backend: Option<SocketAddrV4>,
+    backend: Option<SocketAddr>,
     frontend_id: u32,
     /// The source the backend sees, when the flow is source-NATed.
-    snat: Option<SocketAddrV4>,
+    snat: Option<SocketAddr>,
     /// `syn`, `established` or `closing` (TCP); `unreplied` or `replied` (UDP).
     state: &'static str,
     /// Seconds since the flow was opened, and since it last carried a packet.
@@ -366,29 +409,40 @@ struct Flow {
 
 fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
-    let entries: std::collections::BTreeMap<_, _> = maps::conntrack_entries(pin_dir)?.into_iter().collect();
     let now = clock::now_s();
-    Ok(entries
+    let mut out = family_flows(maps::conntrack_entries(pin_dir)?, |id| held.backends.get(&id).copied(), now);
+    out.extend(family_flows(maps::conntrack_v6_entries(pin_dir)?, |id| held.backends_v6.get(&id).copied(), now));
+    Ok(out)
+}
+
+/// The flows of one family's conntrack table, `backend` looking up that
+/// family's backends by id.
+fn family_flows<K: FlowKey + Ord>(
+    entries: Vec<(K, K::Value)>,
+    backend: impl Fn(u32) -> Option<K::Backend>,
+    now: u32,
+) -> Vec<Flow> {
+    let entries: BTreeMap<K, K::Value> = entries.into_iter().collect();
+    entries
         .iter()
-        .filter(|(k, _)| k.direction == DIR_ORIGINAL)
-        .map(|(&k, &v)| {
-            let backend = held.backends.get(&v.backend_id);
-            let reply = backend.and_then(|b| entries.get(&flows::reply_key(&k, &v, b)));
-            (k, v, reply)
+        .filter(|(k, _)| k.direction() == DIR_ORIGINAL)
+        .map(|(k, v)| {
+            let backend = backend(v.backend_id());
+            let reply = backend.as_ref().and_then(|b| entries.get(&flows::reply_key(k, v, b)));
+            Flow {
+                state: expiry::state(k.proto(), Some(v), reply).name(),
+                age_s: now.saturating_sub(v.created_s()),
+                idle_s: expiry::idle_s(now, Some(v), reply),
+                proto: proto_name(k.proto()),
+                client: k.source(),
+                frontend: k.destination(),
+                backend_id: v.backend_id(),
+                backend: backend.as_ref().map(K::backend_address),
+                frontend_id: v.frontend_id(),
+                snat: v.nat(),
+            }
         })
-        .map(|(k, v, reply)| Flow {
-            state: expiry::state(k.proto, Some(&v), reply).name(),
-            age_s: now.saturating_sub(v.created_s),
-            idle_s: expiry::idle_s(now, Some(&v), reply),
-            proto: proto_name(k.proto),
-            client: SocketAddrV4::new(k.src_address.into(), k.src_port),
-            frontend: SocketAddrV4::new(k.dst_address.into(), k.dst_port),
-            backend_id: v.backend_id,
-            backend: held.backends.get(&v.backend_id).map(|b| SocketAddrV4::new(b.address.into(), b.port)),
-            frontend_id: v.frontend_id,
-            snat: v.has_snat().then(|| SocketAddrV4::new(v.nat_address.into(), v.nat_port)),
-        })
-        .collect())
+        .collect()
 }
 
 fn conntrack_table(flows: &[Flow]) -> String {

@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use lb_common::{
-    conntrack::{CtValueV4, FLAG_ESTABLISHED, FLAG_FIN, FLAG_RST},
+    conntrack::{FLAG_ESTABLISHED, FLAG_FIN, FLAG_RST},
     proto,
 };
+
+use super::flows::CtEntry;
 
 /// kube-proxy sets the kernel's `nf_conntrack_tcp_timeout_established`
 /// to this (`--conntrack-tcp-timeout-established`).
@@ -120,8 +122,8 @@ impl State {
 
 /// The state of a flow of protocol `proto` from its entries (either may
 /// be missing: an orphan is judged by the entry it has).
-pub fn state(proto: u8, original: Option<&CtValueV4>, reply: Option<&CtValueV4>) -> State {
-    let bits = |entry: Option<&CtValueV4>| entry.map_or(0, |e| e.flags);
+pub fn state<V: CtEntry>(proto: u8, original: Option<&V>, reply: Option<&V>) -> State {
+    let bits = |entry: Option<&V>| entry.map_or(0, |e| e.flags());
     let (sent, answered) = (bits(original), bits(reply));
     if proto != proto::TCP {
         return if answered & FLAG_ESTABLISHED != 0 { State::Replied } else { State::Unreplied };
@@ -137,17 +139,17 @@ pub fn state(proto: u8, original: Option<&CtValueV4>, reply: Option<&CtValueV4>)
 }
 
 /// Seconds since either entry was last used (0 if one was used after `now_s`).
-pub fn idle_s(now_s: u32, original: Option<&CtValueV4>, reply: Option<&CtValueV4>) -> u32 {
-    let last = original.iter().chain(reply.iter()).map(|e| e.last_seen_s).max().unwrap_or(0);
+pub fn idle_s<V: CtEntry>(now_s: u32, original: Option<&V>, reply: Option<&V>) -> u32 {
+    let last = original.iter().chain(reply.iter()).map(|e| e.last_seen_s()).max().unwrap_or(0);
     now_s.saturating_sub(last)
 }
 
 /// `Some(state)` when the flow is past its state's timeout: both its
 /// entries may go.
-pub fn expired(
+pub fn expired<V: CtEntry>(
     proto: u8,
-    original: Option<&CtValueV4>,
-    reply: Option<&CtValueV4>,
+    original: Option<&V>,
+    reply: Option<&V>,
     now_s: u32,
     timeouts: &Timeouts,
 ) -> Option<State> {
@@ -157,6 +159,8 @@ pub fn expired(
 
 #[cfg(test)]
 mod tests {
+    use lb_common::conntrack::CtValueV4;
+
     use super::*;
 
     const NOW: u32 = 100_000;

@@ -1,6 +1,9 @@
 //! What the conntrack worker exports: table pressure and what garbage
 //! collection removed. Prefixed `lb_conntrack_` (kube-proxy has no
-//! conntrack table of its own to name these after).
+//! conntrack table of its own to name these after) for `LB4_CT`, and
+//! `lb_conntrack_v6_` for `LB6_CT`: each table has its own capacity and
+//! fills on its own, and the IPv4 series keep the names they had before
+//! there was an IPv6 table.
 
 use prometheus_client::{
     metrics::{
@@ -19,6 +22,9 @@ type StateLabel = Vec<(&'static str, &'static str)>;
 
 #[derive(Debug)]
 pub struct ConntrackMetrics {
+    prefix: &'static str,
+    /// The flag that sets the capacity, for the help text.
+    capacity_flag: &'static str,
     entries: Gauge,
     capacity: Gauge,
     removed: Family<StateLabel, Counter>,
@@ -29,8 +35,20 @@ pub struct ConntrackMetrics {
 }
 
 impl ConntrackMetrics {
+    /// The metrics of `LB4_CT`.
     pub fn new(capacity: u32) -> Self {
+        Self::of("lb_conntrack", "--conntrack-max", capacity)
+    }
+
+    /// The metrics of `LB6_CT`.
+    pub fn new_v6(capacity: u32) -> Self {
+        Self::of("lb_conntrack_v6", "--conntrack-max-v6", capacity)
+    }
+
+    fn of(prefix: &'static str, capacity_flag: &'static str, capacity: u32) -> Self {
         let metrics = Self {
+            prefix,
+            capacity_flag,
             entries: Gauge::default(),
             capacity: Gauge::default(),
             removed: Family::default(),
@@ -63,13 +81,13 @@ impl ConntrackMetrics {
     }
 
     pub fn register(&self, registry: &mut Registry) {
-        let lb = registry.sub_registry_with_prefix("lb_conntrack");
+        let lb = registry.sub_registry_with_prefix(self.prefix);
         lb.register(
             "entries",
             "Conntrack entries after the last garbage collection (two per flow)",
             self.entries.clone(),
         );
-        lb.register("capacity", "Conntrack table size (--conntrack-max)", self.capacity.clone());
+        lb.register("capacity", format!("Conntrack table size ({})", self.capacity_flag), self.capacity.clone());
         // Every state shows, at 0 until a flow in it expires.
         for state in State::ALL {
             let _ = self.removed.get_or_create(&vec![("state", state.name())]);
@@ -124,6 +142,19 @@ mod tests {
             "lb_conntrack_udp_purged_entries_total 2",
             "lb_conntrack_gc_duration_seconds_count 1",
         ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_ipv6_table_has_its_own_series() {
+        let (v4, v6) = (ConntrackMetrics::new(1 << 20), ConntrackMetrics::new_v6(1 << 18));
+        v6.swept(&SweepReport { entries: 3, ..SweepReport::default() });
+        let mut metrics = Metrics::new(&SyncMetrics::default(), "/nonexistent".into());
+        metrics.register_conntrack(&v4);
+        metrics.register_conntrack(&v6);
+        let text = metrics.render();
+        for line in ["lb_conntrack_entries 0", "lb_conntrack_v6_entries 3", "lb_conntrack_v6_capacity 262144"] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
         }
     }

@@ -13,10 +13,9 @@
 
 use std::collections::BTreeSet;
 
-use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4},
-    proto,
-};
+use lb_common::proto;
+
+use super::flows::{CtEntry as _, FlowKey};
 
 /// (frontend id, backend id).
 pub type Pair = (u32, u32);
@@ -34,11 +33,12 @@ impl Listed {
         Self { pairs, frontends }
     }
 
-    /// Whether this entry belongs to a UDP flow to be removed.
-    pub fn is_stale(&self, key: &CtKeyV4, value: &CtValueV4) -> bool {
-        key.proto == proto::UDP
-            && self.frontends.contains(&value.frontend_id)
-            && !self.pairs.contains(&(value.frontend_id, value.backend_id))
+    /// Whether this entry (of either family: the ids are shared) belongs
+    /// to a UDP flow to be removed.
+    pub fn is_stale<K: FlowKey>(&self, key: &K, value: &K::Value) -> bool {
+        key.proto() == proto::UDP
+            && self.frontends.contains(&value.frontend_id())
+            && !self.pairs.contains(&(value.frontend_id(), value.backend_id()))
     }
 }
 
@@ -65,6 +65,8 @@ impl Trigger {
 
 #[cfg(test)]
 mod tests {
+    use lb_common::conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6};
+
     use super::*;
 
     fn entry(proto: u8, frontend_id: u32, backend_id: u32) -> (CtKeyV4, CtValueV4) {
@@ -99,5 +101,19 @@ mod tests {
         assert!(trigger.after_sync([(1, 5), (1, 6)].into()).is_none(), "an endpoint added");
         assert!(trigger.after_sync([(1, 5), (1, 6)].into()).is_none(), "nothing changed");
         assert_eq!(trigger.after_sync([(1, 6)].into()), Some(Listed::new([(1, 6)].into())));
+    }
+
+    #[test]
+    fn ipv6_flows_are_judged_by_the_same_shared_ids() {
+        let listed = Listed::new([(1, 5)].into());
+        let entry = |backend_id| {
+            (
+                CtKeyV6 { proto: proto::UDP, ..CtKeyV6::default() },
+                CtValueV6 { frontend_id: 1, backend_id, ..CtValueV6::default() },
+            )
+        };
+        let ((key, stale), (_, listed_backend)) = (entry(7), entry(5));
+        assert!(listed.is_stale(&key, &stale));
+        assert!(!listed.is_stale(&key, &listed_backend));
     }
 }

@@ -1,4 +1,5 @@
-//! One pass of garbage collection over `LB4_CT`, and the UDP purge.
+//! One pass of garbage collection over `LB4_CT` or `LB6_CT`, and the UDP
+//! purge.
 //!
 //! The table is read in batches (`BPF_MAP_LOOKUP_BATCH`); only entries
 //! idle for longer than the shortest timeout are kept as candidates, so
@@ -17,14 +18,11 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
-use lb_common::{
-    backend::BackendV4,
-    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL},
-};
+use lb_common::conntrack::{CtKeyV4, DIR_ORIGINAL};
 
 use super::{
     expiry::{self, State, Timeouts},
-    flows,
+    flows::{self, CtEntry as _, FlowKey},
     stale_udp::Listed,
 };
 use crate::datapath::batch;
@@ -48,20 +46,29 @@ impl SweepReport {
     }
 }
 
+/// A conntrack table (`LB4_CT` with `CtKeyV4`, `LB6_CT` with `CtKeyV6`)
+/// as the agent opens it.
+pub type ConntrackTable<K> = BpfHashMap<MapData, K, <K as FlowKey>::Value>;
+
 /// `LB4_CT` as the agent opens it.
-pub type ConntrackMap = BpfHashMap<MapData, CtKeyV4, CtValueV4>;
+pub type ConntrackMap = ConntrackTable<CtKeyV4>;
 
 /// One flow's idle entries, gathered by original key.
-#[derive(Default)]
-struct Flow {
-    original: Option<CtValueV4>,
-    replies: Vec<(CtKeyV4, CtValueV4)>,
+struct Flow<K: FlowKey> {
+    original: Option<K::Value>,
+    replies: Vec<(K, K::Value)>,
+}
+
+impl<K: FlowKey> Default for Flow<K> {
+    fn default() -> Self {
+        Self { original: None, replies: Vec::new() }
+    }
 }
 
 /// Hands every entry of the table to `each`, in batches when the kernel
 /// can, else key by key.
-fn read(ct: &ConntrackMap, mut each: impl FnMut(&CtKeyV4, &CtValueV4)) -> anyhow::Result<()> {
-    let batched = batch::for_each_chunk(ct.map(), |keys: &[CtKeyV4], values: &[CtValueV4]| {
+fn read<K: FlowKey>(ct: &ConntrackTable<K>, mut each: impl FnMut(&K, &K::Value)) -> anyhow::Result<()> {
+    let batched = batch::for_each_chunk(ct.map(), |keys: &[K], values: &[K::Value]| {
         keys.iter().zip(values).for_each(|(k, v)| each(k, v));
     })?;
     if !batched {
@@ -75,7 +82,7 @@ fn read(ct: &ConntrackMap, mut each: impl FnMut(&CtKeyV4, &CtValueV4)) -> anyhow
 
 /// Deletes `keys` (batched when the kernel can); keys already gone are
 /// fine.
-fn delete(ct: &mut ConntrackMap, keys: &[CtKeyV4]) -> anyhow::Result<()> {
+fn delete<K: FlowKey>(ct: &mut ConntrackTable<K>, keys: &[K]) -> anyhow::Result<()> {
     if batch::delete_all(ct.map(), keys)?.is_none() {
         for key in keys {
             let _ = ct.remove(key);
@@ -86,16 +93,18 @@ fn delete(ct: &mut ConntrackMap, keys: &[CtKeyV4]) -> anyhow::Result<()> {
 
 /// Reads the table; returns its size and the entries idle longer than
 /// `idle_s`, grouped by flow.
-fn candidates(ct: &ConntrackMap, now_s: u32, idle_s: u32) -> anyhow::Result<(usize, HashMap<CtKeyV4, Flow>)> {
+type Candidates<K> = (usize, HashMap<K, Flow<K>>);
+
+fn candidates<K: FlowKey>(ct: &ConntrackTable<K>, now_s: u32, idle_s: u32) -> anyhow::Result<Candidates<K>> {
     let mut entries = 0;
-    let mut flows: HashMap<CtKeyV4, Flow> = HashMap::new();
+    let mut flows: HashMap<K, Flow<K>> = HashMap::new();
     read(ct, |key, value| {
         entries += 1;
-        if now_s.saturating_sub(value.last_seen_s) <= idle_s {
+        if now_s.saturating_sub(value.last_seen_s()) <= idle_s {
             return;
         }
         let flow = flows.entry(flows::original_key(key, value)).or_default();
-        if key.direction == DIR_ORIGINAL {
+        if key.direction() == DIR_ORIGINAL {
             flow.original = Some(*value);
         } else {
             flow.replies.push((*key, *value));
@@ -105,14 +114,13 @@ fn candidates(ct: &ConntrackMap, now_s: u32, idle_s: u32) -> anyhow::Result<(usi
 }
 
 /// What the sweep decided.
-#[derive(Default)]
-struct Verdict {
-    delete: Vec<CtKeyV4>,
+struct Verdict<K> {
+    delete: Vec<K>,
     report: SweepReport,
 }
 
-impl Verdict {
-    fn remove(&mut self, state: State, keys: impl IntoIterator<Item = CtKeyV4>) {
+impl<K> Verdict<K> {
+    fn remove(&mut self, state: State, keys: impl IntoIterator<Item = K>) {
         let before = self.delete.len();
         self.delete.extend(keys);
         *self.report.removed.entry(state).or_default() += self.delete.len() - before;
@@ -120,17 +128,24 @@ impl Verdict {
 }
 
 /// The expiry rules and where to look a partner up.
-pub struct Rules<'a> {
+pub struct Rules<'a, B> {
     pub timeouts: &'a Timeouts,
-    /// Backend id → backend, for an original entry's reply key.
-    pub backend: &'a dyn Fn(u32) -> Option<BackendV4>,
+    /// Backend id → backend (of the table's family), for an original
+    /// entry's reply key.
+    pub backend: &'a dyn Fn(u32) -> Option<B>,
     /// The conntrack clock's now (`clock::now_s`).
     pub now_s: u32,
 }
 
 /// Decides one flow whose idle entries are `flow`.
-fn decide(ct: &ConntrackMap, rules: &Rules, original_key: CtKeyV4, flow: Flow, verdict: &mut Verdict) {
-    let proto = original_key.proto;
+fn decide<K: FlowKey>(
+    ct: &ConntrackTable<K>,
+    rules: &Rules<K::Backend>,
+    original_key: K,
+    flow: Flow<K>,
+    verdict: &mut Verdict<K>,
+) {
+    let proto = original_key.proto();
     let original = flow.original.or_else(|| ct.get(&original_key, 0).ok());
     let mut reply = None;
     for (key, value) in flow.replies {
@@ -145,7 +160,7 @@ fn decide(ct: &ConntrackMap, rules: &Rules, original_key: CtKeyV4, flow: Flow, v
     }
     let Some(original) = original else { return };
     if reply.is_none()
-        && let Some(backend) = (rules.backend)(original.backend_id)
+        && let Some(backend) = (rules.backend)(original.backend_id())
     {
         let key = flows::reply_key(&original_key, &original, &backend);
         reply =
@@ -159,10 +174,10 @@ fn decide(ct: &ConntrackMap, rules: &Rules, original_key: CtKeyV4, flow: Flow, v
 }
 
 /// One garbage collection pass: removes every flow past its timeout.
-pub fn sweep(ct: &mut ConntrackMap, rules: &Rules) -> anyhow::Result<SweepReport> {
+pub fn sweep<K: FlowKey>(ct: &mut ConntrackTable<K>, rules: &Rules<K::Backend>) -> anyhow::Result<SweepReport> {
     let started = Instant::now();
     let (entries, flows) = candidates(ct, rules.now_s, rules.timeouts.shortest())?;
-    let mut verdict = Verdict::default();
+    let mut verdict = Verdict { delete: Vec::new(), report: SweepReport::default() };
     for (original_key, flow) in flows {
         decide(ct, rules, original_key, flow, &mut verdict);
     }
@@ -172,7 +187,7 @@ pub fn sweep(ct: &mut ConntrackMap, rules: &Rules) -> anyhow::Result<SweepReport
 
 /// Removes the UDP flows `listed` says are stale (see `stale_udp`);
 /// returns how many entries went.
-pub fn purge_udp(ct: &mut ConntrackMap, listed: &Listed) -> anyhow::Result<usize> {
+pub fn purge_udp<K: FlowKey>(ct: &mut ConntrackTable<K>, listed: &Listed) -> anyhow::Result<usize> {
     let mut stale = Vec::new();
     read(ct, |key, value| {
         if listed.is_stale(key, value) {

@@ -14,7 +14,7 @@ use aya::{
 };
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityValueV4},
-    conntrack::{CtKeyV4, CtValueV4},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
     maps as names,
     pod_cidrs::PodCidrKeyV4,
@@ -227,6 +227,7 @@ macro_rules! kernel_tables {
         pub struct ServiceMaps {
             $( $field: kernel_storage!($storage, $key, $value), )*
             conntrack: HashMap<MapData, CtKeyV4, CtValueV4>,
+            conntrack_v6: HashMap<MapData, CtKeyV6, CtValueV6>,
             affinity: HashMap<MapData, AffinityKeyV4, AffinityValueV4>,
         }
 
@@ -235,6 +236,7 @@ macro_rules! kernel_tables {
                 Ok(Self {
                     $( $field: <kernel_storage!($storage, $key, $value)>::new(open($name)?).context($name)?, )*
                     conntrack: open(names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?,
+                    conntrack_v6: open(names::CONNTRACK_V6)?.try_into().context(names::CONNTRACK_V6)?,
                     affinity: open(names::AFFINITY_V4)?.try_into().context(names::AFFINITY_V4)?,
                 })
             }
@@ -325,12 +327,18 @@ impl ServiceMaps {
         self.conntrack.iter().map(|e| e.context("reading conntrack")).collect()
     }
 
-    /// The highest ids the conntrack table names.
+    /// The highest ids the conntrack tables of both families name.
     pub fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
         let mut highest = HighestIds::default();
-        for (_, value) in self.conntrack_entries()? {
-            highest.backend = highest.backend.max(value.backend_id);
-            highest.frontend = highest.frontend.max(value.frontend_id);
+        let v6 = self
+            .conntrack_v6
+            .iter()
+            .map(|e| e.context("reading conntrack").map(|(_, v)| (v.backend_id, v.frontend_id)));
+        let v4 = self.conntrack_entries()?.into_iter().map(|(_, v)| Ok((v.backend_id, v.frontend_id)));
+        for ids in v4.chain(v6) {
+            let (backend, frontend) = ids?;
+            highest.backend = highest.backend.max(backend);
+            highest.frontend = highest.frontend.max(frontend);
         }
         Ok(highest)
     }
@@ -360,11 +368,19 @@ pub fn affinity_entries(pin_dir: &Path) -> anyhow::Result<Vec<(AffinityKeyV4, Af
     map.iter().map(|e| e.context("reading affinity")).collect()
 }
 
-/// Reads the conntrack table (CLI, metrics, tests): batched, as the
+/// Reads the IPv4 conntrack table (CLI, metrics, tests): batched, as the
 /// table holds up to `--conntrack-max` entries.
 pub fn conntrack_entries(pin_dir: &Path) -> anyhow::Result<Vec<(CtKeyV4, CtValueV4)>> {
-    let map: HashMap<MapData, CtKeyV4, CtValueV4> =
-        open_pinned(pin_dir, names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?;
+    read_conntrack(pin_dir, names::CONNTRACK_V4)
+}
+
+/// Reads the IPv6 conntrack table, as [`conntrack_entries`].
+pub fn conntrack_v6_entries(pin_dir: &Path) -> anyhow::Result<Vec<(CtKeyV6, CtValueV6)>> {
+    read_conntrack(pin_dir, names::CONNTRACK_V6)
+}
+
+fn read_conntrack<K: Pod, V: Pod>(pin_dir: &Path, name: &str) -> anyhow::Result<Vec<(K, V)>> {
+    let map: HashMap<MapData, K, V> = open_pinned(pin_dir, name)?.try_into().context(name.to_owned())?;
     if let Some(entries) = batch::lookup_all(map.map()).context("reading conntrack")? {
         return Ok(entries);
     }

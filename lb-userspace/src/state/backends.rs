@@ -4,18 +4,19 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::{
-    backend::{self, BackendV4},
-    service::ServiceKeyV4,
-};
+use lb_common::backend::{self, BackendV4, BackendV6};
 
-use super::ids::IdCounter;
+use super::{
+    family::{self, ServiceKey},
+    ids::IdCounter,
+};
 use crate::tables::DesiredMaps;
 
-/// What makes two backends the same backend entry.
+/// What makes two backends the same backend entry. An IPv4 and an IPv6
+/// address are never the same backend, so never share an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendIdentity {
-    pub address: [u8; 4],
+    pub address: IpAddr,
     pub port: u16,
     pub proto: u8,
 }
@@ -26,12 +27,12 @@ impl BackendIdentity {
         crate::maglev::Endpoint { address: self.address, port: self.port, proto: self.proto }
     }
 
-    /// `None` for an address of another family than this table's.
-    pub fn new(address: IpAddr, port: u16, proto: u8) -> Option<Self> {
-        match address {
-            IpAddr::V4(address) => Some(Self { address: address.octets(), port, proto }),
-            IpAddr::V6(_) => None,
-        }
+    pub fn v4(backend: &BackendV4) -> Self {
+        Self { address: backend.address.into(), port: backend.port, proto: backend.proto }
+    }
+
+    pub fn v6(backend: &BackendV6) -> Self {
+        Self { address: backend.address.into(), port: backend.port, proto: backend.proto }
     }
 }
 
@@ -73,7 +74,7 @@ pub struct BackendRefs {
 
 impl BackendRefs {
     pub fn resume(existing: &DesiredMaps, last_id: u32) -> Self {
-        let resumed = existing.backends.iter().map(|(id, b)| (identity_of(b), *id)).collect();
+        let resumed = family::backends(existing).map(|(id, identity)| (identity, id)).collect();
         Self { live: HashMap::new(), resumed, ids: IdCounter::resume(last_id) }
     }
 
@@ -82,13 +83,13 @@ impl BackendRefs {
     }
 
     /// The backend a slot entry of the existing maps points to.
-    pub fn resumed_slot(&self, existing: &DesiredMaps, slot: ServiceKeyV4) -> Option<SlotBackend> {
-        let id = existing.services.get(&slot)?.backend_id;
-        let backend = existing.backends.get(&id)?;
+    pub fn resumed_slot(&self, existing: &DesiredMaps, slot: ServiceKey) -> Option<SlotBackend> {
+        let id = family::service(existing, slot)?.backend_id;
+        let (identity, flags) = family::backend(existing, slot.family(), id)?;
         Some(SlotBackend {
-            identity: identity_of(backend),
-            terminating: backend.flags & backend::FLAG_TERMINATING != 0,
-            local: backend.flags & backend::FLAG_LOCAL != 0,
+            identity,
+            terminating: flags & backend::FLAG_TERMINATING != 0,
+            local: flags & backend::FLAG_LOCAL != 0,
         })
     }
 
@@ -132,8 +133,8 @@ impl BackendRefs {
         self.live.get(&identity).map(|live| live.id)
     }
 
-    /// The entry of a live backend.
-    pub fn value(&self, identity: BackendIdentity) -> Option<BackendV4> {
+    /// The flags of a live backend's entry.
+    pub fn flags(&self, identity: BackendIdentity) -> Option<u8> {
         let live = self.live.get(&identity)?;
         let mut flags = 0;
         if live.terminating_refs > 0 {
@@ -142,10 +143,6 @@ impl BackendRefs {
         if live.local_refs > 0 {
             flags |= backend::FLAG_LOCAL;
         }
-        Some(BackendV4 { address: identity.address, port: identity.port, proto: identity.proto, flags })
+        Some(flags)
     }
-}
-
-fn identity_of(backend: &BackendV4) -> BackendIdentity {
-    BackendIdentity { address: backend.address, port: backend.port, proto: backend.proto }
 }

@@ -8,6 +8,7 @@
 //! - [`ids`]: backend and frontend ids, never handed out twice.
 //! - [`slots`]: stable backend slots.
 //! - [`ports`]: port-filter bits by reference count.
+//! - [`family`]: which family's table an entry goes to.
 //!
 //! After an agent restart, [`DesiredState::resume`] takes over what the
 //! pinned maps hold: the id counters, each frontend's id and slot order,
@@ -15,25 +16,24 @@
 //! and a backend kept across a restart keeps its id and slot.
 
 mod backends;
+mod family;
 mod ids;
 pub mod labels;
 mod ports;
 mod slots;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{
     affinity::{self, AffinityMemberKeyV4},
     ids as counters,
-    service::{ServiceKeyV4, ServiceValue},
+    service::ServiceValue,
     source_ranges::{self, SourceRangeKeyV4},
 };
 
 use self::{
     backends::{BackendIdentity, BackendRefs, Lifecycle, SlotBackend},
+    family::ServiceKey,
     ids::IdCounter,
     labels::{FrontendLabel, FrontendLabels},
     ports::{PortRefs, PortUse},
@@ -41,7 +41,7 @@ use self::{
 pub use crate::translate::ServiceRef;
 use crate::{
     encode,
-    model::{Backend, Balancing, Frontend, Problem},
+    model::{Backend, Balancing, Frontend, IpFamily, Problem},
     tables::{DesiredMaps, Touched},
     translate::{Claims, FrontendAddr},
 };
@@ -63,9 +63,9 @@ struct Encoded {
 pub struct DesiredState {
     claims: Claims,
     problems: HashMap<ServiceRef, Vec<Problem>>,
-    encoded: HashMap<ServiceKeyV4, Encoded>,
+    encoded: HashMap<ServiceKey, Encoded>,
     /// Frontends the maps held when the agent started, not claimed again yet.
-    resumed: HashMap<ServiceKeyV4, Encoded>,
+    resumed: HashMap<ServiceKey, Encoded>,
     backends: BackendRefs,
     frontend_ids: IdCounter,
     ports: PortRefs,
@@ -76,7 +76,7 @@ pub struct DesiredState {
     maglev_budget: Option<usize>,
     /// Maglev frontends that got no table because the budget was used up:
     /// they balance with the slot hash until a table is free (reported).
-    maglev_fallbacks: HashMap<ServiceKeyV4, (FrontendAddr, Problem)>,
+    maglev_fallbacks: HashMap<ServiceKey, (FrontendAddr, Problem)>,
     /// Who each served frontend id belongs to (metric labels).
     labels: FrontendLabels,
 }
@@ -93,7 +93,7 @@ impl DesiredState {
     /// Starts from what the kernel maps hold (empty on a first start).
     pub fn resume(existing: &DesiredMaps, conntrack: HighestIds) -> Self {
         let counter = |index| existing.ids.get(&index).copied().unwrap_or(0);
-        let highest_backend = existing.backends.keys().copied().max().unwrap_or(0);
+        let highest_backend = family::backends(existing).map(|(id, _)| id).max().unwrap_or(0);
         let mut state = DesiredState {
             backends: BackendRefs::resume(
                 existing,
@@ -102,14 +102,14 @@ impl DesiredState {
             ..Self::default()
         };
         let mut last_frontend = counter(counters::LAST_FRONTEND_ID).max(conntrack.frontend);
-        for (key, value) in existing.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+        for (key, value) in family::frontends(existing) {
             last_frontend = last_frontend.max(value.frontend_id);
             let slots: Option<Vec<SlotBackend>> =
                 (1..=value.count).map(|slot| state.backends.resumed_slot(existing, key.slot(slot))).collect();
             // A frontend with a missing slot or backend is rebuilt from scratch.
             let slots = slots.unwrap_or_default();
             state.resumed.insert(
-                *key,
+                key,
                 Encoded {
                     frontend_id: value.frontend_id,
                     slots,
@@ -146,7 +146,7 @@ impl DesiredState {
     pub fn listed_pairs(&self, proto: u8) -> std::collections::BTreeSet<(u32, u32)> {
         self.encoded
             .iter()
-            .filter(|(key, _)| key.proto == proto)
+            .filter(|(key, _)| key.proto() == proto)
             .flat_map(|(_, e)| e.slots.iter().chain(&e.draining).map(move |b| (e.frontend_id, b.identity)))
             .filter_map(|(frontend_id, identity)| Some((frontend_id, self.backends.id(identity)?)))
             .collect()
@@ -199,10 +199,7 @@ impl DesiredState {
 
     /// Re-derives the entries of one frontend from its winning claim.
     fn reencode(&mut self, address: FrontendAddr) {
-        let IpAddr::V4(ip) = address.address else {
-            return;
-        };
-        let key = ServiceKeyV4::frontend(ip.octets(), address.port, address.protocol.number());
+        let key = ServiceKey::frontend(address.address, address.port, address.protocol.number());
         let winner = self.claims.winner(&address).cloned();
         // The in-cluster entry goes in after the frontend whose flag points
         // to it; until then Pods get the frontend itself (see the datapath).
@@ -228,12 +225,12 @@ impl DesiredState {
         }
     }
 
-    fn put_frontend(&mut self, key: ServiceKeyV4, frontend: &Frontend) {
+    fn put_frontend(&mut self, key: ServiceKey, frontend: &Frontend) {
         let owned = self.encoded.remove(&key);
         let taken_over = if owned.is_none() {
             // Newly served (or taken over from the maps): one more frontend
             // on this port.
-            self.change_port(key.port, PortUse::Frontend, true);
+            self.change_port(key.port(), PortUse::Frontend, true);
             self.resumed.remove(&key)
         } else {
             None
@@ -247,9 +244,8 @@ impl DesiredState {
             (None, None) => self.frontend_ids.allocate(),
         };
         self.labels.set(frontend_id, FrontendLabel::of(frontend));
-        let wanted: Vec<SlotBackend> =
-            slot_backends(&frontend.backends, key.proto).take(usize::from(u16::MAX)).collect();
-        let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key.proto).collect();
+        let wanted: Vec<SlotBackend> = slot_backends(&frontend.backends, key).take(usize::from(u16::MAX)).collect();
+        let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key).collect();
         let old_slots: &[SlotBackend] = owned.as_ref().or(taken_over.as_ref()).map_or(&[], |old| &old.slots);
         let slots = slots::reassign(old_slots, &wanted);
         // New references before old ones go, so a kept backend keeps its id.
@@ -258,18 +254,26 @@ impl DesiredState {
             let id = self.acquire_backend(*backend);
             slot_ids.push((backend.identity.endpoint(), id));
             let entry = ServiceValue { backend_id: id, ..Default::default() };
-            set(&mut self.maps.services, &mut self.touched.services, key.slot(slot), Some(entry));
+            self.set_service_entry(key.slot(slot), Some(entry));
         }
         for backend in &draining {
             self.acquire_backend(*backend);
         }
         for slot in slots.len() + 1..=old_slots.len() {
-            set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
+            self.set_service_entry(key.slot(slot as u16), None);
         }
-        let old_ranges = owned.as_ref().map_or(&[][..], |o| &o.ranges);
-        let ranges = self.put_source_ranges(frontend, frontend_id, old_ranges);
-        let old_members = owned.as_ref().map_or(&[][..], |o| &o.members);
-        let members = self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members);
+        // The IPv6 datapath looks up neither source ranges (it drops new
+        // flows to a frontend with FLAG_SOURCE_RANGES) nor affinity members
+        // (it balances affinity frontends per flow): none to write for it.
+        let (ranges, members) = match key.family() {
+            IpFamily::V4 => {
+                let old_ranges = owned.as_ref().map_or(&[][..], |o| &o.ranges);
+                let ranges = self.put_source_ranges(frontend, frontend_id, old_ranges);
+                let old_members = owned.as_ref().map_or(&[][..], |o| &o.members);
+                (ranges, self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members))
+            }
+            IpFamily::V6 => (Vec::new(), Vec::new()),
+        };
         // A table depends only on the slot backends: the periodic full
         // sync re-encodes every frontend, and need not rebuild them all.
         let same_backends = owned.as_ref().is_some_and(|o| o.slots == slots);
@@ -283,7 +287,7 @@ impl DesiredState {
         if !wants_table {
             value.flags &= !lb_common::service::FLAG_MAGLEV;
         }
-        set(&mut self.maps.services, &mut self.touched.services, key, Some(value));
+        self.set_service_entry(key, Some(value));
         for backend in owned.iter().flat_map(|o| o.slots.iter().chain(&o.draining)) {
             self.release_backend(*backend);
         }
@@ -303,7 +307,7 @@ impl DesiredState {
     /// one is free.
     fn maglev_table_allowed(
         &mut self,
-        key: ServiceKeyV4,
+        key: ServiceKey,
         frontend: &Frontend,
         has_table: bool,
         has_backends: bool,
@@ -315,9 +319,8 @@ impl DesiredState {
             return wanted;
         }
         let message = format!(
-            "{}:{} uses the slot hash: every Maglev table is in use (--maglev-max {})",
-            frontend.address,
-            frontend.port,
+            "{} uses the slot hash: every Maglev table is in use (--maglev-max {})",
+            std::net::SocketAddr::new(frontend.address, frontend.port),
             self.maglev_budget.unwrap_or_default()
         );
         let problem = Problem {
@@ -369,16 +372,16 @@ impl DesiredState {
         members
     }
 
-    fn remove_frontend(&mut self, key: ServiceKeyV4) {
+    fn remove_frontend(&mut self, key: ServiceKey) {
         self.resumed.remove(&key);
         let Some(owned) = self.encoded.remove(&key) else {
             return;
         };
-        set(&mut self.maps.services, &mut self.touched.services, key, None);
+        self.set_service_entry(key, None);
         set(&mut self.maps.maglev, &mut self.touched.maglev, owned.frontend_id, None);
         self.maglev_fallbacks.remove(&key);
         for slot in 1..=owned.slots.len() {
-            set(&mut self.maps.services, &mut self.touched.services, key.slot(slot as u16), None);
+            self.set_service_entry(key.slot(slot as u16), None);
         }
         for range in &owned.ranges {
             set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, None);
@@ -391,7 +394,11 @@ impl DesiredState {
         }
         self.frontend_ids.release(owned.frontend_id);
         self.labels.remove(owned.frontend_id);
-        self.change_port(key.port, PortUse::Frontend, false);
+        self.change_port(key.port(), PortUse::Frontend, false);
+    }
+
+    fn set_service_entry(&mut self, key: ServiceKey, value: Option<ServiceValue>) {
+        family::set_service(&mut self.maps, &mut self.touched, key, value);
     }
 
     fn acquire_backend(&mut self, backend: SlotBackend) -> u32 {
@@ -399,8 +406,8 @@ impl DesiredState {
         if lifecycle == Lifecycle::Created {
             self.change_port(backend.identity.port, PortUse::Backend, true);
         }
-        let value = self.backends.value(backend.identity);
-        set(&mut self.maps.backends, &mut self.touched.backends, id, value);
+        let flags = self.backends.flags(backend.identity);
+        family::set_backend(&mut self.maps, &mut self.touched, id, backend.identity, flags);
         id
     }
 
@@ -412,8 +419,8 @@ impl DesiredState {
             self.change_port(backend.identity.port, PortUse::Backend, false);
         }
         // None once removed; otherwise its flags may have changed.
-        let value = self.backends.value(backend.identity);
-        set(&mut self.maps.backends, &mut self.touched.backends, id, value);
+        let flags = self.backends.flags(backend.identity);
+        family::set_backend(&mut self.maps, &mut self.touched, id, backend.identity, flags);
     }
 
     fn change_port(&mut self, port: u16, use_: PortUse, add: bool) {
@@ -433,11 +440,12 @@ impl DesiredState {
     }
 }
 
-/// The backends of the table's family, as slot entries.
-fn slot_backends(backends: &[Backend], proto: u8) -> impl Iterator<Item = SlotBackend> + '_ {
-    backends.iter().filter_map(move |b| {
-        let identity = BackendIdentity::new(b.address, b.port, proto)?;
-        Some(SlotBackend { identity, terminating: b.terminating, local: b.local })
+/// The backends of the frontend's family, as slot entries.
+fn slot_backends(backends: &[Backend], key: ServiceKey) -> impl Iterator<Item = SlotBackend> + '_ {
+    backends.iter().filter(move |b| IpFamily::of(b.address) == key.family()).map(move |b| SlotBackend {
+        identity: BackendIdentity { address: b.address, port: b.port, proto: key.proto() },
+        terminating: b.terminating,
+        local: b.local,
     })
 }
 
@@ -461,7 +469,7 @@ fn set<K: Ord + Copy, V: PartialEq + Clone>(
 mod tests {
     use std::net::Ipv4Addr;
 
-    use lb_common::port_filter;
+    use lb_common::{port_filter, service::ServiceKeyV4};
 
     use super::*;
     use crate::{

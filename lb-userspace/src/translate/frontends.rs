@@ -28,7 +28,7 @@ pub(super) fn plan(
 ) -> Vec<PortFrontends> {
     let addresses = Addresses::of(svc, spec, node.family, problems);
     if addresses.cluster.is_empty() {
-        if addresses.other_family_cluster && node.family == IpFamily::V4 {
+        if addresses.other_family_cluster && node.family == IpFamily::V4 && !node.dual_stack {
             problems.push(service_problem(svc, "IPv6-only Service: this node serves IPv4 only so far; skipped".into()));
         }
         return Vec::new();

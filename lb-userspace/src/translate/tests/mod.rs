@@ -25,6 +25,7 @@ fn node() -> NodeContext {
         node_addresses: vec!["192.168.0.10".parse().unwrap(), "192.168.0.11".parse().unwrap()],
         proxy_name: None,
         family: crate::model::IpFamily::V4,
+        dual_stack: false,
         cluster_cidrs: Vec::new(),
     }
 }
