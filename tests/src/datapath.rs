@@ -186,9 +186,7 @@ impl Datapath {
 
     /// The IPv6 flows the datapath has tracked (LB6_CT), by key.
     pub fn conntrack_v6(&self) -> anyhow::Result<Vec<(CtKeyV6, CtValueV6)>> {
-        let map: HashMap<&MapData, CtKeyV6, CtValueV6> =
-            self.ebpf.map(names::CONNTRACK_V6).context("LB6_CT")?.try_into()?;
-        Ok(map.iter().collect::<Result<_, _>>()?)
+        self.syncer.writer().conntrack_v6_entries()
     }
 
     /// LB4_CT itself, as the agent's conntrack worker opens it.

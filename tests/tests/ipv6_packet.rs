@@ -92,7 +92,8 @@ items:
 "#;
 
 fn datapath() -> Datapath {
-    let mut dp = Datapath::load(NodeContext { node_name: Some("this-node".into()), ..NodeContext::default() })
+    let node = NodeContext { node_name: Some("this-node".into()), dual_stack: true, ..NodeContext::default() };
+    let mut dp = Datapath::load(node)
         .expect("load datapath (root needed)");
     dp.apply(SERVICES).expect("program services");
     dp

@@ -327,6 +327,11 @@ impl ServiceMaps {
         self.conntrack.iter().map(|e| e.context("reading conntrack")).collect()
     }
 
+    /// Every IPv6 conntrack entry.
+    pub fn conntrack_v6_entries(&self) -> anyhow::Result<Vec<(CtKeyV6, CtValueV6)>> {
+        self.conntrack_v6.iter().map(|e| e.context("reading IPv6 conntrack")).collect()
+    }
+
     /// The highest ids the conntrack tables of both families name.
     pub fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds> {
         let mut highest = HighestIds::default();
