@@ -287,7 +287,7 @@ impl<W: MapWriter> Syncer<W> {
         result?;
         Ok(SyncReport {
             frontends: self.state.frontend_count(),
-            backends: self.current.backends.len(),
+            backends: self.current.backends.len() + self.current.backends_v6.len(),
             writes: writes.len(),
             repaired: 0,
             problems: self.state.problems(),

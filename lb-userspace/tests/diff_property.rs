@@ -5,15 +5,16 @@
 //! once a sync succeeds; each successful sync writes no more than the
 //! entries that changed; no intermediate state (after any single write)
 //! exposes a half-built Service; and no id is ever handed to a second
-//! backend or frontend.
+//! backend or frontend. Run on an IPv4 node, and on a dual-stack one with
+//! Services of either family or both (one id space, two tables each).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use lb_common::{backend::BackendV4, port_filter, service::ServiceKeyV4};
+use lb_common::port_filter;
 use lb_userspace::{
     model::{IpFamily, NodeContext, ServiceTable},
     state::HighestIds,
@@ -34,12 +35,18 @@ struct CheckingWriter {
     /// An entry was removed behind the agent's back: the maps may be
     /// inconsistent until a sync completes.
     tampered: bool,
-    /// Every backend id and frontend id ever written, with what it named.
-    backend_ids: BTreeMap<u32, (Ipv4Addr, u16, u8)>,
-    frontend_ids: BTreeMap<u32, ServiceKeyV4>,
+    /// Every backend id and frontend id ever written, with what it named
+    /// (address, port, protocol; and scope for a frontend), both families.
+    backend_ids: BTreeMap<u32, (IpAddr, u16, u8)>,
+    frontend_ids: BTreeMap<u32, (IpAddr, u16, u8, u8)>,
 }
 
 fn assert_consistent(maps: &DesiredMaps) {
+    assert_consistent_v4(maps);
+    assert_consistent_v6(maps);
+}
+
+fn assert_consistent_v4(maps: &DesiredMaps) {
     for (key, value) in maps.services.iter().filter(|(k, _)| k.backend_slot == 0) {
         assert!(
             maps.port_filter.get(&key.port).is_some_and(|b| b & port_filter::FRONTEND_PORT != 0),
@@ -66,6 +73,28 @@ fn assert_consistent(maps: &DesiredMaps) {
             for id in named {
                 assert!(maps.backends.contains_key(&id), "{key:?}: Maglev table names missing backend {id}");
             }
+        }
+    }
+}
+
+/// `assert_consistent_v4` over `LB6_SERVICES` and `LB6_BACKENDS`.
+fn assert_consistent_v6(maps: &DesiredMaps) {
+    let has_bit = |port: u16, bit: u8| maps.port_filter.get(&port).is_some_and(|b| b & bit != 0);
+    for (key, value) in maps.services_v6.iter().filter(|(k, _)| k.backend_slot == 0) {
+        assert!(has_bit(key.port, port_filter::FRONTEND_PORT), "frontend port {} without its bit", key.port);
+        for slot in 1..=value.count {
+            let entry = maps.services_v6.get(&key.slot(slot)).unwrap_or_else(|| panic!("{key:?}: slot {slot} missing"));
+            let backend = maps.backends_v6.get(&entry.backend_id).unwrap_or_else(|| panic!("{key:?}: backend missing"));
+            assert!(has_bit(backend.port, port_filter::BACKEND_PORT), "backend port {} without its bit", backend.port);
+            assert!(entry.backend_id <= maps.ids[&lb_common::ids::LAST_BACKEND_ID], "id counter persisted first");
+        }
+        assert!(value.frontend_id <= maps.ids[&lb_common::ids::LAST_FRONTEND_ID], "id counter persisted first");
+        if value.flags & lb_common::service::FLAG_MAGLEV != 0 {
+            let table = maps.maglev.get(&value.frontend_id).unwrap_or_else(|| panic!("{key:?}: Maglev table missing"));
+            assert!(
+                table.ids().iter().all(|id| maps.backends_v6.contains_key(id)),
+                "{key:?}: table names a missing backend"
+            );
         }
     }
 }
@@ -97,14 +126,25 @@ fn members_match_slots(maps: &DesiredMaps) -> bool {
 
 impl CheckingWriter {
     fn record_ids(&mut self) {
-        for (id, b) in &self.maps.backends {
-            let identity = (Ipv4Addr::from(b.address), b.port, b.proto);
-            let first = *self.backend_ids.entry(*id).or_insert(identity);
+        let v4 = self.maps.backends.iter().map(|(id, b)| (*id, (IpAddr::from(b.address), b.port, b.proto)));
+        let v6 = self.maps.backends_v6.iter().map(|(id, b)| (*id, (IpAddr::from(b.address), b.port, b.proto)));
+        for (id, identity) in v4.chain(v6) {
+            let first = *self.backend_ids.entry(id).or_insert(identity);
             assert_eq!(first, identity, "backend id {id} reused");
         }
-        for (key, value) in self.maps.services.iter().filter(|(k, _)| k.backend_slot == 0) {
-            let first = *self.frontend_ids.entry(value.frontend_id).or_insert(*key);
-            assert_eq!(first, *key, "frontend id {} reused", value.frontend_id);
+        let v4 = self
+            .maps
+            .services
+            .iter()
+            .map(|(k, v)| ((IpAddr::from(k.address), k.port, k.proto, k.scope), k.backend_slot, v));
+        let v6 = self
+            .maps
+            .services_v6
+            .iter()
+            .map(|(k, v)| ((IpAddr::from(k.address), k.port, k.proto, k.scope), k.backend_slot, v));
+        for (key, _, value) in v4.chain(v6).filter(|(_, slot, _)| *slot == 0) {
+            let first = *self.frontend_ids.entry(value.frontend_id).or_insert(key);
+            assert_eq!(first, key, "frontend id {} reused", value.frontend_id);
         }
     }
 }
@@ -150,25 +190,36 @@ impl MapWriter for CheckingWriter {
 type Decoded = BTreeMap<(IpAddr, u16, u8), (BTreeSet<(IpAddr, u16)>, u16)>;
 
 fn decode(maps: &DesiredMaps) -> Decoded {
-    maps.services
-        .iter()
-        .filter(|(k, _)| k.backend_slot == 0)
-        .map(|(k, v)| {
-            let backends = (1..=v.count)
-                .map(|slot| {
-                    let b: &BackendV4 = &maps.backends[&maps.services[&k.slot(slot)].backend_id];
-                    (IpAddr::from(b.address), b.port)
-                })
-                .collect();
-            ((IpAddr::from(k.address), k.port, k.proto), (backends, v.flags))
-        })
-        .collect()
+    let v4 = maps.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| {
+        let backends = (1..=v.count)
+            .map(|slot| {
+                let b = &maps.backends[&maps.services[&k.slot(slot)].backend_id];
+                (IpAddr::from(b.address), b.port)
+            })
+            .collect();
+        ((IpAddr::from(k.address), k.port, k.proto), (backends, v.flags))
+    });
+    let v6 = maps.services_v6.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| {
+        let backends = (1..=v.count)
+            .map(|slot| {
+                let b = &maps.backends_v6[&maps.services_v6[&k.slot(slot)].backend_id];
+                (IpAddr::from(b.address), b.port)
+            })
+            .collect();
+        ((IpAddr::from(k.address), k.port, k.proto), (backends, v.flags))
+    });
+    v4.chain(v6).collect()
 }
 
-fn expected(table: &ServiceTable) -> Decoded {
-    table
-        .frontends
+/// The translation of every family the node serves.
+fn translated(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> Vec<ServiceTable> {
+    node.families().into_iter().map(|family| translate::translate(services, slices, &node.for_family(family))).collect()
+}
+
+fn expected(tables: &[ServiceTable]) -> Decoded {
+    tables
         .iter()
+        .flat_map(|table| &table.frontends)
         .map(|f| {
             let backends = f.backends.iter().map(|b| (b.address, b.port)).collect();
             ((f.address, f.port, f.protocol().number()), (backends, lb_userspace::encode::frontend_flags(f)))
@@ -194,6 +245,8 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
         .count();
     changed(&before.services, &after.services)
         + changed(&before.backends, &after.backends)
+        + changed(&before.services_v6, &after.services_v6)
+        + changed(&before.backends_v6, &after.backends_v6)
         + changed(&before.port_filter, &after.port_filter)
         + changed(&before.ids, &after.ids)
         + changed(&before.maglev, &after.maglev)
@@ -211,6 +264,8 @@ enum Op {
         node_port: bool,
         local: bool,
         external_on_node: bool,
+        /// On a dual-stack node: IPv4, IPv6 or both (index into `FAMILIES`).
+        families: usize,
     },
     DeleteService {
         svc: usize,
@@ -220,6 +275,8 @@ enum Op {
         slice: usize,
         endpoints: Vec<(u8, bool, bool)>,
         target: u16,
+        /// On a dual-stack node: an IPv6 slice.
+        v6: bool,
     },
     DeleteSlice {
         svc: usize,
@@ -236,14 +293,16 @@ enum Op {
 const PORT_CHOICES: [(u16, &str, u16); 4] =
     [(80, "TCP", 8080), (53, "UDP", 5353), (53, "TCP", 5353), (443, "TCP", 8443)];
 const NODE_IP: &str = "192.168.0.10";
+const NODE_IP6: &str = "fd00:168::10";
+const FAMILIES: [&[&str]; 3] = [&["IPv4"], &["IPv6"], &["IPv4", "IPv6"]];
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..5usize, proptest::sample::subsequence(PORT_CHOICES.to_vec(), 0..=3), any::<bool>(), any::<bool>(), prop::bool::weighted(0.2))
-            .prop_map(|(svc, ports, node_port, local, external_on_node)| Op::PutService { svc, ports, node_port, local, external_on_node }),
+        4 => (0..5usize, proptest::sample::subsequence(PORT_CHOICES.to_vec(), 0..=3), any::<bool>(), any::<bool>(), prop::bool::weighted(0.2), 0..3usize)
+            .prop_map(|(svc, ports, node_port, local, external_on_node, families)| Op::PutService { svc, ports, node_port, local, external_on_node, families }),
         1 => (0..5usize).prop_map(|svc| Op::DeleteService { svc }),
-        5 => (0..5usize, 0..2usize, proptest::collection::vec((1u8..8, any::<bool>(), prop::bool::weighted(0.2)), 0..5), prop_oneof![Just(8080u16), Just(5353), Just(8443), Just(9000)])
-            .prop_map(|(svc, slice, endpoints, target)| Op::PutSlice { svc, slice, endpoints, target }),
+        5 => (0..5usize, 0..2usize, proptest::collection::vec((1u8..8, any::<bool>(), prop::bool::weighted(0.2)), 0..5), prop_oneof![Just(8080u16), Just(5353), Just(8443), Just(9000)], any::<bool>())
+            .prop_map(|(svc, slice, endpoints, target, v6)| Op::PutSlice { svc, slice, endpoints, target, v6 }),
         1 => (0..5usize, 0..2usize).prop_map(|(svc, slice)| Op::DeleteSlice { svc, slice }),
         1 => Just(Op::Restart),
         1 => (0..6usize).prop_map(Op::FailNextWrite),
@@ -252,11 +311,18 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Services 0 and 3 share a cluster IP: their claims on one port conflict.
-fn cluster_ip(svc: usize) -> String {
-    format!("10.96.0.{}", svc % 3 + 1)
+fn cluster_ip(svc: usize, family: &str) -> String {
+    if family == "IPv6" { format!("fd00:96::{}", svc % 3 + 1) } else { format!("10.96.0.{}", svc % 3 + 1) }
 }
 
-fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool, external_on_node: bool) -> Service {
+fn service(
+    svc: usize,
+    ports: &[(u16, &str, u16)],
+    node_port: bool,
+    local: bool,
+    external_on_node: bool,
+    families: &[&str],
+) -> Service {
     let ports: Vec<_> = ports
         .iter()
         .map(|(port, proto, target)| {
@@ -268,14 +334,16 @@ fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool,
             p
         })
         .collect();
-    let mut spec = json!({"clusterIP": cluster_ip(svc), "clusterIPs": [cluster_ip(svc)], "ports": ports,
+    let cluster_ips: Vec<String> = families.iter().map(|family| cluster_ip(svc, family)).collect();
+    let mut spec = json!({"clusterIP": cluster_ips[0], "clusterIPs": cluster_ips, "ipFamilies": families, "ports": ports,
                           "type": if node_port { "NodePort" } else { "ClusterIP" }});
     if local {
         spec["externalTrafficPolicy"] = json!("Local");
         spec["internalTrafficPolicy"] = json!("Local");
     }
     if external_on_node {
-        spec["externalIPs"] = json!([NODE_IP]);
+        let node_ips: Vec<&str> = families.iter().map(|f| if *f == "IPv6" { NODE_IP6 } else { NODE_IP }).collect();
+        spec["externalIPs"] = json!(node_ips);
     }
     // Varies with the generated ports, so affinity is switched on and off.
     if ports.len() % 2 == 1 {
@@ -289,11 +357,12 @@ fn service(svc: usize, ports: &[(u16, &str, u16)], node_port: bool, local: bool,
     .unwrap()
 }
 
-fn slice(svc: usize, slice: usize, endpoints: &[(u8, bool, bool)], target: u16) -> EndpointSlice {
+fn slice(svc: usize, slice: usize, endpoints: &[(u8, bool, bool)], target: u16, v6: bool) -> EndpointSlice {
     let eps: Vec<_> = endpoints
         .iter()
         .map(|(e, on_this_node, terminating)| {
-            json!({"addresses": [format!("10.244.0.{e}")],
+            let address = if v6 { format!("fd00:244::{e}") } else { format!("10.244.0.{e}") };
+            json!({"addresses": [address],
                    "nodeName": if *on_this_node { "node-a" } else { "node-b" },
                    "conditions": {"ready": !terminating, "serving": true, "terminating": terminating}})
         })
@@ -305,7 +374,7 @@ fn slice(svc: usize, slice: usize, endpoints: &[(u8, bool, bool)], target: u16) 
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("s{svc}-{slice}"), "namespace": "prop", "labels": {"kubernetes.io/service-name": format!("s{svc}")}},
-        "addressType": "IPv4", "endpoints": eps, "ports": ports
+        "addressType": if v6 { "IPv6" } else { "IPv4" }, "endpoints": eps, "ports": ports
     }))
     .unwrap()
 }
@@ -319,6 +388,14 @@ fn node() -> NodeContext {
     }
 }
 
+fn dual_stack_node() -> NodeContext {
+    NodeContext {
+        node_addresses: vec![NODE_IP.parse().unwrap(), NODE_IP6.parse().unwrap()],
+        dual_stack: true,
+        ..node()
+    }
+}
+
 /// Removes the `n`-th entry (modulo their number) of the maps.
 fn tamper(maps: &mut DesiredMaps, n: usize) {
     let services = maps.services.len();
@@ -328,10 +405,99 @@ fn tamper(maps: &mut DesiredMaps, n: usize) {
     } else if !maps.maglev.is_empty() && n.is_multiple_of(3) {
         let key = *maps.maglev.keys().nth(n % maps.maglev.len()).unwrap();
         maps.maglev.remove(&key);
+    } else if !maps.services_v6.is_empty() && n % 5 == 1 {
+        let key = *maps.services_v6.keys().nth(n % maps.services_v6.len()).unwrap();
+        maps.services_v6.remove(&key);
+    } else if !maps.backends_v6.is_empty() && n % 5 == 3 {
+        let key = *maps.backends_v6.keys().nth(n % maps.backends_v6.len()).unwrap();
+        maps.backends_v6.remove(&key);
     } else if !maps.backends.is_empty() {
         let key = *maps.backends.keys().nth(n % maps.backends.len()).unwrap();
         maps.backends.remove(&key);
     }
+}
+
+/// One run of `ops` on `node`, checking the properties above after each.
+fn run(ops: Vec<Op>, node: &NodeContext) -> Result<(), TestCaseError> {
+    let mut syncer = Some(Syncer::new(CheckingWriter::default(), DesiredMaps::default(), node.clone()));
+    let mut services: BTreeMap<usize, Service> = BTreeMap::new();
+    let mut slices: BTreeMap<(usize, usize), EndpointSlice> = BTreeMap::new();
+    let mut full_next = true;
+    for (step, op) in ops.into_iter().enumerate() {
+        let mut changed = None;
+        match op {
+            Op::PutService { svc, ports, node_port, local, external_on_node, families } => {
+                let families = if node.dual_stack { FAMILIES[families] } else { FAMILIES[0] };
+                services.insert(svc, service(svc, &ports, node_port, local, external_on_node, families));
+                changed = Some(svc);
+            }
+            Op::DeleteService { svc } => {
+                services.remove(&svc);
+                changed = Some(svc);
+            }
+            Op::PutSlice { svc, slice: s, endpoints, target, v6 } => {
+                slices.insert((svc, s), slice(svc, s, &endpoints, target, v6 && node.dual_stack));
+                changed = Some(svc);
+            }
+            Op::DeleteSlice { svc, slice: s } => {
+                slices.remove(&(svc, s));
+                changed = Some(svc);
+            }
+            Op::Restart => {
+                let writer = syncer.take().unwrap().into_writer();
+                let existing = writer.maps.clone();
+                syncer = Some(Syncer::new(writer, existing, node.clone()));
+                full_next = true;
+            }
+            Op::FailNextWrite(after) => {
+                syncer.as_mut().unwrap().writer_mut().fail_after = Some(after);
+                continue;
+            }
+            Op::Tamper(n) => {
+                let writer = syncer.as_mut().unwrap().writer_mut();
+                tamper(&mut writer.maps, n);
+                writer.tampered = true;
+                full_next = true;
+            }
+        }
+        let syncer = syncer.as_mut().unwrap();
+        let svcs: Vec<_> = services.values().cloned().collect();
+        let slcs: Vec<_> = slices.values().cloned().collect();
+        let before = syncer.writer().maps.clone();
+        // Incremental updates of the changed Service, and a full sync
+        // now and then, after a restart, a failure or tampering, as
+        // the agent runs them.
+        let full = full_next || syncer.needs_full() || step % 7 == 6 || changed.is_none();
+        let result = if full {
+            syncer.sync(&svcs, &slcs)
+        } else {
+            let changed = changed.unwrap();
+            let service = services.get(&changed);
+            let its_slices: Vec<&EndpointSlice> =
+                slices.iter().filter(|((svc, _), _)| *svc == changed).map(|(_, s)| s).collect();
+            syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices)])
+        };
+        full_next = false;
+        prop_assert_eq!(&syncer.writer().maps, syncer.current());
+        match result {
+            Ok(_) => {
+                let after = &syncer.writer().maps;
+                prop_assert_eq!(decode(after), expected(&translated(&svcs, &slcs, node)));
+                prop_assert_eq!(syncer.writer().last_writes, minimal_writes(&before, after));
+                prop_assert!(members_match_slots(after), "affinity members are the slot backends");
+            }
+            Err(_) => prop_assert!(syncer.needs_full(), "a failed write forces a full sync"),
+        }
+    }
+    // Whatever happened, a full sync converges and a second finds nothing to write.
+    let syncer = syncer.as_mut().unwrap();
+    syncer.writer_mut().fail_after = None;
+    let svcs: Vec<_> = services.values().cloned().collect();
+    let slcs: Vec<_> = slices.values().cloned().collect();
+    syncer.sync(&svcs, &slcs).unwrap();
+    prop_assert_eq!(decode(&syncer.writer().maps), expected(&translated(&svcs, &slcs, node)));
+    prop_assert_eq!(syncer.sync(&svcs, &slcs).unwrap().writes, 0);
+    Ok(())
 }
 
 proptest! {
@@ -339,77 +505,11 @@ proptest! {
 
     #[test]
     fn sync_converges_minimally_safely_and_never_reuses_ids(ops in proptest::collection::vec(op(), 1..40)) {
-        let node = node();
-        let mut syncer = Some(Syncer::new(CheckingWriter::default(), DesiredMaps::default(), node.clone()));
-        let mut services: BTreeMap<usize, Service> = BTreeMap::new();
-        let mut slices: BTreeMap<(usize, usize), EndpointSlice> = BTreeMap::new();
-        let mut full_next = true;
-        for (step, op) in ops.into_iter().enumerate() {
-            let mut changed = None;
-            match op {
-                Op::PutService { svc, ports, node_port, local, external_on_node } => {
-                    services.insert(svc, service(svc, &ports, node_port, local, external_on_node));
-                    changed = Some(svc);
-                }
-                Op::DeleteService { svc } => { services.remove(&svc); changed = Some(svc); }
-                Op::PutSlice { svc, slice: s, endpoints, target } => {
-                    slices.insert((svc, s), slice(svc, s, &endpoints, target));
-                    changed = Some(svc);
-                }
-                Op::DeleteSlice { svc, slice: s } => { slices.remove(&(svc, s)); changed = Some(svc); }
-                Op::Restart => {
-                    let writer = syncer.take().unwrap().into_writer();
-                    let existing = writer.maps.clone();
-                    syncer = Some(Syncer::new(writer, existing, node.clone()));
-                    full_next = true;
-                }
-                Op::FailNextWrite(after) => {
-                    syncer.as_mut().unwrap().writer_mut().fail_after = Some(after);
-                    continue;
-                }
-                Op::Tamper(n) => {
-                    let writer = syncer.as_mut().unwrap().writer_mut();
-                    tamper(&mut writer.maps, n);
-                    writer.tampered = true;
-                    full_next = true;
-                }
-            }
-            let syncer = syncer.as_mut().unwrap();
-            let svcs: Vec<_> = services.values().cloned().collect();
-            let slcs: Vec<_> = slices.values().cloned().collect();
-            let before = syncer.writer().maps.clone();
-            // Incremental updates of the changed Service, and a full sync
-            // now and then, after a restart, a failure or tampering, as
-            // the agent runs them.
-            let full = full_next || syncer.needs_full() || step % 7 == 6 || changed.is_none();
-            let result = if full {
-                syncer.sync(&svcs, &slcs)
-            } else {
-                let changed = changed.unwrap();
-                let service = services.get(&changed);
-                let its_slices: Vec<&EndpointSlice> =
-                    slices.iter().filter(|((svc, _), _)| *svc == changed).map(|(_, s)| s).collect();
-                syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices)])
-            };
-            full_next = false;
-            prop_assert_eq!(&syncer.writer().maps, syncer.current());
-            match result {
-                Ok(_) => {
-                    let after = &syncer.writer().maps;
-                    prop_assert_eq!(decode(after), expected(&translate::translate(&svcs, &slcs, &node)));
-                    prop_assert_eq!(syncer.writer().last_writes, minimal_writes(&before, after));
-                    prop_assert!(members_match_slots(after), "affinity members are the slot backends");
-                }
-                Err(_) => prop_assert!(syncer.needs_full(), "a failed write forces a full sync"),
-            }
-        }
-        // Whatever happened, a full sync converges and a second finds nothing to write.
-        let syncer = syncer.as_mut().unwrap();
-        syncer.writer_mut().fail_after = None;
-        let svcs: Vec<_> = services.values().cloned().collect();
-        let slcs: Vec<_> = slices.values().cloned().collect();
-        syncer.sync(&svcs, &slcs).unwrap();
-        prop_assert_eq!(decode(&syncer.writer().maps), expected(&translate::translate(&svcs, &slcs, &node)));
-        prop_assert_eq!(syncer.sync(&svcs, &slcs).unwrap().writes, 0);
+        run(ops, &node())?;
+    }
+
+    #[test]
+    fn dual_stack_sync_converges_minimally_safely_and_never_reuses_ids(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, &dual_stack_node())?;
     }
 }

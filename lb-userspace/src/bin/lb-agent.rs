@@ -342,8 +342,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(node = ?node.node_name, nodeport_addresses = ?node.node_addresses, "node");
     let mut syncer = Syncer::resume(maps, node)?;
     syncer.set_maglev_budget(args.maglev_max);
-    if !syncer.current().services.is_empty() {
-        info!(entries = syncer.current().services.len(), "resuming from pinned maps");
+    let held = syncer.current().services.len() + syncer.current().services_v6.len();
+    if held > 0 {
+        info!(entries = held, "resuming from pinned maps");
     }
 
     let (mut source, mut sink): (Source, Box<dyn ProblemSink>) = match &args.source {
