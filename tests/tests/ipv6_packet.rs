@@ -93,8 +93,7 @@ items:
 
 fn datapath() -> Datapath {
     let node = NodeContext { node_name: Some("this-node".into()), dual_stack: true, ..NodeContext::default() };
-    let mut dp = Datapath::load(node)
-        .expect("load datapath (root needed)");
+    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
     dp.apply(SERVICES).expect("program services");
     dp
 }

@@ -13,14 +13,22 @@
 //!   iteration, on warm caches;
 //! - misses leave the packet untouched, so repeating them is exact.
 //!
+//! The IPv6 rows repeat the established, warm new-flow and miss cases
+//! over an IPv6 mirrored pair in the same table, so IPv6 and IPv4 cost
+//! sit side by side from one run.
+//!
 //! Cases are interleaved: every repetition runs each case once, in turn.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, bail, ensure};
 use lb_userspace::{
     datapath::loader::{PARSE_ONLY_PROGRAM, TC_PROGRAM},
     model::NodeContext,
+    source::objects,
 };
 
 use super::{
@@ -34,6 +42,7 @@ use super::{
 use crate::{
     datapath::{Datapath, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
+    packets6::{self, Endpoint6, ep6},
     topology::NODE_CLIENT_SIDE_IP,
 };
 
@@ -58,6 +67,48 @@ const NODE_PORT_SERVICES: usize = 2_000;
 const POD_POOL: usize = 20_000;
 const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 
+/// The IPv6 twins of the mirrored pair, its clients and the miss.
+const CLIENT_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2), 40_000);
+const SYN_CLIENT_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3), 40_001);
+const MIRROR_A_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 0x95, 0, 0, 0, 0, 0, 1), 80);
+const MIRROR_B_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 0x95, 0, 0, 0, 0, 0, 2), 8_080);
+const OTHER_ADDRESS_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1), 80);
+/// The IPv6 mirrored pair: IPv6-only Services, each one's endpoint the
+/// other's ClusterIP.
+const MIRROR_V6_OBJECTS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: mirror-a-v6, namespace: bench}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:95::1
+    clusterIPs: [fd00:95::1]
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: mirror-a-v6, namespace: bench, labels: {kubernetes.io/service-name: mirror-a-v6}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:95::2"], conditions: {ready: true}}]
+  ports: [{name: http, port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: mirror-b-v6, namespace: bench}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:95::2
+    clusterIPs: [fd00:95::2]
+    ports: [{name: http, port: 8080, protocol: TCP, targetPort: 80}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: mirror-b-v6, namespace: bench, labels: {kubernetes.io/service-name: mirror-b-v6}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:95::1"], conditions: {ready: true}}]
+  ports: [{name: http, port: 80, protocol: TCP}]
+"#;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Packets {
     /// Fresh SYNs to ClusterIPs spread over the table, repeat=1 each.
@@ -73,6 +124,10 @@ enum Packets {
     SynRepeated,
     UnusedPort,
     OtherAddress,
+    /// The IPv6 twins of `Established`, `SynRepeated` and `OtherAddress`.
+    EstablishedV6,
+    SynRepeatedV6,
+    OtherAddressV6,
 }
 
 struct Case {
@@ -84,7 +139,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 12] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -148,6 +203,27 @@ const CASES: [Case; 9] = [
         packets: Packets::OtherAddress,
         floor: "parse_only_repeated",
     },
+    Case {
+        id: "conntrack_hit_v6",
+        label: "IPv6: conntrack hit (established flow)",
+        program: TC_PROGRAM,
+        packets: Packets::EstablishedV6,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "new_flow_warm_v6",
+        label: "IPv6: ClusterIP hit, new flow, warm caches",
+        program: TC_PROGRAM,
+        packets: Packets::SynRepeatedV6,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "miss_other_address_v6",
+        label: "IPv6: miss: Service port, other address",
+        program: TC_PROGRAM,
+        packets: Packets::OtherAddressV6,
+        floor: "parse_only_repeated",
+    },
 ];
 
 fn how(case: &Case, plan: &PacketPlan) -> String {
@@ -186,6 +262,17 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
             "TCP to {}:{}: a frontend port, but no Service at that address: conntrack and Service lookups miss, packet passed unchanged; repeat={r}",
             OTHER_ADDRESS.ip, OTHER_ADDRESS.port
         ),
+        "conntrack_hit_v6" => format!(
+            "the established-flow case over IPv6: two IPv6-only Services pointing at each other's ClusterIP ([{}]:{} → [{}]:{} → back), repeat={r}; beside `conntrack hit`, what a 16-byte address costs",
+            MIRROR_A_V6.ip, MIRROR_A_V6.port, MIRROR_B_V6.ip, MIRROR_B_V6.port
+        ),
+        "new_flow_warm_v6" => {
+            format!("the warm new-flow case over IPv6: a TCP SYN through the IPv6 mirrored pair, repeat={r}")
+        }
+        "miss_other_address_v6" => format!(
+            "TCP to [{}]:{}: a frontend port, no IPv6 Service at that address, passed unchanged; repeat={r}",
+            OTHER_ADDRESS_V6.ip, OTHER_ADDRESS_V6.port
+        ),
         _ => String::new(),
     }
 }
@@ -197,7 +284,7 @@ pub fn run(plan: &PacketPlan, env: &Env, report: &mut Report) -> anyhow::Result<
     report.note(
         Section::PacketCost,
         format!(
-            "Each table size gets a freshly loaded datapath (unpinned maps) programmed through the agent's translate → encode → diff path; Services have {ENDPOINTS_PER_SERVICE} endpoints drawn from {} pod addresses, the first {} are NodePort, plus the two mirrored Services.",
+            "Each table size gets a freshly loaded datapath (unpinned maps) programmed through the agent's translate → encode → diff path; Services have {ENDPOINTS_PER_SERVICE} endpoints drawn from {} pod addresses, the first {} are NodePort, plus the two mirrored Services, their IPv6 twins and the affinity Service.",
             group(POD_POOL as f64),
             group(NODE_PORT_SERVICES as f64)
         ),
@@ -249,6 +336,9 @@ struct SizeBench {
     syn_repeated: Vec<u8>,
     unused_port: Vec<u8>,
     other_address: Vec<u8>,
+    established_v6: Vec<u8>,
+    syn_repeated_v6: Vec<u8>,
+    other_address_v6: Vec<u8>,
     next_flow: u64,
     flows_per_sample: usize,
     repeat: u32,
@@ -264,6 +354,14 @@ fn flow_source(flow: u64) -> Endpoint {
 
 fn endpoint(ip: Ipv4Addr, port: u16) -> Endpoint {
     Endpoint { ip, port }
+}
+
+/// Destination address and port of an IPv6 TCP packet without extension
+/// headers.
+fn destination_v6(packet: &[u8]) -> Option<Endpoint6> {
+    let ip: [u8; 16] = packet.get(38..54)?.try_into().ok()?;
+    let port = u16::from_be_bytes(packet.get(56..58)?.try_into().ok()?);
+    Some(ep6(Ipv6Addr::from(ip), port))
 }
 
 /// Destination address and port of a TCP packet without IP options.
@@ -287,6 +385,7 @@ impl SizeBench {
         let node = NodeContext {
             node_name: Some(table::BENCH_NODE.to_owned()),
             node_addresses: vec![NODE_CLIENT_SIDE_IP.into()],
+            dual_stack: true,
             ..Default::default()
         };
         let mut dp =
@@ -306,13 +405,16 @@ impl SizeBench {
         }
         service_objects.push(sticky);
         slices.push(table::slice_object("sticky", &table.services[0].endpoints, HTTP));
+        let mirror_v6 = objects::parse(MIRROR_V6_OBJECTS)?;
+        service_objects.extend(mirror_v6.services);
+        slices.extend(mirror_v6.slices);
         let sync = dp.syncer_mut().sync(&service_objects, &slices)?;
         ensure!(sync.problems.is_empty(), "untranslatable objects: {:?}", sync.problems.first());
         let node_port_count = table.services.iter().filter(|s| s.node_port.is_some()).count();
         ensure!(
-            sync.frontends == services + node_port_count + 3,
+            sync.frontends == services + node_port_count + 5,
             "expected {} frontends, the sync made {}",
-            services + node_port_count + 3,
+            services + node_port_count + 5,
             sync.frontends
         );
         let spread = plan.flows_per_sample;
@@ -331,6 +433,9 @@ impl SizeBench {
             syn_repeated: packets::tcp_syn(SYN_CLIENT, MIRROR_A),
             unused_port: packets::tcp(CLIENT, endpoint(table::cluster_ip(0), UNUSED_PORT), false, PAYLOAD),
             other_address: packets::tcp(CLIENT, OTHER_ADDRESS, false, PAYLOAD),
+            established_v6: packets6::tcp(CLIENT_V6, MIRROR_A_V6, false, PAYLOAD),
+            syn_repeated_v6: packets6::tcp(SYN_CLIENT_V6, MIRROR_A_V6, true, &[]),
+            other_address_v6: packets6::tcp(CLIENT_V6, OTHER_ADDRESS_V6, false, PAYLOAD),
             next_flow: 0,
             flows_per_sample: plan.flows_per_sample,
             repeat: plan.repeat,
@@ -373,7 +478,12 @@ impl SizeBench {
             "the mirrored flow does not alternate between its frontends"
         );
         self.verify_syn_repeated()?;
-        for (name, packet) in [("unused port", &self.unused_port), ("other address", &self.other_address)] {
+        self.verify_v6()?;
+        for (name, packet) in [
+            ("unused port", &self.unused_port),
+            ("other address", &self.other_address),
+            ("IPv6 other address", &self.other_address_v6),
+        ] {
             let out = self.dp.run(TC_PROGRAM, packet)?;
             if out.verdict != TC_ACT_UNSPEC || &out.packet != packet {
                 bail!("the {name} miss did not pass the packet unchanged (verdict {})", out.verdict);
@@ -394,6 +504,36 @@ impl SizeBench {
             ensure!(
                 balanced && destination(&out.packet) == Some(expected),
                 "the repeated SYN was not balanced to {}:{} (counters {moved:?})",
+                expected.ip,
+                expected.port
+            );
+            packet = out.packet;
+        }
+        Ok(())
+    }
+
+    /// The IPv6 established flow alternates between the pair's
+    /// frontends as a conntrack hit, and the IPv6 repeated SYN is
+    /// balanced afresh on every iteration.
+    fn verify_v6(&mut self) -> anyhow::Result<()> {
+        self.establish_mirror()?;
+        let (first, moved) = self.dp.run_counted(TC_PROGRAM, &self.established_v6)?;
+        let second = self.dp.run(TC_PROGRAM, &first.packet)?;
+        ensure!(
+            destination_v6(&first.packet) == Some(MIRROR_B_V6)
+                && destination_v6(&second.packet) == Some(MIRROR_A_V6)
+                && moved.contains_key(&lb_common::stats::Counter::Established),
+            "the IPv6 mirrored flow is no conntrack hit alternating between its frontends (counters {moved:?})"
+        );
+        let mut packet = self.syn_repeated_v6.clone();
+        for expected in [MIRROR_B_V6, MIRROR_A_V6] {
+            let (out, moved) = self.dp.run_counted(TC_PROGRAM, &packet)?;
+            let balanced = [lb_common::stats::Counter::NewFlow, lb_common::stats::Counter::Rebalanced]
+                .iter()
+                .any(|counter| moved.contains_key(counter));
+            ensure!(
+                balanced && destination_v6(&out.packet) == Some(expected) && packets6::checksums_verify(&out.packet),
+                "the IPv6 repeated SYN was not balanced to [{}]:{} (counters {moved:?})",
                 expected.ip,
                 expected.port
             );
@@ -427,6 +567,8 @@ impl SizeBench {
     fn establish_mirror(&mut self) -> anyhow::Result<()> {
         self.dp.run(TC_PROGRAM, &packets::tcp(CLIENT, MIRROR_A, false, PAYLOAD))?;
         self.dp.run(TC_PROGRAM, &packets::tcp(CLIENT, MIRROR_B, false, PAYLOAD))?;
+        self.dp.run(TC_PROGRAM, &packets6::tcp(CLIENT_V6, MIRROR_A_V6, false, PAYLOAD))?;
+        self.dp.run(TC_PROGRAM, &packets6::tcp(CLIENT_V6, MIRROR_B_V6, false, PAYLOAD))?;
         Ok(())
     }
 
@@ -461,16 +603,22 @@ impl SizeBench {
                 }
                 Ok(total / batch.len() as f64)
             }
-            Packets::Established | Packets::SynRepeated | Packets::UnusedPort | Packets::OtherAddress => {
+            _ => {
                 let packet = match case.packets {
-                    Packets::Established => {
+                    Packets::Established | Packets::EstablishedV6 => {
                         // LRU eviction by the new-flow cases must not turn
                         // this into a new flow.
                         self.establish_mirror()?;
-                        self.established.clone()
+                        if case.packets == Packets::Established {
+                            self.established.clone()
+                        } else {
+                            self.established_v6.clone()
+                        }
                     }
                     Packets::SynRepeated => self.syn_repeated.clone(),
+                    Packets::SynRepeatedV6 => self.syn_repeated_v6.clone(),
                     Packets::UnusedPort => self.unused_port.clone(),
+                    Packets::OtherAddressV6 => self.other_address_v6.clone(),
                     _ => self.other_address.clone(),
                 };
                 Ok(self.dp.time(case.program, &packet, self.repeat)?.as_nanos() as f64)
