@@ -8,18 +8,19 @@
 //! keep them; the counter it moved stays moved.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::Path,
 };
 
 use anyhow::{Context as _, bail};
 use aya::{
+    Pod,
     maps::{HashMap, Map, MapData},
     programs::{TestRun as _, TestRunOptions},
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4, DIR_ORIGINAL, DIR_REPLY},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, DIR_ORIGINAL, DIR_REPLY},
     maps as names,
 };
 use serde::Serialize;
@@ -39,11 +40,11 @@ const TC_ACT_REDIRECT: i32 = 7;
 const SK_BUFF_SIZE: usize = 192;
 const SK_BUFF_IFINDEX: usize = 40;
 
-/// The hypothetical packet.
+/// The hypothetical packet: IPv4 or IPv6, both ends of one family.
 #[derive(Clone, Copy, Debug)]
 pub struct Probe {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub proto: Protocol,
     /// TCP: a SYN (a new connection) rather than an ACK.
     pub syn: bool,
@@ -89,11 +90,12 @@ pub fn verdict_name(code: i32) -> String {
 
 /// Builds the probe's Ethernet frame.
 pub fn build(probe: &Probe) -> anyhow::Result<Vec<u8>> {
-    let ip = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]).ipv4(
-        probe.src.ip().octets(),
-        probe.dst.ip().octets(),
-        64,
-    );
+    let ethernet = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]);
+    let ip = match (probe.src.ip(), probe.dst.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ethernet.ipv4(src.octets(), dst.octets(), 64),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => ethernet.ipv6(src.octets(), dst.octets(), 64),
+        _ => bail!("source {} and destination {} are of different families", probe.src, probe.dst),
+    };
     let mut out = Vec::new();
     match probe.proto {
         Protocol::Tcp => {
@@ -110,11 +112,12 @@ pub fn build(probe: &Probe) -> anyhow::Result<Vec<u8>> {
 /// Reads addresses and ports back from a frame.
 pub fn header(frame: &[u8]) -> Option<Header> {
     let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(NetSlice::Ipv4(ip)) = packet.net else {
-        return None;
+    let (src, dst): (IpAddr, IpAddr) = match &packet.net {
+        Some(NetSlice::Ipv4(ip)) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        Some(NetSlice::Ipv6(ip)) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        _ => return None,
     };
-    let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
-    let with_port = |ip: Ipv4Addr, port: u16| SocketAddrV4::new(ip, port).to_string();
+    let with_port = |ip: IpAddr, port: u16| SocketAddr::new(ip, port).to_string();
     Some(match packet.transport {
         Some(TransportSlice::Tcp(t)) => Header {
             proto: "TCP".into(),
@@ -130,6 +133,12 @@ pub fn header(frame: &[u8]) -> Option<Header> {
         },
         Some(TransportSlice::Icmpv4(i)) => Header {
             proto: "ICMP".into(),
+            src: src.to_string(),
+            dst: dst.to_string(),
+            icmp: Some((i.type_u8(), i.code_u8())),
+        },
+        Some(TransportSlice::Icmpv6(i)) => Header {
+            proto: "ICMPv6".into(),
             src: src.to_string(),
             dst: dst.to_string(),
             icmp: Some((i.type_u8(), i.code_u8())),
@@ -158,8 +167,13 @@ fn pinned_capacities(pin_dir: &Path) -> anyhow::Result<loader::Capacities> {
     })
 }
 
-fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, direction: u8) -> CtKeyV4 {
-    CtKeyV4 {
+/// A conntrack key of the probe's family; `None` for an address of the
+/// other family.
+type KeyOf<K> = fn(SocketAddr, SocketAddr, u8, u8) -> Option<K>;
+
+fn ct_key_v4(src: SocketAddr, dst: SocketAddr, proto: u8, direction: u8) -> Option<CtKeyV4> {
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else { return None };
+    Some(CtKeyV4 {
         src_address: src.ip().octets(),
         dst_address: dst.ip().octets(),
         src_port: src.port(),
@@ -167,18 +181,49 @@ fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, direction: u8) -> CtK
         proto,
         direction,
         _pad: [0; 2],
-    }
+    })
+}
+
+fn ct_key_v6(src: SocketAddr, dst: SocketAddr, proto: u8, direction: u8) -> Option<CtKeyV6> {
+    let (SocketAddr::V6(src), SocketAddr::V6(dst)) = (src, dst) else { return None };
+    Some(CtKeyV6 {
+        src_address: src.ip().octets(),
+        dst_address: dst.ip().octets(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+        proto,
+        direction,
+        _pad: [0; 2],
+    })
 }
 
 /// Runs the probe through `lb_tc` with the maps pinned in `pin_dir`.
 /// Unless `keep_conntrack`, conntrack entries the run created are removed.
 pub fn trace(pin_dir: &Path, probe: &Probe, keep_conntrack: bool) -> anyhow::Result<Trace> {
+    match probe.src {
+        SocketAddr::V4(_) => {
+            trace_in::<CtKeyV4, CtValueV4>(pin_dir, probe, keep_conntrack, names::CONNTRACK_V4, ct_key_v4)
+        }
+        SocketAddr::V6(_) => {
+            trace_in::<CtKeyV6, CtValueV6>(pin_dir, probe, keep_conntrack, names::CONNTRACK_V6, ct_key_v6)
+        }
+    }
+}
+
+/// `trace`, with the conntrack table of the probe's family.
+fn trace_in<K: Pod, V: Pod + PartialEq>(
+    pin_dir: &Path,
+    probe: &Probe,
+    keep_conntrack: bool,
+    conntrack_map: &str,
+    key: KeyOf<K>,
+) -> anyhow::Result<Trace> {
     let frame = build(probe)?;
     let capacities = pinned_capacities(pin_dir)?;
-    let mut conntrack: HashMap<MapData, CtKeyV4, CtValueV4> =
-        Map::from_map_data(pinned(pin_dir, names::CONNTRACK_V4)?)?.try_into().context(names::CONNTRACK_V4)?;
+    let mut conntrack: HashMap<MapData, K, V> =
+        Map::from_map_data(pinned(pin_dir, conntrack_map)?)?.try_into().context(conntrack_map.to_owned())?;
     let proto = probe.proto.number();
-    let original = ct_key(probe.src, probe.dst, proto, DIR_ORIGINAL);
+    let original = key(probe.src, probe.dst, proto, DIR_ORIGINAL).context("the probe's family")?;
     let had_original = conntrack.get(&original, 0).is_ok();
 
     // Every map re-opened from its pin: the program sees the live tables.
@@ -211,12 +256,11 @@ pub fn trace(pin_dir: &Path, probe: &Probe, keep_conntrack: bool) -> anyhow::Res
     let mut created = Vec::new();
     if !had_original && let Ok(value) = conntrack.get(&original, 0) {
         created.push(original);
-        let backend = output.as_ref().and_then(|h| h.dst.parse::<SocketAddrV4>().ok());
-        if let Some(backend) = backend {
-            let reply = ct_key(backend, probe.src, proto, DIR_REPLY);
-            if conntrack.get(&reply, 0).is_ok_and(|v| v == value) {
-                created.push(reply);
-            }
+        let backend = output.as_ref().and_then(|h| h.dst.parse::<SocketAddr>().ok());
+        if let Some(reply) = backend.and_then(|backend| key(backend, probe.src, proto, DIR_REPLY))
+            && conntrack.get(&reply, 0).is_ok_and(|v| v == value)
+        {
+            created.push(reply);
         }
     }
     if !keep_conntrack {
@@ -255,6 +299,19 @@ mod tests {
             assert_eq!(header.proto, proto.as_str());
             assert_eq!((header.src.as_str(), header.dst.as_str()), ("10.0.1.2:40000", "10.96.0.10:80"));
         }
+    }
+
+    #[test]
+    fn an_ipv6_probe_reads_back_as_itself_and_mixed_families_are_refused() {
+        let v6 = Probe {
+            src: "[fd00:1::2]:40000".parse().unwrap(),
+            dst: "[fd00:96::10]:80".parse().unwrap(),
+            ..probe(Protocol::Udp, false)
+        };
+        let header = header(&build(&v6).unwrap()).unwrap();
+        assert_eq!((header.src.as_str(), header.dst.as_str()), ("[fd00:1::2]:40000", "[fd00:96::10]:80"));
+        let mixed = Probe { dst: "10.96.0.10:80".parse().unwrap(), ..v6 };
+        assert!(build(&mixed).is_err());
     }
 
     #[test]

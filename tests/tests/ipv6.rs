@@ -165,3 +165,32 @@ fn an_ipv6_service_without_endpoints_refuses_at_once() {
     let outcome = probe::connect(client, addr(EMPTY_V6), Duration::from_secs(3));
     assert!(matches!(outcome, Outcome::Refused), "refused by ICMPv6 port unreachable, got {outcome:?}");
 }
+
+/// `lbctl -o json --netns NODE trace ARGS`.
+fn trace(cluster: &DualStackCluster, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json", "--netns", cluster.topology.node.as_str(), "trace"];
+    all.extend_from_slice(args);
+    let text = lb_tests::observe::lbctl(&cluster.agent.pin_dir, &all).expect("lbctl trace");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("lbctl trace printed no JSON ({e}): {text}"))
+}
+
+#[test]
+fn lbctl_traces_ipv6_packets_as_the_datapath_handles_them() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    probe::eventually(Duration::from_secs(10), "the web Service answering", || probe::answer(client, addr(WEB_V6)));
+    let source = format!("[{}]:41000", topology::CLIENT_IP_V6);
+
+    let new_flow = trace(&cluster, &["--src", &source, "--dst", WEB_V6, "--proto", "tcp", "--syn"]);
+    let backends: BTreeSet<String> =
+        (1..=2).map(|i| SocketAddr::new(topology::backend_ip_v6(i).into(), HTTP_PORT).to_string()).collect();
+    let to = new_flow["output"]["dst"].as_str().unwrap_or_default().to_owned();
+    assert!(backends.contains(&to), "a new IPv6 flow DNATed to an IPv6 endpoint, not {to}: {new_flow}");
+    assert_eq!(new_flow["conntrack_created"], 2, "both directions tracked, then removed: {new_flow}");
+    assert_eq!(new_flow["conntrack_removed"], true);
+
+    let reject = trace(&cluster, &["--src", &source, "--dst", EMPTY_V6, "--proto", "tcp", "--syn"]);
+    assert_eq!(reject["verdict"], "redirect", "{reject}");
+    assert_eq!(reject["output"]["proto"], "ICMPv6");
+    assert_eq!(reject["output"]["icmp"], serde_json::json!([1, 4]), "port unreachable: {reject}");
+}

@@ -83,10 +83,10 @@ enum Command {
 struct TraceArgs {
     /// Source, IP:PORT.
     #[arg(long)]
-    src: SocketAddrV4,
-    /// Destination, IP:PORT.
+    src: SocketAddr,
+    /// Destination, IP:PORT (IPv6: [ADDRESS]:PORT, the source's family).
     #[arg(long)]
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     /// tcp or udp.
     #[arg(long, default_value = "tcp", value_parser = parse_proto)]
     proto: Protocol,
