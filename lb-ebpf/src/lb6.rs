@@ -47,17 +47,27 @@ type BackendV6 = lb_common::backend::BackendV6;
 /// The work is split into functions of their own (BPF-to-BPF calls),
 /// each deciding and rewriting, and the sending (`send`, `reject`) is
 /// done from here: a call chain's stack frames add up, and the chain may
-/// not pass 512 bytes. The IPv4 paths stay inlined in `lb_tc`.
+/// not pass 512 bytes. The IPv4 paths are a call of their own too.
 #[inline(never)]
 pub fn handle_packet(ctx: &TcContext) -> Outcome {
-    let pkt = match parse6::parse_v6(ctx) {
-        Ok(pkt) => pkt,
-        Err(pass_reason) => return Outcome::next(pass_reason),
-    };
-    match try_handle(ctx, &pkt) {
+    let mut pkt = core::mem::MaybeUninit::uninit();
+    if let Err(pass_reason) = parse(ctx, &mut pkt) {
+        return Outcome::next(pass_reason);
+    }
+    // SAFETY: `parse` wrote the whole packet when it succeeded.
+    let pkt = unsafe { pkt.assume_init_ref() };
+    match try_handle(ctx, pkt) {
         Ok(outcome) => outcome,
         Err(drop_reason) => Outcome::drop(drop_reason),
     }
+}
+
+/// Parses into the caller's `pkt`: a call of its own, so the parse's
+/// temporaries take no room in the frame the rest of the path runs on.
+#[inline(never)]
+fn parse(ctx: &TcContext, pkt: &mut core::mem::MaybeUninit<PacketV6>) -> Result<(), Counter> {
+    pkt.write(parse6::parse_v6(ctx)?);
+    Ok(())
 }
 
 /// What one path decided for a packet, when not simply sent on.
