@@ -51,7 +51,6 @@ pub trait Backend: Copy {
     fn address(&self) -> Self::Addr;
     fn port(&self) -> u16;
     fn proto(&self) -> u8;
-    fn flags(&self) -> u8;
 }
 
 /// A conntrack value (`LB4_CT` / `LB6_CT`): the fields the flow logic
@@ -59,7 +58,6 @@ pub trait Backend: Copy {
 pub trait CtEntry: Copy {
     type Addr: Copy + PartialEq;
     fn new(backend_id: u32, frontend_id: u32, frontend: (Self::Addr, u16), now_s: u32) -> Self;
-    fn backend_id(&self) -> u32;
     fn frontend(&self) -> (Self::Addr, u16);
     /// The SNAT address and port; port 0: none.
     fn nat(&self) -> (Self::Addr, u16);
@@ -113,10 +111,6 @@ macro_rules! entry_traits {
             fn proto(&self) -> u8 {
                 self.proto
             }
-            #[inline(always)]
-            fn flags(&self) -> u8 {
-                self.flags
-            }
         }
 
         impl CtEntry for $value {
@@ -135,10 +129,6 @@ macro_rules! entry_traits {
                     nat_port: 0,
                     _pad: [0; 2],
                 }
-            }
-            #[inline(always)]
-            fn backend_id(&self) -> u32 {
-                self.backend_id
             }
             #[inline(always)]
             fn frontend(&self) -> ($addr, u16) {
