@@ -24,6 +24,8 @@ pub const PORT_FILTER: &str = "LB_PORT_FILTER";
 pub const STATS: &str = "LB_STATS";
 /// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKeyV4` → `u8`.
 pub const SOURCE_RANGES_V4: &str = "LB4_SRC_RANGES";
+/// IPv6 `loadBalancerSourceRanges` (LPM trie): `SourceRangeKeyV6` → `u8`.
+pub const SOURCE_RANGES_V6: &str = "LB6_SRC_RANGES";
 /// The cluster's Pod CIDRs (LPM trie): `PodCidrKeyV4` → `u8`.
 pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
 /// Socket-level reverse NAT (LRU): `SockRevKeyV4` → `SockRevValueV4`.
@@ -50,7 +52,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -61,6 +63,7 @@ pub const ALL: [&str; 18] = [
     STATS,
     IDS,
     SOURCE_RANGES_V4,
+    SOURCE_RANGES_V6,
     POD_CIDRS_V4,
     MAGLEV_V4,
     SOCK_REV_V4,
@@ -112,6 +115,7 @@ pub const AFFINITY_V4_CAPACITY: u32 = 1 << 16;
 pub const AFFINITY_MEMBERS_V4_CAPACITY: u32 = 1 << 18;
 /// Source ranges across all LoadBalancer frontends. Not preallocated.
 pub const SOURCE_RANGES_V4_CAPACITY: u32 = 1 << 16;
+pub const SOURCE_RANGES_V6_CAPACITY: u32 = 1 << 16;
 /// Frontends counted in `FRONTEND_STATS_V4`: one entry per frontend that
 /// has seen a new flow, removed by the agent when the frontend goes. Not
 /// preallocated (per-CPU values: 24 bytes per CPU an entry).

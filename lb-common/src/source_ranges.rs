@@ -45,4 +45,32 @@ impl SourceRangeKeyV4 {
     }
 }
 
-user_pod!(SourceRangeKeyV4);
+/// Key of `LB6_SRC_RANGES`: `SourceRangeKeyV4` with a 16-byte address
+/// (prefix length 32 + the range's, up to 128). 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKeyV6 {
+    pub prefix_len: u32,
+    /// Big-endian, as in `SourceRangeKeyV4`.
+    pub frontend_id: [u8; 4],
+    /// Network byte order.
+    pub address: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceRangeKeyV6>() == 24);
+
+impl SourceRangeKeyV6 {
+    /// The entry for a range `address/len` of a frontend.
+    pub const fn range(frontend_id: u32, address: [u8; 16], len: u8) -> Self {
+        Self { prefix_len: 32 + len as u32, frontend_id: frontend_id.to_be_bytes(), address }
+    }
+
+    /// The trie data (frontend id, address).
+    pub fn data(&self) -> [u8; 20] {
+        let mut data = [0u8; 20];
+        data[..4].copy_from_slice(&self.frontend_id);
+        data[4..].copy_from_slice(&self.address);
+        data
+    }
+}
+
+user_pod!(SourceRangeKeyV4, SourceRangeKeyV6);

@@ -108,8 +108,8 @@ pub enum Counter {
     /// (AH, ESP, ...): passed untouched, never NATed.
     PassExtensionHeaders,
     /// New IPv6 flow that needs what the IPv6 path does not do yet
-    /// (source NAT, `loadBalancerSourceRanges`): dropped, so such a
-    /// frontend is never served without its rules.
+    /// (source NAT: a backend on another node for external traffic,
+    /// hairpin): dropped, so such a flow is never sent without it.
     DropV6Unsupported,
 }
 

@@ -5,9 +5,8 @@
 //!
 //! What IPv6 does not do yet, and what such a packet meets instead:
 //! - Source NAT (external traffic to a backend on another node, hairpin,
-//!   a reply tuple taken by another frontend's flow) and
-//!   `loadBalancerSourceRanges`: the new flow is dropped
-//!   (`drop_v6_unsupported`), never served without its rules.
+//!   a reply tuple taken by another frontend's flow): the new flow is
+//!   dropped (`drop_v6_unsupported`), never served without it.
 //! - ClientIP affinity: the flow is balanced by its 5-tuple like any other.
 //! - The in-cluster short-circuit of a Local external frontend: Pods use
 //!   the frontend itself.
@@ -22,11 +21,7 @@
 //! up along a call chain, which may not pass 512 bytes either.
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{
-    frontend_stats::FrontendEvent,
-    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SOURCE_RANGES},
-    stats::Counter,
-};
+use lb_common::{frontend_stats::FrontendEvent, service::FLAG_NO_LOCAL_ENDPOINTS, stats::Counter};
 
 use crate::{
     conntrack,
@@ -177,8 +172,9 @@ fn start_flow(
         count.event = Some(FrontendEvent::Dropped);
         Ok(NewFlow::Not(Step::Done(Outcome::drop(reason))))
     };
-    if svc.flags & FLAG_SOURCE_RANGES != 0 {
-        return dropped(count, Counter::DropV6Unsupported);
+    // Before anything else, as for IPv4.
+    if !service::source_allowed_v6(&svc, pkt) {
+        return dropped(count, Counter::DropSourceRange);
     }
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {

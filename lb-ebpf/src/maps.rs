@@ -18,7 +18,7 @@ use lb_common::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, BACKENDS_V6_CAPACITY,
         CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY,
         POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY,
-        SOURCE_RANGES_V4_CAPACITY,
+        SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
@@ -83,6 +83,11 @@ pub static LB4_MAGLEV: HashOfMaps<
 /// `lb_common::source_ranges`. Written only by the agent.
 #[btf_map]
 pub static LB4_SRC_RANGES: LpmTrie<[u8; 8], u8, { SOURCE_RANGES_V4_CAPACITY as usize }> = LpmTrie::new();
+
+/// IPv6 `loadBalancerSourceRanges` by (frontend id, client address):
+/// 20 bytes of trie data (`lb_common::source_ranges::SourceRangeKeyV6`).
+#[btf_map]
+pub static LB6_SRC_RANGES: LpmTrie<[u8; 20], u8, { SOURCE_RANGES_V6_CAPACITY as usize }> = LpmTrie::new();
 
 /// The cluster's Pod CIDRs (`lb_common::pod_cidrs`). Written only by the
 /// agent.

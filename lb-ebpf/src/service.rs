@@ -10,8 +10,8 @@ use lb_common::{
 
 use crate::{
     family::{Family, ServiceKey},
-    maps::{LB_PORT_FILTER, LB4_POD_CIDRS, LB4_SERVICES, LB4_SRC_RANGES},
-    parse::{Packet, PacketV4},
+    maps::{LB_PORT_FILTER, LB4_POD_CIDRS, LB4_SERVICES, LB4_SRC_RANGES, LB6_SRC_RANGES},
+    parse::{Packet, PacketV4, PacketV6},
 };
 
 /// `lb_common::port_filter` bits for a port (0 when unset).
@@ -69,6 +69,18 @@ pub fn source_allowed(svc: &ServiceValue, pkt: &PacketV4) -> bool {
     }
     let client = SourceRangeKeyV4::client(svc.frontend_id, pkt.src);
     LB4_SRC_RANGES.get(&Key::new(client.prefix_len, client.data())).is_some()
+}
+
+/// `source_allowed` for IPv6 (`LB6_SRC_RANGES`).
+#[inline(always)]
+pub fn source_allowed_v6(svc: &ServiceValue, pkt: &PacketV6) -> bool {
+    if svc.flags & FLAG_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let mut data = [0u8; 20];
+    data[..4].copy_from_slice(&svc.frontend_id.to_be_bytes());
+    data[4..].copy_from_slice(&pkt.src.to_ne_bytes());
+    LB6_SRC_RANGES.get(&Key::new(32 + 128, data)).is_some()
 }
 
 /// The frontend a new flow uses: the in-cluster entry of a short-circuit

@@ -6,7 +6,7 @@ use lb_common::{
     affinity::AffinityMemberKeyV4,
     pod_cidrs::PodCidrKeyV4,
     service::{self, ServiceValue},
-    source_ranges::SourceRangeKeyV4,
+    source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
 };
 
 use crate::{
@@ -56,6 +56,20 @@ pub fn source_range_keys(frontend: &Frontend, frontend_id: u32) -> Vec<SourceRan
         .filter_map(|range| match range {
             IpNet::V4(net) => Some(SourceRangeKeyV4::range(frontend_id, net.network().octets(), net.prefix_len())),
             IpNet::V6(_) => None,
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The `LB6_SRC_RANGES` entries of a frontend (its IPv6 ranges).
+pub fn source_range_keys_v6(frontend: &Frontend, frontend_id: u32) -> Vec<SourceRangeKeyV6> {
+    let ranges = frontend.source_ranges.iter().flatten();
+    let mut keys: Vec<SourceRangeKeyV6> = ranges
+        .filter_map(|range| match range {
+            IpNet::V6(net) => Some(SourceRangeKeyV6::range(frontend_id, net.network().octets(), net.prefix_len())),
+            IpNet::V4(_) => None,
         })
         .collect();
     keys.sort();

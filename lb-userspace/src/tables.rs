@@ -40,6 +40,9 @@ macro_rules! for_each_map {
             /// frontend entry's flag makes the datapath look them up.
             source_ranges: SourceRange, lb_common::source_ranges::SourceRangeKeyV4 => u8,
                 lb_common::maps::SOURCE_RANGES_V4, Lpm, phase |_| 2, transition replace;
+            /// IPv6 `loadBalancerSourceRanges`, in the same phase.
+            source_ranges_v6: SourceRangeV6, lb_common::source_ranges::SourceRangeKeyV6 => u8,
+                lb_common::maps::SOURCE_RANGES_V6, Lpm, phase |_| 2, transition replace;
             /// The backends each ClientIP affinity frontend may choose, in
             /// the slots' phase but declared before them: a backend becomes
             /// a member after it exists and before a slot names it, and
@@ -224,7 +227,9 @@ mod tests {
                 Write::Maglev(_, None) => "delete maglev",
                 Write::AffinityMember(_, Some(_)) => "member",
                 Write::AffinityMember(_, None) => "delete member",
-                Write::BackendV6(..) | Write::ServiceV6(..) => unreachable!("no IPv6 entries here"),
+                Write::BackendV6(..) | Write::ServiceV6(..) | Write::SourceRangeV6(..) => {
+                    unreachable!("no IPv6 entries here")
+                }
             })
             .collect()
     }

@@ -257,7 +257,7 @@ fn a_restart_resumes_the_ipv6_tables_without_writing() {
 }
 
 #[test]
-fn an_ipv6_frontend_with_source_ranges_keeps_the_flag_but_no_range_entries() {
+fn each_family_s_ranges_go_to_its_own_frontend_s_table() {
     let mut svc = dual_stack();
     let spec = svc.spec.as_mut().unwrap();
     spec.type_ = Some("LoadBalancer".into());
@@ -268,14 +268,21 @@ fn an_ipv6_frontend_with_source_ranges_keeps_the_flag_but_no_range_entries() {
     let syncer = synced(&[svc], &slices());
     let maps = &syncer.writer().maps;
     let lb = ServiceKeyV6::frontend("2001:db8:1::1".parse::<Ipv6Addr>().unwrap().octets(), 80, 6);
-    let flags = maps.services_v6[&lb].flags;
-    assert_ne!(flags & lb_common::service::FLAG_SOURCE_RANGES, 0, "the IPv6 datapath fails closed on it");
+    let v6 = maps.services_v6[&lb];
+    assert_ne!(v6.flags & lb_common::service::FLAG_SOURCE_RANGES, 0);
     let lb_v4_id = maps.services.values().find(|v| v.flags & lb_common::service::FLAG_LOAD_BALANCER != 0).unwrap();
     assert!(
         maps.source_ranges.keys().all(|r| r.frontend_id == lb_v4_id.frontend_id.to_be_bytes()),
-        "range entries for the IPv4 frontend only: {:?}",
+        "IPv4 range entries for the IPv4 frontend only: {:?}",
         maps.source_ranges
     );
+    let v6_ranges: Vec<_> = maps.source_ranges_v6.keys().copied().collect();
+    let expected = lb_common::source_ranges::SourceRangeKeyV6::range(
+        v6.frontend_id,
+        "2001:db8::".parse::<Ipv6Addr>().unwrap().octets(),
+        32,
+    );
+    assert_eq!(v6_ranges, vec![expected], "the IPv6 range, for the IPv6 frontend");
 }
 
 #[test]

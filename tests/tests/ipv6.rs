@@ -80,6 +80,44 @@ items:
     clusterIPs: [fd00:96::30]
     selector: {app: nothing}
     ports: [{port: 80, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: admits-client, namespace: demo}
+  spec:
+    type: LoadBalancer
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::85
+    clusterIPs: [fd00:96::85]
+    loadBalancerSourceRanges: ["fd00:1::/64"]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30085}]
+  status:
+    loadBalancer: {ingress: [{ip: "fd00:96::1:85"}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: admits-client-v6, namespace: demo, labels: {kubernetes.io/service-name: admits-client}}
+  addressType: IPv6
+  ports: [{name: "", port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], nodeName: node-a, conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: admits-others, namespace: demo}
+  spec:
+    type: LoadBalancer
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::86
+    clusterIPs: [fd00:96::86]
+    loadBalancerSourceRanges: ["fd00:9::/64"]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30086}]
+  status:
+    loadBalancer: {ingress: [{ip: "fd00:96::1:86"}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: admits-others-v6, namespace: demo, labels: {kubernetes.io/service-name: admits-others}}
+  addressType: IPv6
+  ports: [{name: "", port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], nodeName: node-a, conditions: {ready: true}}
 "#;
 
 /// Field order is drop order: the agent, then the servers, then the
@@ -108,7 +146,9 @@ impl DualStackCluster {
         std::fs::create_dir_all(&source_dir).unwrap();
         let source_file = source_dir.join("services.yaml");
         agent::write_atomically(&source_file, SERVICES).unwrap();
-        let mut agent = Agent::start(&topology.node, &source_file, &[]).expect("agent");
+        // The node is node-a: the LoadBalancer Services' endpoint runs on
+        // it (a backend elsewhere would need source NAT).
+        let mut agent = Agent::start(&topology.node, &source_file, &["--node-name", "node-a"]).expect("agent");
         agent.wait_ready(Duration::from_secs(30)).expect("agent ready");
         Self { agent, _servers: servers, topology, source_dir }
     }
@@ -164,6 +204,18 @@ fn an_ipv6_service_without_endpoints_refuses_at_once() {
     // Refused, not timed out (`NoAnswer` after 3 s).
     let outcome = probe::connect(client, addr(EMPTY_V6), Duration::from_secs(3));
     assert!(matches!(outcome, Outcome::Refused), "refused by ICMPv6 port unreachable, got {outcome:?}");
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_an_ipv6_client_inside_and_no_other() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    let pod = probe::eventually(Duration::from_secs(10), "the admitting load balancer answering", || {
+        probe::answer(client, addr("[fd00:96::1:85]:80"))
+    });
+    assert_eq!(pod, "backend-1");
+    let outcome = probe::connect(client, addr("[fd00:96::1:86]:80"), Duration::from_secs(2));
+    assert!(matches!(outcome, Outcome::NoAnswer), "a client outside every range gets nothing, got {outcome:?}");
 }
 
 /// `lbctl -o json --netns NODE trace ARGS`.

@@ -2,14 +2,15 @@
 //! each row is an input packet, the verdict, the output packet (built
 //! independently, checksums from scratch) and the counter. The Services
 //! are programmed through the agent's own translation, from a dual-stack
-//! Service, an IPv6-only one and an IPv6 Service without endpoints.
+//! Service, an IPv6-only one, an IPv6 Service without endpoints and an
+//! IPv6 LoadBalancer with `loadBalancerSourceRanges`.
 //! Needs root (CAP_BPF).
 
 use std::net::Ipv6Addr;
 
 use lb_common::{conntrack::DIR_ORIGINAL, stats::Counter};
 use lb_tests::{
-    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, ep},
     packets6::{
         self, Endpoint6, NEXT_DEST_OPTS, NEXT_FRAGMENT, NEXT_HOP_BY_HOP, checksums_verify, ep6, with_extension_headers,
@@ -89,6 +90,25 @@ items:
     clusterIPs: [fd00:96::30]
     selector: {app: nothing}
     ports: [{port: 80, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: guarded, namespace: default}
+  spec:
+    type: LoadBalancer
+    ipFamilyPolicy: SingleStack
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::85
+    clusterIPs: [fd00:96::85]
+    loadBalancerSourceRanges: ["fd00:1::/64", 10.0.0.0/8]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30085}]
+  status:
+    loadBalancer: {ingress: [{ip: "fd00:203::10"}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: guarded-v6, namespace: default, labels: {kubernetes.io/service-name: guarded}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:1::2"], nodeName: this-node, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
 "#;
 
 fn datapath() -> Datapath {
@@ -205,6 +225,26 @@ fn extension_headers_are_walked_up_to_the_bound_and_anything_else_passes_untouch
     }
     let originals = dp.conntrack_v6().unwrap().iter().filter(|(k, _)| k.direction == DIR_ORIGINAL).count();
     assert_eq!(originals, 1, "only the walkable packet created state");
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_ipv6_sources_inside_and_drop_the_rest() {
+    let mut dp = datapath();
+    let load_balancer = ep6(v6([0xfd00, 0x203, 0, 0, 0, 0, 0, 0x10]), 80);
+    let inside = ep6(v6([0xfd00, 1, 0, 0, 0, 0, 0, 7]), 40000);
+    let outside = ep6(v6([0xfd00, 2, 0, 0, 0, 0, 0, 7]), 40000);
+
+    let (verdict, out, moved) = run(&mut dp, &packets6::tcp(inside, load_balancer, true, &[]));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    assert_eq!(out, packets6::tcp(inside, WEB_BACKEND, true, &[]), "a source inside fd00:1::/64 is served");
+    assert_eq!(moved, only(Counter::NewFlow));
+
+    let syn = packets6::tcp(outside, load_balancer, true, &[]);
+    let (verdict, _, moved) = run(&mut dp, &syn);
+    assert_eq!(verdict, TC_ACT_SHOT, "a source outside every range is dropped");
+    assert_eq!(moved, only(Counter::DropSourceRange));
+    let originals = dp.conntrack_v6().unwrap().iter().filter(|(k, _)| k.direction == DIR_ORIGINAL).count();
+    assert_eq!(originals, 1, "the dropped flow left no state");
 }
 
 /// `packet` with its IPv6 payload length set to `length`.

@@ -28,7 +28,7 @@ use lb_common::{
     pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevValueV4},
-    source_ranges::SourceRangeKeyV4,
+    source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
     stats,
 };
 use tracing::warn;
@@ -104,6 +104,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::SOURCE_RANGES_V4 => (
             layout(MapType::LpmTrie, size::<SourceRangeKeyV4>(), size::<u8>(), names::SOURCE_RANGES_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        names::SOURCE_RANGES_V6 => (
+            layout(MapType::LpmTrie, size::<SourceRangeKeyV6>(), size::<u8>(), names::SOURCE_RANGES_V6_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::POD_CIDRS_V4 => (

@@ -19,7 +19,7 @@ use lb_common::{
     maps as names,
     pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceValue},
-    source_ranges::SourceRangeKeyV4,
+    source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
     stats::Counter,
 };
 
@@ -151,6 +151,21 @@ impl LpmKey for SourceRangeKeyV4 {
     fn from_key(key: Key<[u8; 8]>) -> Self {
         let [a, b, c, d, e, f, g, h] = key.data();
         Self { prefix_len: key.prefix_len(), frontend_id: [a, b, c, d], address: [e, f, g, h] }
+    }
+}
+
+impl LpmKey for SourceRangeKeyV6 {
+    type Data = [u8; 20];
+
+    fn to_key(self) -> Key<[u8; 20]> {
+        Key::new(self.prefix_len, self.data())
+    }
+
+    fn from_key(key: Key<[u8; 20]>) -> Self {
+        let data = key.data();
+        let mut address = [0u8; 16];
+        address.copy_from_slice(&data[4..]);
+        Self { prefix_len: key.prefix_len(), frontend_id: [data[0], data[1], data[2], data[3]], address }
     }
 }
 

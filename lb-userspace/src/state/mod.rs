@@ -28,7 +28,7 @@ use lb_common::{
     affinity::{self, AffinityMemberKeyV4},
     ids as counters,
     service::ServiceValue,
-    source_ranges::{self, SourceRangeKeyV4},
+    source_ranges::{self, SourceRangeKeyV4, SourceRangeKeyV6},
 };
 
 use self::{
@@ -55,6 +55,8 @@ struct Encoded {
     draining: Vec<SlotBackend>,
     /// Its `LB4_SRC_RANGES` entries.
     ranges: Vec<SourceRangeKeyV4>,
+    /// Its `LB6_SRC_RANGES` entries (an IPv6 frontend's).
+    ranges_v6: Vec<SourceRangeKeyV6>,
     /// Its `LB4_AFF_MEMBERS` entries (ClientIP affinity frontends only).
     members: Vec<AffinityMemberKeyV4>,
 }
@@ -117,6 +119,7 @@ impl DesiredState {
                     // Whatever the maps hold beyond what is written again
                     // goes with the first (full) sync's diff.
                     ranges: Vec::new(),
+                    ranges_v6: Vec::new(),
                     members: Vec::new(),
                 },
             );
@@ -262,17 +265,23 @@ impl DesiredState {
         for slot in slots.len() + 1..=old_slots.len() {
             self.set_service_entry(key.slot(slot as u16), None);
         }
-        // The IPv6 datapath looks up neither source ranges (it drops new
-        // flows to a frontend with FLAG_SOURCE_RANGES) nor affinity members
-        // (it balances affinity frontends per flow): none to write for it.
-        let (ranges, members) = match key.family() {
+        // The IPv6 datapath does not look up affinity members (it
+        // balances affinity frontends per flow): none to write for it.
+        let (ranges, ranges_v6, members) = match key.family() {
             IpFamily::V4 => {
                 let old_ranges = owned.as_ref().map_or(&[][..], |o| &o.ranges);
-                let ranges = self.put_source_ranges(frontend, frontend_id, old_ranges);
+                let new_ranges = encode::source_range_keys(frontend, frontend_id);
+                let ranges =
+                    put_keys(&mut self.maps.source_ranges, &mut self.touched.source_ranges, new_ranges, old_ranges);
                 let old_members = owned.as_ref().map_or(&[][..], |o| &o.members);
-                (ranges, self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members))
+                (ranges, Vec::new(), self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members))
             }
-            IpFamily::V6 => (Vec::new(), Vec::new()),
+            IpFamily::V6 => {
+                let old = owned.as_ref().map_or(&[][..], |o| &o.ranges_v6);
+                let new = encode::source_range_keys_v6(frontend, frontend_id);
+                let ranges = put_keys(&mut self.maps.source_ranges_v6, &mut self.touched.source_ranges_v6, new, old);
+                (Vec::new(), ranges, Vec::new())
+            }
         };
         // A table depends only on the slot backends: the periodic full
         // sync re-encodes every frontend, and need not rebuild them all.
@@ -291,7 +300,7 @@ impl DesiredState {
         for backend in owned.iter().flat_map(|o| o.slots.iter().chain(&o.draining)) {
             self.release_backend(*backend);
         }
-        self.encoded.insert(key, Encoded { frontend_id, slots, draining, ranges, members });
+        self.encoded.insert(key, Encoded { frontend_id, slots, draining, ranges, ranges_v6, members });
         self.record_counters();
     }
 
@@ -333,24 +342,6 @@ impl DesiredState {
         false
     }
 
-    /// Writes a frontend's source ranges, removes those it no longer has,
-    /// and returns what it has now.
-    fn put_source_ranges(
-        &mut self,
-        frontend: &Frontend,
-        frontend_id: u32,
-        old: &[SourceRangeKeyV4],
-    ) -> Vec<SourceRangeKeyV4> {
-        let ranges = encode::source_range_keys(frontend, frontend_id);
-        for range in &ranges {
-            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, Some(source_ranges::ALLOWED));
-        }
-        for gone in old.iter().filter(|r| !ranges.contains(r)) {
-            set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *gone, None);
-        }
-        ranges
-    }
-
     /// Writes a ClientIP affinity frontend's member backends, removes those
     /// it no longer chooses (or all, when affinity is off), and returns
     /// what it has now.
@@ -385,6 +376,9 @@ impl DesiredState {
         }
         for range in &owned.ranges {
             set(&mut self.maps.source_ranges, &mut self.touched.source_ranges, *range, None);
+        }
+        for range in &owned.ranges_v6 {
+            set(&mut self.maps.source_ranges_v6, &mut self.touched.source_ranges_v6, *range, None);
         }
         for member in &owned.members {
             set(&mut self.maps.affinity_members, &mut self.touched.affinity_members, *member, None);
@@ -450,6 +444,23 @@ fn slot_backends(backends: &[Backend], key: ServiceKey) -> impl Iterator<Item = 
 }
 
 /// Sets or removes one desired entry, recording the key if it changed.
+/// Writes a frontend's source-range entries `new` (allowed), removes
+/// those of `old` it no longer has, and returns `new`.
+fn put_keys<K: Ord + Copy>(
+    map: &mut BTreeMap<K, u8>,
+    touched: &mut std::collections::BTreeSet<K>,
+    new: Vec<K>,
+    old: &[K],
+) -> Vec<K> {
+    for key in &new {
+        set(map, touched, *key, Some(source_ranges::ALLOWED));
+    }
+    for gone in old.iter().filter(|k| !new.contains(k)) {
+        set(map, touched, *gone, None);
+    }
+    new
+}
+
 fn set<K: Ord + Copy, V: PartialEq + Clone>(
     map: &mut BTreeMap<K, V>,
     touched: &mut std::collections::BTreeSet<K>,
