@@ -107,15 +107,11 @@ pub enum Counter {
     /// `parse::IPV6_EXT_HEADERS_MAX` of them), or behind one not walked
     /// (AH, ESP, ...): passed untouched, never NATed.
     PassExtensionHeaders,
-    /// New IPv6 flow that needs what the IPv6 path does not do yet
-    /// (source NAT: a backend on another node for external traffic,
-    /// hairpin): dropped, so such a flow is never sent without it.
-    DropV6Unsupported,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 35] = [
+    pub const ALL: [Counter; 34] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -150,7 +146,6 @@ impl Counter {
         Counter::AffinityMiss,
         Counter::AffinityStale,
         Counter::PassExtensionHeaders,
-        Counter::DropV6Unsupported,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -190,7 +185,6 @@ impl Counter {
             Counter::AffinityMiss => "affinity_miss",
             Counter::AffinityStale => "affinity_stale",
             Counter::PassExtensionHeaders => "pass_extension_headers",
-            Counter::DropV6Unsupported => "drop_v6_unsupported",
         }
     }
 }

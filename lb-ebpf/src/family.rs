@@ -61,6 +61,7 @@ pub trait CtEntry: Copy {
     fn frontend(&self) -> (Self::Addr, u16);
     /// The SNAT address and port; port 0: none.
     fn nat(&self) -> (Self::Addr, u16);
+    fn set_nat(&mut self, address: Self::Addr, port: u16);
     fn flags(&self) -> u16;
     fn flags_mut(&mut self) -> &mut u16;
     fn last_seen_mut(&mut self) -> &mut u32;
@@ -137,6 +138,11 @@ macro_rules! entry_traits {
             #[inline(always)]
             fn nat(&self) -> ($addr, u16) {
                 ($into(self.nat_address), self.nat_port)
+            }
+            #[inline(always)]
+            fn set_nat(&mut self, address: $addr, port: u16) {
+                self.nat_address = $from(address);
+                self.nat_port = port;
             }
             #[inline(always)]
             fn flags(&self) -> u16 {

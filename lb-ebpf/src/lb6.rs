@@ -3,10 +3,13 @@
 //! (DNAT to a backend) and backend → client (reverse NAT), each step one
 //! O(1) map operation, then sent on by `route`.
 //!
+//! Source NAT as for IPv4 (external traffic to a backend on another
+//! node, hairpin, a reply tuple taken by another frontend's flow), with
+//! ports from the same range and the same allocator (`snat`).
+//!
 //! What IPv6 does not do yet, and what such a packet meets instead:
-//! - Source NAT (external traffic to a backend on another node, hairpin,
-//!   a reply tuple taken by another frontend's flow): the new flow is
-//!   dropped (`drop_v6_unsupported`), never served without it.
+//! - A first packet too big for the route of an SNATed flow: dropped
+//!   (`drop_snat_no_address`), where IPv4 answers one with DF set.
 //! - ClientIP affinity: the flow is balanced by its 5-tuple like any other.
 //! - The in-cluster short-circuit of a Local external frontend: Pods use
 //!   the frontend itself.
@@ -36,6 +39,7 @@ use crate::{
 };
 
 type BackendV6 = lb_common::backend::BackendV6;
+type CtValueV6 = lb_common::conntrack::CtValueV6;
 
 /// Decides what happens to one IPv6 packet at tc ingress.
 ///
@@ -81,25 +85,35 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
         // returned in an `Option`: a `None`'s undefined payload, stored,
         // is refused by the verifier.
         let mut backend = BackendV6::default();
-        let counter = match tracked_backend(pkt, &mut backend) {
+        let mut nat = Nat { address: 0, port: 0 };
+        let counter = match tracked_backend(pkt, &mut backend, &mut nat) {
             Tracked::Established => Counter::Established,
             tracked => {
+                let mut flow = NewFlowOut {
+                    entry: core::mem::MaybeUninit::uninit(),
+                    count: FrontendCount { frontend_id: 0, event: None },
+                    to: SnatTo::Route,
+                };
+                let new_flow = match start_flow(pkt, tracked == Tracked::Stale, &mut backend, &mut flow) {
+                    Ok(NewFlow::Snat(counter)) => snat_flow(ctx, pkt, &backend, &mut flow, &mut nat)
+                        .map(|()| NewFlow::To(counter))
+                        .inspect(|_| flow.count.event = Some(FrontendEvent::NewFlow)),
+                    other => other,
+                };
                 // Counted here, not in `start_flow`: a call from there would
                 // lengthen the call chain past the stack limit.
-                let mut event = FrontendCount { frontend_id: 0, event: None };
-                let new_flow = start_flow(pkt, tracked == Tracked::Stale, &mut backend, &mut event);
-                if let Some(counted) = event.event {
-                    frontend_stats::count(event.frontend_id, counted);
+                if let Some(counted) = flow.count.event {
+                    frontend_stats::count(flow.count.frontend_id, counted);
                 }
                 match new_flow? {
                     NewFlow::To(counter) => counter,
-                    NewFlow::Not(Step::Pass) => return try_reply_or_pass(ctx, pkt),
+                    NewFlow::Snat(..) | NewFlow::Not(Step::Pass) => return try_reply_or_pass(ctx, pkt),
                     NewFlow::Not(Step::Done(outcome)) => return Ok(outcome),
                     NewFlow::Not(Step::Reject) => return reject(ctx, pkt),
                 }
             }
         };
-        to_backend(ctx, pkt, &backend)?;
+        to_backend(ctx, pkt, &backend, &nat)?;
         return Ok(Outcome { verdict: send(ctx, pkt)?, counter });
     }
     try_reply_or_pass(ctx, pkt)
@@ -123,10 +137,18 @@ enum Tracked {
     Established,
 }
 
+/// A flow's source NAT: the address and port that replace the client's
+/// (port 0: none).
+struct Nat {
+    address: u128,
+    port: u16,
+}
+
 /// Client → frontend, conntrack first, as for IPv4 (`lb4::try_forward`
-/// says why): writes the tracked flow's backend to `backend`.
+/// says why): writes the tracked flow's backend to `backend`, and its
+/// source NAT to `nat`.
 #[inline(never)]
-fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6) -> Tracked {
+fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tracked {
     let Some(entry) = conntrack::original_in_map(pkt) else {
         return Tracked::Untracked;
     };
@@ -138,6 +160,7 @@ fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6) -> Tracked {
     };
     conntrack::on_rst_mark_reply(pkt, &found, entry);
     *backend = found;
+    (nat.address, nat.port) = entry.nat();
     Tracked::Established
 }
 
@@ -151,19 +174,42 @@ struct FrontendCount {
 enum NewFlow {
     /// Tracked: to be sent to the backend written to the caller's.
     To(Counter),
+    /// Chosen but not tracked yet: its replies must come back through
+    /// this node, so it is source-NATed first (`snat_flow`, to the
+    /// address `NewFlowOut::to` names).
+    Snat(Counter),
     /// Anything else.
     Not(Step),
 }
 
+/// Which address a source-NATed flow takes, as for IPv4 (`lb4`).
+#[derive(Clone, Copy)]
+enum SnatTo {
+    /// External traffic to a backend on another node: the node's source
+    /// address on the route to the backend.
+    Route,
+    /// Hairpin: a Pod balanced to itself sees the frontend as its peer.
+    Frontend,
+    /// The backend's replies to the client's port already belong to a
+    /// flow through another frontend: the client's address, another port.
+    Client,
+}
+
+/// What `start_flow` hands on besides its backend, in one struct: a BPF
+/// call takes at most five arguments.
+struct NewFlowOut {
+    /// The flow's conntrack value, written whenever a backend is chosen.
+    entry: core::mem::MaybeUninit<CtValueV6>,
+    count: FrontendCount,
+    /// Where `NewFlow::Snat` translates the source to.
+    to: SnatTo,
+}
+
 /// A new flow (or a tracked one whose backend is gone): chooses its
-/// backend and tracks it.
+/// backend and tracks it, or leaves it to `snat_flow`.
 #[inline(never)]
-fn start_flow(
-    pkt: &PacketV6,
-    was_tracked: bool,
-    chosen: &mut BackendV6,
-    count: &mut FrontendCount,
-) -> PathResult<NewFlow> {
+fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &mut NewFlowOut) -> PathResult<NewFlow> {
+    let count = &mut out.count;
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
         return Ok(NewFlow::Not(Step::Pass));
     };
@@ -185,25 +231,69 @@ fn start_flow(
     }
     let backend_id = select::backend_id(pkt, frontend, &svc).ok_or(Counter::DropMissingBackend)?;
     let backend = service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?;
-    if backend.address() == pkt.src || snat::needed(&svc, backend.flags) {
-        return dropped(count, Counter::DropV6Unsupported);
-    }
-    let entry = conntrack::new_value::<V6>(&frontend, &svc, backend_id);
-    if !conntrack::track(pkt, &backend, &entry)? {
-        // The reply tuple belongs to another frontend's flow: IPv4 takes
-        // another source port, which needs SNAT.
-        return dropped(count, Counter::DropV6Unsupported);
-    }
-    count.event = Some(FrontendEvent::NewFlow);
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
+    let entry = out.entry.write(conntrack::new_value::<V6>(&frontend, &svc, backend_id));
     *chosen = backend;
-    Ok(NewFlow::To(counter))
+    let to = if backend.address() == pkt.src {
+        SnatTo::Frontend
+    } else if snat::needed(&svc, backend.flags) {
+        SnatTo::Route
+    } else if !conntrack::track(pkt, &backend, entry)? {
+        SnatTo::Client
+    } else {
+        out.count.event = Some(FrontendEvent::NewFlow);
+        return Ok(NewFlow::To(counter));
+    };
+    out.to = to;
+    Ok(NewFlow::Snat(counter))
 }
 
-/// Rewrites a client → frontend packet to go to `backend`.
+/// Starts a source-NATed flow: claims a port on the address `to` names,
+/// tracks the flow, and writes the translation to `nat`. A route that is
+/// no plain forward (no route, no source address on it, or a first
+/// packet over its MTU, which only the stack could answer and would
+/// quote translated) drops the flow, as for IPv4 without DF.
 #[inline(never)]
-fn to_backend(ctx: &TcContext, pkt: &PacketV6, backend: &BackendV6) -> PathResult<()> {
-    nat::rewrite_v6(ctx, pkt, Side::Destination, backend.address(), backend.port)
+fn snat_flow(
+    ctx: &TcContext,
+    pkt: &PacketV6,
+    backend: &BackendV6,
+    flow: &mut NewFlowOut,
+    nat: &mut Nat,
+) -> PathResult<()> {
+    // SAFETY: `start_flow` wrote it before asking for SNAT.
+    let entry = unsafe { flow.entry.assume_init_mut() };
+    let address = match flow.to {
+        SnatTo::Frontend => entry.frontend().0,
+        SnatTo::Client => pkt.src,
+        SnatTo::Route => {
+            let flow = Flow::<V6> {
+                src: pkt.src,
+                dst: backend.address(),
+                sport: pkt.sport,
+                dport: backend.port,
+                proto: pkt.proto,
+            };
+            route::lookup(ctx, &flow, pkt.ip_total_len, true).ok_or(Counter::DropSnatNoAddress)?.source
+        }
+    };
+    let port = snat::allocate(pkt, backend, address, entry, None)?;
+    entry.set_nat(address, port);
+    // An SNATed flow's reply entry is the one `allocate` claimed.
+    conntrack::track(pkt, backend, entry)?;
+    (nat.address, nat.port) = (address, port);
+    Ok(())
+}
+
+/// Rewrites a client → frontend packet to go to `backend`, from the
+/// SNAT address and port if any.
+#[inline(never)]
+fn to_backend(ctx: &TcContext, pkt: &PacketV6, backend: &BackendV6, snat: &Nat) -> PathResult<()> {
+    nat::rewrite_v6(ctx, pkt, Side::Destination, backend.address(), backend.port)?;
+    if snat.port != 0 {
+        nat::rewrite_v6(ctx, pkt, Side::Source, snat.address, snat.port)?;
+    }
+    Ok(())
 }
 
 /// Backend → client: restores the frontend as the source. `false`: not
@@ -215,7 +305,11 @@ fn try_reply(ctx: &TcContext, pkt: &PacketV6) -> PathResult<bool> {
     };
     conntrack::on_rst_mark_original(pkt, entry);
     let (frontend, frontend_port) = entry.frontend();
+    let (client, client_port) = entry.nat();
     nat::rewrite_v6(ctx, pkt, Side::Source, frontend, frontend_port)?;
+    if client_port != 0 {
+        nat::rewrite_v6(ctx, pkt, Side::Destination, client, client_port)?;
+    }
     Ok(true)
 }
 

@@ -20,13 +20,19 @@
 //! `SNAT_PORT_ATTEMPTS` taken ports the flow is dropped and counted.
 
 use lb_common::{
-    backend::{BackendV4, FLAG_LOCAL},
-    conntrack::{CtValueV4, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    backend::FLAG_LOCAL,
+    conntrack::{SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
     service::{FLAG_EXTERNAL_IP, FLAG_LOAD_BALANCER, FLAG_LOCAL_ONLY, FLAG_NODE_PORT, ServiceValue},
     stats::Counter,
 };
 
-use crate::{conntrack, family::V4, parse::PacketV4, select, verdict::PathResult};
+use crate::{
+    conntrack,
+    family::{CtEntry, Family},
+    parse::Packet,
+    select,
+    verdict::PathResult,
+};
 
 const PORT_SPAN: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 /// Candidate ports are this far apart: odd, so the walk visits the whole
@@ -51,18 +57,17 @@ pub fn needed(service: &ServiceValue, backend_flags: u8) -> bool {
 /// the same client tuple had before (a retransmitted SYN keeps its port, so
 /// the backend sees one connection attempt, not two).
 #[inline(always)]
-pub fn allocate(
-    pkt: &PacketV4,
-    backend: &BackendV4,
-    address: [u8; 4],
-    original: &CtValueV4,
+pub fn allocate<F: Family>(
+    pkt: &Packet<F>,
+    backend: &F::Backend,
+    address: F::Addr,
+    original: &F::CtValue,
     previous: Option<u16>,
 ) -> PathResult<u16> {
     let mut reply = *original;
-    reply.nat_address = pkt.src;
-    reply.nat_port = pkt.sport;
+    reply.set_nat(pkt.src, pkt.sport);
     if let Some(port) = previous
-        && conntrack::reclaim_reply::<V4>(backend, address, port, &reply)
+        && conntrack::reclaim_reply::<F>(backend, address, port, &reply)
     {
         return Ok(port);
     }
@@ -70,7 +75,7 @@ pub fn allocate(
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
         let port = SNAT_PORT_MIN + ((start + attempt * PORT_STRIDE) % PORT_SPAN) as u16;
-        if conntrack::claim_reply::<V4>(backend, address, port, &reply) {
+        if conntrack::claim_reply::<F>(backend, address, port, &reply) {
             return Ok(port);
         }
         attempt += 1;

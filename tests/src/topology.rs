@@ -106,7 +106,8 @@ impl Topology {
     /// addresses: client `fd00:1::2/64` (node side `fd00:1::1`), backend i
     /// `fd00:244:i::2/64` (node side `fd00:244:i::1`), routed as IPv4 is:
     /// the client reaches the Service range `fd00:96::/64` and the
-    /// backends' range through the node, backends reach the client.
+    /// backends' range through the node, backends reach the client and
+    /// the Service range (so a pod can reach its own Service).
     /// Addresses skip duplicate address detection, so they are usable at
     /// once.
     pub fn add_ipv6(&self) -> anyhow::Result<()> {
@@ -117,7 +118,9 @@ impl Topology {
             let i = i + 1;
             self.address_v6(&self.node, &format!("to-b{i}"), &format!("fd00:244:{i}::1/64"))?;
             self.address_v6(ns, "eth0", &format!("{}/64", backend_ip_v6(i)))?;
-            run_in(ns, &["ip", "-6", "route", "add", "fd00:1::/64", "via", &format!("fd00:244:{i}::1")])?;
+            for range in ["fd00:1::/64", SERVICE_RANGE_V6] {
+                run_in(ns, &["ip", "-6", "route", "add", range, "via", &format!("fd00:244:{i}::1")])?;
+            }
         }
         for range in [SERVICE_RANGE_V6, "fd00:244::/32"] {
             run_in(&self.client, &["ip", "-6", "route", "add", range, "via", "fd00:1::1"])?;

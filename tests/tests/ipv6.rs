@@ -118,6 +118,39 @@ items:
   ports: [{name: "", port: 8080, protocol: TCP}]
   endpoints:
   - {addresses: ["fd00:244:1::2"], nodeName: node-a, conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: remote, namespace: demo}
+  spec:
+    type: LoadBalancer
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::87
+    clusterIPs: [fd00:96::87]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30087}]
+  status:
+    loadBalancer: {ingress: [{ip: "fd00:96::1:87"}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: remote-v6, namespace: demo, labels: {kubernetes.io/service-name: remote}}
+  addressType: IPv6
+  ports: [{name: "", port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:2::2"], nodeName: node-b, conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: itself, namespace: demo}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::88
+    clusterIPs: [fd00:96::88]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: itself-v6, namespace: demo, labels: {kubernetes.io/service-name: itself}}
+  addressType: IPv6
+  ports: [{name: "", port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], nodeName: node-a, conditions: {ready: true}}
 "#;
 
 /// Field order is drop order: the agent, then the servers, then the
@@ -216,6 +249,39 @@ fn load_balancer_source_ranges_admit_an_ipv6_client_inside_and_no_other() {
     assert_eq!(pod, "backend-1");
     let outcome = probe::connect(client, addr("[fd00:96::1:86]:80"), Duration::from_secs(2));
     assert!(matches!(outcome, Outcome::NoAnswer), "a client outside every range gets nothing, got {outcome:?}");
+}
+
+/// What `GET /client` through `frontend` from `netns` shows: the source
+/// address the pod saw.
+fn client_seen(netns: &str, frontend: &str) -> IpAddr {
+    let mut conn = servers::connect(netns, addr(frontend)).unwrap().expect("connect");
+    let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+    seen.trim().parse().unwrap_or_else(|_| panic!("a client address, not {seen:?}"))
+}
+
+#[test]
+fn external_ipv6_traffic_to_a_backend_on_another_node_is_source_nated_to_the_node() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    let pod = probe::eventually(Duration::from_secs(10), "the load balancer answering", || {
+        probe::answer(client, addr("[fd00:96::1:87]:80"))
+    });
+    assert_eq!(pod, "backend-2");
+    // The node's own address on the route to the backend: the reply comes
+    // back through the node, which translates both addresses back.
+    let node_side: IpAddr = "fd00:244:2::1".parse().unwrap();
+    assert_eq!(client_seen(client, "[fd00:96::1:87]:80"), node_side);
+}
+
+#[test]
+fn an_ipv6_pod_balanced_to_itself_is_answered_with_its_service_as_the_peer() {
+    let cluster = DualStackCluster::start();
+    let pod_ns = &cluster.topology.backends[0];
+    let pod = probe::eventually(Duration::from_secs(10), "hairpin answer", || {
+        probe::answer(pod_ns, addr("[fd00:96::88]:80"))
+    });
+    assert_eq!(pod, "backend-1");
+    assert_eq!(client_seen(pod_ns, "[fd00:96::88]:80"), "fd00:96::88".parse::<IpAddr>().unwrap());
 }
 
 /// `lbctl -o json --netns NODE trace ARGS`.
