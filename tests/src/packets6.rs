@@ -89,6 +89,15 @@ pub fn with_extension_headers(packet: &[u8], headers: &[(u8, usize)]) -> Vec<u8>
     out
 }
 
+/// `packet` as forwarding sends it on: the given MACs, the hop limit
+/// one lower (IPv6 has no header checksum to follow it).
+pub fn routed(mut packet: Vec<u8>, destination_mac: [u8; 6], source_mac: [u8; 6]) -> Vec<u8> {
+    packet[0..6].copy_from_slice(&destination_mac);
+    packet[6..12].copy_from_slice(&source_mac);
+    packet[ETH_LEN + 7] -= 1;
+    packet
+}
+
 /// True when the packet's upper-layer checksum (TCP, UDP or ICMPv6 over
 /// the IPv6 pseudo header) verifies when recomputed from scratch.
 pub fn checksums_verify(packet: &[u8]) -> bool {

@@ -5,7 +5,7 @@
 //! forwarding is on, so the datapath's FIB lookups find routes, source
 //! addresses and MACs as on a real node.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::topology::run;
 
@@ -39,6 +39,32 @@ pub fn set_up() -> anyhow::Result<()> {
         &["ip", "neigh", "replace", &other, "lladdr", &other_mac, "dev", "ext0", "nud", "permanent"],
         &["ip", "neigh", "replace", &client, "lladdr", &client_mac, "dev", "ext0", "nud", "permanent"],
         &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ];
+    for step in steps {
+        run(step[0], &step[1..])?;
+    }
+    Ok(())
+}
+
+/// The IPv6 side of the same node: `fd00:ff::10/64` on `ext0`, the other
+/// node (`fd00:ff::20`) gateway to its Pods' `fd00:244:9::/64`, the
+/// client `fd00:ff::100` on the link, neighbours known, forwarding on.
+/// After [`set_up`], which creates `ext0`.
+pub const NODE_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 0x10);
+pub const OTHER_NODE_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 0x20);
+pub const OTHER_NODE_PODS_V6: &str = "fd00:244:9::/64";
+pub const CLIENT_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 0x100);
+
+pub fn set_up_v6() -> anyhow::Result<()> {
+    let (other_mac, client_mac) = (mac(OTHER_NODE_MAC), mac(CLIENT_MAC));
+    let (other, client) = (OTHER_NODE_IP_V6.to_string(), CLIENT_IP_V6.to_string());
+    let node_address = format!("{NODE_IP_V6}/64");
+    let steps: [&[&str]; 5] = [
+        &["ip", "-6", "addr", "add", &node_address, "dev", "ext0", "nodad"],
+        &["ip", "-6", "route", "add", OTHER_NODE_PODS_V6, "via", &other],
+        &["ip", "-6", "neigh", "replace", &other, "lladdr", &other_mac, "dev", "ext0", "nud", "permanent"],
+        &["ip", "-6", "neigh", "replace", &client, "lladdr", &client_mac, "dev", "ext0", "nud", "permanent"],
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
     ];
     for step in steps {
         run(step[0], &step[1..])?;

@@ -8,13 +8,17 @@
 
 use std::net::Ipv6Addr;
 
-use lb_common::{conntrack::DIR_ORIGINAL, stats::Counter};
+use lb_common::{
+    conntrack::{DIR_ORIGINAL, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    stats::Counter,
+};
 use lb_tests::{
     datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, ep},
     packets6::{
         self, Endpoint6, NEXT_DEST_OPTS, NEXT_FRAGMENT, NEXT_HOP_BY_HOP, checksums_verify, ep6, with_extension_headers,
     },
+    routed,
 };
 use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
 
@@ -245,6 +249,64 @@ fn load_balancer_source_ranges_admit_ipv6_sources_inside_and_drop_the_rest() {
     assert_eq!(moved, only(Counter::DropSourceRange));
     let originals = dp.conntrack_v6().unwrap().iter().filter(|(k, _)| k.direction == DIR_ORIGINAL).count();
     assert_eq!(originals, 1, "the dropped flow left no state");
+}
+
+/// A NodePort on the node's IPv6 address whose only endpoint runs on
+/// another node.
+const REMOTE_NODE_PORT: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: remote, namespace: default}
+  spec:
+    type: NodePort
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::90
+    clusterIPs: [fd00:96::90]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30090}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: remote-v6, namespace: default, labels: {kubernetes.io/service-name: remote}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:9::2"], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+"#;
+
+#[test]
+fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from_the_node_port() {
+    let node = NodeContext {
+        node_name: Some("node-a".into()),
+        node_addresses: vec![routed::NODE_IP_V6.into()],
+        dual_stack: true,
+        ..NodeContext::default()
+    };
+    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
+    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    dp.apply(REMOTE_NODE_PORT).expect("program services");
+    let client = ep6(routed::CLIENT_IP_V6, 40000);
+    let node_port = ep6(routed::NODE_IP_V6, 30090);
+    let backend = ep6(v6([0xfd00, 0x244, 9, 0, 0, 0, 0, 2]), 8080);
+
+    let (verdict, out, moved) = run(&mut dp, &packets6::tcp(client, node_port, true, &[]));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent out of ext0 directly");
+    let flow = dp.conntrack_v6().unwrap().into_iter().find(|(k, _)| k.direction == DIR_ORIGINAL).expect("tracked");
+    let snat = ep6(Ipv6Addr::from(flow.1.nat_address), flow.1.nat_port);
+    assert_eq!(snat.ip, routed::NODE_IP_V6, "SNAT to the node's address on the route to the backend");
+    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat.port), "SNAT port {} in range", snat.port);
+    let expected = packets6::routed(packets6::tcp(snat, backend, true, &[]), routed::OTHER_NODE_MAC, routed::NODE_MAC);
+    assert_eq!(out, expected, "both translations, MACs of the route, hop limit one lower");
+    assert!(checksums_verify(&out));
+    assert_eq!(moved, [(Counter::NewFlow, 1), (Counter::Redirected, 1)].into_iter().collect());
+
+    let (verdict, out, moved) = run(&mut dp, &packets6::tcp(backend, snat, false, b"hello"));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the reply, now from a node address, is sent by the datapath");
+    let expected =
+        packets6::routed(packets6::tcp(node_port, client, false, b"hello"), routed::CLIENT_MAC, routed::NODE_MAC);
+    assert_eq!(out, expected, "the client sees the NodePort answer");
+    assert!(checksums_verify(&out));
+    assert_eq!(moved, [(Counter::ReplyNat, 1), (Counter::Redirected, 1)].into_iter().collect());
 }
 
 /// `packet` with its IPv6 payload length set to `length`.
