@@ -30,6 +30,9 @@ pub const SOURCE_RANGES_V6: &str = "LB6_SRC_RANGES";
 pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
 /// Socket-level reverse NAT (LRU): `SockRevKeyV4` → `SockRevValueV4`.
 pub const SOCK_REV_V4: &str = "LB4_SOCK_REV";
+/// Socket-level reverse NAT of IPv6 sockets (LRU): `SockRevKeyV6` →
+/// `SockRevValueV6`.
+pub const SOCK_REV_V6: &str = "LB6_SOCK_REV";
 /// ClientIP affinity (LRU): `AffinityKeyV4` → `AffinityValueV4`.
 pub const AFFINITY_V4: &str = "LB4_AFFINITY";
 /// Backends each affinity frontend may choose: `AffinityMemberKeyV4` → `u8`.
@@ -52,7 +55,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -67,6 +70,7 @@ pub const ALL: [&str; 19] = [
     POD_CIDRS_V4,
     MAGLEV_V4,
     SOCK_REV_V4,
+    SOCK_REV_V6,
     AFFINITY_V4,
     AFFINITY_MEMBERS_V4,
     FRONTEND_STATS_V4,
@@ -103,6 +107,8 @@ pub const CONNTRACK_V6_CAPACITY: u32 = 1 << 18;
 /// at close for every socket), so the idlest entries make room. About
 /// 100 bytes an entry, preallocated: 64 Ki entries is ~6.5 MB.
 pub const SOCK_REV_V4_CAPACITY: u32 = 1 << 16;
+/// IPv6 sockets translated by the socket-level hooks, as above.
+pub const SOCK_REV_V6_CAPACITY: u32 = 1 << 16;
 /// Clients with ClientIP affinity, one entry per (frontend, client
 /// address). LRU: an entry is never deleted when it expires (the datapath
 /// only compares its age), so the idlest make room; a client whose entry

@@ -42,7 +42,44 @@ pub struct SockRevValueV4 {
 }
 const _: () = assert!(size_of::<SockRevValueV4>() == 12);
 
-user_pod!(SockRevKeyV4, SockRevValueV4);
+/// Key of `LB6_SOCK_REV`: `SockRevKeyV4` with a 16-byte address. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKeyV6 {
+    pub cookie: u64,
+    /// Network byte order.
+    pub address: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<SockRevKeyV6>() == 32);
+
+/// Value of `LB6_SOCK_REV`: `SockRevValueV4` with a 16-byte address. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevValueV6 {
+    /// Network byte order.
+    pub address: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 2],
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<SockRevValueV6>() == 24);
+
+user_pod!(SockRevKeyV4, SockRevValueV4, SockRevKeyV6, SockRevValueV6);
+
+impl SockRevKeyV6 {
+    pub const fn new(cookie: u64, address: [u8; 16], port: u16, proto: u8) -> Self {
+        Self { cookie, address, port, proto, _pad: [0; 5] }
+    }
+}
+
+impl SockRevValueV6 {
+    pub const fn new(address: [u8; 16], port: u16, backend_id: u32) -> Self {
+        Self { address, port, _pad: [0; 2], backend_id }
+    }
+}
 
 impl SockRevKeyV4 {
     pub const fn new(cookie: u64, address: [u8; 4], port: u16, proto: u8) -> Self {

@@ -14,8 +14,8 @@
 //!   generated (checksum-partial) traffic. XDP pays on a physical NIC for
 //!   traffic from outside the cluster (NodePort, LB IPs): that program
 //!   arrives with the NodePort-on-XDP work and reuses these modules.
-//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4` run
-//!   at the cgroup `sock_addr` hooks of the cgroup the agent is given
+//! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4` (and
+//!   their `*6` twins for IPv6 sockets) run at the cgroup `sock_addr` hooks of the cgroup the agent is given
 //!   (the host's root cgroup in a deployment): processes in the node's own
 //!   network namespace (kubelet, host-network Pods) send from a socket, not
 //!   through any interface's ingress, so their Service traffic is
@@ -90,6 +90,29 @@ pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
     sock_counted(sock::reverse(&ctx))
+}
+
+/// IPv6 sockets' twins of the four hooks above. An IPv4-mapped
+/// destination (a dual-stack socket reaching an IPv4 address) is an IPv4
+/// frontend.
+#[cgroup_sock_addr(connect6)]
+pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::translate6(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::translate6(&ctx))
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::reverse6(&ctx))
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_counted(sock::reverse6(&ctx))
 }
 
 #[inline(always)]

@@ -18,10 +18,10 @@ use lb_common::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, BACKENDS_V6_CAPACITY,
         CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY,
         POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY,
-        SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY,
+        SOCK_REV_V6_CAPACITY, SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
-    sock::{SockRevKeyV4, SockRevValueV4},
+    sock::{SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6},
     stats::COUNTERS,
 };
 
@@ -99,6 +99,12 @@ pub static LB4_POD_CIDRS: LpmTrie<[u8; 4], u8, { POD_CIDRS_V4_CAPACITY as usize 
 /// are never deleted, the idlest make room.
 #[btf_map]
 pub static LB4_SOCK_REV: LruHashMap<SockRevKeyV4, SockRevValueV4, { SOCK_REV_V4_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// Socket-level reverse NAT of IPv6 sockets: written by connect6 and
+/// sendmsg6, read by recvmsg6 and getpeername6.
+#[btf_map]
+pub static LB6_SOCK_REV: LruHashMap<SockRevKeyV6, SockRevValueV6, { SOCK_REV_V6_CAPACITY as usize }> =
     LruHashMap::new();
 
 /// ClientIP affinity (`lb_common::affinity`): written by the datapath for

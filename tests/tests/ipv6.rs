@@ -13,6 +13,7 @@ use std::{
 
 use lb_tests::{
     agent::{self, Agent},
+    host::{self, TestCgroup},
     probe::{self, Outcome},
     servers::{self, Servers},
     topology::{self, Topology},
@@ -160,10 +161,17 @@ struct DualStackCluster {
     _servers: Servers,
     topology: Topology,
     source_dir: std::path::PathBuf,
+    /// The cgroup the socket-level programs watch, when asked for.
+    cgroup: Option<TestCgroup>,
 }
 
 impl DualStackCluster {
     fn start() -> Self {
+        Self::start_with_cgroup(None)
+    }
+
+    /// `start`, with the agent's socket-level programs on `cgroup`.
+    fn start_with_cgroup(cgroup: Option<TestCgroup>) -> Self {
         let topology = Topology::create(2).expect("namespaces");
         topology.add_ipv6().expect("IPv6 addresses");
         let mut servers = Servers::new();
@@ -181,9 +189,14 @@ impl DualStackCluster {
         agent::write_atomically(&source_file, SERVICES).unwrap();
         // The node is node-a: the LoadBalancer Services' endpoint runs on
         // it (a backend elsewhere would need source NAT).
-        let mut agent = Agent::start(&topology.node, &source_file, &["--node-name", "node-a"]).expect("agent");
+        let cgroup_path = cgroup.as_ref().map(|c| c.path.display().to_string());
+        let mut args = vec!["--node-name", "node-a"];
+        if let Some(path) = &cgroup_path {
+            args.extend(["--cgroup-path", path.as_str()]);
+        }
+        let mut agent = Agent::start(&topology.node, &source_file, &args).expect("agent");
         agent.wait_ready(Duration::from_secs(30)).expect("agent ready");
-        Self { agent, _servers: servers, topology, source_dir }
+        Self { agent, _servers: servers, topology, source_dir, cgroup }
     }
 }
 
@@ -282,6 +295,46 @@ fn an_ipv6_pod_balanced_to_itself_is_answered_with_its_service_as_the_peer() {
     });
     assert_eq!(pod, "backend-1");
     assert_eq!(client_seen(pod_ns, "[fd00:96::88]:80"), "fd00:96::88".parse::<IpAddr>().unwrap());
+}
+
+/// A cluster whose agent translates the node's own sockets in a test
+/// cgroup, and a client run in the node namespace inside it.
+fn host_client(cluster: &DualStackCluster, mode: &str, frontend: &str) -> Vec<String> {
+    let cgroup = cluster.cgroup.as_ref().map(|c| c.path.as_path());
+    host::run(&cluster.topology.node, cgroup, mode, frontend).expect("run the client")
+}
+
+fn host_cluster() -> DualStackCluster {
+    let cgroup = TestCgroup::create(&format!("lbt{}-host6", std::process::id())).expect("test cgroup");
+    DualStackCluster::start_with_cgroup(Some(cgroup))
+}
+
+#[test]
+fn a_node_process_reaches_ipv6_services_and_sees_them_as_peers() {
+    let cluster = host_cluster();
+    let lines = probe::eventually(Duration::from_secs(10), "a translated IPv6 connect", || {
+        let lines = host_client(&cluster, "tcp", WEB_V6);
+        anyhow::ensure!(lines.first().map(String::as_str) == Some("peer [fd00:96::10]:80"), "{lines:?}");
+        Ok(lines)
+    });
+    let body = lines.get(1).and_then(|l| l.strip_prefix("body ")).unwrap_or_default();
+    assert!(body.starts_with("backend-"), "{lines:?}");
+
+    let lines = host_client(&cluster, "udp", DNS_V6);
+    assert_eq!(lines, vec!["reply backend-1: ping from [fd00:96::53]:53".to_owned()]);
+}
+
+#[test]
+fn a_dual_stack_socket_reaching_an_ipv4_service_through_a_mapped_address_is_translated() {
+    let cluster = host_cluster();
+    let mapped = "[::ffff:10.96.0.10]:80";
+    let lines = probe::eventually(Duration::from_secs(10), "a translated mapped connect", || {
+        let lines = host_client(&cluster, "tcp", mapped);
+        anyhow::ensure!(lines.first().map(String::as_str) == Some("peer [::ffff:10.96.0.10]:80"), "{lines:?}");
+        Ok(lines)
+    });
+    let body = lines.get(1).and_then(|l| l.strip_prefix("body ")).unwrap_or_default();
+    assert!(body.starts_with("backend-"), "{lines:?}");
 }
 
 /// `lbctl -o json --netns NODE trace ARGS`.

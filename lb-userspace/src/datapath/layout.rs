@@ -27,7 +27,7 @@ use lb_common::{
     ids, maps as names,
     pod_cidrs::PodCidrKeyV4,
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
-    sock::{SockRevKeyV4, SockRevValueV4},
+    sock::{SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6},
     source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
     stats,
 };
@@ -112,6 +112,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::POD_CIDRS_V4 => (
             layout(MapType::LpmTrie, size::<PodCidrKeyV4>(), size::<u8>(), names::POD_CIDRS_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        names::SOCK_REV_V6 => (
+            layout(MapType::LruHash, size::<SockRevKeyV6>(), size::<SockRevValueV6>(), names::SOCK_REV_V6_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::SOCK_REV_V4 => (

@@ -1,5 +1,5 @@
 //! The socket-level programs (`lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`,
-//! `lb_getpeername4`) attached to a cgroup, through pinned links, so they
+//! `lb_getpeername4` and their IPv6 twins `*6`) attached to a cgroup, through pinned links, so they
 //! outlive the agent as the tc links do (`links`).
 //!
 //! Each link is pinned as `<pin-dir>/cgroup-links/<program>`. A starting
@@ -34,7 +34,16 @@ use super::link_info;
 pub const CGROUP_LINKS_DIR: &str = "cgroup-links";
 
 /// The socket-level programs, by name.
-pub const PROGRAMS: [&str; 4] = ["lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4"];
+pub const PROGRAMS: [&str; 8] = [
+    "lb_connect4",
+    "lb_sendmsg4",
+    "lb_recvmsg4",
+    "lb_getpeername4",
+    "lb_connect6",
+    "lb_sendmsg6",
+    "lb_recvmsg6",
+    "lb_getpeername6",
+];
 
 /// `enum bpf_cmd`'s BPF_LINK_UPDATE (include/uapi/linux/bpf.h).
 const BPF_LINK_UPDATE: libc::c_long = 29;

@@ -41,7 +41,7 @@ fn tcp(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 fn udp(addr: SocketAddr) -> std::io::Result<()> {
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    let sock = UdpSocket::bind(lb_tests::servers::any_port_of_family(addr))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     sock.send_to(b"ping", addr)?;
     let mut buf = [0u8; 512];
@@ -51,7 +51,7 @@ fn udp(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 fn connected(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    let sock = UdpSocket::bind(lb_tests::servers::any_port_of_family(addr))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     sock.connect(addr)?;
     Ok(sock)
