@@ -51,27 +51,23 @@ pub fn pod_cidr_keys(cidrs: &[IpNet]) -> Vec<PodCidrKeyV4> {
 
 /// The `LB4_SRC_RANGES` entries of a frontend (its IPv4 ranges).
 pub fn source_range_keys(frontend: &Frontend, frontend_id: u32) -> Vec<SourceRangeKeyV4> {
-    let ranges = frontend.source_ranges.iter().flatten();
-    let mut keys: Vec<SourceRangeKeyV4> = ranges
-        .filter_map(|range| match range {
-            IpNet::V4(net) => Some(SourceRangeKeyV4::range(frontend_id, net.network().octets(), net.prefix_len())),
-            IpNet::V6(_) => None,
-        })
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    range_keys(frontend, |range| match range {
+        IpNet::V4(net) => Some(SourceRangeKeyV4::range(frontend_id, net.network().octets(), net.prefix_len())),
+        IpNet::V6(_) => None,
+    })
 }
 
 /// The `LB6_SRC_RANGES` entries of a frontend (its IPv6 ranges).
 pub fn source_range_keys_v6(frontend: &Frontend, frontend_id: u32) -> Vec<SourceRangeKeyV6> {
-    let ranges = frontend.source_ranges.iter().flatten();
-    let mut keys: Vec<SourceRangeKeyV6> = ranges
-        .filter_map(|range| match range {
-            IpNet::V6(net) => Some(SourceRangeKeyV6::range(frontend_id, net.network().octets(), net.prefix_len())),
-            IpNet::V4(_) => None,
-        })
-        .collect();
+    range_keys(frontend, |range| match range {
+        IpNet::V6(net) => Some(SourceRangeKeyV6::range(frontend_id, net.network().octets(), net.prefix_len())),
+        IpNet::V4(_) => None,
+    })
+}
+
+/// The keys `key` makes of a frontend's ranges, sorted, once each.
+fn range_keys<K: Ord>(frontend: &Frontend, key: impl Fn(&IpNet) -> Option<K>) -> Vec<K> {
+    let mut keys: Vec<K> = frontend.source_ranges.iter().flatten().filter_map(key).collect();
     keys.sort();
     keys.dedup();
     keys
