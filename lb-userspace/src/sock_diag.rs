@@ -1,5 +1,5 @@
 //! Aborting UDP sockets through the kernel's socket-diagnostics netlink
-//! interface (`NETLINK_SOCK_DIAG`): a dump of the IPv4 UDP sockets of the
+//! interface (`NETLINK_SOCK_DIAG`): a dump of the UDP sockets of one family in the
 //! caller's network namespace, and `SOCK_DESTROY` of one of them (needs
 //! CAP_NET_ADMIN and a kernel with CONFIG_INET_DIAG_DESTROY). A destroyed
 //! UDP socket is disconnected and its next call fails with ECONNABORTED:
@@ -12,6 +12,7 @@
 use std::{
     io,
     mem::size_of,
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -76,9 +77,30 @@ impl SockId {
         u64::from(self.cookie[0]) | (u64::from(self.cookie[1]) << 32)
     }
 
-    /// Destination address and port (host byte order).
-    pub fn destination(&self) -> ([u8; 4], u16) {
-        ([self.dst[0], self.dst[1], self.dst[2], self.dst[3]], u16::from_be_bytes(self.dport))
+    /// Destination address and port (host byte order), read as the
+    /// address family the socket was listed under.
+    pub fn destination(&self, family: Family) -> (IpAddr, u16) {
+        let port = u16::from_be_bytes(self.dport);
+        match family {
+            Family::V4 => (IpAddr::from([self.dst[0], self.dst[1], self.dst[2], self.dst[3]]), port),
+            Family::V6 => (IpAddr::from(self.dst), port),
+        }
+    }
+}
+
+/// The address families of sockets listed and destroyed here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn number(self) -> u8 {
+        match self {
+            Family::V4 => libc::AF_INET as u8,
+            Family::V6 => libc::AF_INET6 as u8,
+        }
     }
 }
 
@@ -92,14 +114,14 @@ fn open() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn send(fd: &OwnedFd, kind: u16, flags: u16, id: SockId) -> io::Result<()> {
+fn send(fd: &OwnedFd, kind: u16, flags: u16, family: Family, id: SockId) -> io::Result<()> {
     #[repr(C)]
     struct Message {
         header: NlMsgHdr,
         request: Request,
     }
     let request = Request {
-        family: libc::AF_INET as u8,
+        family: family.number(),
         protocol: libc::IPPROTO_UDP as u8,
         states: u32::MAX,
         id,
@@ -148,10 +170,10 @@ fn receive(fd: &OwnedFd, mut each: impl FnMut(SockId)) -> io::Result<()> {
     }
 }
 
-/// Every IPv4 UDP socket of this network namespace.
-pub fn udp_sockets() -> io::Result<Vec<SockId>> {
+/// Every UDP socket of `family` in this network namespace.
+pub fn udp_sockets(family: Family) -> io::Result<Vec<SockId>> {
     let fd = open()?;
-    send(&fd, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, SockId::default())?;
+    send(&fd, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, SockId::default())?;
     let mut sockets = Vec::new();
     receive(&fd, |id| sockets.push(id))?;
     Ok(sockets)
@@ -159,8 +181,8 @@ pub fn udp_sockets() -> io::Result<Vec<SockId>> {
 
 /// Aborts the UDP socket `id` (from `udp_sockets`; its cookie makes sure
 /// no other socket with the same addresses is hit).
-pub fn destroy_udp(id: SockId) -> io::Result<()> {
+pub fn destroy_udp(family: Family, id: SockId) -> io::Result<()> {
     let fd = open()?;
-    send(&fd, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, id)?;
+    send(&fd, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, id)?;
     receive(&fd, |_| {})
 }

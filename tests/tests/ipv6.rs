@@ -337,6 +337,35 @@ fn a_dual_stack_socket_reaching_an_ipv4_service_through_a_mapped_address_is_tran
     assert!(body.starts_with("backend-"), "{lines:?}");
 }
 
+#[test]
+fn a_connected_ipv6_udp_socket_of_the_node_moves_off_a_removed_backend() {
+    let cluster = host_cluster();
+    let cgroup = cluster.cgroup.as_ref().map(|c| c.path.as_path());
+    let mut client = probe::eventually(Duration::from_secs(10), "a connected UDP socket to the IPv6 Service", || {
+        let mut client = host::Client::start(&cluster.topology.node, cgroup, "udp-connected", DNS_V6)?;
+        let peer = client.line()?;
+        anyhow::ensure!(peer == "peer [fd00:96::53]:53", "{peer}");
+        Ok(client)
+    });
+    client.send("one").unwrap();
+    assert_eq!(client.line().unwrap(), "reply backend-1: one");
+    // The Service's endpoint moves to backend-2; backend-1's server keeps
+    // running, so only the agent can move the socket away from it.
+    let moved = SERVICES.replacen(
+        "  - {addresses: [\"fd00:244:1::2\"], conditions: {ready: true}}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: empty",
+        "  - {addresses: [\"fd00:244:2::2\"], conditions: {ready: true}}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: empty",
+        1,
+    );
+    assert_ne!(moved, SERVICES, "the dns endpoint was found and moved");
+    agent::write_atomically(&cluster.source_dir.join("services.yaml"), &moved).unwrap();
+    probe::eventually(Duration::from_secs(10), "answers from the endpoint the Service has now", || {
+        client.send("again")?;
+        let reply = client.line()?;
+        anyhow::ensure!(reply == "reply backend-2: again", "{reply}");
+        Ok(())
+    });
+}
+
 /// `lbctl -o json --netns NODE trace ARGS`.
 fn trace(cluster: &DualStackCluster, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["-o", "json", "--netns", cluster.topology.node.as_str(), "trace"];
