@@ -26,7 +26,19 @@ pub struct AffinityKeyV4 {
 }
 const _: () = assert!(size_of::<AffinityKeyV4>() == 8);
 
-/// Value of `LB4_AFFINITY`. 8 bytes.
+/// Key of `LB6_AFFINITY`: `AffinityKeyV4` with a 16-byte client address.
+/// Its values are `AffinityValueV4` (ids and times, of no family). 20
+/// bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKeyV6 {
+    pub frontend_id: u32,
+    /// Network byte order.
+    pub client: [u8; 16],
+}
+const _: () = assert!(size_of::<AffinityKeyV6>() == 20);
+
+/// Value of `LB4_AFFINITY` and `LB6_AFFINITY`. 8 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityValueV4 {
@@ -79,7 +91,7 @@ impl AffinityValueV4 {
     }
 }
 
-user_pod!(AffinityKeyV4, AffinityValueV4, AffinityMemberKeyV4);
+user_pod!(AffinityKeyV4, AffinityValueV4, AffinityMemberKeyV4, AffinityKeyV6);
 
 #[cfg(test)]
 mod tests {

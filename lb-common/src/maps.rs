@@ -35,6 +35,9 @@ pub const SOCK_REV_V4: &str = "LB4_SOCK_REV";
 pub const SOCK_REV_V6: &str = "LB6_SOCK_REV";
 /// ClientIP affinity (LRU): `AffinityKeyV4` → `AffinityValueV4`.
 pub const AFFINITY_V4: &str = "LB4_AFFINITY";
+/// ClientIP affinity of IPv6 clients (LRU): `AffinityKeyV6` →
+/// `AffinityValueV4`. The members map is shared (it holds ids).
+pub const AFFINITY_V6: &str = "LB6_AFFINITY";
 /// Backends each affinity frontend may choose: `AffinityMemberKeyV4` → `u8`.
 pub const AFFINITY_MEMBERS_V4: &str = "LB4_AFF_MEMBERS";
 /// Per-frontend counters (per-CPU hash): frontend id (`u32`) →
@@ -55,7 +58,7 @@ pub const IDS: &str = "LB_IDS";
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -72,6 +75,7 @@ pub const ALL: [&str; 20] = [
     SOCK_REV_V4,
     SOCK_REV_V6,
     AFFINITY_V4,
+    AFFINITY_V6,
     AFFINITY_MEMBERS_V4,
     FRONTEND_STATS_V4,
     CONFIG,

@@ -13,50 +13,113 @@
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 use lb_common::{
-    affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
-    backend::BackendV4,
+    affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     flow,
-    service::{ServiceKeyV4, ServiceValue},
+    service::ServiceValue,
     stats::Counter,
 };
 
 use crate::{
-    family::V4,
-    maps::{LB4_AFF_MEMBERS, LB4_AFFINITY},
+    family::{Family, V4, V6},
+    maps::{LB4_AFF_MEMBERS, LB4_AFFINITY, LB6_AFFINITY},
     select, service, stats,
 };
+
+/// A family's affinity table (`LB4_AFFINITY` / `LB6_AFFINITY`) and how
+/// a client address alone is hashed.
+pub trait AffinityFamily: Family {
+    type Key: Copy;
+    fn key(frontend_id: u32, client: Self::Addr) -> Self::Key;
+    fn entry(key: &Self::Key) -> Option<AffinityValueV4>;
+    fn put(key: &Self::Key, value: &AffinityValueV4);
+    fn client_hash(client: Self::Addr) -> u32;
+}
+
+impl AffinityFamily for V4 {
+    type Key = AffinityKeyV4;
+
+    #[inline(always)]
+    fn key(frontend_id: u32, client: [u8; 4]) -> AffinityKeyV4 {
+        AffinityKeyV4::new(frontend_id, client)
+    }
+
+    #[inline(always)]
+    fn entry(key: &AffinityKeyV4) -> Option<AffinityValueV4> {
+        // SAFETY: copied out at once.
+        unsafe { LB4_AFFINITY.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn put(key: &AffinityKeyV4, value: &AffinityValueV4) {
+        // A refused insert (the LRU map found no room on this CPU) costs
+        // only the affinity of the client's next flow: carry on.
+        let _ = LB4_AFFINITY.insert(key, value, u64::from(BPF_ANY));
+    }
+
+    #[inline(always)]
+    fn client_hash(client: [u8; 4]) -> u32 {
+        flow::client(client)
+    }
+}
+
+impl AffinityFamily for V6 {
+    type Key = AffinityKeyV6;
+
+    #[inline(always)]
+    fn key(frontend_id: u32, client: u128) -> AffinityKeyV6 {
+        AffinityKeyV6 { frontend_id, client: client.to_ne_bytes() }
+    }
+
+    #[inline(always)]
+    fn entry(key: &AffinityKeyV6) -> Option<AffinityValueV4> {
+        // SAFETY: copied out at once.
+        unsafe { LB6_AFFINITY.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn put(key: &AffinityKeyV6, value: &AffinityValueV4) {
+        let _ = LB6_AFFINITY.insert(key, value, u64::from(BPF_ANY));
+    }
+
+    #[inline(always)]
+    fn client_hash(client: u128) -> u32 {
+        flow::client(flow::fold_u128(client))
+    }
+}
 
 /// The backend (id and entry) for a new flow of `client` to an affinity
 /// frontend (`svc` its entry, with a non-zero count); `flow_hash` balances
 /// it when the client's entry went stale. `None`: a slot or backend entry
 /// the agent has not written yet.
 #[inline(always)]
-pub fn choose(frontend: ServiceKeyV4, svc: &ServiceValue, client: [u8; 4], flow_hash: u32) -> Option<(u32, BackendV4)> {
-    let key = AffinityKeyV4::new(svc.frontend_id, client);
+pub fn choose<F: AffinityFamily>(
+    frontend: F::ServiceKey,
+    svc: &ServiceValue,
+    client: F::Addr,
+    flow_hash: u32,
+) -> Option<(u32, F::Backend)> {
+    let key = F::key(svc.frontend_id, client);
     let now_s = now_s();
-    let hash = match follow(&key, svc, now_s) {
-        Followed::Hit(chosen) => return Some(record(key, chosen, now_s)),
-        Followed::Miss => flow::client(client),
+    let hash = match follow::<F>(&key, svc, now_s) {
+        Followed::Hit(chosen) => return Some(record::<F>(&key, chosen, now_s)),
+        Followed::Miss => F::client_hash(client),
         Followed::Stale => flow_hash,
     };
-    let id = select::backend_id_for::<V4>(hash, frontend, svc)?;
-    Some(record(key, (id, service::lookup_backend::<V4>(id)?), now_s))
+    let id = select::backend_id_for::<F>(hash, frontend, svc)?;
+    Some(record::<F>(&key, (id, service::lookup_backend::<F>(id)?), now_s))
 }
 
 /// Records `chosen` as the client's backend, used now.
 #[inline(always)]
-fn record(key: AffinityKeyV4, chosen: (u32, BackendV4), now_s: u32) -> (u32, BackendV4) {
-    let entry = AffinityValueV4 { backend_id: chosen.0, last_used_s: now_s };
-    // A refused insert (the LRU map found no room on this CPU) costs only
-    // the affinity of the client's next flow, not this flow: carry on.
-    let _ = LB4_AFFINITY.insert(key, entry, u64::from(BPF_ANY));
+fn record<F: AffinityFamily>(key: &F::Key, chosen: (u32, F::Backend), now_s: u32) -> (u32, F::Backend) {
+    F::put(key, &AffinityValueV4 { backend_id: chosen.0, last_used_s: now_s });
     chosen
 }
 
 /// What the client's entry says.
-enum Followed {
+enum Followed<B> {
     /// Still valid: its backend.
-    Hit((u32, BackendV4)),
+    Hit((u32, B)),
     /// No entry.
     Miss,
     /// Expired, or naming a backend the frontend no longer chooses.
@@ -66,14 +129,13 @@ enum Followed {
 /// The client's entry, and its backend when it is still valid; counts
 /// which of hit, miss or stale it was.
 #[inline(always)]
-fn follow(key: &AffinityKeyV4, svc: &ServiceValue, now_s: u32) -> Followed {
-    // SAFETY: copied out at once.
-    let Some(entry) = (unsafe { LB4_AFFINITY.get(*key) }).copied() else {
+fn follow<F: AffinityFamily>(key: &F::Key, svc: &ServiceValue, now_s: u32) -> Followed<F::Backend> {
+    let Some(entry) = F::entry(key) else {
         stats::count(Counter::AffinityMiss);
         return Followed::Miss;
     };
     let valid = entry.is_fresh(now_s, svc.affinity_timeout_s) && is_member(svc.frontend_id, entry.backend_id);
-    let backend = if valid { service::lookup_backend::<V4>(entry.backend_id) } else { None };
+    let backend = if valid { service::lookup_backend::<F>(entry.backend_id) } else { None };
     match backend {
         Some(backend) => {
             stats::count(Counter::AffinityHit);

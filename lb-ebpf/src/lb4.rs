@@ -217,7 +217,7 @@ fn snat_flow(
 fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) -> PathResult<(u32, BackendV4)> {
     if svc.flags & FLAG_SESSION_AFFINITY != 0 {
         let flow_hash = select::flow_hash(pkt);
-        return affinity::choose(frontend, svc, pkt.src, flow_hash).ok_or(Counter::DropMissingBackend);
+        return affinity::choose::<V4>(frontend, svc, pkt.src, flow_hash).ok_or(Counter::DropMissingBackend);
     }
     let backend_id = select::backend_id(pkt, frontend, svc).ok_or(Counter::DropMissingBackend)?;
     let backend = service::lookup_backend::<V4>(backend_id).ok_or(Counter::DropMissingBackend)?;

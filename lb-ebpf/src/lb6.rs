@@ -3,6 +3,8 @@
 //! (DNAT to a backend) and backend → client (reverse NAT), each step one
 //! O(1) map operation, then sent on by `route`.
 //!
+//! ClientIP affinity as for IPv4 (`affinity`, with `LB6_AFFINITY`).
+//!
 //! Source NAT as for IPv4 (external traffic to a backend on another
 //! node, hairpin, a reply tuple taken by another frontend's flow), with
 //! ports from the same range and the same allocator (`snat`).
@@ -10,7 +12,6 @@
 //! What IPv6 does not do yet, and what such a packet meets instead:
 //! - A first packet too big for the route of an SNATed flow: dropped
 //!   (`drop_snat_no_address`), where IPv4 answers one with DF set.
-//! - ClientIP affinity: the flow is balanced by its 5-tuple like any other.
 //! - The in-cluster short-circuit of a Local external frontend: Pods use
 //!   the frontend itself.
 //! - Path MTU answers and ICMPv6 errors about NATed flows: left to the
@@ -18,16 +19,20 @@
 //! - `--forward-through-stack`: IPv6 flows are always sent on by the
 //!   datapath, so FORWARD rules do not see them.
 //!
-//! The IPv6 code is split into BPF-to-BPF calls (`try_forward`,
-//! `try_reply`, `send`, `reject`): inlined, 16-byte addresses and
+//! The IPv6 code is split into BPF-to-BPF calls (`start_flow`, `snat_flow`,
+//! `try_reply`, `send`, `reject`, ...): inlined, 16-byte addresses and
 //! 40-byte keys take more stack than one frame may have, and frames add
 //! up along a call chain, which may not pass 512 bytes either.
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{frontend_stats::FrontendEvent, service::FLAG_NO_LOCAL_ENDPOINTS, stats::Counter};
+use lb_common::{
+    frontend_stats::FrontendEvent,
+    service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY},
+    stats::Counter,
+};
 
 use crate::{
-    conntrack,
+    affinity, conntrack,
     family::{Backend, CtEntry, V6},
     frontend_stats, icmp6_reply,
     nat::{self, Side},
@@ -229,8 +234,12 @@ fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &m
         count.event = Some(FrontendEvent::Rejected);
         return Ok(NewFlow::Not(Step::Reject));
     }
-    let backend_id = select::backend_id(pkt, frontend, &svc).ok_or(Counter::DropMissingBackend)?;
-    let backend = service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?;
+    let (backend_id, backend) = if svc.flags & FLAG_SESSION_AFFINITY != 0 {
+        affinity::choose::<V6>(frontend, &svc, pkt.src, select::flow_hash(pkt)).ok_or(Counter::DropMissingBackend)?
+    } else {
+        let backend_id = select::backend_id(pkt, frontend, &svc).ok_or(Counter::DropMissingBackend)?;
+        (backend_id, service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?)
+    };
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
     let entry = out.entry.write(conntrack::new_value::<V6>(&frontend, &svc, backend_id));
     *chosen = backend;

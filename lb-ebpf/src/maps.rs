@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
+    affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     backend::{BackendV4, BackendV6},
     config::DatapathConfig,
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
@@ -114,7 +114,13 @@ pub static LB6_SOCK_REV: LruHashMap<SockRevKeyV6, SockRevValueV6, { SOCK_REV_V6_
 pub static LB4_AFFINITY: LruHashMap<AffinityKeyV4, AffinityValueV4, { AFFINITY_V4_CAPACITY as usize }> =
     LruHashMap::new();
 
-/// The backends each affinity frontend may choose for new flows. Written
+/// ClientIP affinity of IPv6 clients, as `LB4_AFFINITY`.
+#[btf_map]
+pub static LB6_AFFINITY: LruHashMap<AffinityKeyV6, AffinityValueV4, { AFFINITY_V4_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// The backends each affinity frontend may choose for new flows (either
+/// family: keyed by ids). Written
 /// only by the agent.
 #[btf_map]
 pub static LB4_AFF_MEMBERS: HashMap<AffinityMemberKeyV4, u8, { AFFINITY_MEMBERS_V4_CAPACITY as usize }, NO_PREALLOC> =

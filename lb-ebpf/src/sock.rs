@@ -22,8 +22,8 @@
 //!   source address is not chosen yet at connect time, so it cannot be
 //!   checked; the traffic goes to the load balancer, which checks it.
 //! - ClientIP affinity holds for the node as one client (`NODE_CLIENT`):
-//!   the source address is not chosen yet at connect time either. IPv6
-//!   frontends, whose packet paths do no affinity yet, balance per socket.
+//!   the source address is not chosen yet at connect time either (`::`
+//!   for IPv6 frontends).
 //! - The in-cluster entry of an IPv6 Local external frontend is not used
 //!   (the IPv6 packet paths do not use it either).
 
@@ -83,7 +83,7 @@ impl SockFamily for V4 {
     #[inline(always)]
     fn choose(frontend: ServiceKeyV4, svc: &ServiceValue, cookie: u64) -> Option<(u32, BackendV4)> {
         if svc.flags & FLAG_SESSION_AFFINITY != 0 {
-            return affinity::choose(frontend, svc, NODE_CLIENT, select::socket_hash(cookie));
+            return affinity::choose::<V4>(frontend, svc, NODE_CLIENT, select::socket_hash(cookie));
         }
         by_cookie::<V4>(frontend, svc, cookie)
     }
@@ -109,8 +109,13 @@ impl SockFamily for V4 {
 }
 
 impl SockFamily for V6 {
+    /// As for IPv4, the node is one client: the unspecified address `::`,
+    /// never a packet's source.
     #[inline(always)]
     fn choose(frontend: ServiceKeyV6, svc: &ServiceValue, cookie: u64) -> Option<(u32, BackendV6)> {
+        if svc.flags & FLAG_SESSION_AFFINITY != 0 {
+            return affinity::choose::<V6>(frontend, svc, 0, select::socket_hash(cookie));
+        }
         by_cookie::<V6>(frontend, svc, cookie)
     }
 

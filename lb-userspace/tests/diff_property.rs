@@ -99,10 +99,13 @@ fn assert_consistent_v6(maps: &DesiredMaps) {
     }
 }
 
-/// A member backend exists for as long as its entry does.
+/// A member backend exists (in either family's table: members are
+/// keyed by ids, one space for both) for as long as its entry does.
 fn assert_members_exist(maps: &DesiredMaps) {
     for member in maps.affinity_members.keys() {
-        assert!(maps.backends.contains_key(&member.backend_id), "member {member:?} names a missing backend");
+        let exists =
+            maps.backends.contains_key(&member.backend_id) || maps.backends_v6.contains_key(&member.backend_id);
+        assert!(exists, "member {member:?} names a missing backend");
     }
 }
 
@@ -111,16 +114,20 @@ fn assert_members_exist(maps: &DesiredMaps) {
 /// winning claim passes to a Service without affinity, its slots change
 /// before its flag; a client then briefly follows the old backend.)
 fn members_match_slots(maps: &DesiredMaps) -> bool {
-    let wanted: BTreeSet<lb_common::affinity::AffinityMemberKeyV4> = maps
+    use lb_common::{affinity::AffinityMemberKeyV4 as Member, service::FLAG_SESSION_AFFINITY};
+    let v4 = maps
         .services
         .iter()
-        .filter(|(k, v)| k.backend_slot == 0 && v.flags & lb_common::service::FLAG_SESSION_AFFINITY != 0)
+        .filter(|(k, v)| k.backend_slot == 0 && v.flags & FLAG_SESSION_AFFINITY != 0)
         .flat_map(|(k, v)| (1..=v.count).map(move |slot| (k.slot(slot), v.frontend_id)))
-        .map(|(slot, frontend_id)| lb_common::affinity::AffinityMemberKeyV4 {
-            frontend_id,
-            backend_id: maps.services[&slot].backend_id,
-        })
-        .collect();
+        .map(|(slot, frontend_id)| Member { frontend_id, backend_id: maps.services[&slot].backend_id });
+    let v6 = maps
+        .services_v6
+        .iter()
+        .filter(|(k, v)| k.backend_slot == 0 && v.flags & FLAG_SESSION_AFFINITY != 0)
+        .flat_map(|(k, v)| (1..=v.count).map(move |slot| (k.slot(slot), v.frontend_id)))
+        .map(|(slot, frontend_id)| Member { frontend_id, backend_id: maps.services_v6[&slot].backend_id });
+    let wanted: BTreeSet<Member> = v4.chain(v6).collect();
     maps.affinity_members.keys().copied().collect::<BTreeSet<_>>() == wanted
 }
 

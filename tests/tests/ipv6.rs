@@ -152,6 +152,23 @@ items:
   ports: [{name: "", port: 8080, protocol: TCP}]
   endpoints:
   - {addresses: ["fd00:244:1::2"], nodeName: node-a, conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: sticky, namespace: demo}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::77
+    clusterIPs: [fd00:96::77]
+    sessionAffinity: ClientIP
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: sticky-v6, namespace: demo, labels: {kubernetes.io/service-name: sticky}}
+  addressType: IPv6
+  ports: [{name: "", port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
+  - {addresses: ["fd00:244:2::2"], conditions: {ready: true}}
 "#;
 
 /// Field order is drop order: the agent, then the servers, then the
@@ -262,6 +279,16 @@ fn load_balancer_source_ranges_admit_an_ipv6_client_inside_and_no_other() {
     assert_eq!(pod, "backend-1");
     let outcome = probe::connect(client, addr("[fd00:96::1:86]:80"), Duration::from_secs(2));
     assert!(matches!(outcome, Outcome::NoAnswer), "a client outside every range gets nothing, got {outcome:?}");
+}
+
+#[test]
+fn client_ip_affinity_keeps_an_ipv6_client_on_one_pod() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    let sticky = addr("[fd00:96::77]:80");
+    probe::eventually(Duration::from_secs(10), "the affinity Service answering", || probe::answer(client, sticky));
+    let pods = probe::answers(client, sticky, 20).expect("20 connections answered");
+    assert_eq!(pods.len(), 1, "every connection of the client on one pod: {pods:?}");
 }
 
 /// What `GET /client` through `frontend` from `netns` shows: the source

@@ -96,6 +96,24 @@ items:
     ports: [{port: 80, protocol: TCP}]
 - apiVersion: v1
   kind: Service
+  metadata: {name: sticky, namespace: default}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::77
+    clusterIPs: [fd00:96::77]
+    sessionAffinity: ClientIP
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: sticky-v6, namespace: default, labels: {kubernetes.io/service-name: sticky}}
+  addressType: IPv6
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
+  - {addresses: ["fd00:244:2::2"], conditions: {ready: true}}
+  - {addresses: ["fd00:244:3::2"], conditions: {ready: true}}
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
   metadata: {name: guarded, namespace: default}
   spec:
     type: LoadBalancer
@@ -249,6 +267,21 @@ fn load_balancer_source_ranges_admit_ipv6_sources_inside_and_drop_the_rest() {
     assert_eq!(moved, only(Counter::DropSourceRange));
     let originals = dp.conntrack_v6().unwrap().iter().filter(|(k, _)| k.direction == DIR_ORIGINAL).count();
     assert_eq!(originals, 1, "the dropped flow left no state");
+}
+
+#[test]
+fn a_client_ip_affinity_service_sends_an_ipv6_client_s_new_flows_to_one_backend() {
+    let mut dp = datapath();
+    let sticky = ep6(v6([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x77]), 80);
+    let mut chosen = std::collections::BTreeSet::new();
+    for (i, port) in (41000..41012).enumerate() {
+        let (verdict, out, moved) = run(&mut dp, &packets6::tcp(ep6(CLIENT.ip, port), sticky, true, &[]));
+        assert_eq!(verdict, TC_ACT_UNSPEC);
+        let affinity = if i == 0 { Counter::AffinityMiss } else { Counter::AffinityHit };
+        assert_eq!(moved, [(Counter::NewFlow, 1), (affinity, 1)].into_iter().collect(), "flow {i}");
+        chosen.insert(out[38..54].to_vec());
+    }
+    assert_eq!(chosen.len(), 1, "every new flow of the client to one backend");
 }
 
 /// A NodePort on the node's IPv6 address whose only endpoint runs on

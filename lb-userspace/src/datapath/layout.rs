@@ -20,7 +20,7 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use lb_common::{
-    affinity::{AffinityKeyV4, AffinityMemberKeyV4, AffinityValueV4},
+    affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     backend::{BackendV4, BackendV6},
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
@@ -125,6 +125,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         // Lost affinities cost only one fresh choice per client.
         names::AFFINITY_V4 => (
             layout(MapType::LruHash, size::<AffinityKeyV4>(), size::<AffinityValueV4>(), capacities.affinity),
+            OnMismatch::Recreate,
+        ),
+        names::AFFINITY_V6 => (
+            layout(MapType::LruHash, size::<AffinityKeyV6>(), size::<AffinityValueV4>(), capacities.affinity),
             OnMismatch::Recreate,
         ),
         names::AFFINITY_MEMBERS_V4 => (

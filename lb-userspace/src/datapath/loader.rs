@@ -68,7 +68,8 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         .map_max_entries(names::BACKENDS_V6, capacities.backends)
         .map_max_entries(names::CONNTRACK_V6, capacities.conntrack_v6)
         .map_max_entries(names::MAGLEV_V4, capacities.maglev)
-        .map_max_entries(names::AFFINITY_V4, capacities.affinity);
+        .map_max_entries(names::AFFINITY_V4, capacities.affinity)
+        .map_max_entries(names::AFFINITY_V6, capacities.affinity);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
             bpffs::ensure_mounted(dir)?;

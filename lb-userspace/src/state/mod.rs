@@ -265,22 +265,21 @@ impl DesiredState {
         for slot in slots.len() + 1..=old_slots.len() {
             self.set_service_entry(key.slot(slot as u16), None);
         }
-        // The IPv6 datapath does not look up affinity members (it
-        // balances affinity frontends per flow): none to write for it.
-        let (ranges, ranges_v6, members) = match key.family() {
+        let old_members = owned.as_ref().map_or(&[][..], |o| &o.members);
+        let members = self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members);
+        let (ranges, ranges_v6) = match key.family() {
             IpFamily::V4 => {
                 let old_ranges = owned.as_ref().map_or(&[][..], |o| &o.ranges);
                 let new_ranges = encode::source_range_keys(frontend, frontend_id);
                 let ranges =
                     put_keys(&mut self.maps.source_ranges, &mut self.touched.source_ranges, new_ranges, old_ranges);
-                let old_members = owned.as_ref().map_or(&[][..], |o| &o.members);
-                (ranges, Vec::new(), self.put_affinity_members(frontend, frontend_id, &slot_ids, old_members))
+                (ranges, Vec::new())
             }
             IpFamily::V6 => {
                 let old = owned.as_ref().map_or(&[][..], |o| &o.ranges_v6);
                 let new = encode::source_range_keys_v6(frontend, frontend_id);
                 let ranges = put_keys(&mut self.maps.source_ranges_v6, &mut self.touched.source_ranges_v6, new, old);
-                (Vec::new(), ranges, Vec::new())
+                (Vec::new(), ranges)
             }
         };
         // A table depends only on the slot backends: the periodic full
