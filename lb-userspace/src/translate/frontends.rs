@@ -29,7 +29,10 @@ pub(super) fn plan(
     let addresses = Addresses::of(svc, spec, node.family, problems);
     if addresses.cluster.is_empty() {
         if addresses.other_family_cluster && node.family == IpFamily::V4 && !node.dual_stack {
-            problems.push(service_problem(svc, "IPv6-only Service: this node serves IPv4 only so far; skipped".into()));
+            problems.push(service_problem(
+                svc,
+                "IPv6-only Service: this node context builds the IPv4 table only; skipped".into(),
+            ));
         }
         return Vec::new();
     }

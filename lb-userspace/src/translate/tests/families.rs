@@ -78,7 +78,7 @@ fn ipv6_only_service_is_reported_once_and_has_no_ipv4_frontends() {
     assert_eq!(frontend_list(&table), Vec::<String>::new());
     assert_eq!(
         problem_list(&table),
-        ["Service default/web: IPv6-only Service: this node serves IPv4 only so far; skipped"]
+        ["Service default/web: IPv6-only Service: this node context builds the IPv4 table only; skipped"]
     );
 }
 
