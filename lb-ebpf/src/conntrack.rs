@@ -36,14 +36,6 @@ fn now_s() -> u32 {
 /// longer timeout.
 #[inline(always)]
 fn lookup_and_record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<F::CtValue> {
-    record(k, pkt).map(|entry| *entry)
-}
-
-/// `lookup_and_record`, leaving the entry in the map: what the IPv6
-/// paths use, whose 56-byte entries would otherwise be copied onto a
-/// stack they share with 16-byte addresses.
-#[inline(always)]
-fn record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<&'static mut F::CtValue> {
     let entry = F::ct_entry(k)?;
     // SAFETY: a value of the map, valid for this run of the program.
     let entry = unsafe { &mut *entry };
@@ -55,7 +47,7 @@ fn record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<&'static mut F::Ct
     if entry.flags() != flags {
         *entry.flags_mut() = flags;
     }
-    Some(entry)
+    Some(*entry)
 }
 
 /// The tracked original-direction entry for a client → frontend packet.
@@ -68,18 +60,6 @@ pub fn lookup_original<F: Family>(pkt: &Packet<F>) -> Option<F::CtValue> {
 #[inline(always)]
 pub fn lookup_reply<F: Family>(pkt: &Packet<F>) -> Option<F::CtValue> {
     lookup_and_record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt)
-}
-
-/// `lookup_original`, the entry left in the map (see `record`).
-#[inline(always)]
-pub fn original_in_map<F: Family>(pkt: &Packet<F>) -> Option<&'static F::CtValue> {
-    record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL), pkt).map(|e| &*e)
-}
-
-/// `lookup_reply`, the entry left in the map (see `record`).
-#[inline(always)]
-pub fn reply_in_map<F: Family>(pkt: &Packet<F>) -> Option<&'static F::CtValue> {
-    record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt).map(|e| &*e)
 }
 
 /// Marks the entry at `k` reset, if it exists.

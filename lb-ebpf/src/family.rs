@@ -22,7 +22,7 @@ pub trait Family: Copy {
     type ServiceKey: ServiceKey<Addr = Self::Addr>;
     type Backend: Backend<Addr = Self::Addr>;
     type CtKey;
-    type CtValue: CtEntry<Addr = Self::Addr> + 'static;
+    type CtValue: CtEntry<Addr = Self::Addr>;
 
     /// The 5-tuple hash new flows are balanced by.
     fn flow_hash(src: Self::Addr, dst: Self::Addr, sport: u16, dport: u16, proto: u8) -> u32;
@@ -65,6 +65,22 @@ pub trait CtEntry: Copy {
     fn flags(&self) -> u16;
     fn flags_mut(&mut self) -> &mut u16;
     fn last_seen_mut(&mut self) -> &mut u32;
+}
+
+/// An IPv6 address (`V6::Addr`) as the four 32-bit words, in memory
+/// order, that the kernel's structures and helpers take
+/// (`bpf_fib_lookup`, `bpf_sock_addr`, `bpf_csum_diff`).
+#[inline(always)]
+pub fn v6_words(address: u128) -> [u32; 4] {
+    // SAFETY: any 16 bytes are four valid words.
+    unsafe { core::mem::transmute::<u128, [u32; 4]>(address) }
+}
+
+/// The inverse of [`v6_words`].
+#[inline(always)]
+pub fn v6_from_words(words: [u32; 4]) -> u128 {
+    // SAFETY: any four words are 16 valid bytes.
+    unsafe { core::mem::transmute::<[u32; 4], u128>(words) }
 }
 
 #[derive(Clone, Copy)]

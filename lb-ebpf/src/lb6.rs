@@ -26,6 +26,8 @@
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
+    backend::BackendV6,
+    conntrack::CtValueV6,
     frontend_stats::FrontendEvent,
     service::{FLAG_NO_LOCAL_ENDPOINTS, FLAG_SESSION_AFFINITY},
     stats::Counter,
@@ -42,9 +44,6 @@ use crate::{
     select, service, snat,
     verdict::{Outcome, PathResult, Verdict},
 };
-
-type BackendV6 = lb_common::backend::BackendV6;
-type CtValueV6 = lb_common::conntrack::CtValueV6;
 
 /// Decides what happens to one IPv6 packet at tc ingress.
 ///
@@ -112,6 +111,7 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
                 }
                 match new_flow? {
                     NewFlow::To(counter) => counter,
+                    // `Snat` was carried out just above: it is `To` by now.
                     NewFlow::Snat(..) | NewFlow::Not(Step::Pass) => return try_reply_or_pass(ctx, pkt),
                     NewFlow::Not(Step::Done(outcome)) => return Ok(outcome),
                     NewFlow::Not(Step::Reject) => return reject(ctx, pkt),
@@ -154,7 +154,7 @@ struct Nat {
 /// source NAT to `nat`.
 #[inline(never)]
 fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tracked {
-    let Some(entry) = conntrack::original_in_map(pkt) else {
+    let Some(entry) = conntrack::lookup_original(pkt) else {
         return Tracked::Untracked;
     };
     if pkt.tcp_syn {
@@ -163,7 +163,7 @@ fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tr
     let Some(found) = service::lookup_backend::<V6>(entry.backend_id) else {
         return Tracked::Stale;
     };
-    conntrack::on_rst_mark_reply(pkt, &found, entry);
+    conntrack::on_rst_mark_reply(pkt, &found, &entry);
     *backend = found;
     (nat.address, nat.port) = entry.nat();
     Tracked::Established
@@ -309,10 +309,10 @@ fn to_backend(ctx: &TcContext, pkt: &PacketV6, backend: &BackendV6, snat: &Nat) 
 /// a reply of a tracked flow.
 #[inline(never)]
 fn try_reply(ctx: &TcContext, pkt: &PacketV6) -> PathResult<bool> {
-    let Some(entry) = conntrack::reply_in_map(pkt) else {
+    let Some(entry) = conntrack::lookup_reply(pkt) else {
         return Ok(false);
     };
-    conntrack::on_rst_mark_original(pkt, entry);
+    conntrack::on_rst_mark_original(pkt, &entry);
     let (frontend, frontend_port) = entry.frontend();
     let (client, client_port) = entry.nat();
     nat::rewrite_v6(ctx, pkt, Side::Source, frontend, frontend_port)?;
