@@ -23,33 +23,16 @@ pub fn hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u3
     mix(h ^ u32::from(proto))
 }
 
-/// An IPv6 address folded to 32 bits (its four words XORed), so IPv6
-/// tuples hash through the same function as IPv4 ones.
-#[inline(always)]
-pub fn fold(address: [u8; 16]) -> [u8; 4] {
-    let mut folded = [0u8; 4];
-    let mut i = 0;
-    while i < 4 {
-        folded[i] = address[i] ^ address[4 + i] ^ address[8 + i] ^ address[12 + i];
-        i += 1;
-    }
-    folded
-}
-
-/// `fold` of an address held as a `u128` of its bytes in memory order
-/// (`u128::from_ne_bytes`), as the datapath holds IPv6 addresses: the
-/// same four bytes on a little-endian machine (BPF's `bpfel` and the
-/// agent's hosts), where the low 32 bits are the first four bytes.
+/// An IPv6 address folded to 32 bits, so IPv6 tuples hash through the
+/// same function as IPv4 ones: byte i of the result is the XOR of bytes
+/// i, 4+i, 8+i and 12+i. The address is held as a `u128` of its bytes
+/// in memory order (`u128::from_ne_bytes`), as the datapath holds it; on
+/// a little-endian machine (BPF's `bpfel`, the agent's hosts) its low 32
+/// bits are the first four bytes.
 #[inline(always)]
 pub fn fold_u128(address: u128) -> [u8; 4] {
     let halves = address ^ (address >> 64);
     ((halves ^ (halves >> 32)) as u32).to_ne_bytes()
-}
-
-/// Hash of an IPv6 5-tuple: `hash` over the folded addresses.
-#[inline(always)]
-pub fn hash_v6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> u32 {
-    hash(fold(src), fold(dst), sport, dport, proto)
 }
 
 /// Hash of a client address alone: ClientIP affinity frontends balance
@@ -72,9 +55,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folding_an_address_as_bytes_or_as_a_u128_gives_the_same_bytes() {
+    fn folding_xors_the_address_s_four_words_byte_by_byte() {
         let address = [0xfd, 0, 0, 0, 0, 0, 0, 0x01, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
-        assert_eq!(fold(address), fold_u128(u128::from_ne_bytes(address)));
-        assert_ne!(fold(address), [0; 4]);
+        let expected: [u8; 4] =
+            core::array::from_fn(|i| address[i] ^ address[4 + i] ^ address[8 + i] ^ address[12 + i]);
+        assert_eq!(fold_u128(u128::from_ne_bytes(address)), expected);
+        assert_ne!(expected, [0; 4]);
     }
 }

@@ -38,19 +38,13 @@ const IP_DONT_FRAGMENT: u8 = 0x40;
 /// One's-complement sum of big-endian 16-bit words, folded and inverted.
 #[inline(always)]
 fn checksum(bytes: &[u8]) -> [u8; 2] {
-    nat::fold_checksum(word_sum(bytes))
-}
-
-/// The unfolded sum of `bytes` as big-endian 16-bit words (even length).
-#[inline(always)]
-pub fn word_sum(bytes: &[u8]) -> u32 {
     let mut sum: u32 = 0;
     let mut i = 0;
     while i + 1 < bytes.len() {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
-    sum
+    nat::fold_checksum(sum)
 }
 
 /// Copies exactly `dst.len()` bytes (aya's `load_bytes` clamps the length

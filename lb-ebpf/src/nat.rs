@@ -16,7 +16,7 @@ use aya_ebpf::{
 use lb_common::{proto, stats::Counter};
 
 use crate::{
-    family::Family,
+    family::{Family, v6_words},
     parse::{ETH_LEN, Packet, PacketV4, PacketV6},
     verdict::PathResult,
 };
@@ -187,8 +187,8 @@ pub fn rewrite_v6(ctx: &TcContext, pkt: &PacketV6, side: Side, addr: u128, port:
         Side::Destination => (pkt.dst, IP6_DST_OFF),
     };
     if addr != old_addr {
-        let mut from = words(old_addr);
-        let mut to = words(addr);
+        let mut from = v6_words(old_addr);
+        let mut to = v6_words(addr);
         // SAFETY: two live stack buffers of 16 bytes each, as passed.
         let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
         if diff < 0 {
@@ -200,11 +200,4 @@ pub fn rewrite_v6(ctx: &TcContext, pkt: &PacketV6, side: Side, addr: u128, port:
             .map_err(|_| Counter::DropRewriteFailed)?;
     }
     rewrite_port(ctx, pkt, side, port)
-}
-
-/// An IPv6 address as the four 32-bit words `bpf_csum_diff` sums.
-#[inline(always)]
-fn words(address: u128) -> [u32; 4] {
-    // SAFETY: any 16 bytes are four valid words.
-    unsafe { core::mem::transmute::<u128, [u32; 4]>(address) }
 }

@@ -17,7 +17,10 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{proto, stats::Counter};
 
-use crate::parse::{self, ETH_LEN, ETH_P_IPV6_BE, PacketV6};
+use crate::{
+    family::v6_from_words,
+    parse::{self, ETH_LEN, ETH_P_IPV6_BE, PacketV6},
+};
 
 pub const IPV6_HDR_LEN: usize = 40;
 /// Extension headers walked before giving up on finding TCP or UDP: the
@@ -82,9 +85,9 @@ pub fn parse_v6(ctx: &TcContext) -> Result<PacketV6, Counter> {
 pub fn addresses(ctx: &TcContext) -> Result<(u128, u128), Counter> {
     let src: *const [u32; 4] = parse::ptr_at(ctx, ETH_LEN + SRC_OFF)?;
     let dst: *const [u32; 4] = parse::ptr_at(ctx, ETH_LEN + DST_OFF)?;
-    // SAFETY: bounds checked by ptr_at; alignment: see above. Four words
-    // in memory order are the address's 16 bytes.
-    Ok(unsafe { (core::mem::transmute::<[u32; 4], u128>(*src), core::mem::transmute::<[u32; 4], u128>(*dst)) })
+    // SAFETY: bounds checked by ptr_at; alignment: see above.
+    let (src, dst) = unsafe { (*src, *dst) };
+    Ok((v6_from_words(src), v6_from_words(dst)))
 }
 
 /// Walks the extension headers from `next` to TCP or UDP: its protocol

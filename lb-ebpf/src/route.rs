@@ -31,7 +31,7 @@ use aya_ebpf::{
 use lb_common::stats::Counter;
 
 use crate::{
-    family::{Family, V4, V6},
+    family::{Family, V4, V6, v6_from_words, v6_words},
     nat, stats,
     verdict::{PathResult, Verdict},
 };
@@ -73,28 +73,20 @@ impl Routed for V6 {
     #[inline(always)]
     fn set_addresses(params: &mut FibParams, src: u128, dst: u128) {
         params.family = AF_INET6;
-        params.__bindgen_anon_3.ipv6_src = words(src);
-        params.__bindgen_anon_4.ipv6_dst = words(dst);
+        params.__bindgen_anon_3.ipv6_src = v6_words(src);
+        params.__bindgen_anon_4.ipv6_dst = v6_words(dst);
     }
 
     #[inline(always)]
     fn source(params: &FibParams) -> u128 {
-        // SAFETY: the union member the lookup writes for AF_INET6; four
-        // words in network byte order are the address's 16 bytes.
-        unsafe { core::mem::transmute::<[u32; 4], u128>(params.__bindgen_anon_3.ipv6_src) }
+        // SAFETY: the union member the lookup writes for AF_INET6.
+        v6_from_words(unsafe { params.__bindgen_anon_3.ipv6_src })
     }
 
     #[inline(always)]
     fn decrement_hops(ctx: &TcContext) -> PathResult<bool> {
         nat::decrement_hop_limit(ctx)
     }
-}
-
-/// An IPv6 address as the lookup's four 32-bit words, network byte order.
-#[inline(always)]
-fn words(address: u128) -> [u32; 4] {
-    // SAFETY: any 16 bytes are four valid words.
-    unsafe { core::mem::transmute::<u128, [u32; 4]>(address) }
 }
 
 /// Storage for a `struct bpf_fib_lookup`, zeroed by eight 8-byte stores.

@@ -45,7 +45,7 @@ use lb_common::{
 
 use crate::{
     affinity,
-    family::{Backend, Family, V4, V6},
+    family::{Backend, Family, V4, V6, v6_from_words, v6_words},
     maps::{LB4_SOCK_REV, LB6_SOCK_REV},
     select, service,
 };
@@ -213,18 +213,6 @@ fn map_v4(address: [u8; 4]) -> [u32; 4] {
 }
 
 #[inline(always)]
-fn words(address: u128) -> [u32; 4] {
-    // SAFETY: any 16 bytes are four valid words.
-    unsafe { core::mem::transmute::<u128, [u32; 4]>(address) }
-}
-
-#[inline(always)]
-fn address(words: [u32; 4]) -> u128 {
-    // SAFETY: any four words are 16 valid bytes.
-    unsafe { core::mem::transmute::<[u32; 4], u128>(words) }
-}
-
-#[inline(always)]
 fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: the helper takes the program's context.
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
@@ -291,9 +279,9 @@ pub fn translate6(ctx: &SockAddrContext) -> SockOutcome {
     let cookie = cookie(ctx);
     match mapped_v4(dst) {
         Some(v4) => apply(translate_at::<V4>(v4, port, proto, cookie), |a, p| set_destination_v6(ctx, map_v4(a), p)),
-        None => {
-            apply(translate_at::<V6>(address(dst), port, proto, cookie), |a, p| set_destination_v6(ctx, words(a), p))
-        }
+        None => apply(translate_at::<V6>(v6_from_words(dst), port, proto, cookie), |a, p| {
+            set_destination_v6(ctx, v6_words(a), p)
+        }),
     }
 }
 
@@ -323,7 +311,7 @@ pub fn reverse6(ctx: &SockAddrContext) -> SockOutcome {
     let cookie = cookie(ctx);
     let frontend = match mapped_v4(peer) {
         Some(v4) => V4::recorded(cookie, (v4, port), proto).map(|(a, p)| (map_v4(a), p)),
-        None => V6::recorded(cookie, (address(peer), port), proto).map(|(a, p)| (words(a), p)),
+        None => V6::recorded(cookie, (v6_from_words(peer), port), proto).map(|(a, p)| (v6_words(a), p)),
     };
     if let Some((words, port)) = frontend {
         set_destination_v6(ctx, words, port);
