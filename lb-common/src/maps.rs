@@ -57,6 +57,13 @@ pub const IDS: &str = "LB_IDS";
 /// `maglev::TABLE_SIZE` backend ids.
 pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 
+/// Interfaces the XDP program may send frames out of (`DEVMAP_HASH`):
+/// ifindex → the same ifindex. The agent writes the interfaces it attached
+/// XDP to; an XDP path whose route leaves elsewhere passes to tc. Not
+/// pinned: each agent fills its own when it attaches.
+pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
+pub const XDP_DEVICES_CAPACITY: u32 = 64;
+
 /// All maps the agent pins, in the order it lists them.
 pub const ALL: [&str; 21] = [
     SERVICES_V4,

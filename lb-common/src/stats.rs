@@ -1,5 +1,5 @@
 //! Per-CPU counters, one slot per `Counter`. Each names what happened to
-//! a packet (tc) or to a socket operation (`Sock*`, the cgroup hooks);
+//! a packet (tc or XDP) or to a socket operation (`Sock*`, the cgroup hooks);
 //! drop and error reasons double as metric labels.
 
 /// Index into `LB_STATS`.
@@ -107,11 +107,20 @@ pub enum Counter {
     /// `parse::IPV6_EXT_HEADERS_MAX` of them), or behind one not walked
     /// (AH, ESP, ...): passed untouched, never NATed.
     PassExtensionHeaders,
+    /// XDP: a packet to a frontend (or a reply) the XDP program cannot
+    /// finish itself (the route leaves through an interface that does not
+    /// take XDP frames, the neighbour is unknown, it must be rejected or
+    /// answered, ...): passed to tc untouched, before any state was
+    /// created. tc then counts what it does with it.
+    XdpPassToTc,
+    /// XDP: NATed and sent out by the XDP program (`XDP_TX` back out of
+    /// the interface it came in on, or `XDP_REDIRECT` to another).
+    XdpSent,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 36] = [
         Counter::Passed,
         Counter::NewFlow,
         Counter::Established,
@@ -146,6 +155,8 @@ impl Counter {
         Counter::AffinityMiss,
         Counter::AffinityStale,
         Counter::PassExtensionHeaders,
+        Counter::XdpPassToTc,
+        Counter::XdpSent,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -185,6 +196,8 @@ impl Counter {
             Counter::AffinityMiss => "affinity_miss",
             Counter::AffinityStale => "affinity_stale",
             Counter::PassExtensionHeaders => "pass_extension_headers",
+            Counter::XdpPassToTc => "xdp_pass_to_tc",
+            Counter::XdpSent => "xdp_sent",
         }
     }
 }

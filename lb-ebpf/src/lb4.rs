@@ -2,8 +2,14 @@
 //! when the reply must return through this node) and backend → client
 //! (reverse NAT). Each step is one O(1) map operation. A NATed packet is
 //! then sent out by `route` (see there for why and when).
+//!
+//! The same paths run at tc and at XDP (`frame` says what differs). The
+//! route after NAT is looked up before the packet is touched or a flow
+//! tracked, so that XDP can still pass to tc, untouched and stateless,
+//! what it cannot send itself. One exception: a ClientIP Service's
+//! affinity choice, made with the backend, is already recorded; tc then
+//! follows it (counting a hit).
 
-use aya_ebpf::programs::TcContext;
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtValueV4, FLAG_LOCAL_FRONTEND},
@@ -15,7 +21,8 @@ use lb_common::{
 use crate::{
     affinity, config, conntrack,
     family::{Family, V4},
-    frontend_stats, icmp_error,
+    frame::Frame,
+    frontend_stats,
     nat::{self, Side},
     parse::{self, PacketV4},
     pmtu, reject,
@@ -24,13 +31,13 @@ use crate::{
     verdict::{Outcome, PathResult, Verdict},
 };
 
-/// Decides what happens to one packet at tc ingress.
+/// Decides what happens to one packet at tc or XDP ingress.
 #[inline(never)]
-pub fn handle_packet(ctx: &TcContext) -> Outcome {
+pub fn handle_packet<C: Frame>(ctx: &C) -> Outcome {
     let pkt = match parse::parse_v4(ctx) {
         Ok(pkt) => pkt,
         // ICMP, the one other protocol looked into: errors about NATed flows.
-        Err(Counter::PassOtherProtocol) => return icmp_error::handle(ctx),
+        Err(Counter::PassOtherProtocol) => return ctx.icmp(),
         Err(pass_reason) => return Outcome::next(pass_reason),
     };
     let result = try_handle(ctx, &pkt);
@@ -41,7 +48,7 @@ pub fn handle_packet(ctx: &TcContext) -> Outcome {
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
+fn try_handle<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Outcome> {
     if service::may_be_frontend(pkt)
         && let Some(outcome) = try_forward(ctx, pkt)?
     {
@@ -63,7 +70,7 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
 /// opens a new connection even when its tuple is tracked (a client reusing
 /// a port of a closed connection): it is balanced afresh.
 #[inline(always)]
-fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
+fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let tracked = conntrack::lookup_original(pkt);
     if let Some(entry) = tracked
         && !pkt.tcp_syn
@@ -71,7 +78,17 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     {
         conntrack::on_rst_mark_reply(pkt, &backend, &entry);
         let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
-        return to_backend(ctx, pkt, &backend, snat, None, Counter::Established).map(Some);
+        let mut flow =
+            Flow::<V4> { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
+        if let Some((address, port)) = snat {
+            flow.src = address;
+            flow.sport = port;
+        }
+        let route = match pmtu::route(ctx, pkt, &flow, false)? {
+            pmtu::Checked::Fits(route) => route,
+            pmtu::Checked::Settled(outcome) => return Ok(Some(outcome)),
+        };
+        return to_backend(ctx, pkt, &backend, snat, route, Counter::Established).map(Some);
     }
     // Only plain values live on from the tracked entry: an `Option` of the
     // whole entry kept across the helper calls below leaves its undefined
@@ -94,6 +111,10 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
             frontend_stats::count(svc.frontend_id, FrontendEvent::Dropped);
             return Ok(Some(Outcome::drop(Counter::DropNoLocalEndpoints)));
         }
+        if !C::FINISHES_EVERY_PACKET {
+            // The answer is built at tc.
+            return Ok(Some(Outcome::next(Counter::XdpPassToTc)));
+        }
         frontend_stats::count(svc.frontend_id, FrontendEvent::Rejected);
         return reject::reject(ctx, pkt).map(Some);
     }
@@ -108,8 +129,8 @@ fn try_forward(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
 /// it (with SNAT when its replies must come back through this node) and
 /// sends the translated packet on.
 #[inline(always)]
-fn start_flow(
-    ctx: &TcContext,
+fn start_flow<C: Frame>(
+    ctx: &C,
     pkt: &PacketV4,
     frontend: ServiceKeyV4,
     svc: &ServiceValue,
@@ -121,45 +142,52 @@ fn start_flow(
     let mut entry = conntrack::new_value::<V4>(&frontend, svc, backend_id);
     if config::forward_through_stack()
         && svc.flags & FLAG_CLUSTER_IP == 0
-        && route::is_local::<V4>(ctx, V4::unspecified(), frontend.address)
+        && route::is_local::<V4, C>(ctx, V4::unspecified(), frontend.address)
     {
         entry.flags |= FLAG_LOCAL_FRONTEND;
     }
     // Hairpin: a Pod balanced to itself would receive its own address as
     // source and drop the packet as a martian; it sees the frontend as its
     // peer instead, and its replies to the frontend come back here.
-    if backend.address == pkt.src {
-        let to = SnatTo { address: frontend.address, route: None };
-        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
-    }
-    if !snat::needed(svc, backend.flags) {
-        if conntrack::track(pkt, &backend, &entry)? {
-            return to_backend(ctx, pkt, &backend, None, None, counter);
-        }
-        // The backend's replies to this client port already belong to a
-        // flow through another frontend: keep the client's address, take
-        // another source port.
-        let to = SnatTo { address: pkt.src, route: None };
-        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
-    }
-    // The route to the backend names the node address to SNAT to.
-    let to = Flow::<V4> { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
-    // Checked against the MTU before any rewrite, as for DNAT: a DF packet
-    // too big is answered quoting what the client sent. Anything else that
-    // is no plain forward (no route; too big without DF, which the stack
-    // cannot fragment for a packet the datapath must send itself) is
-    // dropped: the stack would drop an SNATed packet as a martian.
-    let route = match pmtu::route(ctx, pkt, &to, true)? {
-        pmtu::Checked::Fits(Some(route)) => route,
-        pmtu::Checked::Fits(None) => return Err(Counter::DropSnatNoAddress),
-        pmtu::Checked::Answered(outcome) => return Ok(outcome),
+    let hairpin = backend.address == pkt.src;
+    let masquerade = !hairpin && snat::needed(svc, backend.flags);
+    let src = if hairpin { frontend.address } else { pkt.src };
+    let to = Flow::<V4> { src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
+    // Routed and checked against the MTU before anything is tracked or
+    // rewritten: a DF packet too big is answered quoting what the client
+    // sent (`pmtu`), and XDP can still pass the packet on untouched. A
+    // masqueraded flow's route names the node address to SNAT to.
+    let route = match pmtu::route(ctx, pkt, &to, masquerade)? {
+        pmtu::Checked::Fits(route) => route,
+        pmtu::Checked::Settled(outcome) => return Ok(outcome),
     };
-    let to = SnatTo { address: route.source, route: Some(route) };
+    if hairpin {
+        let to = SnatTo { address: frontend.address, route };
+        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
+    }
+    if masquerade {
+        // Anything that is no plain forward (no route; too big without DF,
+        // which the stack cannot fragment for a packet the datapath must
+        // send itself) is dropped: the stack would drop an SNATed packet
+        // as a martian.
+        let Some(route) = route else {
+            return Err(Counter::DropSnatNoAddress);
+        };
+        let to = SnatTo { address: route.source, route: Some(route) };
+        return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
+    }
+    if conntrack::track(pkt, &backend, &entry)? {
+        return to_backend(ctx, pkt, &backend, None, route, counter);
+    }
+    // The backend's replies to this client port already belong to a flow
+    // through another frontend: keep the client's address, take another
+    // source port.
+    let to = SnatTo { address: pkt.src, route };
     snat_flow(ctx, pkt, &backend, entry, to, previous, counter)
 }
 
 /// The source a new flow is translated to, and the route to its backend
-/// when already looked up.
+/// (`None`: the stack's).
 struct SnatTo {
     address: [u8; 4],
     route: Option<route::Route>,
@@ -193,8 +221,8 @@ impl PreviousSnat {
 /// Starts a source-NATed flow: claims a port on `to.address`, tracks the
 /// flow, rewrites the packet and sends it on.
 #[inline(always)]
-fn snat_flow(
-    ctx: &TcContext,
+fn snat_flow<C: Frame>(
+    ctx: &C,
     pkt: &PacketV4,
     backend: &BackendV4,
     mut entry: CtValueV4,
@@ -225,34 +253,20 @@ fn choose_backend(pkt: &PacketV4, frontend: ServiceKeyV4, svc: &ServiceValue) ->
 }
 
 /// Rewrites a client → frontend packet to go to `backend` (from the SNAT
-/// address and port, if any) and sends it on; `route` when already known.
-/// Without a route, the MTU is checked before the rewrite, so a packet
-/// too big is answered quoting what the client sent (`pmtu`).
+/// address and port, if any) and sends it along `route` (`None`: to the
+/// stack), which the caller looked up and checked.
 #[inline(always)]
-fn to_backend(
-    ctx: &TcContext,
+fn to_backend<C: Frame>(
+    ctx: &C,
     pkt: &PacketV4,
     backend: &BackendV4,
     snat: Option<([u8; 4], u16)>,
     route: Option<route::Route>,
     counter: Counter,
 ) -> PathResult<Outcome> {
-    let mut flow =
-        Flow::<V4> { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
-    if let Some((address, port)) = snat {
-        flow.src = address;
-        flow.sport = port;
-    }
-    let route = match route {
-        Some(route) => Some(route),
-        None => match pmtu::route(ctx, pkt, &flow, false)? {
-            pmtu::Checked::Fits(route) => route,
-            pmtu::Checked::Answered(outcome) => return Ok(outcome),
-        },
-    };
     nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
-    if snat.is_some() {
-        nat::rewrite(ctx, pkt, Side::Source, flow.src, flow.sport)?;
+    if let Some((address, port)) = snat {
+        nat::rewrite(ctx, pkt, Side::Source, address, port)?;
     } else if config::forward_through_stack() {
         // The client's own source: the forward path takes it as it is.
         return Ok(Outcome { verdict: Verdict::Next, counter });
@@ -268,7 +282,7 @@ fn to_backend(
 /// as the destination, for an SNATed flow). `None`: not a reply of a
 /// tracked flow.
 #[inline(always)]
-fn try_reply(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
+fn try_reply<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let Some(entry) = conntrack::lookup_reply(pkt) else {
         return Ok(None);
     };
@@ -277,8 +291,7 @@ fn try_reply(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
 }
 
 #[inline(always)]
-fn to_client(ctx: &TcContext, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<Outcome> {
-    nat::rewrite(ctx, pkt, Side::Source, entry.frontend_address, entry.frontend_port)?;
+fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<Outcome> {
     let mut flow = Flow::<V4> {
         src: entry.frontend_address,
         dst: pkt.dst,
@@ -287,13 +300,21 @@ fn to_client(ctx: &TcContext, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<O
         proto: pkt.proto,
     };
     if entry.has_snat() {
-        nat::rewrite(ctx, pkt, Side::Destination, entry.nat_address, entry.nat_port)?;
         flow.dst = entry.nat_address;
         flow.dport = entry.nat_port;
     }
-    if config::forward_through_stack() && entry.flags & FLAG_LOCAL_FRONTEND == 0 {
-        return Ok(Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat });
+    let through_stack = config::forward_through_stack() && entry.flags & FLAG_LOCAL_FRONTEND == 0;
+    let route = if through_stack { None } else { route::lookup(ctx, &flow, pkt.ip_total_len, false) };
+    if !route::can_send(ctx, &route) {
+        return Ok(Outcome::next(Counter::XdpPassToTc));
     }
-    let verdict = route::forward(ctx, &flow, pkt.ip_total_len)?;
+    nat::rewrite(ctx, pkt, Side::Source, flow.src, flow.sport)?;
+    if entry.has_snat() {
+        nat::rewrite(ctx, pkt, Side::Destination, flow.dst, flow.dport)?;
+    }
+    let verdict = match route {
+        Some(route) => route::send(ctx, &route)?,
+        None => Verdict::Next,
+    };
     Ok(Outcome { verdict, counter: Counter::ReplyNat })
 }

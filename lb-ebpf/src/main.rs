@@ -11,9 +11,11 @@
 //!   backend-facing side and sent on the same way. tc has the
 //!   `sk_buff`, so the checksum helpers keep partial / complete checksum
 //!   offload states right, which XDP cannot; and pod veths see locally
-//!   generated (checksum-partial) traffic. XDP pays on a physical NIC for
-//!   traffic from outside the cluster (NodePort, LB IPs): that program
-//!   arrives with the NodePort-on-XDP work and reuses these modules.
+//!   generated (checksum-partial) traffic.
+//! - `lb_xdp` runs at **XDP** on the node's external interfaces, before
+//!   tc: traffic from outside the cluster to NodePorts, LB and external
+//!   IPs, and its replies, on the same paths (`lb4`), finished there when
+//!   XDP can send the packet itself, else passed to tc untouched (`xdp`).
 //! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4` (and
 //!   their `*6` twins for IPv6 sockets) run at the cgroup `sock_addr` hooks of the cgroup the agent is given
 //!   (the host's root cgroup in a deployment): processes in the node's own
@@ -32,6 +34,7 @@ mod affinity;
 mod config;
 mod conntrack;
 mod family;
+mod frame;
 mod frontend_stats;
 mod icmp6_reply;
 mod icmp_error;
@@ -52,10 +55,11 @@ mod snat;
 mod sock;
 mod stats;
 mod verdict;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 use crate::verdict::Verdict;
@@ -66,6 +70,15 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     let outcome = if parse::is_ipv6(&ctx) { lb6::handle_packet(&ctx) } else { lb4::handle_packet(&ctx) };
     stats::count(outcome.counter);
     outcome.verdict.tc_action()
+}
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let outcome = xdp::handle_frame(&ctx);
+    if xdp::counts(&outcome) {
+        stats::count(outcome.counter);
+    }
+    outcome.verdict.xdp_action()
 }
 
 /// TCP connect and UDP connect: the socket is connected to a backend.

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use lb_common::{
@@ -18,7 +18,7 @@ use lb_common::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, BACKENDS_V6_CAPACITY,
         CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY,
         POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY,
-        SOCK_REV_V6_CAPACITY, SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY,
+        SOCK_REV_V6_CAPACITY, SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY, XDP_DEVICES_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6},
@@ -142,3 +142,7 @@ pub static LB_CONFIG: Array<DatapathConfig, 1> = Array::new();
 /// reads it.
 #[btf_map]
 pub static LB_LAYOUT: HashMap<[u8; 16], u32, { LAYOUT_CAPACITY as usize }> = HashMap::new();
+
+/// `lb_common::maps::XDP_DEVICES`: where the XDP program may redirect.
+#[btf_map]
+pub static LB_XDP_DEVICES: DevMapHash<{ XDP_DEVICES_CAPACITY as usize }> = DevMapHash::new();

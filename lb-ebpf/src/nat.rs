@@ -1,22 +1,23 @@
 //! Address and port rewrites with incremental checksum updates.
 //!
-//! The L4 checksum goes through the kernel's helper rather than arithmetic
-//! on the packet: it knows the sk_buff's checksum state. A locally generated
+//! At tc, the L4 checksum goes through the kernel's helper rather than
+//! arithmetic on the packet: it knows the sk_buff's checksum state. A locally generated
 //! packet on a veth is CHECKSUM_PARTIAL, whose L4 field holds only the
 //! pseudo-header sum; `BPF_F_PSEUDO_HDR` updates it correctly, and a port
 //! change (not in the pseudo header) then rightly leaves it alone.
 //! `BPF_F_MARK_MANGLED_0` keeps a UDP checksum of 0 ("none") at 0 and turns
-//! a computed 0 into 0xffff.
+//! a computed 0 into 0xffff. At XDP, which has no such helper, `frame`
+//! does the same arithmetic in software.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
-    programs::TcContext,
 };
 use lb_common::{proto, stats::Counter};
 
 use crate::{
     family::{Family, v6_words},
+    frame::Frame,
     parse::{ETH_LEN, Packet, PacketV4, PacketV6},
     verdict::PathResult,
 };
@@ -40,7 +41,7 @@ pub enum Side {
 /// Writes `bytes` at `offset` by direct packet access (no helper call;
 /// the verifier makes the skb writable once, in the program prologue).
 #[inline(always)]
-fn write_at<const N: usize>(ctx: &TcContext, offset: usize, bytes: [u8; N]) -> PathResult<()> {
+pub fn write_at<const N: usize>(ctx: &impl Frame, offset: usize, bytes: [u8; N]) -> PathResult<()> {
     let start = ctx.data();
     if start + offset + N > ctx.data_end() {
         return Err(Counter::DropRewriteFailed);
@@ -85,7 +86,7 @@ const IP_TTL_OFF: usize = ETH_LEN + 8;
 /// datapath forwards itself. `Ok(false)`: the TTL would reach zero; the
 /// packet is left untouched for the stack, which answers time-exceeded.
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext) -> PathResult<bool> {
+pub fn decrement_ttl<C: Frame>(ctx: &C) -> PathResult<bool> {
     // TTL and protocol share one checksummed 16-bit word.
     let word = read_at::<2>(ctx, IP_TTL_OFF)?;
     if word[0] <= 1 {
@@ -102,14 +103,14 @@ pub fn decrement_ttl(ctx: &TcContext) -> PathResult<bool> {
 
 /// Writes the Ethernet destination and source addresses.
 #[inline(always)]
-pub fn write_macs(ctx: &TcContext, destination: [u8; 6], source: [u8; 6]) -> PathResult<()> {
+pub fn write_macs<C: Frame>(ctx: &C, destination: [u8; 6], source: [u8; 6]) -> PathResult<()> {
     write_at(ctx, 0, destination)?;
     write_at(ctx, 6, source)
 }
 
 /// Reads `N` bytes at `offset` by direct packet access.
 #[inline(always)]
-pub fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8; N]> {
+pub fn read_at<const N: usize>(ctx: &impl Frame, offset: usize) -> PathResult<[u8; N]> {
     let start = ctx.data();
     if start + offset + N > ctx.data_end() {
         return Err(Counter::DropRewriteFailed);
@@ -121,7 +122,7 @@ pub fn read_at<const N: usize>(ctx: &TcContext, offset: usize) -> PathResult<[u8
 /// Decrements the IPv6 hop limit (no header checksum to update).
 /// `Ok(false)`: it would reach zero; left for the stack to answer.
 #[inline(always)]
-pub fn decrement_hop_limit(ctx: &TcContext) -> PathResult<bool> {
+pub fn decrement_hop_limit<C: Frame>(ctx: &C) -> PathResult<bool> {
     let [hops] = read_at::<1>(ctx, IP6_HOP_LIMIT_OFF)?;
     if hops <= 1 {
         return Ok(false);
@@ -139,7 +140,7 @@ fn mangled<F: Family>(pkt: &Packet<F>) -> u64 {
 /// Rewrites one port of `pkt` (the other half of every rewrite), with
 /// its L4 checksum update. Ports are not in the pseudo header.
 #[inline(always)]
-fn rewrite_port<F: Family>(ctx: &TcContext, pkt: &Packet<F>, side: Side, port: u16) -> PathResult<()> {
+fn rewrite_port<F: Family, C: Frame>(ctx: &C, pkt: &Packet<F>, side: Side, port: u16) -> PathResult<()> {
     let (old_port, port_off) = match side {
         Side::Source => (pkt.sport, pkt.l4_off + SPORT_OFF),
         Side::Destination => (pkt.dport, pkt.l4_off + DPORT_OFF),
@@ -150,7 +151,7 @@ fn rewrite_port<F: Family>(ctx: &TcContext, pkt: &Packet<F>, side: Side, port: u
     write_at(ctx, port_off, port.to_be_bytes())?;
     let from = u64::from(old_port.to_be());
     let to = u64::from(port.to_be());
-    ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, mangled(pkt) | 2).map_err(|_| Counter::DropRewriteFailed)
+    ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, mangled(pkt) | 2)
 }
 
 /// Rewrites source or destination address and port of `pkt` in place.
@@ -160,7 +161,7 @@ fn rewrite_port<F: Family>(ctx: &TcContext, pkt: &Packet<F>, side: Side, port: u
 /// skb->csum stays right); the L4 checksum goes through the kernel's
 /// helper, which knows the skb's checksum state.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, pkt: &PacketV4, side: Side, addr: [u8; 4], port: u16) -> PathResult<()> {
+pub fn rewrite<C: Frame>(ctx: &C, pkt: &PacketV4, side: Side, addr: [u8; 4], port: u16) -> PathResult<()> {
     let (old_addr, addr_off) = match side {
         Side::Source => (pkt.src, IP_SRC_OFF),
         Side::Destination => (pkt.dst, IP_DST_OFF),
@@ -171,8 +172,7 @@ pub fn rewrite(ctx: &TcContext, pkt: &PacketV4, side: Side, addr: [u8; 4], port:
         write_at(ctx, addr_off, addr)?;
         let from = u64::from(u32::from_ne_bytes(old_addr));
         let to = u64::from(u32::from_ne_bytes(addr));
-        ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt) | 4)
-            .map_err(|_| Counter::DropRewriteFailed)?;
+        ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt) | 4)?;
     }
     rewrite_port(ctx, pkt, side, port)
 }
@@ -181,7 +181,7 @@ pub fn rewrite(ctx: &TcContext, pkt: &PacketV4, side: Side, addr: [u8; 4], port:
 /// address change as one checksum difference of the 16 bytes
 /// (`bpf_csum_diff`), applied to the pseudo header by the same helper.
 #[inline(always)]
-pub fn rewrite_v6(ctx: &TcContext, pkt: &PacketV6, side: Side, addr: u128, port: u16) -> PathResult<()> {
+pub fn rewrite_v6<C: Frame>(ctx: &C, pkt: &PacketV6, side: Side, addr: u128, port: u16) -> PathResult<()> {
     let (old_addr, addr_off) = match side {
         Side::Source => (pkt.src, IP6_SRC_OFF),
         Side::Destination => (pkt.dst, IP6_DST_OFF),
@@ -196,8 +196,7 @@ pub fn rewrite_v6(ctx: &TcContext, pkt: &PacketV6, side: Side, addr: u128, port:
         }
         write_at(ctx, addr_off, addr.to_ne_bytes())?;
         // Size 0: `to` is a checksum difference, not a field's new value.
-        ctx.l4_csum_replace(pkt.l4_csum_off(), 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))
-            .map_err(|_| Counter::DropRewriteFailed)?;
+        ctx.l4_csum_replace(pkt.l4_csum_off(), 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
     }
     rewrite_port(ctx, pkt, side, port)
 }

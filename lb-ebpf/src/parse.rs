@@ -21,11 +21,13 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
 use lb_common::{proto, stats::Counter};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::family::{Family, V4, V6};
+use crate::{
+    family::{Family, V4, V6},
+    frame::Frame,
+};
 
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
@@ -96,7 +98,7 @@ impl PacketV4 {
 
 /// A pointer to a `T` at `offset` in the frame, if all of it is there.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
+pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Result<*const T, Counter> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -108,7 +110,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
 /// Where the IPv4 datagram ends (offset from the frame's start), after
 /// checking its total length against its header and the packet.
 #[inline(always)]
-pub fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<usize, Counter> {
+pub fn datagram_end<C: Frame>(ctx: &C, total_len: u16, l4_off: usize) -> Result<usize, Counter> {
     length_field_end(ctx, total_len, ETH_LEN, l4_off)
 }
 
@@ -118,10 +120,9 @@ pub fn datagram_end(ctx: &TcContext, total_len: u16, l4_off: usize) -> Result<us
 /// is accepted on a GSO packet only (BIG TCP): the packet's own length
 /// stands in for it.
 #[inline(always)]
-pub fn length_field_end(ctx: &TcContext, length: u16, counted_from: usize, l4_off: usize) -> Result<usize, Counter> {
-    let packet_len = ctx.len() as usize;
-    // SAFETY: reads a field of the live sk_buff.
-    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+pub fn length_field_end<C: Frame>(ctx: &C, length: u16, counted_from: usize, l4_off: usize) -> Result<usize, Counter> {
+    let packet_len = ctx.packet_len();
+    let gso = ctx.gso_size() != 0;
     let ip_end = match length {
         0 if gso => packet_len,
         len => counted_from + usize::from(len),
@@ -138,7 +139,7 @@ pub fn length_field_end(ctx: &TcContext, length: u16, counted_from: usize, l4_of
 /// Checks the TCP header (whole, its data offset inside the datagram) and
 /// returns its flags byte.
 #[inline(always)]
-fn tcp_flags(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counter> {
+fn tcp_flags<C: Frame>(ctx: &C, l4_off: usize, ip_end: usize) -> Result<u8, Counter> {
     let header: *const [u8; TCP_MIN_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let header = unsafe { &*header };
@@ -151,7 +152,7 @@ fn tcp_flags(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counte
 
 /// Checks the UDP header's length against the datagram. No TCP flags.
 #[inline(always)]
-fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counter> {
+fn udp_fits<C: Frame>(ctx: &C, l4_off: usize, ip_end: usize) -> Result<u8, Counter> {
     let header: *const [u8; UDP_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let header = unsafe { &*header };
@@ -164,7 +165,7 @@ fn udp_fits(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Result<u8, Counter
 
 /// `Err(PassOtherEthertype)` unless the frame carries `ether_type` (big-endian).
 #[inline(always)]
-pub fn ether_type_is(ctx: &TcContext, ether_type: u16) -> Result<(), Counter> {
+pub fn ether_type_is<C: Frame>(ctx: &C, ether_type: u16) -> Result<(), Counter> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != ether_type {
@@ -175,7 +176,7 @@ pub fn ether_type_is(ctx: &TcContext, ether_type: u16) -> Result<(), Counter> {
 
 /// Whether the frame carries IPv6 (a short frame does not).
 #[inline(always)]
-pub fn is_ipv6(ctx: &TcContext) -> bool {
+pub fn is_ipv6<C: Frame>(ctx: &C) -> bool {
     ether_type_is(ctx, ETH_P_IPV6_BE).is_ok()
 }
 
@@ -183,7 +184,7 @@ pub fn is_ipv6(ctx: &TcContext) -> bool {
 /// at `ip_end`) and returns the ports and TCP flags: what every family's
 /// parse ends with.
 #[inline(always)]
-pub fn l4_header(ctx: &TcContext, proto: u8, l4_off: usize, ip_end: usize) -> Result<(u16, u16, u8), Counter> {
+pub fn l4_header<C: Frame>(ctx: &C, proto: u8, l4_off: usize, ip_end: usize) -> Result<(u16, u16, u8), Counter> {
     let ports: *const [u8; L4_MIN_LEN] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { &*ports };
@@ -199,7 +200,7 @@ pub fn is_syn(tcp_flags: u8) -> bool {
 
 /// Parses the headers; `Err` carries the pass reason.
 #[inline(always)]
-pub fn parse_v4(ctx: &TcContext) -> Result<PacketV4, Counter> {
+pub fn parse_v4<C: Frame>(ctx: &C) -> Result<PacketV4, Counter> {
     ether_type_is(ctx, ETH_P_IP_BE)?;
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds checked by ptr_at.

@@ -10,11 +10,15 @@
 //! A GSO packet fits when each of its segments does. A packet without DF,
 //! or with IP options (see `icmp_reply`), keeps going to the stack, which
 //! fragments it or answers itself.
+//!
+//! At XDP, which can neither answer nor hand a NATed packet to the stack,
+//! every packet that is not a plain forward it can send itself (too big
+//! included) is settled as passed to tc, untouched.
 
-use aya_ebpf::programs::TcContext;
 use lb_common::{proto, stats::Counter};
 
 use crate::{
+    frame::Frame,
     icmp_reply, nat,
     parse::{ETH_LEN, PacketV4},
     route::{self, Flow, Route},
@@ -28,33 +32,46 @@ const UDP_LEN: u32 = 8;
 pub enum Checked {
     /// Out along this route (`None`: to the stack).
     Fits(Option<Route>),
-    /// Too big: answered with fragmentation needed.
-    Answered(Outcome),
+    /// Decided without a route: too big and answered with fragmentation
+    /// needed, or (XDP) passed to tc untouched.
+    Settled(Outcome),
 }
 
 /// Looks up the route for `flow` (the packet's tuple after NAT), checking
 /// `pkt` against its MTU; answers a DF packet that does not fit.
 /// `want_source`: the route must name the node's source address (SNAT).
 #[inline(always)]
-pub fn route(ctx: &TcContext, pkt: &PacketV4, flow: &Flow, want_source: bool) -> PathResult<Checked> {
+pub fn route<C: Frame>(ctx: &C, pkt: &PacketV4, flow: &Flow, want_source: bool) -> PathResult<Checked> {
     let mtu = match route::resolve(ctx, flow, pkt.ip_total_len, want_source) {
-        route::Lookup::Route(route) => return Ok(Checked::Fits(Some(route))),
-        route::Lookup::Stack => return Ok(Checked::Fits(None)),
+        route::Lookup::Route(route) => return Ok(sendable(ctx, Some(route))),
+        route::Lookup::Stack => return Ok(sendable(ctx, None)),
         route::Lookup::TooBig { mtu } => mtu,
     };
     if !pkt.dont_fragment || pkt.has_ip_options() || segment_len(ctx, pkt)? <= u32::from(mtu) {
-        return Ok(Checked::Fits(None));
+        return Ok(sendable(ctx, None));
     }
-    icmp_reply::send_unreachable(ctx, pkt, icmp_reply::CODE_FRAG_NEEDED, mtu)?;
-    Ok(Checked::Answered(Outcome { verdict: Verdict::Redirect, counter: Counter::IcmpFragNeeded }))
+    if !ctx.answer_unreachable(pkt, icmp_reply::CODE_FRAG_NEEDED, mtu)? {
+        return Ok(Checked::Settled(Outcome::next(Counter::XdpPassToTc)));
+    }
+    Ok(Checked::Settled(Outcome { verdict: Verdict::Redirect, counter: Counter::IcmpFragNeeded }))
+}
+
+/// `Fits(route)` when this hook can send along `route` itself, else
+/// passed to tc (`route::can_send`).
+#[inline(always)]
+fn sendable<C: Frame>(ctx: &C, route: Option<Route>) -> Checked {
+    if route::can_send(ctx, &route) {
+        Checked::Fits(route)
+    } else {
+        Checked::Settled(Outcome::next(Counter::XdpPassToTc))
+    }
 }
 
 /// The length of the largest IPv4 packet `pkt` leaves as: itself, or for
 /// a GSO packet one segment (headers + `gso_size` bytes of payload).
 #[inline(always)]
-fn segment_len(ctx: &TcContext, pkt: &PacketV4) -> PathResult<u32> {
-    // SAFETY: reads a field of the live sk_buff.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+fn segment_len<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<u32> {
+    let gso_size = u32::from(ctx.gso_size());
     if gso_size == 0 {
         return Ok(u32::from(pkt.ip_total_len));
     }

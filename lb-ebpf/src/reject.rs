@@ -7,11 +7,13 @@
 //! Packets with IP options are dropped instead (counted as a reject): the
 //! quoted header would vary in length, and such packets are vanishingly
 //! rare as connection openers.
+//!
+//! XDP cannot build the answer: it passes the packet to tc untouched.
 
-use aya_ebpf::programs::TcContext;
 use lb_common::stats::Counter;
 
 use crate::{
+    frame::Frame,
     icmp_reply,
     parse::PacketV4,
     verdict::{Outcome, PathResult, Verdict},
@@ -19,10 +21,12 @@ use crate::{
 
 /// Replies with ICMP port unreachable and redirects it to the sender.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, pkt: &PacketV4) -> PathResult<Outcome> {
+pub fn reject<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Outcome> {
     if pkt.has_ip_options() {
         return Ok(Outcome { verdict: Verdict::Drop, counter: Counter::RejectNoEndpoints });
     }
-    icmp_reply::send_unreachable(ctx, pkt, icmp_reply::CODE_PORT_UNREACH, 0)?;
+    if !ctx.answer_unreachable(pkt, icmp_reply::CODE_PORT_UNREACH, 0)? {
+        return Ok(Outcome::next(Counter::XdpPassToTc));
+    }
     Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::RejectNoEndpoints })
 }

@@ -19,20 +19,23 @@
 //! packet with DF set that is about to be DNATed and exceeds the MTU is
 //! answered by `pmtu` instead, because the stack's answer would quote the
 //! translated packet.
+//!
+//! At XDP only plain forwards to a known neighbour out of an interface
+//! that takes XDP frames are sent (`can_send`, `frame`); everything else
+//! passes to tc untouched, which then decides as above.
 
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
+    helpers::bpf_fib_lookup,
 };
-use lb_common::stats::Counter;
 
 use crate::{
     family::{Family, V4, V6, v6_from_words, v6_words},
-    nat, stats,
+    frame::Frame,
+    nat,
     verdict::{PathResult, Verdict},
 };
 
@@ -46,7 +49,7 @@ pub trait Routed: Family {
     /// The source address a lookup with `BPF_FIB_LOOKUP_SRC` chose.
     fn source(params: &FibParams) -> Self::Addr;
     /// Decrements the TTL or hop limit; `Ok(false)` when it would expire.
-    fn decrement_hops(ctx: &TcContext) -> PathResult<bool>;
+    fn decrement_hops<C: Frame>(ctx: &C) -> PathResult<bool>;
 }
 
 impl Routed for V4 {
@@ -64,7 +67,7 @@ impl Routed for V4 {
     }
 
     #[inline(always)]
-    fn decrement_hops(ctx: &TcContext) -> PathResult<bool> {
+    fn decrement_hops<C: Frame>(ctx: &C) -> PathResult<bool> {
         nat::decrement_ttl(ctx)
     }
 }
@@ -84,7 +87,7 @@ impl Routed for V6 {
     }
 
     #[inline(always)]
-    fn decrement_hops(ctx: &TcContext) -> PathResult<bool> {
+    fn decrement_hops<C: Frame>(ctx: &C) -> PathResult<bool> {
         nat::decrement_hop_limit(ctx)
     }
 }
@@ -164,27 +167,26 @@ pub enum Lookup<F: Family = V4> {
 }
 
 /// Asks the routing table about `flow` as forwarding would for a packet
-/// of `ip_total_len` bytes arriving on this skb's interface; the result
+/// of `ip_total_len` bytes arriving on this packet's interface; the result
 /// code, with `params` filled in by the kernel.
 #[inline(always)]
-fn fib<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, flags: u32, params: &mut FibParams) -> u32 {
+fn fib<F: Routed, C: Frame>(ctx: &C, flow: &Flow<F>, ip_total_len: u16, flags: u32, params: &mut FibParams) -> u32 {
     F::set_addresses(params, flow.src, flow.dst);
     params.l4_protocol = flow.proto;
     params.sport = flow.sport.to_be();
     params.dport = flow.dport.to_be();
     params.__bindgen_anon_1.tot_len = ip_total_len;
-    // SAFETY: reads the interface index of the live sk_buff.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.ifindex = ctx.ingress_ifindex();
     // SAFETY: `params` is a live stack struct of the size passed.
-    unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), params, size_of::<FibParams>() as i32, flags) as u32 }
+    unsafe { bpf_fib_lookup(ctx.raw(), params, size_of::<FibParams>() as i32, flags) as u32 }
 }
 
 /// Looks up the route for `flow` as forwarding would for a packet arriving
-/// on this skb's interface, checking `ip_total_len` against its MTU.
+/// on this packet's interface, checking `ip_total_len` against its MTU.
 /// `want_source` also asks for the source address the node would use on
 /// the egress interface (for SNAT).
 #[inline(always)]
-pub fn resolve<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Lookup<F> {
+pub fn resolve<F: Routed, C: Frame>(ctx: &C, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Lookup<F> {
     let mut words = core::mem::MaybeUninit::uninit();
     let params = zeroed_params(&mut words);
     let flags = if want_source { BPF_FIB_LOOKUP_SRC } else { 0 };
@@ -202,7 +204,7 @@ pub fn resolve<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, wa
 /// forward to it (a local route; broadcast and multicast, which no
 /// frontend is, answer the same).
 #[inline(always)]
-pub fn is_local<F: Routed>(ctx: &TcContext, unspecified: F::Addr, address: F::Addr) -> bool {
+pub fn is_local<F: Routed, C: Frame>(ctx: &C, unspecified: F::Addr, address: F::Addr) -> bool {
     let mut words = core::mem::MaybeUninit::uninit();
     let params = zeroed_params(&mut words);
     let flow = Flow::<F> { src: unspecified, dst: address, sport: 0, dport: 0, proto: 0 };
@@ -212,7 +214,7 @@ pub fn is_local<F: Routed>(ctx: &TcContext, unspecified: F::Addr, address: F::Ad
 /// `resolve`, for callers to whom anything but a plain forward means the
 /// stack. `None`: not a plain forward (see the module comment).
 #[inline(always)]
-pub fn lookup<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Option<Route<F>> {
+pub fn lookup<F: Routed, C: Frame>(ctx: &C, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Option<Route<F>> {
     match resolve(ctx, flow, ip_total_len, want_source) {
         Lookup::Route(route) => Some(route),
         Lookup::TooBig { .. } | Lookup::Stack => None,
@@ -222,31 +224,36 @@ pub fn lookup<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16, wan
 /// Sends the (already NATed) packet out along `route`. `Verdict::Next`
 /// when the TTL is about to expire: the stack answers that.
 #[inline(always)]
-pub fn send<F: Routed>(ctx: &TcContext, route: &Route<F>) -> PathResult<Verdict> {
+pub fn send<F: Routed, C: Frame>(ctx: &C, route: &Route<F>) -> PathResult<Verdict> {
     if !F::decrement_hops(ctx)? {
         return Ok(Verdict::Next);
     }
-    let sent = match route.neighbour {
-        Some((dmac, smac)) => {
-            nat::write_macs(ctx, dmac, smac)?;
-            // SAFETY: plain helper call; flags 0 = the device's egress.
-            unsafe { bpf_redirect(route.ifindex, 0) }
-        }
-        // SAFETY: no next-hop parameters: the kernel resolves the packet's
-        // destination through the route it just found.
-        None => unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) },
-    };
-    if sent as i32 != aya_ebpf::bindings::TC_ACT_REDIRECT as i32 {
-        return Err(Counter::DropRewriteFailed);
+    if let Some((dmac, smac)) = route.neighbour {
+        nat::write_macs(ctx, dmac, smac)?;
     }
-    stats::count(Counter::Redirected);
-    Ok(Verdict::Redirect)
+    ctx.redirect(route.ifindex, route.neighbour.is_some())
+}
+
+/// Whether this hook can send a packet along `route` (`None`: the stack's
+/// to forward) itself. tc always can (it hands the rest to the stack);
+/// XDP only on a known neighbour, out of an interface that takes its
+/// frames (`frame`). Asked before the packet is touched or any state
+/// created.
+#[inline(always)]
+pub fn can_send<F: Family, C: Frame>(ctx: &C, route: &Option<Route<F>>) -> bool {
+    if C::FINISHES_EVERY_PACKET {
+        return true;
+    }
+    match route {
+        Some(route) => route.neighbour.is_some() && ctx.sends_to(route.ifindex),
+        None => false,
+    }
 }
 
 /// Routes and sends `flow` if it is a plain forward; otherwise leaves the
 /// packet to the stack.
 #[inline(always)]
-pub fn forward<F: Routed>(ctx: &TcContext, flow: &Flow<F>, ip_total_len: u16) -> PathResult<Verdict> {
+pub fn forward<F: Routed, C: Frame>(ctx: &C, flow: &Flow<F>, ip_total_len: u16) -> PathResult<Verdict> {
     match lookup(ctx, flow, ip_total_len, false) {
         Some(route) => send(ctx, &route),
         None => Ok(Verdict::Next),

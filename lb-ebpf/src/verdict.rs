@@ -1,6 +1,6 @@
 //! What the datapath decides for a packet, and the counter it bumps.
 
-use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
+use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action};
 use lb_common::stats::Counter;
 
 #[derive(Clone, Copy)]
@@ -10,8 +10,11 @@ pub enum Verdict {
     /// chains after or before other programs without hiding packets.
     Next,
     Drop,
-    /// Sent out through `bpf_redirect` (rejects go back where they came from).
+    /// Sent out through `bpf_redirect` (rejects go back where they came
+    /// from); at XDP, `XDP_REDIRECT` to another interface.
     Redirect,
+    /// XDP only: sent back out of the interface it came in on (`XDP_TX`).
+    Transmit,
 }
 
 impl Verdict {
@@ -20,7 +23,19 @@ impl Verdict {
         match self {
             Verdict::Next => TC_ACT_UNSPEC,
             Verdict::Drop => TC_ACT_SHOT as i32,
-            Verdict::Redirect => TC_ACT_REDIRECT as i32,
+            // tc never transmits; a redirect is its nearest meaning.
+            Verdict::Redirect | Verdict::Transmit => TC_ACT_REDIRECT as i32,
+        }
+    }
+
+    /// At XDP, `Next` passes the frame on to the stack (and tc).
+    #[inline(always)]
+    pub fn xdp_action(self) -> u32 {
+        match self {
+            Verdict::Next => xdp_action::XDP_PASS,
+            Verdict::Drop => xdp_action::XDP_DROP,
+            Verdict::Redirect => xdp_action::XDP_REDIRECT,
+            Verdict::Transmit => xdp_action::XDP_TX,
         }
     }
 }
