@@ -8,7 +8,7 @@ use crate::packets::Endpoint;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, HashOfMaps, IterableMap as _, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, HashOfMaps, IterableMap as _, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
@@ -33,6 +33,12 @@ use lb_userspace::{
 pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
+
+/// XDP verdicts as the program returns them.
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_TX: i32 = 3;
+pub const XDP_REDIRECT: i32 = 4;
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -236,6 +242,39 @@ impl Datapath {
         Ok(RunResult { verdict: result.return_value as i32, packet: out })
     }
 
+    /// Runs `lb_xdp` once on `packet` as received on interface `ingress`
+    /// (0: the namespace's loopback, test runs' default).
+    pub fn run_xdp(&mut self, packet: &[u8], ingress: u32) -> anyhow::Result<RunResult> {
+        let prog = loader::xdp_program(&mut self.ebpf)?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let ctx = xdp_md(packet.len(), ingress);
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: (ingress != 0).then_some(ctx.as_slice()),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(RunResult { verdict: result.return_value as i32, packet: out })
+    }
+
+    /// `run_xdp`, with the counters the run moved.
+    pub fn run_xdp_counted(&mut self, packet: &[u8], ingress: u32) -> anyhow::Result<(RunResult, Counters)> {
+        let before = self.counters()?;
+        let result = self.run_xdp(packet, ingress)?;
+        Ok((result, moved(&before, &self.counters()?)))
+    }
+
+    /// Lets `lb_xdp` redirect to interface `ifindex`, as the agent does for
+    /// each interface it attaches XDP to.
+    pub fn allow_xdp_device(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let mut map: DevMapHash<&mut MapData> =
+            self.ebpf.map_mut(names::XDP_DEVICES).context("XDP devices map")?.try_into()?;
+        map.insert(ifindex, ifindex, None, 0)?;
+        Ok(())
+    }
+
     /// Runs `program` on `packet` `repeat` times in the kernel and returns
     /// the kernel's average time per run. The kernel reuses one buffer for
     /// all repetitions, so a rewriting program sees its own output from the
@@ -291,4 +330,10 @@ pub fn monotonic_coarse_s() -> u32 {
 fn backends_map_id(ebpf: &Ebpf) -> anyhow::Result<u32> {
     let map: HashMap<&MapData, u32, BackendV4> = ebpf.map(names::BACKENDS_V4).context("backends map")?.try_into()?;
     Ok(map.map().info()?.id())
+}
+
+/// A `struct xdp_md` for a test run of a `len`-byte frame received on
+/// `ingress`: data at 0, data_end at `len`, no metadata, queue 0.
+fn xdp_md(len: usize, ingress: u32) -> Vec<u8> {
+    [0, len as u32, 0, ingress, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect()
 }

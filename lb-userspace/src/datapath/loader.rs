@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{SchedClassifier, TcAttachType, Xdp, tc::SchedClassifierLinkId},
 };
 use lb_common::maps as names;
 
@@ -25,6 +25,8 @@ pub const PARSE_ONLY_PROGRAM: &str = "lb_parse_only";
 /// Forwards by the FIB with no Service work: the benchmarks' limit.
 pub const FORWARD_ONLY_PROGRAM: &str = "lb_forward_only";
 /// Default bpffs directory for pinned maps and links.
+/// The XDP fast path (`--xdp-interfaces`).
+pub const XDP_PROGRAM: &str = "lb_xdp";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 
 /// Map sizes, overridable at load time.
@@ -93,6 +95,20 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
         sock_links::program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
     Ok(ebpf)
+}
+
+/// The XDP program, verified on first use: a node without XDP
+/// interfaces does not pay for its verification at start.
+pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .with_context(|| format!("program {XDP_PROGRAM} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {XDP_PROGRAM} is not an XDP program"))?;
+    if prog.fd().is_err() {
+        prog.load().with_context(|| format!("verifying program {XDP_PROGRAM}"))?;
+    }
+    Ok(prog)
 }
 
 /// A loaded classifier by name.
