@@ -74,6 +74,15 @@ struct Args {
     /// second; the attachments of removed ones are dropped.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     interfaces: Vec<String>,
+    /// The node's external interfaces (NICs facing clients outside the
+    /// cluster), to also run the XDP fast path on, ahead of tc: same
+    /// patterns as --interfaces; none by default. Traffic from outside to
+    /// NodePorts, LoadBalancer and external IPs whose route leaves through
+    /// one of these interfaces (a backend on another node) is translated
+    /// and sent at XDP; everything else passes to tc untouched. Keep them
+    /// in --interfaces too: tc handles what XDP passes on.
+    #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
+    xdp_interfaces: Vec<String>,
     /// Enter this network namespace (`ip netns` name) before anything else.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
@@ -322,11 +331,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (present, link_events) = interfaces::watch().await?;
     let mut attacher =
         Attacher::new(ebpf, Attachments::open(&args.pin_dir)?, interfaces::Selector::new(&args.interfaces));
+    // Without XDP interfaces, the pinned XDP links of an earlier agent
+    // still go (an empty selector matches nothing).
+    attacher =
+        attacher.with_xdp(Attachments::open_xdp(&args.pin_dir)?, interfaces::Selector::new(&args.xdp_interfaces));
     attacher.attach_present(&present)?;
     if attacher.attached().is_empty() {
         warn!(interfaces = args.interfaces.join(","), "no interface matches yet: attaching as they appear");
     }
-    info!(interfaces = ?attacher.attached(), pin_dir = %args.pin_dir.display(), "datapath attached");
+    info!(
+        interfaces = ?attacher.attached(),
+        xdp_interfaces = ?attacher.attached_xdp(),
+        pin_dir = %args.pin_dir.display(),
+        "datapath attached"
+    );
     let follower = tokio::spawn(attacher.follow(link_events));
 
     let node_addresses = node_addresses::follow(args.nodeport_addresses.clone()).await?;

@@ -17,7 +17,7 @@ use lb_userspace::{
         flows::{self, CtEntry as _, FlowKey},
     },
     datapath::{
-        inventory::{self, Owner, PinnedLink},
+        inventory::{self, Hook, Owner, PinnedLink},
         loader, maps,
     },
     model::Protocol,
@@ -591,9 +591,18 @@ fn links_table(links: &[PinnedLink]) -> String {
                 _ => "-".to_owned(),
             };
             let interface = l.interface.clone().unwrap_or_else(|| "gone".to_owned());
-            let current = if l.current { "yes" } else { "no" };
-            vec![owner.to_owned(), interface, pod, l.link_id.to_string(), l.program_id.to_string(), current.to_owned()]
+            let hook = match l.hook {
+                Hook::Tc => "tc",
+                Hook::Xdp => "xdp",
+            };
+            let current = match l.current {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            let cells = [owner, hook, &interface, &pod, &l.link_id.to_string(), &l.program_id.to_string(), current];
+            cells.map(str::to_owned).to_vec()
         })
         .collect();
-    columns(&["OWNER", "INTERFACE", "POD", "LINK", "PROGRAM", "CURRENT"], &rows)
+    columns(&["OWNER", "HOOK", "INTERFACE", "POD", "LINK", "PROGRAM", "CURRENT"], &rows)
 }

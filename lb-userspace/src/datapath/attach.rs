@@ -1,11 +1,17 @@
 //! Keeps the datapath attached to exactly the selected interfaces: at
 //! start from a link dump (adopting the pinned links of an earlier agent,
 //! dropping those of interfaces gone since), then from link notifications.
+//! `lb_tc` runs at tcx ingress of the `--interfaces`; `lb_xdp`, when
+//! `--xdp-interfaces` names any, at XDP of those, each of which is also
+//! entered in `LB_XDP_DEVICES` (where XDP may redirect to) before the
+//! program runs there.
 
 use std::collections::BTreeMap;
 
-use aya::Ebpf;
+use anyhow::Context as _;
+use aya::{Ebpf, maps::DevMapHash};
 use futures::{Stream, StreamExt as _};
+use lb_common::maps as names;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -14,80 +20,75 @@ use super::{
     loader,
 };
 
-/// The loaded object (it owns the program) and where it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Tc,
+    Xdp,
+}
+
+/// One hook's interfaces.
 #[derive(Debug)]
-pub struct Attacher {
-    ebpf: Ebpf,
+struct Hooked {
+    hook: Hook,
     attachments: Attachments,
     selector: Selector,
 }
 
+/// The loaded object (it owns the programs) and where they run.
+#[derive(Debug)]
+pub struct Attacher {
+    ebpf: Ebpf,
+    hooks: Vec<Hooked>,
+}
+
 impl Attacher {
+    /// `lb_tc` on the interfaces `selector` picks.
     pub fn new(ebpf: Ebpf, attachments: Attachments, selector: Selector) -> Self {
-        Self { ebpf, attachments, selector }
+        Self { ebpf, hooks: vec![Hooked { hook: Hook::Tc, attachments, selector }] }
     }
 
-    /// Interfaces attached now.
+    /// Also `lb_xdp` on the interfaces `selector` picks (`attachments`:
+    /// `Attachments::open_xdp`).
+    pub fn with_xdp(mut self, attachments: Attachments, selector: Selector) -> Self {
+        self.hooks.push(Hooked { hook: Hook::Xdp, attachments, selector });
+        self
+    }
+
+    /// Interfaces `lb_tc` runs on now.
     pub fn attached(&self) -> Vec<String> {
-        self.attachments.attached().keys().cloned().collect()
+        self.attached_at(Hook::Tc)
+    }
+
+    /// Interfaces `lb_xdp` runs on now.
+    pub fn attached_xdp(&self) -> Vec<String> {
+        self.attached_at(Hook::Xdp)
+    }
+
+    fn attached_at(&self, hook: Hook) -> Vec<String> {
+        self.hooks.iter().filter(|h| h.hook == hook).flat_map(|h| h.attachments.attached().keys().cloned()).collect()
     }
 
     /// Attaches to every selected interface in `present` and removes the
     /// pinned links of every other name.
     pub fn attach_present(&mut self, present: &BTreeMap<u32, String>) -> anyhow::Result<()> {
-        let selected: BTreeMap<&str, u32> =
-            present.iter().filter(|(_, name)| self.selector.matches(name)).map(|(i, n)| (n.as_str(), *i)).collect();
-        for name in self.attachments.pinned()? {
-            if !selected.contains_key(name.as_str()) {
-                info!(interface = name, "removing the pinned link of an interface gone or no longer selected");
-                self.attachments.remove(&name)?;
-            }
-        }
-        // Every interface is tried: one that vanished while being attached
-        // must not leave the others unattached.
         let mut failed = Ok(());
-        for (name, index) in selected {
-            if let Err(e) = self.attach(name, index) {
-                warn!("{e:#}");
+        for hooked in &mut self.hooks {
+            if let Err(e) = hooked.attach_present(&mut self.ebpf, present) {
                 failed = Err(e);
             }
         }
         failed
     }
 
-    fn attach(&mut self, name: &str, index: u32) -> anyhow::Result<()> {
-        let prog = loader::program(&mut self.ebpf, loader::TC_PROGRAM)?;
-        match self.attachments.attach(prog, name, index)? {
-            Attached::Adopted { link_id, program_id } => {
-                info!(interface = name, link_id, program_id, "pinned link adopted: program replaced in place");
-            }
-            Attached::Created { link_id, program_id } => info!(interface = name, link_id, program_id, "attached"),
-            Attached::Already => {}
-        }
-        Ok(())
-    }
-
     /// Applies one link notification.
-    pub fn apply(&mut self, event: LinkEvent) -> anyhow::Result<()> {
-        match event {
-            LinkEvent::Present { index, name } => {
-                // A renamed interface keeps its index: its old name's pin goes.
-                if let Some(old) = self.attachments.name_of(index).filter(|old| *old != name) {
-                    self.attachments.remove(&old)?;
-                }
-                if self.selector.matches(&name) {
-                    self.attach(&name, index)?;
-                }
+    pub fn apply(&mut self, event: &LinkEvent) -> anyhow::Result<()> {
+        let mut failed = Ok(());
+        for hooked in &mut self.hooks {
+            if let Err(e) = hooked.apply(&mut self.ebpf, event) {
+                failed = Err(e);
             }
-            LinkEvent::Removed { index, name } => {
-                if let Some(name) = self.attachments.name_of(index).or(name.filter(|n| self.selector.matches(n))) {
-                    info!(interface = name, "interface removed: removing its pinned link");
-                    self.attachments.remove(&name)?;
-                }
-            }
-            LinkEvent::Resync(present) => self.attach_present(&present)?,
         }
-        Ok(())
+        failed
     }
 
     /// Follows link notifications until the stream ends. A failed
@@ -96,10 +97,97 @@ impl Attacher {
     pub async fn follow(mut self, mut events: impl Stream<Item = LinkEvent> + Unpin) {
         while let Some(event) = events.next().await {
             debug!(?event, "link notification");
-            if let Err(e) = self.apply(event) {
+            if let Err(e) = self.apply(&event) {
                 warn!("{e:#}");
             }
         }
         warn!("link notifications ended: interfaces are no longer followed");
     }
+}
+
+impl Hooked {
+    fn attach_present(&mut self, ebpf: &mut Ebpf, present: &BTreeMap<u32, String>) -> anyhow::Result<()> {
+        let selected: BTreeMap<&str, u32> =
+            present.iter().filter(|(_, name)| self.selector.matches(name)).map(|(i, n)| (n.as_str(), *i)).collect();
+        for name in self.attachments.pinned()? {
+            if !selected.contains_key(name.as_str()) {
+                info!(interface = name, hook = ?self.hook, "removing the pinned link of an interface gone or no longer selected");
+                self.remove(ebpf, &name)?;
+            }
+        }
+        // Every interface is tried: one that vanished while being attached
+        // must not leave the others unattached.
+        let mut failed = Ok(());
+        for (name, index) in selected {
+            if let Err(e) = self.attach(ebpf, name, index) {
+                warn!("{e:#}");
+                failed = Err(e);
+            }
+        }
+        failed
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, name: &str, index: u32) -> anyhow::Result<()> {
+        let attached = match self.hook {
+            Hook::Tc => self.attachments.attach(loader::program(ebpf, loader::TC_PROGRAM)?, name, index)?,
+            Hook::Xdp => {
+                // Listed first: the program may send there as soon as it runs.
+                xdp_devices(ebpf)?
+                    .insert(index, index, None, 0)
+                    .with_context(|| format!("entering {name} in {}", names::XDP_DEVICES))?;
+                self.attachments.attach(loader::xdp_program(ebpf)?, name, index)?
+            }
+        };
+        match attached {
+            Attached::Adopted { link_id, program_id } => {
+                info!(interface = name, hook = ?self.hook, link_id, program_id, "pinned link adopted: program replaced in place");
+            }
+            Attached::Created { link_id, program_id } => {
+                info!(interface = name, hook = ?self.hook, link_id, program_id, "attached")
+            }
+            Attached::Already => {}
+        }
+        Ok(())
+    }
+
+    /// Detaches `name` (its pinned link goes) and, for XDP, stops
+    /// redirecting there.
+    fn remove(&mut self, ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+        let index = self.attachments.attached().get(name).copied();
+        self.attachments.remove(name)?;
+        if let (Hook::Xdp, Some(index)) = (self.hook, index) {
+            // Already gone when the interface itself went.
+            let _ = xdp_devices(ebpf)?.remove(index);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, ebpf: &mut Ebpf, event: &LinkEvent) -> anyhow::Result<()> {
+        match event {
+            LinkEvent::Present { index, name } => {
+                let (index, name) = (*index, name.as_str());
+                // A renamed interface keeps its index: its old name's pin goes.
+                if let Some(old) = self.attachments.name_of(index).filter(|old| old != name) {
+                    self.remove(ebpf, &old)?;
+                }
+                if self.selector.matches(name) {
+                    self.attach(ebpf, name, index)?;
+                }
+            }
+            LinkEvent::Removed { index, name } => {
+                let named = name.as_ref().filter(|n| self.selector.matches(n)).cloned();
+                if let Some(name) = self.attachments.name_of(*index).or(named) {
+                    info!(interface = name, "interface removed: removing its pinned link");
+                    self.remove(ebpf, &name)?;
+                }
+            }
+            LinkEvent::Resync(present) => self.attach_present(ebpf, present)?,
+        }
+        Ok(())
+    }
+}
+
+fn xdp_devices(ebpf: &mut Ebpf) -> anyhow::Result<DevMapHash<&mut aya::maps::MapData>> {
+    let map = ebpf.map_mut(names::XDP_DEVICES).with_context(|| format!("map {}", names::XDP_DEVICES))?;
+    Ok(DevMapHash::try_from(map)?)
 }

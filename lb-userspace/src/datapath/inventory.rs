@@ -1,7 +1,8 @@
 //! Every pinned link of a pin directory, whoever owns it: the agent's
-//! (`links/<interface>`, selected by `--interfaces`) and the CNI plugin's
-//! (`cni-links/<attachment>`), with the interface each runs on and its
-//! program (`lbctl links`).
+//! (`links/<interface>`, selected by `--interfaces`, and
+//! `xdp-links/<interface>`, by `--xdp-interfaces`) and the CNI plugin's
+//! (`cni-links/<attachment>`), with the hook and interface each runs on
+//! and its program (`lbctl links`).
 
 use std::{ffi::CStr, path::Path};
 
@@ -24,10 +25,21 @@ pub enum Owner {
     Cni,
 }
 
+/// Where a link runs its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// tcx ingress: `lb_tc`.
+    Tc,
+    /// XDP: `lb_xdp`.
+    Xdp,
+}
+
 /// One pinned link.
 #[derive(Clone, Debug, Serialize)]
 pub struct PinnedLink {
     pub owner: Owner,
+    pub hook: Hook,
     /// The pin's file name under `links/` or `cni-links/`.
     pub pin: String,
     /// The interface it runs on; None once that interface is gone. The
@@ -41,32 +53,39 @@ pub struct PinnedLink {
     pub pod_interface: Option<String>,
     pub link_id: u32,
     pub program_id: u32,
-    /// Whether it runs the program the agent pinned last (`progs/lb_tc`).
-    pub current: bool,
+    /// Whether it runs the program the agent pinned last (`progs/lb_tc`);
+    /// None for XDP links, whose program is not pinned.
+    pub current: Option<bool>,
 }
 
 /// All pinned links under `pin_dir`, the agent's first, each by name.
 pub fn pinned_links(pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     let current = chained::pinned_program_id(pin_dir)?;
     let mut out = Vec::new();
-    for (owner, dir) in [(Owner::Agent, links_dir(pin_dir)), (Owner::Cni, chained::cni_links_dir(pin_dir))] {
+    let dirs = [
+        (Owner::Agent, Hook::Tc, links_dir(pin_dir)),
+        (Owner::Agent, Hook::Xdp, pin_dir.join(links::XDP_LINKS_DIR)),
+        (Owner::Cni, Hook::Tc, chained::cni_links_dir(pin_dir)),
+    ];
+    for (owner, hook, dir) in dirs {
         for pin in links::pinned_names(&dir)? {
             let path = dir.join(&pin);
             // Removed between the listing and now: not a link any more.
             let Some(LinkIds { link_id, program_id }) = chained::link_ids(&path)? else {
                 continue;
             };
-            let interface = link_info::tcx_ifindex(&path)?.and_then(interface_name);
+            let interface = link_info::interface_index(&path)?.and_then(interface_name);
             let key = (owner == Owner::Cni).then(|| AttachmentKey::from_pin_name(&pin)).flatten();
             out.push(PinnedLink {
                 owner,
+                hook,
                 interface,
                 network: key.as_ref().map(|k| k.network.clone()),
                 container_id: key.as_ref().map(|k| k.container_id.clone()),
                 pod_interface: key.map(|k| k.ifname),
                 link_id,
                 program_id,
-                current: current == Some(program_id),
+                current: (hook == Hook::Tc).then_some(current == Some(program_id)),
                 pin,
             });
         }

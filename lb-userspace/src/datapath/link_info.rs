@@ -1,4 +1,4 @@
-//! The interface a pinned tcx link is attached to, and the cgroup of a
+//! The interface a pinned tcx or XDP link is attached to, and the cgroup of a
 //! pinned cgroup link. aya's `LinkInfo` gives
 //! the link and program ids but not the tcx part of `bpf_link_info`, and
 //! the CNI plugin's pins are named after the pod, not the interface: so
@@ -18,6 +18,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_LINK_TYPE_TCX`.
 const LINK_TYPE_TCX: u32 = 11;
+/// `BPF_LINK_TYPE_XDP`.
+const LINK_TYPE_XDP: u32 = 6;
 /// `BPF_LINK_TYPE_CGROUP`.
 const LINK_TYPE_CGROUP: u32 = 3;
 
@@ -69,11 +71,12 @@ pub(crate) fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
 }
 
-/// The interface index of the tcx link pinned at `path` (0 once its
-/// interface is gone); None if the link is not a tcx link.
-pub fn tcx_ifindex(path: &Path) -> anyhow::Result<Option<u32>> {
+/// The interface index of the tcx or XDP link pinned at `path` (0 once
+/// its interface is gone); None if the link is neither.
+pub fn interface_index(path: &Path) -> anyhow::Result<Option<u32>> {
     let info = read(path)?;
-    Ok((info.link_type == LINK_TYPE_TCX).then_some(info.union[0]))
+    // Both union members start with the ifindex.
+    Ok(matches!(info.link_type, LINK_TYPE_TCX | LINK_TYPE_XDP).then_some(info.union[0]))
 }
 
 /// The id of the cgroup the cgroup link pinned at `path` is attached to

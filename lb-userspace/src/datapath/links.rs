@@ -12,6 +12,9 @@
 //! A tcx link is chosen over a legacy clsact filter because a filter
 //! cannot be pinned or replaced atomically: replacing it means a window
 //! with two filters or none.
+//!
+//! `lb_xdp`, on the interfaces chosen for it, is attached the same way
+//! through an XDP link, pinned as `<pin-dir>/xdp-links/<interface>`.
 
 use std::{
     collections::BTreeMap,
@@ -21,18 +24,74 @@ use std::{
 
 use anyhow::Context as _;
 use aya::programs::{
-    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
     links::{FdLink, LinkError, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
+    xdp::{XdpLink, XdpMode},
 };
 use tracing::{info, warn};
 
-/// Subdirectory of the pin directory holding one pinned link per interface.
+/// Subdirectory of the pin directory holding one pinned tcx link per interface.
 pub const LINKS_DIR: &str = "links";
+/// The same for XDP links.
+pub const XDP_LINKS_DIR: &str = "xdp-links";
 
-/// Where the links of a pin directory are pinned.
+/// Where the tcx links of a pin directory are pinned.
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(LINKS_DIR)
+}
+
+/// A program kind whose attachments are pinned links.
+pub trait LinkedProgram {
+    /// The hook, for messages.
+    const HOOK: &'static str;
+    /// Swaps this program into `link`, a pinned link of this kind.
+    fn replace(&mut self, link: FdLink, path: &Path) -> Result<FdLink, ProgramError>;
+    /// Attaches this program to `ifname` with a new link.
+    fn attach_new(&mut self, ifname: &str) -> anyhow::Result<FdLink>;
+}
+
+impl LinkedProgram for SchedClassifier {
+    const HOOK: &'static str = "tcx ingress";
+
+    fn replace(&mut self, link: FdLink, path: &Path) -> Result<FdLink, ProgramError> {
+        let link = SchedClassifierLink::try_from(link).map_err(|_| not_a_link_of::<Self>(path))?;
+        let id = self.attach_to_link(link)?;
+        self.take_link(id)?.try_into().map_err(|_| not_a_link_of::<Self>(path))
+    }
+
+    fn attach_new(&mut self, ifname: &str) -> anyhow::Result<FdLink> {
+        let id = self
+            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .with_context(|| format!("attaching to {ifname} ingress (tcx)"))?;
+        Ok(self.take_link(id)?.try_into()?)
+    }
+}
+
+impl LinkedProgram for Xdp {
+    const HOOK: &'static str = "XDP";
+
+    fn replace(&mut self, link: FdLink, path: &Path) -> Result<FdLink, ProgramError> {
+        let link = XdpLink::try_from(link).map_err(|_| not_a_link_of::<Self>(path))?;
+        let id = self.attach_to_link(link)?;
+        self.take_link(id)?.try_into().map_err(|_| not_a_link_of::<Self>(path))
+    }
+
+    /// The driver's native XDP when it has one, else the kernel's generic
+    /// XDP (`XdpMode::Default` lets the kernel choose). Only a BPF link can
+    /// be pinned: the netlink attachment older kernels fall back to is
+    /// refused.
+    fn attach_new(&mut self, ifname: &str) -> anyhow::Result<FdLink> {
+        let id = self.attach(ifname, XdpMode::Default).with_context(|| format!("attaching XDP to {ifname}"))?;
+        self.take_link(id)?.try_into().with_context(|| format!("XDP on {ifname} is not a BPF link (kernel < 5.9?)"))
+    }
+}
+
+fn not_a_link_of<P: LinkedProgram>(path: &Path) -> ProgramError {
+    ProgramError::IOError(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} is not a {} link", path.display(), P::HOOK),
+    ))
 }
 
 /// How an interface came to run this agent's program.
@@ -55,9 +114,17 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    /// Opens (creating it if needed) the links directory of `pin_dir`.
+    /// Opens (creating it if needed) the tcx links directory of `pin_dir`.
     pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
-        let dir = links_dir(pin_dir);
+        Self::open_dir(links_dir(pin_dir))
+    }
+
+    /// Opens (creating it if needed) the XDP links directory of `pin_dir`.
+    pub fn open_xdp(pin_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_dir(pin_dir.join(XDP_LINKS_DIR))
+    }
+
+    fn open_dir(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self { dir, attached: BTreeMap::new() })
     }
@@ -72,10 +139,10 @@ impl Attachments {
         &self.attached
     }
 
-    /// Runs `prog` on `ifname` (index `ifindex`) at tcx ingress: replaces
-    /// the program of a pinned link if there is a live one, else attaches
-    /// and pins a new link.
-    pub fn attach(&mut self, prog: &mut SchedClassifier, ifname: &str, ifindex: u32) -> anyhow::Result<Attached> {
+    /// Runs `prog` on `ifname` (index `ifindex`): replaces the program of
+    /// a pinned link if there is a live one, else attaches and pins a new
+    /// link.
+    pub fn attach<P: LinkedProgram>(&mut self, prog: &mut P, ifname: &str, ifindex: u32) -> anyhow::Result<Attached> {
         if self.attached.get(ifname) == Some(&ifindex) {
             return Ok(Attached::Already);
         }
@@ -126,7 +193,7 @@ pub fn pinned_names(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// Swaps `prog` into the link pinned at `path`. None when there is no
 /// usable link there: nothing pinned, or a link whose interface is gone
 /// (the kernel answers ENOLINK; its pin is removed).
-pub(crate) fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+pub(crate) fn adopt<P: LinkedProgram>(prog: &mut P, path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
     let pinned = match PinnedLink::from_pin(path) {
         Ok(pinned) => pinned,
         Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
@@ -134,11 +201,8 @@ pub(crate) fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<O
         }
         Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", path.display())),
     };
-    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-        .with_context(|| format!("{} is not a tcx link", path.display()))?;
-    match prog.attach_to_link(link) {
-        Ok(id) => {
-            let link: FdLink = prog.take_link(id)?.try_into()?;
+    match prog.replace(FdLink::from(pinned), path) {
+        Ok(link) => {
             let info = link.info()?;
             // Dropping `link` closes this process's fd; the pin keeps the link.
             Ok(Some((info.id(), info.program_id())))
@@ -152,15 +216,12 @@ pub(crate) fn adopt(prog: &mut SchedClassifier, path: &Path) -> anyhow::Result<O
     }
 }
 
-/// Attaches `prog` at tcx ingress of `ifname` and pins the new link at `path`.
-fn create(prog: &mut SchedClassifier, ifname: &str, path: &Path) -> anyhow::Result<(u32, u32)> {
-    let id = prog
-        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attaching to {ifname} ingress (tcx)"))?;
-    let link: FdLink = prog.take_link(id)?.try_into()?;
+/// Attaches `prog` to `ifname` and pins the new link at `path`.
+fn create<P: LinkedProgram>(prog: &mut P, ifname: &str, path: &Path) -> anyhow::Result<(u32, u32)> {
+    let link = prog.attach_new(ifname)?;
     let info = link.info()?;
     // If pinning fails, `link` is dropped and the attachment goes with it.
     link.pin(path).with_context(|| format!("pinning link {}", path.display()))?;
-    info!(interface = ifname, link_id = info.id(), "attached and pinned");
+    info!(interface = ifname, hook = P::HOOK, link_id = info.id(), "attached and pinned");
     Ok((info.id(), info.program_id()))
 }

@@ -40,6 +40,14 @@ pub struct Capacities {
     pub affinity: u32,
 }
 
+impl Capacities {
+    /// Room for a handful of flows: a datapath loaded for a test that
+    /// programs almost nothing.
+    pub fn minimal() -> Self {
+        Self { services: 64, backends: 64, conntrack: 1024, conntrack_v6: 1024, maglev: 4, affinity: 64 }
+    }
+}
+
 impl Default for Capacities {
     fn default() -> Self {
         Self {
