@@ -7,9 +7,10 @@ set -euo pipefail
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
 # containernetworking-plugins: the reference CNI plugins (bridge,
-# host-local) the CNI chaining test runs lb-cni after.
+# host-local) the CNI chaining test runs lb-cni after. ethtool: the XDP
+# tests set veth offloads as a wire would have them.
 APT_PACKAGES=(bpftool iproute2 iptables nftables iperf3 socat curl python3 python3-venv netsniff-ng
-              containernetworking-plugins)
+              containernetworking-plugins ethtool)
 
 missing_apt=()
 for p in "${APT_PACKAGES[@]}"; do

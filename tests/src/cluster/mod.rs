@@ -26,6 +26,9 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::xdp::XdpMode;
+use lb_userspace::datapath::loader;
+
 use crate::{
     agent::{Agent, write_atomically},
     topology::{run, run_in},
@@ -87,6 +90,9 @@ pub struct Cluster {
     api: Option<ApiState>,
     /// Servers running in pods, by (node, pod).
     servers: PodServers,
+    /// The pass-everything XDP program on the LAN ports, once
+    /// [`Cluster::wire_lan_for_xdp`] attached it.
+    lan_xdp: Option<aya::Ebpf>,
 }
 
 impl Cluster {
@@ -109,6 +115,7 @@ impl Cluster {
             agents: Vec::new(),
             api: None,
             servers: PodServers::default(),
+            lan_xdp: None,
         };
         // From here on, Drop cleans up whatever was created.
         cluster.build().map(|()| cluster)
@@ -173,6 +180,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the LAN behave as a wire for XDP on the nodes' `eth0`:
+    /// - Every sender on it (client, pods) computes its checksums in full
+    ///   (`tx` offload off). On a wire, a NIC has done that before any
+    ///   other node's XDP sees the frame. A veth instead hands on the
+    ///   sender's partial checksum, which XDP cannot tell from a complete
+    ///   one.
+    /// - The LAN side of each node's veth takes the frames XDP sends back
+    ///   (`XDP_TX`): a veth receives XDP frames only while an XDP program
+    ///   runs on it. Each LAN port gets one: the datapath's own `lb_xdp`,
+    ///   loaded a second time with empty maps, so it passes every frame.
+    ///   It stays attached while the cluster lives.
+    pub fn wire_lan_for_xdp(&mut self) -> anyhow::Result<()> {
+        run_in(&self.client, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        for pod in self.nodes.iter().flat_map(|n| n.pods.iter()) {
+            run_in(pod, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+        let ports: Vec<String> =
+            std::iter::once("client".to_owned()).chain((1..=self.nodes.len()).map(|i| format!("node{i}"))).collect();
+        let pass_all = crate::servers::in_netns(&self.lan, move || {
+            let mut ebpf = loader::load(None, loader::Capacities::minimal())?;
+            let prog = loader::xdp_program(&mut ebpf)?;
+            for port in &ports {
+                prog.attach(port, XdpMode::Default)?;
+            }
+            Ok(ebpf)
+        })?;
+        self.lan_xdp = Some(pass_all);
+        Ok(())
+    }
+
     /// Writes the shared Services and EndpointSlices file (every agent
     /// re-reads it on change).
     pub fn publish(&self, objects: &str) -> anyhow::Result<()> {
@@ -219,6 +256,7 @@ impl Drop for Cluster {
         self.agents.clear();
         self.servers = PodServers::default();
         self.api = None;
+        self.lan_xdp = None;
         for ns in self.namespaces() {
             let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
         }

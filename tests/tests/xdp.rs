@@ -1,0 +1,160 @@
+//! The XDP fast path end to end, on two namespace nodes (see
+//! `lb_tests::cluster`) whose agents also run `lb_xdp` on their LAN
+//! interface (`--xdp-interfaces eth0`). A client outside the cluster
+//! reaches NodePorts on node 1 with real TCP and UDP:
+//! - a Service whose pod runs on node 2 is answered through XDP alone on
+//!   node 1: the request is SNATed and sent back out of `eth0`, and so is
+//!   the reply to the client (`xdp_sent` counts both ways; tc sends at
+//!   most the first packet, before node 2's address is resolved);
+//! - a Service whose pod runs on node 1 (behind a veth XDP does not send
+//!   to) is passed to tc untouched and answered there.
+//!
+//! The LAN is set up as a wire would be (`Cluster::wire_lan_for_xdp`).
+//! Needs root.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use lb_tests::{
+    cluster::{CLIENT_IP, Cluster, node_ip, pod_ip},
+    observe,
+    servers::{self, Servers},
+};
+
+const REMOTE_NODE_PORT: u16 = 30080;
+const LOCAL_NODE_PORT: u16 = 30081;
+const DNS_NODE_PORT: u16 = 30053;
+
+/// `remote` and `dns`: one pod, on node 2. `local`: one pod, on node 1.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: remote, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.80
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: remote-1, namespace: default, labels: {kubernetes.io/service-name: remote}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: local, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.81
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dns, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.53
+    ports: [{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: dns-1, namespace: default, labels: {kubernetes.io/service-name: dns}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}]
+  ports: [{name: "", port: 5353, protocol: UDP}]
+"#;
+
+fn cluster() -> (Cluster, Servers) {
+    let mut cluster = Cluster::create(&[1, 1]).expect("create the cluster (root needed)");
+    cluster.wire_lan_for_xdp().expect("set the LAN up as a wire");
+    let mut servers = Servers::new();
+    for (node, name) in [(1, "n1p1"), (2, "n2p1")] {
+        let netns = cluster.nodes[node - 1].pods[0].clone();
+        servers.http(&netns, SocketAddr::from((pod_ip(node, 1), 8080)), name).expect("start a pod's HTTP server");
+    }
+    let dns_pod = cluster.nodes[1].pods[0].clone();
+    servers.udp_echo(&dns_pod, SocketAddr::from((pod_ip(2, 1), 5353)), "n2p1").expect("start UDP echo");
+    cluster.publish(SERVICES).expect("publish the Services");
+    cluster.start_agents_with(&["--xdp-interfaces", "eth0"]).expect("start one agent per node");
+    (cluster, servers)
+}
+
+/// Node 1's datapath counters, by reason.
+fn node1_packets(cluster: &Cluster) -> BTreeMap<String, f64> {
+    let metrics = observe::scrape(&cluster.nodes[0].netns).expect("scrape node 1's agent");
+    metrics
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let reason = name.strip_prefix("lb_datapath_packets_total{reason=\"")?.strip_suffix("\"}")?;
+            Some((reason.to_owned(), value))
+        })
+        .collect()
+}
+
+fn grew(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, reason: &str) -> f64 {
+    after.get(reason).copied().unwrap_or(0.0) - before.get(reason).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
+    let (cluster, _servers) = cluster();
+    let target = SocketAddr::from((node_ip(1), REMOTE_NODE_PORT));
+    let before = node1_packets(&cluster);
+    const CONNECTIONS: usize = 10;
+    for _ in 0..CONNECTIONS {
+        let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
+        let name = servers::http_request_path(&mut conn, "/", false).expect("GET /");
+        let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+        assert_eq!(name, "n2p1");
+        assert_eq!(seen.parse::<Ipv4Addr>().ok(), Some(node_ip(1)), "the pod sees node 1's address (SNAT)");
+    }
+    let (answer, from) = servers::udp_exchange(&cluster.client, SocketAddr::from((node_ip(1), DNS_NODE_PORT)), b"q")
+        .expect("UDP through the NodePort");
+    assert_eq!((answer.as_str(), from), ("n2p1: q", SocketAddr::from((node_ip(1), DNS_NODE_PORT))));
+
+    let after = node1_packets(&cluster);
+    // A connection is at least SYN, SYN-ACK, ACK, two requests, two
+    // responses and the closing FINs: well over 4 packets each way.
+    let sent = grew(&before, &after, "xdp_sent");
+    assert!(sent >= (8 * CONNECTIONS) as f64, "XDP sent {sent} packets for {CONNECTIONS} connections");
+    assert!(grew(&before, &after, "new_flow") >= (CONNECTIONS + 1) as f64);
+    assert!(grew(&before, &after, "reply_nat") >= (4 * CONNECTIONS) as f64, "replies reverse-NATed at XDP");
+    // At most the very first SYN went through tc: XDP passes a packet whose
+    // next hop (node 2) is not resolved yet, and tc resolves it.
+    assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
+}
+
+#[test]
+fn node_port_to_a_pod_on_this_node_passes_to_tc_and_is_answered() {
+    let (cluster, _servers) = cluster();
+    // Where the programs run, as an operator sees it.
+    let netns = cluster.nodes[0].netns.clone();
+    let out = observe::lbctl(cluster.pin_dir(1), &["--netns", &netns, "-o", "json", "links"]).expect("lbctl links");
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let hooks: BTreeSet<(String, String)> = links
+        .iter()
+        .map(|l| (l["hook"].as_str().unwrap_or("-").into(), l["interface"].as_str().unwrap_or("-").into()))
+        .collect();
+    assert!(hooks.contains(&("xdp".into(), "eth0".into())), "lb_xdp on eth0: {hooks:?}");
+    assert!(!hooks.contains(&("xdp".into(), "pod1".into())), "and only there: {hooks:?}");
+
+    let before = node1_packets(&cluster);
+    let target = SocketAddr::from((node_ip(1), LOCAL_NODE_PORT));
+    let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
+    let name = servers::http_request_path(&mut conn, "/", false).expect("GET /");
+    let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+    assert_eq!((name.as_str(), seen.parse::<Ipv4Addr>().ok()), ("n1p1", Some(CLIENT_IP)));
+    let after = node1_packets(&cluster);
+    assert!(grew(&before, &after, "xdp_pass_to_tc") >= 3.0, "XDP left the flow to tc");
+    assert!(grew(&before, &after, "redirected") >= 3.0, "tc sent it to the pod");
+    assert_eq!(grew(&before, &after, "xdp_sent"), 0.0);
+}
