@@ -266,6 +266,19 @@ impl Datapath {
         Ok((result, moved(&before, &self.counters()?)))
     }
 
+    /// `time` for `lb_xdp`, the frame received on interface `ingress`.
+    pub fn time_xdp(&mut self, packet: &[u8], repeat: u32, ingress: u32) -> anyhow::Result<Duration> {
+        let prog = loader::xdp_program(&mut self.ebpf)?;
+        let ctx = xdp_md(packet.len(), ingress);
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            ctx_in: (ingress != 0).then_some(ctx.as_slice()),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok(result.duration)
+    }
+
     /// Lets `lb_xdp` redirect to interface `ifindex`, as the agent does for
     /// each interface it attaches XDP to.
     pub fn allow_xdp_device(&mut self, ifindex: u32) -> anyhow::Result<()> {

@@ -26,6 +26,11 @@ pub fn mac(bytes: [u8; 6]) -> String {
 
 /// Sets up the calling thread's namespace as described above.
 pub fn set_up() -> anyhow::Result<()> {
+    set_up_with_pods(OTHER_NODE_PODS)
+}
+
+/// `set_up`, the other node being the gateway to `other_node_pods`.
+pub fn set_up_with_pods(other_node_pods: &str) -> anyhow::Result<()> {
     let (node_mac, other_mac, client_mac) = (mac(NODE_MAC), mac(OTHER_NODE_MAC), mac(CLIENT_MAC));
     let (other, client) = (OTHER_NODE_IP.to_string(), CLIENT_IP.to_string());
     let node_address = format!("{}/24", Ipv4Addr::from(NODE_IP));
@@ -35,7 +40,7 @@ pub fn set_up() -> anyhow::Result<()> {
         &["ip", "link", "set", "ext0", "up"],
         &["ip", "link", "set", "ext0-peer", "up"],
         &["ip", "addr", "add", &node_address, "dev", "ext0"],
-        &["ip", "route", "add", OTHER_NODE_PODS, "via", &other],
+        &["ip", "route", "add", other_node_pods, "via", &other],
         &["ip", "neigh", "replace", &other, "lladdr", &other_mac, "dev", "ext0", "nud", "permanent"],
         &["ip", "neigh", "replace", &client, "lladdr", &client_mac, "dev", "ext0", "nud", "permanent"],
         &["sysctl", "-qw", "net.ipv4.ip_forward=1"],

@@ -17,6 +17,13 @@
 //! over an IPv6 mirrored pair in the same table, so IPv6 and IPv4 cost
 //! sit side by side from one run.
 //!
+//! The XDP rows time one packet both ways through the same table: an
+//! established flow from outside to an external IP whose backend runs on
+//! another node (SNAT, DNAT, route lookup, send) at tc and at XDP. The
+//! namespace gets the routed node of `routed` for it, with the other
+//! node's Pods outside the pool the table draws from, so every other
+//! case still finds no route.
+//!
 //! Cases are interleaved: every repetition runs each case once, in turn.
 
 use std::{
@@ -26,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use lb_userspace::{
-    datapath::loader::{PARSE_ONLY_PROGRAM, TC_PROGRAM},
+    datapath::loader::{PARSE_ONLY_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     model::NodeContext,
     source::objects,
 };
@@ -40,9 +47,10 @@ use super::{
     table::{self, HTTP, PortSpec, Table, TableSpec},
 };
 use crate::{
-    datapath::{Datapath, TC_ACT_UNSPEC},
+    datapath::{Datapath, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_TX},
     packets::{self, Endpoint, ep},
     packets6::{self, Endpoint6, ep6},
+    routed,
     topology::NODE_CLIENT_SIDE_IP,
 };
 
@@ -66,6 +74,32 @@ const NODE_PORT_SERVICES: usize = 2_000;
 /// Pod addresses the endpoints are drawn from: a large cluster's worth.
 const POD_POOL: usize = 20_000;
 const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+/// The external-IP flow of the XDP rows: from a client outside the
+/// cluster, to the node's address on `routed`'s link, to a backend behind
+/// the other node (Pods outside `POD_POOL`).
+const OUTSIDE_CLIENT: Endpoint = ep([192, 168, 0, 100], 40_000);
+const EXTERNAL: Endpoint = ep(routed::NODE_IP, 8_443);
+const REMOTE_PODS: &str = "10.250.9.0/24";
+const REMOTE_BACKEND: Endpoint = ep([10, 250, 9, 2], 8_080);
+const EXTERNAL_OBJECTS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: external, namespace: bench}
+  spec:
+    clusterIP: 10.95.0.9
+    externalIPs: [192.168.0.10]
+    ports: [{name: https, port: 8443, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: external, namespace: bench, labels: {kubernetes.io/service-name: external}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.250.9.2], nodeName: other-node, conditions: {ready: true}}]
+  ports: [{name: https, port: 8080, protocol: TCP}]
+"#;
 
 /// The IPv6 twins of the mirrored pair, its clients and the miss.
 const CLIENT_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2), 40_000);
@@ -128,6 +162,9 @@ enum Packets {
     EstablishedV6,
     SynRepeatedV6,
     OtherAddressV6,
+    /// The established external-IP flow to another node's backend, one
+    /// run per packet (the same input each run).
+    ExternalToRemote,
 }
 
 struct Case {
@@ -139,7 +176,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 12] = [
+const CASES: [Case; 14] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -224,6 +261,20 @@ const CASES: [Case; 12] = [
         packets: Packets::OtherAddressV6,
         floor: "parse_only_repeated",
     },
+    Case {
+        id: "external_remote_tc",
+        label: "external IP → other node's backend, established, at tc",
+        program: TC_PROGRAM,
+        packets: Packets::ExternalToRemote,
+        floor: "parse_only_new",
+    },
+    Case {
+        id: "external_remote_xdp",
+        label: "external IP → other node's backend, established, at XDP",
+        program: XDP_PROGRAM,
+        packets: Packets::ExternalToRemote,
+        floor: "parse_only_new",
+    },
 ];
 
 fn how(case: &Case, plan: &PacketPlan) -> String {
@@ -269,6 +320,10 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
         "new_flow_warm_v6" => {
             format!("the warm new-flow case over IPv6: a TCP SYN through the IPv6 mirrored pair, repeat={r}")
         }
+        "external_remote_tc" | "external_remote_xdp" => format!(
+            "a TCP segment of an established flow from {}:{} outside the cluster to external IP {}:{}, whose one endpoint {}:{} runs on another node: conntrack hit, SNAT to the node's address and DNAT (both checksums), route lookup, MACs and TTL written, sent out of the link it came in on (tc: `bpf_redirect`; XDP: `XDP_TX`, checksums updated in software). The same packet through both programs, one run per packet (repeat=1), mean over {m} runs per repetition; compare the two rows for XDP against tc",
+            OUTSIDE_CLIENT.ip, OUTSIDE_CLIENT.port, EXTERNAL.ip, EXTERNAL.port, REMOTE_BACKEND.ip, REMOTE_BACKEND.port
+        ),
         "miss_other_address_v6" => format!(
             "TCP to [{}]:{}: a frontend port, no IPv6 Service at that address, passed unchanged; repeat={r}",
             OTHER_ADDRESS_V6.ip, OTHER_ADDRESS_V6.port
@@ -339,6 +394,9 @@ struct SizeBench {
     established_v6: Vec<u8>,
     syn_repeated_v6: Vec<u8>,
     other_address_v6: Vec<u8>,
+    external_to_remote: Vec<u8>,
+    /// The routed link the external flow arrives on (XDP's ingress).
+    ext0: u32,
     next_flow: u64,
     flows_per_sample: usize,
     repeat: u32,
@@ -405,16 +463,18 @@ impl SizeBench {
         }
         service_objects.push(sticky);
         slices.push(table::slice_object("sticky", &table.services[0].endpoints, HTTP));
-        let mirror_v6 = objects::parse(MIRROR_V6_OBJECTS)?;
-        service_objects.extend(mirror_v6.services);
-        slices.extend(mirror_v6.slices);
+        for extra in [MIRROR_V6_OBJECTS, EXTERNAL_OBJECTS] {
+            let extra = objects::parse(extra)?;
+            service_objects.extend(extra.services);
+            slices.extend(extra.slices);
+        }
         let sync = dp.syncer_mut().sync(&service_objects, &slices)?;
         ensure!(sync.problems.is_empty(), "untranslatable objects: {:?}", sync.problems.first());
         let node_port_count = table.services.iter().filter(|s| s.node_port.is_some()).count();
         ensure!(
-            sync.frontends == services + node_port_count + 5,
+            sync.frontends == services + node_port_count + 7,
             "expected {} frontends, the sync made {}",
-            services + node_port_count + 5,
+            services + node_port_count + 7,
             sync.frontends
         );
         let spread = plan.flows_per_sample;
@@ -436,10 +496,19 @@ impl SizeBench {
             established_v6: packets6::tcp(CLIENT_V6, MIRROR_A_V6, false, PAYLOAD),
             syn_repeated_v6: packets6::tcp(SYN_CLIENT_V6, MIRROR_A_V6, true, &[]),
             other_address_v6: packets6::tcp(CLIENT_V6, OTHER_ADDRESS_V6, false, PAYLOAD),
+            external_to_remote: packets::tcp(OUTSIDE_CLIENT, EXTERNAL, false, PAYLOAD),
+            ext0: 0,
             next_flow: 0,
             flows_per_sample: plan.flows_per_sample,
             repeat: plan.repeat,
         };
+        // One namespace serves every table size (the thread's own).
+        // SAFETY: a NUL-terminated name; the call only reads it.
+        let ext0 = || unsafe { libc::if_nametoindex(c"ext0".as_ptr()) };
+        if ext0() == 0 {
+            routed::set_up_with_pods(REMOTE_PODS)?;
+        }
+        bench.ext0 = ext0();
         bench.verify(&table)?;
         Ok(bench)
     }
@@ -479,6 +548,7 @@ impl SizeBench {
         );
         self.verify_syn_repeated()?;
         self.verify_v6()?;
+        self.verify_external()?;
         for (name, packet) in [
             ("unused port", &self.unused_port),
             ("other address", &self.other_address),
@@ -542,6 +612,27 @@ impl SizeBench {
         Ok(())
     }
 
+    /// The external flow is established, and both programs send it, to
+    /// the same bytes, straight out of the link it came in on.
+    fn verify_external(&mut self) -> anyhow::Result<()> {
+        self.dp.run(TC_PROGRAM, &packets::tcp_syn(OUTSIDE_CLIENT, EXTERNAL))?;
+        let (tc, tc_moved) = self.dp.run_counted(TC_PROGRAM, &self.external_to_remote)?;
+        let (xdp, xdp_moved) = self.dp.run_xdp_counted(&self.external_to_remote, self.ext0)?;
+        let established =
+            |moved: &crate::datapath::Counters| moved.contains_key(&lb_common::stats::Counter::Established);
+        ensure!(
+            tc.verdict == TC_ACT_REDIRECT && xdp.verdict == XDP_TX && established(&tc_moved) && established(&xdp_moved),
+            "the external flow was not sent as established by both hooks (tc {} {tc_moved:?}, XDP {} {xdp_moved:?})",
+            tc.verdict,
+            xdp.verdict
+        );
+        ensure!(
+            destination(&tc.packet) == Some(REMOTE_BACKEND) && tc.packet == xdp.packet,
+            "tc and XDP did not write the same packet to the remote backend"
+        );
+        Ok(())
+    }
+
     /// The sticky client's first flow records its entry; a later one
     /// from another port follows it.
     fn verify_affinity_hit(&mut self) -> anyhow::Result<()> {
@@ -594,6 +685,18 @@ impl SizeBench {
                     total += self.dp.time(case.program, packet, 1)?.as_nanos() as f64;
                 }
                 Ok(total / batch.len() as f64)
+            }
+            Packets::ExternalToRemote => {
+                let mut total = 0.0;
+                for _ in 0..self.flows_per_sample {
+                    let took = if case.program == XDP_PROGRAM {
+                        self.dp.time_xdp(&self.external_to_remote, 1, self.ext0)?
+                    } else {
+                        self.dp.time(case.program, &self.external_to_remote, 1)?
+                    };
+                    total += took.as_nanos() as f64;
+                }
+                Ok(total / self.flows_per_sample as f64)
             }
             Packets::NewToSticky => {
                 let batch: Vec<Vec<u8>> = (0..self.flows_per_sample).map(|_| self.sticky_syn()).collect();
