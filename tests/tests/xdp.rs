@@ -7,7 +7,10 @@
 //!   the reply to the client (`xdp_sent` counts both ways; tc sends at
 //!   most the first packet, before node 2's address is resolved);
 //! - a Service whose pod runs on node 1 (behind a veth XDP does not send
-//!   to) is passed to tc untouched and answered there.
+//!   to) is passed to tc untouched and answered there;
+//! - an agent restart keeps XDP serving: the pinned XDP link runs the old
+//!   program while the agent is down and is adopted, its program swapped,
+//!   by the next agent; an open connection keeps working throughout.
 //!
 //! The LAN is set up as a wire would be (`Cluster::wire_lan_for_xdp`).
 //! Needs root.
@@ -157,4 +160,44 @@ fn node_port_to_a_pod_on_this_node_passes_to_tc_and_is_answered() {
     assert!(grew(&before, &after, "xdp_pass_to_tc") >= 3.0, "XDP left the flow to tc");
     assert!(grew(&before, &after, "redirected") >= 3.0, "tc sent it to the pod");
     assert_eq!(grew(&before, &after, "xdp_sent"), 0.0);
+}
+
+/// `lbctl links -o json` of node 1's agent: (link id, program id) of the
+/// XDP link on `eth0`.
+fn xdp_link(cluster: &Cluster) -> (u64, u64) {
+    let netns = cluster.nodes[0].netns.clone();
+    let out = observe::lbctl(cluster.pin_dir(1), &["--netns", &netns, "-o", "json", "links"]).expect("lbctl links");
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let link = links.iter().find(|l| l["hook"] == "xdp" && l["interface"] == "eth0").expect("an XDP link on eth0");
+    (link["link_id"].as_u64().expect("link id"), link["program_id"].as_u64().expect("program id"))
+}
+
+#[test]
+fn a_connection_through_xdp_survives_an_agent_restart() {
+    let (mut cluster, _servers) = cluster();
+    let target = SocketAddr::from((node_ip(1), REMOTE_NODE_PORT));
+    let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
+    assert_eq!(servers::http_request_path(&mut conn, "/", false).expect("GET / before"), "n2p1");
+    let (link, program) = xdp_link(&cluster);
+
+    let client = cluster.client.clone();
+    cluster
+        .agent(1)
+        .restart_after(|| {
+            // The pinned link keeps the old program running meanwhile.
+            let mut fresh = servers::connect(&client, target)?.map_err(anyhow::Error::from)?;
+            anyhow::ensure!(servers::http_request_path(&mut fresh, "/", true)? == "n2p1", "answered while down");
+            Ok(())
+        })
+        .expect("restart node 1's agent, serving while it is down");
+    cluster.agent(1).wait_ready(std::time::Duration::from_secs(20)).expect("agent ready again");
+
+    let (link_after, program_after) = xdp_link(&cluster);
+    assert_eq!(link_after, link, "the pinned XDP link was adopted, not replaced");
+    assert_ne!(program_after, program, "the new agent's program was swapped in");
+    let before = node1_packets(&cluster);
+    assert_eq!(servers::http_request_path(&mut conn, "/", true).expect("GET / after"), "n2p1", "same connection");
+    let after = node1_packets(&cluster);
+    assert!(grew(&before, &after, "xdp_sent") >= 2.0, "still sent at XDP by the new program");
+    assert!(grew(&before, &after, "established") >= 1.0, "the flow's conntrack entry survived");
 }
