@@ -8,13 +8,14 @@
 //! - what XDP cannot send itself (a route out of an interface not in
 //!   `LB_XDP_DEVICES`, no route at all, a Service to reject) passes to tc
 //!   byte for byte, with no flow tracked, and tc then does what it does
-//!   without XDP. Needs root.
+//!   without XDP; a source outside `loadBalancerSourceRanges` is dropped
+//!   at XDP already. Needs root.
 
 use std::net::Ipv4Addr;
 
 use lb_common::stats::Counter;
 use lb_tests::{
-    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     packets::{self, Endpoint, ep},
     routed::{self, CLIENT_MAC, NODE_IP, NODE_MAC, OTHER_NODE_MAC},
 };
@@ -27,6 +28,8 @@ const DNS_NODE_PORT: Endpoint = ep(NODE_IP, 30053);
 const REMOTE_DNS: Endpoint = ep([10, 244, 9, 3], 53);
 /// A NodePort whose backend no route reaches.
 const UNROUTED_NODE_PORT: Endpoint = ep(NODE_IP, 30092);
+/// A LoadBalancer IP admitting 10.0.0.0/8 only.
+const GUARDED_LB: Endpoint = ep([203, 0, 113, 10], 80);
 /// A NodePort without endpoints.
 const EMPTY_NODE_PORT: Endpoint = ep(NODE_IP, 30093);
 
@@ -72,6 +75,22 @@ items:
   metadata: {name: unrouted-1, namespace: default, labels: {kubernetes.io/service-name: unrouted}}
   addressType: IPv4
   endpoints: [{addresses: [10.250.0.2], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: guarded, namespace: default}
+  spec:
+    type: LoadBalancer
+    clusterIP: 10.96.0.85
+    loadBalancerSourceRanges: [10.0.0.0/8]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30085}]
+  status:
+    loadBalancer: {ingress: [{ip: 203.0.113.10}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: guarded-1, namespace: default, labels: {kubernetes.io/service-name: guarded}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.9.4], nodeName: node-b, conditions: {ready: true}}]
   ports: [{name: "", port: 8080, protocol: TCP}]
 - apiVersion: v1
   kind: Service
@@ -186,7 +205,7 @@ fn a_route_out_of_an_interface_xdp_cannot_send_to_passes_to_tc_untouched_and_unt
 }
 
 #[test]
-fn what_only_tc_can_finish_passes_to_tc_which_rejects_or_drops_it() {
+fn what_only_tc_can_finish_passes_to_tc_and_what_tc_would_drop_is_dropped_at_xdp() {
     let mut dp = routed_node();
     let ext0 = ext0();
 
@@ -208,6 +227,14 @@ fn what_only_tc_can_finish_passes_to_tc_which_rejects_or_drops_it() {
     let (out, moved) = dp.run_counted(TC_PROGRAM, &syn).expect("run tc");
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(moved, counters(&[(Counter::DropSnatNoAddress, 1)]));
+
+    // A source outside loadBalancerSourceRanges: dropped at XDP already,
+    // as tc would, and nothing tracked.
+    let syn = packets::tcp_syn(CLIENT, GUARDED_LB);
+    let (out, moved) = dp.run_xdp_counted(&syn, ext0).expect("run SYN from outside the ranges");
+    assert_eq!(out.verdict, XDP_DROP);
+    assert_eq!(moved, counters(&[(Counter::DropSourceRange, 1)]));
+    assert!(dp.flow_entry(CLIENT, GUARDED_LB).is_none(), "no flow tracked");
 
     // Not Service traffic: passed, and left for tc to count.
     let other = packets::tcp_syn(CLIENT, ep(NODE_IP, 22));
