@@ -28,10 +28,17 @@ pub const TCP_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `nf_conntrack_udp_timeout` (kube-proxy's `--conntrack-udp-timeout`
 /// leaves it unset by default).
 pub const UDP_TIMEOUT: Duration = Duration::from_secs(30);
-/// A UDP flow the backend answered: the kernel's
+/// A UDP flow the backend answered and still in use more than
+/// `UDP_STREAM_AFTER_S` after it began: the kernel's
 /// `nf_conntrack_udp_timeout_stream` (kube-proxy's
-/// `--conntrack-udp-timeout-stream`).
+/// `--conntrack-udp-timeout-stream`). An exchange over sooner (a DNS
+/// query and its answer) keeps `UDP_TIMEOUT`, as in the kernel, so a
+/// source-NATed one gives its port back after 30 s, not 2 minutes.
 pub const UDP_STREAM_TIMEOUT: Duration = Duration::from_secs(120);
+/// The kernel's "still active after two seconds": how long past its first
+/// packet an answered UDP flow must be used to count as a stream. Whole
+/// seconds of the conntrack clock, so more than 2 of them.
+pub const UDP_STREAM_AFTER_S: u32 = 2;
 
 /// Timeouts by flow state, in seconds of the conntrack clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,8 +91,8 @@ impl Timeouts {
             State::Syn => self.tcp_syn,
             State::Established => self.tcp_established,
             State::Closing => self.tcp_close,
-            State::Unreplied => self.udp,
-            State::Replied => self.udp_stream,
+            State::Unreplied | State::Replied => self.udp,
+            State::Stream => self.udp_stream,
         }
     }
 }
@@ -101,12 +108,15 @@ pub enum State {
     Closing,
     /// UDP, no answer from the backend yet.
     Unreplied,
-    /// UDP, the backend answered.
+    /// UDP, the backend answered, all within `UDP_STREAM_AFTER_S`.
     Replied,
+    /// UDP, the backend answered, and the flow is used beyond that.
+    Stream,
 }
 
 impl State {
-    pub const ALL: [State; 5] = [State::Syn, State::Established, State::Closing, State::Unreplied, State::Replied];
+    pub const ALL: [State; 6] =
+        [State::Syn, State::Established, State::Closing, State::Unreplied, State::Replied, State::Stream];
 
     /// As `lbctl conntrack` shows it and as the metrics label it.
     pub fn name(self) -> &'static str {
@@ -116,6 +126,7 @@ impl State {
             State::Closing => "closing",
             State::Unreplied => "unreplied",
             State::Replied => "replied",
+            State::Stream => "stream",
         }
     }
 }
@@ -126,7 +137,13 @@ pub fn state<V: CtEntry>(proto: u8, original: Option<&V>, reply: Option<&V>) -> 
     let bits = |entry: Option<&V>| entry.map_or(0, |e| e.flags());
     let (sent, answered) = (bits(original), bits(reply));
     if proto != proto::TCP {
-        return if answered & FLAG_ESTABLISHED != 0 { State::Replied } else { State::Unreplied };
+        if answered & FLAG_ESTABLISHED == 0 {
+            return State::Unreplied;
+        }
+        let entries = || original.into_iter().chain(reply);
+        let began = entries().map(|e| e.created_s()).min().unwrap_or(0);
+        let last = entries().map(|e| e.last_seen_s()).max().unwrap_or(0);
+        return if last.saturating_sub(began) > UDP_STREAM_AFTER_S { State::Stream } else { State::Replied };
     }
     let both_fin = sent & answered & FLAG_FIN != 0;
     if (sent | answered) & FLAG_RST != 0 || both_fin {
@@ -209,14 +226,25 @@ mod tests {
             expired(proto::UDP, Some(&original), Some(&reply), NOW, &Timeouts::default())
         };
         assert_eq!(udp(entry(0, 1000), entry(FLAG_ESTABLISHED, 1)), None);
-        assert_eq!(udp(entry(0, 1000), entry(FLAG_ESTABLISHED, 121)), Some(State::Replied));
+        assert_eq!(udp(entry(0, 1000), entry(FLAG_ESTABLISHED, 121)), Some(State::Stream));
     }
 
+    /// As the kernel's UDP tracking: unanswered or a quick exchange (a
+    /// DNS query) 30 s; answered and still used after 2 s, 120 s.
     #[test]
-    fn udp_unanswered_expires_sooner_than_answered() {
-        let udp = |reply: CtValueV4| expired(proto::UDP, Some(&entry(0, 31)), Some(&reply), NOW, &Timeouts::default());
-        assert_eq!(udp(entry(0, 31)), Some(State::Unreplied));
-        assert_eq!(udp(entry(FLAG_ESTABLISHED, 31)), None);
+    fn only_a_udp_flow_used_past_two_seconds_is_a_stream() {
+        let udp = |original: CtValueV4, reply: CtValueV4| {
+            expired(proto::UDP, Some(&original), Some(&reply), NOW, &Timeouts::default())
+        };
+        assert_eq!(udp(entry(0, 31), entry(0, 31)), Some(State::Unreplied));
+        assert_eq!(udp(entry(0, 31), entry(FLAG_ESTABLISHED, 31)), Some(State::Replied), "a DNS-like exchange");
+        assert_eq!(udp(entry(0, 29), entry(FLAG_ESTABLISHED, 29)), None);
+        let began_long_ago = |flags, idle| CtValueV4 { created_s: NOW - 600, ..entry(flags, idle) };
+        assert_eq!(udp(began_long_ago(0, 31), began_long_ago(FLAG_ESTABLISHED, 31)), None, "a stream lives on");
+        assert_eq!(udp(began_long_ago(0, 121), began_long_ago(FLAG_ESTABLISHED, 121)), Some(State::Stream));
+        // Three seconds of use, not two: the clock has whole seconds.
+        let short = |flags| CtValueV4 { flags, created_s: NOW - 2, last_seen_s: NOW, ..CtValueV4::default() };
+        assert_eq!(state(proto::UDP, Some(&short(0)), Some(&short(FLAG_ESTABLISHED))), State::Replied);
     }
 
     #[test]
