@@ -48,6 +48,8 @@ fn smoke_run_writes_every_measurement() {
         "conntrack_hit",
         "miss_unused_port",
         "miss_other_address",
+        "external_remote_tc",
+        "external_remote_xdp",
     ] {
         assert!(has("packet_cost", "ebpf", case, "ns_per_packet"), "packet_cost {case}");
         assert!(has("packet_cost", "ebpf", case, "ratio_to_parse_only"), "packet_cost {case} ratio");
@@ -58,6 +60,14 @@ fn smoke_run_writes_every_measurement() {
             assert!(has("traffic", datapath, case, "cpu"), "traffic {datapath} {case} cpu");
             if datapath != "none" {
                 assert!(has("traffic", datapath, case, "ratio_to_floor"), "traffic {datapath} {case} ratio");
+            }
+        }
+    }
+    for datapath in ["nftables", "tc", "xdp"] {
+        for case in ["nodeport_tcp_connections", "nodeport_udp_new_flows"] {
+            assert!(has("nodeport", datapath, case, "rate"), "nodeport {datapath} {case} rate");
+            if datapath != "nftables" {
+                assert!(has("nodeport", datapath, case, "ratio_to_floor"), "nodeport {datapath} {case} ratio");
             }
         }
     }

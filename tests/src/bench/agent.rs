@@ -41,6 +41,8 @@ pub struct AgentConfig<'a> {
     /// A YAML or JSON file of Services and EndpointSlices.
     pub source: &'a Path,
     pub capacities: Capacities,
+    /// More flags (`--hostname-override`, `--xdp-interfaces`, ...).
+    pub extra_args: &'a [&'a str],
 }
 
 /// A running agent. Dropping it stops the agent and removes its pins.
@@ -72,6 +74,7 @@ impl Agent {
             .args(["--services-max", &caps.services.to_string(), "--backends-max", &caps.backends.to_string()])
             .args(["--conntrack-max", &caps.conntrack.to_string()])
             .args(crate::agent::NO_HOST_CGROUP)
+            .args(config.extra_args)
             // Plain log lines: the parser below reads them.
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -102,6 +102,7 @@ fn startup(env: &Env, services: usize, report: &mut Report) -> anyhow::Result<()
         netns: &topology.node,
         source: &source,
         capacities: capacities_for(services, ENDPOINTS_PER_SERVICE),
+        extra_args: &[],
     })?;
     let programmed = agent.wait_programmed(services, programming_timeout(services))?;
     let startup = programmed.at.duration_since(agent.started);

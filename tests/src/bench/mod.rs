@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod layouts;
 pub mod loadgen;
 pub mod machine;
+pub mod nodeport;
 pub mod packet_cost;
 pub mod plan;
 pub mod plot;
@@ -37,6 +38,7 @@ pub enum Part {
     Traffic,
     ControlPlane,
     ConntrackGc,
+    NodePort,
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +111,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         (Part::Traffic, plan.traffic.sizes.len() * 2 * layouts::Layout::ALL.len()),
         (Part::ControlPlane, plan.control.startup_sizes.len() + 1 + plan.control.api_scales.len()),
         (Part::ConntrackGc, 1),
+        (Part::NodePort, 2 * 3),
     ]
     .iter()
     .filter(|(part, _)| wants(*part))
@@ -130,6 +133,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         }
         if wants(Part::ConntrackGc) {
             conntrack_gc::run(plan.mode, &env, &mut report)?;
+        }
+        if wants(Part::NodePort) {
+            nodeport::run(&plan.traffic, &env, &mut report)?;
         }
         Ok(())
     })();

@@ -12,6 +12,7 @@ pub enum Section {
     PacketCost,
     Traffic,
     ControlPlane,
+    NodePort,
 }
 
 impl Section {
@@ -20,6 +21,7 @@ impl Section {
             Section::PacketCost => "packet_cost",
             Section::Traffic => "traffic",
             Section::ControlPlane => "control_plane",
+            Section::NodePort => "nodeport",
         }
     }
 }
@@ -155,7 +157,15 @@ impl Report {
             self.packet_cost_markdown(&mut out);
         }
         if self.has(Section::Traffic) {
-            self.traffic_markdown(&mut out);
+            self.traffic_markdown(&mut out, Section::Traffic, "Real traffic through network namespaces", "the floor");
+        }
+        if self.has(Section::NodePort) {
+            self.traffic_markdown(
+                &mut out,
+                Section::NodePort,
+                "NodePort from outside: XDP, tc and nftables",
+                "nftables",
+            );
         }
         if self.has(Section::ControlPlane) {
             self.control_plane_markdown(&mut out);
@@ -221,28 +231,30 @@ impl Report {
         self.write_notes(out, Section::PacketCost);
     }
 
-    fn traffic_markdown(&self, out: &mut String) {
-        let sizes = self.sizes(Section::Traffic);
+    /// Rates of real traffic by datapath: `ratio_to_floor` is shown as a
+    /// share of `base`.
+    fn traffic_markdown(&self, out: &mut String, section: Section, title: &str, base: &str) {
+        let sizes = self.sizes(section);
         let datapaths: Vec<String> = {
             let mut seen = Vec::new();
-            for r in self.rows.iter().filter(|r| r.section == Section::Traffic) {
+            for r in self.rows.iter().filter(|r| r.section == section) {
                 if !seen.contains(&r.datapath) {
                     seen.push(r.datapath.clone());
                 }
             }
             seen
         };
-        out.push_str("## Real traffic through network namespaces\n\n");
-        for info in self.section_cases(Section::Traffic) {
+        let _ = writeln!(out, "## {title}\n");
+        for info in self.section_cases(section) {
             let _ = writeln!(out, "### {}\n", info.label);
             let _ = writeln!(out, "{}\n", info.how);
             header(out, "Datapath", &sizes);
             for dp in &datapaths {
                 let cells = sizes.iter().map(|&n| {
-                    let rate = self.find(Section::Traffic, dp, &info.case, n, "rate");
-                    let cpu = self.find(Section::Traffic, dp, &info.case, n, "cpu");
-                    let errors = self.find(Section::Traffic, dp, &info.case, n, "errors");
-                    if let Some(seconds) = self.find(Section::Traffic, dp, &info.case, n, "seconds") {
+                    let rate = self.find(section, dp, &info.case, n, "rate");
+                    let cpu = self.find(section, dp, &info.case, n, "cpu");
+                    let errors = self.find(section, dp, &info.case, n, "errors");
+                    if let Some(seconds) = self.find(section, dp, &info.case, n, "seconds") {
                         return format!("{:.2} s", seconds.summary.median);
                     }
                     match rate {
@@ -253,16 +265,15 @@ impl Report {
                                 group(rate.summary.min),
                                 group(rate.summary.max)
                             );
-                            if let Some(ratio) = self.find(Section::Traffic, dp, &info.case, n, "ratio_to_floor") {
+                            if let Some(ratio) = self.find(section, dp, &info.case, n, "ratio_to_floor") {
                                 let s = &ratio.summary;
-                                let _ = write!(cell, ", {:.2}× ({:.2}–{:.2}) the floor", s.median, s.min, s.max);
+                                let _ = write!(cell, ", {:.2}× ({:.2}–{:.2}) {base}", s.median, s.min, s.max);
                             }
                             if let Some(cpu) = cpu {
                                 let _ = write!(cell, ", {:.1} µs CPU", cpu.summary.median);
                             }
-                            if let Some(o) = self
-                                .find(Section::Traffic, dp, &info.case, n, "others_cpu")
-                                .filter(|o| o.summary.max >= 0.1)
+                            if let Some(o) =
+                                self.find(section, dp, &info.case, n, "others_cpu").filter(|o| o.summary.max >= 0.1)
                             {
                                 let _ = write!(cell, ", others {:.1} cores", o.summary.max);
                             }
@@ -278,7 +289,7 @@ impl Report {
             }
             out.push('\n');
         }
-        self.write_notes(out, Section::Traffic);
+        self.write_notes(out, section);
     }
 
     fn control_plane_markdown(&self, out: &mut String) {

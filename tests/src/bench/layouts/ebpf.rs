@@ -35,6 +35,7 @@ pub fn install(table: &Table, target: &Target<'_>) -> anyhow::Result<Installed> 
         netns: target.node_netns,
         source: &source,
         capacities: capacities_for(table.services.len(), endpoints),
+        extra_args: &[],
     })?;
     agent.wait_programmed(table.services.len(), programming_timeout(table.services.len()))?;
     Ok(Installed::Agent { agent, took: started.elapsed() })

@@ -5,7 +5,10 @@
 //! on `ip daddr . meta l4proto . th dport`, a `service-<hash>-ns/name/proto/port`
 //! chain per Service port that picks an endpoint with
 //! `numgen random mod N vmap { … }`, and `endpoint-<hash>-…` chains doing
-//! `dnat to`. Loaded in one `nft -f` transaction, as knftables does.
+//! `dnat to`. A NodePort (Cluster policy) adds the `service-nodeports`
+//! element and its `external-<hash>-…` chain, which marks the flow for
+//! masquerade and goes on to the Service's chain. Loaded in one `nft -f`
+//! transaction, as knftables does.
 
 use std::fmt::Write as _;
 
@@ -38,6 +41,11 @@ fn hash_and_truncate(name: &str) -> String {
 /// `service-<hash>-namespace/name/protocol/port`.
 pub fn service_chain(namespace: &str, name: &str, protocol: &str, port_name: &str) -> String {
     format!("service-{}", hash_and_truncate(&format!("{namespace}/{name}/{protocol}/{port_name}")))
+}
+
+/// `external-<hash>-namespace/name/protocol/port`.
+pub fn external_chain(namespace: &str, name: &str, protocol: &str, port_name: &str) -> String {
+    format!("external-{}", hash_and_truncate(&format!("{namespace}/{name}/{protocol}/{port_name}")))
 }
 
 /// `endpoint-<hash>-namespace/name/protocol/port__ip/port`.
@@ -226,6 +234,19 @@ pub fn script(table: &Table) -> Script {
             ),
             true,
         );
+        if let Some(node_port) = svc.node_port {
+            // Cluster policy: external traffic may cross to another node,
+            // so it is masqueraded.
+            let external = external_chain(NAMESPACE, &svc.name, &protocol, port_name);
+            line(&mut out, &format!("add chain {TABLE} {external}"), false);
+            line(&mut out, &format!("add rule {TABLE} {external} jump mark-for-masquerade"), true);
+            line(&mut out, &format!("add rule {TABLE} {external} goto {chain}"), true);
+            line(
+                &mut out,
+                &format!("add element {TABLE} service-nodeports {{ {protocol} . {node_port} : goto {external} }}"),
+                true,
+            );
+        }
         let mut vmap = String::new();
         for (i, (ep_chain, _)) in endpoints.iter().enumerate() {
             if i > 0 {
@@ -288,5 +309,32 @@ mod tests {
         );
         let ep = endpoint_chain("bench", "svc-000000", "udp", "dns", "10.244.1.2", 5353);
         assert!(text.contains(&format!("add rule ip kube-proxy {ep} meta l4proto udp dnat to 10.244.1.2:5353\n")));
+    }
+
+    /// A NodePort: its `service-nodeports` element goes to the external
+    /// chain (kube-proxy names it after the same Service port), which
+    /// marks for masquerade and goes on to the Service chain.
+    #[test]
+    fn node_port_is_masqueraded_then_balanced() {
+        let spec = TableSpec {
+            services: 1,
+            port: DNS,
+            pool: (2..=11).map(|i| Ipv4Addr::new(10, 244, 1, i)).collect(),
+            endpoints_per_service: 10,
+            node_ports: 1,
+        };
+        let table = Table::generate(&spec);
+        let node_port = table.services[0].node_port.expect("a NodePort");
+        let text = script(&table).text;
+        let chain = service_chain("bench", "svc-000000", "udp", "dns");
+        let external = external_chain("bench", "svc-000000", "udp", "dns");
+        assert_eq!(external, chain.replacen("service-", "external-", 1));
+        for line in [
+            format!("add element ip kube-proxy service-nodeports {{ udp . {node_port} : goto {external} }}"),
+            format!("add rule ip kube-proxy {external} jump mark-for-masquerade"),
+            format!("add rule ip kube-proxy {external} goto {chain}"),
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "missing: {line}");
+        }
     }
 }

@@ -1,0 +1,379 @@
+//! Part 5: NodePort traffic from outside the cluster, on the two-node
+//! fixture (`crate::cluster`). A client on the LAN opens TCP connections
+//! and new UDP flows to node 1's NodePorts, whose endpoints all run on
+//! node 2: every flow is source-NATed by node 1 and its replies come back
+//! through it, the path `externalTrafficPolicy: Cluster` takes on a node
+//! without the Service's pods. Node 1 runs one of:
+//! - `xdp`: lb-agent with the XDP fast path on its LAN interface;
+//! - `tc`: lb-agent at tc only;
+//! - `nftables`: kube-proxy's nftables layout with its NodePort rules
+//!   (masquerade, then the Service's endpoint chains).
+//!
+//! Node 2 only routes to its pods. Each layout gets its own copy of the
+//! cluster, set up side by side, with the same Services and endpoints;
+//! the runs are interleaved and each layout's rate is divided by the
+//! nftables rate of the same round.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use lb_common::stats::Counter;
+use lb_userspace::model::Protocol;
+
+use super::{
+    Env,
+    agent::{Agent, AgentConfig},
+    backends::{BackendHost, BackendServers},
+    cancel,
+    layouts::{
+        self, Installed, Layout, Target,
+        ebpf::{capacities_for, programming_timeout},
+    },
+    loadgen::{self, LoadResult, LoadSpec},
+    plan::TrafficPlan,
+    report::{At, Report, Section, group},
+    stats::Summary,
+    table::{DNS, HTTP, PortSpec, Table, TableSpec},
+};
+use crate::{
+    cluster::{Cluster, node_ip, node_name, pod_ip},
+    links,
+    topology::run_in,
+};
+
+/// Client addresses on the LAN (192.168.50.100 and the next ones).
+const CLIENT_ADDRESSES: u8 = 32;
+const TCP_CLIENT_THREADS: usize = 8;
+const UDP_NEW_FLOW_THREADS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeLayout {
+    Nftables,
+    Tc,
+    Xdp,
+}
+
+impl NodeLayout {
+    const ALL: [NodeLayout; 3] = [NodeLayout::Nftables, NodeLayout::Tc, NodeLayout::Xdp];
+
+    fn name(self) -> &'static str {
+        match self {
+            NodeLayout::Nftables => "nftables",
+            NodeLayout::Tc => "tc",
+            NodeLayout::Xdp => "xdp",
+        }
+    }
+}
+
+struct Kind {
+    case: &'static str,
+    label: &'static str,
+    port: PortSpec,
+}
+
+const KINDS: [Kind; 2] = [
+    Kind {
+        case: "nodeport_tcp_connections",
+        label: "NodePort from outside, backend on another node: new TCP connections per second",
+        port: HTTP,
+    },
+    Kind {
+        case: "nodeport_udp_new_flows",
+        label: "NodePort from outside, backend on another node: new UDP flows per second (DNS-like)",
+        port: DNS,
+    },
+];
+
+/// Node 2's pods: the endpoint pool.
+fn pods(plan: &TrafficPlan) -> usize {
+    plan.backend_namespaces
+}
+
+pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let services = plan.sizes.iter().copied().max().unwrap_or(1);
+    let secs = plan.run_time.as_secs_f64();
+    for kind in &KINDS {
+        let what = if kind.port.protocol == Protocol::Udp {
+            format!(
+                "{UDP_NEW_FLOW_THREADS} client threads each send one datagram from a (client address, port) pair not used before and wait for the echo"
+            )
+        } else {
+            format!("{TCP_CLIENT_THREADS} client threads each connect, exchange 4 bytes and close with RST")
+        };
+        report.describe(
+            Section::NodePort,
+            kind.case,
+            kind.label,
+            &format!(
+                "{what}, to node 1's NodePorts (round-robin over up to {} of them, from {CLIENT_ADDRESSES} client addresses); every endpoint runs on node 2, so node 1 source-NATs each flow and translates its replies back. Median (min–max) over {} run(s) of {secs:.1} s after a warm-up; × nftables is the ratio to the nftables run of the same round; CPU is per operation.",
+                plan.max_targets, plan.repetitions
+            ),
+        );
+    }
+    report.note(
+        Section::NodePort,
+        format!(
+            "Topology: the two-node fixture: a LAN bridge with the client (192.168.50.100…), node 1 (.11) and node 2 (.12); node 2 has {} pods (10.244.2.11…), node 1 none. {} NodePort Services (Cluster policy), each with all {} pods as endpoints. The LAN is set up as a wire for every layout alike: senders compute checksums in full, and the LAN side of each veth runs a pass-all XDP program (a veth receives XDP_TX frames only then).",
+            pods(plan),
+            group(services as f64),
+            pods(plan)
+        ),
+    );
+    report.note(
+        Section::NodePort,
+        "Layouts on node 1: xdp = lb-agent with `--xdp-interfaces eth0` (the request is SNATed and sent back out of eth0 at XDP, the reply too); tc = lb-agent at tc ingress only; nftables = kube-proxy's nftables layout with its NodePort rules (`service-nodeports` → `external-…` chain → mark for masquerade → the Service's endpoint chains; `masquerade fully-random` at postrouting), as kube-proxy writes them.",
+    );
+    for kind in &KINDS {
+        measure(plan, env, report, services, kind)?;
+    }
+    Ok(())
+}
+
+fn measure(plan: &TrafficPlan, env: &Env, report: &mut Report, services: usize, kind: &Kind) -> anyhow::Result<()> {
+    let what = |layout: NodeLayout| format!("{} at {} NodePorts, {}", layout.name(), group(services as f64), kind.case);
+    let mut benches = Vec::new();
+    for layout in NodeLayout::ALL {
+        cancel::check()?;
+        env.progress.start(format!("nodeport: setting up {}", what(layout)));
+        match NodeBench::set_up(plan, env, services, kind, layout) {
+            Ok(bench) => benches.push(bench),
+            Err(e) if cancel::cancelled() => return Err(e),
+            Err(e) => {
+                report.warn(format!("nodeport {}: {e:#}", what(layout)));
+                env.progress.done_step();
+            }
+        }
+    }
+    for bench in &mut benches {
+        cancel::check()?;
+        env.progress.start(format!("nodeport: warming up {}", what(bench.layout)));
+        if let Err(e) = bench.measure(false) {
+            bench.failed = Some(e);
+        }
+    }
+    for round in 0..plan.repetitions {
+        for bench in benches.iter_mut().filter(|b| b.failed.is_none()) {
+            cancel::check()?;
+            env.progress.start(format!("nodeport: run {}/{} of {}", round + 1, plan.repetitions, what(bench.layout)));
+            if let Err(e) = bench.measure(true) {
+                bench.failed = Some(e);
+            }
+        }
+    }
+    for bench in &benches {
+        match bench.check(env) {
+            Ok(()) => record(report, services, kind, bench),
+            Err(e) => report.warn(format!("nodeport {}: {e:#}", what(bench.layout))),
+        }
+        env.progress.done_step();
+    }
+    record_ratios(report, services, kind, &benches);
+    Ok(())
+}
+
+fn record(report: &mut Report, services: usize, kind: &Kind, bench: &NodeBench) {
+    let at = At::new(Section::NodePort, bench.layout.name(), kind.case, services);
+    let unit = if kind.port.protocol == Protocol::Udp { "flows/s" } else { "connections/s" };
+    let cpu_unit = if kind.port.protocol == Protocol::Udp { "us/flow" } else { "us/connection" };
+    let rates: Vec<f64> = bench.results.iter().map(LoadResult::rate).collect();
+    let cpu: Vec<f64> =
+        bench.results.iter().filter(|r| r.ops > 0).map(|r| r.cpu.as_secs_f64() * 1e6 / r.ops as f64).collect();
+    let errors: Vec<f64> = bench.results.iter().map(|r| r.errors as f64).collect();
+    let others: Vec<f64> = bench.results.iter().map(|r| r.others_cpu.as_secs_f64() / r.elapsed.as_secs_f64()).collect();
+    for (metric, unit, values) in [
+        ("rate", unit, &rates),
+        ("cpu", cpu_unit, &cpu),
+        ("errors", "count", &errors),
+        ("others_cpu", "cores", &others),
+    ] {
+        if let Some(s) = Summary::of(values) {
+            report.add(at, metric, unit, s);
+        }
+    }
+    let ops: u64 = bench.results.iter().map(|r| r.ops).sum();
+    let failed: u64 = bench.results.iter().map(|r| r.errors).sum();
+    if failed * 100 > ops.max(1) {
+        report.warn(format!(
+            "nodeport {} ({}): {failed} of {} operations failed",
+            bench.layout.name(),
+            kind.case,
+            ops + failed
+        ));
+    }
+}
+
+/// Each layout's rate over the nftables rate of the same round.
+fn record_ratios(report: &mut Report, services: usize, kind: &Kind, benches: &[NodeBench]) {
+    let Some(base) = benches.iter().find(|b| b.layout == NodeLayout::Nftables && b.failed.is_none()) else {
+        return;
+    };
+    for bench in benches.iter().filter(|b| b.layout != NodeLayout::Nftables && b.failed.is_none()) {
+        let ratios: Vec<f64> = bench
+            .results
+            .iter()
+            .zip(&base.results)
+            .filter(|(_, b)| b.ops > 0)
+            .map(|(r, b)| r.rate() / b.rate())
+            .collect();
+        if let Some(s) = Summary::of(&ratios) {
+            report.add(At::new(Section::NodePort, bench.layout.name(), kind.case, services), "ratio_to_floor", "x", s);
+        }
+    }
+}
+
+/// One layout on its own copy of the cluster. Fields drop in order: the
+/// agent first, then the servers, the cluster (its namespaces) last.
+struct NodeBench {
+    installed: Installed,
+    _servers: BackendServers,
+    cluster: Cluster,
+    layout: NodeLayout,
+    udp: bool,
+    spec: LoadSpec,
+    warmup: Duration,
+    run_time: Duration,
+    results: Vec<LoadResult>,
+    operations: u64,
+    failed: Option<anyhow::Error>,
+}
+
+impl NodeBench {
+    fn set_up(plan: &TrafficPlan, env: &Env, services: usize, kind: &Kind, layout: NodeLayout) -> anyhow::Result<Self> {
+        let pods = pods(plan);
+        let mut cluster = Cluster::create(&[0, pods])?;
+        cluster.wire_lan_for_xdp()?;
+        let client = cluster.client.clone();
+        run_in(&client, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"])?;
+        let sources: Vec<Ipv4Addr> = (0..CLIENT_ADDRESSES).map(|k| Ipv4Addr::new(192, 168, 50, 100 + k)).collect();
+        let script: String = sources[1..].iter().map(|ip| format!("address add {ip}/24 dev eth0\n")).collect();
+        links::ip_batch(&client, &script)?;
+        let hosts: Vec<BackendHost> = (1..=pods)
+            .map(|j| BackendHost { netns: cluster.nodes[1].pods[j - 1].clone(), addresses: vec![pod_ip(2, j)] })
+            .collect();
+        let pool: Vec<Ipv4Addr> = hosts.iter().flat_map(|h| h.addresses.iter().copied()).collect();
+        let table = Table::generate(&TableSpec {
+            services,
+            port: kind.port,
+            pool,
+            endpoints_per_service: pods,
+            node_ports: services,
+        });
+        let udp = kind.port.protocol == Protocol::Udp;
+        let servers = if udp {
+            BackendServers::udp(&hosts, kind.port.target_port)?
+        } else {
+            BackendServers::tcp(&hosts, kind.port.target_port)?
+        };
+        let node = cluster.nodes[0].netns.clone();
+        let installed = match layout {
+            NodeLayout::Nftables => layouts::install(
+                Layout::Nftables,
+                &table,
+                &Target {
+                    node_netns: &node,
+                    node_interfaces: &["eth0".to_owned()],
+                    agent_bin: &env.agent_bin,
+                    work_dir: &env.work_dir,
+                },
+            )?,
+            NodeLayout::Tc | NodeLayout::Xdp => {
+                let source = env.work_dir.join(format!("nodeport-{}-{}.json", layout.name(), kind.case));
+                table.write_json(&source)?;
+                let name = node_name(1);
+                let mut args = vec!["--hostname-override", name.as_str()];
+                if layout == NodeLayout::Xdp {
+                    args.extend(["--xdp-interfaces", "eth0"]);
+                }
+                let started = std::time::Instant::now();
+                let mut agent = Agent::start(&AgentConfig {
+                    bin: &env.agent_bin,
+                    netns: &node,
+                    source: &source,
+                    capacities: capacities_for(services, pods),
+                    extra_args: &args,
+                })?;
+                agent.wait_programmed(services, programming_timeout(services))?;
+                Installed::Agent { agent, took: started.elapsed() }
+            }
+        };
+        env.progress.log(&format!("  {}: {}", layout.name(), installed.summary()));
+        let targets: Vec<SocketAddr> = table
+            .spread(plan.max_targets)
+            .iter()
+            .filter_map(|s| s.node_port.map(|p| SocketAddr::from((node_ip(1), p))))
+            .collect();
+        anyhow::ensure!(!targets.is_empty(), "no NodePort in the table");
+        let spec = LoadSpec {
+            netns: client,
+            targets: Arc::new(targets),
+            sources: Arc::new(sources),
+            duration: plan.warmup,
+            max_ops: plan.max_ops,
+            threads: if udp { UDP_NEW_FLOW_THREADS } else { TCP_CLIENT_THREADS },
+            next_flow: Arc::default(),
+        };
+        Ok(Self {
+            installed,
+            _servers: servers,
+            cluster,
+            layout,
+            udp,
+            spec,
+            warmup: plan.warmup,
+            run_time: plan.run_time,
+            results: Vec::new(),
+            operations: 0,
+            failed: None,
+        })
+    }
+
+    /// One load run; the warm-up is not kept.
+    fn measure(&mut self, keep: bool) -> anyhow::Result<()> {
+        self.spec.duration = if keep { self.run_time } else { self.warmup };
+        let result = if self.udp { loadgen::udp_new_flows(&self.spec)? } else { loadgen::tcp_connections(&self.spec)? };
+        self.operations += result.ops + result.errors;
+        if keep {
+            self.results.push(result);
+        }
+        Ok(())
+    }
+
+    /// The layout ran, and the eBPF ones took the path they are named
+    /// after: every operation a new flow, and at XDP the packets sent
+    /// there.
+    fn check(&self, env: &Env) -> anyhow::Result<()> {
+        if let Some(e) = &self.failed {
+            anyhow::bail!("{e:#} (namespaces {}…)", self.cluster.client);
+        }
+        let Installed::Agent { agent, .. } = &self.installed else {
+            return Ok(());
+        };
+        let counters = agent.counters()?;
+        let count = |c: Counter| counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, n)| *n);
+        let (new_flows, xdp_sent, redirected) =
+            (count(Counter::NewFlow), count(Counter::XdpSent), count(Counter::Redirected));
+        let nonzero: Vec<String> =
+            counters.iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{}={n}", c.name())).collect();
+        env.progress.log(&format!(
+            "  {} datapath counters for {} operations: {}",
+            self.layout.name(),
+            self.operations,
+            nonzero.join(" ")
+        ));
+        anyhow::ensure!(
+            new_flows * 10 >= self.operations * 9,
+            "the datapath counted {new_flows} new flows for {} operations",
+            self.operations
+        );
+        if self.layout == NodeLayout::Xdp {
+            anyhow::ensure!(
+                xdp_sent >= new_flows && redirected * 10 < xdp_sent,
+                "XDP sent {xdp_sent} packets and tc {redirected}: not the XDP path"
+            );
+        }
+        Ok(())
+    }
+}
