@@ -19,6 +19,7 @@ pub mod node_addresses;
 pub mod problems;
 pub mod runner;
 pub mod serve;
+pub mod snat_ports;
 pub mod sock_diag;
 pub mod source;
 pub mod state;

@@ -324,6 +324,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     write_config(&args)?;
+    warn_if_snat_ports_are_ephemeral();
     let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     publish_for_cni(&mut ebpf, &args.pin_dir)?;
     attach_sockets(&mut ebpf, &args)?;
@@ -535,5 +536,20 @@ fn health_check_addresses(args: &Args, node_addresses: &[std::net::IpAddr]) -> H
         HealthCheckAddresses::Any
     } else {
         HealthCheckAddresses::Node(node_addresses.to_vec())
+    }
+}
+
+/// SNAT ports the node's own connections may also pick: a reply to one
+/// could be taken for the other's (`snat_ports`).
+fn warn_if_snat_ports_are_ephemeral() {
+    let path = lb_userspace::snat_ports::LOCAL_PORT_RANGE;
+    match std::fs::read_to_string(path).ok().as_deref().and_then(lb_userspace::snat_ports::overlap) {
+        Some(shared) if !shared.is_empty() => warn!(
+            ?shared,
+            "{path} reaches into the ports source NAT hands out: a connection of the node to a backend \
+             could share its reply tuple with a translated flow. Keep it within 32768–60999"
+        ),
+        Some(_) => {}
+        None => warn!("{path} unreadable: the ports source NAT hands out are not checked against it"),
     }
 }
