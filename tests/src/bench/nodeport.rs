@@ -87,13 +87,18 @@ const KINDS: [Kind; 2] = [
     },
 ];
 
+/// At most this many NodePort Services: the per-packet cost does not
+/// depend on the table's size (the packet-cost part shows it), and
+/// kube-proxy's NodePort range holds only a few thousand anyway.
+const MAX_SERVICES: usize = 1_000;
+
 /// Node 2's pods: the endpoint pool.
 fn pods(plan: &TrafficPlan) -> usize {
     plan.backend_namespaces
 }
 
 pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
-    let services = plan.sizes.iter().copied().max().unwrap_or(1);
+    let services = plan.sizes.iter().copied().max().unwrap_or(1).min(MAX_SERVICES);
     let secs = plan.run_time.as_secs_f64();
     for kind in &KINDS {
         let what = if kind.port.protocol == Protocol::Udp {
