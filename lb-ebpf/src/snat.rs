@@ -16,15 +16,12 @@
 //! address and port, protocol), which is all a reply tuple holds. It is
 //! claimed by inserting the reply conntrack entry only if absent, so
 //! concurrent flows on other CPUs can never get the same one. Candidates
-//! start at a hash of the flow and step through the SNAT ports
-//! (`lb_common::conntrack::SNAT_PORT_SPANS`), skipping any port a frontend
-//! uses; after `SNAT_PORT_ATTEMPTS` candidates the flow is dropped and
-//! counted.
+//! start at a hash of the flow and step through `SNAT_PORT_MIN..=MAX`; after
+//! `SNAT_PORT_ATTEMPTS` taken ports the flow is dropped and counted.
 
 use lb_common::{
     backend::FLAG_LOCAL,
-    conntrack::{SNAT_PORT_ATTEMPTS, SNAT_PORTS, snat_port},
-    port_filter::FRONTEND_PORT,
+    conntrack::{SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
     service::{FLAG_EXTERNAL_IP, FLAG_LOAD_BALANCER, FLAG_LOCAL_ONLY, FLAG_NODE_PORT, ServiceValue},
     stats::Counter,
 };
@@ -33,15 +30,15 @@ use crate::{
     conntrack,
     family::{CtEntry, Family},
     parse::Packet,
-    select, service,
+    select,
     verdict::PathResult,
 };
 
-/// Candidate ports are this far apart: coprime with `SNAT_PORTS`, so the
-/// walk visits every port, and large, so neighbouring hashes do not
-/// compete for one run of ports.
+const PORT_SPAN: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+/// Candidate ports are this far apart: odd, so the walk visits the whole
+/// span, and large, so neighbouring hashes do not compete for one run of
+/// ports.
 const PORT_STRIDE: u32 = 997;
-const _: () = assert!(SNAT_PORTS % PORT_STRIDE != 0 && SNAT_PORTS % 2 == 0 && PORT_STRIDE % 2 == 1);
 
 /// Whether a new flow to a backend (with `backend_flags`) through this
 /// frontend needs SNAT:
@@ -74,12 +71,11 @@ pub fn allocate<F: Family>(
     {
         return Ok(port);
     }
-    let start = select::flow_hash(pkt) % SNAT_PORTS;
+    let start = select::flow_hash(pkt) % PORT_SPAN;
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
-        let port = snat_port((start + attempt * PORT_STRIDE) % SNAT_PORTS);
-        if service::port_bits(port) & FRONTEND_PORT == 0 && conntrack::claim_reply::<F>(backend, address, port, &reply)
-        {
+        let port = SNAT_PORT_MIN + ((start + attempt * PORT_STRIDE) % PORT_SPAN) as u16;
+        if conntrack::claim_reply::<F>(backend, address, port, &reply) {
             return Ok(port);
         }
         attempt += 1;

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORTS, is_snat_port, snat_port},
+    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORT_MAX, SNAT_PORT_MIN},
     proto,
     stats::Counter,
 };
@@ -103,7 +103,7 @@ fn node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from
     let (syn, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("run SYN");
     let entry = dp.flow_entry(CLIENT, NODE_PORT).expect("the flow is tracked");
     assert_eq!(entry.nat_address, NODE_IP, "SNAT to the node's address on the route to the backend");
-    assert!(is_snat_port(entry.nat_port), "SNAT port {} in range", entry.nat_port);
+    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port), "SNAT port {} in range", entry.nat_port);
     let snat = ep(NODE_IP, entry.nat_port);
     assert_eq!(syn.verdict, TC_ACT_REDIRECT, "sent out of ext0 directly");
     assert_eq!(syn.packet, packets::routed(packets::tcp_syn(snat, REMOTE_BACKEND), OTHER_NODE_MAC, NODE_MAC));
@@ -157,7 +157,7 @@ fn exhausted_snat_ports_drop_the_new_flow_and_count_it() {
     let mut dp = routed_node();
     dp.apply(SERVICES).expect("program services");
     let taken = CtValueV4 { backend_id: 1, frontend_id: 1, ..CtValueV4::default() };
-    dp.insert_conntrack((0..SNAT_PORTS).map(snat_port).map(|port| {
+    dp.insert_conntrack((SNAT_PORT_MIN..=SNAT_PORT_MAX).map(|port| {
         let key = CtKeyV4 {
             src_address: CROWDED_BACKEND.ip.octets(),
             dst_address: NODE_IP,
