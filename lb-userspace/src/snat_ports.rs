@@ -15,7 +15,8 @@ pub const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 pub fn overlap(text: &str) -> Option<Option<(u16, u16)>> {
     let mut fields = text.split_whitespace().map(str::parse::<u16>);
     let (low, high) = (fields.next()?.ok()?, fields.next()?.ok()?);
-    let (from, to) = (SNAT_PORT_MIN.max(low), SNAT_PORT_MAX.min(high));
+    let from = SNAT_PORT_MIN.max(low);
+    let to = if high < SNAT_PORT_MAX { high } else { SNAT_PORT_MAX };
     Some((from <= to).then_some((from, to)))
 }
 
