@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, DevMapHash, HashMap, HashOfMaps, IterableMap as _, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions},
+    programs::{TestRun, TestRunOptions, TestRunResult},
 };
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityValueV4},
@@ -230,33 +230,14 @@ impl Datapath {
 
     /// Runs `program` once on `packet`.
     pub fn run(&mut self, program: &str, packet: &[u8]) -> anyhow::Result<RunResult> {
-        let prog = loader::program(&mut self.ebpf, program)?;
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(RunResult { verdict: result.return_value as i32, packet: out })
+        run_once(loader::program(&mut self.ebpf, program)?, packet, None)
     }
 
     /// Runs `lb_xdp` once on `packet` as received on interface `ingress`
     /// (0: the namespace's loopback, test runs' default).
     pub fn run_xdp(&mut self, packet: &[u8], ingress: u32) -> anyhow::Result<RunResult> {
-        let prog = loader::xdp_program(&mut self.ebpf)?;
-        let mut out = vec![0u8; packet.len() + 256];
         let ctx = xdp_md(packet.len(), ingress);
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: (ingress != 0).then_some(ctx.as_slice()),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(RunResult { verdict: result.return_value as i32, packet: out })
+        run_once(loader::xdp_program(&mut self.ebpf)?, packet, (ingress != 0).then_some(ctx.as_slice()))
     }
 
     /// `run_xdp`, with the counters the run moved.
@@ -268,15 +249,8 @@ impl Datapath {
 
     /// `time` for `lb_xdp`, the frame received on interface `ingress`.
     pub fn time_xdp(&mut self, packet: &[u8], repeat: u32, ingress: u32) -> anyhow::Result<Duration> {
-        let prog = loader::xdp_program(&mut self.ebpf)?;
         let ctx = xdp_md(packet.len(), ingress);
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            ctx_in: (ingress != 0).then_some(ctx.as_slice()),
-            repeat,
-            ..Default::default()
-        })?;
-        Ok(result.duration)
+        timed(loader::xdp_program(&mut self.ebpf)?, packet, repeat, (ingress != 0).then_some(ctx.as_slice()))
     }
 
     /// Lets `lb_xdp` redirect to interface `ifindex`, as the agent does for
@@ -293,10 +267,33 @@ impl Datapath {
     /// all repetitions, so a rewriting program sees its own output from the
     /// second run on: callers pick packets whose output takes the same path.
     pub fn time(&mut self, program: &str, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
-        let prog = loader::program(&mut self.ebpf, program)?;
-        let result = prog.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?;
-        Ok(result.duration)
+        timed(loader::program(&mut self.ebpf, program)?, packet, repeat, None)
     }
+}
+
+/// A packet program (tc or XDP) as BPF_PROG_TEST_RUN runs it.
+trait PacketProgram: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult> {}
+
+impl<P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>> PacketProgram for P {}
+
+/// One run of `prog` on `packet`, given context `ctx_in` if any: its
+/// verdict and the packet it left.
+fn run_once(prog: &impl PacketProgram, packet: &[u8], ctx_in: Option<&[u8]>) -> anyhow::Result<RunResult> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ctx_in,
+        repeat: 1,
+        ..Default::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(RunResult { verdict: result.return_value as i32, packet: out })
+}
+
+/// The kernel's average time per run of `repeat` runs of `prog` on `packet`.
+fn timed(prog: &impl PacketProgram, packet: &[u8], repeat: u32, ctx_in: Option<&[u8]>) -> anyhow::Result<Duration> {
+    Ok(prog.test_run(TestRunOptions { data_in: Some(packet), ctx_in, repeat, ..Default::default() })?.duration)
 }
 
 /// Moves the calling thread into a network namespace of its own, unless
