@@ -72,18 +72,56 @@ impl CtValueV4 {
     }
 }
 
-/// Source ports handed out for SNAT, inclusive. Above Linux's default
-/// ephemeral range (`net.ipv4.ip_local_port_range` = 32768–60999), so a
-/// translated flow does not take a port the node's own connections pick;
-/// the agent warns when the node's range reaches into it. Ports are unique
-/// per (node address, backend address, backend port, protocol), so this
-/// span bounds the concurrent SNAT flows from one node to one backend.
-pub const SNAT_PORT_MIN: u16 = 61000;
-pub const SNAT_PORT_MAX: u16 = 65535;
+/// Source ports handed out for SNAT: two spans, inclusive, beside Linux's
+/// default ephemeral range (`net.ipv4.ip_local_port_range` =
+/// 32768–60999), so a translated flow does not take a port the node's own
+/// connections pick (the agent warns when the node's range reaches into
+/// them): 1024–32767 below it and 61000–65535 above, `SNAT_PORTS` in all.
+/// A port some frontend uses (a NodePort, an external IP's port) is
+/// skipped: a reply to it would look like a new flow to that frontend.
+/// Ports are unique per (node address, backend address, backend port,
+/// protocol), so `SNAT_PORTS` bounds the flows from one node to one
+/// backend that are tracked at once (closed TCP flows for 10 s, UDP
+/// exchanges for 30 s).
+pub const SNAT_PORT_SPANS: [(u16, u16); 2] = [(1024, 32767), (61000, 65535)];
+const SNAT_LOW_PORTS: u32 = (SNAT_PORT_SPANS[0].1 - SNAT_PORT_SPANS[0].0) as u32 + 1;
+pub const SNAT_PORTS: u32 = SNAT_LOW_PORTS + (SNAT_PORT_SPANS[1].1 - SNAT_PORT_SPANS[1].0) as u32 + 1;
+
+/// The SNAT port at `index` (below `SNAT_PORTS`), the lower span first.
+#[inline(always)]
+pub const fn snat_port(index: u32) -> u16 {
+    if index < SNAT_LOW_PORTS {
+        SNAT_PORT_SPANS[0].0 + index as u16
+    } else {
+        SNAT_PORT_SPANS[1].0 + (index - SNAT_LOW_PORTS) as u16
+    }
+}
+
+/// Whether SNAT may hand out `port`.
+pub const fn is_snat_port(port: u16) -> bool {
+    (port >= SNAT_PORT_SPANS[0].0 && port <= SNAT_PORT_SPANS[0].1)
+        || (port >= SNAT_PORT_SPANS[1].0 && port <= SNAT_PORT_SPANS[1].1)
+}
+
+/// Candidate ports of one flow are this far apart in the SNAT port order:
+/// coprime with `SNAT_PORTS`, so a walk visits every port, and large, so
+/// neighbouring hashes do not compete for one run of ports.
+pub const SNAT_PORT_STRIDE: u32 = 997;
+
+/// The SNAT port a flow whose hash is `flow_hash` tries at its `attempt`th
+/// candidate (from 0).
+#[inline(always)]
+pub const fn snat_candidate(flow_hash: u32, attempt: u32) -> u16 {
+    let start = flow_hash % SNAT_PORTS;
+    snat_port(((start as u64 + attempt as u64 * SNAT_PORT_STRIDE as u64) % SNAT_PORTS as u64) as u32)
+}
+
 /// How many ports a new flow tries before it is dropped as
-/// `Counter::DropSnatPortsExhausted`: bounded, so the verifier accepts the
-/// loop and a full range costs a few lookups, not thousands.
-pub const SNAT_PORT_ATTEMPTS: u32 = 32;
+/// `Counter::DropSnatPortsExhausted`: bounded, so a nearly full range costs
+/// a new flow at most this many lookups, not thousands. With candidates
+/// spread over the range, a flow finds a free port unless about 95 % of
+/// them are taken (0.95^128 ≈ 0.14 %).
+pub const SNAT_PORT_ATTEMPTS: u32 = 128;
 
 /// A packet beyond the one that opened the flow passed in this entry's
 /// direction: for TCP a packet without SYN (the handshake completed); for
@@ -177,6 +215,28 @@ user_pod!(CtKeyV4, CtValueV4, CtKeyV6, CtValueV6);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snat_ports_are_every_port_of_both_spans_once() {
+        assert_eq!(SNAT_PORTS, 31_744 + 4_536);
+        assert!((1..SNAT_PORTS).all(|i| snat_port(i - 1) < snat_port(i)), "distinct, in order");
+        assert_eq!((snat_port(0), snat_port(SNAT_PORTS - 1)), (1024, 65535));
+        assert!((0..SNAT_PORTS).all(|i| is_snat_port(snat_port(i))));
+        assert!(!is_snat_port(1023) && !is_snat_port(32768) && !is_snat_port(60999));
+        assert_eq!((1..=u16::MAX).filter(|&p| is_snat_port(p)).count() as u32, SNAT_PORTS, "and no other port");
+    }
+
+    #[test]
+    fn a_flow_walk_visits_every_snat_port_once() {
+        for hash in [0, 1, 0x9e37_79b9, u32::MAX] {
+            let mut seen = [false; 1 << 16];
+            for attempt in 0..SNAT_PORTS {
+                let port = usize::from(snat_candidate(hash, attempt));
+                assert!(!seen[port], "hash {hash:#x}: port {port} twice");
+                seen[port] = true;
+            }
+        }
+    }
 
     #[test]
     fn a_syn_leaves_the_entry_unestablished_and_the_next_packet_establishes_it() {

@@ -112,6 +112,13 @@ pub fn claim_reply<F: Family>(backend: &F::Backend, address: F::Addr, port: u16,
     F::ct_insert(&k, value, u64::from(BPF_NOEXIST)).is_ok()
 }
 
+/// Whether the reply tuple `backend` → (`address`, `port`) is tracked.
+#[inline(always)]
+pub fn reply_taken<F: Family>(backend: &F::Backend, address: F::Addr, port: u16) -> bool {
+    let k = F::ct_key(backend.address(), address, backend.port(), port, backend.proto(), DIR_REPLY);
+    F::ct_entry(&k).is_some()
+}
+
 /// Re-claims the reply entry an SNATed flow had before (a retransmitted
 /// SYN of the same tuple): only if it still restores this same client.
 #[inline(always)]

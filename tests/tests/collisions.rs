@@ -9,10 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use lb_common::{
-    conntrack::{SNAT_PORT_MAX, SNAT_PORT_MIN},
-    stats::Counter,
-};
+use lb_common::{conntrack::is_snat_port, stats::Counter};
 use lb_tests::{
     datapath::{Counters, Datapath},
     packets::{self, Endpoint, ep},
@@ -67,7 +64,7 @@ fn the_second_flow_on_a_taken_reply_tuple_gets_another_source_port_and_both_repl
     assert_eq!(moved, Counters::from([(Counter::NewFlow, 1)]));
     let entry = dp.flow_entry(CLIENT, RESOLVER_B).expect("the second flow is tracked");
     assert_eq!(entry.nat_address, CLIENT.ip.octets(), "same client address");
-    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port), "another port: {}", entry.nat_port);
+    assert!(is_snat_port(entry.nat_port), "another port: {}", entry.nat_port);
     let moved_client = ep(CLIENT.ip.octets(), entry.nat_port);
     assert_eq!(second.packet, packets::udp(moved_client, backend, b"b?"));
 

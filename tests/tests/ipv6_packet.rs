@@ -9,7 +9,7 @@
 use std::net::Ipv6Addr;
 
 use lb_common::{
-    conntrack::{DIR_ORIGINAL, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    conntrack::{DIR_ORIGINAL, is_snat_port},
     stats::Counter,
 };
 use lb_tests::{
@@ -327,7 +327,7 @@ fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_fr
     let flow = dp.conntrack_v6().unwrap().into_iter().find(|(k, _)| k.direction == DIR_ORIGINAL).expect("tracked");
     let snat = ep6(Ipv6Addr::from(flow.1.nat_address), flow.1.nat_port);
     assert_eq!(snat.ip, routed::NODE_IP_V6, "SNAT to the node's address on the route to the backend");
-    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat.port), "SNAT port {} in range", snat.port);
+    assert!(is_snat_port(snat.port), "SNAT port {} in range", snat.port);
     let expected = packets6::routed(packets6::tcp(snat, backend, true, &[]), routed::OTHER_NODE_MAC, routed::NODE_MAC);
     assert_eq!(out, expected, "both translations, MACs of the route, hop limit one lower");
     assert!(checksums_verify(&out));

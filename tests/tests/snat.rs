@@ -10,8 +10,8 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORT_MAX, SNAT_PORT_MIN},
-    proto,
+    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORTS, is_snat_port, snat_candidate, snat_port},
+    flow, proto,
     stats::Counter,
 };
 use lb_tests::{
@@ -103,7 +103,7 @@ fn node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from
     let (syn, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("run SYN");
     let entry = dp.flow_entry(CLIENT, NODE_PORT).expect("the flow is tracked");
     assert_eq!(entry.nat_address, NODE_IP, "SNAT to the node's address on the route to the backend");
-    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port), "SNAT port {} in range", entry.nat_port);
+    assert!(is_snat_port(entry.nat_port), "SNAT port {} in range", entry.nat_port);
     let snat = ep(NODE_IP, entry.nat_port);
     assert_eq!(syn.verdict, TC_ACT_REDIRECT, "sent out of ext0 directly");
     assert_eq!(syn.packet, packets::routed(packets::tcp_syn(snat, REMOTE_BACKEND), OTHER_NODE_MAC, NODE_MAC));
@@ -152,12 +152,43 @@ fn two_clients_with_the_same_port_get_different_snat_ports() {
     assert_ne!(first.nat_port, second.nat_port, "one reply tuple per flow");
 }
 
+/// The SNAT port `client`'s flow to `NODE_PORT` tries at `attempt`.
+fn candidate(client: Endpoint, attempt: u32) -> u16 {
+    let hash = flow::hash(client.ip.octets(), NODE_IP, client.port, NODE_PORT.port, proto::TCP);
+    snat_candidate(hash, attempt)
+}
+
+#[test]
+fn a_port_a_node_port_uses_is_never_handed_out() {
+    let mut dp = routed_node();
+    // A client whose first candidate is in the NodePort range, and a
+    // NodePort Service on that very port.
+    let client =
+        (41000..).map(|port| ep(CLIENT.ip.octets(), port)).find(|c| (30100..=32767).contains(&candidate(*c, 0)));
+    let client = client.expect("some client port starts in the NodePort range");
+    let blocker = candidate(client, 0);
+    let services = format!(
+        "{SERVICES}- apiVersion: v1
+  kind: Service
+  metadata: {{name: blocker, namespace: default}}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.93
+    ports: [{{port: 80, protocol: TCP, targetPort: 8080, nodePort: {blocker}}}]
+"
+    );
+    dp.apply(&services).expect("program services");
+    dp.run(TC_PROGRAM, &packets::tcp_syn(client, NODE_PORT)).expect("run SYN");
+    let entry = dp.flow_entry(client, NODE_PORT).expect("tracked");
+    assert_eq!(entry.nat_port, candidate(client, 1), "NodePort {blocker} skipped for the next candidate");
+}
+
 #[test]
 fn exhausted_snat_ports_drop_the_new_flow_and_count_it() {
     let mut dp = routed_node();
     dp.apply(SERVICES).expect("program services");
     let taken = CtValueV4 { backend_id: 1, frontend_id: 1, ..CtValueV4::default() };
-    dp.insert_conntrack((SNAT_PORT_MIN..=SNAT_PORT_MAX).map(|port| {
+    dp.insert_conntrack((0..SNAT_PORTS).map(snat_port).map(|port| {
         let key = CtKeyV4 {
             src_address: CROWDED_BACKEND.ip.octets(),
             dst_address: NODE_IP,

@@ -6,10 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{
-    conntrack::{SNAT_PORT_MAX, SNAT_PORT_MIN},
-    stats::Counter,
-};
+use lb_common::{conntrack::is_snat_port, stats::Counter};
 use lb_tests::{
     datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
@@ -117,7 +114,7 @@ fn hairpin_flow_is_source_nated_to_the_frontend_and_its_reply_translated_back() 
     assert_eq!(moved, only(Counter::NewFlow));
     let entry = dp.flow_entry(POD, SOLO_VIP).expect("the hairpin flow is tracked");
     assert_eq!(entry.nat_address, SOLO_VIP.ip.octets(), "SNAT to the frontend, never the Pod's own address");
-    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&entry.nat_port));
+    assert!(is_snat_port(entry.nat_port));
     let as_seen = ep(SOLO_VIP.ip.octets(), entry.nat_port);
     assert_eq!(out.verdict, TC_ACT_UNSPEC);
     assert_eq!(out.packet, packets::tcp_syn(as_seen, POD_SERVER));

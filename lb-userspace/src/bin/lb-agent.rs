@@ -544,12 +544,12 @@ fn health_check_addresses(args: &Args, node_addresses: &[std::net::IpAddr]) -> H
 fn warn_if_snat_ports_are_ephemeral() {
     let path = lb_userspace::snat_ports::LOCAL_PORT_RANGE;
     match std::fs::read_to_string(path).ok().as_deref().and_then(lb_userspace::snat_ports::overlap) {
-        Some(Some(shared)) => warn!(
+        Some(shared) if !shared.is_empty() => warn!(
             ?shared,
             "{path} reaches into the ports source NAT hands out: a connection of the node to a backend \
              could share its reply tuple with a translated flow. Keep it within 32768–60999"
         ),
-        Some(None) => {}
+        Some(_) => {}
         None => warn!("{path} unreadable: the ports source NAT hands out are not checked against it"),
     }
 }
