@@ -59,6 +59,7 @@ pub trait CtEntry: Copy {
     type Addr: Copy + PartialEq;
     fn new(backend_id: u32, frontend_id: u32, frontend: (Self::Addr, u16), now_s: u32) -> Self;
     fn frontend(&self) -> (Self::Addr, u16);
+    fn backend_id(&self) -> u32;
     /// The SNAT address and port; port 0: none.
     fn nat(&self) -> (Self::Addr, u16);
     fn set_nat(&mut self, address: Self::Addr, port: u16);
@@ -150,6 +151,10 @@ macro_rules! entry_traits {
             #[inline(always)]
             fn frontend(&self) -> ($addr, u16) {
                 ($into(self.frontend_address), self.frontend_port)
+            }
+            #[inline(always)]
+            fn backend_id(&self) -> u32 {
+                self.backend_id
             }
             #[inline(always)]
             fn nat(&self) -> ($addr, u16) {

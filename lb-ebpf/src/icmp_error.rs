@@ -31,7 +31,7 @@
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    conntrack::{CtValueV4, DIR_ORIGINAL, DIR_REPLY},
+    conntrack::{DIR_ORIGINAL, DIR_REPLY},
     proto,
     stats::Counter,
 };
@@ -39,8 +39,8 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     conntrack,
-    family::V4,
-    icmp_nat::{self, IcmpErrorV4, Quote, Translation},
+    family::{Backend, CtEntry, Family, V4},
+    icmp_nat::{self, IcmpError, Quote, Translation},
     parse::{self, ETH_LEN, IP_MF_AND_OFFSET, IPV4_MIN_LEN},
     route::{self, Flow},
     service,
@@ -73,7 +73,7 @@ pub fn handle(ctx: &TcContext) -> Outcome {
 }
 
 #[inline(always)]
-fn send_translated(ctx: &TcContext, err: &IcmpErrorV4, t: &Translation) -> PathResult<Outcome> {
+fn send_translated(ctx: &TcContext, err: &IcmpError<V4>, t: &Translation<V4>) -> PathResult<Outcome> {
     icmp_nat::rewrite(ctx, err, t)?;
     let flow = Flow::<V4> { src: t.outer_src, dst: t.outer_dst, sport: 0, dport: 0, proto: IPPROTO_ICMP };
     let verdict = route::forward(ctx, &flow, err.ip_total_len)?;
@@ -86,7 +86,7 @@ fn send_translated(ctx: &TcContext, err: &IcmpErrorV4, t: &Translation) -> PathR
 /// verifier follows for direct access, and the helper also reads a quote
 /// outside the linear data.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<IcmpErrorV4, Counter> {
+fn parse(ctx: &TcContext) -> Result<IcmpError<V4>, Counter> {
     let ip: *const Ipv4Hdr = parse::ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -102,20 +102,20 @@ fn parse(ctx: &TcContext) -> Result<IcmpErrorV4, Counter> {
     let ip_total_len = u16::from_be_bytes(ip.tot_len);
     let ip_end = parse::datagram_end(ctx, ip_total_len, icmp_off).map_err(|_| Counter::PassIcmpErrorTruncated)?;
     let quote = parse_quote(ctx, icmp_off + ICMP_HDR_LEN, ip_end)?;
-    Ok(IcmpErrorV4 { outer_src: ip.src_addr, outer_dst: ip.dst_addr, ip_total_len, icmp_off, quote })
+    Ok(IcmpError { outer_src: ip.src_addr, outer_dst: ip.dst_addr, ip_total_len, icmp_off, quote })
 }
 
 /// Copies a `T` out of the packet; a packet too short for it is a
 /// truncated quote.
 #[inline(always)]
-fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, Counter> {
+pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, Counter> {
     ctx.load::<T>(offset).map_err(|_| Counter::PassIcmpErrorTruncated)
 }
 
 /// The quoted IPv4 header at `ip_off` and the ports after it, all before
 /// `ip_end`; `Err` carries the pass reason.
 #[inline(always)]
-fn parse_quote(ctx: &TcContext, ip_off: usize, ip_end: usize) -> Result<Quote, Counter> {
+fn parse_quote(ctx: &TcContext, ip_off: usize, ip_end: usize) -> Result<Quote<V4>, Counter> {
     if ip_off + IPV4_MIN_LEN > ip_end {
         return Err(Counter::PassIcmpErrorTruncated);
     }
@@ -146,45 +146,37 @@ fn parse_quote(ctx: &TcContext, ip_off: usize, ip_end: usize) -> Result<Quote, C
 }
 
 /// What the error becomes, from the flow its quote belongs to (the
-/// quoted tuple reversed is one of the flow's conntrack keys).
+/// quoted tuple reversed is one of the flow's conntrack keys). Either
+/// family.
 #[inline(always)]
-fn translation(err: &IcmpErrorV4) -> Option<Translation> {
+pub fn translation<F: Family>(err: &IcmpError<F>) -> Option<Translation<F>> {
     let q = &err.quote;
-    if let Some(entry) = conntrack::lookup_tuple::<V4>(q.dst, q.src, q.dport, q.sport, q.proto, DIR_REPLY) {
+    if let Some(entry) = conntrack::lookup_tuple::<F>(q.dst, q.src, q.dport, q.sport, q.proto, DIR_REPLY) {
         return Some(towards_client(err, &entry));
     }
-    let entry = conntrack::lookup_tuple::<V4>(q.dst, q.src, q.dport, q.sport, q.proto, DIR_ORIGINAL)?;
+    let entry = conntrack::lookup_tuple::<F>(q.dst, q.src, q.dport, q.sport, q.proto, DIR_ORIGINAL)?;
     towards_backend(err, &entry)
 }
 
 /// The quote is client (or SNAT address) → backend; `entry` is the
-/// flow's reply entry.
+/// flow's reply entry, whose NAT fields hold the client of an SNATed flow.
 #[inline(always)]
-fn towards_client(err: &IcmpErrorV4, entry: &CtValueV4) -> Translation {
+fn towards_client<F: Family>(err: &IcmpError<F>, entry: &F::CtValue) -> Translation<F> {
     let q = &err.quote;
-    let (client, outer_dst) = if entry.has_snat() {
-        ((entry.nat_address, entry.nat_port), entry.nat_address)
-    } else {
-        ((q.src, q.sport), err.outer_dst)
-    };
-    Translation {
-        src: client,
-        dst: (entry.frontend_address, entry.frontend_port),
-        outer_src: entry.frontend_address,
-        outer_dst,
-    }
+    let nat = entry.nat();
+    let (client, outer_dst) = if nat.1 != 0 { (nat, nat.0) } else { ((q.src, q.sport), err.outer_dst) };
+    let frontend = entry.frontend();
+    Translation { src: client, dst: frontend, outer_src: frontend.0, outer_dst }
 }
 
-/// The quote is frontend → client; `entry` is the flow's original entry.
-/// `None` when its backend is gone: nothing to send the error to.
+/// The quote is frontend → client; `entry` is the flow's original entry,
+/// whose NAT fields hold the SNAT address and port, if any. `None` when
+/// its backend is gone: nothing to send the error to.
 #[inline(always)]
-fn towards_backend(err: &IcmpErrorV4, entry: &CtValueV4) -> Option<Translation> {
+fn towards_backend<F: Family>(err: &IcmpError<F>, entry: &F::CtValue) -> Option<Translation<F>> {
     let q = &err.quote;
-    let backend = service::lookup_backend::<V4>(entry.backend_id)?;
-    let (client, outer_src) = if entry.has_snat() {
-        ((entry.nat_address, entry.nat_port), entry.nat_address)
-    } else {
-        ((q.dst, q.dport), err.outer_src)
-    };
-    Some(Translation { src: (backend.address, backend.port), dst: client, outer_src, outer_dst: backend.address })
+    let backend = service::lookup_backend::<F>(entry.backend_id())?;
+    let nat = entry.nat();
+    let (client, outer_src) = if nat.1 != 0 { (nat, nat.0) } else { ((q.dst, q.dport), err.outer_src) };
+    Some(Translation { src: (backend.address(), backend.port()), dst: client, outer_src, outer_dst: backend.address() })
 }

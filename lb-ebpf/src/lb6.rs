@@ -14,8 +14,9 @@
 //!   (`drop_snat_no_address`), where IPv4 answers one with DF set.
 //! - The in-cluster short-circuit of a Local external frontend: Pods use
 //!   the frontend itself.
-//! - Path MTU answers and ICMPv6 errors about NATed flows: left to the
-//!   stack.
+//! - Path MTU answers (packet too big about a packet before its DNAT):
+//!   left to the stack, which quotes the translated packet. ICMPv6
+//!   errors about NATed flows are translated (`icmp6_error`).
 //! - `--forward-through-stack`: IPv6 flows are always sent on by the
 //!   datapath, so FORWARD rules do not see them.
 //!

@@ -36,6 +36,7 @@ mod conntrack;
 mod family;
 mod frame;
 mod frontend_stats;
+mod icmp6_error;
 mod icmp6_reply;
 mod icmp_error;
 mod icmp_nat;
@@ -67,7 +68,17 @@ use crate::verdict::Verdict;
 #[classifier]
 pub fn lb_tc(ctx: TcContext) -> i32 {
     // The families part here: each has its own paths.
-    let outcome = if parse::is_ipv6(&ctx) { lb6::handle_packet(&ctx) } else { lb4::handle_packet(&ctx) };
+    let outcome = if parse::is_ipv6(&ctx) {
+        match lb6::handle_packet(&ctx) {
+            // ICMPv6, the one other protocol looked into: errors about
+            // NATed flows. Called from here, not from `lb6`: frames add up
+            // along a call chain, and both are large.
+            outcome if outcome.counter == lb_common::stats::Counter::PassOtherProtocol => icmp6_error::handle(&ctx),
+            outcome => outcome,
+        }
+    } else {
+        lb4::handle_packet(&ctx)
+    };
     stats::count(outcome.counter);
     outcome.verdict.tc_action()
 }

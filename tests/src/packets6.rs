@@ -60,6 +60,16 @@ pub fn neighbour_solicitation(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     out
 }
 
+/// An ICMPv6 message of `kind` from `from` to `to` whose body is `quote`
+/// (for an error: the packet it is about, from its IPv6 header on, as
+/// much of it as the sender kept).
+pub fn icmp6(from: Ipv6Addr, to: Ipv6Addr, kind: Icmpv6Type, quote: &[u8]) -> Vec<u8> {
+    let builder = builder(ep6(from, 0), ep6(to, 0)).icmpv6(kind);
+    let mut out = Vec::with_capacity(builder.size(quote.len()));
+    builder.write(&mut out, quote).expect("build icmpv6");
+    out
+}
+
 /// `packet` with extension headers inserted between the IPv6 header and
 /// its payload: each `(next-header value, its length in bytes)` in
 /// order, padded with zeros (a PadN-free options body; a fragment header

@@ -25,6 +25,8 @@ const WEB_V6: &str = "[fd00:96::10]:80";
 const WEB_V4: &str = "10.96.0.10:80";
 const DNS_V6: &str = "[fd00:96::53]:53";
 const EMPTY_V6: &str = "[fd00:96::30]:80";
+/// UDP to a backend port where nothing listens.
+const DEAF_V6: &str = "[fd00:96::54]:53";
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -81,6 +83,21 @@ items:
     clusterIPs: [fd00:96::30]
     selector: {app: nothing}
     ports: [{port: 80, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: deaf, namespace: demo}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::54
+    clusterIPs: [fd00:96::54]
+    ports: [{port: 53, protocol: UDP, targetPort: 9999}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: deaf-v6, namespace: demo, labels: {kubernetes.io/service-name: deaf}}
+  addressType: IPv6
+  ports: [{name: "", port: 9999, protocol: UDP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
 - apiVersion: v1
   kind: Service
   metadata: {name: admits-client, namespace: demo}
@@ -267,6 +284,25 @@ fn an_ipv6_service_without_endpoints_refuses_at_once() {
     // Refused, not timed out (`NoAnswer` after 3 s).
     let outcome = probe::connect(client, addr(EMPTY_V6), Duration::from_secs(3));
     assert!(matches!(outcome, Outcome::Refused), "refused by ICMPv6 port unreachable, got {outcome:?}");
+}
+
+#[test]
+fn a_connected_udp_client_of_an_ipv6_backend_without_listener_gets_connection_refused() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    probe::eventually(Duration::from_secs(10), "UDP answer over IPv6", || probe::udp_answer(client, addr(DNS_V6)));
+    // The backend's ICMPv6 port unreachable quotes the datagram as the
+    // node sent it on; translated back, the client's socket matches it.
+    let err = servers::in_netns(client, || {
+        let socket = std::net::UdpSocket::bind("[::]:0")?;
+        socket.connect(addr(DEAF_V6))?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        socket.send(b"anyone?")?;
+        let mut buf = [0u8; 64];
+        Ok(socket.recv(&mut buf).expect_err("nothing listens: no answer"))
+    })
+    .expect("exchange from the client");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the error reached the client: {err}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 use std::net::Ipv6Addr;
 
+use etherparse::{Icmpv6Type, icmpv6::DestUnreachableCode};
 use lb_common::{
     conntrack::{DIR_ORIGINAL, is_snat_port},
     stats::Counter,
@@ -340,6 +341,118 @@ fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_fr
     assert_eq!(out, expected, "the client sees the NodePort answer");
     assert!(checksums_verify(&out));
     assert_eq!(moved, [(Counter::ReplyNat, 1), (Counter::Redirected, 1)].into_iter().collect());
+
+    // The backend says the SNATed packet was too big: the error goes to
+    // the client, about the packet the client sent, from the NodePort.
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let error = packets6::icmp6(backend.ip, snat.ip, too_big, &packets6::tcp(snat, backend, false, b"more")[14..]);
+    let (verdict, out, moved) = run(&mut dp, &error);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the client by the datapath");
+    let sent = packets6::tcp(client, node_port, false, b"more");
+    let expected = packets6::icmp6(node_port.ip, client.ip, too_big, &sent[14..]);
+    assert_eq!(out, packets6::routed(expected, routed::CLIENT_MAC, routed::NODE_MAC));
+    assert!(checksums_verify(&out));
+    assert_eq!(moved, [(Counter::IcmpErrorNat, 1), (Counter::Redirected, 1)].into_iter().collect());
+}
+
+#[test]
+fn icmpv6_errors_about_nated_flows_are_translated_back_to_what_their_host_sent() {
+    let mut dp = datapath();
+    let data = packets6::tcp(CLIENT, WEB_VIP, false, b"a large segment");
+    run(&mut dp, &packets6::tcp(CLIENT, WEB_VIP, true, &[]));
+    run(&mut dp, &data);
+    let query = packets6::udp(CLIENT, DNS_VIP, b"query");
+    run(&mut dp, &query);
+    let answer = packets6::udp(DNS_BACKEND, CLIENT, b"answer");
+    run(&mut dp, &answer);
+    let router = v6([0xfd00, 0x244, 1, 0, 0, 0, 0, 1]);
+    let port_unreachable = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let cases = [
+        (
+            "a router on the backend's path: packet too big, to the client",
+            packets6::icmp6(
+                router,
+                CLIENT.ip,
+                too_big,
+                &packets6::tcp(CLIENT, WEB_BACKEND, false, b"a large segment")[14..],
+            ),
+            packets6::icmp6(WEB_VIP.ip, CLIENT.ip, too_big, &data[14..]),
+        ),
+        (
+            "the backend: port unreachable, to the client",
+            packets6::icmp6(
+                DNS_BACKEND.ip,
+                CLIENT.ip,
+                port_unreachable,
+                &packets6::udp(CLIENT, DNS_BACKEND, b"query")[14..],
+            ),
+            packets6::icmp6(DNS_VIP.ip, CLIENT.ip, port_unreachable, &query[14..]),
+        ),
+        (
+            "the client: port unreachable about a reply, to the backend",
+            packets6::icmp6(CLIENT.ip, DNS_VIP.ip, port_unreachable, &packets6::udp(DNS_VIP, CLIENT, b"answer")[14..]),
+            packets6::icmp6(CLIENT.ip, DNS_BACKEND.ip, port_unreachable, &answer[14..]),
+        ),
+    ];
+    let tracked = dp.conntrack_v6().unwrap().len();
+    for (what, error, expected) in cases {
+        let (verdict, out, moved) = run(&mut dp, &error);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "{what}: no route in this namespace, so to the stack");
+        assert_eq!(out, expected, "{what}: quote, outer addresses and every checksum");
+        assert!(checksums_verify(&out), "{what}");
+        assert_eq!(moved, only(Counter::IcmpErrorNat), "{what}");
+    }
+    assert_eq!(dp.conntrack_v6().unwrap().len(), tracked, "errors create no state");
+}
+
+#[test]
+fn other_icmpv6_and_errors_about_no_tracked_flow_pass_untouched() {
+    let mut dp = datapath();
+    run(&mut dp, &packets6::tcp(CLIENT, WEB_VIP, true, &[]));
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let translated = packets6::tcp(CLIENT, WEB_BACKEND, true, &[]);
+    let stranger = ep6(v6([0xfd00, 1, 0, 0, 0, 0, 0, 9]), 40000);
+    let echo = Icmpv6Type::EchoRequest(etherparse::IcmpEchoHeader { id: 1, seq: 1 });
+    let untouched = [
+        (
+            "an echo request to a ClusterIP",
+            packets6::icmp6(CLIENT.ip, WEB_VIP.ip, echo, b"ping"),
+            Counter::PassOtherProtocol,
+        ),
+        (
+            "an error about a flow nobody tracks",
+            packets6::icmp6(
+                WEB_BACKEND.ip,
+                stranger.ip,
+                too_big,
+                &packets6::tcp(stranger, WEB_BACKEND, true, &[])[14..],
+            ),
+            Counter::PassIcmpErrorUntracked,
+        ),
+        (
+            "a quote cut inside its IPv6 header",
+            packets6::icmp6(WEB_BACKEND.ip, CLIENT.ip, too_big, &translated[14..14 + 30]),
+            Counter::PassIcmpErrorTruncated,
+        ),
+        (
+            "a quote with an extension header",
+            packets6::icmp6(
+                WEB_BACKEND.ip,
+                CLIENT.ip,
+                too_big,
+                &with_extension_headers(&translated, &[(NEXT_DEST_OPTS, 8)])[14..],
+            ),
+            Counter::PassIcmpErrorUntracked,
+        ),
+    ];
+    let tracked = dp.conntrack_v6().unwrap();
+    for (what, packet, counter) in untouched {
+        let (verdict, out, moved) = run(&mut dp, &packet);
+        assert_eq!((verdict, &out), (TC_ACT_UNSPEC, &packet), "{what}: passed untouched");
+        assert_eq!(moved, only(counter), "{what}");
+    }
+    assert_eq!(dp.conntrack_v6().unwrap().len(), tracked.len(), "nothing tracked");
 }
 
 /// `packet` with its IPv6 payload length set to `length`.
