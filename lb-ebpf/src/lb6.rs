@@ -10,13 +10,14 @@
 //! ports from the same range and the same allocator (`snat`).
 //!
 //! What IPv6 does not do yet, and what such a packet meets instead:
-//! - A first packet too big for the route of an SNATed flow: dropped
-//!   (`drop_snat_no_address`), where IPv4 answers one with DF set.
 //! - The in-cluster short-circuit of a Local external frontend: Pods use
 //!   the frontend itself.
-//! - Path MTU answers (packet too big about a packet before its DNAT):
-//!   left to the stack, which quotes the translated packet. ICMPv6
-//!   errors about NATed flows are translated (`icmp6_error`).
+//! - Path MTU: a client → frontend packet too big for the route to its
+//!   backend is answered with packet too big before any rewrite, as
+//!   IPv4's DF packets are (`pmtu`); IPv6 routers never fragment, so
+//!   every such packet is. A new flow's state is kept for the smaller
+//!   packets that follow, except an SNATed one's (not tracked yet).
+//!   ICMPv6 errors about NATed flows are translated (`icmp6_error`).
 //! - `--forward-through-stack`: IPv6 flows are always sent on by the
 //!   datapath, so FORWARD rules do not see them.
 //!
@@ -40,8 +41,8 @@ use crate::{
     frontend_stats, icmp6_reply,
     nat::{self, Side},
     parse::PacketV6,
-    parse6,
-    route::{self, Flow},
+    parse6, pmtu,
+    route::{self, Flow, Lookup},
     select, service, snat,
     verdict::{Outcome, PathResult, Verdict},
 };
@@ -89,9 +90,9 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
         // Filled in by the callee that finds it. Passed by pointer, not
         // returned in an `Option`: a `None`'s undefined payload, stored,
         // is refused by the verifier.
-        let mut backend = BackendV6::default();
-        let mut nat = Nat { address: 0, port: 0 };
-        let counter = match tracked_backend(pkt, &mut backend, &mut nat) {
+        let mut to = Target { backend: BackendV6::default(), nat: Nat { address: 0, port: 0 } };
+        let Target { backend, nat } = &mut to;
+        let counter = match tracked_backend(pkt, backend, nat) {
             Tracked::Established => Counter::Established,
             tracked => {
                 let mut flow = NewFlowOut {
@@ -99,10 +100,16 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
                     count: FrontendCount { frontend_id: 0, event: None },
                     to: SnatTo::Route,
                 };
-                let new_flow = match start_flow(pkt, tracked == Tracked::Stale, &mut backend, &mut flow) {
-                    Ok(NewFlow::Snat(counter)) => snat_flow(ctx, pkt, &backend, &mut flow, &mut nat)
-                        .map(|()| NewFlow::To(counter))
-                        .inspect(|_| flow.count.event = Some(FrontendEvent::NewFlow)),
+                let new_flow = match start_flow(pkt, tracked == Tracked::Stale, backend, &mut flow) {
+                    Ok(NewFlow::Snat(counter)) => match snat_flow(ctx, pkt, backend, &mut flow, nat) {
+                        Ok(None) => {
+                            flow.count.event = Some(FrontendEvent::NewFlow);
+                            Ok(NewFlow::To(counter))
+                        }
+                        // Not tracked: answered, and counted as what it is.
+                        Ok(Some(mtu)) => return packet_too_big(ctx, mtu),
+                        Err(reason) => Err(reason),
+                    },
                     other => other,
                 };
                 // Counted here, not in `start_flow`: a call from there would
@@ -119,8 +126,10 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
                 }
             }
         };
-        to_backend(ctx, pkt, &backend, &nat)?;
-        return Ok(Outcome { verdict: send(ctx, pkt)?, counter });
+        return match send_to_backend(ctx, pkt, &to)? {
+            ToBackend::Sent(verdict) => Ok(Outcome { verdict, counter }),
+            ToBackend::TooBig(mtu) => packet_too_big(ctx, mtu),
+        };
     }
     try_reply_or_pass(ctx, pkt)
 }
@@ -148,6 +157,14 @@ enum Tracked {
 struct Nat {
     address: u128,
     port: u16,
+}
+
+/// Where a client → frontend packet goes: its backend and source NAT, in
+/// one struct. Passed apart, the compiler turns the two small ones into
+/// their fields, and a BPF call takes at most five registers.
+struct Target {
+    backend: BackendV6,
+    nat: Nat,
 }
 
 /// Client → frontend, conntrack first, as for IPv4 (`lb4::try_forward`
@@ -259,10 +276,12 @@ fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &m
 }
 
 /// Starts a source-NATed flow: claims a port on the address `to` names,
-/// tracks the flow, and writes the translation to `nat`. A route that is
-/// no plain forward (no route, no source address on it, or a first
-/// packet over its MTU, which only the stack could answer and would
-/// quote translated) drops the flow, as for IPv4 without DF.
+/// tracks the flow, and writes the translation to `nat`. A first packet
+/// over the route's MTU is not tracked: `Some(mtu)`, for the caller to
+/// answer (`packet_too_big`). A route that is no plain forward (no
+/// route, no source address on it, or a packet too big that cannot be
+/// answered) drops the flow, as for IPv4 without DF: the stack would
+/// drop an SNATed packet as a martian.
 #[inline(never)]
 fn snat_flow(
     ctx: &TcContext,
@@ -270,7 +289,7 @@ fn snat_flow(
     backend: &BackendV6,
     flow: &mut NewFlowOut,
     nat: &mut Nat,
-) -> PathResult<()> {
+) -> PathResult<Option<u16>> {
     // SAFETY: `start_flow` wrote it before asking for SNAT.
     let entry = unsafe { flow.entry.assume_init_mut() };
     let address = match flow.to {
@@ -284,7 +303,11 @@ fn snat_flow(
                 dport: backend.port,
                 proto: pkt.proto,
             };
-            route::lookup(ctx, &flow, pkt.ip_total_len, true).ok_or(Counter::DropSnatNoAddress)?.source
+            match route::resolve(ctx, &flow, pkt.ip_total_len, true) {
+                Lookup::Route(route) => route.source,
+                Lookup::TooBig { mtu } if answers_too_big(ctx, pkt, mtu)? => return Ok(Some(mtu)),
+                _ => return Err(Counter::DropSnatNoAddress),
+            }
         }
     };
     let port = snat::allocate(pkt, backend, address, entry, None)?;
@@ -292,18 +315,58 @@ fn snat_flow(
     // An SNATed flow's reply entry is the one `allocate` claimed.
     conntrack::track(pkt, backend, entry)?;
     (nat.address, nat.port) = (address, port);
-    Ok(())
+    Ok(None)
 }
 
-/// Rewrites a client → frontend packet to go to `backend`, from the
-/// SNAT address and port if any.
+/// Where a client → frontend packet went.
+enum ToBackend {
+    Sent(Verdict),
+    /// Not sent: too big for the route to the backend (this MTU), and
+    /// untouched, to be answered with packet too big.
+    TooBig(u16),
+}
+
+/// Routes a client → frontend packet to `backend` (from the SNAT address
+/// and port, if any), then rewrites it and sends it on. The route comes
+/// first: a packet too big for it is answered as the client sent it
+/// (`pmtu` says why), where the stack would quote it translated.
 #[inline(never)]
-fn to_backend(ctx: &TcContext, pkt: &PacketV6, backend: &BackendV6, snat: &Nat) -> PathResult<()> {
+fn send_to_backend(ctx: &TcContext, pkt: &PacketV6, to: &Target) -> PathResult<ToBackend> {
+    let (backend, snat) = (&to.backend, &to.nat);
+    let (src, sport) = if snat.port != 0 { (snat.address, snat.port) } else { (pkt.src, pkt.sport) };
+    let flow = Flow::<V6> { src, dst: backend.address(), sport, dport: backend.port, proto: pkt.proto };
+    let route = match route::resolve(ctx, &flow, pkt.ip_total_len, false) {
+        Lookup::Route(route) => Some(route),
+        Lookup::TooBig { mtu } if answers_too_big(ctx, pkt, mtu)? => return Ok(ToBackend::TooBig(mtu)),
+        // A GSO packet whose segments fit: the stack segments it.
+        Lookup::TooBig { .. } | Lookup::Stack => None,
+    };
     nat::rewrite_v6(ctx, pkt, Side::Destination, backend.address(), backend.port)?;
     if snat.port != 0 {
         nat::rewrite_v6(ctx, pkt, Side::Source, snat.address, snat.port)?;
     }
-    Ok(())
+    let verdict = match route {
+        Some(route) => route::send(ctx, &route)?,
+        None => Verdict::Next,
+    };
+    Ok(ToBackend::Sent(verdict))
+}
+
+/// Whether a packet the route's MTU is smaller than is to be answered
+/// with packet too big: unless it is a GSO packet whose segments fit, or
+/// carries extension headers (the answer's quote would not reach its
+/// ports; the stack answers those).
+#[inline(always)]
+fn answers_too_big(ctx: &TcContext, pkt: &PacketV6, mtu: u16) -> PathResult<bool> {
+    Ok(!pkt.has_extension_headers() && pmtu::segment_len(ctx, pkt)? > u32::from(mtu))
+}
+
+/// ICMPv6 packet too big with the route's `mtu`, from the frontend,
+/// quoting the packet as the client sent it (still untouched).
+#[inline(never)]
+fn packet_too_big(ctx: &TcContext, mtu: u16) -> PathResult<Outcome> {
+    icmp6_reply::send_packet_too_big(ctx, mtu)?;
+    Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::IcmpFragNeeded })
 }
 
 /// Backend → client: restores the frontend as the source. `false`: not
@@ -323,7 +386,7 @@ fn try_reply(ctx: &TcContext, pkt: &PacketV6) -> PathResult<bool> {
     Ok(true)
 }
 
-/// Sends a rewritten packet on (`route`), along the route of the
+/// Sends a rewritten reply on (`route`), along the route of the
 /// addresses and ports it now carries.
 #[inline(never)]
 fn send(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Verdict> {
@@ -347,6 +410,6 @@ fn reject(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
     if pkt.has_extension_headers() {
         return Ok(Outcome::drop(Counter::RejectNoEndpoints));
     }
-    icmp6_reply::send_port_unreachable(ctx, pkt)?;
+    icmp6_reply::send_port_unreachable(ctx)?;
     Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::RejectNoEndpoints })
 }

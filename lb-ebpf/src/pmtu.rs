@@ -18,9 +18,10 @@
 use lb_common::{proto, stats::Counter};
 
 use crate::{
+    family::Family,
     frame::Frame,
     icmp_reply, nat,
-    parse::{ETH_LEN, PacketV4},
+    parse::{ETH_LEN, Packet, PacketV4},
     route::{self, Flow, Route},
     verdict::{Outcome, PathResult, Verdict},
 };
@@ -67,10 +68,10 @@ fn sendable<C: Frame>(ctx: &C, route: Option<Route>) -> Checked {
     }
 }
 
-/// The length of the largest IPv4 packet `pkt` leaves as: itself, or for
+/// The length of the largest IP packet `pkt` leaves as: itself, or for
 /// a GSO packet one segment (headers + `gso_size` bytes of payload).
 #[inline(always)]
-fn segment_len<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<u32> {
+pub fn segment_len<F: Family, C: Frame>(ctx: &C, pkt: &Packet<F>) -> PathResult<u32> {
     let gso_size = u32::from(ctx.gso_size());
     if gso_size == 0 {
         return Ok(u32::from(pkt.ip_total_len));

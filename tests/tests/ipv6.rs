@@ -27,6 +27,9 @@ const DNS_V6: &str = "[fd00:96::53]:53";
 const EMPTY_V6: &str = "[fd00:96::30]:80";
 /// UDP to a backend port where nothing listens.
 const DEAF_V6: &str = "[fd00:96::54]:53";
+/// Counts the bytes it receives (port 9000 of backend 1).
+const SINK_V6: &str = "[fd00:96::70]:80";
+const SINK_PORT: u16 = 9000;
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -96,6 +99,21 @@ items:
   metadata: {name: deaf-v6, namespace: demo, labels: {kubernetes.io/service-name: deaf}}
   addressType: IPv6
   ports: [{name: "", port: 9999, protocol: UDP}]
+  endpoints:
+  - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: sink, namespace: demo}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::70
+    clusterIPs: [fd00:96::70]
+    ports: [{port: 80, protocol: TCP, targetPort: 9000}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: sink-v6, namespace: demo, labels: {kubernetes.io/service-name: sink}}
+  addressType: IPv6
+  ports: [{name: "", port: 9000, protocol: TCP}]
   endpoints:
   - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
 - apiVersion: v1
@@ -303,6 +321,39 @@ fn a_connected_udp_client_of_an_ipv6_backend_without_listener_gets_connection_re
     })
     .expect("exchange from the client");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the error reached the client: {err}");
+}
+
+#[test]
+fn a_large_upload_through_an_ipv6_cluster_ip_completes_over_a_narrower_link() {
+    use std::io::{Read as _, Write as _};
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    // The node side of the link to backend 1 is narrower than both ends
+    // (neither end's MSS knows): the client must learn the path MTU from
+    // the packet too big the datapath answers with.
+    let node_side = &cluster.topology.node_interfaces[1];
+    topology::run_in(&cluster.topology.node, &["ip", "link", "set", node_side, "mtu", "1400"]).expect("narrow link");
+    let listen = SocketAddr::new(topology::backend_ip_v6(1).into(), SINK_PORT);
+    let listener = servers::in_netns(&cluster.topology.backends[0], move || Ok(std::net::TcpListener::bind(listen)?))
+        .expect("listen on the backend");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        let mut received = Vec::new();
+        if conn.read_to_end(&mut received).is_ok() {
+            let _ = conn.write_all(received.len().to_string().as_bytes());
+        }
+    });
+    let mut conn = probe::eventually(Duration::from_secs(10), "connected to the sink", || {
+        Ok(servers::connect(client, addr(SINK_V6))??)
+    });
+    let patience = Some(Duration::from_secs(10));
+    conn.set_read_timeout(patience).unwrap();
+    conn.set_write_timeout(patience).unwrap();
+    conn.write_all(&vec![0x55; 1 << 20]).expect("upload");
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("the backend's count: the upload did not stall");
+    assert_eq!(answer, (1 << 20).to_string(), "every byte arrived");
 }
 
 #[test]

@@ -461,3 +461,110 @@ fn with_payload_length(packet: &[u8], length: u16) -> Vec<u8> {
     out[18..20].copy_from_slice(&length.to_be_bytes());
     out
 }
+
+/// A ClusterIP and a NodePort whose endpoints sit behind a route with a
+/// smaller MTU (`NARROW_MTU_V6`), the NodePort's on another node (SNAT).
+const NARROW_SERVICES: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: narrow, namespace: default}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::94
+    clusterIPs: [fd00:96::94]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: narrow-v6, namespace: default, labels: {kubernetes.io/service-name: narrow}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:8::2"], nodeName: node-a, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: narrow-remote, namespace: default}
+  spec:
+    type: NodePort
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::95
+    clusterIPs: [fd00:96::95]
+    ports: [{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30095}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: narrow-remote-v6, namespace: default, labels: {kubernetes.io/service-name: narrow-remote}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:8::3"], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 5353, protocol: UDP}]
+"#;
+const NARROW_MTU_V6: u16 = 1300;
+
+/// `packet` as sent back to its sender: the MACs swapped.
+fn back_to_sender(mut packet: Vec<u8>) -> Vec<u8> {
+    let (destination, source) = (packet[0..6].to_vec(), packet[6..12].to_vec());
+    packet[0..6].copy_from_slice(&source);
+    packet[6..12].copy_from_slice(&destination);
+    packet
+}
+
+/// The answer a packet too big for the narrow route gets: from the
+/// frontend it was sent to, quoting its IPv6 header and 8 bytes of TCP or
+/// UDP as the client sent them.
+fn packet_too_big_answer(sent: &[u8], frontend: Ipv6Addr, client: Ipv6Addr) -> Vec<u8> {
+    let too_big = Icmpv6Type::PacketTooBig { mtu: u32::from(NARROW_MTU_V6) };
+    back_to_sender(packets6::icmp6(frontend, client, too_big, &sent[14..14 + 48]))
+}
+
+#[test]
+fn a_packet_too_big_for_the_backend_route_is_answered_before_any_translation() {
+    let node = NodeContext {
+        node_name: Some("node-a".into()),
+        node_addresses: vec![routed::NODE_IP_V6.into()],
+        dual_stack: true,
+        ..NodeContext::default()
+    };
+    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
+    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    let (via, mtu) = (routed::OTHER_NODE_IP_V6.to_string(), NARROW_MTU_V6.to_string());
+    lb_tests::topology::run("ip", &["-6", "route", "add", "fd00:244:8::/64", "via", &via, "mtu", "lock", &mtu])
+        .expect("narrow route");
+    dp.apply(NARROW_SERVICES).expect("program services");
+    let client = ep6(routed::CLIENT_IP_V6, 40000);
+    let vip = ep6(v6([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x94]), 80);
+    let backend = ep6(v6([0xfd00, 0x244, 8, 0, 0, 0, 0, 2]), 8080);
+    let (verdict, _, _) = run(&mut dp, &packets6::tcp(client, vip, true, &[]));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the flow is open");
+
+    // 40 + 20 + 1241 bytes: one over the route's MTU.
+    let big = vec![0x42; usize::from(NARROW_MTU_V6) - 59];
+    let too_big = packets6::tcp(client, vip, false, &big);
+    let (verdict, out, moved) = run(&mut dp, &too_big);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "answered back out of the interface it came in on");
+    assert_eq!(
+        out,
+        packet_too_big_answer(&too_big, vip.ip, client.ip),
+        "from the ClusterIP, quoting the client's packet"
+    );
+    assert!(checksums_verify(&out));
+    assert_eq!(moved, only(Counter::IcmpFragNeeded));
+
+    let fits = vec![0x42; usize::from(NARROW_MTU_V6) - 60];
+    let (verdict, out, moved) = run(&mut dp, &packets6::tcp(client, vip, false, &fits));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let expected =
+        packets6::routed(packets6::tcp(client, backend, false, &fits), routed::OTHER_NODE_MAC, routed::NODE_MAC);
+    assert_eq!(out, expected, "a packet that fits goes on, translated");
+    assert_eq!(moved, [(Counter::Established, 1), (Counter::Redirected, 1)].into_iter().collect());
+
+    // The first datagram of a source-NATed flow: answered from the
+    // NodePort, and nothing tracked (the next, smaller one opens the flow).
+    let node_port = ep6(routed::NODE_IP_V6, 30095);
+    let tracked = dp.conntrack_v6().unwrap().len();
+    let datagram = packets6::udp(client, node_port, &vec![0x42; usize::from(NARROW_MTU_V6) - 47]);
+    let (verdict, out, moved) = run(&mut dp, &datagram);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, packet_too_big_answer(&datagram, node_port.ip, client.ip), "from the NodePort");
+    assert_eq!(moved, only(Counter::IcmpFragNeeded));
+    assert_eq!(dp.conntrack_v6().unwrap().len(), tracked, "no state for the answered datagram");
+}
