@@ -28,6 +28,8 @@ pub const SOURCE_RANGES_V4: &str = "LB4_SRC_RANGES";
 pub const SOURCE_RANGES_V6: &str = "LB6_SRC_RANGES";
 /// The cluster's Pod CIDRs (LPM trie): `PodCidrKeyV4` → `u8`.
 pub const POD_CIDRS_V4: &str = "LB4_POD_CIDRS";
+/// The cluster's IPv6 Pod CIDRs (LPM trie): `PodCidrKeyV6` → `u8`.
+pub const POD_CIDRS_V6: &str = "LB6_POD_CIDRS";
 /// Socket-level reverse NAT (LRU): `SockRevKeyV4` → `SockRevValueV4`.
 pub const SOCK_REV_V4: &str = "LB4_SOCK_REV";
 /// Socket-level reverse NAT of IPv6 sockets (LRU): `SockRevKeyV6` →
@@ -65,7 +67,7 @@ pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
 pub const XDP_DEVICES_CAPACITY: u32 = 64;
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 22] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -78,6 +80,7 @@ pub const ALL: [&str; 21] = [
     SOURCE_RANGES_V4,
     SOURCE_RANGES_V6,
     POD_CIDRS_V4,
+    POD_CIDRS_V6,
     MAGLEV_V4,
     SOCK_REV_V4,
     SOCK_REV_V6,
@@ -139,6 +142,7 @@ pub const SOURCE_RANGES_V6_CAPACITY: u32 = 1 << 16;
 pub const FRONTEND_STATS_V4_CAPACITY: u32 = 1 << 17;
 /// Pod CIDRs: a cluster has a few.
 pub const POD_CIDRS_V4_CAPACITY: u32 = 64;
+pub const POD_CIDRS_V6_CAPACITY: u32 = 64;
 /// One entry per port number.
 pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;
 /// Maglev frontends (one table each, `maglev::TABLE_BYTES` = 64 KiB of

@@ -11,7 +11,11 @@ use lb_common::{
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
 };
 
-use crate::maps::{LB4_BACKENDS, LB4_CT, LB4_SERVICES, LB6_BACKENDS, LB6_CT, LB6_SERVICES};
+use aya_ebpf::btf_maps::lpm_trie::Key;
+
+use crate::maps::{
+    LB4_BACKENDS, LB4_CT, LB4_POD_CIDRS, LB4_SERVICES, LB6_BACKENDS, LB6_CT, LB6_POD_CIDRS, LB6_SERVICES,
+};
 
 /// An address family's types and maps.
 pub trait Family: Copy {
@@ -29,6 +33,8 @@ pub trait Family: Copy {
 
     fn service(key: &Self::ServiceKey) -> Option<ServiceValue>;
     fn backend(id: u32) -> Option<Self::Backend>;
+    /// Whether `address` is inside one of the cluster's Pod CIDRs.
+    fn is_pod(address: Self::Addr) -> bool;
 
     fn ct_key(src: Self::Addr, dst: Self::Addr, sport: u16, dport: u16, proto: u8, direction: u8) -> Self::CtKey;
     /// The entry at `key`, in place.
@@ -41,6 +47,8 @@ pub trait ServiceKey: Copy {
     type Addr: Copy + PartialEq;
     fn frontend(address: Self::Addr, port: u16, proto: u8) -> Self;
     fn slot(self, slot: u16) -> Self;
+    /// The in-cluster entry of this frontend (`FLAG_SHORT_CIRCUIT`).
+    fn in_cluster(self) -> Self;
     fn address(&self) -> Self::Addr;
     fn port(&self) -> u16;
 }
@@ -104,6 +112,10 @@ macro_rules! entry_traits {
             #[inline(always)]
             fn slot(self, slot: u16) -> Self {
                 <$key>::slot(self, slot)
+            }
+            #[inline(always)]
+            fn in_cluster(self) -> Self {
+                <$key>::in_cluster(self)
             }
             #[inline(always)]
             fn address(&self) -> $addr {
@@ -213,6 +225,11 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    fn is_pod(address: [u8; 4]) -> bool {
+        LB4_POD_CIDRS.get(&Key::new(32, address)).is_some()
+    }
+
+    #[inline(always)]
     fn backend(id: u32) -> Option<BackendV4> {
         // SAFETY: copied out at once.
         unsafe { LB4_BACKENDS.get(id) }.copied()
@@ -258,6 +275,11 @@ impl Family for V6 {
     fn service(key: &ServiceKeyV6) -> Option<ServiceValue> {
         // SAFETY: copied out at once, before any map update.
         unsafe { LB6_SERVICES.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn is_pod(address: u128) -> bool {
+        LB6_POD_CIDRS.get(&Key::new(128, address.to_ne_bytes())).is_some()
     }
 
     #[inline(always)]

@@ -105,7 +105,7 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
         frontend_stats::count(svc.frontend_id, FrontendEvent::Dropped);
         return Ok(Some(Outcome::drop(Counter::DropSourceRange)));
     }
-    let (frontend, svc) = service::for_source(frontend, svc, pkt);
+    let (frontend, svc) = service::for_source::<V4>(frontend, svc, pkt);
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
             frontend_stats::count(svc.frontend_id, FrontendEvent::Dropped);

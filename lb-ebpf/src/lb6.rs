@@ -9,9 +9,10 @@
 //! node, hairpin, a reply tuple taken by another frontend's flow), with
 //! ports from the same range and the same allocator (`snat`).
 //!
-//! What IPv6 does not do yet, and what such a packet meets instead:
-//! - The in-cluster short-circuit of a Local external frontend: Pods use
-//!   the frontend itself.
+//! The in-cluster short-circuit of a Local external frontend for Pods
+//! (`service::for_source`, with `LB6_POD_CIDRS`) as for IPv4.
+//!
+//! Where IPv6 differs:
 //! - Path MTU: a client → frontend packet too big for the route to its
 //!   backend is answered with packet too big before any rewrite, as
 //!   IPv4's DF packets are (`pmtu`); IPv6 routers never fragment, so
@@ -245,6 +246,8 @@ fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &m
     if !service::source_allowed_v6(&svc, pkt) {
         return dropped(count, Counter::DropSourceRange);
     }
+    let (frontend, svc) = service::for_source::<V6>(frontend, svc, pkt);
+    count.frontend_id = svc.frontend_id;
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
             return dropped(count, Counter::DropNoLocalEndpoints);

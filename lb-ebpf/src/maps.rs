@@ -17,8 +17,9 @@ use lb_common::{
     maps::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, BACKENDS_V6_CAPACITY,
         CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY,
-        POD_CIDRS_V4_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY,
-        SOCK_REV_V6_CAPACITY, SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY, XDP_DEVICES_CAPACITY,
+        POD_CIDRS_V4_CAPACITY, POD_CIDRS_V6_CAPACITY, PORT_FILTER_CAPACITY, SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY,
+        SOCK_REV_V4_CAPACITY, SOCK_REV_V6_CAPACITY, SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY,
+        XDP_DEVICES_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6},
@@ -93,6 +94,10 @@ pub static LB6_SRC_RANGES: LpmTrie<[u8; 20], u8, { SOURCE_RANGES_V6_CAPACITY as 
 /// agent.
 #[btf_map]
 pub static LB4_POD_CIDRS: LpmTrie<[u8; 4], u8, { POD_CIDRS_V4_CAPACITY as usize }> = LpmTrie::new();
+
+/// The cluster's IPv6 Pod CIDRs. Written only by the agent.
+#[btf_map]
+pub static LB6_POD_CIDRS: LpmTrie<[u8; 16], u8, { POD_CIDRS_V6_CAPACITY as usize }> = LpmTrie::new();
 
 /// Socket-level reverse NAT (`lb_common::sock`): written by connect4 and
 /// sendmsg4, read by recvmsg4 and getpeername4. LRU: closed sockets' entries

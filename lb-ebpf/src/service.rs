@@ -4,13 +4,13 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
     port_filter,
-    service::{FLAG_SHORT_CIRCUIT, FLAG_SOURCE_RANGES, ServiceKeyV4, ServiceValue},
+    service::{FLAG_SHORT_CIRCUIT, FLAG_SOURCE_RANGES, ServiceValue},
     source_ranges::SourceRangeKeyV4,
 };
 
 use crate::{
     family::{Family, ServiceKey},
-    maps::{LB_PORT_FILTER, LB4_POD_CIDRS, LB4_SERVICES, LB4_SRC_RANGES, LB6_SRC_RANGES},
+    maps::{LB_PORT_FILTER, LB4_SRC_RANGES, LB6_SRC_RANGES},
     parse::{Packet, PacketV4, PacketV6},
 };
 
@@ -88,24 +88,27 @@ pub fn source_allowed_v6(svc: &ServiceValue, pkt: &PacketV6) -> bool {
 /// else the frontend itself. Until the agent has written the in-cluster
 /// entry, the frontend itself serves.
 #[inline(always)]
-pub fn for_source(frontend: ServiceKeyV4, svc: ServiceValue, pkt: &PacketV4) -> (ServiceKeyV4, ServiceValue) {
-    if svc.flags & FLAG_SHORT_CIRCUIT == 0 || LB4_POD_CIDRS.get(&Key::new(32, pkt.src)).is_none() {
+pub fn for_source<F: Family>(
+    frontend: F::ServiceKey,
+    svc: ServiceValue,
+    pkt: &Packet<F>,
+) -> (F::ServiceKey, ServiceValue) {
+    if svc.flags & FLAG_SHORT_CIRCUIT == 0 || !F::is_pod(pkt.src) {
         return (frontend, svc);
     }
-    in_cluster(frontend, svc)
+    in_cluster::<F>(frontend, svc)
 }
 
 /// The in-cluster entry of a short-circuit frontend, when the agent has
 /// written it; else the frontend itself.
 #[inline(always)]
-pub fn in_cluster(frontend: ServiceKeyV4, svc: ServiceValue) -> (ServiceKeyV4, ServiceValue) {
+pub fn in_cluster<F: Family>(frontend: F::ServiceKey, svc: ServiceValue) -> (F::ServiceKey, ServiceValue) {
     if svc.flags & FLAG_SHORT_CIRCUIT == 0 {
         return (frontend, svc);
     }
     let twin = frontend.in_cluster();
-    // SAFETY: copied out at once.
-    match unsafe { LB4_SERVICES.get(twin) } {
-        Some(value) => (twin, *value),
+    match F::service(&twin) {
+        Some(value) => (twin, value),
         None => (frontend, svc),
     }
 }

@@ -24,8 +24,6 @@
 //! - ClientIP affinity holds for the node as one client (`NODE_CLIENT`):
 //!   the source address is not chosen yet at connect time either (`::`
 //!   for IPv6 frontends).
-//! - The in-cluster entry of an IPv6 Local external frontend is not used
-//!   (the IPv6 packet paths do not use it either).
 
 use aya_ebpf::{
     EbpfContext,
@@ -71,8 +69,6 @@ pub struct SockOutcome {
 pub trait SockFamily: Family {
     /// The backend for `cookie`'s socket; `None`: an entry is missing.
     fn choose(frontend: Self::ServiceKey, svc: &ServiceValue, cookie: u64) -> Option<(u32, Self::Backend)>;
-    /// The frontend's entry for traffic from the node itself.
-    fn for_node(frontend: Self::ServiceKey, svc: ServiceValue) -> (Self::ServiceKey, ServiceValue);
     fn record(cookie: u64, backend_id: u32, backend: &Self::Backend, frontend: (Self::Addr, u16)) -> bool;
     fn recorded(cookie: u64, backend: (Self::Addr, u16), proto: u8) -> Option<(Self::Addr, u16)>;
 }
@@ -86,11 +82,6 @@ impl SockFamily for V4 {
             return affinity::choose::<V4>(frontend, svc, NODE_CLIENT, select::socket_hash(cookie));
         }
         by_cookie::<V4>(frontend, svc, cookie)
-    }
-
-    #[inline(always)]
-    fn for_node(frontend: ServiceKeyV4, svc: ServiceValue) -> (ServiceKeyV4, ServiceValue) {
-        service::in_cluster(frontend, svc)
     }
 
     #[inline(always)]
@@ -117,11 +108,6 @@ impl SockFamily for V6 {
             return affinity::choose::<V6>(frontend, svc, 0, select::socket_hash(cookie));
         }
         by_cookie::<V6>(frontend, svc, cookie)
-    }
-
-    #[inline(always)]
-    fn for_node(frontend: ServiceKeyV6, svc: ServiceValue) -> (ServiceKeyV6, ServiceValue) {
-        (frontend, svc)
     }
 
     #[inline(always)]
@@ -228,7 +214,7 @@ fn translate_at<F: SockFamily>(address: F::Addr, port: u16, proto: u8, cookie: u
     if svc.flags & FLAG_SOURCE_RANGES != 0 {
         return Translated::Pass(Some(Counter::SockPassSourceRanges));
     }
-    let (frontend, svc) = F::for_node(frontend, svc);
+    let (frontend, svc) = service::in_cluster::<F>(frontend, svc);
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
             return Translated::Reject(ECONNREFUSED, Counter::SockRejectNoLocalEndpoints);

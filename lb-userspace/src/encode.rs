@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use lb_common::{
     affinity::AffinityMemberKeyV4,
-    pod_cidrs::PodCidrKeyV4,
+    pod_cidrs::{PodCidrKeyV4, PodCidrKeyV6},
     service::{self, ServiceValue},
     source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
 };
@@ -42,6 +42,23 @@ pub fn pod_cidr_keys(cidrs: &[IpNet]) -> Vec<PodCidrKeyV4> {
                 Some(PodCidrKeyV4 { prefix_len: u32::from(net.prefix_len()), address: net.network().octets() })
             }
             IpNet::V6(_) => None,
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The `LB6_POD_CIDRS` keys of the cluster's IPv6 Pod CIDRs, sorted and
+/// without duplicates.
+pub fn pod_cidr_keys_v6(cidrs: &[IpNet]) -> Vec<PodCidrKeyV6> {
+    let mut keys: Vec<PodCidrKeyV6> = cidrs
+        .iter()
+        .filter_map(|cidr| match cidr {
+            IpNet::V6(net) => {
+                Some(PodCidrKeyV6 { prefix_len: u32::from(net.prefix_len()), address: net.network().octets() })
+            }
+            IpNet::V4(_) => None,
         })
         .collect();
     keys.sort();

@@ -29,6 +29,9 @@ macro_rules! for_each_map {
             /// The cluster's Pod CIDRs (`--cluster-cidr`).
             pod_cidrs: PodCidr, lb_common::pod_cidrs::PodCidrKeyV4 => u8, lb_common::maps::POD_CIDRS_V4, Lpm,
                 phase |_| 0, transition replace;
+            /// The cluster's IPv6 Pod CIDRs.
+            pod_cidrs_v6: PodCidrV6, lb_common::pod_cidrs::PodCidrKeyV6 => u8, lb_common::maps::POD_CIDRS_V6, Lpm,
+                phase |_| 0, transition replace;
             /// Port-filter bits by port (`lb_common::port_filter`).
             port_filter: PortFilter, u16 => u8, lb_common::maps::PORT_FILTER, Array, phase |_| 1, transition bits;
             /// Backends by id.
@@ -222,7 +225,7 @@ mod tests {
                 Write::Service(_, None) => "delete slot",
                 Write::SourceRange(_, Some(_)) => "range",
                 Write::SourceRange(_, None) => "delete range",
-                Write::PodCidr(..) => "pod cidr",
+                Write::PodCidr(..) | Write::PodCidrV6(..) => "pod cidr",
                 Write::Maglev(_, Some(_)) => "maglev",
                 Write::Maglev(_, None) => "delete maglev",
                 Write::AffinityMember(_, Some(_)) => "member",

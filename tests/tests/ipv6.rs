@@ -118,6 +118,26 @@ items:
   - {addresses: ["fd00:244:1::2"], conditions: {ready: true}}
 - apiVersion: v1
   kind: Service
+  metadata: {name: local-elsewhere, namespace: demo}
+  spec:
+    type: LoadBalancer
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::89
+    clusterIPs: [fd00:96::89]
+    externalTrafficPolicy: Local
+    healthCheckNodePort: 32089
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30089}]
+  status:
+    loadBalancer: {ingress: [{ip: "fd00:96::1:89"}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: local-elsewhere-v6, namespace: demo, labels: {kubernetes.io/service-name: local-elsewhere}}
+  addressType: IPv6
+  ports: [{name: "", port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: ["fd00:244:2::2"], nodeName: node-b, conditions: {ready: true}}
+- apiVersion: v1
+  kind: Service
   metadata: {name: admits-client, namespace: demo}
   spec:
     type: LoadBalancer
@@ -242,7 +262,9 @@ impl DualStackCluster {
         // The node is node-a: the LoadBalancer Services' endpoint runs on
         // it (a backend elsewhere would need source NAT).
         let cgroup_path = cgroup.as_ref().map(|c| c.path.display().to_string());
-        let mut args = vec!["--node-name", "node-a"];
+        // Pods are fd00:244::/32 (and 10.244.0.0/16): told apart from
+        // outside clients for the short-circuit of Local frontends.
+        let mut args = vec!["--node-name", "node-a", "--cluster-cidr", "fd00:244::/32,10.244.0.0/16"];
         if let Some(path) = &cgroup_path {
             args.extend(["--cgroup-path", path.as_str()]);
         }
@@ -354,6 +376,22 @@ fn a_large_upload_through_an_ipv6_cluster_ip_completes_over_a_narrower_link() {
     let mut answer = String::new();
     conn.read_to_string(&mut answer).expect("the backend's count: the upload did not stall");
     assert_eq!(answer, (1 << 20).to_string(), "every byte arrived");
+}
+
+#[test]
+fn a_pod_reaches_a_local_load_balancer_whose_endpoint_is_elsewhere_and_an_outside_client_does_not() {
+    let cluster = DualStackCluster::start();
+    let pod_ns = &cluster.topology.backends[0];
+    let load_balancer = addr("[fd00:96::1:89]:80");
+    let pod = probe::eventually(Duration::from_secs(10), "the Pod served by the endpoint on node-b", || {
+        probe::answer(pod_ns, load_balancer)
+    });
+    assert_eq!(pod, "backend-2");
+    let outcome = probe::connect(&cluster.topology.client, load_balancer, Duration::from_secs(2));
+    assert!(
+        matches!(outcome, Outcome::NoAnswer),
+        "no endpoint on this node: dropped for outside clients, got {outcome:?}"
+    );
 }
 
 #[test]

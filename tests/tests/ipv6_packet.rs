@@ -568,3 +568,61 @@ fn a_packet_too_big_for_the_backend_route_is_answered_before_any_translation() {
     assert_eq!(moved, only(Counter::IcmpFragNeeded));
     assert_eq!(dp.conntrack_v6().unwrap().len(), tracked, "no state for the answered datagram");
 }
+
+/// A LoadBalancer with `externalTrafficPolicy: Local` whose only endpoint
+/// runs on another node.
+const LOCAL_ELSEWHERE: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: local-elsewhere, namespace: default}
+  spec:
+    type: LoadBalancer
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::97
+    clusterIPs: [fd00:96::97]
+    externalTrafficPolicy: Local
+    healthCheckNodePort: 32097
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30097}]
+  status:
+    loadBalancer: {ingress: [{ip: "fd00:203::97"}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: local-elsewhere-v6, namespace: default, labels: {kubernetes.io/service-name: local-elsewhere}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:9::2"], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+"#;
+
+#[test]
+fn a_pod_reaches_a_local_policy_load_balancer_s_endpoints_elsewhere_while_outside_traffic_is_dropped() {
+    let node = NodeContext {
+        node_name: Some("this-node".into()),
+        node_addresses: vec![routed::NODE_IP_V6.into()],
+        dual_stack: true,
+        cluster_cidrs: vec!["fd00:244::/32".parse().unwrap(), "10.244.0.0/16".parse().unwrap()],
+        ..NodeContext::default()
+    };
+    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
+    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    dp.apply(LOCAL_ELSEWHERE).expect("program services");
+    let load_balancer = ep6(v6([0xfd00, 0x203, 0, 0, 0, 0, 0, 0x97]), 80);
+    let elsewhere = ep6(v6([0xfd00, 0x244, 9, 0, 0, 0, 0, 2]), 8080);
+
+    let (verdict, _, moved) = run(&mut dp, &packets6::tcp(CLIENT, load_balancer, true, &[]));
+    assert_eq!(verdict, TC_ACT_SHOT, "outside the cluster: no endpoint on this node, dropped");
+    assert_eq!(moved, only(Counter::DropNoLocalEndpoints));
+
+    // A Pod (inside fd00:244::/32) is served by the endpoint elsewhere
+    // (kube-proxy's short-circuit), from this node's address as for IPv4.
+    let pod = ep6(v6([0xfd00, 0x244, 1, 0, 0, 0, 0, 7]), 41000);
+    let (verdict, out, moved) = run(&mut dp, &packets6::tcp(pod, load_balancer, true, &[]));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the other node");
+    assert_eq!(moved, [(Counter::NewFlow, 1), (Counter::Redirected, 1)].into_iter().collect());
+    let sent = ep6(routed::NODE_IP_V6, u16::from_be_bytes([out[54], out[55]]));
+    let expected =
+        packets6::routed(packets6::tcp(sent, elsewhere, true, &[]), routed::OTHER_NODE_MAC, routed::NODE_MAC);
+    assert_eq!(out, expected, "DNAT to the endpoint on the other node");
+}

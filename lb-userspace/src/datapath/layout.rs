@@ -25,7 +25,7 @@ use lb_common::{
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
     ids, maps as names,
-    pod_cidrs::PodCidrKeyV4,
+    pod_cidrs::{PodCidrKeyV4, PodCidrKeyV6},
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6},
     source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
@@ -112,6 +112,10 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         ),
         names::POD_CIDRS_V4 => (
             layout(MapType::LpmTrie, size::<PodCidrKeyV4>(), size::<u8>(), names::POD_CIDRS_V4_CAPACITY),
+            OnMismatch::Recreate,
+        ),
+        names::POD_CIDRS_V6 => (
+            layout(MapType::LpmTrie, size::<PodCidrKeyV6>(), size::<u8>(), names::POD_CIDRS_V6_CAPACITY),
             OnMismatch::Recreate,
         ),
         names::SOCK_REV_V6 => (

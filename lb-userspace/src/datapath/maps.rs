@@ -17,7 +17,7 @@ use lb_common::{
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
     maps as names,
-    pod_cidrs::PodCidrKeyV4,
+    pod_cidrs::{PodCidrKeyV4, PodCidrKeyV6},
     service::{ServiceKeyV4, ServiceValue},
     source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
     stats::Counter,
@@ -177,6 +177,18 @@ impl LpmKey for PodCidrKeyV4 {
     }
 
     fn from_key(key: Key<[u8; 4]>) -> Self {
+        Self { prefix_len: key.prefix_len(), address: key.data() }
+    }
+}
+
+impl LpmKey for PodCidrKeyV6 {
+    type Data = [u8; 16];
+
+    fn to_key(self) -> Key<[u8; 16]> {
+        Key::new(self.prefix_len, self.address)
+    }
+
+    fn from_key(key: Key<[u8; 16]>) -> Self {
         Self { prefix_len: key.prefix_len(), address: key.data() }
     }
 }

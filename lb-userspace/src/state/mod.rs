@@ -216,16 +216,11 @@ impl DesiredState {
         }
     }
 
-    /// The cluster's Pod CIDRs, as `LB4_POD_CIDRS` must hold them.
+    /// The cluster's Pod CIDRs, as `LB4_POD_CIDRS` and `LB6_POD_CIDRS`
+    /// must hold them.
     pub fn set_pod_cidrs(&mut self, cidrs: &[ipnet::IpNet]) {
-        let wanted = encode::pod_cidr_keys(cidrs);
-        let gone: Vec<_> = self.maps.pod_cidrs.keys().filter(|k| !wanted.contains(k)).copied().collect();
-        for key in gone {
-            set(&mut self.maps.pod_cidrs, &mut self.touched.pod_cidrs, key, None);
-        }
-        for key in wanted {
-            set(&mut self.maps.pod_cidrs, &mut self.touched.pod_cidrs, key, Some(lb_common::pod_cidrs::POD_CIDR));
-        }
+        set_pod_cidr_keys(&mut self.maps.pod_cidrs, &mut self.touched.pod_cidrs, encode::pod_cidr_keys(cidrs));
+        set_pod_cidr_keys(&mut self.maps.pod_cidrs_v6, &mut self.touched.pod_cidrs_v6, encode::pod_cidr_keys_v6(cidrs));
     }
 
     fn put_frontend(&mut self, key: ServiceKey, frontend: &Frontend) {
@@ -458,6 +453,21 @@ fn put_keys<K: Ord + Copy>(
         set(map, touched, *gone, None);
     }
     new
+}
+
+/// Makes `map` hold exactly the Pod CIDR entries `wanted`.
+fn set_pod_cidr_keys<K: Ord + Copy>(
+    map: &mut BTreeMap<K, u8>,
+    touched: &mut std::collections::BTreeSet<K>,
+    wanted: Vec<K>,
+) {
+    let gone: Vec<_> = map.keys().filter(|k| !wanted.contains(k)).copied().collect();
+    for key in gone {
+        set(map, touched, key, None);
+    }
+    for key in wanted {
+        set(map, touched, key, Some(lb_common::pod_cidrs::POD_CIDR));
+    }
 }
 
 fn set<K: Ord + Copy, V: PartialEq + Clone>(
