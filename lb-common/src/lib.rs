@@ -12,6 +12,7 @@
 //! size, and a v4 packet never pays for a 16-byte address.
 #![no_std]
 
+pub mod address_filter;
 pub mod affinity;
 pub mod backend;
 pub mod config;

@@ -20,6 +20,9 @@ pub const BACKENDS_V6: &str = "LB6_BACKENDS";
 pub const CONNTRACK_V6: &str = "LB6_CT";
 /// Which ports may belong to a frontend or a backend (array, by port).
 pub const PORT_FILTER: &str = "LB_PORT_FILTER";
+/// Which destination addresses may belong to a frontend (array of 64-bit
+/// words, by `address_filter` bit).
+pub const ADDRESS_FILTER: &str = "LB_ADDR_FILTER";
 /// Per-CPU packet counters, indexed by `stats::Counter`.
 pub const STATS: &str = "LB_STATS";
 /// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKeyV4` → `u8`.
@@ -67,7 +70,7 @@ pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
 pub const XDP_DEVICES_CAPACITY: u32 = 64;
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 23] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -75,6 +78,7 @@ pub const ALL: [&str; 22] = [
     BACKENDS_V6,
     CONNTRACK_V6,
     PORT_FILTER,
+    ADDRESS_FILTER,
     STATS,
     IDS,
     SOURCE_RANGES_V4,

@@ -5,6 +5,7 @@
 //! and a packet's type (`parse::Packet<F>`) says which.
 
 use lb_common::{
+    address_filter,
     backend::{BackendV4, BackendV6},
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     flow,
@@ -35,6 +36,8 @@ pub trait Family: Copy {
     fn backend(id: u32) -> Option<Self::Backend>;
     /// Whether `address` is inside one of the cluster's Pod CIDRs.
     fn is_pod(address: Self::Addr) -> bool;
+    /// `address`'s bit in `lb_common::address_filter`.
+    fn filter_bit(address: Self::Addr) -> u32;
 
     fn ct_key(src: Self::Addr, dst: Self::Addr, sport: u16, dport: u16, proto: u8, direction: u8) -> Self::CtKey;
     /// The entry at `key`, in place.
@@ -230,6 +233,11 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    fn filter_bit(address: [u8; 4]) -> u32 {
+        address_filter::bit_v4(address)
+    }
+
+    #[inline(always)]
     fn backend(id: u32) -> Option<BackendV4> {
         // SAFETY: copied out at once.
         unsafe { LB4_BACKENDS.get(id) }.copied()
@@ -280,6 +288,11 @@ impl Family for V6 {
     #[inline(always)]
     fn is_pod(address: u128) -> bool {
         LB6_POD_CIDRS.get(&Key::new(128, address.to_ne_bytes())).is_some()
+    }
+
+    #[inline(always)]
+    fn filter_bit(address: u128) -> u32 {
+        address_filter::bit_v6(address.to_ne_bytes())
     }
 
     #[inline(always)]

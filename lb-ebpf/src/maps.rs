@@ -8,6 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
+    address_filter,
     affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     backend::{BackendV4, BackendV6},
     config::DatapathConfig,
@@ -58,6 +59,10 @@ pub static LB6_CT: LruHashMap<CtKeyV6, CtValueV6, { CONNTRACK_V6_CAPACITY as usi
 /// `lb_common::port_filter` bits by port number.
 #[btf_map]
 pub static LB_PORT_FILTER: Array<u8, { PORT_FILTER_CAPACITY as usize }> = Array::new();
+
+/// `lb_common::address_filter` bits, 64 a word.
+#[btf_map]
+pub static LB_ADDR_FILTER: Array<u64, { address_filter::WORDS as usize }> = Array::new();
 
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();

@@ -3,14 +3,14 @@
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
-    port_filter,
+    address_filter, port_filter,
     service::{FLAG_SHORT_CIRCUIT, FLAG_SOURCE_RANGES, ServiceValue},
     source_ranges::SourceRangeKeyV4,
 };
 
 use crate::{
     family::{Family, ServiceKey},
-    maps::{LB_PORT_FILTER, LB4_SRC_RANGES, LB6_SRC_RANGES},
+    maps::{LB_ADDR_FILTER, LB_PORT_FILTER, LB4_SRC_RANGES, LB6_SRC_RANGES},
     parse::{Packet, PacketV4, PacketV6},
 };
 
@@ -23,9 +23,21 @@ pub fn port_bits(port: u16) -> u8 {
     }
 }
 
+/// Whether a packet may be addressed to a frontend: its destination port
+/// and its destination address both pass their prefilters.
 #[inline(always)]
 pub fn may_be_frontend<F: Family>(pkt: &Packet<F>) -> bool {
-    port_bits(pkt.dport) & port_filter::FRONTEND_PORT != 0
+    port_bits(pkt.dport) & port_filter::FRONTEND_PORT != 0 && address_may_be_frontend::<F>(pkt.dst)
+}
+
+/// `lb_common::address_filter`: whether some frontend may have `address`.
+#[inline(always)]
+fn address_may_be_frontend<F: Family>(address: F::Addr) -> bool {
+    let (word, mask) = address_filter::word_and_mask(F::filter_bit(address));
+    match LB_ADDR_FILTER.get(word) {
+        Some(bits) => *bits & mask != 0,
+        None => false,
+    }
 }
 
 #[inline(always)]

@@ -34,6 +34,9 @@ macro_rules! for_each_map {
                 phase |_| 0, transition replace;
             /// Port-filter bits by port (`lb_common::port_filter`).
             port_filter: PortFilter, u16 => u8, lb_common::maps::PORT_FILTER, Array, phase |_| 1, transition bits;
+            /// Address-filter words by index (`lb_common::address_filter`).
+            address_filter: AddressFilter, u32 => u64, lb_common::maps::ADDRESS_FILTER, Array, phase |_| 1,
+                transition bits;
             /// Backends by id.
             backends: Backend, u32 => lb_common::backend::BackendV4, lb_common::maps::BACKENDS_V4, Hash, phase |_| 1, transition replace;
             /// IPv6 backends by id, from the same id space as `backends`.
@@ -103,10 +106,11 @@ pub fn replace<V: PartialEq>(old: Option<V>, new: Option<V>) -> Steps<V> {
 /// Bit sets: bits that appear are set among the puts (keeping the old
 /// ones, which entries not yet rewritten still need), bits that go are
 /// cleared among the deletions, once nothing needs them.
-pub fn bits(old: Option<u8>, new: Option<u8>) -> Steps<u8> {
-    let (old, new) = (old.unwrap_or(0), new.unwrap_or(0));
+pub fn bits<V: Copy + Default + PartialEq + std::ops::BitOr<Output = V>>(old: Option<V>, new: Option<V>) -> Steps<V> {
+    let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
     let union = old | new;
-    Steps { early: (union != old).then_some(Some(union)), late: (union != new).then_some((new != 0).then_some(new)) }
+    let none = V::default();
+    Steps { early: (union != old).then_some(Some(union)), late: (union != new).then_some((new != none).then_some(new)) }
 }
 
 macro_rules! pure_tables {
@@ -217,6 +221,8 @@ mod tests {
                 Write::Ids(..) => "ids",
                 Write::PortFilter(_, Some(_)) => "bits",
                 Write::PortFilter(_, None) => "clear bits",
+                Write::AddressFilter(_, Some(_)) => "address bits",
+                Write::AddressFilter(_, None) => "clear address bits",
                 Write::Backend(_, Some(_)) => "backend",
                 Write::Backend(_, None) => "delete backend",
                 Write::Service(k, Some(_)) if k.backend_slot == 0 => "frontend",

@@ -14,7 +14,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use lb_common::port_filter;
+use lb_common::{address_filter, port_filter};
 use lb_userspace::{
     model::{IpFamily, NodeContext, ServiceTable},
     state::HighestIds,
@@ -53,6 +53,7 @@ fn assert_consistent_v4(maps: &DesiredMaps) {
             "frontend port {} without its prefilter bit",
             key.port
         );
+        assert!(has_address_bit(maps, address_filter::bit_v4(key.address)), "{key:?} without its address bit");
         for slot in 1..=value.count {
             let entry = maps.services.get(&key.slot(slot)).unwrap_or_else(|| panic!("{key:?}: slot {slot} missing"));
             let backend = maps.backends.get(&entry.backend_id).unwrap_or_else(|| panic!("{key:?}: backend missing"));
@@ -82,6 +83,7 @@ fn assert_consistent_v6(maps: &DesiredMaps) {
     let has_bit = |port: u16, bit: u8| maps.port_filter.get(&port).is_some_and(|b| b & bit != 0);
     for (key, value) in maps.services_v6.iter().filter(|(k, _)| k.backend_slot == 0) {
         assert!(has_bit(key.port, port_filter::FRONTEND_PORT), "frontend port {} without its bit", key.port);
+        assert!(has_address_bit(maps, address_filter::bit_v6(key.address)), "{key:?} without its address bit");
         for slot in 1..=value.count {
             let entry = maps.services_v6.get(&key.slot(slot)).unwrap_or_else(|| panic!("{key:?}: slot {slot} missing"));
             let backend = maps.backends_v6.get(&entry.backend_id).unwrap_or_else(|| panic!("{key:?}: backend missing"));
@@ -97,6 +99,12 @@ fn assert_consistent_v6(maps: &DesiredMaps) {
             );
         }
     }
+}
+
+/// Whether `bit` of the address filter is set.
+fn has_address_bit(maps: &DesiredMaps, bit: u32) -> bool {
+    let (word, mask) = address_filter::word_and_mask(bit);
+    maps.address_filter.get(&word).is_some_and(|bits| bits & mask != 0)
 }
 
 /// A member backend exists (in either family's table: members are
@@ -242,23 +250,32 @@ fn minimal_writes(before: &DesiredMaps, after: &DesiredMaps) -> usize {
         let keys: BTreeSet<K> = a.keys().chain(b.keys()).copied().collect();
         keys.iter().filter(|k| a.get(k) != b.get(k)).count()
     }
-    let both_ways = before
-        .port_filter
-        .iter()
-        .filter(|(port, old)| {
-            let new = after.port_filter.get(port).copied().unwrap_or(0);
-            new & !**old != 0 && **old & !new != 0
-        })
-        .count();
+    // A bit set that gains and loses bits is written twice: the union
+    // among the puts, the final bits among the deletions.
+    fn both_ways<K: Ord, V: Copy + Default + PartialEq + std::ops::BitAnd<Output = V> + std::ops::Not<Output = V>>(
+        before: &BTreeMap<K, V>,
+        after: &BTreeMap<K, V>,
+    ) -> usize {
+        let none = V::default();
+        before
+            .iter()
+            .filter(|(key, old)| {
+                let new = after.get(key).copied().unwrap_or_default();
+                new & !**old != none && **old & !new != none
+            })
+            .count()
+    }
     changed(&before.services, &after.services)
         + changed(&before.backends, &after.backends)
         + changed(&before.services_v6, &after.services_v6)
         + changed(&before.backends_v6, &after.backends_v6)
         + changed(&before.port_filter, &after.port_filter)
+        + changed(&before.address_filter, &after.address_filter)
         + changed(&before.ids, &after.ids)
         + changed(&before.maglev, &after.maglev)
         + changed(&before.affinity_members, &after.affinity_members)
-        + both_ways
+        + both_ways(&before.port_filter, &after.port_filter)
+        + both_ways(&before.address_filter, &after.address_filter)
 }
 
 #[derive(Clone, Debug)]

@@ -20,6 +20,7 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use lb_common::{
+    address_filter,
     affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     backend::{BackendV4, BackendV6},
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
@@ -151,6 +152,9 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
             layout(MapType::PerCpuHash, size::<u32>(), size::<FrontendStatsV4>(), names::FRONTEND_STATS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
+        names::ADDRESS_FILTER => {
+            (layout(MapType::Array, size::<u32>(), size::<u64>(), address_filter::WORDS), OnMismatch::Recreate)
+        }
         names::PORT_FILTER => {
             (layout(MapType::Array, size::<u32>(), size::<u8>(), names::PORT_FILTER_CAPACITY), OnMismatch::Recreate)
         }

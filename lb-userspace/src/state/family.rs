@@ -47,6 +47,14 @@ impl ServiceKey {
         }
     }
 
+    /// The frontend address's bit in `lb_common::address_filter`.
+    pub fn address_filter_bit(self) -> u32 {
+        match self {
+            Self::V4(key) => lb_common::address_filter::bit_v4(key.address),
+            Self::V6(key) => lb_common::address_filter::bit_v6(key.address),
+        }
+    }
+
     pub fn port(self) -> u16 {
         match self {
             Self::V4(key) => key.port,

@@ -15,6 +15,7 @@
 //! each backend's id. So a restart with nothing changed writes nothing,
 //! and a backend kept across a restart keeps its id and slot.
 
+mod addresses;
 mod backends;
 mod family;
 mod ids;
@@ -32,6 +33,7 @@ use lb_common::{
 };
 
 use self::{
+    addresses::AddressRefs,
     backends::{BackendIdentity, BackendRefs, Lifecycle, SlotBackend},
     family::ServiceKey,
     ids::IdCounter,
@@ -71,6 +73,7 @@ pub struct DesiredState {
     backends: BackendRefs,
     frontend_ids: IdCounter,
     ports: PortRefs,
+    addresses: AddressRefs,
     maps: DesiredMaps,
     touched: Touched,
     /// How many Maglev tables the kernel map holds (`--maglev-max`);
@@ -227,8 +230,9 @@ impl DesiredState {
         let owned = self.encoded.remove(&key);
         let taken_over = if owned.is_none() {
             // Newly served (or taken over from the maps): one more frontend
-            // on this port.
+            // on this port and at this address.
             self.change_port(key.port(), PortUse::Frontend, true);
+            self.change_address(key, true);
             self.resumed.remove(&key)
         } else {
             None
@@ -383,6 +387,7 @@ impl DesiredState {
         self.frontend_ids.release(owned.frontend_id);
         self.labels.remove(owned.frontend_id);
         self.change_port(key.port(), PortUse::Frontend, false);
+        self.change_address(key, false);
     }
 
     fn set_service_entry(&mut self, key: ServiceKey, value: Option<ServiceValue>) {
@@ -409,6 +414,12 @@ impl DesiredState {
         // None once removed; otherwise its flags may have changed.
         let flags = self.backends.flags(backend.identity);
         family::set_backend(&mut self.maps, &mut self.touched, id, backend.identity, flags);
+    }
+
+    fn change_address(&mut self, key: ServiceKey, add: bool) {
+        if let Some((word, bits)) = self.addresses.change(key, add) {
+            set(&mut self.maps.address_filter, &mut self.touched.address_filter, word, (bits != 0).then_some(bits));
+        }
     }
 
     fn change_port(&mut self, port: u16, use_: PortUse, add: bool) {
