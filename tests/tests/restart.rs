@@ -315,3 +315,29 @@ fn idle_connection_to_a_backend_removed_before_a_restart_is_rebalanced() {
         scenario::web_backend_ids(&maps)
     );
 }
+
+/// An agent upgraded from a datapath without the address filter finds
+/// the filter empty beside a full Service table, and attaches its programs
+/// before its first sync: it seeds the filter from that table first, or
+/// every Service packet would pass untranslated until the sync.
+#[test]
+fn an_upgrade_to_the_address_filter_serves_services_before_the_first_sync() {
+    let pins = PinDir::unique("seed");
+    let mut agent = Datapath::load_pinned(NodeContext::default(), &pins.0).expect("load with pinned maps");
+    agent.apply(&web_with(&[A, B])).unwrap();
+    drop(agent);
+    // What the previous datapath left: no filter bits.
+    let mut maps = ServiceMaps::from_pins(&pins.0).expect("open the pinned maps");
+    for word in maps.read_all().unwrap().address_filter.into_keys() {
+        maps.write(&lb_userspace::tables::Write::AddressFilter(word, None)).unwrap();
+    }
+
+    let mut upgraded = Datapath::load_pinned(NodeContext::default(), &pins.0).expect("load again from the pins");
+    let client = ep([10, 0, 1, 9], 45000);
+    let (_, moved) = upgraded.run_counted(TC_PROGRAM, &packets::tcp_syn(client, VIP)).unwrap();
+    assert_eq!(moved, Counters::from([(Counter::Passed, 1)]), "an empty filter passes the Service's packets");
+    assert!(maps.seed_address_filter().unwrap() > 0, "the filter is seeded");
+    assert_eq!(maps.seed_address_filter().unwrap(), 0, "and only once");
+    let (_, moved) = upgraded.run_counted(TC_PROGRAM, &packets::tcp_syn(client, VIP)).unwrap();
+    assert_eq!(moved, Counters::from([(Counter::NewFlow, 1)]), "served before any sync");
+}

@@ -325,7 +325,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
     write_config(&args)?;
     warn_if_snat_ports_are_ephemeral();
-    let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    let seeded = maps.seed_address_filter()?;
+    if seeded > 0 {
+        info!(words = seeded, "address filter seeded from the Service table the maps hold");
+    }
     publish_for_cni(&mut ebpf, &args.pin_dir)?;
     attach_sockets(&mut ebpf, &args)?;
     // Subscribed before attaching, so no interface slips between the two.

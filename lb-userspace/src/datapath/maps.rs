@@ -13,6 +13,7 @@ use aya::{
     },
 };
 use lb_common::{
+    address_filter,
     affinity::{AffinityKeyV4, AffinityValueV4},
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
@@ -336,6 +337,34 @@ impl ServiceMaps {
 
     pub fn from_pins(pin_dir: &Path) -> anyhow::Result<Self> {
         Self::open(|name| open_pinned(pin_dir, name))
+    }
+
+    /// Sets the address-filter bit of every frontend the maps hold, when
+    /// the filter is empty beside a Service table that is not: an agent
+    /// upgraded from a datapath without the filter, whose new programs
+    /// (attached before the first sync) would otherwise pass every
+    /// Service packet until that sync. Never clears a bit. Returns how
+    /// many words it wrote.
+    pub fn seed_address_filter(&mut self) -> anyhow::Result<usize> {
+        if !self.address_filter.read_all().context(names::ADDRESS_FILTER)?.is_empty() {
+            return Ok(0);
+        }
+        let v4 = self.services.read_all().context(names::SERVICES_V4)?;
+        let v6 = self.services_v6.read_all().context(names::SERVICES_V6)?;
+        let bits = v4
+            .keys()
+            .filter(|k| k.backend_slot == 0)
+            .map(|k| address_filter::bit_v4(k.address))
+            .chain(v6.keys().filter(|k| k.backend_slot == 0).map(|k| address_filter::bit_v6(k.address)));
+        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
+        for bit in bits {
+            let (word, mask) = address_filter::word_and_mask(bit);
+            *words.entry(word).or_default() |= mask;
+        }
+        for (&word, &bits) in &words {
+            self.address_filter.write(word, Some(bits)).context(names::ADDRESS_FILTER)?;
+        }
+        Ok(words.len())
     }
 
     /// One entry of the Service table (a frontend or a slot).
