@@ -118,6 +118,13 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
         frontend_stats::count(svc.frontend_id, FrontendEvent::Rejected);
         return reject::reject(ctx, pkt).map(Some);
     }
+    if !C::FINISHES_EVERY_PACKET && svc.flags & FLAG_SESSION_AFFINITY != 0 {
+        // A ClientIP frontend's choice refreshes the client's entry and
+        // counts a hit or miss; made at XDP and then passed on (a route
+        // XDP cannot send along), tc would make and count it again. Its
+        // new flows are started at tc; their later packets come back here.
+        return Ok(Some(Outcome::next(Counter::XdpPassToTc)));
+    }
     let outcome = start_flow(ctx, pkt, frontend, &svc, was_tracked, previous)?;
     if matches!(outcome.counter, Counter::NewFlow | Counter::Rebalanced) {
         frontend_stats::count(svc.frontend_id, FrontendEvent::NewFlow);

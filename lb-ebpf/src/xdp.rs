@@ -12,7 +12,9 @@
 //! no state created, and tc handles it as if this program were not there:
 //! IPv6, ICMP, a backend on a Pod veth, a neighbour not yet resolved, a
 //! Service without endpoints (tc rejects), a packet too big for the route
-//! (tc answers), a TTL about to expire, and every packet under
+//! (tc answers), a TTL about to expire, the first packet of a ClientIP
+//! affinity flow (its choice is made and counted once, at tc), and every
+//! packet under
 //! `--forward-through-stack`, whose stack forwarding XDP cannot do.
 //!
 //! Counters: XDP counts what it does (new flows, established packets,

@@ -32,6 +32,8 @@ const UNROUTED_NODE_PORT: Endpoint = ep(NODE_IP, 30092);
 const GUARDED_LB: Endpoint = ep([203, 0, 113, 10], 80);
 /// A NodePort without endpoints.
 const EMPTY_NODE_PORT: Endpoint = ep(NODE_IP, 30093);
+/// A ClientIP-affinity NodePort.
+const STICKY_NODE_PORT: Endpoint = ep(NODE_IP, 30094);
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -99,6 +101,20 @@ items:
     type: NodePort
     clusterIP: 10.96.0.93
     ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30093}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: sticky, namespace: default}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.0.94
+    sessionAffinity: ClientIP
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30094}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: sticky-1, namespace: default, labels: {kubernetes.io/service-name: sticky}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.9.5], nodeName: node-b, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
 "#;
 
 fn routed_node() -> Datapath {
@@ -227,6 +243,20 @@ fn what_only_tc_can_finish_passes_to_tc_and_what_tc_would_drop_is_dropped_at_xdp
     let (out, moved) = dp.run_counted(TC_PROGRAM, &syn).expect("run tc");
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(moved, counters(&[(Counter::DropSnatNoAddress, 1)]));
+
+    // A ClientIP frontend's new flow: chosen (and its affinity counted)
+    // once, at tc; its next packets are XDP's.
+    let syn = packets::tcp_syn(CLIENT, STICKY_NODE_PORT);
+    let (out, moved) = dp.run_xdp_counted(&syn, ext0).expect("run SYN to a ClientIP NodePort");
+    assert_eq!((out.verdict, out.packet == syn), (XDP_PASS, true));
+    assert_eq!(moved, counters(&[(Counter::XdpPassToTc, 1)]), "no affinity choice at XDP");
+    let (out, moved) = dp.run_counted(TC_PROGRAM, &syn).expect("run tc");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(moved, counters(&[(Counter::NewFlow, 1), (Counter::AffinityMiss, 1), (Counter::Redirected, 1)]));
+    let ack = packets::tcp(CLIENT, STICKY_NODE_PORT, false, b"next");
+    let (out, moved) = dp.run_xdp_counted(&ack, ext0).expect("run the next segment");
+    assert_eq!(out.verdict, XDP_TX, "established: sent at XDP");
+    assert_eq!(moved, counters(&[(Counter::Established, 1), (Counter::XdpSent, 1)]));
 
     // A source outside loadBalancerSourceRanges: dropped at XDP already,
     // as tc would, and nothing tracked.
