@@ -6,10 +6,14 @@
 //! The same paths run at tc and at XDP (`frame` says what differs). The
 //! route after NAT is looked up before the packet is touched or a flow
 //! tracked, so that XDP can still pass to tc, untouched and stateless,
-//! what it cannot send itself. One exception: a ClientIP Service's
-//! affinity choice, made with the backend, is already recorded; tc then
-//! follows it (counting a hit).
+//! what it cannot send itself; a ClientIP Service's new flows are passed
+//! before its affinity choice is made.
+//!
+//! A host-network backend on this node answers from the node's own stack:
+//! its replies cross no ingress hook, so tc egress translates them
+//! (`reverse_at_egress`).
 
+use aya_ebpf::programs::TcContext;
 use lb_common::{
     backend::BackendV4,
     conntrack::{CtValueV4, FLAG_LOCAL_FRONTEND},
@@ -295,6 +299,31 @@ fn try_reply<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     };
     conntrack::on_rst_mark_original(pkt, &entry);
     to_client(ctx, pkt, &entry).map(Some)
+}
+
+/// At tc egress: a reply of a tracked flow that this node's own stack
+/// sends (a host-network backend's, which never crosses an ingress hook)
+/// gets the frontend as its source, and the client back as its
+/// destination when SNATed. It is on its way out already: no routing.
+/// Any other packet is left alone, uncounted (`None`).
+#[inline(always)]
+pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
+    let pkt = parse::parse_v4(ctx).ok()?;
+    if !service::may_be_backend_reply(&pkt) {
+        return None;
+    }
+    let entry = conntrack::lookup_reply(&pkt)?;
+    conntrack::on_rst_mark_original(&pkt, &entry);
+    let rewritten = nat::rewrite(ctx, &pkt, Side::Source, entry.frontend_address, entry.frontend_port).and_then(|()| {
+        match entry.has_snat() {
+            true => nat::rewrite(ctx, &pkt, Side::Destination, entry.nat_address, entry.nat_port),
+            false => Ok(()),
+        }
+    });
+    Some(match rewritten {
+        Ok(()) => Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat },
+        Err(drop_reason) => Outcome::drop(drop_reason),
+    })
 }
 
 #[inline(always)]

@@ -372,6 +372,25 @@ fn packet_too_big(ctx: &TcContext, mtu: u16) -> PathResult<Outcome> {
     Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::IcmpFragNeeded })
 }
 
+/// At tc egress, as `lb4::reverse_at_egress`: a reply the node's own
+/// stack sends, translated back and left on its way. `None`: any other
+/// packet, left alone and uncounted.
+#[inline(never)]
+pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
+    let mut pkt = core::mem::MaybeUninit::uninit();
+    parse(ctx, &mut pkt).ok()?;
+    // SAFETY: `parse` wrote the whole packet when it succeeded.
+    let pkt = unsafe { pkt.assume_init_ref() };
+    if !service::may_be_backend_reply(pkt) {
+        return None;
+    }
+    match try_reply(ctx, pkt) {
+        Ok(true) => Some(Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat }),
+        Ok(false) => None,
+        Err(drop_reason) => Some(Outcome::drop(drop_reason)),
+    }
+}
+
 /// Backend → client: restores the frontend as the source. `false`: not
 /// a reply of a tracked flow.
 #[inline(never)]

@@ -83,6 +83,22 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     outcome.verdict.tc_action()
 }
 
+/// At tc egress of the same interfaces: replies sent by the node's own
+/// stack (a host-network backend on this node) are translated back here,
+/// since they never cross an ingress hook. Everything else passes
+/// uncounted.
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    let outcome = if parse::is_ipv6(&ctx) { lb6::reverse_at_egress(&ctx) } else { lb4::reverse_at_egress(&ctx) };
+    match outcome {
+        Some(outcome) => {
+            stats::count(outcome.counter);
+            outcome.verdict.tc_action()
+        }
+        None => Verdict::Next.tc_action(),
+    }
+}
+
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let outcome = xdp::handle_frame(&ctx);

@@ -11,7 +11,7 @@ use std::{
 
 use lb_tests::{
     host::{self, Client, TestCgroup},
-    observe,
+    observe, probe,
     scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
     topology::{self, NODE_CLIENT_SIDE_IP},
 };
@@ -238,4 +238,50 @@ fn a_cgroup_made_again_gets_new_links_on_restart() {
         .expect("cgroup made again");
     host.cluster.agent.wait_ready(Duration::from_secs(30)).expect("agent back");
     assert_eq!(host.run("tcp", SocketAddr::V4(WEB)).first().map(String::as_str), Some("peer 10.96.0.10:80"));
+}
+
+/// A Service whose only endpoint is host-network on this node: the
+/// node's own address, as the `kubernetes` Service's apiserver endpoint
+/// is on a control-plane node.
+const HOST_BACKED: &str = "
+- apiVersion: v1
+  kind: Service
+  metadata: {name: host-backed, namespace: demo}
+  spec:
+    clusterIP: 10.96.0.12
+    ports: [{name: https, port: 443, protocol: TCP, targetPort: 6443}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: host-backed-1, namespace: demo, labels: {kubernetes.io/service-name: host-backed}}
+  addressType: IPv4
+  ports: [{name: https, port: 6443, protocol: TCP}]
+  endpoints:
+  - addresses: [10.0.1.1]
+    conditions: {ready: true}
+";
+
+/// The host's answer leaves from the node's own stack and crosses no
+/// ingress hook: `lb_tc_egress` translates it back on its way out.
+#[test]
+fn a_host_network_backend_on_this_node_answers_clients_and_pods_through_its_cluster_ip() {
+    let services = format!("{}{HOST_BACKED}", scenario::DEMO_SERVICES);
+    let mut cluster = DemoCluster::start_with(scenario::BACKENDS, &services, |m| {
+        scenario::backend_count(m, "10.96.0.12:443".parse().unwrap()) == Some(1)
+    })
+    .expect("start cluster");
+    let host = SocketAddr::from((NODE_CLIENT_SIDE_IP, 6443));
+    cluster.servers.http(&cluster.topology.node.clone(), host, "the-host").expect("host-network server");
+    let frontend: SocketAddr = "10.96.0.12:443".parse().unwrap();
+    // The fixture's pods route only the client's network through the node.
+    let pod = &cluster.topology.backends[0];
+    topology::run_in(pod, &["ip", "route", "add", topology::SERVICE_RANGE, "via", "10.244.1.1"]).expect("pod route");
+    for netns in [cluster.topology.client.clone(), cluster.topology.backends[0].clone()] {
+        let answer = probe::eventually(Duration::from_secs(10), "the host-network backend answering", || {
+            probe::answer(&netns, frontend)
+        });
+        assert_eq!(answer, "the-host", "from {netns}");
+    }
+    let links = observe::lbctl(&cluster.agent.pin_dir, &["--netns", &cluster.topology.node, "-o", "json", "links"])
+        .expect("lbctl links");
+    assert!(links.contains("\"tc-egress\""), "lb_tc_egress is listed: {links}");
 }

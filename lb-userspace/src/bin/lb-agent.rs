@@ -335,7 +335,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Subscribed before attaching, so no interface slips between the two.
     let (present, link_events) = interfaces::watch().await?;
     let mut attacher =
-        Attacher::new(ebpf, Attachments::open(&args.pin_dir)?, interfaces::Selector::new(&args.interfaces));
+        Attacher::new(ebpf, Attachments::open(&args.pin_dir)?, interfaces::Selector::new(&args.interfaces))
+            .with_egress(Attachments::open_egress(&args.pin_dir)?);
     // Without XDP interfaces, the pinned XDP links of an earlier agent
     // still go (an empty selector matches nothing).
     attacher =

@@ -593,6 +593,7 @@ fn links_table(links: &[PinnedLink]) -> String {
             let interface = l.interface.clone().unwrap_or_else(|| "gone".to_owned());
             let hook = match l.hook {
                 Hook::Tc => "tc",
+                Hook::TcEgress => "tc-egress",
                 Hook::Xdp => "xdp",
             };
             let current = match l.current {

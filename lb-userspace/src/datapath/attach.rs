@@ -1,7 +1,8 @@
 //! Keeps the datapath attached to exactly the selected interfaces: at
 //! start from a link dump (adopting the pinned links of an earlier agent,
 //! dropping those of interfaces gone since), then from link notifications.
-//! `lb_tc` runs at tcx ingress of the `--interfaces`; `lb_xdp`, when
+//! `lb_tc` runs at tcx ingress of the `--interfaces` and `lb_tc_egress`
+//! at their tcx egress (`with_egress`); `lb_xdp`, when
 //! `--xdp-interfaces` names any, at XDP of those, each of which is also
 //! entered in `LB_XDP_DEVICES` (where XDP may redirect to) before the
 //! program runs there.
@@ -16,13 +17,14 @@ use tracing::{debug, info, warn};
 
 use super::{
     interfaces::{LinkEvent, Selector},
-    links::{Attached, Attachments},
+    links::{self, Attached, Attachments},
     loader,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hook {
     Tc,
+    TcEgress,
     Xdp,
 }
 
@@ -45,6 +47,16 @@ impl Attacher {
     /// `lb_tc` on the interfaces `selector` picks.
     pub fn new(ebpf: Ebpf, attachments: Attachments, selector: Selector) -> Self {
         Self { ebpf, hooks: vec![Hooked { hook: Hook::Tc, attachments, selector }] }
+    }
+
+    /// Also `lb_tc_egress` at tcx egress of the interfaces `lb_tc` runs on
+    /// (`attachments`: `Attachments::open_egress`).
+    pub fn with_egress(mut self, attachments: Attachments) -> Self {
+        let selector = self.hooks.iter().find(|h| h.hook == Hook::Tc).map(|h| h.selector.clone());
+        if let Some(selector) = selector {
+            self.hooks.push(Hooked { hook: Hook::TcEgress, attachments, selector });
+        }
+        self
     }
 
     /// Also `lb_xdp` on the interfaces `selector` picks (`attachments`:
@@ -130,6 +142,10 @@ impl Hooked {
     fn attach(&mut self, ebpf: &mut Ebpf, name: &str, index: u32) -> anyhow::Result<()> {
         let attached = match self.hook {
             Hook::Tc => self.attachments.attach(loader::program(ebpf, loader::TC_PROGRAM)?, name, index)?,
+            Hook::TcEgress => {
+                let mut egress = links::Egress(loader::program(ebpf, loader::EGRESS_PROGRAM)?);
+                self.attachments.attach(&mut egress, name, index)?
+            }
             Hook::Xdp => {
                 // Listed first: the program may send there as soon as it runs.
                 xdp_devices(ebpf)?

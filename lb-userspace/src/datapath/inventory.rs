@@ -1,6 +1,7 @@
 //! Every pinned link of a pin directory, whoever owns it: the agent's
-//! (`links/<interface>`, selected by `--interfaces`, and
-//! `xdp-links/<interface>`, by `--xdp-interfaces`) and the CNI plugin's
+//! (`links/<interface>` and `egress-links/<interface>`, selected by
+//! `--interfaces`, and `xdp-links/<interface>`, by `--xdp-interfaces`)
+//! and the CNI plugin's
 //! (`cni-links/<attachment>`), with the hook and interface each runs on
 //! and its program (`lbctl links`).
 
@@ -31,6 +32,9 @@ pub enum Owner {
 pub enum Hook {
     /// tcx ingress: `lb_tc`.
     Tc,
+    /// tcx egress: `lb_tc_egress`.
+    #[serde(rename = "tc-egress")]
+    TcEgress,
     /// XDP: `lb_xdp`.
     Xdp,
 }
@@ -54,7 +58,7 @@ pub struct PinnedLink {
     pub link_id: u32,
     pub program_id: u32,
     /// Whether it runs the program the agent pinned last (`progs/lb_tc`);
-    /// None for XDP links, whose program is not pinned.
+    /// None for egress and XDP links, whose programs are not pinned.
     pub current: Option<bool>,
 }
 
@@ -64,6 +68,7 @@ pub fn pinned_links(pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     let mut out = Vec::new();
     let dirs = [
         (Owner::Agent, Hook::Tc, links_dir(pin_dir)),
+        (Owner::Agent, Hook::TcEgress, pin_dir.join(links::EGRESS_LINKS_DIR)),
         (Owner::Agent, Hook::Xdp, pin_dir.join(links::XDP_LINKS_DIR)),
         (Owner::Cni, Hook::Tc, chained::cni_links_dir(pin_dir)),
     ];

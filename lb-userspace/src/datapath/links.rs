@@ -13,8 +13,10 @@
 //! cannot be pinned or replaced atomically: replacing it means a window
 //! with two filters or none.
 //!
-//! `lb_xdp`, on the interfaces chosen for it, is attached the same way
-//! through an XDP link, pinned as `<pin-dir>/xdp-links/<interface>`.
+//! `lb_tc_egress` runs at tcx egress of the same interfaces, pinned as
+//! `<pin-dir>/egress-links/<interface>`; `lb_xdp`, on the interfaces
+//! chosen for it, is attached the same way through an XDP link, pinned as
+//! `<pin-dir>/xdp-links/<interface>`.
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +37,8 @@ use tracing::{info, warn};
 pub const LINKS_DIR: &str = "links";
 /// The same for XDP links.
 pub const XDP_LINKS_DIR: &str = "xdp-links";
+/// The same for tcx egress links.
+pub const EGRESS_LINKS_DIR: &str = "egress-links";
 
 /// Where the tcx links of a pin directory are pinned.
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -65,6 +69,25 @@ impl LinkedProgram for SchedClassifier {
             .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .with_context(|| format!("attaching to {ifname} ingress (tcx)"))?;
         Ok(self.take_link(id)?.try_into()?)
+    }
+}
+
+/// A classifier attached at tcx egress (`lb_tc_egress`).
+pub struct Egress<'a>(pub &'a mut SchedClassifier);
+
+impl LinkedProgram for Egress<'_> {
+    const HOOK: &'static str = "tcx egress";
+
+    fn replace(&mut self, link: FdLink, path: &Path) -> Result<FdLink, ProgramError> {
+        self.0.replace(link, path)
+    }
+
+    fn attach_new(&mut self, ifname: &str) -> anyhow::Result<FdLink> {
+        let id = self
+            .0
+            .attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .with_context(|| format!("attaching to {ifname} egress (tcx)"))?;
+        Ok(self.0.take_link(id)?.try_into()?)
     }
 }
 
@@ -117,6 +140,11 @@ impl Attachments {
     /// Opens (creating it if needed) the tcx links directory of `pin_dir`.
     pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
         Self::open_dir(links_dir(pin_dir))
+    }
+
+    /// Opens (creating it if needed) the tcx egress links directory of `pin_dir`.
+    pub fn open_egress(pin_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_dir(pin_dir.join(EGRESS_LINKS_DIR))
     }
 
     /// Opens (creating it if needed) the XDP links directory of `pin_dir`.

@@ -20,6 +20,8 @@ use super::{bpffs, layout, sock_links};
 
 /// The tc program balancing Service traffic.
 pub const TC_PROGRAM: &str = "lb_tc";
+/// The tc egress program: replies of host-network backends on this node.
+pub const EGRESS_PROGRAM: &str = "lb_tc_egress";
 /// Parses like `lb_tc` and passes everything (the benchmarks' floor).
 pub const PARSE_ONLY_PROGRAM: &str = "lb_parse_only";
 /// Forwards by the FIB with no Service work: the benchmarks' limit.
@@ -96,7 +98,7 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
     if let Some(dir) = pin_dir {
         layout::record_versions(dir)?;
     }
-    for name in [TC_PROGRAM, PARSE_ONLY_PROGRAM, FORWARD_ONLY_PROGRAM] {
+    for name in [TC_PROGRAM, EGRESS_PROGRAM, PARSE_ONLY_PROGRAM, FORWARD_ONLY_PROGRAM] {
         program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
     for name in sock_links::PROGRAMS {
