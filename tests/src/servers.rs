@@ -32,6 +32,21 @@ pub fn in_netns<T: Send + 'static>(
     handle.join().map_err(|_| anyhow::anyhow!("thread in {netns} panicked"))?
 }
 
+/// Listens on `addr` inside `netns` and accepts one connection, on a
+/// thread of its own: it reads until the client shuts down its side, then
+/// answers with the number of bytes it received, in decimal.
+pub fn byte_counter(netns: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = in_netns(netns, move || Ok(TcpListener::bind(addr)?))?;
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        let mut received = Vec::new();
+        if conn.read_to_end(&mut received).is_ok() {
+            let _ = conn.write_all(received.len().to_string().as_bytes());
+        }
+    });
+    Ok(())
+}
+
 /// Opens a TCP connection from inside `netns` (3 s to connect, 3 s read
 /// timeout). The outer result is about entering the namespace; the inner
 /// one is the connection attempt, so callers can check how it failed.

@@ -7,7 +7,7 @@
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
 
@@ -51,19 +51,10 @@ fn start() -> DemoCluster {
     .expect("start cluster")
 }
 
-/// Accepts one connection on backend 1 and answers with the number of
-/// bytes received before the client shut down its side.
+/// Counts the bytes of one connection on backend 1 (`servers::byte_counter`).
 fn sink(cluster: &DemoCluster) {
     let addr = SocketAddr::from((topology::backend_ip(1), SINK_PORT));
-    let listener = servers::in_netns(&cluster.topology.backends[0], move || Ok(TcpListener::bind(addr)?))
-        .expect("listen on the backend");
-    std::thread::spawn(move || {
-        let Ok((mut conn, _)) = listener.accept() else { return };
-        let mut received = Vec::new();
-        if conn.read_to_end(&mut received).is_ok() {
-            let _ = conn.write_all(received.len().to_string().as_bytes());
-        }
-    });
+    servers::byte_counter(&cluster.topology.backends[0], addr).expect("listen on the backend");
 }
 
 #[test]

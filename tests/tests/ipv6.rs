@@ -356,15 +356,7 @@ fn a_large_upload_through_an_ipv6_cluster_ip_completes_over_a_narrower_link() {
     let node_side = &cluster.topology.node_interfaces[1];
     topology::run_in(&cluster.topology.node, &["ip", "link", "set", node_side, "mtu", "1400"]).expect("narrow link");
     let listen = SocketAddr::new(topology::backend_ip_v6(1).into(), SINK_PORT);
-    let listener = servers::in_netns(&cluster.topology.backends[0], move || Ok(std::net::TcpListener::bind(listen)?))
-        .expect("listen on the backend");
-    std::thread::spawn(move || {
-        let Ok((mut conn, _)) = listener.accept() else { return };
-        let mut received = Vec::new();
-        if conn.read_to_end(&mut received).is_ok() {
-            let _ = conn.write_all(received.len().to_string().as_bytes());
-        }
-    });
+    servers::byte_counter(&cluster.topology.backends[0], listen).expect("listen on the backend");
     let mut conn = probe::eventually(Duration::from_secs(10), "connected to the sink", || {
         Ok(servers::connect(client, addr(SINK_V6))??)
     });

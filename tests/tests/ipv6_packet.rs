@@ -134,6 +134,21 @@ items:
   ports: [{name: "", port: 8080, protocol: TCP}]
 "#;
 
+/// A dual-stack node with an IPv6 node address, real routes to another
+/// node's pods (`routed`), and `cluster_cidrs` as its Pod CIDRs.
+fn routed_node_v6(cluster_cidrs: &[&str]) -> Datapath {
+    let node = NodeContext {
+        node_name: Some("node-a".into()),
+        node_addresses: vec![routed::NODE_IP_V6.into()],
+        dual_stack: true,
+        cluster_cidrs: cluster_cidrs.iter().map(|cidr| cidr.parse().unwrap()).collect(),
+        ..NodeContext::default()
+    };
+    let dp = Datapath::load(node).expect("load datapath (root needed)");
+    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    dp
+}
+
 fn datapath() -> Datapath {
     let node = NodeContext { node_name: Some("this-node".into()), dual_stack: true, ..NodeContext::default() };
     let mut dp = Datapath::load(node).expect("load datapath (root needed)");
@@ -310,14 +325,7 @@ items:
 
 #[test]
 fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from_the_node_port() {
-    let node = NodeContext {
-        node_name: Some("node-a".into()),
-        node_addresses: vec![routed::NODE_IP_V6.into()],
-        dual_stack: true,
-        ..NodeContext::default()
-    };
-    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
-    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    let mut dp = routed_node_v6(&[]);
     dp.apply(REMOTE_NODE_PORT).expect("program services");
     let client = ep6(routed::CLIENT_IP_V6, 40000);
     let node_port = ep6(routed::NODE_IP_V6, 30090);
@@ -518,14 +526,7 @@ fn packet_too_big_answer(sent: &[u8], frontend: Ipv6Addr, client: Ipv6Addr) -> V
 
 #[test]
 fn a_packet_too_big_for_the_backend_route_is_answered_before_any_translation() {
-    let node = NodeContext {
-        node_name: Some("node-a".into()),
-        node_addresses: vec![routed::NODE_IP_V6.into()],
-        dual_stack: true,
-        ..NodeContext::default()
-    };
-    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
-    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    let mut dp = routed_node_v6(&[]);
     let (via, mtu) = (routed::OTHER_NODE_IP_V6.to_string(), NARROW_MTU_V6.to_string());
     lb_tests::topology::run("ip", &["-6", "route", "add", "fd00:244:8::/64", "via", &via, "mtu", "lock", &mtu])
         .expect("narrow route");
@@ -598,15 +599,7 @@ items:
 
 #[test]
 fn a_pod_reaches_a_local_policy_load_balancer_s_endpoints_elsewhere_while_outside_traffic_is_dropped() {
-    let node = NodeContext {
-        node_name: Some("this-node".into()),
-        node_addresses: vec![routed::NODE_IP_V6.into()],
-        dual_stack: true,
-        cluster_cidrs: vec!["fd00:244::/32".parse().unwrap(), "10.244.0.0/16".parse().unwrap()],
-        ..NodeContext::default()
-    };
-    let mut dp = Datapath::load(node).expect("load datapath (root needed)");
-    routed::set_up().and_then(|()| routed::set_up_v6()).expect("set up the node's routes");
+    let mut dp = routed_node_v6(&["fd00:244::/32", "10.244.0.0/16"]);
     dp.apply(LOCAL_ELSEWHERE).expect("program services");
     let load_balancer = ep6(v6([0xfd00, 0x203, 0, 0, 0, 0, 0, 0x97]), 80);
     let elsewhere = ep6(v6([0xfd00, 0x244, 9, 0, 0, 0, 0, 2]), 8080);
