@@ -16,14 +16,16 @@
 //! - Path MTU: a client → frontend packet too big for the route to its
 //!   backend is answered with packet too big before any rewrite, as
 //!   IPv4's DF packets are (`pmtu`); IPv6 routers never fragment, so
-//!   every such packet is. A new flow's state is kept for the smaller
-//!   packets that follow, except an SNATed one's (not tracked yet).
+//!   every such packet is, except one with extension headers (left to
+//!   the stack: the answer's quote would not reach its ports). A new
+//!   flow's state is kept for the smaller packets that follow, except an
+//!   SNATed one's (not tracked yet).
 //!   ICMPv6 errors about NATed flows are translated (`icmp6_error`).
 //! - `--forward-through-stack`: IPv6 flows are always sent on by the
 //!   datapath, so FORWARD rules do not see them.
 //!
 //! The IPv6 code is split into BPF-to-BPF calls (`start_flow`, `snat_flow`,
-//! `try_reply`, `send`, `reject`, ...): inlined, 16-byte addresses and
+//! `send_to_backend`, `try_reply`, `send`, `reject`, ...): inlined, 16-byte addresses and
 //! 40-byte keys take more stack than one frame may have, and frames add
 //! up along a call chain, which may not pass 512 bytes either.
 

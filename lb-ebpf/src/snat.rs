@@ -17,10 +17,10 @@
 //! claimed by inserting the reply conntrack entry only if absent, so
 //! concurrent flows on other CPUs can never get the same one. Candidates
 //! start at a hash of the flow and step through the SNAT ports
-//! (`lb_common::conntrack::snat_candidate`)
-//! (`lb_common::conntrack::SNAT_PORT_SPANS`), skipping any port a frontend
-//! uses; after `SNAT_PORT_ATTEMPTS` candidates the flow is dropped and
-//! counted.
+//! (`lb_common::conntrack::SNAT_PORT_SPANS`, in the order
+//! `lb_common::conntrack::snat_candidate` gives), skipping any port a
+//! frontend uses; after `SNAT_PORT_ATTEMPTS` candidates the flow is
+//! dropped and counted.
 //!
 //! The candidates are tried in a `bpf_loop` callback: the verifier checks
 //! its body once, where a plain loop is walked once per iteration (the
