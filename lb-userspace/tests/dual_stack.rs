@@ -10,7 +10,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use lb_common::{port_filter, service::ServiceKeyV6};
+use lb_common::{address_filter, port_filter, service::ServiceKeyV6};
 use lb_userspace::{
     model::{IpFamily, NodeContext},
     state::HighestIds,
@@ -199,14 +199,31 @@ fn dropping_the_ipv6_family_removes_exactly_the_ipv6_entries() {
     assert_eq!((&after.ids, &after.port_filter), (&before.ids, &before.port_filter));
     assert!(after.maglev == maglev, "IPv4 tables kept, IPv6 ones gone");
     let writes = &syncer.writer().writes;
+    // The address filter loses the IPv6 frontends' bits and keeps every
+    // IPv4 frontend's.
+    let cleared = |word: &u32, bits: &Option<u64>| {
+        let old = before.address_filter.get(word).copied().unwrap_or(0);
+        bits.unwrap_or(0) & !old == 0
+    };
     let only_v6_deletions = writes.iter().all(|w| match w {
         Write::ServiceV6(_, None) | Write::BackendV6(_, None) => true,
         Write::Maglev(id, None) => v6_ids.contains(id),
+        Write::AddressFilter(word, bits) => cleared(word, bits),
         _ => false,
     });
     assert!(only_v6_deletions, "{} writes", writes.len());
+    for key in after.services.keys().filter(|k| k.backend_slot == 0) {
+        let (word, mask) = address_filter::word_and_mask(address_filter::bit_v4(key.address));
+        assert!(after.address_filter.get(&word).is_some_and(|bits| bits & mask != 0), "{key:?} keeps its bit");
+    }
     let tables = writes.iter().filter(|w| matches!(w, Write::Maglev(..))).count();
-    assert_eq!(writes.len(), 4 + 1 + tables, "two frontends and their slots, one backend, their tables");
+    let filter_words = writes.iter().filter(|w| matches!(w, Write::AddressFilter(..))).count();
+    assert!(filter_words <= 2, "at most one word per IPv6 frontend address");
+    assert_eq!(
+        writes.len(),
+        4 + 1 + tables + filter_words,
+        "two frontends and their slots, one backend, their tables, their filter bits"
+    );
 }
 
 #[test]
