@@ -29,7 +29,7 @@ use crate::{
     icmp_error::{self, load},
     icmp_nat::{self, IcmpError, Quote, Translation},
     parse::{self, ETH_LEN},
-    parse6::{self, IPV6_HDR_LEN},
+    parse6::{self, DST_OFF, IPV6_HDR_LEN, NEXT_HEADER_OFF, PAYLOAD_LEN_OFF, SRC_OFF},
     route::{self, Flow},
     verdict::{Outcome, PathResult},
 };
@@ -41,10 +41,6 @@ const ICMPV6_TIME_EXCEEDED: u8 = 3;
 const ICMPV6_HDR_LEN: usize = 8;
 /// Bytes of the quote's L4 header needed: its ports, and UDP's checksum.
 const QUOTED_L4_LEN: usize = 8;
-const PAYLOAD_LEN_OFF: usize = 4;
-const NEXT_HEADER_OFF: usize = 6;
-const SRC_OFF: usize = 8;
-const DST_OFF: usize = 24;
 
 /// An IPv6 packet the parser passed as `pass_other_protocol`: translated
 /// if it is an ICMPv6 error about a NATed flow, else passed with the

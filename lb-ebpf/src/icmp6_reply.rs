@@ -17,7 +17,12 @@ use aya_ebpf::{
 };
 use lb_common::stats::Counter;
 
-use crate::{icmp_reply, nat, parse::ETH_LEN, parse6::IPV6_HDR_LEN, verdict::PathResult};
+use crate::{
+    icmp_reply, nat,
+    parse::ETH_LEN,
+    parse6::{DST_OFF, IPV6_HDR_LEN, SRC_OFF},
+    verdict::PathResult,
+};
 
 const QUOTE_LEN: usize = IPV6_HDR_LEN + 8;
 const ICMP6_HDR_LEN: usize = 8;
@@ -28,8 +33,6 @@ const CODE_PORT_UNREACH: u8 = 4;
 const ICMP6_PACKET_TOO_BIG: u8 = 2;
 const NEXT_ICMP6: u8 = 58;
 const HOP_LIMIT: u8 = 64;
-const SRC_OFF: usize = 8;
-const DST_OFF: usize = 24;
 
 /// Replaces `pkt` with ICMPv6 port unreachable from its destination (the
 /// frontend) to its source, and redirects it to the sender.

@@ -19,14 +19,13 @@ use crate::{
     family::{Family, V4, V6},
     nat,
     parse::ETH_LEN,
+    parse6,
     verdict::PathResult,
 };
 
 const IP_CSUM: usize = 10;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
-const IP6_SRC: usize = 8;
-const IP6_DST: usize = 24;
 const ICMP_CSUM: usize = 2;
 const TCP_CSUM: usize = 16;
 const TCP_MIN_LEN: usize = 20;
@@ -166,14 +165,14 @@ pub fn rewrite_v6(ctx: &TcContext, err: &IcmpError<V6>, t: &Translation<V6>) -> 
     let q = &err.quote;
     q.src.replace_in(t.src.0, &mut icmp);
     q.dst.replace_in(t.dst.0, &mut icmp);
-    write_at(ctx, q.ip_off + IP6_SRC, t.src.0.to_ne_bytes())?;
-    write_at(ctx, q.ip_off + IP6_DST, t.dst.0.to_ne_bytes())?;
+    write_at(ctx, q.ip_off + parse6::SRC_OFF, t.src.0.to_ne_bytes())?;
+    write_at(ctx, q.ip_off + parse6::DST_OFF, t.dst.0.to_ne_bytes())?;
     rewrite_quoted_l4(ctx, q, t, &mut icmp)?;
     err.outer_src.replace_in(t.outer_src, &mut icmp);
     err.outer_dst.replace_in(t.outer_dst, &mut icmp);
     write_at(ctx, icmp_csum, icmp.finish())?;
-    write_at(ctx, ETH_LEN + IP6_SRC, t.outer_src.to_ne_bytes())?;
-    write_at(ctx, ETH_LEN + IP6_DST, t.outer_dst.to_ne_bytes())
+    write_at(ctx, ETH_LEN + parse6::SRC_OFF, t.outer_src.to_ne_bytes())?;
+    write_at(ctx, ETH_LEN + parse6::DST_OFF, t.outer_dst.to_ne_bytes())
 }
 
 #[inline(always)]

@@ -35,10 +35,11 @@ const NEXT_ESP: u8 = 50;
 const NEXT_AH: u8 = 51;
 const NEXT_DEST_OPTS: u8 = 60;
 
-const PAYLOAD_LEN_OFF: usize = 4;
-const NEXT_HEADER_OFF: usize = 6;
-const SRC_OFF: usize = 8;
-const DST_OFF: usize = 24;
+/// Field offsets in the IPv6 header.
+pub const PAYLOAD_LEN_OFF: usize = 4;
+pub const NEXT_HEADER_OFF: usize = 6;
+pub const SRC_OFF: usize = 8;
+pub const DST_OFF: usize = 24;
 
 /// The first 8 bytes of an IPv6 header: version, class, flow label,
 /// payload length, next header, hop limit. Addresses are read apart.
