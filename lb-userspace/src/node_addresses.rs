@@ -3,8 +3,15 @@
 //! `--nodeport-addresses`), so an address added later must start serving
 //! and a removed one must stop, without a restart.
 //!
+//! Both families are followed: a dual-stack node serves its IPv6 NodePorts
+//! on its IPv6 addresses. Loopback never serves NodePorts (as kube-proxy's
+//! nftables mode), nor does an IPv6 link-local address (as kube-proxy's
+//! IPVS mode): it means something only with the interface it is on, and a
+//! frontend is keyed by address alone.
+//!
 //! The current set comes from an rtnetlink address dump, changes from the
-//! kernel's address notifications (RTNLGRP_IPV4_IFADDR), subscribed before
+//! kernel's address notifications (RTNLGRP_IPV4_IFADDR and
+//! RTNLGRP_IPV6_IFADDR), subscribed before
 //! the dump so nothing added in between is missed. The same address may
 //! sit on several interfaces (a pod gateway on every pod veth): it counts
 //! until the last one goes. When the kernel drops notifications (the
@@ -12,12 +19,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv6Addr},
 };
 
 use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::{
     MulticastGroup,
     packet_core::NetlinkPayload,
@@ -29,23 +36,23 @@ use rtnetlink::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// The node's IPv4 addresses by the interfaces that hold them (pure: fed
-/// with dump entries and notifications).
+/// The node's addresses by the interfaces that hold them (pure: fed with
+/// dump entries and notifications).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AddressSet {
-    holders: BTreeMap<Ipv4Addr, BTreeSet<u32>>,
+    holders: BTreeMap<IpAddr, BTreeSet<u32>>,
 }
 
 impl AddressSet {
     /// `address` is on interface `index`. True when the set changed.
-    pub fn add(&mut self, address: Ipv4Addr, index: u32) -> bool {
+    pub fn add(&mut self, address: IpAddr, index: u32) -> bool {
         let fresh = !self.holders.contains_key(&address);
         self.holders.entry(address).or_default().insert(index);
         fresh
     }
 
     /// `address` left interface `index`. True when the set changed.
-    pub fn remove(&mut self, address: Ipv4Addr, index: u32) -> bool {
+    pub fn remove(&mut self, address: IpAddr, index: u32) -> bool {
         let Some(holders) = self.holders.get_mut(&address) else {
             return false;
         };
@@ -57,29 +64,37 @@ impl AddressSet {
         true
     }
 
-    /// The addresses NodePorts are served on: loopback never (as
-    /// kube-proxy's nftables mode), and only those inside `filter` when it
-    /// is not empty.
-    pub fn node_port_addresses(&self, filter: &[Ipv4Net]) -> Vec<IpAddr> {
+    /// The addresses NodePorts are served on: neither loopback nor IPv6
+    /// link-local (see the module comment), and only those inside `filter`
+    /// when it is not empty (so a filter of IPv4 CIDRs only serves no IPv6
+    /// NodePorts, as kube-proxy's IPv6 proxier finds none of its family).
+    pub fn node_port_addresses(&self, filter: &[IpNet]) -> Vec<IpAddr> {
         self.holders
             .keys()
-            .filter(|ip| !ip.is_loopback())
+            .filter(|ip| !ip.is_loopback() && !is_link_local_v6(ip))
             .filter(|ip| filter.is_empty() || filter.iter().any(|net| net.contains(*ip)))
-            .map(|&ip| IpAddr::V4(ip))
+            .copied()
             .collect()
     }
 }
 
-/// The IPv4 local address and interface of an address message.
-fn address_of(message: &AddressMessage) -> Option<(Ipv4Addr, u32)> {
+/// fe80::/10.
+fn is_link_local_v6(address: &IpAddr) -> bool {
+    const LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0);
+    matches!(address, IpAddr::V6(ip) if ip.segments()[0] & 0xffc0 == LINK_LOCAL.segments()[0])
+}
+
+/// The local address and interface of an address message.
+fn address_of(message: &AddressMessage) -> Option<(IpAddr, u32)> {
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
-    // on point-to-point links, and the same as IFA_LOCAL elsewhere.
+    // on point-to-point links, and the same as IFA_LOCAL elsewhere (IPv6
+    // messages carry IFA_ADDRESS alone, except on point-to-point links).
     let local = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
     let address = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     });
     local.or(address).map(|ip| (ip, message.header.index))
@@ -88,9 +103,10 @@ fn address_of(message: &AddressMessage) -> Option<(Ipv4Addr, u32)> {
 /// Lists the node's addresses and follows them; the receiver always holds
 /// the current NodePort addresses. Acts on the calling thread's network
 /// namespace; must run inside a tokio runtime.
-pub async fn follow(filter: Vec<Ipv4Net>) -> anyhow::Result<watch::Receiver<Vec<IpAddr>>> {
-    let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
-        .context("subscribing to address notifications")?;
+pub async fn follow(filter: Vec<IpNet>) -> anyhow::Result<watch::Receiver<Vec<IpAddr>>> {
+    let groups = [MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
+    let (connection, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&groups).context("subscribing to address notifications")?;
     tokio::spawn(connection);
     let mut set = list(&handle).await?;
     let (sender, receiver) = watch::channel(set.node_port_addresses(&filter));
@@ -144,7 +160,7 @@ async fn list(handle: &rtnetlink::Handle) -> anyhow::Result<AddressSet> {
 mod tests {
     use super::*;
 
-    fn ip(text: &str) -> Ipv4Addr {
+    fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
     }
 
@@ -154,7 +170,7 @@ mod tests {
         assert!(set.add(ip("10.244.1.1"), 5));
         assert!(!set.add(ip("10.244.1.1"), 6), "already there");
         assert!(!set.remove(ip("10.244.1.1"), 5), "still on interface 6");
-        assert_eq!(set.node_port_addresses(&[]), [IpAddr::from(ip("10.244.1.1"))]);
+        assert_eq!(set.node_port_addresses(&[]), [ip("10.244.1.1")]);
         assert!(set.remove(ip("10.244.1.1"), 6));
         assert!(set.node_port_addresses(&[]).is_empty());
         assert!(!set.remove(ip("10.244.1.1"), 6), "removing twice changes nothing");
@@ -166,8 +182,23 @@ mod tests {
         for (text, index) in [("127.0.0.1", 1), ("192.168.50.11", 2), ("10.244.1.1", 3)] {
             set.add(ip(text), index);
         }
-        assert_eq!(set.node_port_addresses(&[]), [IpAddr::from(ip("10.244.1.1")), IpAddr::from(ip("192.168.50.11"))]);
-        let lan: Ipv4Net = "192.168.50.0/24".parse().unwrap();
-        assert_eq!(set.node_port_addresses(&[lan]), [IpAddr::from(ip("192.168.50.11"))]);
+        assert_eq!(set.node_port_addresses(&[]), [ip("10.244.1.1"), ip("192.168.50.11")]);
+        let lan: IpNet = "192.168.50.0/24".parse().unwrap();
+        assert_eq!(set.node_port_addresses(&[lan]), [ip("192.168.50.11")]);
+    }
+
+    #[test]
+    fn ipv6_addresses_serve_but_link_local_and_loopback_do_not() {
+        let mut set = AddressSet::default();
+        for (text, index) in [("::1", 1), ("fe80::1", 2), ("febf::1", 2), ("fd00:50::11", 2), ("192.168.50.11", 2)] {
+            set.add(ip(text), index);
+        }
+        assert_eq!(set.node_port_addresses(&[]), [ip("192.168.50.11"), ip("fd00:50::11")]);
+        // A filter names the addresses of both families it serves: IPv4
+        // CIDRs alone leave no IPv6 NodePort.
+        let lan: IpNet = "192.168.50.0/24".parse().unwrap();
+        assert_eq!(set.node_port_addresses(&[lan]), [ip("192.168.50.11")]);
+        let lan6: IpNet = "fd00:50::/64".parse().unwrap();
+        assert_eq!(set.node_port_addresses(&[lan, lan6]), [ip("192.168.50.11"), ip("fd00:50::11")]);
     }
 }

@@ -3,7 +3,9 @@
 //! test's own links only). A dual-stack Service answers on both families
 //! from the same client, an IPv6-only UDP Service answers from its
 //! ClusterIP, and an IPv6 Service without endpoints refuses at once (the
-//! datapath's ICMPv6 port unreachable). Needs root.
+//! datapath's ICMPv6 port unreachable). NodePorts and health check ports
+//! answer on the node's IPv6 addresses, found and followed by the agent.
+//! Needs root.
 
 use std::{
     collections::BTreeSet,
@@ -428,6 +430,35 @@ fn external_ipv6_traffic_to_a_backend_on_another_node_is_source_nated_to_the_nod
     // back through the node, which translates both addresses back.
     let node_side: IpAddr = "fd00:244:2::1".parse().unwrap();
     assert_eq!(client_seen(client, "[fd00:96::1:87]:80"), node_side);
+}
+
+#[test]
+fn node_ports_and_health_checks_answer_on_the_nodes_ipv6_addresses_also_one_added_later() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    // The node's address on the client's link: the agent found it itself.
+    let node_port = addr("[fd00:1::1]:30087");
+    let pod = probe::eventually(Duration::from_secs(10), "the NodePort on the node's IPv6 address", || {
+        probe::answer(client, node_port)
+    });
+    assert_eq!(pod, "backend-2");
+    assert_eq!(client_seen(client, "[fd00:1::1]:30087"), "fd00:244:2::1".parse::<IpAddr>().unwrap(), "SNAT");
+    // The Local Service's health check, over IPv6 to the node: its
+    // endpoint is on node-b.
+    let status = probe::http_status(client, addr("[fd00:1::1]:32089"), "/").expect("health check over IPv6");
+    assert_eq!(status, 503, "no local endpoint");
+
+    // An address added while the agent runs serves at once.
+    let added = "fd00:1::5";
+    topology::run_in(
+        &cluster.topology.node,
+        &["ip", "-6", "addr", "add", &format!("{added}/64"), "dev", "to-client", "nodad"],
+    )
+    .expect("add an address");
+    let pod = probe::eventually(Duration::from_secs(10), "the NodePort on the added address", || {
+        probe::answer(client, addr(&format!("[{added}]:30087")))
+    });
+    assert_eq!(pod, "backend-2");
 }
 
 #[test]

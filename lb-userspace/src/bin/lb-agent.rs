@@ -5,7 +5,7 @@ use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
     conntrack::{self, expiry, metrics::ConntrackMetrics},
@@ -114,11 +114,13 @@ struct Args {
     #[arg(long, env = "NODE_ZONE")]
     zone: Option<String>,
     /// Serve NodePorts only on local addresses inside these CIDRs
-    /// (comma-separated). Default: every local IPv4 address but loopback.
+    /// (comma-separated, either family; a family none of them is of serves
+    /// no NodePorts). Default: every local address but loopback and IPv6
+    /// link-local.
     /// Addresses are followed while the agent runs (added: served at once;
     /// removed: no longer).
     #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<Ipv4Net>,
+    nodeport_addresses: Vec<IpNet>,
     /// Serve only Services whose `service.kubernetes.io/service-proxy-name`
     /// label has this value. Without it, only Services without that label
     /// are served, as kube-proxy does (see docs/semantics.md).

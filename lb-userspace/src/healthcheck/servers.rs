@@ -84,7 +84,8 @@ pub struct ServiceHealthServers {
 /// Where Services' health check ports listen (kube-proxy's rule).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HealthCheckAddresses {
-    /// 0.0.0.0: every address, now and later.
+    /// Every address of both families, now and later: one socket on
+    /// [::] that takes IPv4 too (0.0.0.0 where the node has no IPv6).
     Any,
     /// The node's addresses `--nodeport-addresses` selects, as they change.
     Node(Vec<IpAddr>),
@@ -178,15 +179,19 @@ impl ServiceHealthServers {
     /// addresses would pass some probes and not others.
     fn open(&self, port: u16, listener: Listener) -> Result<Open, String> {
         let addresses = match &*self.addresses.lock().unwrap_or_else(PoisonError::into_inner) {
-            HealthCheckAddresses::Any => vec![IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)],
-            HealthCheckAddresses::Node(addresses) => addresses.clone(),
+            HealthCheckAddresses::Any => None,
+            HealthCheckAddresses::Node(addresses) => Some(addresses.clone()),
         };
-        let mut sockets = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let addr = SocketAddr::new(address, port);
-            let socket = bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
-            sockets.push(socket);
-        }
+        let sockets = match addresses {
+            None => vec![bind_any(port).map_err(|e| format!("listen on port {port}: {e}"))?],
+            Some(addresses) => addresses
+                .into_iter()
+                .map(|address| {
+                    let addr = SocketAddr::new(address, port);
+                    bind(addr).map_err(|e| format!("listen on {addr}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let listener = Arc::new(Mutex::new(listener));
         let tasks = sockets.into_iter().map(|socket| tokio::spawn(self.serve(socket, listener.clone()))).collect();
         Ok(Open { listener, tasks })
@@ -223,6 +228,26 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = std::net::TcpListener::bind(addr)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket)
+}
+
+/// `port` on every address of both families: [::] with IPV6_V6ONLY off,
+/// whatever `net.ipv6.bindv6only` says, so IPv4 probes reach it too. A
+/// node without IPv6 gets 0.0.0.0.
+fn bind_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = match Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)) {
+        Ok(socket) => socket,
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            return bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)));
+        }
+        Err(e) => return Err(e),
+    };
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 fn lock(listener: &Mutex<Listener>) -> MutexGuard<'_, Listener> {
@@ -352,8 +377,10 @@ mod tests {
         let wanted = desired(&[(port, "web", 1)]);
         servers.reconcile(&wanted);
         servers.node_addresses_changed(&[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
-        assert_eq!(servers.ports(), [port], "0.0.0.0 covers every address: nothing to reopen");
+        assert_eq!(servers.ports(), [port], "[::] covers every address: nothing to reopen");
         assert!(becomes(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), true).await);
+        // Both families' probes reach the one socket.
+        assert!(becomes(SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), port), true).await);
     }
 
     #[tokio::test]
