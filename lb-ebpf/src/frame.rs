@@ -22,7 +22,7 @@ use core::ffi::c_void;
 use lb_common::stats::Counter;
 
 use crate::{
-    icmp_error, icmp_reply,
+    icmp_error, icmp_reply, icmp6_reply,
     maps::LB_XDP_DEVICES,
     nat,
     parse::PacketV4,
@@ -61,6 +61,12 @@ pub trait Frame {
     /// `mtu` for fragmentation needed). `Ok(false)`: this hook cannot;
     /// the packet is left untouched.
     fn answer_unreachable(&self, pkt: &PacketV4, code: u8, mtu: u16) -> PathResult<bool>;
+    /// Answers the IPv6 packet with ICMPv6 port unreachable. `Ok(false)`:
+    /// this hook cannot; the packet is left untouched.
+    fn answer_port_unreachable_v6(&self) -> PathResult<bool>;
+    /// Answers the IPv6 packet with ICMPv6 packet too big carrying `mtu`.
+    /// `Ok(false)`: this hook cannot; the packet is left untouched.
+    fn answer_packet_too_big_v6(&self, mtu: u16) -> PathResult<bool>;
     /// An ICMP packet: translated if it is an error about a NATed flow.
     fn icmp(&self) -> Outcome;
 }
@@ -132,6 +138,18 @@ impl Frame for TcContext {
     #[inline(always)]
     fn answer_unreachable(&self, pkt: &PacketV4, code: u8, mtu: u16) -> PathResult<bool> {
         icmp_reply::send_unreachable(self, pkt, code, mtu)?;
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn answer_port_unreachable_v6(&self) -> PathResult<bool> {
+        icmp6_reply::send_port_unreachable(self)?;
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn answer_packet_too_big_v6(&self, mtu: u16) -> PathResult<bool> {
+        icmp6_reply::send_packet_too_big(self, mtu)?;
         Ok(true)
     }
 
@@ -231,6 +249,16 @@ impl Frame for XdpContext {
 
     #[inline(always)]
     fn answer_unreachable(&self, _pkt: &PacketV4, _code: u8, _mtu: u16) -> PathResult<bool> {
+        Ok(false)
+    }
+
+    #[inline(always)]
+    fn answer_port_unreachable_v6(&self) -> PathResult<bool> {
+        Ok(false)
+    }
+
+    #[inline(always)]
+    fn answer_packet_too_big_v6(&self, _mtu: u16) -> PathResult<bool> {
         Ok(false)
     }
 

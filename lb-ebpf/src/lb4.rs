@@ -31,7 +31,8 @@ use crate::{
     parse::{self, PacketV4},
     pmtu, reject,
     route::{self, Flow},
-    select, service, snat,
+    select, service,
+    snat::{self, PreviousSnat},
     verdict::{Outcome, PathResult, Verdict},
 };
 
@@ -98,7 +99,10 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
     // whole entry kept across the helper calls below leaves its undefined
     // `None` payload in registers, which the verifier refuses to spill.
     let was_tracked = tracked.is_some();
-    let previous = PreviousSnat::of(tracked);
+    let previous = match tracked {
+        Some(entry) => PreviousSnat::of(&entry),
+        None => PreviousSnat::none(),
+    };
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
         return Ok(None);
     };
@@ -146,7 +150,7 @@ fn start_flow<C: Frame>(
     frontend: ServiceKeyV4,
     svc: &ServiceValue,
     was_tracked: bool,
-    previous: PreviousSnat,
+    previous: PreviousSnat<V4>,
 ) -> PathResult<Outcome> {
     let (backend_id, backend) = choose_backend(pkt, frontend, svc)?;
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
@@ -204,31 +208,6 @@ struct SnatTo {
     route: Option<route::Route>,
 }
 
-/// The SNAT a tuple's previous entry had (all zero: none), whose port a
-/// retransmitted SYN keeps.
-#[derive(Clone, Copy)]
-struct PreviousSnat {
-    backend_id: u32,
-    address: [u8; 4],
-    port: u16,
-}
-
-impl PreviousSnat {
-    #[inline(always)]
-    fn of(tracked: Option<CtValueV4>) -> Self {
-        match tracked {
-            Some(t) if t.has_snat() => Self { backend_id: t.backend_id, address: t.nat_address, port: t.nat_port },
-            _ => Self { backend_id: 0, address: [0; 4], port: 0 },
-        }
-    }
-
-    /// The port to try first for a flow to `backend_id` from `address`.
-    #[inline(always)]
-    fn port_for(self, backend_id: u32, address: [u8; 4]) -> Option<u16> {
-        (self.port != 0 && self.backend_id == backend_id && self.address == address).then_some(self.port)
-    }
-}
-
 /// Starts a source-NATed flow: claims a port on `to.address`, tracks the
 /// flow, rewrites the packet and sends it on.
 #[inline(always)]
@@ -238,7 +217,7 @@ fn snat_flow<C: Frame>(
     backend: &BackendV4,
     mut entry: CtValueV4,
     to: SnatTo,
-    previous: PreviousSnat,
+    previous: PreviousSnat<V4>,
     counter: Counter,
 ) -> PathResult<Outcome> {
     let previous = previous.port_for(entry.backend_id, to.address);

@@ -24,8 +24,15 @@
 //! - `--forward-through-stack`: IPv6 flows are always sent on by the
 //!   datapath, so FORWARD rules do not see them.
 //!
-//! The IPv6 code is split into BPF-to-BPF calls (`start_flow`, `snat_flow`,
-//! `send_to_backend`, `try_reply`, `send`, `reject`, ...): inlined, 16-byte addresses and
+//! The same paths run at tc and at XDP (`frame` says what differs), as
+//! IPv4's do: at XDP, a packet is routed before anything is tracked or
+//! rewritten (`route_new_flow`, `send_to_backend`, `reply`), and one XDP cannot
+//! send itself passes to tc untouched, with no state left behind; so do a
+//! ClientIP frontend's new flows, a frontend without endpoints and a
+//! packet too big for its route, which tc answers.
+//!
+//! The IPv6 code is split into BPF-to-BPF calls (`start_flow`, `route_new_flow`,
+//! `send_to_backend`, `reply`, `reject`, ...): inlined, 16-byte addresses and
 //! 40-byte keys take more stack than one frame may have, and frames add
 //! up along a call chain, which may not pass 512 bytes either.
 
@@ -41,7 +48,8 @@ use lb_common::{
 use crate::{
     affinity, conntrack,
     family::{Backend, CtEntry, V6},
-    frontend_stats, icmp6_reply,
+    frame::Frame,
+    frontend_stats,
     nat::{self, Side},
     parse::PacketV6,
     parse6, pmtu,
@@ -50,14 +58,14 @@ use crate::{
     verdict::{Outcome, PathResult, Verdict},
 };
 
-/// Decides what happens to one IPv6 packet at tc ingress.
+/// Decides what happens to one IPv6 packet at tc or XDP ingress.
 ///
 /// The work is split into functions of their own (BPF-to-BPF calls),
 /// each deciding and rewriting, and the sending (`send`, `reject`) is
 /// done from here: a call chain's stack frames add up, and the chain may
 /// not pass 512 bytes. The IPv4 paths are a call of their own too.
 #[inline(never)]
-pub fn handle_packet(ctx: &TcContext) -> Outcome {
+pub fn handle_packet<C: Frame>(ctx: &C) -> Outcome {
     let mut pkt = core::mem::MaybeUninit::uninit();
     if let Err(pass_reason) = parse(ctx, &mut pkt) {
         return Outcome::next(pass_reason);
@@ -73,7 +81,11 @@ pub fn handle_packet(ctx: &TcContext) -> Outcome {
 /// Parses into the caller's `pkt`: a call of its own, so the parse's
 /// temporaries take no room in the frame the rest of the path runs on.
 #[inline(never)]
-fn parse(ctx: &TcContext, pkt: &mut core::mem::MaybeUninit<PacketV6>) -> Result<(), Counter> {
+fn parse<C: Frame>(ctx: &C, pkt: &mut core::mem::MaybeUninit<PacketV6>) -> Result<(), Counter> {
+    // Opaque to the optimiser: else, at XDP, it passes the context's
+    // packet pointers in as arguments, zero-extended from the context's
+    // 32-bit fields, and the verifier refuses arithmetic on `data_end`.
+    let ctx = core::hint::black_box(ctx);
     pkt.write(parse6::parse_v6(ctx)?);
     Ok(())
 }
@@ -88,12 +100,12 @@ enum Step {
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
+fn try_handle<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
     if service::may_be_frontend(pkt) {
         // Filled in by the callee that finds it. Passed by pointer, not
         // returned in an `Option`: a `None`'s undefined payload, stored,
         // is refused by the verifier.
-        let mut to = Target { backend: BackendV6::default(), nat: Nat { address: 0, port: 0 } };
+        let mut to = Target { backend: BackendV6::default(), nat: Nat { address: [0; 16], port: 0, backend_id: 0 } };
         let Target { backend, nat } = &mut to;
         let counter = match tracked_backend(pkt, backend, nat) {
             Tracked::Established => Counter::Established,
@@ -101,16 +113,31 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
                 let mut flow = NewFlowOut {
                     entry: core::mem::MaybeUninit::uninit(),
                     count: FrontendCount { frontend_id: 0, event: None },
-                    to: SnatTo::Route,
+                    to: SnatTo::Client,
                 };
-                let new_flow = match start_flow(pkt, tracked == Tracked::Stale, backend, &mut flow) {
-                    Ok(NewFlow::Snat(counter)) => match snat_flow(ctx, pkt, backend, &mut flow, nat) {
-                        Ok(None) => {
-                            flow.count.event = Some(FrontendEvent::NewFlow);
-                            Ok(NewFlow::To(counter))
+                let new_flow = match start_flow::<C>(pkt, tracked == Tracked::Stale, backend, &mut flow) {
+                    // Two calls, one after the other: nested, their frames
+                    // and the SNAT port search's would pass the stack limit.
+                    Ok(NewFlow::Chosen(counter)) => match route_new_flow(ctx, pkt, backend, &flow, nat) {
+                        // Each step a call of its own, one after the other:
+                        // nested, their frames would pass the stack limit.
+                        Ok(Routed::Ready) => match track(pkt, backend, &flow) {
+                            Ok(true) => {
+                                nat.port = 0;
+                                Ok(())
+                            }
+                            Ok(false) => reclaim_previous_port(pkt, backend, &flow, nat)
+                                .and_then(|()| claim_snat_port(pkt, backend, &mut flow, nat))
+                                .and_then(|()| track(pkt, backend, &flow).map(drop)),
+                            Err(reason) => Err(reason),
                         }
+                        .map(|()| {
+                            flow.count.event = Some(FrontendEvent::NewFlow);
+                            NewFlow::Chosen(counter)
+                        }),
                         // Not tracked: answered, and counted as what it is.
-                        Ok(Some(mtu)) => return packet_too_big(ctx, mtu),
+                        Ok(Routed::TooBig(mtu)) => return packet_too_big(ctx, mtu),
+                        Ok(Routed::Pass) => return Ok(Outcome::next(Counter::XdpPassToTc)),
                         Err(reason) => Err(reason),
                     },
                     other => other,
@@ -121,9 +148,8 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
                     frontend_stats::count(flow.count.frontend_id, counted);
                 }
                 match new_flow? {
-                    NewFlow::To(counter) => counter,
-                    // `Snat` was carried out just above: it is `To` by now.
-                    NewFlow::Snat(..) | NewFlow::Not(Step::Pass) => return try_reply_or_pass(ctx, pkt),
+                    NewFlow::Chosen(counter) => counter,
+                    NewFlow::Not(Step::Pass) => return try_reply_or_pass(ctx, pkt),
                     NewFlow::Not(Step::Done(outcome)) => return Ok(outcome),
                     NewFlow::Not(Step::Reject) => return reject(ctx, pkt),
                 }
@@ -132,15 +158,20 @@ fn try_handle(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
         return match send_to_backend(ctx, pkt, &to)? {
             ToBackend::Sent(verdict) => Ok(Outcome { verdict, counter }),
             ToBackend::TooBig(mtu) => packet_too_big(ctx, mtu),
+            ToBackend::Pass => Ok(Outcome::next(Counter::XdpPassToTc)),
         };
     }
     try_reply_or_pass(ctx, pkt)
 }
 
 #[inline(always)]
-fn try_reply_or_pass(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
-    if service::may_be_backend_reply(pkt) && try_reply(ctx, pkt)? {
-        return Ok(Outcome { verdict: send(ctx, pkt)?, counter: Counter::ReplyNat });
+fn try_reply_or_pass<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
+    if service::may_be_backend_reply(pkt) {
+        match reply(ctx, pkt)? {
+            Replied::Sent(verdict) => return Ok(Outcome { verdict, counter: Counter::ReplyNat }),
+            Replied::Pass => return Ok(Outcome::next(Counter::XdpPassToTc)),
+            Replied::NotTracked => {}
+        }
     }
     Ok(Outcome::next(Counter::Passed))
 }
@@ -156,10 +187,26 @@ enum Tracked {
 }
 
 /// A flow's source NAT: the address and port that replace the client's
-/// (port 0: none).
+/// (port 0: none). For a new flow, until it is tracked: the tuple's
+/// previous source NAT and the backend it was for (`tracked_backend`).
 struct Nat {
-    address: u128,
+    /// Bytes, not a `u128`: its 16-byte alignment would cost stack on
+    /// the longest call chain.
+    address: [u8; 16],
     port: u16,
+    backend_id: u32,
+}
+
+impl Nat {
+    #[inline(always)]
+    fn address(&self) -> u128 {
+        u128::from_ne_bytes(self.address)
+    }
+
+    #[inline(always)]
+    fn set_address(&mut self, address: u128) {
+        self.address = address.to_ne_bytes();
+    }
 }
 
 /// Where a client → frontend packet goes: its backend and source NAT, in
@@ -172,13 +219,18 @@ struct Target {
 
 /// Client → frontend, conntrack first, as for IPv4 (`lb4::try_forward`
 /// says why): writes the tracked flow's backend to `backend`, and its
-/// source NAT to `nat`.
+/// source NAT to `nat`. A SYN is balanced afresh: its tuple's source NAT
+/// so far goes to `nat` too, with the backend it was for, so that a
+/// retransmitted SYN keeps its port (`snat::PreviousSnat` says why).
 #[inline(never)]
 fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tracked {
     let Some(entry) = conntrack::lookup_original(pkt) else {
         return Tracked::Untracked;
     };
     if pkt.tcp_syn {
+        let (address, port) = entry.nat();
+        (nat.address, nat.port) = (address.to_ne_bytes(), port);
+        nat.backend_id = entry.backend_id;
         return Tracked::Stale;
     }
     let Some(found) = service::lookup_backend::<V6>(entry.backend_id) else {
@@ -186,7 +238,8 @@ fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tr
     };
     conntrack::on_rst_mark_reply(pkt, &found, &entry);
     *backend = found;
-    (nat.address, nat.port) = entry.nat();
+    let (address, port) = entry.nat();
+    (nat.address, nat.port) = (address.to_ne_bytes(), port);
     Tracked::Established
 }
 
@@ -198,27 +251,27 @@ struct FrontendCount {
 
 /// What a packet that opens a flow leads to.
 enum NewFlow {
-    /// Tracked: to be sent to the backend written to the caller's.
-    To(Counter),
-    /// Chosen but not tracked yet: its replies must come back through
-    /// this node, so it is source-NATed first (`snat_flow`, to the
-    /// address `NewFlowOut::to` names).
-    Snat(Counter),
+    /// A backend was chosen and written to the caller's; the flow is yet
+    /// to be routed and tracked (`route_new_flow`, `track`, and for SNAT
+    /// `reclaim_previous_port`, `claim_snat_port`), with
+    /// the source `NewFlowOut::to` names.
+    Chosen(Counter),
     /// Anything else.
     Not(Step),
 }
 
-/// Which address a source-NATed flow takes, as for IPv4 (`lb4`).
+/// Which source a new flow leaves with, as for IPv4 (`lb4`).
 #[derive(Clone, Copy)]
 enum SnatTo {
+    /// The client's address and port, untranslated; unless the backend's
+    /// replies to that port already belong to a flow through another
+    /// frontend: then the client's address and another port.
+    Client,
     /// External traffic to a backend on another node: the node's source
     /// address on the route to the backend.
     Route,
     /// Hairpin: a Pod balanced to itself sees the frontend as its peer.
     Frontend,
-    /// The backend's replies to the client's port already belong to a
-    /// flow through another frontend: the client's address, another port.
-    Client,
 }
 
 /// What `start_flow` hands on besides its backend, in one struct: a BPF
@@ -227,14 +280,19 @@ struct NewFlowOut {
     /// The flow's conntrack value, written whenever a backend is chosen.
     entry: core::mem::MaybeUninit<CtValueV6>,
     count: FrontendCount,
-    /// Where `NewFlow::Snat` translates the source to.
+    /// The source the flow leaves with.
     to: SnatTo,
 }
 
 /// A new flow (or a tracked one whose backend is gone): chooses its
-/// backend and tracks it, or leaves it to `snat_flow`.
+/// backend and the source it leaves with.
 #[inline(never)]
-fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &mut NewFlowOut) -> PathResult<NewFlow> {
+fn start_flow<C: Frame>(
+    pkt: &PacketV6,
+    was_tracked: bool,
+    chosen: &mut BackendV6,
+    out: &mut NewFlowOut,
+) -> PathResult<NewFlow> {
     let count = &mut out.count;
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
         return Ok(NewFlow::Not(Step::Pass));
@@ -250,12 +308,23 @@ fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &m
     }
     let (frontend, svc) = service::for_source::<V6>(frontend, svc, pkt);
     count.frontend_id = svc.frontend_id;
+    // What XDP leaves to tc is passed before it is counted: tc counts it.
+    let to_tc = Ok(NewFlow::Not(Step::Done(Outcome::next(Counter::XdpPassToTc))));
     if svc.count == 0 {
         if svc.flags & FLAG_NO_LOCAL_ENDPOINTS != 0 {
             return dropped(count, Counter::DropNoLocalEndpoints);
         }
+        if !C::FINISHES_EVERY_PACKET {
+            // The answer is built at tc.
+            return to_tc;
+        }
         count.event = Some(FrontendEvent::Rejected);
         return Ok(NewFlow::Not(Step::Reject));
+    }
+    if !C::FINISHES_EVERY_PACKET && svc.flags & FLAG_SESSION_AFFINITY != 0 {
+        // Its choice refreshes and counts the client's entry: made once,
+        // at tc (`lb4::try_forward` says more).
+        return to_tc;
     }
     let (backend_id, backend) = if svc.flags & FLAG_SESSION_AFFINITY != 0 {
         affinity::choose::<V6>(frontend, &svc, pkt.src, select::flow_hash(pkt)).ok_or(Counter::DropMissingBackend)?
@@ -264,63 +333,131 @@ fn start_flow(pkt: &PacketV6, was_tracked: bool, chosen: &mut BackendV6, out: &m
         (backend_id, service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?)
     };
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    let entry = out.entry.write(conntrack::new_value::<V6>(&frontend, &svc, backend_id));
+    out.entry.write(conntrack::new_value::<V6>(&frontend, &svc, backend_id));
     *chosen = backend;
-    let to = if backend.address() == pkt.src {
+    out.to = if backend.address() == pkt.src {
         SnatTo::Frontend
     } else if snat::needed(&svc, backend.flags) {
         SnatTo::Route
-    } else if !conntrack::track(pkt, &backend, entry)? {
-        SnatTo::Client
     } else {
-        out.count.event = Some(FrontendEvent::NewFlow);
-        return Ok(NewFlow::To(counter));
+        SnatTo::Client
     };
-    out.to = to;
-    Ok(NewFlow::Snat(counter))
+    Ok(NewFlow::Chosen(counter))
 }
 
-/// Starts a source-NATed flow: claims a port on the address `to` names,
-/// tracks the flow, and writes the translation to `nat`. A first packet
-/// over the route's MTU is not tracked: `Some(mtu)`, for the caller to
-/// answer (`packet_too_big`). A route that is no plain forward (no
-/// route, no source address on it, or a packet too big that cannot be
-/// answered) drops the flow, as for IPv4 without DF: the stack would
-/// drop an SNATed packet as a martian.
+/// What routing a new flow found (`route_new_flow`).
+enum Routed {
+    /// To be tracked from the source address written to the caller's.
+    Ready,
+    /// Not to be tracked: too big for the route to its backend (this
+    /// MTU), and untouched, to be answered with packet too big.
+    TooBig(u16),
+    /// Not to be tracked: XDP cannot send it; it passes to tc untouched.
+    Pass,
+}
+
+/// Writes the address a new flow leaves from to `nat.address`, routing
+/// it first where that must come first:
+/// - at XDP: a packet it cannot send itself passes to tc untouched
+///   (`Routed::Pass`), with no state left behind;
+/// - SNAT to the route's source (`SnatTo::Route`): the route names the
+///   address. A first packet over the route's MTU is not tracked
+///   (`TooBig`, for the caller to answer). A route that is no plain
+///   forward (no route, no source address on it, or a packet too big
+///   that cannot be answered) drops the flow, as for IPv4 without DF: the
+///   stack would drop an SNATed packet as a martian.
+///
+/// At tc, any other flow is routed only when sent (`send_to_backend`).
 #[inline(never)]
-fn snat_flow(
-    ctx: &TcContext,
+fn route_new_flow<C: Frame>(
+    ctx: &C,
     pkt: &PacketV6,
     backend: &BackendV6,
-    flow: &mut NewFlowOut,
+    flow: &NewFlowOut,
     nat: &mut Nat,
-) -> PathResult<Option<u16>> {
-    // SAFETY: `start_flow` wrote it before asking for SNAT.
-    let entry = unsafe { flow.entry.assume_init_mut() };
-    let address = match flow.to {
+) -> PathResult<Routed> {
+    // SAFETY: `start_flow` wrote it before it chose a backend.
+    let entry = unsafe { flow.entry.assume_init_ref() };
+    let previous = (nat.address(), nat.port, nat.backend_id);
+    nat.set_address(match flow.to {
         SnatTo::Frontend => entry.frontend().0,
-        SnatTo::Client => pkt.src,
-        SnatTo::Route => {
-            let flow = Flow::<V6> {
-                src: pkt.src,
-                dst: backend.address(),
-                sport: pkt.sport,
-                dport: backend.port,
-                proto: pkt.proto,
-            };
-            match route::resolve(ctx, &flow, pkt.ip_total_len, true) {
-                Lookup::Route(route) => route.source,
-                Lookup::TooBig { mtu } if answers_too_big(ctx, pkt, mtu)? => return Ok(Some(mtu)),
-                _ => return Err(Counter::DropSnatNoAddress),
+        SnatTo::Client | SnatTo::Route => pkt.src,
+    });
+    let to_route = matches!(flow.to, SnatTo::Route);
+    if to_route || !C::FINISHES_EVERY_PACKET {
+        let routed = Flow::<V6> {
+            src: nat.address(),
+            dst: backend.address(),
+            sport: pkt.sport,
+            dport: backend.port,
+            proto: pkt.proto,
+        };
+        match route::resolve(ctx, &routed, pkt.ip_total_len, to_route) {
+            Lookup::Route(route) if route::can_send(ctx, &Some(route)) => {
+                if to_route {
+                    nat.set_address(route.source);
+                }
             }
+            Lookup::TooBig { mtu } if C::FINISHES_EVERY_PACKET && answers_too_big(ctx, pkt, mtu)? => {
+                return Ok(Routed::TooBig(mtu));
+            }
+            _ if !C::FINISHES_EVERY_PACKET => return Ok(Routed::Pass),
+            _ => return Err(Counter::DropSnatNoAddress),
         }
-    };
-    let port = snat::allocate(pkt, backend, address, entry, None)?;
-    entry.set_nat(address, port);
-    // An SNATed flow's reply entry is the one `allocate` claimed.
-    conntrack::track(pkt, backend, entry)?;
-    (nat.address, nat.port) = (address, port);
-    Ok(None)
+    }
+    // A retransmitted SYN keeps its port when it goes to the same backend
+    // from the same address.
+    let (address, port, backend_id) = previous;
+    nat.port = if backend_id == entry.backend_id && address == nat.address() { port } else { 0 };
+    Ok(Routed::Ready)
+}
+
+/// Tracks a routed new flow as its entry stands: source-NATed once
+/// `claim_snat_port` gave it a port; before that, only a flow that keeps
+/// the client's address and port (`SnatTo::Client`). `false`: not
+/// tracked, to be source-NATed (any other `SnatTo`, or the backend's
+/// replies to the client's port already belong to a flow through another
+/// frontend).
+#[inline(never)]
+fn track(pkt: &PacketV6, backend: &BackendV6, flow: &NewFlowOut) -> PathResult<bool> {
+    // SAFETY: `start_flow` wrote it before it chose a backend.
+    let entry = unsafe { flow.entry.assume_init_ref() };
+    if !entry.has_snat() && !matches!(flow.to, SnatTo::Client) {
+        return Ok(false);
+    }
+    conntrack::track(pkt, backend, entry)
+}
+
+/// A retransmitted SYN's port (`nat.port`, 0: none) is claimed again if
+/// its reply entry still restores this client; else `nat.port` becomes 0.
+#[inline(never)]
+fn reclaim_previous_port(pkt: &PacketV6, backend: &BackendV6, flow: &NewFlowOut, nat: &mut Nat) -> PathResult<()> {
+    // Opaque: else the two fields read are passed instead of the
+    // reference, more registers than a BPF call has.
+    let pkt = core::hint::black_box(pkt);
+    if nat.port != 0 {
+        // SAFETY: `start_flow` wrote it before it chose a backend.
+        let entry = unsafe { flow.entry.assume_init_ref() };
+        if !snat::reclaim(pkt, backend, nat.address(), entry, nat.port) {
+            nat.port = 0;
+        }
+    }
+    Ok(())
+}
+
+/// Source-NATs a routed new flow from `nat.address`, with the port
+/// `nat.port` holds or, if none, a port it claims (its reply entry, which
+/// `track` then leaves alone) and writes there. (By `&mut`: a shared
+/// reference is passed as its fields, too many for a BPF call.)
+#[inline(never)]
+fn claim_snat_port(pkt: &PacketV6, backend: &BackendV6, flow: &mut NewFlowOut, nat: &mut Nat) -> PathResult<()> {
+    // SAFETY: `start_flow` wrote it before it chose a backend.
+    let entry = unsafe { flow.entry.assume_init_mut() };
+    if nat.port == 0 {
+        nat.port = snat::allocate(pkt, backend, nat.address(), entry, None)?;
+    }
+    entry.set_nat(nat.address(), nat.port);
+    Ok(())
 }
 
 /// Where a client → frontend packet went.
@@ -329,26 +466,30 @@ enum ToBackend {
     /// Not sent: too big for the route to the backend (this MTU), and
     /// untouched, to be answered with packet too big.
     TooBig(u16),
+    /// Not sent, untouched: XDP cannot send it; it passes to tc.
+    Pass,
 }
 
 /// Routes a client → frontend packet to `backend` (from the SNAT address
 /// and port, if any), then rewrites it and sends it on. The route comes
 /// first: a packet too big for it is answered as the client sent it
-/// (`pmtu` says why), where the stack would quote it translated.
+/// (`pmtu` says why), where the stack would quote it translated; and XDP
+/// can still pass on untouched what it cannot send.
 #[inline(never)]
-fn send_to_backend(ctx: &TcContext, pkt: &PacketV6, to: &Target) -> PathResult<ToBackend> {
+fn send_to_backend<C: Frame>(ctx: &C, pkt: &PacketV6, to: &Target) -> PathResult<ToBackend> {
     let (backend, snat) = (&to.backend, &to.nat);
-    let (src, sport) = if snat.port != 0 { (snat.address, snat.port) } else { (pkt.src, pkt.sport) };
+    let (src, sport) = if snat.port != 0 { (snat.address(), snat.port) } else { (pkt.src, pkt.sport) };
     let flow = Flow::<V6> { src, dst: backend.address(), sport, dport: backend.port, proto: pkt.proto };
     let route = match route::resolve(ctx, &flow, pkt.ip_total_len, false) {
-        Lookup::Route(route) => Some(route),
+        Lookup::Route(route) if route::can_send(ctx, &Some(route)) => Some(route),
         Lookup::TooBig { mtu } if answers_too_big(ctx, pkt, mtu)? => return Ok(ToBackend::TooBig(mtu)),
+        _ if !C::FINISHES_EVERY_PACKET => return Ok(ToBackend::Pass),
         // A GSO packet whose segments fit: the stack segments it.
-        Lookup::TooBig { .. } | Lookup::Stack => None,
+        _ => None,
     };
     nat::rewrite_v6(ctx, pkt, Side::Destination, backend.address(), backend.port)?;
     if snat.port != 0 {
-        nat::rewrite_v6(ctx, pkt, Side::Source, snat.address, snat.port)?;
+        nat::rewrite_v6(ctx, pkt, Side::Source, snat.address(), snat.port)?;
     }
     let verdict = match route {
         Some(route) => route::send(ctx, &route)?,
@@ -362,15 +503,18 @@ fn send_to_backend(ctx: &TcContext, pkt: &PacketV6, to: &Target) -> PathResult<T
 /// carries extension headers (the answer's quote would not reach its
 /// ports; the stack answers those).
 #[inline(always)]
-fn answers_too_big(ctx: &TcContext, pkt: &PacketV6, mtu: u16) -> PathResult<bool> {
+fn answers_too_big<C: Frame>(ctx: &C, pkt: &PacketV6, mtu: u16) -> PathResult<bool> {
     Ok(!pkt.has_extension_headers() && pmtu::segment_len(ctx, pkt)? > u32::from(mtu))
 }
 
 /// ICMPv6 packet too big with the route's `mtu`, from the frontend,
-/// quoting the packet as the client sent it (still untouched).
+/// quoting the packet as the client sent it (still untouched). XDP
+/// passes it to tc, which answers.
 #[inline(never)]
-fn packet_too_big(ctx: &TcContext, mtu: u16) -> PathResult<Outcome> {
-    icmp6_reply::send_packet_too_big(ctx, mtu)?;
+fn packet_too_big<C: Frame>(ctx: &C, mtu: u16) -> PathResult<Outcome> {
+    if !ctx.answer_packet_too_big_v6(mtu)? {
+        return Ok(Outcome::next(Counter::XdpPassToTc));
+    }
     Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::IcmpFragNeeded })
 }
 
@@ -386,54 +530,72 @@ pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
     if !service::may_be_backend_reply(pkt) {
         return None;
     }
-    match try_reply(ctx, pkt) {
-        Ok(true) => Some(Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat }),
-        Ok(false) => None,
-        Err(drop_reason) => Some(Outcome::drop(drop_reason)),
-    }
+    let entry = conntrack::lookup_reply(pkt)?;
+    conntrack::on_rst_mark_original(pkt, &entry);
+    Some(match reverse(ctx, pkt, &entry) {
+        Ok(()) => Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat },
+        Err(drop_reason) => Outcome::drop(drop_reason),
+    })
 }
 
-/// Backend → client: restores the frontend as the source. `false`: not
-/// a reply of a tracked flow.
+/// What became of a packet that may be a backend's reply.
+enum Replied {
+    NotTracked,
+    Sent(Verdict),
+    /// A reply XDP cannot send: untouched, to tc.
+    Pass,
+}
+
+/// Backend → client: routed along the addresses and ports it is to
+/// carry, then given the frontend as its source (and the client back as
+/// its destination when SNATed) and sent on. Routed first, so that XDP
+/// can pass on untouched what it cannot send.
 #[inline(never)]
-fn try_reply(ctx: &TcContext, pkt: &PacketV6) -> PathResult<bool> {
+fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
     let Some(entry) = conntrack::lookup_reply(pkt) else {
-        return Ok(false);
+        return Ok(Replied::NotTracked);
     };
     conntrack::on_rst_mark_original(pkt, &entry);
     let (frontend, frontend_port) = entry.frontend();
-    let (client, client_port) = entry.nat();
-    nat::rewrite_v6(ctx, pkt, Side::Source, frontend, frontend_port)?;
-    if client_port != 0 {
-        nat::rewrite_v6(ctx, pkt, Side::Destination, client, client_port)?;
+    let mut flow = Flow::<V6> { src: frontend, dst: pkt.dst, sport: frontend_port, dport: pkt.dport, proto: pkt.proto };
+    if entry.has_snat() {
+        (flow.dst, flow.dport) = entry.nat();
     }
-    Ok(true)
+    let route = route::lookup(ctx, &flow, pkt.ip_total_len, false);
+    if !route::can_send(ctx, &route) {
+        return Ok(Replied::Pass);
+    }
+    reverse(ctx, pkt, &entry)?;
+    Ok(Replied::Sent(match route {
+        Some(route) => route::send(ctx, &route)?,
+        None => Verdict::Next,
+    }))
 }
 
-/// Sends a rewritten reply on (`route`), along the route of the
-/// addresses and ports it now carries.
-#[inline(never)]
-fn send(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Verdict> {
-    let (src, dst) = parse6::addresses(ctx)?;
-    let ports = nat::read_at::<4>(ctx, pkt.l4_off)?;
-    let flow = Flow::<V6> {
-        src,
-        dst,
-        sport: u16::from_be_bytes([ports[0], ports[1]]),
-        dport: u16::from_be_bytes([ports[2], ports[3]]),
-        proto: pkt.proto,
-    };
-    route::forward(ctx, &flow, pkt.ip_total_len)
+/// Rewrites a tracked flow's reply to come from the frontend (and go to
+/// the client's own address and port when SNATed).
+#[inline(always)]
+fn reverse<C: Frame>(ctx: &C, pkt: &PacketV6, entry: &CtValueV6) -> PathResult<()> {
+    let (frontend, frontend_port) = entry.frontend();
+    nat::rewrite_v6(ctx, pkt, Side::Source, frontend, frontend_port)?;
+    if entry.has_snat() {
+        let (client, client_port) = entry.nat();
+        nat::rewrite_v6(ctx, pkt, Side::Destination, client, client_port)?;
+    }
+    Ok(())
 }
 
 /// No endpoints: ICMPv6 port unreachable, as ip6tables' REJECT sends.
 /// A packet with extension headers is dropped instead (see
-/// `icmp6_reply`), counted as a reject.
+/// `icmp6_reply`), counted as a reject. XDP passes it to tc, which
+/// answers (`start_flow` passes it before it is counted).
 #[inline(never)]
-fn reject(ctx: &TcContext, pkt: &PacketV6) -> PathResult<Outcome> {
+fn reject<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
     if pkt.has_extension_headers() {
         return Ok(Outcome::drop(Counter::RejectNoEndpoints));
     }
-    icmp6_reply::send_port_unreachable(ctx)?;
+    if !ctx.answer_port_unreachable_v6()? {
+        return Ok(Outcome::next(Counter::XdpPassToTc));
+    }
     Ok(Outcome { verdict: Verdict::Redirect, counter: Counter::RejectNoEndpoints })
 }

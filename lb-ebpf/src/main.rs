@@ -171,7 +171,7 @@ pub fn lb_parse_only(ctx: TcContext) -> i32 {
     match parse::parse_v4(&ctx) {
         Ok(pkt) => {
             core::hint::black_box((pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, pkt.tcp_flags));
-            core::hint::black_box((pkt.tcp_syn, pkt.l4_off, pkt.ip_total_len, pkt.dont_fragment));
+            core::hint::black_box((pkt.tcp_syn, pkt.l4_start, pkt.ip_total_len, pkt.dont_fragment));
         }
         Err(reason) => {
             core::hint::black_box(reason as u32);

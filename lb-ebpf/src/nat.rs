@@ -142,8 +142,8 @@ fn mangled<F: Family>(pkt: &Packet<F>) -> u64 {
 #[inline(always)]
 fn rewrite_port<F: Family, C: Frame>(ctx: &C, pkt: &Packet<F>, side: Side, port: u16) -> PathResult<()> {
     let (old_port, port_off) = match side {
-        Side::Source => (pkt.sport, pkt.l4_off + SPORT_OFF),
-        Side::Destination => (pkt.dport, pkt.l4_off + DPORT_OFF),
+        Side::Source => (pkt.sport, pkt.l4_off() + SPORT_OFF),
+        Side::Destination => (pkt.dport, pkt.l4_off() + DPORT_OFF),
     };
     if port == old_port {
         return Ok(());

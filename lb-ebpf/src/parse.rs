@@ -58,8 +58,10 @@ pub struct Packet<F: Family> {
     pub tcp_syn: bool,
     /// The TCP header's flags byte (0 for UDP), for conntrack's state bits.
     pub tcp_flags: u8,
-    /// Offset of the L4 header from the start of the frame.
-    pub l4_off: usize,
+    /// Offset of the L4 header from the start of the frame (`l4_off`).
+    /// A `u16`: a packet is kept on the stack of the longest call
+    /// chains, and a `usize` here costs the IPv6 one 16 bytes of it.
+    pub l4_start: u16,
     /// The IP packet's whole length (IPv4 total length; IPv6 payload
     /// length plus its fixed header), host byte order, which a route's MTU
     /// is checked against.
@@ -81,18 +83,33 @@ impl<F: Family> Copy for Packet<F> {}
 pub type PacketV4 = Packet<V4>;
 pub type PacketV6 = Packet<V6>;
 
+/// Every L4 offset the parsers produce is below this (IPv4: 14 + 60;
+/// IPv6: 54 + four extension headers of at most 2,048 bytes each).
+const L4_OFF_MASK: usize = 0x3fff;
+const _: () = assert!(ETH_LEN + 40 + crate::parse6::IPV6_EXT_HEADERS_MAX * 2048 <= L4_OFF_MASK);
+
 impl<F: Family> Packet<F> {
+    /// Offset of the L4 header from the start of the frame.
+    ///
+    /// Masked to the bound the parsers keep it under: a `u16` read back
+    /// may be anything to 0xffff for the verifier, and a packet offset
+    /// that large gets no range from a bounds check at all.
+    #[inline(always)]
+    pub fn l4_off(&self) -> usize {
+        usize::from(self.l4_start) & L4_OFF_MASK
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
-        self.l4_off + if self.proto == proto::TCP { 16 } else { 6 }
+        self.l4_off() + if self.proto == proto::TCP { 16 } else { 6 }
     }
 }
 
 impl PacketV4 {
     #[inline(always)]
     pub fn has_ip_options(&self) -> bool {
-        self.l4_off != ETH_LEN + IPV4_MIN_LEN
+        self.l4_off() != ETH_LEN + IPV4_MIN_LEN
     }
 }
 
@@ -228,7 +245,7 @@ pub fn parse_v4<C: Frame>(ctx: &C) -> Result<PacketV4, Counter> {
         sport,
         dport,
         proto,
-        l4_off,
+        l4_start: l4_off as u16,
         ip_total_len: u16::from_be_bytes(ip.tot_len),
         dont_fragment: frags & IP_DONT_FRAGMENT != 0,
     })

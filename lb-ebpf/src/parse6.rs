@@ -14,11 +14,11 @@
 //!   (`pass_truncated`, `pass_malformed`); 0 only on a GSO packet (BIG
 //!   TCP), as for IPv4.
 
-use aya_ebpf::programs::TcContext;
 use lb_common::{proto, stats::Counter};
 
 use crate::{
     family::v6_from_words,
+    frame::Frame,
     parse::{self, ETH_LEN, ETH_P_IPV6_BE, PacketV6},
 };
 
@@ -47,7 +47,7 @@ type FixedStart = [u8; 8];
 
 /// Parses the headers; `Err` carries the pass reason.
 #[inline(always)]
-pub fn parse_v6(ctx: &TcContext) -> Result<PacketV6, Counter> {
+pub fn parse_v6<C: Frame>(ctx: &C) -> Result<PacketV6, Counter> {
     parse::ether_type_is(ctx, ETH_P_IPV6_BE)?;
     let start: *const FixedStart = parse::ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds checked by ptr_at.
@@ -68,7 +68,7 @@ pub fn parse_v6(ctx: &TcContext) -> Result<PacketV6, Counter> {
         proto,
         tcp_syn: parse::is_syn(tcp_flags),
         tcp_flags,
-        l4_off,
+        l4_start: l4_off as u16,
         ip_total_len: (ip_end - ETH_LEN) as u16,
         dont_fragment: true,
     })
@@ -83,7 +83,7 @@ pub fn parse_v6(ctx: &TcContext) -> Result<PacketV6, Counter> {
 /// alignment, and the JITs of the machines the datapath runs on (x86-64,
 /// arm64) load misaligned words.
 #[inline(always)]
-pub fn addresses(ctx: &TcContext) -> Result<(u128, u128), Counter> {
+pub fn addresses<C: Frame>(ctx: &C) -> Result<(u128, u128), Counter> {
     let src: *const [u32; 4] = parse::ptr_at(ctx, ETH_LEN + SRC_OFF)?;
     let dst: *const [u32; 4] = parse::ptr_at(ctx, ETH_LEN + DST_OFF)?;
     // SAFETY: bounds checked by ptr_at; alignment: see above.
@@ -94,7 +94,7 @@ pub fn addresses(ctx: &TcContext) -> Result<(u128, u128), Counter> {
 /// Walks the extension headers from `next` to TCP or UDP: its protocol
 /// and offset in the frame.
 #[inline(always)]
-fn find_l4(ctx: &TcContext, mut next: u8) -> Result<(u8, usize), Counter> {
+fn find_l4<C: Frame>(ctx: &C, mut next: u8) -> Result<(u8, usize), Counter> {
     let mut offset = ETH_LEN + IPV6_HDR_LEN;
     for _ in 0..IPV6_EXT_HEADERS_MAX {
         match next {
@@ -122,6 +122,6 @@ impl PacketV6 {
     /// Whether extension headers sit between the IPv6 header and TCP/UDP.
     #[inline(always)]
     pub fn has_extension_headers(&self) -> bool {
-        self.l4_off != ETH_LEN + IPV6_HDR_LEN
+        self.l4_off() != ETH_LEN + IPV6_HDR_LEN
     }
 }

@@ -79,10 +79,10 @@ pub fn segment_len<F: Family, C: Frame>(ctx: &C, pkt: &Packet<F>) -> PathResult<
     let l4_header = if pkt.proto == proto::TCP {
         // Two bytes: a one-byte bounds check compiles to one the verifier
         // cannot use.
-        let offset = nat::read_at::<2>(ctx, pkt.l4_off + TCP_DATA_OFFSET_OFFSET)?[0];
+        let offset = nat::read_at::<2>(ctx, pkt.l4_off() + TCP_DATA_OFFSET_OFFSET)?[0];
         u32::from(offset >> 4) * 4
     } else {
         UDP_LEN
     };
-    Ok((pkt.l4_off - ETH_LEN) as u32 + l4_header + gso_size)
+    Ok((pkt.l4_off() - ETH_LEN) as u32 + l4_header + gso_size)
 }

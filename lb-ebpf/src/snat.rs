@@ -56,6 +56,44 @@ pub fn needed(service: &ServiceValue, backend_flags: u8) -> bool {
     external && service.flags & FLAG_LOCAL_ONLY == 0 && backend_flags & FLAG_LOCAL == 0
 }
 
+/// The SNAT a client tuple's previous entry had (port 0: none), whose
+/// port a retransmitted SYN keeps: given a new port, it would reach the
+/// backend as a second connection attempt, whose SYN-ACK the client
+/// cannot take, and the client's next segment would be reset.
+pub struct PreviousSnat<F: Family> {
+    backend_id: u32,
+    address: F::Addr,
+    port: u16,
+}
+
+impl<F: Family> Clone for PreviousSnat<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for PreviousSnat<F> {}
+
+impl<F: Family> PreviousSnat<F> {
+    #[inline(always)]
+    pub fn none() -> Self {
+        Self { backend_id: 0, address: F::unspecified(), port: 0 }
+    }
+
+    #[inline(always)]
+    pub fn of(entry: &F::CtValue) -> Self {
+        let (address, port) = entry.nat();
+        Self { backend_id: entry.backend_id(), address, port }
+    }
+
+    /// The port to try first for a flow to `backend_id` from `address`.
+    #[inline(always)]
+    pub fn port_for(self, backend_id: u32, address: F::Addr) -> Option<u16> {
+        (self.port != 0 && self.backend_id == backend_id && self.address == address).then_some(self.port)
+    }
+}
+
 /// Claims a source port on `address` for a new flow to `backend` and
 /// records its reply entry (which restores the client's address and port).
 /// `original` is the flow's conntrack value so far; `previous` is the port
@@ -69,13 +107,13 @@ pub fn allocate<F: Family>(
     original: &F::CtValue,
     previous: Option<u16>,
 ) -> PathResult<u16> {
-    let mut reply = *original;
-    reply.set_nat(pkt.src, pkt.sport);
     if let Some(port) = previous
-        && conntrack::reclaim_reply::<F>(backend, address, port, &reply)
+        && reclaim(pkt, backend, address, original, port)
     {
         return Ok(port);
     }
+    let mut reply = *original;
+    reply.set_nat(pkt.src, pkt.sport);
     let mut claim = Claim::<F> { backend: *backend, address, reply, flow_hash: select::flow_hash(pkt), port: 0 };
     let callback = try_candidate::<F> as *const () as *mut c_void;
     // SAFETY: `claim` outlives the call; the callback reads and writes it
@@ -86,6 +124,21 @@ pub fn allocate<F: Family>(
         0 => Err(Counter::DropSnatPortsExhausted),
         port => Ok(port),
     }
+}
+
+/// Claims `port` on `address` again for a retransmitted SYN (`allocate`'s
+/// `previous`): only while its reply entry still restores this client.
+#[inline(always)]
+pub fn reclaim<F: Family>(
+    pkt: &Packet<F>,
+    backend: &F::Backend,
+    address: F::Addr,
+    original: &F::CtValue,
+    port: u16,
+) -> bool {
+    let mut reply = *original;
+    reply.set_nat(pkt.src, pkt.sport);
+    conntrack::reclaim_reply::<F>(backend, address, port, &reply)
 }
 
 /// What one candidate port needs, shared with `try_candidate`; `port` is

@@ -364,6 +364,26 @@ fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_fr
 }
 
 #[test]
+fn a_retransmitted_ipv6_syn_keeps_its_snat_port() {
+    let mut dp = routed_node_v6(&[]);
+    dp.apply(REMOTE_NODE_PORT).expect("program services");
+    let client = ep6(routed::CLIENT_IP_V6, 40000);
+    let node_port = ep6(routed::NODE_IP_V6, 30090);
+    let syn = packets6::tcp(client, node_port, true, &[]);
+    let (_, first, _) = run(&mut dp, &syn);
+    // The backend's SYN-ACK has not come back yet: the client sends its
+    // SYN again. The backend must see the same connection attempt, not a
+    // second one from another port (whose SYN-ACK the client could not
+    // take: its next segment would be reset).
+    let (verdict, again, moved) = run(&mut dp, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(again, first, "the same SNAT port");
+    assert_eq!(moved, [(Counter::NewFlow, 1), (Counter::Redirected, 1)].into_iter().collect());
+    let replies = dp.conntrack_v6().unwrap().into_iter().filter(|(k, _)| k.direction != DIR_ORIGINAL).count();
+    assert_eq!(replies, 1, "one reply entry: the port was not claimed twice");
+}
+
+#[test]
 fn icmpv6_errors_about_nated_flows_are_translated_back_to_what_their_host_sent() {
     let mut dp = datapath();
     let data = packets6::tcp(CLIENT, WEB_VIP, false, b"a large segment");

@@ -127,6 +127,19 @@ fn node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from
 }
 
 #[test]
+fn a_retransmitted_syn_keeps_its_snat_port() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let syn = packets::tcp_syn(CLIENT, NODE_PORT);
+    let first = dp.run(TC_PROGRAM, &syn).expect("run SYN");
+    // No SYN-ACK yet: the client sends its SYN again, and the backend
+    // must see the same connection attempt (`snat::PreviousSnat`).
+    let (again, moved) = dp.run_counted(TC_PROGRAM, &syn).expect("run the SYN again");
+    assert_eq!(again.packet, first.packet, "the same SNAT port");
+    assert_eq!(moved, counters(&[(Counter::NewFlow, 1), (Counter::Redirected, 1)]));
+}
+
+#[test]
 fn cluster_ip_flow_keeps_the_client_address() {
     let mut dp = routed_node();
     dp.apply(SERVICES).expect("program services");

@@ -10,18 +10,20 @@
 //!   to) is passed to tc untouched and answered there;
 //! - an agent restart keeps XDP serving: the pinned XDP link runs the old
 //!   program while the agent is down and is adopted, its program swapped,
-//!   by the next agent; an open connection keeps working throughout.
+//!   by the next agent; an open connection keeps working throughout;
+//! - the same Service over IPv6 (the cluster given IPv6 addresses too) is
+//!   answered through XDP alone, both ways, on node 1's IPv6 address.
 //!
 //! The LAN is set up as a wire would be (`Cluster::wire_lan_for_xdp`).
 //! Needs root.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use lb_tests::{
-    cluster::{CLIENT_IP, Cluster, node_ip, pod_ip},
+    cluster::{CLIENT_IP, Cluster, node_ip, node_ip_v6, pod_ip, pod_ip_v6},
     observe,
     servers::{self, Servers},
 };
@@ -76,17 +78,74 @@ items:
   ports: [{name: "", port: 5353, protocol: UDP}]
 "#;
 
+/// `remote6` and `dns6`: IPv6 NodePorts, one pod on node 2.
+const SERVICES_V6: &str = r#"
+- apiVersion: v1
+  kind: Service
+  metadata: {name: remote6, namespace: default}
+  spec:
+    type: NodePort
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::80
+    clusterIPs: [fd00:96::80]
+    ports: [{port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: remote6-1, namespace: default, labels: {kubernetes.io/service-name: remote6}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:2::11"], nodeName: node-2, conditions: {ready: true}}]
+  ports: [{name: "", port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dns6, namespace: default}
+  spec:
+    type: NodePort
+    ipFamilies: [IPv6]
+    clusterIP: fd00:96::53
+    clusterIPs: [fd00:96::53]
+    ports: [{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: dns6-1, namespace: default, labels: {kubernetes.io/service-name: dns6}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:2::11"], nodeName: node-2, conditions: {ready: true}}]
+  ports: [{name: "", port: 5353, protocol: UDP}]
+"#;
+
 fn cluster() -> (Cluster, Servers) {
+    cluster_of(&[IpFamily::V4])
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IpFamily {
+    V4,
+    V6,
+}
+
+/// The cluster, its Services and its pods' servers in `families`.
+fn cluster_of(families: &[IpFamily]) -> (Cluster, Servers) {
     let mut cluster = Cluster::create(&[1, 1]).expect("create the cluster (root needed)");
+    let ipv6 = families.contains(&IpFamily::V6);
+    if ipv6 {
+        cluster.add_ipv6().expect("add IPv6 addresses");
+    }
     cluster.wire_lan_for_xdp().expect("set the LAN up as a wire");
     let mut servers = Servers::new();
     for (node, name) in [(1, "n1p1"), (2, "n2p1")] {
         let netns = cluster.nodes[node - 1].pods[0].clone();
-        servers.http(&netns, SocketAddr::from((pod_ip(node, 1), 8080)), name).expect("start a pod's HTTP server");
+        let mut addresses = vec![IpAddr::from(pod_ip(node, 1))];
+        if ipv6 {
+            addresses.push(pod_ip_v6(node, 1).into());
+        }
+        for ip in addresses {
+            servers.http(&netns, SocketAddr::new(ip, 8080), name).expect("start a pod's HTTP server");
+            if node == 2 {
+                servers.udp_echo(&netns, SocketAddr::new(ip, 5353), name).expect("start UDP echo");
+            }
+        }
     }
-    let dns_pod = cluster.nodes[1].pods[0].clone();
-    servers.udp_echo(&dns_pod, SocketAddr::from((pod_ip(2, 1), 5353)), "n2p1").expect("start UDP echo");
-    cluster.publish(SERVICES).expect("publish the Services");
+    let services = if ipv6 { format!("{SERVICES}{SERVICES_V6}") } else { SERVICES.to_owned() };
+    cluster.publish(&services).expect("publish the Services");
     cluster.start_agents_with(&["--xdp-interfaces", "eth0"]).expect("start one agent per node");
     (cluster, servers)
 }
@@ -133,6 +192,33 @@ fn node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
     assert!(grew(&before, &after, "reply_nat") >= (4 * CONNECTIONS) as f64, "replies reverse-NATed at XDP");
     // At most the very first SYN went through tc: XDP passes a packet whose
     // next hop (node 2) is not resolved yet, and tc resolves it.
+    assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
+}
+
+#[test]
+fn an_ipv6_node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
+    let (cluster, _servers) = cluster_of(&[IpFamily::V4, IpFamily::V6]);
+    let target = SocketAddr::from((node_ip_v6(1), REMOTE_NODE_PORT));
+    let before = node1_packets(&cluster);
+    const CONNECTIONS: usize = 10;
+    for _ in 0..CONNECTIONS {
+        let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
+        let name = servers::http_request_path(&mut conn, "/", false).expect("GET /");
+        let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
+        assert_eq!(name, "n2p1");
+        assert_eq!(seen.parse::<IpAddr>().ok(), Some(node_ip_v6(1).into()), "the pod sees node 1's address (SNAT)");
+    }
+    let dns = SocketAddr::from((node_ip_v6(1), DNS_NODE_PORT));
+    let (answer, from) = servers::udp_exchange(&cluster.client, dns, b"q").expect("UDP through the NodePort");
+    assert_eq!((answer.as_str(), from), ("n2p1: q", dns));
+
+    let after = node1_packets(&cluster);
+    let sent = grew(&before, &after, "xdp_sent");
+    assert!(sent >= (8 * CONNECTIONS) as f64, "XDP sent {sent} packets for {CONNECTIONS} connections");
+    assert!(grew(&before, &after, "new_flow") >= (CONNECTIONS + 1) as f64);
+    assert!(grew(&before, &after, "reply_nat") >= (4 * CONNECTIONS) as f64, "replies reverse-NATed at XDP");
+    // At most the first packet went through tc, before node 2's address
+    // was resolved (neighbour discovery passes XDP untouched).
     assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
 }
 

@@ -14,13 +14,17 @@
 //!   server .1 (on the bridge, in the LAN namespace);
 //! - pod j of node i: 10.244.i.(10+j)/32 behind the node's `pod<j>` veth;
 //!   the node side holds 10.244.i.1/32, every pod's gateway;
-//! - node i routes 10.244.k.0/24 via node k.
+//! - node i routes 10.244.k.0/24 via node k;
+//! - with [`Cluster::add_ipv6`], the same in IPv6 beside it: LAN
+//!   fd00:50::/64 (client ::100, node i ::(10+i)), pod j of node i
+//!   fd00:244:i::(10+j)/128 with gateway fd00:244:i::1, node i routing
+//!   fd00:244:k::/64 via node k.
 
 mod api;
 mod pods;
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -47,6 +51,22 @@ pub fn node_ip(node: usize) -> Ipv4Addr {
 
 pub fn pod_ip(node: usize, pod: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, node as u8, 10 + pod as u8)
+}
+
+pub const CLIENT_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x100);
+/// Every node's IPv6 Pod addresses, once [`Cluster::add_ipv6`] gave them.
+pub const POD_CIDRS_V6: &str = "fd00:244::/32";
+
+pub fn node_ip_v6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10 + node as u16)
+}
+
+pub fn pod_ip_v6(node: usize, pod: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 0x10 + pod as u16)
+}
+
+fn pod_gateway_v6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 1)
 }
 
 /// Kubernetes name of node i.
@@ -93,6 +113,9 @@ pub struct Cluster {
     /// The pass-everything XDP program on the LAN ports, once
     /// [`Cluster::wire_lan_for_xdp`] attached it.
     lan_xdp: Option<aya::Ebpf>,
+    /// Whether [`Cluster::add_ipv6`] ran (the agents learn the IPv6 Pod
+    /// CIDR too).
+    ipv6: bool,
 }
 
 impl Cluster {
@@ -116,6 +139,7 @@ impl Cluster {
             api: None,
             servers: PodServers::default(),
             lan_xdp: None,
+            ipv6: false,
         };
         // From here on, Drop cleans up whatever was created.
         cluster.build().map(|()| cluster)
@@ -180,6 +204,35 @@ impl Cluster {
         Ok(())
     }
 
+    /// Gives every namespace its IPv6 addresses and routes (see the module
+    /// comment), beside the IPv4 ones. Before the agents start.
+    pub fn add_ipv6(&mut self) -> anyhow::Result<()> {
+        let address = |ns: &str, cidr: String, dev: &str| {
+            run_in(ns, &["ip", "-6", "addr", "add", &cidr, "dev", dev, "nodad"]).map(drop)
+        };
+        address(&self.client, format!("{CLIENT_IP_V6}/64"), "eth0")?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let i = i + 1;
+            run_in(&node.netns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+            address(&node.netns, format!("{}/64", node_ip_v6(i)), "eth0")?;
+            let gateway = pod_gateway_v6(i).to_string();
+            for (j, pod) in node.pods.iter().enumerate() {
+                let (node_if, ip) = (format!("pod{}", j + 1), pod_ip_v6(i, j + 1).to_string());
+                address(&node.netns, format!("{gateway}/128"), &node_if)?;
+                run_in(&node.netns, &["ip", "-6", "route", "add", &format!("{ip}/128"), "dev", &node_if])?;
+                address(pod, format!("{ip}/128"), "eth0")?;
+                run_in(pod, &["ip", "-6", "route", "add", &gateway, "dev", "eth0"])?;
+                run_in(pod, &["ip", "-6", "route", "add", "fd00::/8", "via", &gateway])?;
+            }
+            for k in (1..=self.nodes.len()).filter(|&k| k != i) {
+                let pods = format!("fd00:244:{k}::/64");
+                run_in(&node.netns, &["ip", "-6", "route", "add", &pods, "via", &node_ip_v6(k).to_string()])?;
+            }
+        }
+        self.ipv6 = true;
+        Ok(())
+    }
+
     /// Makes the LAN behave as a wire for XDP on the nodes' `eth0`:
     /// - Every sender on it (client, pods) computes its checksums in full
     ///   (`tx` offload off). On a wire, a NIC has done that before any
@@ -226,8 +279,9 @@ impl Cluster {
     pub fn start_agents_with(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         for (i, node) in self.nodes.iter().enumerate() {
             let name = node_name(i + 1);
+            let pod_cidrs = if self.ipv6 { format!("{POD_CIDRS},{POD_CIDRS_V6}") } else { POD_CIDRS.to_owned() };
             let mut args = vec!["--hostname-override", name.as_str(), "--interfaces", "eth0,pod*", "--cluster-cidr"];
-            args.push(POD_CIDRS);
+            args.push(&pod_cidrs);
             args.extend_from_slice(extra_args);
             let agent = Agent::start(&node.netns, &self.source, &args)?;
             self.agents.push(agent);
