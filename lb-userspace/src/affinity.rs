@@ -35,12 +35,15 @@ impl Forget {
         let affinity_id = |value: Option<&ServiceValue>| {
             value.filter(|v| v.flags & FLAG_SESSION_AFFINITY != 0).map(|v| v.frontend_id)
         };
+        // Frontends of both families: ids are one space, and the datapath
+        // keeps each family's entries in its own map.
         for write in writes {
-            let Write::Service(key, new) = write else { continue };
-            if key.backend_slot != 0 {
-                continue;
-            }
-            let (old, new) = (affinity_id(current.services.get(key)), affinity_id(new.as_ref()));
+            let (old, new) = match write {
+                Write::Service(key, new) if key.backend_slot == 0 => (current.services.get(key), new),
+                Write::ServiceV6(key, new) if key.backend_slot == 0 => (current.services_v6.get(key), new),
+                _ => continue,
+            };
+            let (old, new) = (affinity_id(old), affinity_id(new.as_ref()));
             if old == new {
                 continue;
             }
@@ -53,7 +56,7 @@ impl Forget {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::service::{FLAG_CLUSTER_IP, ServiceKeyV4};
+    use lb_common::service::{FLAG_CLUSTER_IP, ServiceKeyV4, ServiceKeyV6};
 
     use super::*;
 
@@ -90,6 +93,18 @@ mod tests {
     fn switching_on_forgets_before_the_writes() {
         let forget = Forget::of(&holding(frontend(7, false)), &[Write::Service(WEB, Some(frontend(7, true)))]);
         assert_eq!(forget, Forget { before: ids(&[7]), after: ids(&[]) });
+    }
+
+    #[test]
+    fn ipv6_frontends_switch_as_ipv4_ones_do() {
+        const WEB6: ServiceKeyV6 =
+            ServiceKeyV6::frontend([0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10], 80, 6);
+        let mut current = DesiredMaps::default();
+        current.services_v6.insert(WEB6, frontend(9, true));
+        let forget = Forget::of(&current, &[Write::ServiceV6(WEB6, Some(frontend(9, false)))]);
+        assert_eq!(forget, Forget { before: ids(&[]), after: ids(&[9]) });
+        let forget = Forget::of(&current, &[Write::ServiceV6(WEB6, None)]);
+        assert_eq!(forget.after, ids(&[9]));
     }
 
     #[test]

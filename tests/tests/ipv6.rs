@@ -16,10 +16,12 @@ use std::{
 use lb_tests::{
     agent::{self, Agent},
     host::{self, TestCgroup},
+    observe,
     probe::{self, Outcome},
     servers::{self, Servers},
     topology::{self, Topology},
 };
+use lb_userspace::datapath::maps;
 
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 5353;
@@ -401,13 +403,32 @@ fn load_balancer_source_ranges_admit_an_ipv6_client_inside_and_no_other() {
 }
 
 #[test]
-fn client_ip_affinity_keeps_an_ipv6_client_on_one_pod() {
+fn client_ip_affinity_keeps_an_ipv6_client_on_one_pod_shown_by_lbctl_and_cleared_when_switched_off() {
     let cluster = DualStackCluster::start();
     let client = &cluster.topology.client;
     let sticky = addr("[fd00:96::77]:80");
     probe::eventually(Duration::from_secs(10), "the affinity Service answering", || probe::answer(client, sticky));
     let pods = probe::answers(client, sticky, 20).expect("20 connections answered");
     assert_eq!(pods.len(), 1, "every connection of the client on one pod: {pods:?}");
+
+    // What an operator sees: the client, its frontend and its pod.
+    let out = observe::lbctl(&cluster.agent.pin_dir, &["-o", "json", "affinity"]).expect("lbctl affinity");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let [entry] = &entries[..] else { panic!("one entry, for the one client: {entries:?}") };
+    assert_eq!(entry["frontend"], "TCP [fd00:96::77]:80");
+    assert_eq!(entry["client"], topology::CLIENT_IP_V6.to_string());
+    let pod = pods.keys().next().unwrap();
+    let expected = if pod == "backend-1" { "[fd00:244:1::2]:8080" } else { "[fd00:244:2::2]:8080" };
+    assert_eq!((entry["backend"].as_str(), entry["fresh"].as_bool()), (Some(expected), Some(true)));
+
+    // Affinity switched off: the frontend's entries go.
+    let without = SERVICES.replace("    sessionAffinity: ClientIP\n", "");
+    agent::write_atomically(&cluster.source_dir.join("services.yaml"), &without).unwrap();
+    probe::eventually(Duration::from_secs(10), "the IPv6 affinity entries deleted", || {
+        let left = maps::affinity_v6_entries(&cluster.agent.pin_dir)?;
+        anyhow::ensure!(left.is_empty(), "still held: {left:?}");
+        Ok(())
+    });
 }
 
 /// What `GET /client` through `frontend` from `netns` shows: the source

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -473,10 +473,10 @@ struct Affinity {
     /// `None`: the frontend is gone (its entries age out of the LRU map).
     frontend: Option<String>,
     /// `None`: the node's own processes (socket-level hooks).
-    client: Option<Ipv4Addr>,
+    client: Option<IpAddr>,
     backend_id: u32,
     /// `None`: the backend is gone (the client's next flow is balanced afresh).
-    backend: Option<SocketAddrV4>,
+    backend: Option<SocketAddr>,
     /// Seconds since the client's last new flow to the frontend.
     age_s: u32,
     /// Whether that is within the frontend's current timeout.
@@ -485,23 +485,37 @@ struct Affinity {
 
 fn affinity(pin_dir: &Path) -> anyhow::Result<Vec<Affinity>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
-    let frontends: std::collections::BTreeMap<u32, (&service::ServiceKeyV4, &service::ServiceValue)> =
-        held.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| (v.frontend_id, (k, v))).collect();
+    // Frontend ids are one space over both families.
+    let v4 = held.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| {
+        let entry = FrontendEntry { address: k.address.into(), port: k.port, proto: k.proto, scope: k.scope };
+        (v.frontend_id, (frontend_label(entry), v))
+    });
+    let v6 = held.services_v6.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| {
+        let entry = FrontendEntry { address: k.address.into(), port: k.port, proto: k.proto, scope: k.scope };
+        (v.frontend_id, (frontend_label(entry), v))
+    });
+    let frontends: BTreeMap<u32, (String, &service::ServiceValue)> = v4.chain(v6).collect();
+    let backend = |id: u32| {
+        let v4 = held.backends.get(&id).map(|b| SocketAddr::new(b.address.into(), b.port));
+        v4.or_else(|| held.backends_v6.get(&id).map(|b| SocketAddr::new(b.address.into(), b.port)))
+    };
     let now_s = monotonic_coarse_s()?;
-    let mut entries = maps::affinity_entries(pin_dir)?;
-    entries.sort_by_key(|(k, _)| *k);
+    // The node's own processes are recorded as one client: 0.0.0.0 or ::.
+    let v4 = maps::affinity_entries(pin_dir)?.into_iter().map(|(k, v)| (k.frontend_id, IpAddr::from(k.client), v));
+    let v6 = maps::affinity_v6_entries(pin_dir)?.into_iter().map(|(k, v)| (k.frontend_id, IpAddr::from(k.client), v));
+    let mut entries: Vec<_> = v4.chain(v6).collect();
+    entries.sort_by_key(|(frontend_id, client, _)| (*frontend_id, *client));
     Ok(entries
         .into_iter()
-        .map(|(k, v)| {
-            let frontend = frontends.get(&k.frontend_id);
-            let age_s = now_s.saturating_sub(v.last_used_s);
+        .map(|(frontend_id, client, v)| {
+            let frontend = frontends.get(&frontend_id);
             Affinity {
-                frontend_id: k.frontend_id,
-                frontend: frontend.map(|(key, _)| frontend_label(key)),
-                client: (k.client != lb_common::affinity::NODE_CLIENT).then(|| k.client.into()),
+                frontend_id,
+                frontend: frontend.map(|(label, _)| label.clone()),
+                client: (!client.is_unspecified()).then_some(client),
                 backend_id: v.backend_id,
-                backend: held.backends.get(&v.backend_id).map(|b| SocketAddrV4::new(b.address.into(), b.port)),
-                age_s,
+                backend: backend(v.backend_id),
+                age_s: now_s.saturating_sub(v.last_used_s),
                 fresh: frontend.is_some_and(|(_, f)| v.is_fresh(now_s, f.affinity_timeout_s)),
             }
         })
@@ -509,9 +523,9 @@ fn affinity(pin_dir: &Path) -> anyhow::Result<Vec<Affinity>> {
 }
 
 /// A frontend as `PROTO ADDRESS:PORT`, `(pods)` for an in-cluster entry.
-fn frontend_label(key: &service::ServiceKeyV4) -> String {
+fn frontend_label(key: FrontendEntry) -> String {
     let pods = if key.scope == service::SCOPE_INTERNAL { " (pods)" } else { "" };
-    format!("{} {}{pods}", proto_name(key.proto), SocketAddrV4::new(key.address.into(), key.port))
+    format!("{} {}{pods}", proto_name(key.proto), SocketAddr::new(key.address, key.port))
 }
 
 /// The datapath's clock (`bpf_ktime_get_coarse_ns`), in seconds.

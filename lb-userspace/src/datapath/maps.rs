@@ -14,7 +14,7 @@ use aya::{
 };
 use lb_common::{
     address_filter,
-    affinity::{AffinityKeyV4, AffinityValueV4},
+    affinity::{AffinityKeyV4, AffinityKeyV6, AffinityValueV4},
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
     maps as names,
@@ -257,6 +257,7 @@ macro_rules! kernel_tables {
             conntrack: HashMap<MapData, CtKeyV4, CtValueV4>,
             conntrack_v6: HashMap<MapData, CtKeyV6, CtValueV6>,
             affinity: HashMap<MapData, AffinityKeyV4, AffinityValueV4>,
+            affinity_v6: HashMap<MapData, AffinityKeyV6, AffinityValueV4>,
         }
 
         impl ServiceMaps {
@@ -266,6 +267,7 @@ macro_rules! kernel_tables {
                     conntrack: open(names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?,
                     conntrack_v6: open(names::CONNTRACK_V6)?.try_into().context(names::CONNTRACK_V6)?,
                     affinity: open(names::AFFINITY_V4)?.try_into().context(names::AFFINITY_V4)?,
+                    affinity_v6: open(names::AFFINITY_V6)?.try_into().context(names::AFFINITY_V6)?,
                 })
             }
 
@@ -404,28 +406,47 @@ impl ServiceMaps {
         Ok(highest)
     }
 
-    /// Deletes every affinity entry of these frontends; returns how many.
-    /// A scan of the whole map: it runs only when a frontend's affinity is
-    /// switched on or off, or an affinity frontend goes.
+    /// Deletes every affinity entry of these frontends, of both families;
+    /// returns how many. A scan of both maps: it runs only when a
+    /// frontend's affinity is switched on or off, or an affinity frontend
+    /// goes.
     pub fn forget_affinity(&mut self, frontend_ids: &std::collections::BTreeSet<u32>) -> anyhow::Result<usize> {
-        let keys: Vec<AffinityKeyV4> = self.affinity.keys().collect::<Result<_, _>>().context("reading affinity")?;
-        let mut deleted = 0;
-        for key in keys.iter().filter(|k| frontend_ids.contains(&k.frontend_id)) {
-            match self.affinity.remove(key) {
-                Ok(()) => deleted += 1,
-                // Evicted meanwhile by the LRU map: gone all the same.
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e).context("deleting an affinity entry"),
-            }
-        }
-        Ok(deleted)
+        let v4 = forget_affinity_in(&mut self.affinity, |k| k.frontend_id, frontend_ids)?;
+        Ok(v4 + forget_affinity_in(&mut self.affinity_v6, |k| k.frontend_id, frontend_ids)?)
     }
+}
+
+/// `ServiceMaps::forget_affinity` on one family's map.
+fn forget_affinity_in<K: Pod>(
+    map: &mut HashMap<MapData, K, AffinityValueV4>,
+    frontend_of: impl Fn(&K) -> u32,
+    frontend_ids: &std::collections::BTreeSet<u32>,
+) -> anyhow::Result<usize> {
+    let keys: Vec<K> = map.keys().collect::<Result<_, _>>().context("reading affinity")?;
+    let mut deleted = 0;
+    for key in keys.iter().filter(|k| frontend_ids.contains(&frontend_of(k))) {
+        match map.remove(key) {
+            Ok(()) => deleted += 1,
+            // Evicted meanwhile by the LRU map: gone all the same.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).context("deleting an affinity entry"),
+        }
+    }
+    Ok(deleted)
 }
 
 /// Reads the affinity table (CLI, tests).
 pub fn affinity_entries(pin_dir: &Path) -> anyhow::Result<Vec<(AffinityKeyV4, AffinityValueV4)>> {
-    let map: HashMap<MapData, AffinityKeyV4, AffinityValueV4> =
-        open_pinned(pin_dir, names::AFFINITY_V4)?.try_into().context(names::AFFINITY_V4)?;
+    read_affinity(pin_dir, names::AFFINITY_V4)
+}
+
+/// Reads `LB6_AFFINITY`, as [`affinity_entries`].
+pub fn affinity_v6_entries(pin_dir: &Path) -> anyhow::Result<Vec<(AffinityKeyV6, AffinityValueV4)>> {
+    read_affinity(pin_dir, names::AFFINITY_V6)
+}
+
+fn read_affinity<K: Pod>(pin_dir: &Path, name: &str) -> anyhow::Result<Vec<(K, AffinityValueV4)>> {
+    let map: HashMap<MapData, K, AffinityValueV4> = open_pinned(pin_dir, name)?.try_into().context(name.to_owned())?;
     map.iter().map(|e| e.context("reading affinity")).collect()
 }
 
