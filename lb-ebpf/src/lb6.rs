@@ -21,8 +21,12 @@
 //!   flow's state is kept for the smaller packets that follow, except an
 //!   SNATed one's (not tracked yet).
 //!   ICMPv6 errors about NATed flows are translated (`icmp6_error`).
-//! - `--forward-through-stack`: IPv6 flows are always sent on by the
-//!   datapath, so FORWARD rules do not see them.
+//!
+//! `--forward-through-stack`: every translated packet goes to the stack's
+//! forward path (where FORWARD rules see it), both ways, SNATed requests
+//! and a NodePort's replies included. IPv4 sends those two itself, as the
+//! stack drops a received packet with a local source address as a
+//! martian; IPv6 forwarding has no such check.
 //!
 //! The same paths run at tc and at XDP (`frame` says what differs), as
 //! IPv4's do: at XDP, a packet is routed before anything is tracked or
@@ -46,7 +50,7 @@ use lb_common::{
 };
 
 use crate::{
-    affinity, conntrack,
+    affinity, config, conntrack,
     family::{Backend, CtEntry, V6},
     frame::Frame,
     frontend_stats,
@@ -491,6 +495,9 @@ fn send_to_backend<C: Frame>(ctx: &C, pkt: &PacketV6, to: &Target) -> PathResult
     if snat.port != 0 {
         nat::rewrite_v6(ctx, pkt, Side::Source, snat.address(), snat.port)?;
     }
+    if config::forward_through_stack() {
+        return Ok(ToBackend::Sent(Verdict::Next));
+    }
     let verdict = match route {
         Some(route) => route::send(ctx, &route)?,
         None => Verdict::Next,
@@ -561,7 +568,7 @@ fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
     if entry.has_snat() {
         (flow.dst, flow.dport) = entry.nat();
     }
-    let route = route::lookup(ctx, &flow, pkt.ip_total_len, false);
+    let route = if config::forward_through_stack() { None } else { route::lookup(ctx, &flow, pkt.ip_total_len, false) };
     if !route::can_send(ctx, &route) {
         return Ok(Replied::Pass);
     }

@@ -248,6 +248,11 @@ impl DualStackCluster {
 
     /// `start`, with the agent's socket-level programs on `cgroup`.
     fn start_with_cgroup(cgroup: Option<TestCgroup>) -> Self {
+        Self::start_with(cgroup, &[])
+    }
+
+    /// `start`, the agent given `extra_args` too.
+    fn start_with(cgroup: Option<TestCgroup>, extra_args: &[&str]) -> Self {
         let topology = Topology::create(2).expect("namespaces");
         topology.add_ipv6().expect("IPv6 addresses");
         let mut servers = Servers::new();
@@ -272,6 +277,7 @@ impl DualStackCluster {
         if let Some(path) = &cgroup_path {
             args.extend(["--cgroup-path", path.as_str()]);
         }
+        args.extend_from_slice(extra_args);
         let mut agent = Agent::start(&topology.node, &source_file, &args).expect("agent");
         agent.wait_ready(Duration::from_secs(30)).expect("agent ready");
         Self { agent, _servers: servers, topology, source_dir, cgroup }
@@ -480,6 +486,51 @@ fn node_ports_and_health_checks_answer_on_the_nodes_ipv6_addresses_also_one_adde
         probe::answer(client, addr(&format!("[{added}]:30087")))
     });
     assert_eq!(pod, "backend-2");
+}
+
+/// Runs `ip6tables ARGS` in the node namespace; its output.
+fn ip6tables(cluster: &DualStackCluster, args: &[&str]) -> String {
+    let mut full = vec!["ip6tables"];
+    full.extend_from_slice(args);
+    topology::run_in(&cluster.topology.node, &full).expect("ip6tables in the node namespace")
+}
+
+/// Packets each rule of the node's ip6tables FORWARD chain counted, in
+/// order.
+fn forward_chain_packets(cluster: &DualStackCluster) -> Vec<u64> {
+    // Two header lines, then each rule's packet count first.
+    ip6tables(cluster, &["-nvxL", "FORWARD"])
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `--forward-through-stack` over IPv6: Service traffic, both ways,
+/// crosses the node's FORWARD chain (where a chained CNI's ip6tables
+/// NetworkPolicy sees it): ClusterIP traffic, and a NodePort flow to
+/// another node's pod, SNATed and answered from the node's own address
+/// (which IPv6 forwarding, unlike IPv4's, does not drop as a martian).
+#[test]
+fn forward_through_stack_puts_ipv6_service_traffic_through_the_forward_chain() {
+    let cluster = DualStackCluster::start_with(None, &["--forward-through-stack"]);
+    let client = &cluster.topology.client;
+    ip6tables(&cluster, &["-A", "FORWARD", "-d", "fd00:244::/32", "-j", "ACCEPT"]);
+    ip6tables(&cluster, &["-A", "FORWARD", "-s", "fd00:96::10", "-j", "ACCEPT"]);
+    ip6tables(&cluster, &["-A", "FORWARD", "-s", "fd00:1::1", "-p", "tcp", "--sport", "30087", "-j", "ACCEPT"]);
+    probe::eventually(Duration::from_secs(10), "web over IPv6", || probe::answer(client, addr(WEB_V6)));
+    let before = forward_chain_packets(&cluster);
+    probe::answers(client, addr(WEB_V6), 10).expect("10 connections answered");
+    let after = forward_chain_packets(&cluster);
+    let grew = |rule: usize| after[rule] - before[rule];
+    // At least SYN, ACK, request and FIN each way per connection.
+    assert!(grew(0) >= 30, "requests cross FORWARD: {} packets", grew(0));
+    assert!(grew(1) >= 30, "replies cross FORWARD: {} packets", grew(1));
+
+    let pod = probe::answer(client, addr("[fd00:1::1]:30087")).expect("the NodePort to another node's pod");
+    assert_eq!(pod, "backend-2");
+    let node_port_replies = forward_chain_packets(&cluster)[2];
+    assert!(node_port_replies >= 3, "the NodePort's replies cross FORWARD: {node_port_replies} packets");
 }
 
 #[test]

@@ -139,10 +139,11 @@ struct Args {
     /// Send NATed packets on through the kernel's forward path, netfilter's
     /// FORWARD chain included, instead of out of the egress interface
     /// directly: for chaining after a CNI plugin that enforces
-    /// NetworkPolicy with iptables there. Packets whose source after
+    /// NetworkPolicy with iptables there. IPv4 packets whose source after
     /// translation is a node address (SNATed flows, replies from a
     /// NodePort or another frontend address the node holds) are still sent
-    /// directly: the forward path would drop them as martians.
+    /// directly: the forward path would drop them as martians (IPv6's has
+    /// no such check).
     /// `--forward-through-stack` alone means true.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     forward_through_stack: bool,
