@@ -169,56 +169,43 @@ fn grew(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, reason: &
 #[test]
 fn node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
     let (cluster, _servers) = cluster();
-    let target = SocketAddr::from((node_ip(1), REMOTE_NODE_PORT));
-    let before = node1_packets(&cluster);
+    served_by_xdp_both_ways(&cluster, node_ip(1).into());
+}
+
+#[test]
+fn an_ipv6_node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
+    let (cluster, _servers) = cluster_of(&[IpFamily::V4, IpFamily::V6]);
+    served_by_xdp_both_ways(&cluster, node_ip_v6(1).into());
+}
+
+/// TCP connections and a UDP exchange through the NodePorts of node 1's
+/// `address` (either family) to the pod on node 2: answered, SNATed to
+/// that address, and sent both ways by XDP on node 1.
+fn served_by_xdp_both_ways(cluster: &Cluster, address: IpAddr) {
+    let target = SocketAddr::new(address, REMOTE_NODE_PORT);
+    let before = node1_packets(cluster);
     const CONNECTIONS: usize = 10;
     for _ in 0..CONNECTIONS {
         let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
         let name = servers::http_request_path(&mut conn, "/", false).expect("GET /");
         let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
         assert_eq!(name, "n2p1");
-        assert_eq!(seen.parse::<Ipv4Addr>().ok(), Some(node_ip(1)), "the pod sees node 1's address (SNAT)");
+        assert_eq!(seen.parse::<IpAddr>().ok(), Some(address), "the pod sees node 1's address (SNAT)");
     }
-    let (answer, from) = servers::udp_exchange(&cluster.client, SocketAddr::from((node_ip(1), DNS_NODE_PORT)), b"q")
-        .expect("UDP through the NodePort");
-    assert_eq!((answer.as_str(), from), ("n2p1: q", SocketAddr::from((node_ip(1), DNS_NODE_PORT))));
+    let dns = SocketAddr::new(address, DNS_NODE_PORT);
+    let (answer, from) = servers::udp_exchange(&cluster.client, dns, b"q").expect("UDP through the NodePort");
+    assert_eq!((answer.as_str(), from), ("n2p1: q", dns));
 
-    let after = node1_packets(&cluster);
+    let after = node1_packets(cluster);
     // A connection is at least SYN, SYN-ACK, ACK, two requests, two
     // responses and the closing FINs: well over 4 packets each way.
     let sent = grew(&before, &after, "xdp_sent");
     assert!(sent >= (8 * CONNECTIONS) as f64, "XDP sent {sent} packets for {CONNECTIONS} connections");
     assert!(grew(&before, &after, "new_flow") >= (CONNECTIONS + 1) as f64);
     assert!(grew(&before, &after, "reply_nat") >= (4 * CONNECTIONS) as f64, "replies reverse-NATed at XDP");
-    // At most the very first SYN went through tc: XDP passes a packet whose
-    // next hop (node 2) is not resolved yet, and tc resolves it.
-    assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
-}
-
-#[test]
-fn an_ipv6_node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
-    let (cluster, _servers) = cluster_of(&[IpFamily::V4, IpFamily::V6]);
-    let target = SocketAddr::from((node_ip_v6(1), REMOTE_NODE_PORT));
-    let before = node1_packets(&cluster);
-    const CONNECTIONS: usize = 10;
-    for _ in 0..CONNECTIONS {
-        let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
-        let name = servers::http_request_path(&mut conn, "/", false).expect("GET /");
-        let seen = servers::http_request_path(&mut conn, "/client", true).expect("GET /client");
-        assert_eq!(name, "n2p1");
-        assert_eq!(seen.parse::<IpAddr>().ok(), Some(node_ip_v6(1).into()), "the pod sees node 1's address (SNAT)");
-    }
-    let dns = SocketAddr::from((node_ip_v6(1), DNS_NODE_PORT));
-    let (answer, from) = servers::udp_exchange(&cluster.client, dns, b"q").expect("UDP through the NodePort");
-    assert_eq!((answer.as_str(), from), ("n2p1: q", dns));
-
-    let after = node1_packets(&cluster);
-    let sent = grew(&before, &after, "xdp_sent");
-    assert!(sent >= (8 * CONNECTIONS) as f64, "XDP sent {sent} packets for {CONNECTIONS} connections");
-    assert!(grew(&before, &after, "new_flow") >= (CONNECTIONS + 1) as f64);
-    assert!(grew(&before, &after, "reply_nat") >= (4 * CONNECTIONS) as f64, "replies reverse-NATed at XDP");
-    // At most the first packet went through tc, before node 2's address
-    // was resolved (neighbour discovery passes XDP untouched).
+    // At most the very first packet went through tc: XDP passes a packet
+    // whose next hop (node 2) is not resolved yet (neighbour discovery
+    // passes XDP untouched), and tc resolves it.
     assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
 }
 

@@ -99,7 +99,26 @@ items:
   addressType: IPv4
   endpoints: [{addresses: [10.250.9.2], nodeName: other-node, conditions: {ready: true}}]
   ports: [{name: https, port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: external-v6, namespace: bench}
+  spec:
+    ipFamilies: [IPv6]
+    clusterIP: fd00:95::9
+    clusterIPs: [fd00:95::9]
+    externalIPs: ["fd00:ff::10"]
+    ports: [{name: https, port: 8443, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: external-v6, namespace: bench, labels: {kubernetes.io/service-name: external-v6}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:244:9::2"], nodeName: other-node, conditions: {ready: true}}]
+  ports: [{name: https, port: 8080, protocol: TCP}]
 "#;
+/// The IPv6 twin of the external-IP flow, on `routed`'s IPv6 side.
+const OUTSIDE_CLIENT_V6: Endpoint6 = ep6(routed::CLIENT_IP_V6, 40_000);
+const EXTERNAL_V6: Endpoint6 = ep6(routed::NODE_IP_V6, 8_443);
+const REMOTE_BACKEND_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 0x244, 9, 0, 0, 0, 0, 2), 8_080);
 
 /// The IPv6 twins of the mirrored pair, its clients and the miss.
 const CLIENT_V6: Endpoint6 = ep6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2), 40_000);
@@ -165,6 +184,8 @@ enum Packets {
     /// The established external-IP flow to another node's backend, one
     /// run per packet (the same input each run).
     ExternalToRemote,
+    /// Its IPv6 twin.
+    ExternalToRemoteV6,
 }
 
 struct Case {
@@ -176,7 +197,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 14] = [
+const CASES: [Case; 16] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -275,6 +296,20 @@ const CASES: [Case; 14] = [
         packets: Packets::ExternalToRemote,
         floor: "parse_only_new",
     },
+    Case {
+        id: "external_remote_tc_v6",
+        label: "IPv6: external IP → other node's backend, established, at tc",
+        program: TC_PROGRAM,
+        packets: Packets::ExternalToRemoteV6,
+        floor: "parse_only_new",
+    },
+    Case {
+        id: "external_remote_xdp_v6",
+        label: "IPv6: external IP → other node's backend, established, at XDP",
+        program: XDP_PROGRAM,
+        packets: Packets::ExternalToRemoteV6,
+        floor: "parse_only_new",
+    },
 ];
 
 fn how(case: &Case, plan: &PacketPlan) -> String {
@@ -323,6 +358,15 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
         "external_remote_tc" | "external_remote_xdp" => format!(
             "a TCP segment of an established flow from {}:{} outside the cluster to external IP {}:{}, whose one endpoint {}:{} runs on another node: conntrack hit, SNAT to the node's address and DNAT (both checksums), route lookup, MACs and TTL written, sent out of the link it came in on (tc: `bpf_redirect`; XDP: `XDP_TX`, checksums updated in software). The same packet through both programs, one run per packet (repeat=1), mean over {m} runs per repetition; compare the two rows for XDP against tc",
             OUTSIDE_CLIENT.ip, OUTSIDE_CLIENT.port, EXTERNAL.ip, EXTERNAL.port, REMOTE_BACKEND.ip, REMOTE_BACKEND.port
+        ),
+        "external_remote_tc_v6" | "external_remote_xdp_v6" => format!(
+            "the external-IP rows over IPv6: from [{}]:{} to external IP [{}]:{}, endpoint [{}]:{} on another node, the same work (hop limit for TTL, no IP header checksum); the same packet through both programs, one run per packet, mean over {m} runs per repetition",
+            OUTSIDE_CLIENT_V6.ip,
+            OUTSIDE_CLIENT_V6.port,
+            EXTERNAL_V6.ip,
+            EXTERNAL_V6.port,
+            REMOTE_BACKEND_V6.ip,
+            REMOTE_BACKEND_V6.port
         ),
         "miss_other_address_v6" => format!(
             "TCP to [{}]:{}: a frontend port, no IPv6 Service at that address, passed unchanged; repeat={r}",
@@ -395,6 +439,7 @@ struct SizeBench {
     syn_repeated_v6: Vec<u8>,
     other_address_v6: Vec<u8>,
     external_to_remote: Vec<u8>,
+    external_to_remote_v6: Vec<u8>,
     /// The routed link the external flow arrives on (XDP's ingress).
     ext0: u32,
     next_flow: u64,
@@ -471,10 +516,13 @@ impl SizeBench {
         let sync = dp.syncer_mut().sync(&service_objects, &slices)?;
         ensure!(sync.problems.is_empty(), "untranslatable objects: {:?}", sync.problems.first());
         let node_port_count = table.services.iter().filter(|s| s.node_port.is_some()).count();
+        // The mirrors (2 + 2 IPv6), sticky, and the external Services'
+        // ClusterIP and external IP (2 + 2 IPv6).
+        const EXTRA_FRONTENDS: usize = 9;
         ensure!(
-            sync.frontends == services + node_port_count + 7,
+            sync.frontends == services + node_port_count + EXTRA_FRONTENDS,
             "expected {} frontends, the sync made {}",
-            services + node_port_count + 7,
+            services + node_port_count + EXTRA_FRONTENDS,
             sync.frontends
         );
         let spread = plan.flows_per_sample;
@@ -497,6 +545,7 @@ impl SizeBench {
             syn_repeated_v6: packets6::tcp(SYN_CLIENT_V6, MIRROR_A_V6, true, &[]),
             other_address_v6: packets6::tcp(CLIENT_V6, OTHER_ADDRESS_V6, false, PAYLOAD),
             external_to_remote: packets::tcp(OUTSIDE_CLIENT, EXTERNAL, false, PAYLOAD),
+            external_to_remote_v6: packets6::tcp(OUTSIDE_CLIENT_V6, EXTERNAL_V6, false, PAYLOAD),
             ext0: 0,
             next_flow: 0,
             flows_per_sample: plan.flows_per_sample,
@@ -507,6 +556,7 @@ impl SizeBench {
         let ext0 = || unsafe { libc::if_nametoindex(c"ext0".as_ptr()) };
         if ext0() == 0 {
             routed::set_up_with_pods(REMOTE_PODS)?;
+            routed::set_up_v6()?;
         }
         bench.ext0 = ext0();
         bench.verify(&table)?;
@@ -630,6 +680,19 @@ impl SizeBench {
             destination(&tc.packet) == Some(REMOTE_BACKEND) && tc.packet == xdp.packet,
             "tc and XDP did not write the same packet to the remote backend"
         );
+        self.dp.run(TC_PROGRAM, &packets6::tcp(OUTSIDE_CLIENT_V6, EXTERNAL_V6, true, &[]))?;
+        let (tc, tc_moved) = self.dp.run_counted(TC_PROGRAM, &self.external_to_remote_v6)?;
+        let (xdp, xdp_moved) = self.dp.run_xdp_counted(&self.external_to_remote_v6, self.ext0)?;
+        ensure!(
+            tc.verdict == TC_ACT_REDIRECT && xdp.verdict == XDP_TX && established(&tc_moved) && established(&xdp_moved),
+            "the IPv6 external flow was not sent as established by both hooks (tc {} {tc_moved:?}, XDP {} {xdp_moved:?})",
+            tc.verdict,
+            xdp.verdict
+        );
+        ensure!(
+            destination_v6(&tc.packet) == Some(REMOTE_BACKEND_V6) && tc.packet == xdp.packet,
+            "tc and XDP did not write the same IPv6 packet to the remote backend"
+        );
         Ok(())
     }
 
@@ -686,13 +749,17 @@ impl SizeBench {
                 }
                 Ok(total / batch.len() as f64)
             }
-            Packets::ExternalToRemote => {
+            Packets::ExternalToRemote | Packets::ExternalToRemoteV6 => {
+                let packet = match case.packets {
+                    Packets::ExternalToRemote => self.external_to_remote.clone(),
+                    _ => self.external_to_remote_v6.clone(),
+                };
                 let mut total = 0.0;
                 for _ in 0..self.flows_per_sample {
                     let took = if case.program == XDP_PROGRAM {
-                        self.dp.time_xdp(&self.external_to_remote, 1, self.ext0)?
+                        self.dp.time_xdp(&packet, 1, self.ext0)?
                     } else {
-                        self.dp.time(case.program, &self.external_to_remote, 1)?
+                        self.dp.time(case.program, &packet, 1)?
                     };
                     total += took.as_nanos() as f64;
                 }
