@@ -103,24 +103,41 @@ pub const fn is_snat_port(port: u16) -> bool {
         || (port >= SNAT_PORT_SPANS[1].0 && port <= SNAT_PORT_SPANS[1].1)
 }
 
-/// Candidate ports of one flow are this far apart in the SNAT port order:
-/// coprime with `SNAT_PORTS`, so a walk visits every port, and large, so
-/// neighbouring hashes do not compete for one run of ports.
-pub const SNAT_PORT_STRIDE: u32 = 997;
+/// SNAT ports one flow's candidates are apart in the SNAT port order: a
+/// step of the form 10·k + 1 (`SNAT_STRIDE_STEPS` of them), taken from the
+/// flow's hash, so it is odd and no multiple of 5, and moved on by 10 in
+/// the rare case it is a multiple of 907: always coprime with `SNAT_PORTS`
+/// (2³ · 5 · 907), so a walk visits every port.
+///
+/// Per flow, not one for all (double hashing): with one stride, flows
+/// whose starts lie a stride apart walk the same path, and taken ports
+/// gather in runs, as in linear probing. With about 82 % of the ports
+/// taken, a DNS-like benchmark then dropped 39 of 118,816 flows for want
+/// of a free port among `SNAT_PORT_ATTEMPTS` candidates, far more than
+/// spread-out candidates would miss at that fill.
+#[inline(always)]
+pub const fn snat_stride(flow_hash: u32) -> u32 {
+    let stride = 10 * (flow_hash.rotate_left(16) % SNAT_STRIDE_STEPS) + 1;
+    if stride % 907 == 0 { stride + 10 } else { stride }
+}
+
+/// Strides 1, 11, 21, ... below `SNAT_PORTS`.
+const SNAT_STRIDE_STEPS: u32 = SNAT_PORTS / 10 - 1;
 
 /// The SNAT port a flow whose hash is `flow_hash` tries at its `attempt`th
 /// candidate (from 0).
 #[inline(always)]
 pub const fn snat_candidate(flow_hash: u32, attempt: u32) -> u16 {
     let start = flow_hash % SNAT_PORTS;
-    snat_port(((start as u64 + attempt as u64 * SNAT_PORT_STRIDE as u64) % SNAT_PORTS as u64) as u32)
+    let step = attempt as u64 * snat_stride(flow_hash) as u64;
+    snat_port(((start as u64 + step) % SNAT_PORTS as u64) as u32)
 }
 
 /// How many ports a new flow tries before it is dropped as
 /// `Counter::DropSnatPortsExhausted`: bounded, so a nearly full range costs
 /// a new flow at most this many lookups, not thousands. With candidates
-/// spread over the range, a flow finds a free port unless about 95 % of
-/// them are taken (0.95^128 ≈ 0.14 %).
+/// spread over the range (`snat_stride`), a flow finds a free port
+/// unless about 95 % of them are taken (0.95^128 ≈ 0.14 %).
 pub const SNAT_PORT_ATTEMPTS: u32 = 128;
 
 /// A packet beyond the one that opened the flow passed in this entry's
@@ -228,7 +245,11 @@ mod tests {
 
     #[test]
     fn a_flow_walk_visits_every_snat_port_once() {
-        for hash in [0, 1, 0x9e37_79b9, u32::MAX] {
+        // 0x0001_0000: stride 11; `moved_on`: 907 · 3 = 2,721 = 10 · 272 + 1,
+        // a multiple of 907, moved on to 2,731.
+        let moved_on = 272u32.rotate_right(16);
+        assert_eq!(snat_stride(moved_on), 907 * 3 + 10);
+        for hash in [0, 1, 0x0001_0000, 0x9e37_79b9, u32::MAX, moved_on] {
             let mut seen = [false; 1 << 16];
             for attempt in 0..SNAT_PORTS {
                 let port = usize::from(snat_candidate(hash, attempt));
@@ -236,6 +257,19 @@ mod tests {
                 seen[port] = true;
             }
         }
+    }
+
+    #[test]
+    fn flows_starting_a_stride_apart_do_not_walk_one_path() {
+        // Two flows whose first candidates differ by the other's stride
+        // share at most a few candidates of their first 128.
+        let a = 0x1234_5678u32;
+        let b = a.wrapping_add(snat_stride(a));
+        let of =
+            |hash| core::array::from_fn::<u16, { SNAT_PORT_ATTEMPTS as usize }, _>(|i| snat_candidate(hash, i as u32));
+        let (path_a, path_b) = (of(a), of(b));
+        let shared = path_b.iter().filter(|port| path_a.contains(port)).count();
+        assert!(shared < 8, "{shared} of {SNAT_PORT_ATTEMPTS} candidates shared");
     }
 
     #[test]
