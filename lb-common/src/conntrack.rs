@@ -118,7 +118,7 @@ pub const fn is_snat_port(port: u16) -> bool {
 #[inline(always)]
 pub const fn snat_stride(flow_hash: u32) -> u32 {
     let stride = 10 * (flow_hash.rotate_left(16) % SNAT_STRIDE_STEPS) + 1;
-    if stride % 907 == 0 { stride + 10 } else { stride }
+    if stride.is_multiple_of(907) { stride + 10 } else { stride }
 }
 
 /// Strides 1, 11, 21, ... below `SNAT_PORTS`.

@@ -293,13 +293,7 @@ pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
     }
     let entry = conntrack::lookup_reply(&pkt)?;
     conntrack::on_rst_mark_original(&pkt, &entry);
-    let rewritten = nat::rewrite(ctx, &pkt, Side::Source, entry.frontend_address, entry.frontend_port).and_then(|()| {
-        match entry.has_snat() {
-            true => nat::rewrite(ctx, &pkt, Side::Destination, entry.nat_address, entry.nat_port),
-            false => Ok(()),
-        }
-    });
-    Some(match rewritten {
+    Some(match reverse(ctx, &pkt, &entry) {
         Ok(()) => Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat },
         Err(drop_reason) => Outcome::drop(drop_reason),
     })
@@ -323,13 +317,21 @@ fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, entry: &CtValueV4) -> PathResult
     if !route::can_send(ctx, &route) {
         return Ok(Outcome::next(Counter::XdpPassToTc));
     }
-    nat::rewrite(ctx, pkt, Side::Source, flow.src, flow.sport)?;
-    if entry.has_snat() {
-        nat::rewrite(ctx, pkt, Side::Destination, flow.dst, flow.dport)?;
-    }
+    reverse(ctx, pkt, entry)?;
     let verdict = match route {
         Some(route) => route::send(ctx, &route)?,
         None => Verdict::Next,
     };
     Ok(Outcome { verdict, counter: Counter::ReplyNat })
+}
+
+/// Rewrites a tracked flow's reply to come from the frontend (and go to
+/// the client's own address and port when SNATed).
+#[inline(always)]
+fn reverse<C: Frame>(ctx: &C, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<()> {
+    nat::rewrite(ctx, pkt, Side::Source, entry.frontend_address, entry.frontend_port)?;
+    if entry.has_snat() {
+        nat::rewrite(ctx, pkt, Side::Destination, entry.nat_address, entry.nat_port)?;
+    }
+    Ok(())
 }

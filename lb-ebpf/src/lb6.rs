@@ -58,7 +58,8 @@ use crate::{
     parse::PacketV6,
     parse6, pmtu,
     route::{self, Flow, Lookup},
-    select, service, snat,
+    select, service,
+    snat::{self, PreviousSnat},
     verdict::{Outcome, PathResult, Verdict},
 };
 
@@ -120,11 +121,10 @@ fn try_handle<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
                     to: SnatTo::Client,
                 };
                 let new_flow = match start_flow::<C>(pkt, tracked == Tracked::Stale, backend, &mut flow) {
-                    // Two calls, one after the other: nested, their frames
-                    // and the SNAT port search's would pass the stack limit.
+                    // Each step a call of its own, one after the other:
+                    // nested, their frames and the SNAT port search's would
+                    // pass the stack limit.
                     Ok(NewFlow::Chosen(counter)) => match route_new_flow(ctx, pkt, backend, &flow, nat) {
-                        // Each step a call of its own, one after the other:
-                        // nested, their frames would pass the stack limit.
                         Ok(Routed::Ready) => match track(pkt, backend, &flow) {
                             Ok(true) => {
                                 nat.port = 0;
@@ -382,7 +382,7 @@ fn route_new_flow<C: Frame>(
 ) -> PathResult<Routed> {
     // SAFETY: `start_flow` wrote it before it chose a backend.
     let entry = unsafe { flow.entry.assume_init_ref() };
-    let previous = (nat.address(), nat.port, nat.backend_id);
+    let previous = PreviousSnat::<V6>::new(nat.backend_id, nat.address(), nat.port);
     nat.set_address(match flow.to {
         SnatTo::Frontend => entry.frontend().0,
         SnatTo::Client | SnatTo::Route => pkt.src,
@@ -411,8 +411,7 @@ fn route_new_flow<C: Frame>(
     }
     // A retransmitted SYN keeps its port when it goes to the same backend
     // from the same address.
-    let (address, port, backend_id) = previous;
-    nat.port = if backend_id == entry.backend_id && address == nat.address() { port } else { 0 };
+    nat.port = previous.port_for(entry.backend_id, nat.address()).unwrap_or(0);
     Ok(Routed::Ready)
 }
 

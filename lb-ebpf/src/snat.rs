@@ -84,7 +84,13 @@ impl<F: Family> PreviousSnat<F> {
     #[inline(always)]
     pub fn of(entry: &F::CtValue) -> Self {
         let (address, port) = entry.nat();
-        Self { backend_id: entry.backend_id(), address, port }
+        Self::new(entry.backend_id(), address, port)
+    }
+
+    /// Port `port` on `address`, for a flow to `backend_id` (port 0: none).
+    #[inline(always)]
+    pub fn new(backend_id: u32, address: F::Addr, port: u16) -> Self {
+        Self { backend_id, address, port }
     }
 
     /// The port to try first for a flow to `backend_id` from `address`.
