@@ -242,8 +242,7 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
             let b = id.and_then(|id| held.backends.get(&id));
             (id, b.map(|b| (IpAddr::from(b.address), b.port, b.flags)))
         };
-        let entry = FrontendEntry { address: key.address.into(), port: key.port, proto: key.proto, scope: key.scope };
-        frontend(entry, value, slot, &counted)
+        frontend(FrontendEntry::from(key), value, slot, &counted)
     });
     let v6 = held.services_v6.iter().filter(|(k, _)| k.backend_slot == 0).map(|(key, value)| {
         let slot = |slot| {
@@ -251,8 +250,7 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<Frontend>> {
             let b = id.and_then(|id| held.backends_v6.get(&id));
             (id, b.map(|b| (IpAddr::from(b.address), b.port, b.flags)))
         };
-        let entry = FrontendEntry { address: key.address.into(), port: key.port, proto: key.proto, scope: key.scope };
-        frontend(entry, value, slot, &counted)
+        frontend(FrontendEntry::from(key), value, slot, &counted)
     });
     Ok(v4.chain(v6).collect())
 }
@@ -264,6 +262,18 @@ struct FrontendEntry {
     port: u16,
     proto: u8,
     scope: u8,
+}
+
+impl From<&service::ServiceKeyV4> for FrontendEntry {
+    fn from(key: &service::ServiceKeyV4) -> Self {
+        Self { address: key.address.into(), port: key.port, proto: key.proto, scope: key.scope }
+    }
+}
+
+impl From<&service::ServiceKeyV6> for FrontendEntry {
+    fn from(key: &service::ServiceKeyV6) -> Self {
+        Self { address: key.address.into(), port: key.port, proto: key.proto, scope: key.scope }
+    }
 }
 
 /// One frontend, decoded; `slot` gives a slot's backend id and, when the
@@ -486,15 +496,10 @@ struct Affinity {
 fn affinity(pin_dir: &Path) -> anyhow::Result<Vec<Affinity>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
     // Frontend ids are one space over both families.
-    let v4 = held.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| {
-        let entry = FrontendEntry { address: k.address.into(), port: k.port, proto: k.proto, scope: k.scope };
-        (v.frontend_id, (frontend_label(entry), v))
-    });
-    let v6 = held.services_v6.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| {
-        let entry = FrontendEntry { address: k.address.into(), port: k.port, proto: k.proto, scope: k.scope };
-        (v.frontend_id, (frontend_label(entry), v))
-    });
-    let frontends: BTreeMap<u32, (String, &service::ServiceValue)> = v4.chain(v6).collect();
+    let v4 = held.services.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| (k.into(), v));
+    let v6 = held.services_v6.iter().filter(|(k, _)| k.backend_slot == 0).map(|(k, v)| (k.into(), v));
+    let frontends: BTreeMap<u32, (String, &service::ServiceValue)> =
+        v4.chain(v6).map(|(entry, v): (FrontendEntry, _)| (v.frontend_id, (frontend_label(entry), v))).collect();
     let backend = |id: u32| {
         let v4 = held.backends.get(&id).map(|b| SocketAddr::new(b.address.into(), b.port));
         v4.or_else(|| held.backends_v6.get(&id).map(|b| SocketAddr::new(b.address.into(), b.port)))
