@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddrV4, path::Path, time::Duration};
 
-use crate::packets::Endpoint;
+use crate::{packets::Endpoint, packets6::Endpoint6};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
@@ -193,6 +193,18 @@ impl Datapath {
     /// The IPv6 flows the datapath has tracked (LB6_CT), by key.
     pub fn conntrack_v6(&self) -> anyhow::Result<Vec<(CtKeyV6, CtValueV6)>> {
         self.syncer.writer().conntrack_v6_entries()
+    }
+
+    /// `flow_entry` for an IPv6 flow.
+    pub fn flow_entry_v6(&self, client: Endpoint6, frontend: Endpoint6) -> Option<CtValueV6> {
+        self.conntrack_v6().expect("read conntrack").into_iter().find_map(|(k, v)| {
+            let matches = k.direction == DIR_ORIGINAL
+                && k.src_address == client.ip.octets()
+                && k.src_port == client.port
+                && k.dst_address == frontend.ip.octets()
+                && k.dst_port == frontend.port;
+            matches.then_some(v)
+        })
     }
 
     /// LB4_CT itself, as the agent's conntrack worker opens it.

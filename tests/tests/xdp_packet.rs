@@ -18,7 +18,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lb_common::{conntrack::DIR_ORIGINAL, stats::Counter};
+use lb_common::stats::Counter;
 use lb_tests::{
     datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     packets::{self, Endpoint, ep},
@@ -368,14 +368,7 @@ fn routed_node_v6() -> Datapath {
 
 /// The source NAT of the tracked IPv6 flow from `client` to `frontend`.
 fn snat_v6(dp: &Datapath, client: Endpoint6, frontend: Endpoint6) -> Option<Endpoint6> {
-    dp.conntrack_v6().expect("read conntrack").into_iter().find_map(|(k, v)| {
-        let matches = k.direction == DIR_ORIGINAL
-            && k.src_address == client.ip.octets()
-            && k.src_port == client.port
-            && k.dst_address == frontend.ip.octets()
-            && k.dst_port == frontend.port;
-        matches.then(|| ep6(Ipv6Addr::from(v.nat_address), v.nat_port))
-    })
+    dp.flow_entry_v6(client, frontend).map(|v| ep6(Ipv6Addr::from(v.nat_address), v.nat_port))
 }
 
 #[test]
