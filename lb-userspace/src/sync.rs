@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
 use crate::{
     affinity::Forget,
@@ -23,7 +23,7 @@ use crate::{
     model::{NodeContext, Problem},
     state::{DesiredState, HighestIds, ServiceRef},
     tables::{self, DesiredMaps, Write},
-    translate,
+    translate::{self, SliceRecord},
 };
 
 /// The kernel maps as the syncer sees them: the real maps in production,
@@ -97,7 +97,7 @@ pub struct Syncer<W> {
 
 /// One Service whose objects changed: its (namespace, name), the Service
 /// if it exists, and the EndpointSlices labelled with its name.
-pub type ServiceChange<'a> = (ServiceRef, Option<&'a Service>, Vec<&'a EndpointSlice>);
+pub type ServiceChange<'a> = (ServiceRef, Option<&'a Service>, Vec<&'a SliceRecord>);
 
 impl<W: MapWriter> Syncer<W> {
     /// Starts from what the maps already hold (`existing`, empty on a
@@ -180,11 +180,11 @@ impl<W: MapWriter> Syncer<W> {
     pub fn sync<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a Service>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        slices: impl IntoIterator<Item = &'a SliceRecord>,
     ) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
         self.state.set_pod_cidrs(&self.node.cluster_cidrs);
-        let mut slices_by_service: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
+        let mut slices_by_service: HashMap<ServiceRef, Vec<&SliceRecord>> = HashMap::new();
         for slice in slices {
             if let Some(owner) = translate::slice_owner(slice) {
                 slices_by_service.entry(owner).or_default().push(slice);
@@ -227,7 +227,7 @@ impl<W: MapWriter> Syncer<W> {
     /// One Service's frontends, problems and health check, over the
     /// families the node serves: a dual-stack Service has the frontends of
     /// both, each family's from its own addresses and EndpointSlices.
-    fn translate_service(&mut self, key: ServiceRef, svc: Option<&Service>, slices: &[&EndpointSlice]) {
+    fn translate_service(&mut self, key: ServiceRef, svc: Option<&Service>, slices: &[&SliceRecord]) {
         let (mut frontends, mut problems, mut check) = (Vec::new(), Vec::new(), None);
         for family in self.node.families() {
             let node = self.node.for_family(family);
@@ -358,16 +358,17 @@ mod tests {
         .unwrap()
     }
 
-    fn slice(endpoints: &[(&str, &str)]) -> EndpointSlice {
+    fn slice(endpoints: &[(&str, &str)]) -> SliceRecord {
         let endpoints: Vec<Value> =
             endpoints.iter().map(|(ip, node)| json!({"addresses": [ip], "nodeName": node})).collect();
-        serde_json::from_value(json!({
+        serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(json!({
             "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": endpoints
         }))
         .unwrap()
+        .into()
     }
 
     fn key() -> ServiceRef {

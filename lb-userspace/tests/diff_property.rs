@@ -20,7 +20,7 @@ use lb_userspace::{
     state::HighestIds,
     sync::{ApplyError, MapWriter, Syncer},
     tables::{self, DesiredMaps, Write},
-    translate,
+    translate::{self, SliceRecord},
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -227,6 +227,11 @@ fn decode(maps: &DesiredMaps) -> Decoded {
 }
 
 /// The translation of every family the node serves.
+/// What the agent keeps of each slice.
+fn records(slices: &[EndpointSlice]) -> Vec<SliceRecord> {
+    slices.iter().map(SliceRecord::from).collect()
+}
+
 fn translated(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> Vec<ServiceTable> {
     node.families().into_iter().map(|family| translate::translate(services, slices, &node.for_family(family))).collect()
 }
@@ -493,13 +498,13 @@ fn run(ops: Vec<Op>, node: &NodeContext) -> Result<(), TestCaseError> {
         // the agent runs them.
         let full = full_next || syncer.needs_full() || step % 7 == 6 || changed.is_none();
         let result = if full {
-            syncer.sync(&svcs, &slcs)
+            syncer.sync(&svcs, &records(&slcs))
         } else {
             let changed = changed.unwrap();
             let service = services.get(&changed);
-            let its_slices: Vec<&EndpointSlice> =
-                slices.iter().filter(|((svc, _), _)| *svc == changed).map(|(_, s)| s).collect();
-            syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices)])
+            let its_slices: Vec<SliceRecord> =
+                slices.iter().filter(|((svc, _), _)| *svc == changed).map(|(_, s)| s.into()).collect();
+            syncer.update([(("prop".to_owned(), format!("s{changed}")), service, its_slices.iter().collect())])
         };
         full_next = false;
         prop_assert_eq!(&syncer.writer().maps, syncer.current());
@@ -518,9 +523,9 @@ fn run(ops: Vec<Op>, node: &NodeContext) -> Result<(), TestCaseError> {
     syncer.writer_mut().fail_after = None;
     let svcs: Vec<_> = services.values().cloned().collect();
     let slcs: Vec<_> = slices.values().cloned().collect();
-    syncer.sync(&svcs, &slcs).unwrap();
+    syncer.sync(&svcs, &records(&slcs)).unwrap();
     prop_assert_eq!(decode(&syncer.writer().maps), expected(&translated(&svcs, &slcs, node)));
-    prop_assert_eq!(syncer.sync(&svcs, &slcs).unwrap().writes, 0);
+    prop_assert_eq!(syncer.sync(&svcs, &records(&slcs)).unwrap().writes, 0);
     Ok(())
 }
 

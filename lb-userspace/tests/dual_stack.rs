@@ -16,6 +16,7 @@ use lb_userspace::{
     state::HighestIds,
     sync::{ApplyError, MapWriter, Syncer},
     tables::{self, DesiredMaps, Write},
+    translate::SliceRecord,
 };
 use serde_json::{Value, json};
 
@@ -100,8 +101,8 @@ fn dual_stack() -> Service {
 }
 
 /// One ready endpoint on this node, in a slice of the address type given.
-fn slice(name: &str, address_type: &str, address: &str) -> EndpointSlice {
-    serde_json::from_value(json!({
+fn slice(name: &str, address_type: &str, address: &str) -> SliceRecord {
+    serde_json::from_value::<EndpointSlice>(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
         "addressType": address_type,
@@ -109,13 +110,14 @@ fn slice(name: &str, address_type: &str, address: &str) -> EndpointSlice {
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
     }))
     .unwrap()
+    .into()
 }
 
-fn slices() -> Vec<EndpointSlice> {
+fn slices() -> Vec<SliceRecord> {
     vec![slice("web-v4", "IPv4", "10.244.1.5"), slice("web-v6", "IPv6", "fd00:10:244::5")]
 }
 
-fn synced(services: &[Service], slices: &[EndpointSlice]) -> Syncer<Memory> {
+fn synced(services: &[Service], slices: &[SliceRecord]) -> Syncer<Memory> {
     let mut syncer = Syncer::new(Memory::default(), DesiredMaps::default(), node());
     let report = syncer.sync(services, slices).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -242,10 +244,10 @@ fn ipv4_and_ipv6_backends_and_frontends_never_share_an_id() {
     for slice in &mut api_slices {
         slice.metadata.name = Some(format!("api-{}", slice.address_type));
         slice.metadata.labels = Some([("kubernetes.io/service-name".to_owned(), "api".to_owned())].into());
-        slice.endpoints[0].addresses[0] =
-            if slice.address_type == "IPv4" { "10.244.1.6".into() } else { "fd00:10:244::6".into() };
+        slice.endpoints[0].address =
+            Some(if slice.address_type == "IPv4" { "10.244.1.6".into() } else { "fd00:10:244::6".into() });
     }
-    let all_slices: Vec<EndpointSlice> = slices().into_iter().chain(api_slices).collect();
+    let all_slices: Vec<SliceRecord> = slices().into_iter().chain(api_slices).collect();
     let syncer = synced(&[dual_stack(), other], &all_slices);
     let maps = &syncer.writer().maps;
     let v4: BTreeSet<u32> = maps.backends.keys().copied().collect();

@@ -23,7 +23,7 @@ fn maps_read_back_equal_what_was_written() {
         node_ports: 0,
     });
     let mut dp = Datapath::load_with(NodeContext::default(), capacities_for(services, 10)).expect("load (root needed)");
-    dp.syncer_mut().sync(&table.service_objects(), &table.slice_objects()).expect("program");
+    dp.syncer_mut().sync(&table.service_objects(), &table.slice_records()).expect("program");
     let started = Instant::now();
     let held = dp.syncer_mut().writer().read_all().expect("read the maps back");
     eprintln!("read {} entries in {:?}", held.services.len() + held.backends.len(), started.elapsed());

@@ -7,13 +7,44 @@
 
 use std::collections::BTreeMap;
 
-use kube::{Resource, ResourceExt as _, runtime::watcher::Event};
+use k8s_openapi::{
+    api::core::v1::{Node, Service},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::runtime::watcher::Event;
 
-/// Objects by namespace/name.
+use crate::translate::SliceRecord;
+
+/// What the cache files an object under.
+pub trait Named {
+    fn metadata(&self) -> &ObjectMeta;
+}
+
+impl Named for Service {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl Named for Node {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl Named for SliceRecord {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+/// Objects by namespace/name. Boxed: a map node holds eleven values,
+/// and API objects are most of a kilobyte before their strings, so values
+/// held inline in half-full nodes cost half again their size.
 #[derive(Debug)]
 pub struct ObjectCache<K> {
-    objects: BTreeMap<(String, String), K>,
-    relisting: Option<BTreeMap<(String, String), K>>,
+    objects: BTreeMap<(String, String), Box<K>>,
+    relisting: Option<BTreeMap<(String, String), Box<K>>>,
     /// The first list has completed; before that the cache is not usable.
     synced: bool,
 }
@@ -25,17 +56,18 @@ impl<K> Default for ObjectCache<K> {
 }
 
 /// (namespace, name) of an object.
-pub fn key<K: Resource>(object: &K) -> (String, String) {
-    (object.namespace().unwrap_or_default(), object.name_any())
+pub fn key<K: Named>(object: &K) -> (String, String) {
+    let meta = object.metadata();
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-impl<K: Resource + Clone> ObjectCache<K> {
+impl<K: Named> ObjectCache<K> {
     /// Applies one watcher event. Returns whether the visible content may
     /// have changed (events inside a relist change nothing until it ends).
     pub fn apply(&mut self, event: Event<K>) -> bool {
         match event {
             Event::Apply(object) => {
-                self.objects.insert(key(&object), object);
+                self.objects.insert(key(&object), Box::new(object));
                 true
             }
             Event::Delete(object) => {
@@ -47,7 +79,7 @@ impl<K: Resource + Clone> ObjectCache<K> {
                 false
             }
             Event::InitApply(object) => {
-                self.relisting.get_or_insert_with(BTreeMap::new).insert(key(&object), object);
+                self.relisting.get_or_insert_with(BTreeMap::new).insert(key(&object), Box::new(object));
                 false
             }
             Event::InitDone => {
@@ -71,17 +103,17 @@ impl<K: Resource + Clone> ObjectCache<K> {
     }
 
     pub fn objects(&self) -> impl Iterator<Item = &K> {
-        self.objects.values()
+        self.objects.values().map(Box::as_ref)
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<&K> {
-        self.objects.get(&(namespace.to_owned(), name.to_owned()))
+        self.objects.get(&(namespace.to_owned(), name.to_owned())).map(Box::as_ref)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::Service;
+    use kube::ResourceExt as _;
 
     use super::*;
 

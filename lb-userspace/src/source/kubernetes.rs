@@ -10,10 +10,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::{
     Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
@@ -23,6 +20,7 @@ use kube::{
 use tokio::sync::mpsc;
 
 use super::tracker::ChangeTracker;
+use crate::translate::SliceRecord;
 
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
@@ -44,7 +42,7 @@ fn selectors(proxy_name: Option<&str>) -> (String, String) {
 /// differ in size).
 enum Update {
     Service(Result<Box<watcher::Event<Service>>, watcher::Error>),
-    Slice(Result<Box<watcher::Event<EndpointSlice>>, watcher::Error>),
+    Slice(Result<Box<watcher::Event<SliceRecord>>, watcher::Error>),
     Node(Result<Box<watcher::Event<Node>>, watcher::Error>),
 }
 
@@ -115,7 +113,8 @@ impl KubeSource {
             .default_backoff()
             .map(|e| Update::Service(e.map(Box::new)))
             .boxed();
-        let slices = watcher(Api::<EndpointSlice>::all(client.clone()), config.clone().labels(&slice_selector))
+        // Slices are decoded straight into what the agent keeps of them.
+        let slices = watcher(Api::<SliceRecord>::all(client.clone()), config.clone().labels(&slice_selector))
             .default_backoff()
             .map(|e| Update::Slice(e.map(Box::new)))
             .boxed();

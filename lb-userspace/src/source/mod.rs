@@ -5,4 +5,5 @@ pub mod cache;
 pub mod file;
 pub mod kubernetes;
 pub mod objects;
+mod slice_wire;
 pub mod tracker;

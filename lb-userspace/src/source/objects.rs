@@ -10,13 +10,14 @@ use serde::{
 };
 use serde_json::Value;
 
-use crate::model::Problem;
+use crate::{model::Problem, translate::SliceRecord};
 
 /// The objects found in a document, and the ones that could not be read.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    /// What translation reads of each EndpointSlice.
+    pub slices: Vec<SliceRecord>,
     pub problems: Vec<Problem>,
 }
 
@@ -121,7 +122,7 @@ fn collect(value: Value, out: &mut Objects) {
             Err(e) => out.problems.push(problem("Service", &value, &e)),
         },
         Some("EndpointSlice") => match EndpointSlice::deserialize(&value) {
-            Ok(slice) => out.slices.push(slice),
+            Ok(slice) => out.slices.push(slice.into()),
             Err(e) => out.problems.push(problem("EndpointSlice", &value, &e)),
         },
         // Other kinds (Pods, Nodes, ...) may sit in the same file: ignored.

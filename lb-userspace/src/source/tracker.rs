@@ -7,39 +7,39 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::runtime::watcher;
 
 use super::cache::{self, ObjectCache};
-use crate::{state::ServiceRef, translate};
+use crate::{
+    state::ServiceRef,
+    translate::{self, LAST_CHANGE_TRIGGER_TIME, SliceRecord},
+};
 
 /// The Node label topology hints are matched against.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// Drops what translation never reads before an object is cached, as
-/// kube-proxy strips managed fields: in real clusters managedFields, the
-/// last-applied annotation and per-endpoint pod references are most of an
-/// object's size.
-fn compact_event<K>(event: watcher::Event<K>, compact: fn(&mut K)) -> watcher::Event<K> {
+/// Turns a watcher event about one kind of object into the same event
+/// about what is cached of it.
+fn map_event<A, B>(event: watcher::Event<A>, into: impl Fn(A) -> B) -> watcher::Event<B> {
     match event {
-        watcher::Event::Apply(mut o) => {
-            compact(&mut o);
-            watcher::Event::Apply(o)
-        }
-        watcher::Event::InitApply(mut o) => {
-            compact(&mut o);
-            watcher::Event::InitApply(o)
-        }
-        other => other,
+        watcher::Event::Apply(o) => watcher::Event::Apply(into(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(into(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(into(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-fn compact_service(svc: &mut Service) {
+/// Drops what translation never reads before a Service is cached, as
+/// kube-proxy strips managed fields: in real clusters managedFields and
+/// the last-applied annotation are most of an object's size. Also gives
+/// back the spare room decoding left in every list (a list decoded from
+/// a stream grows by doubling). EndpointSlices are cached as
+/// [`SliceRecord`]s instead.
+fn compact_service(mut svc: Service) -> Service {
     svc.metadata.managed_fields = None;
     if let Some(annotations) = svc.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
@@ -59,49 +59,17 @@ fn compact_service(svc: &mut Service) {
     {
         ingress.shrink_to_fit();
     }
+    svc
 }
-
-/// Besides dropping fields, gives back the spare room decoding left in
-/// every list: a list decoded from a stream grows by doubling (10
-/// endpoints take room for 16, one address room for 4), which made the
-/// cached slices half again as large as their content.
-fn compact_slice(slice: &mut EndpointSlice) {
-    slice.metadata.managed_fields = None;
-    slice.metadata.annotations = None;
-    slice.metadata.owner_references = None;
-    slice.endpoints.shrink_to_fit();
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-        endpoint.addresses.shrink_to_fit();
-        if let Some(hints) = endpoint.hints.as_mut() {
-            if let Some(zones) = hints.for_zones.as_mut() {
-                zones.shrink_to_fit();
-            }
-            if let Some(nodes) = hints.for_nodes.as_mut() {
-                nodes.shrink_to_fit();
-            }
-        }
-    }
-    if let Some(ports) = slice.ports.as_mut() {
-        ports.shrink_to_fit();
-    }
-}
-
-/// The EndpointSlice controller's annotation: when the change that made
-/// it write this slice happened (a Pod became ready, was deleted, ...).
-pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// A slice's change-trigger time, if it carries a valid one (RFC 3339).
-/// Read before the slice is compacted, which drops its annotations.
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+fn trigger_time(slice: &SliceRecord) -> Option<SystemTime> {
     let value = slice.metadata.annotations.as_ref()?.get(LAST_CHANGE_TRIGGER_TIME)?;
     value.parse::<jiff::Timestamp>().ok().map(SystemTime::from)
 }
 
 /// The object an Apply/Delete event is about (None for relist events).
-fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRef> {
+fn touched_key<K: cache::Named>(event: &watcher::Event<K>) -> Option<ServiceRef> {
     match event {
         watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(cache::key(o)),
         _ => None,
@@ -121,7 +89,7 @@ pub enum Changes {
 /// The cached objects and what changed in them.
 pub struct ChangeTracker {
     services: ObjectCache<Service>,
-    slices: ObjectCache<EndpointSlice>,
+    slices: ObjectCache<SliceRecord>,
     nodes: ObjectCache<Node>,
     /// Slice keys by the Service they belong to, to hand a changed Service
     /// its slices without scanning them all.
@@ -175,7 +143,7 @@ impl ChangeTracker {
 
     /// Applies a Service event; returns whether anything visible changed.
     pub fn service_event(&mut self, event: watcher::Event<Service>) -> bool {
-        let event = compact_event(event, compact_service);
+        let event = map_event(event, compact_service);
         let touched = touched_key(&event);
         let changed = self.services.apply(event);
         self.note(changed, touched);
@@ -183,13 +151,13 @@ impl ChangeTracker {
     }
 
     /// Applies an EndpointSlice event.
-    pub fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
+    pub fn slice_event(&mut self, event: watcher::Event<SliceRecord>) -> bool {
         let trigger = match &event {
             watcher::Event::Apply(slice) => Some((translate::slice_owner(slice), Some(trigger_time(slice)))),
             watcher::Event::Delete(slice) => Some((translate::slice_owner(slice), None)),
             _ => None,
         };
-        let changed = self.apply_slice(compact_event(event, compact_slice));
+        let changed = self.apply_slice(event);
         if changed && let Some((Some(owner), time)) = trigger {
             self.note_trigger(owner, time);
         }
@@ -238,7 +206,7 @@ impl ChangeTracker {
         }
     }
 
-    fn apply_slice(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
+    fn apply_slice(&mut self, event: watcher::Event<SliceRecord>) -> bool {
         let slice_key = touched_key(&event);
         let old_owner = slice_key.as_ref().and_then(|(ns, n)| self.slices.get(ns, n)).and_then(translate::slice_owner);
         let changed = self.slices.apply(event);
@@ -277,7 +245,7 @@ impl ChangeTracker {
     }
 
     /// The Service (if it exists) and its slices.
-    pub fn service_objects(&self, key: &ServiceRef) -> (Option<&Service>, Vec<&EndpointSlice>) {
+    pub fn service_objects(&self, key: &ServiceRef) -> (Option<&Service>, Vec<&SliceRecord>) {
         let slices = self
             .slices_by_service
             .get(key)
@@ -292,7 +260,7 @@ impl ChangeTracker {
         self.services.objects()
     }
 
-    pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+    pub fn slices(&self) -> impl Iterator<Item = &SliceRecord> {
         self.slices.objects()
     }
 
@@ -326,7 +294,7 @@ mod tests {
         .unwrap()
     }
 
-    fn slice(name: &str, service: &str) -> EndpointSlice {
+    fn slice(name: &str, service: &str) -> SliceRecord {
         serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
@@ -350,7 +318,7 @@ mod tests {
     }
 
     /// A tracker past its initial lists of `services` and `slices`.
-    fn listed(services: &[Service], slices: &[EndpointSlice]) -> ChangeTracker {
+    fn listed(services: &[Service], slices: &[SliceRecord]) -> ChangeTracker {
         let mut tracker = ChangeTracker::default();
         tracker.service_event(Event::Init);
         for s in services {
@@ -374,7 +342,7 @@ mod tests {
 
     /// A slice of `service` with one endpoint, written by the controller
     /// for a change at `trigger` (RFC 3339), if any.
-    fn triggered_slice(service: &str, address: &str, trigger: Option<&str>) -> EndpointSlice {
+    fn triggered_slice(service: &str, address: &str, trigger: Option<&str>) -> SliceRecord {
         let annotations = trigger.map(|t| json!({LAST_CHANGE_TRIGGER_TIME: t})).unwrap_or(json!({}));
         serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

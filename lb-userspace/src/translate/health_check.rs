@@ -9,9 +9,9 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
-use super::{fields, namespaced_name, service, service_problem, slices::SliceIndex};
+use super::{SliceRecord, fields, namespaced_name, service, service_problem, slices::SliceIndex};
 use crate::model::{IpFamily, NodeContext, Problem};
 
 /// One Service's health check: the port it is served on and the count it
@@ -35,7 +35,7 @@ pub struct HealthCheck {
 /// check.
 pub fn health_check<'a>(
     svc: &Service,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    slices: impl IntoIterator<Item = &'a SliceRecord>,
     node: &NodeContext,
 ) -> Result<Option<HealthCheck>, Problem> {
     if !needs_health_check(svc, node) {

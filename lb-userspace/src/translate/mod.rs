@@ -8,6 +8,7 @@
 //! - [`service`]: which Services are proxied, and their per-Service settings.
 //! - [`frontends`]: Service ports × addresses → the frontends to serve.
 //! - [`fields`]: protocols, port numbers and addresses, validated.
+//! - [`record`]: what is kept of an EndpointSlice between syncs.
 //! - [`slices`]: EndpointSlices → endpoints, grouped by Service.
 //! - [`endpoints`]: endpoints → backends (conditions, traffic policy, topology).
 //! - [`claims`]: one owner per (address, port, protocol).
@@ -18,6 +19,7 @@ mod endpoints;
 mod fields;
 mod frontends;
 mod health_check;
+mod record;
 mod service;
 mod slices;
 #[cfg(test)]
@@ -38,7 +40,8 @@ use self::{endpoints::Selection, frontends::PortFrontends, service::Settings, sl
 /// matter.
 pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> ServiceTable {
     let mut problems = Vec::new();
-    let index = SliceIndex::build(slices, node, &mut problems);
+    let records: Vec<SliceRecord> = slices.iter().map(SliceRecord::from).collect();
+    let index = SliceIndex::build(&records, node, &mut problems);
     let mut claims = Claims::default();
     for svc in services {
         let (namespace, name) = namespaced_name(&svc.metadata);
@@ -59,7 +62,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeCont
 /// change in time proportional to that Service, not to the cluster.
 pub fn translate_one<'a>(
     svc: Option<&Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    slices: impl IntoIterator<Item = &'a SliceRecord>,
     node: &NodeContext,
 ) -> (Vec<Frontend>, Vec<Problem>) {
     let mut problems = Vec::new();
@@ -72,6 +75,7 @@ pub fn translate_one<'a>(
 
 pub use self::claims::{Claims, FrontendAddr, ServiceRef};
 pub use self::health_check::{HealthCheck, health_check};
+pub use self::record::{EndpointRecord, Hints, LAST_CHANGE_TRIGGER_TIME, SliceRecord};
 pub use self::slices::owner as slice_owner;
 
 /// All frontends of one Service, with their backends.
@@ -195,6 +199,6 @@ fn service_problem(svc: &Service, message: String) -> Problem {
     problem("Service", &svc.metadata, message)
 }
 
-fn slice_problem(slice: &EndpointSlice, message: String) -> Problem {
+fn slice_problem(slice: &SliceRecord, message: String) -> Problem {
     problem("EndpointSlice", &slice.metadata, message)
 }

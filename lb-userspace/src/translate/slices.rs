@@ -6,9 +6,14 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::api::discovery::v1::{Endpoint as ApiEndpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointPort;
 
-use super::{endpoints::Endpoint, fields, namespaced_name, service, slice_problem};
+use super::{
+    endpoints::Endpoint,
+    fields, namespaced_name,
+    record::{EndpointRecord, SliceRecord},
+    service, slice_problem,
+};
 use crate::model::{IpFamily, NodeContext, Problem, Protocol};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -48,7 +53,7 @@ struct SliceEndpoint {
 
 impl SliceIndex {
     pub(super) fn build<'a>(
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        slices: impl IntoIterator<Item = &'a SliceRecord>,
         node: &NodeContext,
         problems: &mut Vec<Problem>,
     ) -> Self {
@@ -134,7 +139,7 @@ impl SliceEndpoint {
 
 /// The (namespace, name) of the Service a slice belongs to, whatever its
 /// other labels say (for grouping slices by Service).
-pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
+pub fn owner(slice: &SliceRecord) -> Option<(String, String)> {
     let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME)?;
     Some((namespaced_name(&slice.metadata).0.to_owned(), name.clone()))
 }
@@ -144,7 +149,7 @@ pub fn owner(slice: &EndpointSlice) -> Option<(String, String)> {
 /// the table is built for (other families' and FQDN slices are skipped
 /// without a problem: they are valid, just not for this table, as each of
 /// kube-proxy's per-family proxiers takes only its own address type).
-fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a str> {
+fn service_name<'a>(slice: &'a SliceRecord, node: &NodeContext) -> Option<&'a str> {
     let labels = slice.metadata.labels.as_ref()?;
     let name = labels.get(SERVICE_NAME)?;
     let usable = !labels.contains_key(service::HEADLESS)
@@ -153,11 +158,11 @@ fn service_name<'a>(slice: &'a EndpointSlice, node: &NodeContext) -> Option<&'a 
     usable.then_some(name.as_str())
 }
 
-fn parse(slice: &EndpointSlice, family: IpFamily, problems: &mut Vec<Problem>) -> Slice {
-    let ports = slice.ports.as_deref().unwrap_or_default();
+fn parse(slice: &SliceRecord, family: IpFamily, problems: &mut Vec<Problem>) -> Slice {
     Slice {
         name: namespaced_name(&slice.metadata).1.to_owned(),
-        ports: ports
+        ports: slice
+            .ports
             .iter()
             .filter_map(|p| parse_port(p).map_err(|e| problems.push(slice_problem(slice, e))).ok())
             .collect(),
@@ -185,23 +190,20 @@ fn parse_port(port: &EndpointPort) -> Result<SlicePort, String> {
 }
 
 /// Conditions are read as kube-proxy reads them: ready and serving nil =
-/// true, terminating nil = false. Only the first address counts: the API
-/// says all addresses of an endpoint are fungible.
-fn parse_endpoint(ep: &ApiEndpoint, family: IpFamily) -> Result<SliceEndpoint, String> {
-    let first = ep.addresses.first().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
+/// true, terminating nil = false. Only the first address counts (the
+/// record keeps no other): the API says all addresses of an endpoint are
+/// fungible.
+fn parse_endpoint(ep: &EndpointRecord, family: IpFamily) -> Result<SliceEndpoint, String> {
+    let first = ep.address.as_deref().ok_or_else(|| "endpoint without addresses, skipped".to_owned())?;
     let address = fields::address_of(family, first, "endpoint address")?;
-    let conditions = ep.conditions.as_ref();
-    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let hints = ep.hints.as_ref();
-    let zone_hints = hints.and_then(|hints| hints.for_zones.as_deref()).unwrap_or_default();
-    let node_hints = hints.and_then(|hints| hints.for_nodes.as_deref()).unwrap_or_default();
+    let (zone_hints, node_hints) = ep.hints.as_deref().map_or((&[][..], &[][..]), |h| (&h.for_zones, &h.for_nodes));
     Ok(SliceEndpoint {
         address,
-        ready,
-        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-        node_name: ep.node_name.clone(),
-        zone_hints: zone_hints.iter().map(|zone| zone.name.clone()).collect(),
-        node_hints: node_hints.iter().map(|node| node.name.clone()).collect(),
+        ready: ep.ready.unwrap_or(true),
+        serving: ep.serving.unwrap_or(true),
+        terminating: ep.terminating.unwrap_or(false),
+        node_name: ep.node_name.as_deref().map(str::to_owned),
+        zone_hints: zone_hints.iter().cloned().collect(),
+        node_hints: node_hints.iter().cloned().collect(),
     })
 }

@@ -15,7 +15,6 @@
 use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::discovery::v1::EndpointConditions;
 use lb_userspace::{datapath::maps::ServiceMaps, model::NodeContext};
 
 use super::{
@@ -162,7 +161,7 @@ fn endpoint_changes(plan: &ControlPlan, report: &mut Report) -> anyhow::Result<(
     let table = table(services, ENDPOINTS_PER_SERVICE);
     let mut dp = Datapath::load_with(NodeContext::default(), capacities_for(services, ENDPOINTS_PER_SERVICE))?;
     let service_objects = table.service_objects();
-    let mut slices = table.slice_objects();
+    let mut slices = table.slice_records();
     let initial = dp.syncer_mut().sync(&service_objects, &slices)?;
     ensure!(initial.frontends == services, "initial sync made {} frontends", initial.frontends);
     for (path, case) in [(SyncPath::Full, "endpoint_change"), (SyncPath::Incremental, "endpoint_change_incremental")] {
@@ -173,9 +172,8 @@ fn endpoint_changes(plan: &ControlPlan, report: &mut Report) -> anyhow::Result<(
             // Spread the changes over the table; the same slice may flip back.
             let index = (change * 7_919 + 13) % services;
             let endpoint = slices[index].endpoints.first_mut().context("slice without endpoints")?;
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            endpoint.conditions =
-                Some(EndpointConditions { ready: Some(!ready), serving: Some(!ready), terminating: Some(false) });
+            let ready = endpoint.ready.unwrap_or(true);
+            (endpoint.ready, endpoint.serving, endpoint.terminating) = (Some(!ready), Some(!ready), Some(false));
             let started = Instant::now();
             let sync = match path {
                 SyncPath::Full => dp.syncer_mut().sync(&service_objects, &slices)?,

@@ -494,20 +494,20 @@ impl SizeBench {
         let mut dp =
             Datapath::load_with(node, capacities_for(services + NODE_PORT_SERVICES + 3, ENDPOINTS_PER_SERVICE))?;
         let mut service_objects = table.service_objects();
-        let mut slices = table.slice_objects();
+        let mut slices = table.slice_records();
         let mirror_b_port =
             PortSpec { name: "http", protocol: HTTP.protocol, port: MIRROR_B.port, target_port: MIRROR_A.port };
         let mirror_a_port = PortSpec { target_port: MIRROR_B.port, ..HTTP };
         service_objects.push(table::service_object("mirror-a", MIRROR_A.ip, mirror_a_port, None));
-        slices.push(table::slice_object("mirror-a", &[MIRROR_B.ip], mirror_a_port));
+        slices.push(table::slice_object("mirror-a", &[MIRROR_B.ip], mirror_a_port).into());
         service_objects.push(table::service_object("mirror-b", MIRROR_B.ip, mirror_b_port, None));
-        slices.push(table::slice_object("mirror-b", &[MIRROR_A.ip], mirror_b_port));
+        slices.push(table::slice_object("mirror-b", &[MIRROR_A.ip], mirror_b_port).into());
         let mut sticky = table::service_object("sticky", STICKY.ip, HTTP, None);
         if let Some(spec) = sticky.spec.as_mut() {
             spec.session_affinity = Some("ClientIP".to_owned());
         }
         service_objects.push(sticky);
-        slices.push(table::slice_object("sticky", &table.services[0].endpoints, HTTP));
+        slices.push(table::slice_object("sticky", &table.services[0].endpoints, HTTP).into());
         for extra in [MIRROR_V6_OBJECTS, EXTERNAL_OBJECTS] {
             let extra = objects::parse(extra)?;
             service_objects.extend(extra.services);

@@ -19,7 +19,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use lb_userspace::model::Protocol;
+use lb_userspace::{model::Protocol, translate::SliceRecord};
 
 /// Namespace of every generated object.
 pub const NAMESPACE: &str = "bench";
@@ -126,6 +126,11 @@ impl Table {
 
     pub fn slice_objects(&self) -> Vec<EndpointSlice> {
         self.services.iter().map(|s| slice_object(&s.name, &s.endpoints, self.port)).collect()
+    }
+
+    /// The slices as the agent keeps them, for a Syncer driven in-process.
+    pub fn slice_records(&self) -> Vec<SliceRecord> {
+        self.slice_objects().into_iter().map(SliceRecord::from).collect()
     }
 
     /// Writes the table as a JSON `List` of Services and EndpointSlices,

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::{
     model::{IpFamily, Problem},
-    translate::{HealthCheck, health_check},
+    translate::{HealthCheck, SliceRecord, health_check},
 };
 
 const HEALTH_CHECK_PORT: u16 = 32000;
@@ -24,8 +24,10 @@ fn local_lb_service() -> Value {
 
 fn check_on(node: &NodeContext, svc: &Value, slices: &[Value]) -> Result<Option<HealthCheck>, Problem> {
     let svc: Service = serde_json::from_value(svc.clone()).expect("Service JSON");
-    let slices: Vec<EndpointSlice> =
-        slices.iter().map(|v| serde_json::from_value(v.clone()).expect("EndpointSlice JSON")).collect();
+    let slices: Vec<SliceRecord> = slices
+        .iter()
+        .map(|v| serde_json::from_value::<EndpointSlice>(v.clone()).expect("EndpointSlice JSON").into())
+        .collect();
     health_check(&svc, &slices, node)
 }
 
