@@ -241,6 +241,13 @@ pub fn pod_ip(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
     ip.parse().with_context(|| format!("bad address {cidr}"))
 }
 
+/// The pod's gateway from an ADD result: with bridge's `isGateway`, the
+/// bridge's own address on the node.
+pub fn pod_gateway(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
+    let gateway = result["ips"][0]["gateway"].as_str().context("no ips[0].gateway in the result")?;
+    gateway.parse().with_context(|| format!("bad gateway {gateway}"))
+}
+
 /// The host-side veth of the pod from an ADD result (bridge lists the
 /// bridge, then the veth, then the pod's interface).
 pub fn host_veth(result: &Value, bridge: &str) -> anyhow::Result<String> {

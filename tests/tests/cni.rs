@@ -15,14 +15,14 @@ use std::{
 
 use lb_tests::{
     agent::{self, Agent},
-    cni::{Namespaces, Pod, Runtime, host_veth, pod_ip},
+    cni::{Namespaces, Pod, Runtime, host_veth, pod_gateway, pod_ip},
     links::wait_for,
     servers::{self, Servers},
     topology::run_in,
 };
 use lb_userspace::{
     cni::{pin_name::AttachmentKey, protocol::code},
-    datapath::chained,
+    datapath::chained::{self, PodHook},
 };
 use serde_json::Value;
 
@@ -113,15 +113,31 @@ impl Node {
         agent
     }
 
-    fn link_path(&self, pod: &Pod) -> PathBuf {
-        let key = AttachmentKey::new(self.runtime.conflist["name"].as_str().unwrap(), &pod.container_id, &pod.ifname);
-        chained::cni_links_dir(&self.pin_dir).join(key.pin_name())
+    fn pin_name(&self, pod: &Pod) -> String {
+        AttachmentKey::new(self.runtime.conflist["name"].as_str().unwrap(), &pod.container_id, &pod.ifname).pin_name()
     }
 
-    /// Program ids at tcx ingress of `ifname` in the node namespace.
-    fn ingress_programs(&self, ifname: &str) -> Vec<u32> {
+    fn link_path(&self, pod: &Pod, hook: PodHook) -> PathBuf {
+        chained::cni_links_dir(&self.pin_dir, hook).join(self.pin_name(pod))
+    }
+
+    /// Program ids at tcx `hook` of `ifname` in the node namespace.
+    fn programs(&self, ifname: &str, hook: PodHook) -> Vec<u32> {
         let ifname = ifname.to_owned();
-        servers::in_netns(&self.node, move || chained::ingress_programs(&ifname)).expect("query tcx")
+        servers::in_netns(&self.node, move || chained::attached_programs(&ifname, hook)).expect("query tcx")
+    }
+
+    fn pinned_program(&self, hook: PodHook) -> u32 {
+        chained::pinned_program_id(&self.pin_dir, hook).unwrap().expect("program pinned")
+    }
+
+    /// Writes a Service whose only endpoint is `ip` and waits until the
+    /// agent has programmed it.
+    fn serve(&self, agent: &mut Agent, ip: Ipv4Addr) {
+        agent::write_atomically(&self.source_file(), &service_to(ip)).expect("write the Service");
+        agent
+            .wait_until(Duration::from_secs(10), |m| m.services.keys().any(|k| k.address == SERVICE.ip().octets()))
+            .expect("programmed");
     }
 }
 
@@ -137,9 +153,9 @@ fn requests(pod: &Pod, n: usize) -> anyhow::Result<BTreeSet<String>> {
     (0..n).map(|_| servers::http_get(&pod.netns, SocketAddr::V4(SERVICE))).collect()
 }
 
-/// `lbctl links -o json` in the node namespace: (owner, interface,
+/// `lbctl links -o json` in the node namespace: (owner, hook, interface,
 /// container id, runs the current program) per link.
-fn lbctl_links(node: &Node) -> BTreeSet<(String, String, String, bool)> {
+fn lbctl_links(node: &Node) -> BTreeSet<(String, String, String, String, bool)> {
     let lbctl = agent::binary("lbctl").unwrap();
     let pin_dir = node.pin_dir.display().to_string();
     let args = ["--netns", &node.node, "--pin-dir", &pin_dir, "-o", "json", "links"];
@@ -148,7 +164,10 @@ fn lbctl_links(node: &Node) -> BTreeSet<(String, String, String, bool)> {
     let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     links
         .iter()
-        .map(|l| (text(&l["owner"]), text(&l["interface"]), text(&l["container_id"]), l["current"] == true))
+        .map(|l| {
+            let (owner, hook, interface) = (text(&l["owner"]), text(&l["hook"]), text(&l["interface"]));
+            (owner, hook, interface, text(&l["container_id"]), l["current"] == true)
+        })
         .collect()
 }
 
@@ -186,19 +205,19 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
 
     let mut pod_servers = Servers::new();
     pod_servers.http(&server.netns, SocketAddr::from((server_ip, HTTP_PORT)), "server-pod").expect("server");
-    agent::write_atomically(&node.source_file(), &service_to(server_ip)).expect("write the Service");
-    agent
-        .wait_until(Duration::from_secs(10), |m| m.services.keys().any(|k| k.address == SERVICE.ip().octets()))
-        .expect("programmed");
+    node.serve(&mut agent, server_ip);
 
     // The client's request is DNATed on its veth, the reply reverse-NATed
     // on the server's: both only through lb-cni's links.
     assert_eq!(requests(client, 10).expect("requests to the ClusterIP"), BTreeSet::from(["server-pod".to_owned()]));
-    let program = chained::pinned_program_id(&node.pin_dir).unwrap().expect("program pinned");
-    let before: Vec<_> = node.pods.iter().map(|p| link_ids(&node.link_path(p))).collect();
-    for (veth, ids) in veths.iter().zip(&before) {
-        assert_eq!(ids.program_id, program, "the link runs the agent's program");
-        assert_eq!(node.ingress_programs(veth), [program], "{veth}: only lb-cni's link (the agent selects none)");
+    let programs = PodHook::ALL.map(|hook| node.pinned_program(hook));
+    let links_of = |pod: &Pod| PodHook::ALL.map(|hook| link_ids(&node.link_path(pod, hook)));
+    let before: Vec<_> = node.pods.iter().map(links_of).collect();
+    for (veth, links) in veths.iter().zip(&before) {
+        for ((hook, ids), program) in PodHook::ALL.into_iter().zip(links).zip(programs) {
+            assert_eq!(ids.program_id, program, "the {hook:?} link runs the agent's program");
+            assert_eq!(node.programs(veth, hook), [program], "{veth} {hook:?}: only lb-cni's link");
+        }
     }
     for (pod, result) in node.pods.iter().zip(&results) {
         node.runtime.check(pod, result).expect("CHECK after ADD");
@@ -207,9 +226,11 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
         .pods
         .iter()
         .zip(&veths)
-        .map(|(pod, veth)| ("cni".to_owned(), veth.clone(), pod.container_id.clone(), true))
+        .flat_map(|(pod, veth)| {
+            ["tc", "tc-egress"].map(|hook| ("cni".into(), hook.into(), veth.clone(), pod.container_id.clone(), true))
+        })
         .collect();
-    assert_eq!(lbctl_links(&node), expected, "lbctl links shows each pod's link on its veth");
+    assert_eq!(lbctl_links(&node), expected, "lbctl links shows each pod's links on its veth");
 
     // The datapath stays while the agent is down; the next agent moves
     // the links to its program in place.
@@ -224,11 +245,15 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
         })
         .expect("restart the agent");
     agent.wait_ready(Duration::from_secs(30)).expect("agent ready again");
-    let new_program = chained::pinned_program_id(&node.pin_dir).unwrap().expect("program pinned");
-    assert_ne!(new_program, program, "the restarted agent pinned its own program");
+    let new_programs = PodHook::ALL.map(|hook| node.pinned_program(hook));
+    for (old, new) in programs.iter().zip(&new_programs) {
+        assert_ne!(old, new, "the restarted agent pinned its own programs");
+    }
     for (pod, old) in node.pods.iter().zip(&before) {
-        let now = link_ids(&node.link_path(pod));
-        assert_eq!((now.link_id, now.program_id), (old.link_id, new_program), "same link, new program");
+        let now = links_of(pod);
+        for ((now, old), program) in now.iter().zip(old).zip(new_programs) {
+            assert_eq!((now.link_id, now.program_id), (old.link_id, program), "same link, new program");
+        }
     }
     for (pod, result) in node.pods.iter().zip(&results) {
         node.runtime.check(pod, result).expect("CHECK after the restart");
@@ -238,12 +263,14 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
 
     // DEL: lb-cni's step alone detaches, then the whole chain; again is fine.
     node.runtime.invoke(&lb_cni, "DEL", Some(client), Some(&results[0])).expect("lb-cni DEL");
-    assert!(!node.link_path(client).exists(), "the pin is removed");
-    // The kernel frees an unpinned link from a workqueue: a moment later.
-    assert!(
-        wait_for(Duration::from_secs(1), || node.ingress_programs(&veths[0]).is_empty()).is_some(),
-        "nothing left on the client's veth"
-    );
+    for hook in PodHook::ALL {
+        assert!(!node.link_path(client, hook).exists(), "the {hook:?} pin is removed");
+        // The kernel frees an unpinned link from a workqueue: a moment later.
+        assert!(
+            wait_for(Duration::from_secs(1), || node.programs(&veths[0], hook).is_empty()).is_some(),
+            "nothing left at {hook:?} of the client's veth"
+        );
+    }
     let missing = node.runtime.check(client, &results[0]).expect_err("CHECK without the attachment fails");
     assert_eq!((missing.plugin.as_str(), missing.code()), ("lb-cni", Some(u64::from(code::NOT_ATTACHED))), "{missing}");
     node.runtime.del(client, Some(&results[0])).expect("DEL through the chain");
@@ -254,11 +281,13 @@ fn add_waits_for_the_agent_then_chained_pods_are_served_through_restarts_until_d
     let pin_dir = node.pin_dir.display().to_string();
     lb_tests::topology::run(binary.to_str().unwrap(), &["--netns", &node.node, "--cleanup", "--pin-dir", &pin_dir])
         .expect("cleanup");
-    assert!(!node.link_path(server).exists(), "--cleanup removed the server's CNI link");
-    assert!(
-        wait_for(Duration::from_secs(1), || node.ingress_programs(&veths[1]).is_empty()).is_some(),
-        "the server's veth is detached"
-    );
+    for hook in PodHook::ALL {
+        assert!(!node.link_path(server, hook).exists(), "--cleanup removed the server's {hook:?} link");
+        assert!(
+            wait_for(Duration::from_secs(1), || node.programs(&veths[1], hook).is_empty()).is_some(),
+            "the server's veth is detached at {hook:?}"
+        );
+    }
     drop(pod_servers);
 }
 
@@ -281,20 +310,53 @@ fn a_link_whose_pod_is_gone_is_dropped_by_the_next_agent_and_gc_removes_stale_li
         })
         .expect("restart");
     agent.wait_ready(Duration::from_secs(30)).expect("agent ready again");
-    assert!(!node.link_path(&gone).exists(), "the agent removed the pin of a link without interface");
-    assert!(node.link_path(&kept).exists(), "and kept the live one");
+    for hook in PodHook::ALL {
+        assert!(
+            !node.link_path(&gone, hook).exists(),
+            "the agent removed the {hook:?} pin of a link without interface"
+        );
+        assert!(node.link_path(&kept, hook).exists(), "and kept the live one");
+    }
 
     // GC without the list of valid attachments removes nothing.
     let bare = node.runtime.invoke_as("1.1.0", &node.runtime.last_plugin(), "GC", None, None);
     let bare = bare.expect_err("GC without valid attachments is refused");
     assert_eq!(bare.code(), Some(u64::from(code::INVALID_CONFIG)), "{bare}");
-    assert!(node.link_path(&kept).exists(), "nothing removed by a refused GC");
+    assert!(node.link_path(&kept, PodHook::Egress).exists(), "nothing removed by a refused GC");
 
     // GC with only `gone` listed as valid removes `kept`'s link.
     let mut lb_cni = node.runtime.last_plugin();
     lb_cni["cni.dev/valid-attachments"] =
         serde_json::json!([{ "containerID": gone.container_id, "ifname": gone.ifname }]);
     node.runtime.invoke_as("1.1.0", &lb_cni, "GC", None, None).expect("GC");
-    assert!(!node.link_path(&kept).exists(), "GC removed the link of an attachment not listed");
+    for hook in PodHook::ALL {
+        assert!(!node.link_path(&kept, hook).exists(), "GC removed the {hook:?} link of an attachment not listed");
+    }
     drop(results);
+}
+
+#[test]
+fn a_chained_pod_reaches_a_service_whose_endpoint_is_host_network_on_its_node() {
+    let node = Node::create();
+    let client = &node.pods[0];
+    let mut agent = node.start_agent();
+    let result = node.runtime.add(client).expect("ADD");
+    // A host-network endpoint: a server in the node's namespace, on the
+    // bridge's address (the API server behind `kubernetes`, say).
+    let gateway = pod_gateway(&result).expect("the bridge's address");
+    let mut host = Servers::new();
+    host.http(&node.node, SocketAddr::from((gateway, HTTP_PORT)), "host-network").expect("server on the node");
+    node.serve(&mut agent, gateway);
+
+    // The reply leaves the node's stack straight onto the pod's veth:
+    // only the egress link translates it back to the ClusterIP.
+    assert_eq!(requests(client, 5).expect("requests to the ClusterIP"), BTreeSet::from(["host-network".to_owned()]));
+
+    // Without it, the reply's source is the endpoint's own address and the
+    // client's connection never completes.
+    assert!(chained::remove(&node.pin_dir, PodHook::Egress, &node.pin_name(client)).expect("unpin"));
+    let veth = host_veth(&result, &node.bridge).expect("host veth");
+    assert!(wait_for(Duration::from_secs(1), || node.programs(&veth, PodHook::Egress).is_empty()).is_some());
+    assert!(requests(client, 1).is_err(), "answered without the egress link");
+    drop(host);
 }

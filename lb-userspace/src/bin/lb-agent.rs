@@ -9,7 +9,15 @@ use ipnet::IpNet;
 use lb_userspace::{
     agent::{self, Observers, Pacing, ProblemSink, Source},
     conntrack::{self, expiry, metrics::ConntrackMetrics},
-    datapath::{attach::Attacher, chained, interfaces, links::Attachments, loader, maps::ServiceMaps, sock_links},
+    datapath::{
+        attach::Attacher,
+        chained::{self, PodHook},
+        interfaces,
+        links::Attachments,
+        loader,
+        maps::ServiceMaps,
+        sock_links,
+    },
     events::{EventPublisher, LogOnly},
     frontend_metrics::{FrontendCollector, FrontendDirectory},
     healthcheck::HealthCheckAddresses,
@@ -87,8 +95,8 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
     /// bpffs directory for pinned maps, links (`links/<interface>`), the
-    /// program lb-cni attaches (`progs/lb_tc`) and lb-cni's links
-    /// (`cni-links/`).
+    /// programs lb-cni attaches (`progs/`) and lb-cni's links
+    /// (`cni-links/`, `cni-egress-links/`).
     /// Mounts bpffs if the directory is not on it. What is pinned here
     /// outlives the agent: the datapath keeps running between restarts.
     #[arg(long, default_value = loader::DEFAULT_PIN_DIR)]
@@ -291,7 +299,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Removing the pinned links detaches the program (lb-cni's links in
-/// `cni-links/` too: they are under the same directory); removing the
+/// `cni-links/` and `cni-egress-links/` too: they are under the same
+/// directory); removing the
 /// pinned maps frees them once no program uses them.
 fn cleanup(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(pin_dir) {
@@ -452,15 +461,22 @@ fn conntrack_config(args: &Args) -> conntrack::worker::Config {
     }
 }
 
-/// Pins the program for the CNI plugin and moves the plugin's links to it
-/// (`datapath::chained`), before anything else is attached.
+/// Pins the programs for the CNI plugin and moves the plugin's links to
+/// them (`datapath::chained`), before anything else is attached.
 fn publish_for_cni(ebpf: &mut aya::Ebpf, pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let prog = loader::program(ebpf, loader::TC_PROGRAM)?;
-    let published = chained::publish(prog, pin_dir).context("publishing the program for lb-cni")?;
-    for name in &published.stale {
-        info!(link = name, "CNI link without its interface (or deleted meanwhile): pin removed");
+    for hook in PodHook::ALL {
+        let prog = loader::program(ebpf, hook.program())?;
+        let published = chained::publish(prog, pin_dir, hook).context("publishing the programs for lb-cni")?;
+        for name in &published.stale {
+            info!(link = name, "CNI link without its interface (or deleted meanwhile): pin removed");
+        }
+        info!(
+            hook = hook.name(),
+            program_id = published.program_id,
+            cni_links = published.updated.len(),
+            "program published for lb-cni"
+        );
     }
-    info!(program_id = published.program_id, cni_links = published.updated.len(), "program published for lb-cni");
     Ok(())
 }
 

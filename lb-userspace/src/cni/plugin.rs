@@ -2,7 +2,10 @@
 //! (`datapath::chained`, `host_side`) out, one CNI error code per way of
 //! failing.
 
-use crate::datapath::{chained, links};
+use crate::datapath::{
+    chained::{self, PodHook},
+    links,
+};
 
 use super::{
     host_side,
@@ -78,14 +81,12 @@ fn host_interface(attachment: &Attachment, prev_result: &str) -> Result<String, 
         .map_err(|details| CniError::new(code::NO_HOST_INTERFACE, "no node-side interface found for the pod", details))
 }
 
-/// Attaches the agent's program at ingress of the pod's node-side
-/// interface; the result is `prevResult`, as received.
+/// Attaches the agent's programs at ingress and egress of the pod's
+/// node-side interface; the result is `prevResult`, as received.
 fn add(conf: &NetConf, attachment: &Attachment) -> Result<String, CniError> {
     let prev = prev_result(conf)?;
     let ifname = host_interface(attachment, prev)?;
-    let program =
-        chained::pinned_program_id(&conf.pin_dir).map_err(datapath_error("cannot open lb-agent's program"))?;
-    if program.is_none() {
+    if pinned_program(conf, PodHook::Ingress)?.is_none() {
         return Err(not_published(conf, code::TRY_AGAIN_LATER));
     }
     if links::links_dir(&conf.pin_dir).join(&ifname).exists() {
@@ -93,9 +94,30 @@ fn add(conf: &NetConf, attachment: &Attachment) -> Result<String, CniError> {
         eprintln!("lb-cni: warning: lb-agent's --interfaces also selects {ifname}; leave pod interfaces to lb-cni");
     }
     let name = key(conf, attachment).pin_name();
-    let ids = chained::attach(&conf.pin_dir, &ifname, &name).map_err(datapath_error("cannot attach the datapath"))?;
-    eprintln!("lb-cni: {ifname}: attached, link {} (program {}) pinned as {name}", ids.link_id, ids.program_id);
+    for hook in PodHook::ALL {
+        if hook == PodHook::Egress && pinned_program(conf, hook)?.is_none() {
+            // An agent older than this plugin (mid-upgrade): ingress alone
+            // serves every Service but those with a host-network endpoint here.
+            eprintln!(
+                "lb-cni: warning: lb-agent has not published {}: {ifname} gets no egress link, so replies from host-network endpoints to it stay untranslated",
+                chained::program_pin(&conf.pin_dir, hook).display()
+            );
+            continue;
+        }
+        let ids = chained::attach(&conf.pin_dir, hook, &ifname, &name)
+            .map_err(datapath_error("cannot attach the datapath"))?;
+        eprintln!(
+            "lb-cni: {ifname} {}: attached, link {} (program {}) pinned as {name}",
+            hook.name(),
+            ids.link_id,
+            ids.program_id
+        );
+    }
     Ok(prev.to_owned())
+}
+
+fn pinned_program(conf: &NetConf, hook: PodHook) -> Result<Option<u32>, CniError> {
+    chained::pinned_program_id(&conf.pin_dir, hook).map_err(datapath_error("cannot open lb-agent's program"))
 }
 
 /// The error for "no agent has pinned its program here yet".
@@ -105,53 +127,61 @@ fn not_published(conf: &NetConf, code: u32) -> CniError {
         "lb-agent has not published its datapath program",
         format!(
             "nothing pinned at {}: is lb-agent running on this node with --pin-dir {} (the plugin's pinDir)?",
-            chained::program_pin(&conf.pin_dir).display(),
+            chained::program_pin(&conf.pin_dir, PodHook::Ingress).display(),
             conf.pin_dir.display()
         ),
     )
 }
 
-/// Removes the attachment's pinned link; succeeds when it is gone already.
+/// Removes the attachment's pinned links; succeeds when they are gone already.
 fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     let name = key(conf, attachment).pin_name();
-    let removed = chained::remove(&conf.pin_dir, &name).map_err(datapath_error("cannot remove the pinned link"))?;
-    eprintln!("lb-cni: {name}: {}", if removed { "link removed" } else { "no link pinned: nothing to do" });
+    for hook in PodHook::ALL {
+        let removed =
+            chained::remove(&conf.pin_dir, hook, &name).map_err(datapath_error("cannot remove the pinned link"))?;
+        let what = if removed { "link removed" } else { "no link pinned: nothing to do" };
+        eprintln!("lb-cni: {name} {}: {what}", hook.name());
+    }
     Ok(())
 }
 
 /// The attachment is there: pinned, on the pod's interface, running the
-/// program the agent pinned.
+/// programs the agent pinned (egress only when the agent pins one).
 fn check(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     let ifname = host_interface(attachment, prev_result(conf)?)?;
     let name = key(conf, attachment).pin_name();
-    let path = chained::cni_links_dir(&conf.pin_dir).join(&name);
     let not_attached = |msg: &str, details: String| CniError::new(code::NOT_ATTACHED, msg, details);
-    let link = chained::link_ids(&path)
-        .map_err(datapath_error("cannot open the pinned link"))?
-        .ok_or_else(|| not_attached("the pod's datapath link is not pinned", path.display().to_string()))?;
-    let program = chained::pinned_program_id(&conf.pin_dir)
-        .map_err(datapath_error("cannot open lb-agent's program"))?
-        .ok_or_else(|| not_published(conf, code::NOT_ATTACHED))?;
-    if link.program_id != program {
-        return Err(not_attached(
-            "the pod's link runs another program than lb-agent's",
-            format!("link {} runs program {}, lb-agent pinned program {program}", link.link_id, link.program_id),
-        ));
-    }
-    let attached =
-        chained::ingress_programs(&ifname).map_err(datapath_error("cannot list the interface's programs"))?;
-    if !attached.contains(&link.program_id) {
-        return Err(not_attached(
-            "the datapath is not attached to the pod's interface",
-            format!("{ifname} ingress runs programs {attached:?}, not {}", link.program_id),
-        ));
+    for hook in PodHook::ALL {
+        let program = match pinned_program(conf, hook)? {
+            Some(program) => program,
+            None if hook == PodHook::Egress => continue,
+            None => return Err(not_published(conf, code::NOT_ATTACHED)),
+        };
+        let path = chained::cni_links_dir(&conf.pin_dir, hook).join(&name);
+        let link = chained::link_ids(&path)
+            .map_err(datapath_error("cannot open the pinned link"))?
+            .ok_or_else(|| not_attached("the pod's datapath link is not pinned", path.display().to_string()))?;
+        if link.program_id != program {
+            return Err(not_attached(
+                "the pod's link runs another program than lb-agent's",
+                format!("link {} runs program {}, lb-agent pinned program {program}", link.link_id, link.program_id),
+            ));
+        }
+        let attached = chained::attached_programs(&ifname, hook)
+            .map_err(datapath_error("cannot list the interface's programs"))?;
+        if !attached.contains(&link.program_id) {
+            return Err(not_attached(
+                "the datapath is not attached to the pod's interface",
+                format!("{ifname} {} runs programs {attached:?}, not {}", hook.name(), link.program_id),
+            ));
+        }
     }
     Ok(())
 }
 
 /// Ready for ADD once the agent has pinned its program.
 fn status(conf: &NetConf) -> Result<(), CniError> {
-    match chained::pinned_program_id(&conf.pin_dir) {
+    match chained::pinned_program_id(&conf.pin_dir, PodHook::Ingress) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(not_published(conf, code::NOT_AVAILABLE)),
         Err(e) => Err(CniError::new(code::NOT_AVAILABLE, "cannot open lb-agent's program", format!("{e:#}"))),
@@ -169,20 +199,22 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             "the runtime must list the attachments still in use; nothing was removed",
         )
     })?;
-    let dir = chained::cni_links_dir(&conf.pin_dir);
-    let names = links::pinned_names(&dir).map_err(datapath_error("cannot list the pinned links"))?;
     let mut failures = Vec::new();
-    for name in names {
-        let Some(key) = AttachmentKey::from_pin_name(&name) else {
-            continue;
-        };
-        let listed = valid.iter().any(|v| v.container_id == key.container_id && v.ifname == key.ifname);
-        if key.network != conf.name || listed {
-            continue;
-        }
-        match chained::remove(&conf.pin_dir, &name) {
-            Ok(_) => eprintln!("lb-cni: gc: {name}: stale link removed"),
-            Err(e) => failures.push(format!("{name}: {e:#}")),
+    for hook in PodHook::ALL {
+        let dir = chained::cni_links_dir(&conf.pin_dir, hook);
+        let names = links::pinned_names(&dir).map_err(datapath_error("cannot list the pinned links"))?;
+        for name in names {
+            let Some(key) = AttachmentKey::from_pin_name(&name) else {
+                continue;
+            };
+            let listed = valid.iter().any(|v| v.container_id == key.container_id && v.ifname == key.ifname);
+            if key.network != conf.name || listed {
+                continue;
+            }
+            match chained::remove(&conf.pin_dir, hook, &name) {
+                Ok(_) => eprintln!("lb-cni: gc: {name} {}: stale link removed", hook.name()),
+                Err(e) => failures.push(format!("{name} {}: {e:#}", hook.name())),
+            }
         }
     }
     if failures.is_empty() {

@@ -2,7 +2,8 @@
 //! (`links/<interface>` and `egress-links/<interface>`, selected by
 //! `--interfaces`, and `xdp-links/<interface>`, by `--xdp-interfaces`)
 //! and the CNI plugin's
-//! (`cni-links/<attachment>`), with the hook and interface each runs on
+//! (`cni-links/<attachment>`, `cni-egress-links/<attachment>`), with the
+//! hook and interface each runs on
 //! and its program (`lbctl links`).
 
 use std::{ffi::CStr, path::Path};
@@ -10,7 +11,7 @@ use std::{ffi::CStr, path::Path};
 use serde::Serialize;
 
 use super::{
-    chained::{self, LinkIds},
+    chained::{self, LinkIds, PodHook},
     link_info,
     links::{self, links_dir},
 };
@@ -57,20 +58,23 @@ pub struct PinnedLink {
     pub pod_interface: Option<String>,
     pub link_id: u32,
     pub program_id: u32,
-    /// Whether it runs the program the agent pinned last (`progs/lb_tc`);
-    /// None for egress and XDP links, whose programs are not pinned.
+    /// Whether it runs the program the agent pinned last for its hook
+    /// (`progs/lb_tc`, `progs/lb_tc_egress`); None for XDP links, whose
+    /// program is not pinned.
     pub current: Option<bool>,
 }
 
 /// All pinned links under `pin_dir`, the agent's first, each by name.
 pub fn pinned_links(pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
-    let current = chained::pinned_program_id(pin_dir)?;
+    let current_tc = chained::pinned_program_id(pin_dir, PodHook::Ingress)?;
+    let current_egress = chained::pinned_program_id(pin_dir, PodHook::Egress)?;
     let mut out = Vec::new();
     let dirs = [
         (Owner::Agent, Hook::Tc, links_dir(pin_dir)),
         (Owner::Agent, Hook::TcEgress, pin_dir.join(links::EGRESS_LINKS_DIR)),
         (Owner::Agent, Hook::Xdp, pin_dir.join(links::XDP_LINKS_DIR)),
-        (Owner::Cni, Hook::Tc, chained::cni_links_dir(pin_dir)),
+        (Owner::Cni, Hook::Tc, chained::cni_links_dir(pin_dir, PodHook::Ingress)),
+        (Owner::Cni, Hook::TcEgress, chained::cni_links_dir(pin_dir, PodHook::Egress)),
     ];
     for (owner, hook, dir) in dirs {
         for pin in links::pinned_names(&dir)? {
@@ -90,7 +94,11 @@ pub fn pinned_links(pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
                 pod_interface: key.map(|k| k.ifname),
                 link_id,
                 program_id,
-                current: (hook == Hook::Tc).then_some(current == Some(program_id)),
+                current: match hook {
+                    Hook::Tc => Some(current_tc == Some(program_id)),
+                    Hook::TcEgress => Some(current_egress == Some(program_id)),
+                    Hook::Xdp => None,
+                },
                 pin,
             });
         }
