@@ -1,6 +1,7 @@
 //! "Where would this packet go?": builds a hypothetical packet and runs it
-//! through the datapath program with BPF_PROG_TEST_RUN, against the maps
-//! the agent pinned (the live Service table, conntrack and counters).
+//! through a datapath program (`lb_tc`, or `lb_xdp` as the interfaces
+//! chosen for XDP run it) with BPF_PROG_TEST_RUN, against the maps the
+//! agent pinned (the live Service table, conntrack and counters).
 //!
 //! The run is real: a new flow creates conntrack entries and moves a
 //! packet counter, as the same packet arriving on an interface would.
@@ -39,6 +40,24 @@ const TC_ACT_REDIRECT: i32 = 7;
 /// only field a trace sets; the kernel wants the others zero).
 const SK_BUFF_SIZE: usize = 192;
 const SK_BUFF_IFINDEX: usize = 40;
+/// XDP verdicts (linux/bpf.h).
+const XDP_ABORTED: i32 = 0;
+const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
+const XDP_TX: i32 = 3;
+const XDP_REDIRECT: i32 = 4;
+
+/// The program a probe runs through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// `lb_tc`, at tc ingress of every selected interface.
+    #[default]
+    Tc,
+    /// `lb_xdp`, on the interfaces chosen for XDP: what it cannot finish
+    /// it passes on to tc (verdict `pass`, counter `xdp_pass_to_tc`).
+    Xdp,
+}
 
 /// The hypothetical packet: IPv4 or IPv6, both ends of one family.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +70,7 @@ pub struct Probe {
     /// The interface it arrives on (rejects are sent back out of it);
     /// `None`: the kernel's default for test runs (loopback).
     pub ifindex: Option<u32>,
+    pub hook: Hook,
 }
 
 /// Addresses and ports of a packet, as it went in or came out.
@@ -67,7 +87,10 @@ pub struct Header {
 /// What the datapath did with the packet.
 #[derive(Clone, Debug, Serialize)]
 pub struct Trace {
-    /// `pass` (left to the kernel's stack), `drop`, `redirect`, `ok`, or the raw code.
+    pub hook: Hook,
+    /// tc: `pass` (left to the kernel's stack), `drop`, `redirect`, `ok`;
+    /// XDP: `pass` (on to tc and the stack), `drop`, `tx` (back out of the
+    /// interface it came in on), `redirect`, `aborted`; or the raw code.
     pub verdict: String,
     pub input: Header,
     pub output: Option<Header>,
@@ -78,14 +101,35 @@ pub struct Trace {
     pub conntrack_removed: bool,
 }
 
-pub fn verdict_name(code: i32) -> String {
-    match code {
-        TC_ACT_UNSPEC => "pass".into(),
-        TC_ACT_OK => "ok".into(),
-        TC_ACT_SHOT => "drop".into(),
-        TC_ACT_REDIRECT => "redirect".into(),
-        other => other.to_string(),
-    }
+pub fn verdict_name(hook: Hook, code: i32) -> String {
+    let name = match (hook, code) {
+        (Hook::Tc, TC_ACT_UNSPEC) => "pass",
+        (Hook::Tc, TC_ACT_OK) => "ok",
+        (Hook::Tc, TC_ACT_SHOT) => "drop",
+        (Hook::Tc, TC_ACT_REDIRECT) => "redirect",
+        (Hook::Xdp, XDP_ABORTED) => "aborted",
+        (Hook::Xdp, XDP_DROP) => "drop",
+        (Hook::Xdp, XDP_PASS) => "pass",
+        (Hook::Xdp, XDP_TX) => "tx",
+        (Hook::Xdp, XDP_REDIRECT) => "redirect",
+        _ => return code.to_string(),
+    };
+    name.into()
+}
+
+/// The context of a test run: `__sk_buff` for tc, `xdp_md` for XDP, with
+/// the interface the probe arrives on; `None`: the kernel's default.
+fn run_context(probe: &Probe, frame_len: usize) -> Option<Vec<u8>> {
+    let ifindex = probe.ifindex?;
+    Some(match probe.hook {
+        Hook::Tc => {
+            let mut ctx = vec![0u8; SK_BUFF_SIZE];
+            ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+            ctx
+        }
+        // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        Hook::Xdp => [0, frame_len as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect(),
+    })
 }
 
 /// Builds the probe's Ethernet frame.
@@ -197,7 +241,7 @@ fn ct_key_v6(src: SocketAddr, dst: SocketAddr, proto: u8, direction: u8) -> Opti
     })
 }
 
-/// Runs the probe through `lb_tc` with the maps pinned in `pin_dir`.
+/// Runs the probe through its hook's program with the maps pinned in `pin_dir`.
 /// Unless `keep_conntrack`, conntrack entries the run created are removed.
 pub fn trace(pin_dir: &Path, probe: &Probe, keep_conntrack: bool) -> anyhow::Result<Trace> {
     match probe.src {
@@ -229,20 +273,20 @@ fn trace_in<K: Pod, V: Pod + PartialEq>(
     // Every map re-opened from its pin: the program sees the live tables.
     let mut ebpf = loader::load(Some(pin_dir), capacities)?;
     let before = maps::counters(pin_dir)?;
-    let mut ctx = [0u8; SK_BUFF_SIZE];
-    if let Some(ifindex) = probe.ifindex {
-        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    }
+    let ctx = run_context(probe, frame.len());
     let mut out = vec![0u8; frame.len() + 256];
-    let result = loader::program(&mut ebpf, loader::TC_PROGRAM)?
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ctx_in: probe.ifindex.map(|_| &ctx[..]),
-            repeat: 1,
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
+    let options = TestRunOptions {
+        data_in: Some(&frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx.as_deref(),
+        repeat: 1,
+        ..Default::default()
+    };
+    let result = match probe.hook {
+        Hook::Tc => loader::program(&mut ebpf, loader::TC_PROGRAM)?.test_run(options),
+        Hook::Xdp => loader::xdp_program(&mut ebpf)?.test_run(options),
+    }
+    .context("BPF_PROG_TEST_RUN")?;
     out.truncate(result.data_size_out as usize);
     let after = maps::counters(pin_dir)?;
     let counters = before
@@ -256,9 +300,14 @@ fn trace_in<K: Pod, V: Pod + PartialEq>(
     let mut created = Vec::new();
     if !had_original && let Ok(value) = conntrack.get(&original, 0) {
         created.push(original);
-        let backend = output.as_ref().and_then(|h| h.dst.parse::<SocketAddr>().ok());
-        if let Some(reply) = backend.and_then(|backend| key(backend, probe.src, proto, DIR_REPLY))
-            && conntrack.get(&reply, 0).is_ok_and(|v| v == value)
+        // Replies come from the backend to the packet's source as sent,
+        // the node's own address when source-NATed. A source-NAT port is
+        // only chosen where no reply entry exists, so one there now is
+        // this run's; otherwise it must be the original's twin.
+        let sent = output.as_ref().and_then(|h| Some((h.dst.parse::<SocketAddr>().ok()?, h.src.parse().ok()?)));
+        let snat = sent.is_some_and(|(_, source)| source != probe.src);
+        if let Some(reply) = sent.and_then(|(backend, source)| key(backend, source, proto, DIR_REPLY))
+            && conntrack.get(&reply, 0).is_ok_and(|v| snat || v == value)
         {
             created.push(reply);
         }
@@ -269,7 +318,8 @@ fn trace_in<K: Pod, V: Pod + PartialEq>(
         }
     }
     Ok(Trace {
-        verdict: verdict_name(result.return_value as i32),
+        hook: probe.hook,
+        verdict: verdict_name(probe.hook, result.return_value as i32),
         input: header(&frame).context("the probe does not parse")?,
         output,
         counters,
@@ -289,6 +339,7 @@ mod tests {
             proto,
             syn,
             ifindex: None,
+            hook: Hook::Tc,
         }
     }
 
@@ -327,9 +378,12 @@ mod tests {
 
     #[test]
     fn verdicts_are_named() {
-        assert_eq!(verdict_name(-1), "pass");
-        assert_eq!(verdict_name(2), "drop");
-        assert_eq!(verdict_name(7), "redirect");
-        assert_eq!(verdict_name(42), "42");
+        assert_eq!(verdict_name(Hook::Tc, -1), "pass");
+        assert_eq!(verdict_name(Hook::Tc, 2), "drop");
+        assert_eq!(verdict_name(Hook::Tc, 7), "redirect");
+        assert_eq!(verdict_name(Hook::Tc, 42), "42");
+        assert_eq!(verdict_name(Hook::Xdp, 2), "pass");
+        assert_eq!(verdict_name(Hook::Xdp, 3), "tx");
+        assert_eq!(verdict_name(Hook::Xdp, 7), "7");
     }
 }

@@ -23,7 +23,7 @@ use std::{
 };
 
 use lb_tests::{
-    cluster::{CLIENT_IP, Cluster, node_ip, node_ip_v6, pod_ip, pod_ip_v6},
+    cluster::{CLIENT_IP, CLIENT_IP_V6, Cluster, node_ip, node_ip_v6, pod_ip, pod_ip_v6},
     observe,
     servers::{self, Servers},
 };
@@ -207,6 +207,41 @@ fn served_by_xdp_both_ways(cluster: &Cluster, address: IpAddr) {
     // whose next hop (node 2) is not resolved yet (neighbour discovery
     // passes XDP untouched), and tc resolves it.
     assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
+
+    // `lbctl trace` through lb_xdp says the same of one more connection:
+    // sent back out of eth0 by XDP, SNATed and DNATed to the pod.
+    let client = match address {
+        IpAddr::V4(_) => IpAddr::from(CLIENT_IP),
+        IpAddr::V6(_) => IpAddr::from(CLIENT_IP_V6),
+    };
+    let pod = match address {
+        IpAddr::V4(_) => IpAddr::from(pod_ip(2, 1)),
+        IpAddr::V6(_) => IpAddr::from(pod_ip_v6(2, 1)),
+    };
+    let t = xdp_trace(cluster, SocketAddr::new(client, 40000), target);
+    assert_eq!(t["verdict"], "tx", "{t}");
+    assert_eq!(t["output"]["dst"], SocketAddr::new(pod, 8080).to_string(), "{t}");
+    let source: SocketAddr = t["output"]["src"].as_str().unwrap().parse().unwrap();
+    assert_eq!(source.ip(), address, "source-NATed to the node's address: {t}");
+    // Other packets on the node (neighbour discovery) may move counters
+    // during the trace too.
+    assert!(["new_flow", "xdp_sent"].iter().all(|c| moved(&t).contains(c)), "{t}");
+    assert_eq!((t["conntrack_created"].as_u64(), t["conntrack_removed"].as_bool()), (Some(2), Some(true)), "{t}");
+}
+
+/// `lbctl trace --hook xdp` of a TCP SYN arriving on node 1's eth0.
+fn xdp_trace(cluster: &Cluster, src: SocketAddr, dst: SocketAddr) -> serde_json::Value {
+    let netns = cluster.nodes[0].netns.clone();
+    let (src, dst) = (src.to_string(), dst.to_string());
+    let args =
+        ["--netns", &netns, "-o", "json", "trace", "--hook", "xdp", "--iface", "eth0", "--src", &src, "--dst", &dst];
+    let out = observe::lbctl(cluster.pin_dir(1), &[&args[..], &["--syn"]].concat()).expect("lbctl trace");
+    serde_json::from_str(&out).expect("JSON")
+}
+
+/// The counters a trace moved, by name.
+fn moved(trace: &serde_json::Value) -> Vec<&str> {
+    trace["counters"].as_array().unwrap().iter().filter_map(|c| c[0].as_str()).collect()
 }
 
 #[test]
@@ -233,6 +268,13 @@ fn node_port_to_a_pod_on_this_node_passes_to_tc_and_is_answered() {
     assert!(grew(&before, &after, "xdp_pass_to_tc") >= 3.0, "XDP left the flow to tc");
     assert!(grew(&before, &after, "redirected") >= 3.0, "tc sent it to the pod");
     assert_eq!(grew(&before, &after, "xdp_sent"), 0.0);
+
+    // `lbctl trace --hook xdp` shows the same: passed on untouched, untracked.
+    let t = xdp_trace(&cluster, SocketAddr::from((CLIENT_IP, 40001)), target);
+    assert_eq!(t["verdict"], "pass", "{t}");
+    assert_eq!(t["output"], t["input"], "{t}");
+    assert!(moved(&t).contains(&"xdp_pass_to_tc") && !moved(&t).contains(&"xdp_sent"), "{t}");
+    assert_eq!(t["conntrack_created"], 0, "{t}");
 }
 
 /// `lbctl links -o json` of node 1's agent: (link id, program id) of the

@@ -96,6 +96,10 @@ struct TraceArgs {
     /// The interface the packet arrives on (where a reject is sent back).
     #[arg(long, value_name = "NAME")]
     iface: Option<String>,
+    /// The program to run it through: tc (`lb_tc`), or xdp (`lb_xdp`, as
+    /// on the --xdp-interfaces; give --iface one of them).
+    #[arg(long, value_enum, default_value_t = trace::Hook::Tc)]
+    hook: trace::Hook,
     /// Keep the conntrack entries the trace created.
     #[arg(long)]
     keep_conntrack: bool,
@@ -152,7 +156,7 @@ fn main() -> anyhow::Result<()> {
         Command::Links => print(args.output, inventory::pinned_links(pin_dir)?.as_slice(), links_table),
         Command::Trace(t) => {
             let ifindex = t.iface.as_deref().map(if_index).transpose()?;
-            let probe = Probe { src: t.src, dst: t.dst, proto: t.proto, syn: t.syn, ifindex };
+            let probe = Probe { src: t.src, dst: t.dst, proto: t.proto, syn: t.syn, ifindex, hook: t.hook };
             print(args.output, &trace::trace(pin_dir, &probe, t.keep_conntrack)?, trace_text)
         }
     }
@@ -582,7 +586,11 @@ fn trace_text(t: &trace::Trace) -> String {
         None => format!("{} {} -> {}", h.proto, h.src, h.dst),
     };
     let mut out = format!("packet:   {}\n", show(&t.input));
-    out += &format!("verdict:  {}\n", t.verdict);
+    let hook = match t.hook {
+        trace::Hook::Tc => "tc",
+        trace::Hook::Xdp => "xdp",
+    };
+    out += &format!("verdict:  {} (at {hook})\n", t.verdict);
     match &t.output {
         Some(h) if *h != t.input => out += &format!("rewritten: {}\n", show(h)),
         Some(_) => out += "rewritten: no (unchanged)\n",
