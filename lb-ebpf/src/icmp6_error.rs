@@ -25,13 +25,14 @@ use aya_ebpf::programs::TcContext;
 use lb_common::{proto, stats::Counter};
 
 use crate::{
+    config,
     family::V6,
     icmp_error::{self, load},
     icmp_nat::{self, IcmpError, Quote, Translation},
     parse::{self, ETH_LEN},
     parse6::{self, DST_OFF, IPV6_HDR_LEN, NEXT_HEADER_OFF, PAYLOAD_LEN_OFF, SRC_OFF},
     route::{self, Flow},
-    verdict::{Outcome, PathResult},
+    verdict::{Outcome, PathResult, Verdict},
 };
 
 const NEXT_ICMPV6: u8 = 58;
@@ -64,6 +65,11 @@ pub fn handle(ctx: &TcContext) -> Outcome {
 #[inline(always)]
 fn send_translated(ctx: &TcContext, err: &IcmpError<V6>, t: &Translation<V6>) -> PathResult<Outcome> {
     icmp_nat::rewrite_v6(ctx, err, t)?;
+    // Under --forward-through-stack every translated IPv6 packet takes the
+    // forward path, which has no martian check.
+    if config::forward_through_stack() {
+        return Ok(Outcome { verdict: Verdict::Next, counter: Counter::IcmpErrorNat });
+    }
     let flow = Flow::<V6> { src: t.outer_src, dst: t.outer_dst, sport: 0, dport: 0, proto: NEXT_ICMPV6 };
     let verdict = route::forward(ctx, &flow, err.ip_total_len)?;
     Ok(Outcome { verdict, counter: Counter::IcmpErrorNat })

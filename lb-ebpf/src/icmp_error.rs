@@ -27,24 +27,27 @@
 //!     on its path and goes to the frontend. The quote becomes backend →
 //!     client (→ node when SNATed); the outer destination becomes the
 //!     backend, and for an SNATed flow the outer source the node address.
-//! - Checksums: see `icmp_nat`. The translated error is sent on by `route`.
+//! - Checksums: see `icmp_nat`. The translated error is sent on by `route`,
+//!   or under `--forward-through-stack` handed to the stack's forward path
+//!   as the flow's other packets are (but for one whose source is the
+//!   node's own address, which that path would drop as a martian).
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    conntrack::{DIR_ORIGINAL, DIR_REPLY},
+    conntrack::{DIR_ORIGINAL, DIR_REPLY, FLAG_LOCAL_FRONTEND},
     proto,
     stats::Counter,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    conntrack,
+    config, conntrack,
     family::{Backend, CtEntry, Family, V4},
     icmp_nat::{self, IcmpError, Quote, Translation},
     parse::{self, ETH_LEN, IP_MF_AND_OFFSET, IPV4_MIN_LEN},
     route::{self, Flow},
     service,
-    verdict::{Outcome, PathResult},
+    verdict::{Outcome, PathResult, Verdict},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -75,6 +78,11 @@ pub fn handle(ctx: &TcContext) -> Outcome {
 #[inline(always)]
 fn send_translated(ctx: &TcContext, err: &IcmpError<V4>, t: &Translation<V4>) -> PathResult<Outcome> {
     icmp_nat::rewrite(ctx, err, t)?;
+    // Under --forward-through-stack an error takes the forward path as the
+    // flow's other packets do, unless that path would drop it as a martian.
+    if config::forward_through_stack() && !t.outer_src_local {
+        return Ok(Outcome { verdict: Verdict::Next, counter: Counter::IcmpErrorNat });
+    }
     let flow = Flow::<V4> { src: t.outer_src, dst: t.outer_dst, sport: 0, dport: 0, proto: IPPROTO_ICMP };
     let verdict = route::forward(ctx, &flow, err.ip_total_len)?;
     Ok(Outcome { verdict, counter: Counter::IcmpErrorNat })
@@ -166,7 +174,9 @@ fn towards_client<F: Family>(err: &IcmpError<F>, entry: &F::CtValue) -> Translat
     let nat = entry.nat();
     let (client, outer_dst) = if nat.1 != 0 { (nat, nat.0) } else { ((q.src, q.sport), err.outer_dst) };
     let frontend = entry.frontend();
-    Translation { src: client, dst: frontend, outer_src: frontend.0, outer_dst }
+    // Set only under --forward-through-stack, the one place it is read.
+    let outer_src_local = entry.flags() & FLAG_LOCAL_FRONTEND != 0;
+    Translation { src: client, dst: frontend, outer_src: frontend.0, outer_dst, outer_src_local }
 }
 
 /// The quote is frontend → client; `entry` is the flow's original entry,
@@ -178,5 +188,11 @@ fn towards_backend<F: Family>(err: &IcmpError<F>, entry: &F::CtValue) -> Option<
     let backend = service::lookup_backend::<F>(entry.backend_id())?;
     let nat = entry.nat();
     let (client, outer_src) = if nat.1 != 0 { (nat, nat.0) } else { ((q.dst, q.dport), err.outer_src) };
-    Some(Translation { src: (backend.address(), backend.port()), dst: client, outer_src, outer_dst: backend.address() })
+    Some(Translation {
+        src: (backend.address(), backend.port()),
+        dst: client,
+        outer_src,
+        outer_dst: backend.address(),
+        outer_src_local: nat.1 != 0,
+    })
 }

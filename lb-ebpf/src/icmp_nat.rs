@@ -67,6 +67,11 @@ pub struct Translation<F: Family> {
     pub dst: (F::Addr, u16),
     pub outer_src: F::Addr,
     pub outer_dst: F::Addr,
+    /// `outer_src` is one of the node's own addresses: a node-address
+    /// frontend, or the source-NAT address. The IPv4 forward path drops
+    /// such a packet as a martian, so the datapath sends it itself even
+    /// under `--forward-through-stack`.
+    pub outer_src_local: bool,
 }
 
 /// An address as the 16-bit words a checksum sums.

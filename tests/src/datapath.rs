@@ -265,6 +265,15 @@ impl Datapath {
         timed(loader::xdp_program(&mut self.ebpf)?, packet, repeat, (ingress != 0).then_some(ctx.as_slice()))
     }
 
+    /// Writes the datapath's settings (`LB_CONFIG`), as the agent does
+    /// from its flags.
+    pub fn set_config(&mut self, config: lb_common::config::DatapathConfig) -> anyhow::Result<()> {
+        let mut map: Array<&mut MapData, lb_common::config::DatapathConfig> =
+            self.ebpf.map_mut(names::CONFIG).context("config map")?.try_into()?;
+        map.set(0, config, 0)?;
+        Ok(())
+    }
+
     /// Lets `lb_xdp` redirect to interface `ifindex`, as the agent does for
     /// each interface it attaches XDP to.
     pub fn allow_xdp_device(&mut self, ifindex: u32) -> anyhow::Result<()> {

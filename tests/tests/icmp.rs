@@ -13,7 +13,10 @@ use etherparse::{
     Icmpv4Type,
     icmpv4::{DestUnreachableHeader, TimeExceededCode},
 };
-use lb_common::stats::Counter;
+use lb_common::{
+    config::{DatapathConfig, FLAG_FORWARD_THROUGH_STACK},
+    stats::Counter,
+};
 use lb_tests::{
     datapath::{Counters, Datapath, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
@@ -182,6 +185,46 @@ fn error_about_an_snated_flow_goes_to_the_client() {
         &error,
         TC_ACT_REDIRECT,
         &expected,
+        &TRANSLATED,
+    );
+}
+
+#[test]
+fn under_forward_through_stack_errors_take_the_forward_path_unless_their_source_is_the_nodes() {
+    let mut dp = node();
+    let fts = DatapathConfig { flags: FLAG_FORWARD_THROUGH_STACK };
+    dp.set_config(fts).expect("--forward-through-stack");
+    let payload = [0x5a; 64];
+
+    // A ClusterIP flow: its error, translated, goes on through the stack's
+    // forward path (and its filter chains), as the flow's packets do.
+    let (first, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(CLIENT, WEB_VIP)).expect("run");
+    assert_eq!((first.verdict, moved.get(&Counter::NewFlow)), (TC_ACT_UNSPEC, Some(&1)), "NATed, to the stack");
+    let sent = packets::tcp(CLIENT, WEB_BACKEND, false, &payload);
+    let client_sent = packets::tcp(CLIENT, WEB_VIP, false, &payload);
+    let translated = packets::icmp_error(WEB_VIP.ip, CLIENT.ip, frag_needed(), packets::quote(&client_sent, 8));
+    expect(
+        &mut dp,
+        "a router's error about a ClusterIP flow, to the stack",
+        &packets::icmp_error(OTHER_NODE_IP, CLIENT.ip, frag_needed(), packets::quote(&sent, 8)),
+        TC_ACT_UNSPEC,
+        &translated,
+        &[(Counter::IcmpErrorNat, 1)],
+    );
+
+    // A NodePort flow: the error's source becomes the node's own address,
+    // which the forward path would drop as a martian: sent as before.
+    open(&mut dp, &packets::tcp_syn(CLIENT, NODE_PORT));
+    let snat = ep(NODE_IP, dp.flow_entry(CLIENT, NODE_PORT).expect("tracked").nat_port);
+    let sent = packets::tcp(snat, WEB_BACKEND, false, b"upload");
+    let client_sent = packets::tcp(CLIENT, NODE_PORT, false, b"upload");
+    let expected = packets::icmp_error(NODE_PORT.ip, CLIENT.ip, frag_needed(), packets::quote(&client_sent, 26));
+    expect(
+        &mut dp,
+        "an error about a NodePort flow, sent by the datapath",
+        &packets::icmp_error(OTHER_NODE_IP, snat.ip, frag_needed(), packets::quote(&sent, 26)),
+        TC_ACT_REDIRECT,
+        &packets::routed(expected, CLIENT_MAC, NODE_MAC),
         &TRANSLATED,
     );
 }
