@@ -10,6 +10,7 @@ use std::net::Ipv6Addr;
 
 use etherparse::{Icmpv6Type, icmpv6::DestUnreachableCode};
 use lb_common::{
+    config::{DatapathConfig, FLAG_FORWARD_THROUGH_STACK},
     conntrack::{DIR_ORIGINAL, is_snat_port},
     stats::Counter,
 };
@@ -361,6 +362,33 @@ fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_fr
     assert_eq!(out, packets6::routed(expected, routed::CLIENT_MAC, routed::NODE_MAC));
     assert!(checksums_verify(&out));
     assert_eq!(moved, [(Counter::IcmpErrorNat, 1), (Counter::Redirected, 1)].into_iter().collect());
+}
+
+/// Under `--forward-through-stack` every translated IPv6 packet takes the
+/// forward path (it has no martian check), ICMPv6 errors included: the
+/// same NodePort flow and error as above, each handed to the stack.
+#[test]
+fn under_forward_through_stack_an_icmpv6_error_takes_the_forward_path() {
+    let mut dp = routed_node_v6(&[]);
+    dp.apply(REMOTE_NODE_PORT).expect("program services");
+    dp.set_config(DatapathConfig { flags: FLAG_FORWARD_THROUGH_STACK }).expect("--forward-through-stack");
+    let client = ep6(routed::CLIENT_IP_V6, 40000);
+    let node_port = ep6(routed::NODE_IP_V6, 30090);
+    let backend = ep6(v6([0xfd00, 0x244, 9, 0, 0, 0, 0, 2]), 8080);
+
+    let (verdict, _, moved) = run(&mut dp, &packets6::tcp(client, node_port, true, &[]));
+    assert_eq!((verdict, moved.get(&Counter::NewFlow)), (TC_ACT_UNSPEC, Some(&1)), "NATed, to the stack");
+    let flow = dp.conntrack_v6().unwrap().into_iter().find(|(k, _)| k.direction == DIR_ORIGINAL).expect("tracked");
+    let snat = ep6(Ipv6Addr::from(flow.1.nat_address), flow.1.nat_port);
+
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let error = packets6::icmp6(backend.ip, snat.ip, too_big, &packets6::tcp(snat, backend, false, b"more")[14..]);
+    let (verdict, out, moved) = run(&mut dp, &error);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "to the stack's forward path");
+    let sent = packets6::tcp(client, node_port, false, b"more");
+    assert_eq!(out, packets6::icmp6(node_port.ip, client.ip, too_big, &sent[14..]), "translated, not routed");
+    assert!(checksums_verify(&out));
+    assert_eq!(moved, only(Counter::IcmpErrorNat));
 }
 
 #[test]
