@@ -45,7 +45,7 @@ pub enum Hook {
 pub struct PinnedLink {
     pub owner: Owner,
     pub hook: Hook,
-    /// The pin's file name under `links/` or `cni-links/`.
+    /// The pin's file name under its links directory.
     pub pin: String,
     /// The interface it runs on; None once that interface is gone. The
     /// kernel gives an index, named here in the caller's network
