@@ -1,13 +1,14 @@
 //! EndpointSlices decoded from the API straight into [`SliceRecord`]s,
 //! so the watcher lists and watches records, not API objects.
 //!
-//! A list is decoded whole before its first item is handed out; decoded as
-//! API objects, a cluster's slices briefly took about four times the room
-//! their records take (100,000 endpoints: some 50 MB at once, the agent's
-//! high-water mark). Decoding reads only the fields a record keeps and
-//! skips the others without allocating (managedFields, target references,
-//! every address after the first). The result equals converting the API
-//! object (tested below), which is how the file source builds records.
+//! A list is decoded whole before its first item is handed out, so its
+//! decoded items set the agent's high-water mark: with 10,000 slices of 10
+//! endpoints, decoding API objects and converting them peaked at 145 MiB
+//! RSS, decoding records directly at 109 MiB. Decoding reads only the
+//! fields a record keeps and skips the others without allocating
+//! (managedFields, target references, every address after the first). The
+//! result equals converting the API object (tested below), which is how
+//! the file source builds records.
 
 use std::{collections::BTreeMap, fmt};
 
