@@ -2,7 +2,12 @@
 //! programmed through the agent's own translate → encode → diff path, and
 //! packets pushed through it with BPF_PROG_TEST_RUN.
 
-use std::{collections::BTreeMap, net::SocketAddrV4, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
 
 use crate::{packets::Endpoint, packets6::Endpoint6};
 use anyhow::Context as _;
@@ -19,6 +24,7 @@ use lb_common::{
     stats::Counter,
 };
 use lb_userspace::{
+    conntrack::flows::FlowKey,
     datapath::{
         loader::{self, Capacities},
         maps::ServiceMaps,
@@ -163,14 +169,8 @@ impl Datapath {
     /// The original-direction conntrack entry of the flow from `client` to
     /// `frontend`, if the datapath tracks one.
     pub fn flow_entry(&self, client: Endpoint, frontend: Endpoint) -> Option<CtValueV4> {
-        self.conntrack().expect("read conntrack").into_iter().find_map(|(k, v)| {
-            let matches = k.direction == DIR_ORIGINAL
-                && k.src_address == client.ip.octets()
-                && k.src_port == client.port
-                && k.dst_address == frontend.ip.octets()
-                && k.dst_port == frontend.port;
-            matches.then_some(v)
-        })
+        let (client, frontend) = ((client.ip, client.port).into(), (frontend.ip, frontend.port).into());
+        original_entry(self.conntrack().expect("read conntrack"), client, frontend)
     }
 
     /// The conntrack entries the datapath has written.
@@ -197,14 +197,8 @@ impl Datapath {
 
     /// `flow_entry` for an IPv6 flow.
     pub fn flow_entry_v6(&self, client: Endpoint6, frontend: Endpoint6) -> Option<CtValueV6> {
-        self.conntrack_v6().expect("read conntrack").into_iter().find_map(|(k, v)| {
-            let matches = k.direction == DIR_ORIGINAL
-                && k.src_address == client.ip.octets()
-                && k.src_port == client.port
-                && k.dst_address == frontend.ip.octets()
-                && k.dst_port == frontend.port;
-            matches.then_some(v)
-        })
+        let (client, frontend) = ((client.ip, client.port).into(), (frontend.ip, frontend.port).into());
+        original_entry(self.conntrack_v6().expect("read conntrack"), client, frontend)
     }
 
     /// LB4_CT itself, as the agent's conntrack worker opens it.
@@ -361,6 +355,19 @@ pub fn monotonic_coarse_s() -> u32 {
 fn backends_map_id(ebpf: &Ebpf) -> anyhow::Result<u32> {
     let map: HashMap<&MapData, u32, BackendV4> = ebpf.map(names::BACKENDS_V4).context("backends map")?.try_into()?;
     Ok(map.map().info()?.id())
+}
+
+/// The original-direction entry of the flow from `client` to `frontend`
+/// among `entries`, of either family.
+fn original_entry<K: FlowKey>(
+    entries: Vec<(K, K::Value)>,
+    client: SocketAddr,
+    frontend: SocketAddr,
+) -> Option<K::Value> {
+    entries.into_iter().find_map(|(k, v)| {
+        let matches = k.direction() == DIR_ORIGINAL && k.source() == client && k.destination() == frontend;
+        matches.then_some(v)
+    })
 }
 
 /// A `struct xdp_md` for a test run of a `len`-byte frame received on
