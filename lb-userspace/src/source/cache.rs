@@ -7,36 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    api::core::v1::{Node, Service},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
-use kube::runtime::watcher::Event;
-
-use crate::translate::SliceRecord;
-
-/// What the cache files an object under.
-pub trait Named {
-    fn metadata(&self) -> &ObjectMeta;
-}
-
-impl Named for Service {
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-}
-
-impl Named for Node {
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-}
-
-impl Named for SliceRecord {
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-}
+use kube::{Resource, ResourceExt as _, runtime::watcher::Event};
 
 /// Objects by namespace/name. Boxed: a map node holds eleven values,
 /// and API objects are most of a kilobyte before their strings, so values
@@ -56,12 +27,11 @@ impl<K> Default for ObjectCache<K> {
 }
 
 /// (namespace, name) of an object.
-pub fn key<K: Named>(object: &K) -> (String, String) {
-    let meta = object.metadata();
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+pub fn key<K: Resource>(object: &K) -> (String, String) {
+    (object.namespace().unwrap_or_default(), object.name_any())
 }
 
-impl<K: Named> ObjectCache<K> {
+impl<K: Resource> ObjectCache<K> {
     /// Applies one watcher event. Returns whether the visible content may
     /// have changed (events inside a relist change nothing until it ends).
     pub fn apply(&mut self, event: Event<K>) -> bool {
@@ -113,7 +83,7 @@ impl<K: Named> ObjectCache<K> {
 
 #[cfg(test)]
 mod tests {
-    use kube::ResourceExt as _;
+    use k8s_openapi::api::core::v1::Service;
 
     use super::*;
 

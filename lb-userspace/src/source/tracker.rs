@@ -69,7 +69,7 @@ fn trigger_time(slice: &SliceRecord) -> Option<SystemTime> {
 }
 
 /// The object an Apply/Delete event is about (None for relist events).
-fn touched_key<K: cache::Named>(event: &watcher::Event<K>) -> Option<ServiceRef> {
+fn touched_key<K: kube::Resource>(event: &watcher::Event<K>) -> Option<ServiceRef> {
     match event {
         watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(cache::key(o)),
         _ => None,
