@@ -59,6 +59,15 @@ pub enum Hook {
     Xdp,
 }
 
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Tc => "tc",
+            Hook::Xdp => "xdp",
+        }
+    }
+}
+
 /// The hypothetical packet: IPv4 or IPv6, both ends of one family.
 #[derive(Clone, Copy, Debug)]
 pub struct Probe {
@@ -127,9 +136,15 @@ fn run_context(probe: &Probe, frame_len: usize) -> Option<Vec<u8>> {
             ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
             ctx
         }
-        // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        Hook::Xdp => [0, frame_len as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect(),
+        Hook::Xdp => xdp_md(frame_len, ifindex),
     })
+}
+
+/// A `struct xdp_md` for a test run of a `len`-byte frame received on
+/// interface `ingress`: data at 0, data_end at `len`, no metadata, queue 0.
+pub fn xdp_md(len: usize, ingress: u32) -> Vec<u8> {
+    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    [0, len as u32, 0, ingress, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect()
 }
 
 /// Builds the probe's Ethernet frame.

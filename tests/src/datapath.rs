@@ -33,6 +33,7 @@ use lb_userspace::{
     source::objects,
     sync::Syncer,
     tables::DesiredMaps,
+    trace::xdp_md,
 };
 
 /// tc verdicts as the program returns them.
@@ -368,10 +369,4 @@ fn original_entry<K: FlowKey>(
         let matches = k.direction() == DIR_ORIGINAL && k.source() == client && k.destination() == frontend;
         matches.then_some(v)
     })
-}
-
-/// A `struct xdp_md` for a test run of a `len`-byte frame received on
-/// `ingress`: data at 0, data_end at `len`, no metadata, queue 0.
-fn xdp_md(len: usize, ingress: u32) -> Vec<u8> {
-    [0, len as u32, 0, ingress, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect()
 }

@@ -586,11 +586,7 @@ fn trace_text(t: &trace::Trace) -> String {
         None => format!("{} {} -> {}", h.proto, h.src, h.dst),
     };
     let mut out = format!("packet:   {}\n", show(&t.input));
-    let hook = match t.hook {
-        trace::Hook::Tc => "tc",
-        trace::Hook::Xdp => "xdp",
-    };
-    out += &format!("verdict:  {} (at {hook})\n", t.verdict);
+    out += &format!("verdict:  {} (at {})\n", t.verdict, t.hook.name());
     match &t.output {
         Some(h) if *h != t.input => out += &format!("rewritten: {}\n", show(h)),
         Some(_) => out += "rewritten: no (unchanged)\n",

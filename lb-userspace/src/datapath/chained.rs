@@ -72,16 +72,6 @@ impl PodHook {
         }
     }
 
-    /// The program is pinned here first, then renamed over the real pin,
-    /// so a reader never finds the pin missing while an agent replaces it.
-    /// (bpffs refuses dots in names, hence no `.tmp`.)
-    fn next_program(self) -> &'static str {
-        match self {
-            PodHook::Ingress => "lb_tc_next",
-            PodHook::Egress => "lb_tc_egress_next",
-        }
-    }
-
     fn attach_type(self) -> TcAttachType {
         match self {
             PodHook::Ingress => TcAttachType::Ingress,
@@ -148,7 +138,10 @@ pub fn publish(prog: &mut SchedClassifier, pin_dir: &Path, hook: PodHook) -> any
 fn pin_program(prog: &mut SchedClassifier, pin_dir: &Path, hook: PodHook) -> anyhow::Result<u32> {
     let dir = pin_dir.join(PROGS_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let next = dir.join(hook.next_program());
+    // Pinned here first, then renamed over the real pin, so a reader never
+    // finds the pin missing while an agent replaces it. (bpffs refuses
+    // dots in names, hence no `.tmp`.)
+    let next = dir.join(format!("{}_next", hook.program()));
     remove_if_present(&next)?;
     prog.pin(&next).with_context(|| format!("pinning the program at {}", next.display()))?;
     let path = program_pin(pin_dir, hook);
