@@ -43,6 +43,7 @@ fn smoke_run_writes_every_measurement() {
     for case in [
         "parse_only_new",
         "clusterip_new_flow",
+        "clusterip_new_flow_full",
         "nodeport_new_flow",
         "parse_only_repeated",
         "conntrack_hit",

@@ -25,6 +25,10 @@
 //! case still finds no route.
 //!
 //! Cases are interleaved: every repetition runs each case once, in turn.
+//! Then the conntrack table is filled to capacity by new flows through
+//! the datapath itself, and the new-flow case is timed again, interleaved
+//! with its floor: what a new flow costs on a busy node, where every
+//! insert first evicts the least recently used entry.
 
 use std::{
     collections::HashMap,
@@ -32,6 +36,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use lb_common::maps::CONNTRACK_V4_CAPACITY;
 use lb_userspace::{
     datapath::loader::{PARSE_ONLY_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     model::NodeContext,
@@ -312,11 +317,26 @@ const CASES: [Case; 16] = [
     },
 ];
 
+/// Timed once the table is full (`SizeBench::fill_conntrack`), interleaved
+/// with the floor `parse_only_new`, after every case above.
+const FULL_TABLE_CASE: Case = Case {
+    id: "clusterip_new_flow_full",
+    label: "ClusterIP hit, new flow, conntrack table full",
+    program: TC_PROGRAM,
+    packets: Packets::NewToClusterIp,
+    floor: "parse_only_new",
+};
+
 fn how(case: &Case, plan: &PacketPlan) -> String {
     let (m, r) = (plan.flows_per_sample, plan.repeat);
     match case.id {
         "parse_only_new" => format!(
             "`lb_parse_only` (parses Ethernet/IPv4/L4 like `lb_tc`, then passes) on the same SYNs as the new-flow cases, one run per packet (repeat=1), mean over {m} packets per repetition; the floor for the new-flow cases"
+        ),
+        "clusterip_new_flow_full" => format!(
+            "the ClusterIP new flow once the conntrack table ({} entries, the agent's default) is full: first {} distinct new flows go through the datapath, so each of the measured flows' two inserts evicts the least recently used entry. Timed after all other cases, {m} flows per repetition, interleaved with its own samples of the repeat=1 floor",
+            group(f64::from(CONNTRACK_V4_CAPACITY)),
+            group(fill_flows() as f64)
         ),
         "clusterip_new_flow" => format!(
             "TCP SYN from a source never seen before to ClusterIPs spread over the whole table: conntrack miss, frontend lookup, backend choice, two conntrack inserts, DNAT of address and port. One run per packet (repeat=1: a repeated run would be fed its own rewritten output), mean over {m} distinct flows per repetition"
@@ -377,7 +397,7 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
 }
 
 pub fn run(plan: &PacketPlan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
-    for case in &CASES {
+    for case in CASES.iter().chain([&FULL_TABLE_CASE]) {
         report.describe(Section::PacketCost, case.id, case.label, &how(case, plan));
     }
     report.note(
@@ -408,9 +428,18 @@ pub fn run(plan: &PacketPlan, env: &Env, report: &mut Report) -> anyhow::Result<
                 samples.entry(case.id).or_default().push(bench.sample(case)?);
             }
         }
-        for case in &CASES {
+        env.progress.start(format!("packet cost: filling conntrack at {} Services", group(services as f64)));
+        bench.fill_conntrack()?;
+        let floor_case = CASES.iter().find(|c| c.id == FULL_TABLE_CASE.floor).context("no floor case")?;
+        let mut full_floor = Vec::new();
+        for _ in 0..plan.repetitions {
+            cancel::check()?;
+            full_floor.push(bench.sample(floor_case)?);
+            samples.entry(FULL_TABLE_CASE.id).or_default().push(bench.sample(&FULL_TABLE_CASE)?);
+        }
+        for case in CASES.iter().chain([&FULL_TABLE_CASE]) {
             let ns = &samples[case.id];
-            let floor = &samples[case.floor];
+            let floor = if case.id == FULL_TABLE_CASE.id { &full_floor } else { &samples[case.floor] };
             let ratios: Vec<f64> = ns.iter().zip(floor).map(|(c, f)| c / f).collect();
             let summary = Summary::of(ns).context("no samples")?;
             report.add(At::new(Section::PacketCost, "ebpf", case.id, services), "ns_per_packet", "ns", summary);
@@ -445,6 +474,12 @@ struct SizeBench {
     next_flow: u64,
     flows_per_sample: usize,
     repeat: u32,
+}
+
+/// New flows that fill the conntrack table: two entries each, plus a
+/// tenth, as the LRU may evict before the table is quite full.
+fn fill_flows() -> usize {
+    CONNTRACK_V4_CAPACITY as usize / 2 * 11 / 10
 }
 
 /// A distinct source for each flow number.
@@ -723,6 +758,23 @@ impl SizeBench {
         self.dp.run(TC_PROGRAM, &packets::tcp(CLIENT, MIRROR_B, false, PAYLOAD))?;
         self.dp.run(TC_PROGRAM, &packets6::tcp(CLIENT_V6, MIRROR_A_V6, false, PAYLOAD))?;
         self.dp.run(TC_PROGRAM, &packets6::tcp(CLIENT_V6, MIRROR_B_V6, false, PAYLOAD))?;
+        Ok(())
+    }
+
+    /// Fills the conntrack table to capacity with new flows through the
+    /// datapath (two entries each), as a busy node's would be, and checks
+    /// that it is full.
+    fn fill_conntrack(&mut self) -> anyhow::Result<()> {
+        let first = self.take_flows(fill_flows());
+        for k in 0..fill_flows() {
+            let target = self.cluster_ips[k % self.cluster_ips.len()];
+            self.dp.run(TC_PROGRAM, &packets::tcp_syn(flow_source(first + k as u64), target))?;
+        }
+        let entries = self.dp.conntrack()?.len();
+        ensure!(
+            entries as u64 * 100 >= u64::from(CONNTRACK_V4_CAPACITY) * 99,
+            "conntrack holds {entries} entries after filling, of {CONNTRACK_V4_CAPACITY}"
+        );
         Ok(())
     }
 
