@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::stats::Counter;
+use lb_common::{conntrack::SNAT_PORTS, stats::Counter};
 use lb_userspace::model::Protocol;
 
 use super::{
@@ -97,6 +97,19 @@ fn pods(plan: &TrafficPlan) -> usize {
     plan.backend_namespaces
 }
 
+/// Flows one run may open. Node 1 holds a source-NAT port per flow for
+/// the flow's timeout (30 s for UDP, 10 s after a TCP RST) plus up to one
+/// garbage-collection interval, longer than a whole cell (warm-up and every
+/// round) lasts; so the cell stays within three quarters of the ports its
+/// endpoints have (`SNAT_PORTS` each). Beyond that the part would measure
+/// running out of ports (a capacity limit, `drop_snat_ports_exhausted`),
+/// not speed. The kernel's conntrack table behind nftables (262,144
+/// entries by default) holds more than that.
+fn max_ops_per_run(plan: &TrafficPlan) -> u64 {
+    let ports = u64::from(SNAT_PORTS) * pods(plan) as u64;
+    (ports * 3 / 4 / (plan.repetitions as u64 + 1)).min(plan.max_ops)
+}
+
 pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let services = plan.sizes.iter().copied().max().unwrap_or(1).min(MAX_SERVICES);
     let secs = plan.run_time.as_secs_f64();
@@ -113,8 +126,8 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
             kind.case,
             kind.label,
             &format!(
-                "{what}, to node 1's NodePorts (round-robin over up to {} of them, from {CLIENT_ADDRESSES} client addresses); every endpoint runs on node 2, so node 1 source-NATs each flow and translates its replies back. Median (min–max) over {} run(s) of {secs:.1} s after a warm-up; × nftables is the ratio to the nftables run of the same round; CPU is per operation.",
-                plan.max_targets, plan.repetitions
+                "{what}, to node 1's NodePorts (round-robin over up to {} of them, from {CLIENT_ADDRESSES} client addresses); every endpoint runs on node 2, so node 1 source-NATs each flow and translates its replies back. Median (min–max) over {} run(s) of {secs:.1} s or {} operations, whichever ends first (a cell, warm-up and rounds, stays within three quarters of node 1's source-NAT ports for its endpoints, so it measures speed, not running out of ports), after a warm-up; × nftables is the ratio to the nftables run of the same round; CPU is per operation.",
+                plan.max_targets, plan.repetitions, group(max_ops_per_run(plan) as f64)
             ),
         );
     }
@@ -316,7 +329,7 @@ impl NodeBench {
             targets: Arc::new(targets),
             sources: Arc::new(sources),
             duration: plan.warmup,
-            max_ops: plan.max_ops,
+            max_ops: max_ops_per_run(plan),
             threads: if udp { UDP_NEW_FLOW_THREADS } else { TCP_CLIENT_THREADS },
             next_flow: Arc::default(),
         };
