@@ -228,3 +228,21 @@ fn snat_without_a_route_to_the_backend_is_a_counted_drop() {
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(moved, counters(&[(Counter::DropSnatNoAddress, 1)]));
 }
+
+/// Flows to one endpoint until 97 % of its SNAT ports are taken: each
+/// still finds a free port among its `SNAT_PORT_ATTEMPTS` candidates, as
+/// candidates spread over the range should (with one stride for every
+/// flow, 190 of these flows find none).
+#[test]
+fn with_most_ports_taken_every_new_flow_still_finds_one() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let flows = SNAT_PORTS as usize * 97 / 100;
+    let mut dropped = 0;
+    for k in 0..flows {
+        let client = ep([192, 168, 1 + (k / 50_000) as u8, (k % 250) as u8 + 1], 1024 + ((k / 250) % 200) as u16 * 300);
+        let (_, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(client, CROWDED_NODE_PORT)).expect("run SYN");
+        dropped += moved.get(&Counter::DropSnatPortsExhausted).copied().unwrap_or(0);
+    }
+    assert_eq!(dropped, 0, "flows that found no port, of {flows}");
+}
