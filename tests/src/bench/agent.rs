@@ -10,7 +10,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
     },
     time::{Duration, Instant},
@@ -52,6 +52,9 @@ pub struct Agent {
     programmed: Receiver<Programmed>,
     /// The last log lines, for error messages.
     log_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Conntrack entries the agent removed so far (garbage collection and
+    /// stale-UDP purges), from its log.
+    removed_entries: Arc<AtomicU64>,
     pub started: Instant,
 }
 
@@ -75,8 +78,9 @@ impl Agent {
             .args(["--conntrack-max", &caps.conntrack.to_string()])
             .args(crate::agent::NO_HOST_CGROUP)
             .args(config.extra_args)
-            // Plain log lines: the parser below reads them.
-            .env("RUST_LOG", "info")
+            // Plain log lines: the parser below reads them, the conntrack
+            // worker's per-sweep line included.
+            .env("RUST_LOG", "info,lb_userspace::conntrack::worker=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -87,12 +91,17 @@ impl Agent {
         let (tx, programmed) = mpsc::channel();
         let log_tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail = log_tail.clone();
+        let removed_entries = Arc::new(AtomicU64::new(0));
+        let removed = removed_entries.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
                 if let Some(event) = parse_programmed(&line) {
                     let _ = tx.send(event);
+                }
+                if let Some(n) = parse_removed(&line) {
+                    removed.fetch_add(n, Ordering::Relaxed);
                 }
                 let mut tail = tail.lock().expect("log tail");
                 if tail.len() == LOG_TAIL_LINES {
@@ -101,7 +110,7 @@ impl Agent {
                 tail.push_back(line);
             }
         });
-        Ok(Self { child, pin_dir, programmed, log_tail, started })
+        Ok(Self { child, pin_dir, programmed, log_tail, removed_entries, started })
     }
 
     pub fn pid(&self) -> u32 {
@@ -149,6 +158,13 @@ impl Agent {
     /// Entries in the datapath's conntrack table now.
     pub fn conntrack_entries(&self) -> anyhow::Result<usize> {
         Ok(maps::conntrack_entries(&self.pin_dir)?.len())
+    }
+
+    /// Conntrack entries the agent has removed since it started: expired
+    /// flows its garbage collection swept, and UDP flows to endpoints that
+    /// left their Service.
+    pub fn conntrack_removed(&self) -> u64 {
+        self.removed_entries.load(Ordering::Relaxed)
     }
 
     fn log_tail(&self) -> String {
@@ -206,6 +222,21 @@ fn parse_programmed(line: &str) -> Option<Programmed> {
 }
 
 /// Peak resident memory (VmHWM) of a process, in KiB.
+/// Entries one agent log line says were removed from conntrack: a
+/// garbage-collection pass ("conntrack swept … removed=N") or a stale-UDP
+/// purge ("removed UDP flows … entries=N").
+fn parse_removed(line: &str) -> Option<u64> {
+    let field = if line.contains("conntrack swept") {
+        "removed="
+    } else if line.contains("removed UDP flows") {
+        "entries="
+    } else {
+        return None;
+    };
+    let value = &line[line.find(field)? + field.len()..];
+    value.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 pub fn peak_rss_kib_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -218,6 +249,15 @@ pub fn peak_rss_kib_of(pid: u32) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_entries_a_sweep_or_purge_removed() {
+        let sweep = "2026-12-02T17:40:01.5Z DEBUG lb_userspace::conntrack::worker: conntrack swept entries=1048380 removed=5120 orphans=0 took_ms=870";
+        assert_eq!(parse_removed(sweep), Some(5120));
+        let purge = "2026-12-02T17:40:02Z  INFO lb_userspace::conntrack::worker: removed UDP flows to endpoints that left their Service entries=12";
+        assert_eq!(parse_removed(purge), Some(12));
+        assert_eq!(parse_removed("datapath programmed frontends=2 backends=2 writes=9 took_us=40"), None);
+    }
 
     #[test]
     fn reads_the_programmed_line_with_or_without_colours() {

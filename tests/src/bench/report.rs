@@ -280,6 +280,17 @@ impl Report {
                             if let Some(e) = errors.filter(|e| e.summary.max > 0.0) {
                                 let _ = write!(cell, ", {} failed", group(e.summary.max));
                             }
+                            if let (Some(entries), Some(evicted)) = (
+                                self.find(section, dp, &info.case, n, "conntrack_entries"),
+                                self.find(section, dp, &info.case, n, "conntrack_evicted"),
+                            ) {
+                                let _ = write!(
+                                    cell,
+                                    ", conntrack {} entries, {} evicted",
+                                    group(entries.summary.median),
+                                    group(evicted.summary.median)
+                                );
+                            }
                             cell
                         }
                         None => "–".to_owned(),

@@ -251,8 +251,8 @@ struct Cell {
     install_seconds: Option<f64>,
     /// ebpf only: flows the datapath balanced, from its counters.
     new_flows: Option<u64>,
-    /// ebpf only: conntrack entries left after the case's runs.
-    conntrack_entries: Option<usize>,
+    /// ebpf only: the conntrack table after the case's runs.
+    conntrack: Option<Occupancy>,
     /// Connections or exchanges attempted, warm-up included.
     operations: u64,
 }
@@ -290,9 +290,11 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
             Summary::of(&[seconds]).expect("one value"),
         );
     }
-    if let Some(entries) = cell.conntrack_entries {
+    if let Some(Occupancy { entries, evicted, .. }) = cell.conntrack {
         let summary = Summary::of(&[entries as f64]).expect("one value");
         report.add(At::new(Section::Traffic, dp, run.case, services), "conntrack_entries", "entries", summary);
+        let summary = Summary::of(&[evicted as f64]).expect("one value");
+        report.add(At::new(Section::Traffic, dp, run.case, services), "conntrack_evicted", "entries", summary);
         if entries as u64 * 10 > u64::from(CONNTRACK_V4_CAPACITY) * 9 {
             report.warn(format!(
                 "{dp} at {services} Services ({}): conntrack {entries} entries of {CONNTRACK_V4_CAPACITY}: the LRU evicts",
@@ -318,6 +320,26 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
             "{dp} at {services} Services ({}): the datapath counted {new_flows} new flows for {} operations",
             run.case, cell.operations
         ));
+    }
+}
+
+/// The conntrack table after a case's runs (warm-up included).
+#[derive(Clone, Copy)]
+struct Occupancy {
+    entries: usize,
+    /// Entries the agent removed: expired flows and purged UDP flows.
+    removed: u64,
+    /// Entries the LRU dropped to make room, by count: every new flow
+    /// inserted two (its original and reply tuples), and what neither is
+    /// still there nor was removed by the agent was evicted. A tuple seen
+    /// again (a re-balanced flow) replaces its entry and is not counted.
+    evicted: u64,
+}
+
+impl Occupancy {
+    fn of(entries: usize, removed: u64, new_flows: u64) -> Self {
+        let evicted = (2 * new_flows).saturating_sub(entries as u64 + removed);
+        Self { entries, removed, evicted }
     }
 }
 
@@ -460,7 +482,7 @@ impl LayoutBench {
         if let Some(e) = &self.failed {
             anyhow::bail!("{e:#} (namespaces {}…)", self.topology.client);
         }
-        let (install_seconds, new_flows, conntrack_entries) = match &self.installed {
+        let (install_seconds, new_flows, conntrack) = match &self.installed {
             Installed::Nothing | Installed::Program { .. } => (None, None, None),
             Installed::Rules { took, .. } => (Some(took.as_secs_f64()), None, None),
             Installed::Agent { agent, took } => {
@@ -470,20 +492,17 @@ impl LayoutBench {
                 env.progress.log(&format!("  ebpf datapath counters: {}", nonzero.join(" ")));
                 let new_flows = counters.iter().find(|(c, _)| *c == Counter::NewFlow).map(|(_, n)| *n);
                 let entries = agent.conntrack_entries()?;
+                let occupancy = Occupancy::of(entries, agent.conntrack_removed(), new_flows.unwrap_or(0));
                 env.progress.log(&format!(
-                    "  ebpf conntrack: {} entries of {}",
+                    "  ebpf conntrack: {} entries of {}, {} removed by the agent, {} evicted",
                     group(entries as f64),
-                    group(f64::from(CONNTRACK_V4_CAPACITY))
+                    group(f64::from(CONNTRACK_V4_CAPACITY)),
+                    group(occupancy.removed as f64),
+                    group(occupancy.evicted as f64)
                 ));
-                (Some(took.as_secs_f64()), new_flows, Some(entries))
+                (Some(took.as_secs_f64()), new_flows, Some(occupancy))
             }
         };
-        Ok(Cell {
-            results: self.results.clone(),
-            install_seconds,
-            new_flows,
-            conntrack_entries,
-            operations: self.operations,
-        })
+        Ok(Cell { results: self.results.clone(), install_seconds, new_flows, conntrack, operations: self.operations })
     }
 }
