@@ -104,10 +104,11 @@ pub const fn is_snat_port(port: u16) -> bool {
 }
 
 /// SNAT ports one flow's candidates are apart in the SNAT port order: a
-/// step of the form 10·k + 1 (`SNAT_STRIDE_STEPS` of them), taken from the
-/// flow's hash, so it is odd and no multiple of 5, and moved on by 10 in
-/// the rare case it is a multiple of 907: always coprime with `SNAT_PORTS`
-/// (2³ · 5 · 907), so a walk visits every port.
+/// step of the form 10·k + 1 (k from `SNAT_STRIDE_FIRST_STEP` below
+/// `SNAT_STRIDE_STEPS`), taken from the flow's hash, so it is odd and no
+/// multiple of 5, and moved on by 10 in the rare case it is a multiple of
+/// 907: always coprime with `SNAT_PORTS` (2³ · 5 · 907), so a walk visits
+/// every port.
 ///
 /// Per flow, not one for all (double hashing): with one stride, flows
 /// whose starts lie a stride apart walk the same path, and taken ports
@@ -117,12 +118,21 @@ pub const fn is_snat_port(port: u16) -> bool {
 /// spread-out candidates would miss at that fill.
 #[inline(always)]
 pub const fn snat_stride(flow_hash: u32) -> u32 {
-    let stride = 10 * (flow_hash.rotate_left(16) % SNAT_STRIDE_STEPS) + 1;
+    let step = SNAT_STRIDE_FIRST_STEP + flow_hash.rotate_left(16) % (SNAT_STRIDE_STEPS - SNAT_STRIDE_FIRST_STEP);
+    let stride = 10 * step + 1;
     if stride.is_multiple_of(907) { stride + 10 } else { stride }
 }
 
-/// Strides 1, 11, 21, ... below `SNAT_PORTS`.
+/// Strides 10·k + 1 below `SNAT_PORTS`: k below this.
 const SNAT_STRIDE_STEPS: u32 = SNAT_PORTS / 10 - 1;
+
+/// The smallest k (stride 81): a flow's `SNAT_PORT_ATTEMPTS` candidates
+/// then reach across the whole range, so no flow tries only the ports of
+/// one dense block, such as NodePorts allocated side by side (skipped) or
+/// a run of taken ports. With strides from 1, a flow of stride 1 whose walk
+/// began among 1,000 consecutive NodePorts tried 512 of them and was
+/// dropped, and so was every packet of its tuple after.
+const SNAT_STRIDE_FIRST_STEP: u32 = SNAT_PORTS / (10 * SNAT_PORT_ATTEMPTS) + 1;
 
 /// The SNAT port a flow whose hash is `flow_hash` tries at its `attempt`th
 /// candidate (from 0).
@@ -247,9 +257,10 @@ mod tests {
 
     #[test]
     fn a_flow_walk_visits_every_snat_port_once() {
-        // 0x0001_0000: stride 11; `moved_on`: 907 · 3 = 2,721 = 10 · 272 + 1,
-        // a multiple of 907, moved on to 2,731.
-        let moved_on = 272u32.rotate_right(16);
+        // 0: the smallest stride, 81; `moved_on`: 907 · 3 = 2,721 =
+        // 10 · (8 + 264) + 1, a multiple of 907, moved on to 2,731.
+        assert_eq!(snat_stride(0), 81);
+        let moved_on = 264u32.rotate_right(16);
         assert_eq!(snat_stride(moved_on), 907 * 3 + 10);
         for hash in [0, 1, 0x0001_0000, 0x9e37_79b9, u32::MAX, moved_on] {
             let mut seen = [false; 1 << 16];
@@ -258,6 +269,18 @@ mod tests {
                 assert!(!seen[port], "hash {hash:#x}: port {port} twice");
                 seen[port] = true;
             }
+        }
+    }
+
+    #[test]
+    fn every_walk_reaches_across_the_whole_range() {
+        // The smallest stride's candidates, sorted, leave no gap wider
+        // than the stride: no block of ports holds a flow's every try.
+        assert!(SNAT_STRIDE_FIRST_STEP * 10 + 1 >= SNAT_PORTS.div_ceil(SNAT_PORT_ATTEMPTS));
+        for hash in [0, 1, 0x0001_0000, 0x9e37_79b9, u32::MAX] {
+            let stride = snat_stride(hash);
+            assert!(stride >= 81, "hash {hash:#x}: stride {stride}");
+            assert!(u64::from(stride) * u64::from(SNAT_PORT_ATTEMPTS) >= u64::from(SNAT_PORTS));
         }
     }
 

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORTS, is_snat_port, snat_candidate, snat_port},
+    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORTS, is_snat_port, snat_candidate, snat_port, snat_stride},
     flow, proto,
     stats::Counter,
 };
@@ -245,4 +245,41 @@ fn with_most_ports_taken_every_new_flow_still_finds_one() {
         dropped += moved.get(&Counter::DropSnatPortsExhausted).copied().unwrap_or(0);
     }
     assert_eq!(dropped, 0, "flows that found no port, of {flows}");
+}
+
+/// 600 NodePorts side by side, and a client whose candidate walk begins
+/// among them with the smallest stride a flow can have: it still finds a
+/// port, outside the block. (With strides from 1, such a flow tried 512
+/// NodePorts, all skipped, and was dropped, each time its tuple came.)
+#[test]
+fn a_flow_whose_walk_begins_among_many_node_ports_still_finds_a_port() {
+    const BLOCK: std::ops::Range<u16> = 30100..30700;
+    let mut services = SERVICES.to_owned();
+    for (i, node_port) in BLOCK.enumerate() {
+        let cluster_ip = format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250);
+        services.push_str(&format!(
+            "- apiVersion: v1
+  kind: Service
+  metadata: {{name: np-{i}, namespace: default}}
+  spec:
+    type: NodePort
+    clusterIP: {cluster_ip}
+    ports: [{{port: 80, protocol: TCP, targetPort: 8080, nodePort: {node_port}}}]
+"
+        ));
+    }
+    let smallest_stride = snat_stride(0);
+    let client = (0..=u16::MAX)
+        .flat_map(|host| (1024..=u16::MAX).map(move |port| ep([192, 168, (host >> 8) as u8, host as u8], port)))
+        .find(|client| {
+            let hash = flow::hash(client.ip.octets(), NODE_IP, client.port, NODE_PORT.port, proto::TCP);
+            snat_stride(hash) == smallest_stride && (BLOCK.start..BLOCK.end - 512).contains(&candidate(*client, 0))
+        })
+        .expect("a client with the smallest stride starting in the block");
+    let mut dp = routed_node();
+    dp.apply(&services).expect("program services");
+    let (out, moved) = dp.run_counted(TC_PROGRAM, &packets::tcp_syn(client, NODE_PORT)).expect("run SYN");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "{moved:?}");
+    let entry = dp.flow_entry(client, NODE_PORT).expect("tracked");
+    assert!(!BLOCK.contains(&entry.nat_port), "SNAT port {} is a NodePort", entry.nat_port);
 }
