@@ -209,34 +209,32 @@ fn strip_ansi(line: &str) -> String {
 /// Reads `… datapath programmed frontends=N backends=N writes=N took_us=N`.
 fn parse_programmed(line: &str) -> Option<Programmed> {
     let (_, fields) = line.split_once("datapath programmed")?;
-    let field = |key: &str| -> Option<u64> {
-        fields.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-    };
     Some(Programmed {
-        frontends: usize::try_from(field("frontends")?).ok()?,
-        backends: usize::try_from(field("backends")?).ok()?,
-        writes: usize::try_from(field("writes")?).ok()?,
-        took_us: field("took_us")?,
+        frontends: usize::try_from(log_field(fields, "frontends")?).ok()?,
+        backends: usize::try_from(log_field(fields, "backends")?).ok()?,
+        writes: usize::try_from(log_field(fields, "writes")?).ok()?,
+        took_us: log_field(fields, "took_us")?,
         at: Instant::now(),
     })
 }
 
-/// Peak resident memory (VmHWM) of a process, in KiB.
 /// Entries one agent log line says were removed from conntrack: a
 /// garbage-collection pass ("conntrack swept … removed=N") or a stale-UDP
 /// purge ("removed UDP flows … entries=N").
 fn parse_removed(line: &str) -> Option<u64> {
-    let field = if line.contains("conntrack swept") {
-        "removed="
-    } else if line.contains("removed UDP flows") {
-        "entries="
-    } else {
-        return None;
-    };
-    let value = &line[line.find(field)? + field.len()..];
-    value.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    if let Some((_, fields)) = line.split_once("conntrack swept") {
+        return log_field(fields, "removed");
+    }
+    let (_, fields) = line.split_once("removed UDP flows")?;
+    log_field(fields, "entries")
 }
 
+/// The number in a `key=N` field of a log line's fields.
+fn log_field(fields: &str, key: &str) -> Option<u64> {
+    fields.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
 pub fn peak_rss_kib_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
