@@ -274,8 +274,8 @@ mod tests {
 
     #[test]
     fn every_walk_reaches_across_the_whole_range() {
-        // The smallest stride's candidates, sorted, leave no gap wider
-        // than the stride: no block of ports holds a flow's every try.
+        // Even the smallest stride's candidates span the whole range, so
+        // no block of ports side by side holds a flow's every try.
         assert!(SNAT_STRIDE_FIRST_STEP * 10 + 1 >= SNAT_PORTS.div_ceil(SNAT_PORT_ATTEMPTS));
         for hash in [0, 1, 0x0001_0000, 0x9e37_79b9, u32::MAX] {
             let stride = snat_stride(hash);

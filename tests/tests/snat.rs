@@ -10,7 +10,10 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    conntrack::{CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORTS, is_snat_port, snat_candidate, snat_port, snat_stride},
+    conntrack::{
+        CtKeyV4, CtValueV4, DIR_REPLY, SNAT_PORT_ATTEMPTS, SNAT_PORTS, is_snat_port, snat_candidate, snat_port,
+        snat_stride,
+    },
     flow, proto,
     stats::Counter,
 };
@@ -231,7 +234,7 @@ fn snat_without_a_route_to_the_backend_is_a_counted_drop() {
 
 /// Flows to one endpoint until 97 % of its SNAT ports are taken: each
 /// still finds a free port among its `SNAT_PORT_ATTEMPTS` candidates, as
-/// candidates spread over the range should (with one stride for every
+/// candidates spread over the range should (with stride 1 for every
 /// flow, 190 of these flows find none).
 #[test]
 fn with_most_ports_taken_every_new_flow_still_finds_one() {
@@ -273,7 +276,8 @@ fn a_flow_whose_walk_begins_among_many_node_ports_still_finds_a_port() {
         .flat_map(|host| (1024..=u16::MAX).map(move |port| ep([192, 168, (host >> 8) as u8, host as u8], port)))
         .find(|client| {
             let hash = flow::hash(client.ip.octets(), NODE_IP, client.port, NODE_PORT.port, proto::TCP);
-            snat_stride(hash) == smallest_stride && (BLOCK.start..BLOCK.end - 512).contains(&candidate(*client, 0))
+            snat_stride(hash) == smallest_stride
+                && (BLOCK.start..BLOCK.end - SNAT_PORT_ATTEMPTS as u16).contains(&candidate(*client, 0))
         })
         .expect("a client with the smallest stride starting in the block");
     let mut dp = routed_node();
