@@ -47,6 +47,7 @@ fn smoke_run_writes_every_measurement() {
         "nodeport_new_flow",
         "parse_only_repeated",
         "conntrack_hit",
+        "route_only",
         "miss_unused_port",
         "miss_other_address",
         "external_remote_tc",

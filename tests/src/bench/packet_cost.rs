@@ -38,7 +38,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use lb_common::maps::CONNTRACK_V4_CAPACITY;
 use lb_userspace::{
-    datapath::loader::{PARSE_ONLY_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
+    datapath::loader::{FORWARD_ONLY_PROGRAM, PARSE_ONLY_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     model::NodeContext,
     source::objects,
 };
@@ -202,7 +202,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 16] = [
+const CASES: [Case; 17] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -242,6 +242,13 @@ const CASES: [Case; 16] = [
         id: "conntrack_hit",
         label: "conntrack hit (established flow)",
         program: TC_PROGRAM,
+        packets: Packets::Established,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "route_only",
+        label: "route lookup only, no Service work (`lb_forward_only`)",
+        program: FORWARD_ONLY_PROGRAM,
         packets: Packets::Established,
         floor: "parse_only_repeated",
     },
@@ -357,6 +364,9 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
         "conntrack_hit" => format!(
             "a TCP segment of an established flow, repeat={r}. Two Services point at each other's frontend ({}:{} → {}:{} → back) and both flows are established first, so each iteration, fed the previous one's output, is a conntrack hit plus a DNAT of address and port",
             MIRROR_A.ip, MIRROR_A.port, MIRROR_B.ip, MIRROR_B.port
+        ),
+        "route_only" => format!(
+            "`lb_forward_only` (parses like `lb_tc`, then the route lookup every packet the datapath sends itself makes, no Service work) on the established-flow packet, repeat={r}. Its route is the stack's, as for `conntrack hit` after NAT, so both rows pay one route lookup: their difference is what the Service work costs, whatever the lookup costs on this host"
         ),
         "new_flow_warm" => format!(
             "a TCP SYN through the mirrored pair, repeat={r}: a SYN is balanced afresh even when its tuple is tracked, so every iteration takes the whole new-flow path (frontend lookup, backend choice, both conntrack entries written, DNAT) with the maps' cache lines warm, where the repeat=1 new-flow rows pay a cold start on every packet. It does a little more than a first packet: the reply entry's insert finds the tuple tracked and looks at it before replacing it"
@@ -630,6 +640,15 @@ impl SizeBench {
         ensure!(
             destination(&first.packet) == Some(MIRROR_B) && destination(&second.packet) == Some(MIRROR_A),
             "the mirrored flow does not alternate between its frontends"
+        );
+        // `route_only` compares with `conntrack_hit` only if both routes
+        // end the same way: to the stack, the packet otherwise untouched.
+        let routed = self.dp.run(FORWARD_ONLY_PROGRAM, &self.established)?;
+        ensure!(
+            first.verdict == TC_ACT_UNSPEC && routed.verdict == TC_ACT_UNSPEC && routed.packet == self.established,
+            "the established packet's route is not the stack's (verdicts: conntrack hit {}, route only {})",
+            first.verdict,
+            routed.verdict
         );
         self.verify_syn_repeated()?;
         self.verify_v6()?;
