@@ -63,6 +63,9 @@ fn smoke_run_writes_every_measurement() {
             if datapath != "none" {
                 assert!(has("traffic", datapath, case, "ratio_to_floor"), "traffic {datapath} {case} ratio");
             }
+            if datapath == "forward_only" || datapath == "ebpf" {
+                assert!(has("traffic", datapath, case, "program_time"), "traffic {datapath} {case} program time");
+            }
         }
     }
     for datapath in ["nftables", "tc", "xdp"] {

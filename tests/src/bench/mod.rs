@@ -18,6 +18,7 @@ pub mod nodeport;
 pub mod packet_cost;
 pub mod plan;
 pub mod plot;
+pub mod program_time;
 pub mod progress;
 pub mod report;
 pub mod stats;

@@ -272,6 +272,16 @@ impl Report {
                             if let Some(cpu) = cpu {
                                 let _ = write!(cell, ", {:.1} µs CPU", cpu.summary.median);
                             }
+                            if let (Some(time), Some(runs)) = (
+                                self.find(section, dp, &info.case, n, "program_time"),
+                                self.find(section, dp, &info.case, n, "program_runs"),
+                            ) {
+                                let _ = write!(
+                                    cell,
+                                    " ({:.2} µs in {:.1} program runs)",
+                                    time.summary.median, runs.summary.median
+                                );
+                            }
                             if let Some(o) =
                                 self.find(section, dp, &info.case, n, "others_cpu").filter(|o| o.summary.max >= 0.1)
                             {

@@ -18,6 +18,7 @@ use super::{
     layouts::{self, Installed, Layout, Target},
     loadgen::{self, LoadResult, LoadSpec},
     plan::{ENDPOINTS_PER_SERVICE, TrafficPlan},
+    program_time::{self, ProgramTime},
     report::{At, Report, Section, group},
     stats::Summary,
     table::{DNS, HTTP, PortSpec, Table, TableSpec},
@@ -38,6 +39,8 @@ const UDP_CLIENT_THREADS: usize = 2;
 const UDP_SOCKETS_PER_THREAD: usize = 64;
 /// Client threads making new UDP flows (each waits for its answer).
 const UDP_NEW_FLOW_THREADS: usize = 8;
+/// Longest timing run of the programs (`LayoutBench::measure_program_time`).
+const PROGRAM_TIME_RUN: Duration = Duration::from_secs(1);
 
 /// What the client does.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -160,6 +163,13 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
         Section::Traffic,
         "CPU time = this process (load generator and servers, plus the kernel's packet processing that runs on their threads) + the ksoftirqd threads, divided by completed operations. Other processes on the machine are not counted but do slow the rates: \"others N cores\" in a cell is the CPU they used meanwhile (from /proc/stat; shown from 0.1 cores), a sign that cell is disturbed.",
     );
+    report.note(
+        Section::Traffic,
+        format!(
+            "\"µs in N program runs\" (forward_only and ebpf): the time the programs attached to the node's interfaces spent per operation (per packet for established UDP), and how many times they ran, from the kernel's BPF run-time statistics over one more run of up to {:.0} s after the measured ones (the statistics add a clock read on each side of every run, so that run's rate is not kept). Beside the CPU per operation, which counts every party, this is the datapath's own share, with the caches and table of real traffic.",
+            PROGRAM_TIME_RUN.as_secs_f64()
+        ),
+    );
     for &services in &plan.sizes {
         for protocolled in &RUNS {
             measure_size(plan, env, report, services, protocolled)?;
@@ -209,6 +219,13 @@ fn measure_size(
             }
         }
     }
+    for bench in benches.iter_mut().filter(|b| b.failed.is_none() && b.layout.runs_programs()) {
+        cancel::check()?;
+        env.progress.start(format!("traffic: timing the programs of {}", what(bench.layout)));
+        if let Err(e) = bench.measure_program_time(env) {
+            report.warn(format!("traffic {}: timing the programs: {e:#}", what(bench.layout)));
+        }
+    }
     let mut cells = Vec::new();
     for bench in benches {
         cancel::check()?;
@@ -255,6 +272,9 @@ struct Cell {
     conntrack: Option<Occupancy>,
     /// Connections or exchanges attempted, warm-up included.
     operations: u64,
+    /// Layouts running programs: what they spent over so many units
+    /// (operations × packets per operation) of their timing run.
+    program_time: Option<(ProgramTime, f64)>,
 }
 
 fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layout, cell: &Cell) {
@@ -289,6 +309,12 @@ fn record(report: &mut Report, services: usize, run: &TrafficKind, layout: Layou
             "s",
             Summary::of(&[seconds]).expect("one value"),
         );
+    }
+    if let Some((spent, units)) = cell.program_time {
+        let per_unit = Summary::of(&[spent.run_time.as_secs_f64() * 1e6 / units]).expect("one value");
+        report.add(At::new(Section::Traffic, dp, run.case, services), "program_time", cpu_unit, per_unit);
+        let runs = Summary::of(&[spent.runs as f64 / units]).expect("one value");
+        report.add(At::new(Section::Traffic, dp, run.case, services), "program_runs", "runs", runs);
     }
     if let Some(Occupancy { entries, evicted, .. }) = cell.conntrack {
         let summary = Summary::of(&[entries as f64]).expect("one value");
@@ -379,6 +405,7 @@ struct LayoutBench {
     run_time: Duration,
     results: Vec<LoadResult>,
     operations: u64,
+    program_time: Option<(ProgramTime, f64)>,
     failed: Option<anyhow::Error>,
 }
 
@@ -445,6 +472,7 @@ impl LayoutBench {
             run_time: plan.run_time,
             results: Vec::new(),
             operations: 0,
+            program_time: None,
             failed: None,
         })
     }
@@ -452,13 +480,7 @@ impl LayoutBench {
     /// One load run; the warm-up (neighbour entries, caches, first
     /// conntrack entries) is not kept.
     fn measure(&mut self, keep: bool, env: &Env) -> anyhow::Result<()> {
-        self.spec.duration = if keep { self.run_time } else { self.warmup };
-        let result = match self.load {
-            Load::UdpEstablished => loadgen::udp_exchanges(&self.spec, UDP_SOCKETS_PER_THREAD)?,
-            Load::UdpNewFlows => loadgen::udp_new_flows(&self.spec)?,
-            Load::TcpConnections => loadgen::tcp_connections(&self.spec)?,
-        };
-        self.operations += result.ops + result.errors;
+        let result = self.run_load(if keep { self.run_time } else { self.warmup })?;
         if keep {
             env.progress.log(&format!(
                 "  {} {}: {}/s, {} failed, {:.1} µs CPU per op, others {:.1} cores",
@@ -475,6 +497,47 @@ impl LayoutBench {
             ));
             self.results.push(result);
         }
+        Ok(())
+    }
+
+    /// One load run of `duration`, counted in the cell's operations.
+    fn run_load(&mut self, duration: Duration) -> anyhow::Result<LoadResult> {
+        self.spec.duration = duration;
+        let result = match self.load {
+            Load::UdpEstablished => loadgen::udp_exchanges(&self.spec, UDP_SOCKETS_PER_THREAD)?,
+            Load::UdpNewFlows => loadgen::udp_new_flows(&self.spec)?,
+            Load::TcpConnections => loadgen::tcp_connections(&self.spec)?,
+        };
+        self.operations += result.ops + result.errors;
+        Ok(result)
+    }
+
+    /// One more load run, with the kernel's BPF run-time statistics on,
+    /// timing the programs attached to the node's interfaces (see
+    /// `program_time`); its rate is not kept.
+    fn measure_program_time(&mut self, env: &Env) -> anyhow::Result<()> {
+        let node = (self.topology.node.clone(), self.topology.node_interfaces.clone());
+        let _stats = program_time::stats_on()?;
+        let before = program_time::attached(&node.0, &node.1)?;
+        let result = self.run_load(self.run_time.min(PROGRAM_TIME_RUN))?;
+        let by_program = program_time::attached(&node.0, &node.1)?.since(&before);
+        let spent = by_program.total();
+        let units = result.ops as f64 * self.load.per_op();
+        anyhow::ensure!(units > 0.0 && spent.runs > 0, "no operation or no program run while timing the programs");
+        let each: Vec<String> = by_program
+            .0
+            .iter()
+            .map(|(name, p)| {
+                format!("{name} {:.2} µs in {:.1} runs", p.run_time.as_secs_f64() * 1e6 / units, p.runs as f64 / units)
+            })
+            .collect();
+        env.progress.log(&format!(
+            "  {} programs per {}: {}",
+            self.layout.name(),
+            self.load.units().1.trim_start_matches("us/"),
+            each.join(", ")
+        ));
+        self.program_time = Some((spent, units));
         Ok(())
     }
 
@@ -503,6 +566,13 @@ impl LayoutBench {
                 (Some(took.as_secs_f64()), new_flows, Some(occupancy))
             }
         };
-        Ok(Cell { results: self.results.clone(), install_seconds, new_flows, conntrack, operations: self.operations })
+        Ok(Cell {
+            results: self.results.clone(),
+            install_seconds,
+            new_flows,
+            conntrack,
+            operations: self.operations,
+            program_time: self.program_time,
+        })
     }
 }

@@ -38,6 +38,12 @@ impl Layout {
     pub const ALL: [Layout; 5] =
         [Layout::NoRules, Layout::ForwardOnly, Layout::Ebpf, Layout::Iptables, Layout::Nftables];
 
+    /// Whether the layout attaches programs to the node's interfaces,
+    /// whose run time the benchmark can read (`program_time`).
+    pub fn runs_programs(self) -> bool {
+        matches!(self, Layout::ForwardOnly | Layout::Ebpf)
+    }
+
     /// Stable name for the CSV and the plots.
     pub fn name(self) -> &'static str {
         match self {
