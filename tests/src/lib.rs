@@ -15,6 +15,7 @@ pub mod load;
 pub mod observe;
 pub mod packets;
 pub mod packets6;
+pub mod pin_dir;
 pub mod probe;
 pub mod routed;
 pub mod scenario;

@@ -14,6 +14,7 @@ use lb_common::maps as names;
 use lb_tests::{
     agent,
     links::{self, LoggedAgent, Pod, pinned_link, pinned_link_path, wait_for},
+    pin_dir::PinDir,
     scenario::{self, DemoCluster, ECHO, WEB},
     servers::{self, Servers},
     topology::Topology,
@@ -271,14 +272,6 @@ fn notifications_lost_while_the_agent_was_paused_are_caught_up() {
             m.services.keys().any(|k| k.address == last.octets() && k.port == NODE_PORT)
         })
         .expect("the NodePort is served on the last address added");
-}
-
-/// Guard for a pin directory the agent did not create through `Agent`.
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn agent_args(topology: &Topology, pin_dir: &std::path::Path, source: &std::path::Path) -> Vec<String> {

@@ -1,17 +1,14 @@
 //! Agent restarts: the maps are pinned, so a new agent re-opens them,
 //! writes only the difference, and tracked connections keep flowing.
 
-use std::{
-    net::SocketAddr,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use lb_common::{conntrack::DIR_ORIGINAL, stats::Counter};
 use lb_tests::{
     agent,
     datapath::{Counters, Datapath},
     packets::{self, Endpoint, ep},
+    pin_dir::PinDir,
     scenario::{self, DemoCluster, WEB},
     servers,
 };
@@ -34,23 +31,6 @@ fn load_and_sync(pin_dir: &std::path::Path) -> usize {
     let mut syncer = Syncer::resume(maps, NodeContext::default()).expect("read pinned maps");
     let objects = objects::parse(scenario::DEMO_SERVICES).unwrap();
     syncer.sync(&objects.services, &objects.slices).expect("sync").writes
-}
-
-/// A bpffs directory of its own, removed (pins and all) when dropped.
-struct PinDir(std::path::PathBuf);
-
-impl PinDir {
-    fn unique(name: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self(format!("/sys/fs/bpf/lbt-{name}-{}-{n}", std::process::id()).into())
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
