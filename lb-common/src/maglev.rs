@@ -18,16 +18,23 @@
 /// position). The imbalance between backends is at most about
 /// N / `TABLE_SIZE` of the traffic; for it to stay under 1%, the table
 /// needs about 100 positions per backend: 16,381 serves ~160 backends
-/// per frontend that well. Each table costs `TABLE_SIZE` × 4 bytes of
-/// kernel memory (64 KiB here); to raise it, pick a larger prime (Cilium
+/// per frontend that well. Each table costs `TABLE_BYTES` of kernel
+/// memory (128 KiB here); to raise it, pick a larger prime (Cilium
 /// offers 32,749, 65,521, 131,071, ...), and budget that memory times the
 /// number of Maglev frontends. A pinned map holding tables of another
 /// size is recreated on start.
 pub const TABLE_SIZE: u32 = 16_381;
 
-/// Kernel bytes of one table's entries (the array's own header adds a
-/// few hundred bytes).
-pub const TABLE_BYTES: u32 = TABLE_SIZE * 4;
+/// Kernel bytes of one table's entries: the kernel stores each array
+/// value in 8 bytes (value sizes are rounded up to 8), and the array's
+/// own header adds a page.
+pub const TABLE_BYTES: u32 = TABLE_SIZE * 8;
+
+/// Map flags of every inner table: `BPF_F_MMAPABLE`, so the agent writes
+/// and reads a table as memory instead of one element at a time. The
+/// kernel takes into the outer map only tables with the flags of its
+/// template (`LB4_MAGLEV`'s inner array), so both sides use this.
+pub const TABLE_FLAGS: u32 = 1 << 10;
 
 /// The table position a flow hash (`flow::hash`) lands on.
 #[inline(always)]

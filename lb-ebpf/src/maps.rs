@@ -80,7 +80,7 @@ pub static LB_IDS: Array<u32, { ids::COUNTERS as usize }> = Array::new();
 #[btf_map]
 pub static LB4_MAGLEV: HashOfMaps<
     u32,
-    Array<u32, { maglev::TABLE_SIZE as usize }>,
+    Array<u32, { maglev::TABLE_SIZE as usize }, { maglev::TABLE_FLAGS as usize }>,
     { MAGLEV_V4_CAPACITY as usize },
     NO_PREALLOC,
 > = HashOfMaps::new();

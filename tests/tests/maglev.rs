@@ -2,14 +2,21 @@
 //! backend at its position in the table the agent built; removing one
 //! backend moves only the flows of positions that changed; and two nodes
 //! that know the same endpoints under different ids send a flow to the
-//! same endpoint. Needs root (CAP_BPF).
+//! same endpoint. The kernel's tables follow many frontends added,
+//! changed and removed in one sync (new tables are linked and removed
+//! ones unlinked in batches), and a pinned table map from a build whose
+//! tables the agent cannot map into memory is replaced. Needs root
+//! (CAP_BPF).
 
 use std::net::Ipv4Addr;
 
-use lb_common::{flow, maglev, proto, service::ServiceKeyV4};
+use aya::maps::MapData;
+use lb_common::{flow, maglev, maps as names, proto, service::ServiceKeyV4};
 use lb_tests::{
     datapath::{Datapath, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
+    pin_dir::PinDir,
+    topology,
 };
 use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
 
@@ -199,4 +206,99 @@ fn a_full_sync_repairs_a_table_position_changed_behind_the_agents_back() {
     let repaired = dp.resync(&service(&all)).expect("full sync");
     assert_eq!(repaired, 1, "one table differed");
     assert_eq!(landing(&mut dp, client, EXTERNAL_IP, &all), right, "the position is put back");
+}
+
+/// NodePort Services `s{i}` for `i` in `range`, with external IPs (two
+/// Maglev frontends each), Service `i` over `backends(i)` endpoints.
+fn many_services(range: std::ops::Range<u16>, backends: impl Fn(u16) -> u8) -> String {
+    let mut items = String::new();
+    for i in range {
+        let (hi, lo) = (i / 200, i % 200 + 1);
+        let endpoints: String = (1..=backends(i))
+            .map(|b| format!("  - {{addresses: [10.244.{b}.{lo}], nodeName: node-a, conditions: {{ready: true}}}}\n"))
+            .collect();
+        items.push_str(&format!(
+            r#"- apiVersion: v1
+  kind: Service
+  metadata: {{name: s{i}, namespace: default}}
+  spec:
+    type: NodePort
+    clusterIP: 10.96.{hi}.{lo}
+    externalIPs: [203.0.{hi}.{lo}]
+    ports: [{{port: 80, protocol: TCP, targetPort: {BACKEND_PORT}, nodePort: {}}}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {{name: s{i}-1, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}
+  addressType: IPv4
+  endpoints:
+{endpoints}  ports: [{{name: "", port: {BACKEND_PORT}, protocol: TCP}}]
+"#,
+            30000 + i
+        ));
+    }
+    format!("apiVersion: v1\nkind: List\nitems:\n{items}")
+}
+
+/// After each sync, a full sync (which reads every table back from the
+/// kernel and compares it with what the Services say) finds nothing to
+/// repair: new, changed and removed tables all reached the kernel.
+#[test]
+fn tables_of_many_frontends_added_changed_and_removed_in_one_sync_all_reach_the_kernel() {
+    let mut dp = Datapath::load(node()).expect("load datapath (root needed)");
+    let steps = [
+        ("120 Services, 240 tables", many_services(0..120, |_| 3)),
+        // The first 30 go, 30 new come, every third one left loses a
+        // backend: one sync links, unlinks and changes tables.
+        ("changed, removed and added", many_services(30..150, |i| if i % 3 == 0 { 2 } else { 3 })),
+        ("none left", many_services(0..0, |_| 3)),
+    ];
+    for (what, objects) in steps {
+        dp.apply(&objects).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let services = objects.matches("kind: Service\n").count();
+        assert_eq!(dp.maps().maglev.len(), 2 * services, "{what}: a table per NodePort and external IP frontend");
+        assert_eq!(dp.resync(&objects).expect("full sync"), 0, "{what}: the kernel held every table as written");
+    }
+}
+
+/// An earlier build pinned `LB4_MAGLEV` with tables that cannot be mapped
+/// into memory (no `BPF_F_MMAPABLE`); the kernel would refuse this
+/// build's tables in it, so the map is replaced and NodePorts balance.
+#[test]
+fn a_pinned_table_map_whose_tables_are_not_mapped_is_replaced() {
+    let pins = PinDir::unique("maglev");
+    std::fs::create_dir_all(&pins.0).expect("pin dir");
+    let template = pins.0.join("old-table");
+    let outer = pins.0.join(names::MAGLEV_V4);
+    let (template, outer) = (template.to_str().unwrap(), outer.to_str().unwrap());
+    let size = maglev::TABLE_SIZE.to_string();
+    let capacity = names::MAGLEV_V4_CAPACITY.to_string();
+    let create = |args: &[&str]| topology::run("bpftool", &[&["map", "create"], args].concat()).expect("bpftool");
+    create(&[template, "type", "array", "key", "4", "value", "4", "entries", &size, "name", "old_table"]);
+    create(&[
+        outer,
+        "type",
+        "hash_of_maps",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        &capacity,
+        "name",
+        names::MAGLEV_V4,
+        "flags",
+        "1",
+        "inner_map",
+        "pinned",
+        template,
+    ]);
+    let old_id = MapData::from_pin(outer).expect("open").info().expect("info").id();
+
+    let mut dp = Datapath::load_pinned(node(), &pins.0).expect("load with the old pinned map");
+    dp.apply(&service(&backends(3))).expect("program a NodePort Service");
+    let new_id = MapData::from_pin(outer).expect("open").info().expect("info").id();
+    assert_ne!(new_id, old_id, "the old table map is replaced");
+    let client = ep([10, 0, 1, 2], 42000);
+    let expected = endpoint_of(&dp, table(&dp, NODE_PORT)[position(client, NODE_PORT)]);
+    assert_eq!(landing(&mut dp, client, NODE_PORT, &backends(3)), expected, "the NodePort balances by its table");
 }

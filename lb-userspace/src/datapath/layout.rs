@@ -270,9 +270,10 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static 
     Ok(recreate.into_iter().map(|(name, ..)| name).collect())
 }
 
-/// Whether the pinned Maglev map takes tables of this build's size. The
-/// kernel keeps the inner-map template it was created with and reports
-/// nothing about it; it refuses an inner map of another size, so an
+/// Whether the pinned Maglev map takes tables of this build's size and
+/// flags. The kernel keeps the inner-map template it was created with and
+/// reports nothing about it; it refuses an inner map of another size or
+/// other flags, so an
 /// insert of an empty table under an id no frontend has (`u32::MAX`)
 /// tells. Only a refusal (EINVAL) means "does not fit".
 fn maglev_tables_fit(path: &Path) -> bool {
@@ -281,7 +282,7 @@ fn maglev_tables_fit(path: &Path) -> bool {
     let probe = || -> Result<(), MapError> {
         let mut outer: HashOfMaps<MapData, u32, Array<MapData, u32>> =
             HashOfMaps::try_from(Map::HashOfMaps(MapData::from_pin(path)?))?;
-        let table = Array::<MapData, u32>::create(lb_common::maglev::TABLE_SIZE, 0)?;
+        let table = Array::<MapData, u32>::create(lb_common::maglev::TABLE_SIZE, lb_common::maglev::TABLE_FLAGS)?;
         outer.insert(PROBE, &table, 0)?;
         outer.remove(&PROBE)
     };

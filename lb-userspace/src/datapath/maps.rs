@@ -231,7 +231,7 @@ impl<K: LpmKey, V: Pod> Lpm<K, V> {
 
 impl MaglevTables {
     fn write_run(&mut self, run: &[(u32, Option<&crate::maglev::Table>)]) -> Result<(), Partial> {
-        one_by_one(run, 0, |(id, table)| self.write(*id, table.cloned()))
+        self.write_in_order(run).map_err(|(applied, error)| Partial { applied, error })
     }
 }
 

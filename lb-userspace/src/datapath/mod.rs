@@ -12,5 +12,6 @@ pub mod link_info;
 pub mod links;
 pub mod loader;
 mod maglev;
+mod mapped;
 pub mod maps;
 pub mod sock_links;
