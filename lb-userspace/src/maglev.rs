@@ -14,9 +14,23 @@ use std::{net::IpAddr, sync::Arc};
 use lb_common::maglev::TABLE_SIZE;
 
 /// A built table: backend ids by position. Shared, not copied, between
-/// the desired maps and the mirror of the kernel's (64 KiB each).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// the desired maps and the mirror of the kernel's (64 KiB each here;
+/// the kernel stores it in twice that, `lb_common::maglev::TABLE_BYTES`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Table(Arc<[u32]>);
+
+/// How many positions each backend id holds, not the positions
+/// themselves: a write that fails is logged with its table, and 16,381
+/// ids would bury the message.
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut counts = std::collections::BTreeMap::<u32, usize>::new();
+        for &id in self.0.iter() {
+            *counts.entry(id).or_default() += 1;
+        }
+        write!(f, "Table({} positions, by backend id: {counts:?})", self.0.len())
+    }
+}
 
 impl Table {
     pub fn new(ids: Vec<u32>) -> Self {
