@@ -131,6 +131,12 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
             ),
         );
     }
+    report.describe(
+        Section::NodePort,
+        "install",
+        "Time to install the layout on node 1 (TCP table)",
+        "nft -f of kube-proxy's rules, or agent start → maps programmed (JSON file source), in node 1's namespace: every NodePort frontend is a Maglev frontend with a table of its own (one per node address it answers on).",
+    );
     report.note(
         Section::NodePort,
         format!(
@@ -210,6 +216,10 @@ fn record(report: &mut Report, services: usize, kind: &Kind, bench: &NodeBench) 
         if let Some(s) = Summary::of(values) {
             report.add(at, metric, unit, s);
         }
+    }
+    if let (Some(took), Protocol::Tcp) = (bench.installed.took(), kind.port.protocol) {
+        let at = At::new(Section::NodePort, bench.layout.name(), "install", services);
+        report.add(at, "seconds", "s", Summary::of(&[took.as_secs_f64()]).expect("one value"));
     }
     let ops: u64 = bench.results.iter().map(|r| r.ops).sum();
     let failed: u64 = bench.results.iter().map(|r| r.errors).sum();

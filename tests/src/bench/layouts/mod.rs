@@ -139,6 +139,17 @@ pub enum Installed {
 }
 
 impl Installed {
+    /// How long installing took: rules loaded, or agent start to
+    /// programmed.
+    pub fn took(&self) -> Option<Duration> {
+        match self {
+            Installed::Nothing => None,
+            Installed::Rules { took, .. } | Installed::Agent { took, .. } | Installed::Program { took, .. } => {
+                Some(*took)
+            }
+        }
+    }
+
     /// A short description for the log.
     pub fn summary(&self) -> String {
         match self {
