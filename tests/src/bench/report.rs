@@ -251,10 +251,9 @@ impl Report {
             header(out, "Datapath", &sizes);
             for dp in &datapaths {
                 let cells = sizes.iter().map(|&n| {
-                    let rate = self.find(section, dp, &info.case, n, "rate");
-                    let cpu = self.find(section, dp, &info.case, n, "cpu");
-                    let errors = self.find(section, dp, &info.case, n, "errors");
-                    if let Some(seconds) = self.find(section, dp, &info.case, n, "seconds") {
+                    let find = |metric| self.find(section, dp, &info.case, n, metric);
+                    let (rate, cpu, errors) = (find("rate"), find("cpu"), find("errors"));
+                    if let Some(seconds) = find("seconds") {
                         return format!("{:.2} s", seconds.summary.median);
                     }
                     match rate {
@@ -265,35 +264,29 @@ impl Report {
                                 group(rate.summary.min),
                                 group(rate.summary.max)
                             );
-                            if let Some(ratio) = self.find(section, dp, &info.case, n, "ratio_to_floor") {
+                            if let Some(ratio) = find("ratio_to_floor") {
                                 let s = &ratio.summary;
                                 let _ = write!(cell, ", {:.2}× ({:.2}–{:.2}) {base}", s.median, s.min, s.max);
                             }
                             if let Some(cpu) = cpu {
                                 let _ = write!(cell, ", {:.1} µs CPU", cpu.summary.median);
                             }
-                            if let (Some(time), Some(runs)) = (
-                                self.find(section, dp, &info.case, n, "program_time"),
-                                self.find(section, dp, &info.case, n, "program_runs"),
-                            ) {
+                            if let (Some(time), Some(runs)) = (find("program_time"), find("program_runs")) {
                                 let _ = write!(
                                     cell,
                                     " ({:.2} µs in {:.1} program runs)",
                                     time.summary.median, runs.summary.median
                                 );
                             }
-                            if let Some(o) =
-                                self.find(section, dp, &info.case, n, "others_cpu").filter(|o| o.summary.max >= 0.1)
-                            {
+                            if let Some(o) = find("others_cpu").filter(|o| o.summary.max >= 0.1) {
                                 let _ = write!(cell, ", others {:.1} cores", o.summary.max);
                             }
                             if let Some(e) = errors.filter(|e| e.summary.max > 0.0) {
                                 let _ = write!(cell, ", {} failed", group(e.summary.max));
                             }
-                            if let (Some(entries), Some(evicted)) = (
-                                self.find(section, dp, &info.case, n, "conntrack_entries"),
-                                self.find(section, dp, &info.case, n, "conntrack_evicted"),
-                            ) {
+                            if let (Some(entries), Some(evicted)) =
+                                (find("conntrack_entries"), find("conntrack_evicted"))
+                            {
                                 let _ = write!(
                                     cell,
                                     ", conntrack {} entries, {} evicted",
