@@ -10,7 +10,7 @@ use lb_common::{
 };
 
 use crate::{
-    maglev::{self, Endpoint, Table},
+    maglev::{Endpoint, Table, TableCache},
     model::{Balancing, Frontend, FrontendKind, WhenEmpty},
 };
 
@@ -119,6 +119,6 @@ pub fn frontend_value(frontend: &Frontend, frontend_id: u32, count: u16) -> Serv
 /// A Maglev frontend's table over its slot backends (endpoint and backend
 /// id each); `None` for other frontends and for one without backends,
 /// which has no table.
-pub fn maglev_table(frontend: &Frontend, backends: &[(Endpoint, u32)]) -> Option<Table> {
-    (frontend.balancing == Balancing::Maglev && !backends.is_empty()).then(|| Table::new(maglev::build(backends)))
+pub fn maglev_table(frontend: &Frontend, backends: &[(Endpoint, u32)], built: &mut TableCache) -> Option<Table> {
+    (frontend.balancing == Balancing::Maglev && !backends.is_empty()).then(|| built.table(backends))
 }

@@ -9,7 +9,11 @@
 //! order, each claiming its next preferred free position (the paper's
 //! population loop, equal weights), so the input order does not matter.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Weak},
+};
 
 use lb_common::maglev::TABLE_SIZE;
 
@@ -39,6 +43,42 @@ impl Table {
 
     pub fn ids(&self) -> &[u32] {
         &self.0
+    }
+
+    /// Whether both are the same table in memory, not only equal.
+    pub fn shares_memory_with(&self, other: &Table) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Tables already built, by the backends they were built from. Frontends
+/// over the same backends (a NodePort Service port on each node address,
+/// its external and load balancer IPs) get one table, built once and
+/// shared, instead of 64 KiB and a build each. Tables are held weakly: a
+/// table no frontend uses any more is freed.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    built: HashMap<Vec<(Endpoint, u32)>, Weak<[u32]>>,
+    /// Size at which freed tables' entries are dropped from `built`.
+    prune_at: usize,
+}
+
+impl TableCache {
+    /// The table for `backends` (see [`build`]): a live one built from the
+    /// same backends, or a new one.
+    pub fn table(&mut self, backends: &[(Endpoint, u32)]) -> Table {
+        let mut key = backends.to_vec();
+        key.sort_unstable();
+        if let Some(ids) = self.built.get(&key).and_then(Weak::upgrade) {
+            return Table(ids);
+        }
+        let table = Table::new(build(backends));
+        if self.built.len() >= self.prune_at {
+            self.built.retain(|_, table| table.strong_count() > 0);
+            self.prune_at = 2 * self.built.len().max(64);
+        }
+        self.built.insert(key, Arc::downgrade(&table.0));
+        table
     }
 }
 
@@ -173,6 +213,22 @@ mod tests {
     use super::*;
 
     const M: usize = TABLE_SIZE as usize;
+
+    #[test]
+    fn frontends_over_the_same_backends_share_one_table() {
+        let backends: Vec<(Endpoint, u32)> = (1..=4).map(|i| (endpoint(i), i)).collect();
+        let reversed: Vec<(Endpoint, u32)> = backends.iter().rev().copied().collect();
+        let mut cache = TableCache::default();
+        let first = cache.table(&backends);
+        assert_eq!(first.ids(), build(&backends), "the same table as a fresh build");
+        assert!(cache.table(&reversed).shares_memory_with(&first), "in any order, the same backends share");
+        let other = cache.table(&backends[..3]);
+        assert!(!other.shares_memory_with(&first), "other backends, another table");
+        assert_eq!(other.ids(), build(&backends[..3]));
+        drop(first);
+        let again = cache.table(&backends);
+        assert_eq!(again.ids(), build(&backends), "a freed table is built again");
+    }
 
     fn endpoint(i: u32) -> Endpoint {
         let [_, a, b, c] = i.to_be_bytes();

@@ -43,6 +43,7 @@ use self::{
 pub use crate::translate::ServiceRef;
 use crate::{
     encode,
+    maglev::TableCache,
     model::{Backend, Balancing, Frontend, IpFamily, Problem},
     tables::{DesiredMaps, Touched},
     translate::{Claims, FrontendAddr},
@@ -82,6 +83,8 @@ pub struct DesiredState {
     /// Maglev frontends that got no table because the budget was used up:
     /// they balance with the slot hash until a table is free (reported).
     maglev_fallbacks: HashMap<ServiceKey, (FrontendAddr, Problem)>,
+    /// Maglev tables by backends, shared between frontends.
+    maglev_tables: TableCache,
     /// Who each served frontend id belongs to (metric labels).
     labels: FrontendLabels,
 }
@@ -287,7 +290,8 @@ impl DesiredState {
         let has_table = self.maps.maglev.contains_key(&frontend_id);
         let wants_table = self.maglev_table_allowed(key, frontend, has_table, !slots.is_empty());
         if !same_backends || has_table != wants_table {
-            let table = if wants_table { encode::maglev_table(frontend, &slot_ids) } else { None };
+            let table =
+                if wants_table { encode::maglev_table(frontend, &slot_ids, &mut self.maglev_tables) } else { None };
             set(&mut self.maps.maglev, &mut self.touched.maglev, frontend_id, table);
         }
         let mut value = encode::frontend_value(frontend, frontend_id, slots.len() as u16);
