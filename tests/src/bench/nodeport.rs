@@ -135,7 +135,7 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
         Section::NodePort,
         "install",
         "Time to install the layout on node 1 (TCP table)",
-        "nft -f of kube-proxy's rules, or agent start → maps programmed (JSON file source), in node 1's namespace: every NodePort frontend is a Maglev frontend with a table of its own (one per node address it answers on).",
+        "nft -f of kube-proxy's rules, or agent start → maps programmed (JSON file source) and the agent's peak RSS then, in node 1's namespace: every NodePort frontend is a Maglev frontend with a table of its own (one per node address it answers on).",
     );
     report.note(
         Section::NodePort,
@@ -220,6 +220,9 @@ fn record(report: &mut Report, services: usize, kind: &Kind, bench: &NodeBench) 
     if let (Some(took), Protocol::Tcp) = (bench.installed.took(), kind.port.protocol) {
         let at = At::new(Section::NodePort, bench.layout.name(), "install", services);
         report.add(at, "seconds", "s", Summary::of(&[took.as_secs_f64()]).expect("one value"));
+        if let Some(kib) = bench.agent_peak_rss_kib {
+            report.add(at, "peak_rss", "MiB", Summary::of(&[kib as f64 / 1024.0]).expect("one value"));
+        }
     }
     let ops: u64 = bench.results.iter().map(|r| r.ops).sum();
     let failed: u64 = bench.results.iter().map(|r| r.errors).sum();
@@ -256,6 +259,8 @@ fn record_ratios(report: &mut Report, services: usize, kind: &Kind, benches: &[N
 /// agent first, then the servers, the cluster (its namespaces) last.
 struct NodeBench {
     installed: Installed,
+    /// The agent's peak RSS once programmed (agent layouts).
+    agent_peak_rss_kib: Option<u64>,
     _servers: BackendServers,
     cluster: Cluster,
     layout: NodeLayout,
@@ -296,6 +301,7 @@ impl NodeBench {
             BackendServers::tcp(&hosts, kind.port.target_port)?
         };
         let node = cluster.nodes[0].netns.clone();
+        let mut agent_peak_rss_kib = None;
         let installed = match layout {
             NodeLayout::Nftables => layouts::install(
                 Layout::Nftables,
@@ -324,7 +330,9 @@ impl NodeBench {
                     extra_args: &args,
                 })?;
                 agent.wait_programmed(services, programming_timeout(services))?;
-                Installed::Agent { agent, took: started.elapsed() }
+                let took = started.elapsed();
+                agent_peak_rss_kib = Some(agent.peak_rss_kib()?);
+                Installed::Agent { agent, took }
             }
         };
         env.progress.log(&format!("  {}: {}", layout.name(), installed.summary()));
@@ -345,6 +353,7 @@ impl NodeBench {
         };
         Ok(Self {
             installed,
+            agent_peak_rss_kib,
             _servers: servers,
             cluster,
             layout,

@@ -254,7 +254,8 @@ impl Report {
                     let find = |metric| self.find(section, dp, &info.case, n, metric);
                     let (rate, cpu, errors) = (find("rate"), find("cpu"), find("errors"));
                     if let Some(seconds) = find("seconds") {
-                        return format!("{:.2} s", seconds.summary.median);
+                        let rss = find("peak_rss").map(|m| format!(", agent peak RSS {:.0} MiB", m.summary.median));
+                        return format!("{:.2} s{}", seconds.summary.median, rss.unwrap_or_default());
                     }
                     match rate {
                         Some(rate) => {
