@@ -61,24 +61,11 @@ impl MaglevTables {
         Ok(out)
     }
 
+    /// One table write: a run of one. Takes the table by value like every
+    /// other map's `write`, which one macro calls alike.
+    #[allow(clippy::needless_pass_by_value)]
     pub(super) fn write(&mut self, frontend_id: u32, table: Option<Table>) -> anyhow::Result<()> {
-        let Some(table) = table else {
-            return match self.outer.remove(&frontend_id) {
-                Err(e) if !is_not_found(&e) => Err(e.into()),
-                _ => Ok(()),
-            };
-        };
-        match self.outer.get(&frontend_id, 0) {
-            Ok(mut inner) => {
-                let held = read_table(&inner)?;
-                write_positions(&mut inner, &maglev::delta(&held, table.ids()))
-            }
-            Err(e) if is_not_found(&e) => {
-                self.outer.insert(frontend_id, &filled(&table)?, 0)?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.write_in_order(&[(frontend_id, table.as_ref())]).map_err(|(_, error)| error)
     }
 
     /// Writes a run of tables in order (`None`: remove). A changed table
