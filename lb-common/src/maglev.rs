@@ -9,9 +9,9 @@
 //!
 //! `LB4_MAGLEV` is a hash of maps: frontend id (`u32`, host byte order) →
 //! an inner array of `TABLE_SIZE` backend ids (`u32`, host byte order; 0
-//! is never a backend id). One inner array per Maglev frontend, created
-//! by the agent when the frontend gets its first backend, so the kernel
-//! memory is paid per Maglev frontend only.
+//! is never a backend id). Inner arrays are created by the agent when a
+//! frontend gets its first backend, and shared by frontends with equal
+//! tables, so the kernel memory is paid per distinct table only.
 
 /// Positions in each table. Must be prime (the permutation's step is
 /// then coprime with it, so every backend's permutation visits every
@@ -21,7 +21,7 @@
 /// per frontend that well. Each table costs `TABLE_BYTES` of kernel
 /// memory (128 KiB here); to raise it, pick a larger prime (Cilium
 /// offers 32,749, 65,521, 131,071, ...), and budget that memory times the
-/// number of Maglev frontends. A pinned map holding tables of another
+/// number of distinct tables (at most the number of Maglev frontends). A pinned map holding tables of another
 /// size is recreated on start.
 pub const TABLE_SIZE: u32 = 16_381;
 

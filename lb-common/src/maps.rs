@@ -149,11 +149,12 @@ pub const POD_CIDRS_V4_CAPACITY: u32 = 64;
 pub const POD_CIDRS_V6_CAPACITY: u32 = 64;
 /// One entry per port number.
 pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;
-/// Maglev frontends (one table each, `maglev::TABLE_BYTES` = 128 KiB of
-/// kernel memory apiece plus a page, allocated only for frontends that
-/// exist). By default NodePort, externalIP and LoadBalancer frontends use
-/// Maglev: a node with 3 addresses and 500 NodePort Service ports has
-/// 1,500 of them, about 190 MiB of tables. The agent can change it at load time
+/// Maglev frontends (each names a table of `maglev::TABLE_BYTES` = 128
+/// KiB of kernel memory plus a page; frontends with equal tables name the
+/// same one, and a table exists only while a frontend names it). By
+/// default NodePort, externalIP and LoadBalancer frontends use Maglev: a
+/// node with 3 addresses and 500 NodePort Service ports has 1,500 of them
+/// over 500 tables, about 65 MiB. The agent can change it at load time
 /// (`--maglev-max`).
 pub const MAGLEV_V4_CAPACITY: u32 = 4096;
 

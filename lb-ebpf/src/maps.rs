@@ -72,8 +72,9 @@ pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new(
 #[btf_map]
 pub static LB_IDS: Array<u32, { ids::COUNTERS as usize }> = Array::new();
 
-/// One Maglev table per Maglev frontend: frontend id → an array of
-/// `maglev::TABLE_SIZE` backend ids (`lb_common::maglev`). The inner
+/// A Maglev table for each Maglev frontend: frontend id → an array of
+/// `maglev::TABLE_SIZE` backend ids (`lb_common::maglev`); frontends with
+/// equal tables name the same array, which no packet path writes. The inner
 /// arrays all have that size, so the kernel inlines the inner lookup.
 /// Not preallocated: an entry costs nothing until the agent adds a table,
 /// and a removed entry is never reused under a reader.

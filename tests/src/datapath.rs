@@ -145,6 +145,19 @@ impl Datapath {
         Ok(())
     }
 
+    /// The kernel map id of each frontend's Maglev table, by frontend id:
+    /// frontends with equal tables name the same map.
+    pub fn maglev_map_ids(&self) -> anyhow::Result<BTreeMap<u32, u32>> {
+        let map = aya::maps::Map::from_map_data(MapData::from_id(self.maglev_map_id)?)?;
+        let outer: HashOfMaps<MapData, u32, Array<MapData, u32>> = map.try_into()?;
+        let mut ids = BTreeMap::new();
+        for frontend_id in outer.keys() {
+            let frontend_id = frontend_id?;
+            ids.insert(frontend_id, outer.get(&frontend_id, 0)?.map().info()?.id());
+        }
+        Ok(ids)
+    }
+
     /// The datapath's ClientIP affinity entries.
     pub fn affinity(&self) -> anyhow::Result<BTreeMap<AffinityKeyV4, AffinityValueV4>> {
         let map: HashMap<MapData, AffinityKeyV4, AffinityValueV4> =

@@ -4,9 +4,10 @@
 //! that know the same endpoints under different ids send a flow to the
 //! same endpoint. The kernel's tables follow many frontends added,
 //! changed and removed in one sync (new tables are linked and removed
-//! ones unlinked in batches), and a pinned table map from a build whose
-//! tables the agent cannot map into memory is replaced. Needs root
-//! (CAP_BPF).
+//! ones unlinked in batches); frontends with equal tables share one
+//! kernel map, which a change to one of them never writes; and a pinned
+//! table map from a build whose tables the agent cannot map into memory
+//! is replaced. Needs root (CAP_BPF).
 
 use std::net::Ipv4Addr;
 
@@ -22,7 +23,7 @@ use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
 
 const NODE_IP: [u8; 4] = [192, 168, 0, 10];
 const NODE_PORT: Endpoint = ep(NODE_IP, 30070);
-const EXTERNAL_IP: Endpoint = ep([203, 0, 113, 7], 80);
+const EXTERNAL_IP: Endpoint = ep([203, 0, 113, 70], 80);
 const CLUSTER_IP: Endpoint = ep([10, 96, 0, 70], 80);
 const BACKEND_PORT: u16 = 8080;
 
@@ -33,29 +34,37 @@ fn backends(n: u8) -> Vec<Endpoint> {
 /// A NodePort Service with an external IP (so Maglev by default on both)
 /// over `backends`.
 fn service(backends: &[Endpoint]) -> String {
+    list(&[service_items("lb", 70, backends)])
+}
+
+fn list(items: &[String]) -> String {
+    format!("apiVersion: v1\nkind: List\nitems:\n{}", items.concat())
+}
+
+/// Service `name` (ClusterIP 10.96.0.`n`, external IP 203.0.113.`n`,
+/// NodePort 30000 + `n`) over `backends`, as list items.
+fn service_items(name: &str, n: u8, backends: &[Endpoint]) -> String {
     let endpoints: String = backends
         .iter()
         .map(|b| format!("  - {{addresses: [{}], nodeName: node-a, conditions: {{ready: true}}}}\n", b.ip))
         .collect();
     format!(
-        r#"apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
+        r#"- apiVersion: v1
   kind: Service
-  metadata: {{name: lb, namespace: default}}
+  metadata: {{name: {name}, namespace: default}}
   spec:
     type: NodePort
-    clusterIP: 10.96.0.70
-    externalIPs: [203.0.113.7]
-    ports: [{{port: 80, protocol: TCP, targetPort: {BACKEND_PORT}, nodePort: 30070}}]
+    clusterIP: 10.96.0.{n}
+    externalIPs: [203.0.113.{n}]
+    ports: [{{port: 80, protocol: TCP, targetPort: {BACKEND_PORT}, nodePort: {}}}]
 - apiVersion: discovery.k8s.io/v1
   kind: EndpointSlice
-  metadata: {{name: lb-1, namespace: default, labels: {{kubernetes.io/service-name: lb}}}}
+  metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
   addressType: IPv4
   endpoints:
 {endpoints}  ports: [{{name: "", port: {BACKEND_PORT}, protocol: TCP}}]
-"#
+"#,
+        30000 + u16::from(n)
     )
 }
 
@@ -204,8 +213,70 @@ fn a_full_sync_repairs_a_table_position_changed_behind_the_agents_back() {
         "the tampered position is used"
     );
     let repaired = dp.resync(&service(&all)).expect("full sync");
-    assert_eq!(repaired, 1, "one table differed");
+    assert_eq!(repaired, 2, "the external IP's table differed, and the NodePort's, which is the same kernel map");
     assert_eq!(landing(&mut dp, client, EXTERNAL_IP, &all), right, "the position is put back");
+}
+
+/// The kernel map ids of the tables of `vips`' frontends.
+fn map_ids(dp: &Datapath, vips: &[Endpoint]) -> Vec<u32> {
+    let ids = dp.maglev_map_ids().expect("read the table map");
+    vips.iter()
+        .map(|vip| {
+            let key = ServiceKeyV4::frontend(vip.ip.octets(), vip.port, proto::TCP);
+            ids[&dp.maps().services[&key].frontend_id]
+        })
+        .collect()
+}
+
+/// Whether the kernel still has map `id` (a map no outer entry names and
+/// no process holds is freed; the id goes at once, the memory after a
+/// grace period).
+fn map_exists(id: u32) -> bool {
+    (0..50).all(|_| {
+        let exists = MapData::from_id(id).is_ok();
+        if exists {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        exists
+    })
+}
+
+/// Services `a` and `b` over the same endpoints: their NodePorts and
+/// external IPs (four frontends) name one kernel table. When `a`'s
+/// endpoints change, `a` moves to a new table and `b` keeps the old one
+/// untouched; after a restart, `b` taking `a`'s endpoints joins `a`'s
+/// table and the old one is freed.
+#[test]
+fn frontends_with_equal_tables_share_one_kernel_map() {
+    const A: [Endpoint; 2] = [ep([203, 0, 113, 1], 80), ep(NODE_IP, 30001)];
+    const B: [Endpoint; 2] = [ep([203, 0, 113, 2], 80), ep(NODE_IP, 30002)];
+    let pins = PinDir::unique("maglev-shared");
+    let mut dp = Datapath::load_pinned(node(), &pins.0).expect("load datapath (root needed)");
+    let (four, three) = (backends(4), backends(3));
+    dp.apply(&list(&[service_items("a", 1, &four), service_items("b", 2, &four)])).expect("program");
+    let ids = map_ids(&dp, &[A[0], A[1], B[0], B[1]]);
+    assert!(ids.iter().all(|id| *id == ids[0]), "four frontends, one table: {ids:?}");
+    let shared = ids[0];
+
+    let changed = list(&[service_items("a", 1, &three), service_items("b", 2, &four)]);
+    dp.apply(&changed).expect("a loses an endpoint");
+    let a = map_ids(&dp, &A);
+    assert_eq!(map_ids(&dp, &B), [shared, shared], "b keeps its table");
+    assert!(a[0] == a[1] && a[0] != shared, "a's frontends move to one new table: {a:?}");
+    assert_eq!(dp.resync(&changed).expect("full sync"), 0, "b's table in the kernel is still b's");
+    for vip in B {
+        let client = ep([10, 0, 1, 2], 42000);
+        let expected = endpoint_of(&dp, table(&dp, vip)[position(client, vip)]);
+        assert_eq!(landing(&mut dp, client, vip, &four), expected, "{vip:?} balances over all four");
+    }
+
+    drop(dp);
+    let mut dp = Datapath::load_pinned(node(), &pins.0).expect("restart on the pinned maps");
+    let same = list(&[service_items("a", 1, &three), service_items("b", 2, &three)]);
+    dp.apply(&same).expect("b loses the same endpoint");
+    assert_eq!(map_ids(&dp, &[A[0], A[1], B[0], B[1]]), [a[0]; 4], "b joins a's table");
+    assert!(!map_exists(shared), "the table no frontend names is freed");
+    assert_eq!(dp.resync(&same).expect("full sync"), 0);
 }
 
 /// NodePort Services `s{i}` for `i` in `range`, with external IPs (two
@@ -256,6 +327,9 @@ fn tables_of_many_frontends_added_changed_and_removed_in_one_sync_all_reach_the_
         dp.apply(&objects).unwrap_or_else(|e| panic!("{what}: {e:#}"));
         let services = objects.matches("kind: Service\n").count();
         assert_eq!(dp.maps().maglev.len(), 2 * services, "{what}: a table per NodePort and external IP frontend");
+        let kernel_tables: std::collections::BTreeSet<u32> =
+            dp.maglev_map_ids().expect("read the table map").into_values().collect();
+        assert_eq!(kernel_tables.len(), services, "{what}: a Service's two frontends share one kernel map");
         assert_eq!(dp.resync(&objects).expect("full sync"), 0, "{what}: the kernel held every table as written");
     }
 }

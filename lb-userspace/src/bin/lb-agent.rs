@@ -198,8 +198,9 @@ struct Args {
     #[arg(long, default_value_t = lb_common::maps::BACKENDS_V4_CAPACITY)]
     backends_max: u32,
     /// Maglev frontends (NodePort, externalIP and LoadBalancer frontends,
-    /// and those opted in); each table costs about 130 KiB of kernel
-    /// memory while its frontend exists.
+    /// and those opted in). Each distinct table costs about 130 KiB of
+    /// kernel memory while a frontend names it; frontends over the same
+    /// backends share one.
     #[arg(long, default_value_t = lb_common::maps::MAGLEV_V4_CAPACITY)]
     maglev_max: u32,
     /// ClientIP affinity entries, one per (frontend, client address).

@@ -1,8 +1,10 @@
 //! The Maglev tables as the kernel holds them: a hash of maps from
-//! frontend id to an array of `TABLE_SIZE` backend ids. A new table is
+//! frontend id to an array of `TABLE_SIZE` backend ids. Frontends with
+//! equal tables name one inner map (`shared_tables`). A new table is
 //! filled before it is linked into the outer map, so the datapath never
-//! sees it half-written; a changed table gets only the positions that
-//! differ from what the kernel holds (`maglev::delta`), in one batch.
+//! sees it half-written; a changed table of a map no other frontend uses
+//! gets only the positions that differ from what the kernel holds
+//! (`maglev::delta`).
 //!
 //! Linking a table into the outer map, or unlinking it, makes the kernel
 //! wait for an RCU grace period before the syscall returns (so that no
@@ -13,26 +15,37 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    sync::Mutex,
 };
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashOfMaps, IterableMap as _, Map, MapData};
 use lb_common::maglev::{TABLE_FLAGS, TABLE_SIZE};
 
-use super::{batch, mapped::MappedArray, maps::is_not_found};
+use super::{
+    batch,
+    mapped::MappedArray,
+    maps::is_not_found,
+    shared_tables::{Plan, SharedTables},
+};
 use crate::maglev::{self, Table};
 
+type Inner = Array<MapData, u32>;
+
 pub(super) struct MaglevTables {
-    outer: HashOfMaps<MapData, u32, Array<MapData, u32>>,
+    outer: HashOfMaps<MapData, u32, Inner>,
     /// The same outer map, for batched syscalls (aya's `HashOfMaps` does
     /// not lend its `MapData`).
     outer_data: MapData,
+    /// Which inner map each frontend names; `None` until read from the
+    /// kernel, and again after a failed write (then not to be trusted).
+    shared: Mutex<Option<SharedTables<Inner>>>,
 }
 
-/// A table filled and waiting to be linked: its place in the run, its
-/// frontend id, and the inner map (its fd stays open until linked).
-type NewTable = (usize, u32, Array<MapData, u32>);
+/// A link waiting for its batch: its place in the run, its frontend id,
+/// and the inner map's fd (kept open until linked).
+type PendingLink = (usize, u32, OwnedFd);
 
 impl MaglevTables {
     pub(super) fn new(map: Map) -> anyhow::Result<Self> {
@@ -41,24 +54,42 @@ impl MaglevTables {
         };
         let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating the Maglev map's fd")?;
         let outer_data = MapData::from_fd(fd)?;
-        Ok(Self { outer: map.try_into()?, outer_data })
+        Ok(Self { outer: map.try_into()?, outer_data, shared: Mutex::new(None) })
     }
 
-    /// Every non-empty table, by frontend id.
+    /// Every non-empty table, by frontend id. Also relearns which inner
+    /// map each frontend names.
     pub(super) fn read_all(&self) -> anyhow::Result<BTreeMap<u32, Table>> {
-        let mut out = BTreeMap::new();
-        for frontend_id in self.outer.keys() {
-            let frontend_id = frontend_id?;
-            let inner = match self.outer.get(&frontend_id, 0) {
-                Err(e) if is_not_found(&e) => continue, // removed meanwhile
-                inner => inner?,
-            };
-            let ids = read_table(&inner)?;
-            if ids.iter().any(|&id| id != 0) {
-                out.insert(frontend_id, Table::new(ids));
+        let (shared, tables) = self.read_shared();
+        *self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared?);
+        Ok(tables)
+    }
+
+    /// The inner maps the outer map names, each read once, and the
+    /// non-empty tables by frontend id (a frontend's is its map's).
+    fn read_shared(&self) -> (anyhow::Result<SharedTables<Inner>>, BTreeMap<u32, Table>) {
+        let mut shared = SharedTables::default();
+        let mut tables = BTreeMap::new();
+        let result = (|| {
+            for frontend_id in self.outer.keys() {
+                let frontend_id = frontend_id?;
+                let inner = match self.outer.get(&frontend_id, 0) {
+                    Err(e) if is_not_found(&e) => continue, // removed meanwhile
+                    inner => inner?,
+                };
+                let id = inner.map().info().context("Maglev table info")?.id();
+                if !shared.contains(id) {
+                    let table = Table::new(read_table(&inner)?);
+                    shared.add(id, inner, table);
+                }
+                shared.link(frontend_id, id);
+                if let Some(table) = shared.table(id).filter(|t| t.ids().iter().any(|&id| id != 0)) {
+                    tables.insert(frontend_id, table.clone());
+                }
             }
-        }
-        Ok(out)
+            Ok(())
+        })();
+        (result.map(|()| shared), tables)
     }
 
     /// One table write: a run of one. Takes the table by value like every
@@ -68,13 +99,30 @@ impl MaglevTables {
         self.write_in_order(&[(frontend_id, table.as_ref())]).map_err(|(_, error)| error)
     }
 
-    /// Writes a run of tables in order (`None`: remove). A changed table
-    /// is written in place; new tables are filled, then linked in one
-    /// batch, and removed ones unlinked in one batch (module comment). On
+    /// Writes a run of tables in order (`None`: remove). A table another
+    /// inner map already holds is shared; one of a map only this frontend
+    /// names is rewritten in place; otherwise a new map is filled. Links
+    /// wait and go in one batch, and so do unlinks (module comment). On
     /// error: how many writes of the run are known to be applied (some
     /// after them may be too; writing those again changes nothing).
     pub(super) fn write_in_order(&mut self, run: &[(u32, Option<&Table>)]) -> Result<(), (usize, anyhow::Error)> {
-        let mut links: Vec<NewTable> = Vec::new();
+        let known = self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let mut shared = match known {
+            Some(shared) => shared,
+            None => self.read_shared().0.map_err(|e| (0, e))?,
+        };
+        // Taken out above: until put back, a failure leaves it unknown.
+        self.write_shared(&mut shared, run)?;
+        *self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared);
+        Ok(())
+    }
+
+    fn write_shared(
+        &mut self,
+        shared: &mut SharedTables<Inner>,
+        run: &[(u32, Option<&Table>)],
+    ) -> Result<(), (usize, anyhow::Error)> {
+        let mut links: Vec<PendingLink> = Vec::new();
         let mut unlinks: Vec<(usize, u32)> = Vec::new();
         for (index, (frontend_id, table)) in run.iter().enumerate() {
             // Pending writes of the other kind go first: the run's order
@@ -82,35 +130,51 @@ impl MaglevTables {
             let Some(table) = table else {
                 self.link(&mut links)?;
                 unlinks.push((index, *frontend_id));
+                shared.unlink(*frontend_id);
                 continue;
             };
             self.unlink(&mut unlinks)?;
             let applied = links.first().map_or(index, |(first, ..)| *first);
-            match self.outer.get(frontend_id, 0) {
-                Ok(mut inner) => read_table(&inner)
-                    .and_then(|held| write_positions(&mut inner, &maglev::delta(&held, table.ids())))
-                    .map_err(|e| (applied, e))?,
-                Err(e) if is_not_found(&e) => {
-                    links.push((index, *frontend_id, filled(table).map_err(|e| (applied, e))?))
+            let id = match shared.plan(*frontend_id, table) {
+                Plan::Keep => continue,
+                Plan::Share(id) => id,
+                Plan::Rewrite(id) => {
+                    let inner = shared.handle_mut(id).expect("planned from a known map");
+                    rewrite(inner, table).map_err(|e| (applied, e))?;
+                    shared.retable(id, (*table).clone());
+                    continue;
                 }
-                Err(e) => return Err((applied, e.into())),
-            }
+                Plan::Fill => {
+                    let inner = filled(table).map_err(|e| (applied, e))?;
+                    let id = inner.map().info().context("new Maglev table info").map_err(|e| (applied, e))?;
+                    let id = id.id();
+                    shared.add(id, inner, (*table).clone());
+                    id
+                }
+            };
+            let inner = shared.handle(id).expect("a known map");
+            let fd = inner.map().fd().as_fd().try_clone_to_owned().map_err(|e| (applied, e.into()))?;
+            links.push((index, *frontend_id, fd));
+            shared.link(*frontend_id, id);
         }
         self.link(&mut links)?;
         self.unlink(&mut unlinks)
     }
 
-    /// Links the filled `tables` into the outer map, in order.
-    fn link(&mut self, tables: &mut Vec<NewTable>) -> Result<(), (usize, anyhow::Error)> {
-        let entries: Vec<(u32, u32)> =
-            tables.iter().map(|(_, id, inner)| (*id, inner.map().fd().as_fd().as_raw_fd() as u32)).collect();
+    /// Links the pending tables into the outer map, in order.
+    fn link(&mut self, tables: &mut Vec<PendingLink>) -> Result<(), (usize, anyhow::Error)> {
+        let entries: Vec<(u32, u32)> = tables.iter().map(|(_, id, fd)| (*id, fd.as_raw_fd() as u32)).collect();
         let result = match batch::update_in_order(&self.outer_data, &entries) {
             Ok(true) => Ok(()),
             Err(stopped) => Err((stopped.done, anyhow::Error::from(stopped.error))),
-            Ok(false) => tables
-                .iter()
-                .enumerate()
-                .try_for_each(|(done, (_, id, inner))| self.outer.insert(*id, inner, 0).map_err(|e| (done, e.into()))),
+            Ok(false) => tables.iter().enumerate().try_for_each(|(done, (_, id, fd))| {
+                let inner = fd
+                    .try_clone()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|fd| Ok(Inner::try_from(Map::Array(MapData::from_fd(fd)?))?));
+                let linked = inner.and_then(|inner| Ok(self.outer.insert(*id, &inner, 0)?));
+                linked.map_err(|e| (done, e))
+            }),
         };
         let result = result.map_err(|(done, e)| (tables[done].0, e.context("linking Maglev tables")));
         tables.clear();
@@ -166,6 +230,12 @@ fn read_table(inner: &Array<MapData, u32>) -> anyhow::Result<Vec<u32>> {
         }
     }
     Ok(ids)
+}
+
+/// Rewrites the positions of `inner` that differ from `table`.
+fn rewrite(inner: &mut Inner, table: &Table) -> anyhow::Result<()> {
+    let held = read_table(inner)?;
+    write_positions(inner, &maglev::delta(&held, table.ids()))
 }
 
 /// Sets the given positions, as [`read_table`] reads them.

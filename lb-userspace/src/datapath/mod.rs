@@ -14,4 +14,5 @@ pub mod loader;
 mod maglev;
 mod mapped;
 pub mod maps;
+mod shared_tables;
 pub mod sock_links;
