@@ -248,7 +248,8 @@ impl Collector for DatapathCollector {
             }
         }
         let mut sizes = Vec::new();
-        if let Ok(held) = ServiceMaps::from_pins(&self.pin_dir).and_then(|m| m.read_all()) {
+        let maps = ServiceMaps::from_pins(&self.pin_dir).ok();
+        if let Some(held) = maps.as_ref().and_then(|m| m.read_all().ok()) {
             let frontends = held.services.keys().filter(|k| k.backend_slot == 0).count()
                 + held.services_v6.keys().filter(|k| k.backend_slot == 0).count();
             sizes.push((names::SERVICES_V4, held.services.len()));
@@ -263,6 +264,16 @@ impl Collector for DatapathCollector {
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
             ConstGauge::new(frontends as i64).encode(metric)?;
+        }
+        // Known once `read_all` above has read the table map.
+        if let Some(tables) = maps.as_ref().and_then(ServiceMaps::maglev_tables) {
+            let metric = encoder.encode_descriptor(
+                "lb_maglev_tables",
+                "Maglev tables the kernel holds, about 130 KiB each (frontends with equal tables share one)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(tables as i64).encode(metric)?;
         }
         if let Ok(entries) = maps::conntrack_entries(&self.pin_dir) {
             sizes.push((names::CONNTRACK_V4, entries.len()));

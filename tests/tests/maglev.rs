@@ -19,7 +19,11 @@ use lb_tests::{
     pin_dir::PinDir,
     topology,
 };
-use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
+use lb_userspace::{
+    datapath::loader::TC_PROGRAM,
+    metrics::{Metrics, SyncMetrics},
+    model::NodeContext,
+};
 
 const NODE_IP: [u8; 4] = [192, 168, 0, 10];
 const NODE_PORT: Endpoint = ep(NODE_IP, 30070);
@@ -241,6 +245,13 @@ fn map_exists(id: u32) -> bool {
     })
 }
 
+/// `lb_maglev_tables` as `/metrics` shows it, read from the pinned maps.
+fn kernel_tables_metric(pins: &PinDir) -> u64 {
+    let metrics = Metrics::new(&SyncMetrics::default(), pins.0.clone()).render();
+    let line = metrics.lines().find(|l| l.starts_with("lb_maglev_tables ")).expect("lb_maglev_tables shown");
+    line["lb_maglev_tables ".len()..].parse().expect("a count")
+}
+
 /// Services `a` and `b` over the same endpoints: their NodePorts and
 /// external IPs (four frontends) name one kernel table. When `a`'s
 /// endpoints change, `a` moves to a new table and `b` keeps the old one
@@ -256,6 +267,7 @@ fn frontends_with_equal_tables_share_one_kernel_map() {
     dp.apply(&list(&[service_items("a", 1, &four), service_items("b", 2, &four)])).expect("program");
     let ids = map_ids(&dp, &[A[0], A[1], B[0], B[1]]);
     assert!(ids.iter().all(|id| *id == ids[0]), "four frontends, one table: {ids:?}");
+    assert_eq!(kernel_tables_metric(&pins), 1, "the metric counts tables, not frontends");
     let shared = ids[0];
 
     let changed = list(&[service_items("a", 1, &three), service_items("b", 2, &four)]);
@@ -263,6 +275,7 @@ fn frontends_with_equal_tables_share_one_kernel_map() {
     let a = map_ids(&dp, &A);
     assert_eq!(map_ids(&dp, &B), [shared, shared], "b keeps its table");
     assert!(a[0] == a[1] && a[0] != shared, "a's frontends move to one new table: {a:?}");
+    assert_eq!(kernel_tables_metric(&pins), 2);
     assert_eq!(dp.resync(&changed).expect("full sync"), 0, "b's table in the kernel is still b's");
     for vip in B {
         let client = ep([10, 0, 1, 2], 42000);

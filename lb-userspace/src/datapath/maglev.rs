@@ -92,6 +92,12 @@ impl MaglevTables {
         (result.map(|()| shared), tables)
     }
 
+    /// How many inner maps the outer map names, as last read or written
+    /// (`None`: not known, before the first read or after a failure).
+    pub(super) fn distinct_tables(&self) -> Option<usize> {
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(SharedTables::len)
+    }
+
     /// One table write: a run of one. Takes the table by value like every
     /// other map's `write`, which one macro calls alike.
     #[allow(clippy::needless_pass_by_value)]

@@ -278,6 +278,12 @@ macro_rules! kernel_tables {
                 Ok(DesiredMaps { $( $field: self.$field.read_all().context($name)?, )* })
             }
 
+            /// How many Maglev tables the kernel holds: frontends with
+            /// equal tables share one. Known after `read_all` or a write.
+            pub fn maglev_tables(&self) -> Option<usize> {
+                self.maglev.distinct_tables()
+            }
+
             /// One write.
             pub fn write(&mut self, write: &Write) -> anyhow::Result<()> {
                 let result: anyhow::Result<()> = match write {

@@ -143,7 +143,6 @@ impl<M> SharedTables<M> {
     }
 
     /// How many maps are held.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.maps.len()
     }
