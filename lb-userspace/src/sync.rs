@@ -38,6 +38,12 @@ pub trait MapWriter {
     fn conntrack_highest_ids(&self) -> anyhow::Result<HighestIds>;
     /// Deletes the datapath's ClientIP affinity entries of these frontends.
     fn forget_affinity(&mut self, frontend_ids: &BTreeSet<u32>) -> anyhow::Result<()>;
+    /// Makes frontends with equal Maglev tables share one kernel map
+    /// where they do not (maps an earlier build wrote); returns how many
+    /// frontends moved. What the maps say does not change.
+    fn merge_equal_tables(&mut self) -> anyhow::Result<usize> {
+        Ok(0)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +70,10 @@ impl MapWriter for ServiceMaps {
         let deleted = ServiceMaps::forget_affinity(self, frontend_ids)?;
         tracing::debug!(?frontend_ids, deleted, "affinity entries deleted");
         Ok(())
+    }
+
+    fn merge_equal_tables(&mut self) -> anyhow::Result<usize> {
+        self.merge_equal_maglev_tables()
     }
 }
 
@@ -206,6 +216,7 @@ impl<W: MapWriter> Syncer<W> {
         }
         self.state.take_touched();
         let repaired = self.reread_kernel_maps();
+        self.merge_equal_tables();
         let writes = tables::diff(&self.current, self.state.maps());
         let mut report = self.apply(&writes, started)?;
         report.repaired = repaired;
@@ -269,6 +280,16 @@ impl<W: MapWriter> Syncer<W> {
                 tracing::warn!(error = %format!("{e:#}"), "cannot read the maps back; repairing from memory");
                 0
             }
+        }
+    }
+
+    /// Frees the kernel's duplicate Maglev tables. A failure is logged,
+    /// not fatal: duplicates cost memory, never a wrong backend.
+    fn merge_equal_tables(&mut self) {
+        match self.writer.merge_equal_tables() {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(frontends = moved, "frontends with equal Maglev tables now share one"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot merge equal Maglev tables"),
         }
     }
 

@@ -145,6 +145,21 @@ impl Datapath {
         Ok(())
     }
 
+    /// Gives a frontend its own copy of its Maglev table directly in the
+    /// kernel, without telling the agent: how an earlier build, which
+    /// held one table per frontend, left the map.
+    pub fn copy_maglev_table(&mut self, frontend_id: u32) -> anyhow::Result<()> {
+        let map = aya::maps::Map::from_map_data(MapData::from_id(self.maglev_map_id)?)?;
+        let mut outer: HashOfMaps<MapData, u32, Array<MapData, u32>> = map.try_into()?;
+        let held = outer.get(&frontend_id, 0)?;
+        let mut copy = Array::<MapData, u32>::create(held.len(), lb_common::maglev::TABLE_FLAGS)?;
+        for (position, id) in held.iter().enumerate() {
+            copy.set(position as u32, id?, 0)?;
+        }
+        outer.insert(frontend_id, &copy, 0)?;
+        Ok(())
+    }
+
     /// The kernel map id of each frontend's Maglev table, by frontend id:
     /// frontends with equal tables name the same map.
     pub fn maglev_map_ids(&self) -> anyhow::Result<BTreeMap<u32, u32>> {

@@ -245,6 +245,27 @@ fn map_exists(id: u32) -> bool {
     })
 }
 
+/// Maps an earlier build wrote held one table per frontend: a full sync
+/// makes frontends with equal tables share one again, with nothing to
+/// repair, and frees the copies.
+#[test]
+fn a_full_sync_merges_equal_tables_held_twice() {
+    let all = backends(4);
+    let mut dp = datapath_with(&all);
+    let key = ServiceKeyV4::frontend(EXTERNAL_IP.ip.octets(), EXTERNAL_IP.port, proto::TCP);
+    dp.copy_maglev_table(dp.maps().services[&key].frontend_id).expect("copy a table in the kernel");
+    let copied = map_ids(&dp, &[NODE_PORT, EXTERNAL_IP]);
+    assert_ne!(copied[0], copied[1], "two maps, equal tables");
+    assert_eq!(dp.resync(&service(&all)).expect("full sync"), 0, "the tables were right");
+    let merged = map_ids(&dp, &[NODE_PORT, EXTERNAL_IP]);
+    assert_eq!(merged[0], merged[1], "one map again: {merged:?}");
+    let unnamed = if merged[0] == copied[0] { copied[1] } else { copied[0] };
+    assert!(!map_exists(unnamed), "the other is freed");
+    let client = ep([10, 0, 1, 2], 42000);
+    let expected = endpoint_of(&dp, table(&dp, EXTERNAL_IP)[position(client, EXTERNAL_IP)]);
+    assert_eq!(landing(&mut dp, client, EXTERNAL_IP, &all), expected);
+}
+
 /// `lb_maglev_tables` as `/metrics` shows it, read from the pinned maps.
 fn kernel_tables_metric(pins: &PinDir) -> u64 {
     let metrics = Metrics::new(&SyncMetrics::default(), pins.0.clone()).render();

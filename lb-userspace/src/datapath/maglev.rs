@@ -98,6 +98,30 @@ impl MaglevTables {
         self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(SharedTables::len)
     }
 
+    /// Moves frontends so that the kernel holds each distinct table once
+    /// (`SharedTables::duplicates`), in one batch; the maps left unnamed
+    /// are freed. Returns how many frontends moved. No packet sees a
+    /// change: the map a frontend moves to holds the same table.
+    pub(super) fn merge_duplicates(&mut self) -> anyhow::Result<usize> {
+        let known = self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let mut shared = match known {
+            Some(shared) => shared,
+            None => self.read_shared().0?,
+        };
+        let moves = shared.duplicates();
+        let mut links = Vec::with_capacity(moves.len());
+        for (index, &(frontend_id, id)) in moves.iter().enumerate() {
+            let inner = shared.handle(id).expect("a known map");
+            links.push((index, frontend_id, inner.map().fd().as_fd().try_clone_to_owned()?));
+        }
+        self.link(&mut links).map_err(|(_, e)| e)?;
+        for &(frontend_id, id) in &moves {
+            shared.link(frontend_id, id);
+        }
+        *self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared);
+        Ok(moves.len())
+    }
+
     /// One table write: a run of one. Takes the table by value like every
     /// other map's `write`, which one macro calls alike.
     #[allow(clippy::needless_pass_by_value)]

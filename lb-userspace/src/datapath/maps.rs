@@ -284,6 +284,12 @@ macro_rules! kernel_tables {
                 self.maglev.distinct_tables()
             }
 
+            /// Makes frontends with equal Maglev tables name one kernel
+            /// map; returns how many frontends moved.
+            pub fn merge_equal_maglev_tables(&mut self) -> anyhow::Result<usize> {
+                self.maglev.merge_duplicates()
+            }
+
             /// One write.
             pub fn write(&mut self, write: &Write) -> anyhow::Result<()> {
                 let result: anyhow::Result<()> = match write {

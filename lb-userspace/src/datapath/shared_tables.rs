@@ -142,6 +142,30 @@ impl<M> SharedTables<M> {
         }
     }
 
+    /// Frontends to move so that equal tables are held once: each
+    /// frontend of a map whose table another map also holds, with the map
+    /// to move to (of equal maps, the one most frontends name already).
+    /// Writes that find a shared table keep it shared; duplicates come
+    /// from elsewhere (an earlier build held one table per frontend).
+    pub fn duplicates(&self) -> Vec<(u32, u32)> {
+        let mut moves = Vec::new();
+        for ids in self.by_fingerprint.values().filter(|ids| ids.len() > 1) {
+            let mut left: Vec<u32> = ids.clone();
+            // Most frontends first, then the lowest id: a stable choice.
+            left.sort_by_key(|id| (std::cmp::Reverse(self.maps[id].frontends.len()), *id));
+            while let Some((&target, rest)) = left.split_first() {
+                let (equal, other): (Vec<u32>, Vec<u32>) =
+                    rest.iter().partition(|id| self.maps[*id].table == self.maps[&target].table);
+                for id in equal {
+                    moves.extend(self.maps[&id].frontends.iter().map(|&frontend| (frontend, target)));
+                }
+                left = other;
+            }
+        }
+        moves.sort_unstable();
+        moves
+    }
+
     /// How many maps are held.
     pub fn len(&self) -> usize {
         self.maps.len()
@@ -213,6 +237,24 @@ mod tests {
         assert_eq!(shared.plan(2, &table(&[4, 4, 4])), Plan::Rewrite(10), "now 2's alone");
         shared.unlink(2);
         assert_eq!(shared.len(), 0);
+    }
+
+    #[test]
+    fn equal_tables_in_several_maps_are_merged_into_the_most_named_one() {
+        let mut shared = two_maps();
+        shared.add(30, (), table(&[1, 2, 1]));
+        shared.link(4, 30);
+        shared.add(5, (), table(&[2, 2, 2]));
+        shared.link(5, 5);
+        shared.add(40, (), table(&[7, 7, 7]));
+        shared.link(6, 40);
+        // 10 (two frontends) over 30 (one); 5 and 20 (one each): the lower id.
+        assert_eq!(shared.duplicates(), [(3, 5), (4, 10)]);
+        for (frontend, target) in shared.duplicates() {
+            shared.link(frontend, target);
+        }
+        assert_eq!(shared.duplicates(), []);
+        assert_eq!(shared.len(), 3, "maps 20 and 30 are no longer named");
     }
 
     #[test]
