@@ -97,6 +97,62 @@ fn pods(plan: &TrafficPlan) -> usize {
     plan.backend_namespaces
 }
 
+/// Most addresses a pod gets (`addresses_per_pod`).
+const MAX_ADDRESSES_PER_POD: usize = 40;
+/// Last byte of node 2's first extra pod address (10.244.2.x); the pods'
+/// own addresses are 10.244.2.11 onwards.
+const EXTRA_ADDRESS_BASE: usize = 64;
+
+/// Addresses per pod so that `services` Services, each over one address
+/// of every pod, all have endpoint sets of their own.
+fn addresses_per_pod(services: usize, pods: usize) -> usize {
+    let pods = u32::try_from(pods).unwrap_or(u32::MAX);
+    (1..MAX_ADDRESSES_PER_POD).find(|a| a.saturating_pow(pods) >= services).unwrap_or(MAX_ADDRESSES_PER_POD)
+}
+
+/// Every address of each of node 2's pods, its own first.
+fn pod_addresses(pods: usize, per_pod: usize) -> Vec<Vec<Ipv4Addr>> {
+    (1..=pods)
+        .map(|pod| {
+            let extra = (1..per_pod).map(|k| {
+                let last = EXTRA_ADDRESS_BASE + (pod - 1) * (per_pod - 1) + k - 1;
+                Ipv4Addr::new(10, 244, 2, u8::try_from(last).expect("extra pod addresses fit in 10.244.2.0/24"))
+            });
+            std::iter::once(pod_ip(2, pod)).chain(extra).collect()
+        })
+        .collect()
+}
+
+/// Gives node 2's pods their extra addresses, routed like their own.
+fn add_pod_addresses(cluster: &Cluster, addresses: &[Vec<Ipv4Addr>]) -> anyhow::Result<()> {
+    let node = &cluster.nodes[1];
+    for (index, own) in addresses.iter().enumerate() {
+        let extra = &own[1..];
+        let routes: String = extra.iter().map(|ip| format!("route add {ip}/32 dev pod{}\n", index + 1)).collect();
+        let local: String = extra.iter().map(|ip| format!("address add {ip}/32 dev eth0\n")).collect();
+        links::ip_batch(&node.netns, &routes)?;
+        links::ip_batch(&node.pods[index], &local)?;
+    }
+    Ok(())
+}
+
+/// Service i's endpoints: of pod j, the address at digit j of i written
+/// in base `addresses per pod`; distinct for every Service while there
+/// are enough addresses.
+fn give_distinct_endpoints(table: &mut Table, addresses: &[Vec<Ipv4Addr>]) {
+    for (i, service) in table.services.iter_mut().enumerate() {
+        let mut rest = i;
+        service.endpoints = addresses
+            .iter()
+            .map(|own| {
+                let pick = own[rest % own.len()];
+                rest /= own.len();
+                pick
+            })
+            .collect();
+    }
+}
+
 /// Flows one run may open. Node 1 holds a source-NAT port per flow for
 /// the flow's timeout (30 s for UDP, 10 s after a TCP RST) plus up to one
 /// garbage-collection interval, longer than a whole cell (warm-up and every
@@ -135,15 +191,15 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
         Section::NodePort,
         "install",
         "Time to install the layout on node 1 (TCP table)",
-        "nft -f of kube-proxy's rules, or agent start → maps programmed (JSON file source) and the agent's peak RSS then, in node 1's namespace: every NodePort frontend is a Maglev frontend with a table of its own (one per node address it answers on).",
+        "nft -f of kube-proxy's rules, or agent start → maps programmed (JSON file source) and the agent's peak RSS then, in node 1's namespace: every NodePort frontend is a Maglev frontend, and every Service's endpoints differ, so each Service has a table of its own (frontends over the same endpoints would share one).",
     );
     report.note(
         Section::NodePort,
         format!(
-            "Topology: the two-node fixture: a LAN bridge with the client (192.168.50.100…), node 1 (.11) and node 2 (.12); node 2 has {} pods (10.244.2.11…), node 1 none. {} NodePort Services (Cluster policy), each with all {} pods as endpoints. The LAN is set up as a wire for every layout alike: senders compute checksums in full, and the LAN side of each veth runs a pass-all XDP program (a veth receives XDP_TX frames only then).",
+            "Topology: the two-node fixture: a LAN bridge with the client (192.168.50.100…), node 1 (.11) and node 2 (.12); node 2 has {} pods (10.244.2.11…) with {} addresses each, node 1 none. {} NodePort Services (Cluster policy), each with one address of every pod as endpoints, no two Services alike (as in a cluster, where Services rarely share all their endpoints: frontends over the same endpoints share one Maglev table, which would flatter the agent's install time and memory). The LAN is set up as a wire for every layout alike: senders compute checksums in full, and the LAN side of each veth runs a pass-all XDP program (a veth receives XDP_TX frames only then).",
             pods(plan),
-            group(services as f64),
-            pods(plan)
+            addresses_per_pod(services, pods(plan)),
+            group(services as f64)
         ),
     );
     report.note(
@@ -283,17 +339,20 @@ impl NodeBench {
         let sources: Vec<Ipv4Addr> = (0..CLIENT_ADDRESSES).map(|k| Ipv4Addr::new(192, 168, 50, 100 + k)).collect();
         let script: String = sources[1..].iter().map(|ip| format!("address add {ip}/24 dev eth0\n")).collect();
         links::ip_batch(&client, &script)?;
+        let addresses = pod_addresses(pods, addresses_per_pod(services, pods));
+        add_pod_addresses(&cluster, &addresses)?;
         let hosts: Vec<BackendHost> = (1..=pods)
-            .map(|j| BackendHost { netns: cluster.nodes[1].pods[j - 1].clone(), addresses: vec![pod_ip(2, j)] })
+            .map(|j| BackendHost { netns: cluster.nodes[1].pods[j - 1].clone(), addresses: addresses[j - 1].clone() })
             .collect();
         let pool: Vec<Ipv4Addr> = hosts.iter().flat_map(|h| h.addresses.iter().copied()).collect();
-        let table = Table::generate(&TableSpec {
+        let mut table = Table::generate(&TableSpec {
             services,
             port: kind.port,
             pool,
             endpoints_per_service: pods,
             node_ports: services,
         });
+        give_distinct_endpoints(&mut table, &addresses);
         let udp = kind.port.protocol == Protocol::Udp;
         let servers = if udp {
             BackendServers::udp(&hosts, kind.port.target_port)?
