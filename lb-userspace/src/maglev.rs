@@ -17,11 +17,28 @@ use std::{
 
 use lb_common::maglev::TABLE_SIZE;
 
-/// A built table: backend ids by position. Shared, not copied, between
-/// the desired maps and the mirror of the kernel's (64 KiB each here;
-/// the kernel stores it in twice that, `lb_common::maglev::TABLE_BYTES`).
+/// A built table: backend ids by position. Held compactly, as an index
+/// per position into the table's distinct ids (one byte each for up to
+/// 256 backends, else two): 16 KiB for most tables instead of 64 KiB
+/// (the kernel stores it in 128 KiB, `lb_common::maglev::TABLE_BYTES`).
+/// Shared, not copied, between the desired maps and the mirror of the
+/// kernel's.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Table(Arc<[u32]>);
+pub struct Table(Arc<Positions>);
+
+/// Canonical for its content (`ids` sorted and distinct, the narrow form
+/// whenever it fits), so equal representations mean equal tables.
+#[derive(PartialEq, Eq, Hash)]
+struct Positions {
+    ids: Box<[u32]>,
+    at: Indexes,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum Indexes {
+    Narrow(Box<[u8]>),
+    Wide(Box<[u16]>),
+}
 
 /// How many positions each backend id holds, not the positions
 /// themselves: a write that fails is logged with its table, and 16,381
@@ -29,20 +46,94 @@ pub struct Table(Arc<[u32]>);
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut counts = std::collections::BTreeMap::<u32, usize>::new();
-        for &id in self.0.iter() {
+        for id in self.iter() {
             *counts.entry(id).or_default() += 1;
         }
-        write!(f, "Table({} positions, by backend id: {counts:?})", self.0.len())
+        write!(f, "Table({} positions, by backend id: {counts:?})", self.len())
     }
 }
 
 impl Table {
-    pub fn new(ids: Vec<u32>) -> Self {
-        Self(ids.into())
+    /// The table naming `ids[p]` at position `p` (one read back from the
+    /// kernel).
+    pub fn new(ids: &[u32]) -> Self {
+        let mut distinct = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // Few backends (the usual table): counting the smaller ids has no
+        // branch to mispredict, unlike a binary search.
+        let rank = |id: &u32| match distinct.len() {
+            0..=16 => distinct.iter().filter(|other| *other < id).count(),
+            _ => distinct.binary_search(id).expect("every id is among the distinct ones"),
+        };
+        Self::of(distinct.clone(), ids.iter().map(rank))
     }
 
-    pub fn ids(&self) -> &[u32] {
-        &self.0
+    /// The table [`build`] makes, without a search per position: the
+    /// population loop names backends by index, mapped once to the rank
+    /// of their id.
+    pub fn build(backends: &[(Endpoint, u32)]) -> Self {
+        let (backends, at) = fill(backends);
+        let mut distinct: Vec<u32> = backends.iter().map(|(_, id)| *id).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let rank_of_index: Vec<usize> =
+            backends.iter().map(|(_, id)| distinct.binary_search(id).expect("among the ids")).collect();
+        Self::of(distinct, at.iter().map(|&index| rank_of_index[usize::from(index)]))
+    }
+
+    /// From the sorted distinct ids and each position's rank among them.
+    fn of(distinct: Vec<u32>, ranks: impl Iterator<Item = usize>) -> Self {
+        let at = if distinct.len() <= 1 << 8 {
+            Indexes::Narrow(ranks.map(|rank| rank as u8).collect())
+        } else {
+            // TABLE_SIZE < 2^16: a table never names more ids than that.
+            Indexes::Wide(ranks.map(|rank| rank as u16).collect())
+        };
+        Self(Arc::new(Positions { ids: distinct.into(), at }))
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0.at {
+            Indexes::Narrow(at) => at.len(),
+            Indexes::Wide(at) => at.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The backend id at `position`.
+    pub fn id(&self, position: usize) -> u32 {
+        let index = match &self.0.at {
+            Indexes::Narrow(at) => usize::from(at[position]),
+            Indexes::Wide(at) => usize::from(at[position]),
+        };
+        self.0.ids[index]
+    }
+
+    /// The backend ids by position.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len()).map(|position| self.id(position))
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+
+    /// Whether some position names a backend (0 is never a backend id).
+    pub fn names_a_backend(&self) -> bool {
+        self.0.ids.iter().any(|&id| id != 0)
+    }
+
+    /// A digest of the table: equal tables have equal digests (a match
+    /// is confirmed by comparing the tables).
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut hasher);
+        hasher.finish()
     }
 
     /// Whether both are the same table in memory, not only equal.
@@ -54,11 +145,11 @@ impl Table {
 /// Tables already built, by the backends they were built from. Frontends
 /// over the same backends (a NodePort Service port on each node address,
 /// its external and load balancer IPs) get one table, built once and
-/// shared, instead of 64 KiB and a build each. Tables are held weakly: a
+/// shared, instead of 16 KiB or more and a build each. Tables are held weakly: a
 /// table no frontend uses any more is freed.
 #[derive(Debug, Default)]
 pub struct TableCache {
-    built: HashMap<Vec<(Endpoint, u32)>, Weak<[u32]>>,
+    built: HashMap<Vec<(Endpoint, u32)>, Weak<Positions>>,
     /// Size at which freed tables' entries are dropped from `built`.
     prune_at: usize,
 }
@@ -69,10 +160,10 @@ impl TableCache {
     pub fn table(&mut self, backends: &[(Endpoint, u32)]) -> Table {
         let mut key = backends.to_vec();
         key.sort_unstable();
-        if let Some(ids) = self.built.get(&key).and_then(Weak::upgrade) {
-            return Table(ids);
+        if let Some(positions) = self.built.get(&key).and_then(Weak::upgrade) {
+            return Table(positions);
         }
-        let table = Table::new(build(backends));
+        let table = Table::build(backends);
         if self.built.len() >= self.prune_at {
             self.built.retain(|_, table| table.strong_count() > 0);
             self.prune_at = 2 * self.built.len().max(64);
@@ -154,12 +245,21 @@ impl Permutation {
 /// datapath knows it by: `TABLE_SIZE` backend ids, position by position.
 /// Empty without backends. Duplicated endpoints count once.
 pub fn build(backends: &[(Endpoint, u32)]) -> Vec<u32> {
+    let (backends, at) = fill(backends);
+    at.iter().map(|&index| backends[usize::from(index)].1).collect()
+}
+
+/// The population loop: the backends (sorted, duplicates dropped) and,
+/// by position, the index of the backend there.
+fn fill(backends: &[(Endpoint, u32)]) -> (Vec<(Endpoint, u32)>, Vec<u16>) {
     let mut backends = backends.to_vec();
     backends.sort_unstable();
     backends.dedup_by_key(|(endpoint, _)| *endpoint);
     if backends.is_empty() {
-        return Vec::new();
+        return (backends, Vec::new());
     }
+    // A backend past the table's size would never get a position.
+    backends.truncate(TABLE_SIZE as usize);
     // Each backend's cursor walks its permutation: the next position it
     // prefers, and the step to the one after (additions, no division).
     let mut cursors: Vec<(u32, u32)> = backends
@@ -169,28 +269,29 @@ pub fn build(backends: &[(Endpoint, u32)]) -> Vec<u32> {
             (permutation.offset, permutation.skip)
         })
         .collect();
-    let mut table: Vec<Option<u32>> = vec![None; TABLE_SIZE as usize];
+    const FREE: u16 = u16::MAX;
+    let mut at: Vec<u16> = vec![FREE; TABLE_SIZE as usize];
     let mut filled = 0;
     'fill: loop {
-        for ((_, id), (next, skip)) in backends.iter().zip(&mut cursors) {
+        for (index, (next, skip)) in (0u16..).zip(&mut cursors) {
             let position = loop {
                 let candidate = *next as usize;
                 *next += *skip;
                 if *next >= TABLE_SIZE {
                     *next -= TABLE_SIZE;
                 }
-                if table[candidate].is_none() {
+                if at[candidate] == FREE {
                     break candidate;
                 }
             };
-            table[position] = Some(*id);
+            at[position] = index;
             filled += 1;
             if filled == TABLE_SIZE {
                 break 'fill;
             }
         }
     }
-    table.into_iter().map(|id| id.expect("every position is filled")).collect()
+    (backends, at)
 }
 
 /// The positions whose backend differs between `old` and `new` (an empty
@@ -215,19 +316,40 @@ mod tests {
     const M: usize = TABLE_SIZE as usize;
 
     #[test]
+    fn a_table_holds_its_ids_by_position_in_a_byte_each_up_to_256_backends() {
+        for n in [1u32, 4, 256, 257, 1000] {
+            let built = build(&backends(1..=n));
+            let table = Table::new(&built);
+            assert_eq!(table.to_vec(), built, "{n} backends: the same ids at every position");
+            assert_eq!(matches!(table.0.at, Indexes::Narrow(_)), n <= 256, "{n} backends");
+        }
+    }
+
+    #[test]
+    fn equal_tables_compare_and_digest_equal_however_made() {
+        let built = build(&backends(1..=5));
+        let (a, b) = (Table::new(&built), TableCache::default().table(&backends((1..=5).rev())));
+        assert!(a == b && a.digest() == b.digest() && !a.shares_memory_with(&b));
+        let mut changed = built.clone();
+        changed[7] = if changed[7] == 1 { 2 } else { 1 };
+        let c = Table::new(&changed);
+        assert!(a != c && a.digest() != c.digest(), "one position differs");
+    }
+
+    #[test]
     fn frontends_over_the_same_backends_share_one_table() {
         let backends: Vec<(Endpoint, u32)> = (1..=4).map(|i| (endpoint(i), i)).collect();
         let reversed: Vec<(Endpoint, u32)> = backends.iter().rev().copied().collect();
         let mut cache = TableCache::default();
         let first = cache.table(&backends);
-        assert_eq!(first.ids(), build(&backends), "the same table as a fresh build");
+        assert_eq!(first.to_vec(), build(&backends), "the same table as a fresh build");
         assert!(cache.table(&reversed).shares_memory_with(&first), "in any order, the same backends share");
         let other = cache.table(&backends[..3]);
         assert!(!other.shares_memory_with(&first), "other backends, another table");
-        assert_eq!(other.ids(), build(&backends[..3]));
+        assert_eq!(other.to_vec(), build(&backends[..3]));
         drop(first);
         let again = cache.table(&backends);
-        assert_eq!(again.ids(), build(&backends), "a freed table is built again");
+        assert_eq!(again.to_vec(), build(&backends), "a freed table is built again");
     }
 
     fn endpoint(i: u32) -> Endpoint {

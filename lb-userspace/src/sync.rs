@@ -266,7 +266,7 @@ impl<W: MapWriter> Syncer<W> {
         match self.writer.read_all() {
             Ok(mut held) => {
                 // A table read back as desired shares the desired one's
-                // memory (64 KiB each) instead of holding a second copy.
+                // memory (16 KiB or more each) instead of holding a second copy.
                 for (frontend_id, table) in &mut held.maglev {
                     if let Some(desired) = self.state.maps().maglev.get(frontend_id).filter(|d| *d == table) {
                         *table = desired.clone();

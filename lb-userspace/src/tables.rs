@@ -279,7 +279,7 @@ mod tests {
         let endpoint =
             |id: u32| crate::maglev::Endpoint { address: [10, 244, 0, id as u8].into(), port: 8080, proto: 6 };
         let backends: Vec<_> = (1..=u32::from(count)).map(|id| (endpoint(id), id)).collect();
-        maps.maglev.insert(1, crate::maglev::Table::new(crate::maglev::build(&backends)));
+        maps.maglev.insert(1, crate::maglev::Table::new(&crate::maglev::build(&backends)));
         maps
     }
 

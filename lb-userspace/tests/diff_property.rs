@@ -68,7 +68,7 @@ fn assert_consistent_v4(maps: &DesiredMaps) {
         if value.flags & lb_common::service::FLAG_MAGLEV != 0 {
             let table = maps.maglev.get(&value.frontend_id).unwrap_or_else(|| panic!("{key:?}: Maglev table missing"));
             // Each distinct id once (a table has 16,381 positions but few backends).
-            let mut named: Vec<u32> = table.ids().to_vec();
+            let mut named: Vec<u32> = table.to_vec();
             named.sort_unstable();
             named.dedup();
             for id in named {
@@ -94,7 +94,7 @@ fn assert_consistent_v6(maps: &DesiredMaps) {
         if value.flags & lb_common::service::FLAG_MAGLEV != 0 {
             let table = maps.maglev.get(&value.frontend_id).unwrap_or_else(|| panic!("{key:?}: Maglev table missing"));
             assert!(
-                table.ids().iter().all(|id| maps.backends_v6.contains_key(id)),
+                table.iter().all(|id| maps.backends_v6.contains_key(&id)),
                 "{key:?}: table names a missing backend"
             );
         }

@@ -92,7 +92,7 @@ fn table(dp: &Datapath, vip: Endpoint) -> Vec<u32> {
     let key = ServiceKeyV4::frontend(vip.ip.octets(), vip.port, proto::TCP);
     let frontend = dp.maps().services[&key];
     let table = dp.maps().maglev.get(&frontend.frontend_id).unwrap_or_else(|| panic!("{vip:?} has no Maglev table"));
-    table.ids().to_vec()
+    table.to_vec()
 }
 
 fn position(client: Endpoint, vip: Endpoint) -> usize {

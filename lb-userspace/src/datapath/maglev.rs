@@ -79,11 +79,11 @@ impl MaglevTables {
                 };
                 let id = inner.map().info().context("Maglev table info")?.id();
                 if !shared.contains(id) {
-                    let table = Table::new(read_table(&inner)?);
+                    let table = Table::new(&read_table(&inner)?);
                     shared.add(id, inner, table);
                 }
                 shared.link(frontend_id, id);
-                if let Some(table) = shared.table(id).filter(|t| t.ids().iter().any(|&id| id != 0)) {
+                if let Some(table) = shared.table(id).filter(|t| t.names_a_backend()) {
                     tables.insert(frontend_id, table.clone());
                 }
             }
@@ -234,7 +234,7 @@ impl MaglevTables {
 /// A new inner map holding `table`.
 fn filled(table: &Table) -> anyhow::Result<Array<MapData, u32>> {
     let mut inner = Array::<MapData, u32>::create(TABLE_SIZE, TABLE_FLAGS).context("creating a Maglev table")?;
-    write_positions(&mut inner, &maglev::delta(&[], table.ids()))?;
+    write_positions(&mut inner, &maglev::delta(&[], &table.to_vec()))?;
     Ok(inner)
 }
 
@@ -265,7 +265,7 @@ fn read_table(inner: &Array<MapData, u32>) -> anyhow::Result<Vec<u32>> {
 /// Rewrites the positions of `inner` that differ from `table`.
 fn rewrite(inner: &mut Inner, table: &Table) -> anyhow::Result<()> {
     let held = read_table(inner)?;
-    write_positions(inner, &maglev::delta(&held, table.ids()))
+    write_positions(inner, &maglev::delta(&held, &table.to_vec()))
 }
 
 /// Sets the given positions, as [`read_table`] reads them.

@@ -73,13 +73,13 @@ impl<M> SharedTables<M> {
 
     /// A map holding `table` (any of them, if several do).
     fn holding(&self, table: &Table) -> Option<u32> {
-        let candidates = self.by_fingerprint.get(&fingerprint(table.ids()))?;
+        let candidates = self.by_fingerprint.get(&table.digest())?;
         candidates.iter().copied().find(|id| self.maps[id].table == *table)
     }
 
     /// Records map `id`, holding `table`, used by no frontend yet.
     pub fn add(&mut self, id: u32, handle: M, table: Table) {
-        let fingerprint = fingerprint(table.ids());
+        let fingerprint = table.digest();
         self.by_fingerprint.entry(fingerprint).or_default().push(id);
         self.maps.insert(id, Inner { handle, table, fingerprint, frontends: BTreeSet::new() });
     }
@@ -103,7 +103,7 @@ impl<M> SharedTables<M> {
     /// Map `id` now holds `table` (it was rewritten in place).
     pub fn retable(&mut self, id: u32, table: Table) {
         let Some(inner) = self.maps.get_mut(&id) else { return };
-        let old = std::mem::replace(&mut inner.fingerprint, fingerprint(table.ids()));
+        let old = std::mem::replace(&mut inner.fingerprint, table.digest());
         inner.table = table;
         let new = inner.fingerprint;
         self.forget_fingerprint(old, id);
@@ -172,19 +172,12 @@ impl<M> SharedTables<M> {
     }
 }
 
-/// A fast, non-cryptographic digest of a table's ids: equal tables have
-/// equal digests; a digest match is confirmed by comparing the tables.
-fn fingerprint(ids: &[u32]) -> u64 {
-    ids.iter()
-        .fold(ids.len() as u64, |hash, &id| (hash.rotate_left(5) ^ u64::from(id)).wrapping_mul(0x517c_c1b7_2722_0a95))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn table(ids: &[u32]) -> Table {
-        Table::new(ids.to_vec())
+        Table::new(ids)
     }
 
     /// Frontends 1 and 2 on map 10 (table A), frontend 3 on map 20 (B).

@@ -740,7 +740,7 @@ mod tests {
     /// The backends a Maglev frontend's table names, by last octet.
     fn table_backends(maps: &DesiredMaps) -> std::collections::BTreeSet<u8> {
         let id = maps.services[&WEB].frontend_id;
-        maps.maglev[&id].ids().iter().map(|id| maps.backends[id].address[3]).collect()
+        maps.maglev[&id].iter().map(|id| maps.backends[&id].address[3]).collect()
     }
 
     #[test]
@@ -749,7 +749,7 @@ mod tests {
         set_maglev(&mut state, &[1, 2, 3]);
         let maps = state.maps();
         assert_eq!(maps.maglev.len(), 1);
-        assert_eq!(maps.maglev.values().next().unwrap().ids().len(), lb_common::maglev::TABLE_SIZE as usize);
+        assert_eq!(maps.maglev.values().next().unwrap().len(), lb_common::maglev::TABLE_SIZE as usize);
         assert_eq!(table_backends(maps), [1, 2, 3].into());
         assert_ne!(maps.services[&WEB].flags & lb_common::service::FLAG_MAGLEV, 0);
         assert_eq!(maps.services[&WEB].count, 3, "slots kept: the count still tells empty from not");
