@@ -60,14 +60,23 @@ impl MaglevTables {
     /// Every non-empty table, by frontend id. Also relearns which inner
     /// map each frontend names.
     pub(super) fn read_all(&self) -> anyhow::Result<BTreeMap<u32, Table>> {
-        let (shared, tables) = self.read_shared();
-        *self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared?);
+        let mut guard = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Until read again, not known (a failed read leaves it so).
+        let known = guard.take();
+        let (shared, tables) = self.read_shared(known.as_ref());
+        *guard = Some(shared?);
         Ok(tables)
     }
 
     /// The inner maps the outer map names, each read once, and the
-    /// non-empty tables by frontend id (a frontend's is its map's).
-    fn read_shared(&self) -> (anyhow::Result<SharedTables<Inner>>, BTreeMap<u32, Table>) {
+    /// non-empty tables by frontend id (a frontend's is its map's). A map
+    /// `known` already holds (by kernel id: its fd there keeps the id
+    /// from being reused) and whose ids are unchanged keeps its table: a
+    /// comparison, where building a table from 16,381 ids sorts them.
+    fn read_shared(
+        &self,
+        known: Option<&SharedTables<Inner>>,
+    ) -> (anyhow::Result<SharedTables<Inner>>, BTreeMap<u32, Table>) {
         let mut shared = SharedTables::default();
         let mut tables = BTreeMap::new();
         let result = (|| {
@@ -79,7 +88,11 @@ impl MaglevTables {
                 };
                 let id = inner.map().info().context("Maglev table info")?.id();
                 if !shared.contains(id) {
-                    let table = Table::new(&read_table(&inner)?);
+                    let ids = read_table(&inner)?;
+                    let table = match known.and_then(|known| known.table(id)) {
+                        Some(table) if table.iter().eq(ids.iter().copied()) => table.clone(),
+                        _ => Table::new(&ids),
+                    };
                     shared.add(id, inner, table);
                 }
                 shared.link(frontend_id, id);
@@ -106,7 +119,7 @@ impl MaglevTables {
         let known = self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let mut shared = match known {
             Some(shared) => shared,
-            None => self.read_shared().0?,
+            None => self.read_shared(None).0?,
         };
         let moves = shared.duplicates();
         let mut links = Vec::with_capacity(moves.len());
@@ -139,7 +152,7 @@ impl MaglevTables {
         let known = self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let mut shared = match known {
             Some(shared) => shared,
-            None => self.read_shared().0.map_err(|e| (0, e))?,
+            None => self.read_shared(None).0.map_err(|e| (0, e))?,
         };
         // Taken out above: until put back, a failure leaves it unknown.
         self.write_shared(&mut shared, run)?;
