@@ -116,11 +116,7 @@ impl MaglevTables {
     /// are freed. Returns how many frontends moved. No packet sees a
     /// change: the map a frontend moves to holds the same table.
     pub(super) fn merge_duplicates(&mut self) -> anyhow::Result<usize> {
-        let known = self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let mut shared = match known {
-            Some(shared) => shared,
-            None => self.read_shared(None).0?,
-        };
+        let mut shared = self.take_shared()?;
         let moves = shared.duplicates();
         let mut links = Vec::with_capacity(moves.len());
         for (index, &(frontend_id, id)) in moves.iter().enumerate() {
@@ -131,8 +127,22 @@ impl MaglevTables {
         for &(frontend_id, id) in &moves {
             shared.link(frontend_id, id);
         }
-        *self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared);
+        self.put_shared(shared);
         Ok(moves.len())
+    }
+
+    /// The bookkeeping, taken out (read from the kernel if not known):
+    /// until [`Self::put_shared`] puts it back, as after a failure, it is
+    /// not known.
+    fn take_shared(&mut self) -> anyhow::Result<SharedTables<Inner>> {
+        match self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            Some(shared) => Ok(shared),
+            None => self.read_shared(None).0,
+        }
+    }
+
+    fn put_shared(&mut self, shared: SharedTables<Inner>) {
+        *self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared);
     }
 
     /// One table write: a run of one. Takes the table by value like every
@@ -149,14 +159,9 @@ impl MaglevTables {
     /// error: how many writes of the run are known to be applied (some
     /// after them may be too; writing those again changes nothing).
     pub(super) fn write_in_order(&mut self, run: &[(u32, Option<&Table>)]) -> Result<(), (usize, anyhow::Error)> {
-        let known = self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let mut shared = match known {
-            Some(shared) => shared,
-            None => self.read_shared(None).0.map_err(|e| (0, e))?,
-        };
-        // Taken out above: until put back, a failure leaves it unknown.
+        let mut shared = self.take_shared().map_err(|e| (0, e))?;
         self.write_shared(&mut shared, run)?;
-        *self.shared.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared);
+        self.put_shared(shared);
         Ok(())
     }
 
