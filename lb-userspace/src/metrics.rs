@@ -257,23 +257,12 @@ impl Collector for DatapathCollector {
             sizes.push((names::SERVICES_V6, held.services_v6.len()));
             sizes.push((names::BACKENDS_V6, held.backends_v6.len()));
             sizes.push((names::MAGLEV_V4, held.maglev.len()));
-            let metric = encoder.encode_descriptor(
-                "lb_frontends",
-                "Frontends (address, port, protocol) programmed",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            ConstGauge::new(frontends as i64).encode(metric)?;
+            encode_gauge(&mut encoder, "lb_frontends", "Frontends (address, port, protocol) programmed", frontends)?;
         }
         // Known once `read_all` above has read the table map.
         if let Some(tables) = maps.as_ref().and_then(ServiceMaps::maglev_tables) {
-            let metric = encoder.encode_descriptor(
-                "lb_maglev_tables",
-                "Maglev tables the kernel holds, about 130 KiB each (frontends with equal tables share one)",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            ConstGauge::new(tables as i64).encode(metric)?;
+            let help = "Maglev tables the kernel holds, about 130 KiB each (frontends with equal tables share one)";
+            encode_gauge(&mut encoder, "lb_maglev_tables", help, tables)?;
         }
         if let Ok(entries) = maps::conntrack_entries(&self.pin_dir) {
             sizes.push((names::CONNTRACK_V4, entries.len()));
@@ -292,6 +281,12 @@ impl Collector for DatapathCollector {
         }
         Ok(())
     }
+}
+
+/// One unlabelled gauge.
+fn encode_gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: usize) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+    ConstGauge::new(value as i64).encode(metric)
 }
 
 /// Everything `/metrics` shows.
