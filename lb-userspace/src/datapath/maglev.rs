@@ -120,8 +120,7 @@ impl MaglevTables {
         let moves = shared.duplicates();
         let mut links = Vec::with_capacity(moves.len());
         for (index, &(frontend_id, id)) in moves.iter().enumerate() {
-            let inner = shared.handle(id).expect("a known map");
-            links.push((index, frontend_id, inner.map().fd().as_fd().try_clone_to_owned()?));
+            links.push((index, frontend_id, fd_of(&shared, id)?));
         }
         self.link(&mut links).map_err(|(_, e)| e)?;
         for &(frontend_id, id) in &moves {
@@ -200,8 +199,7 @@ impl MaglevTables {
                     id
                 }
             };
-            let inner = shared.handle(id).expect("a known map");
-            let fd = inner.map().fd().as_fd().try_clone_to_owned().map_err(|e| (applied, e.into()))?;
+            let fd = fd_of(shared, id).map_err(|e| (applied, e.into()))?;
             links.push((index, *frontend_id, fd));
             shared.link(*frontend_id, id);
         }
@@ -247,6 +245,11 @@ impl MaglevTables {
         ids.clear();
         result
     }
+}
+
+/// An fd of known map `id`, for a pending link.
+fn fd_of(shared: &SharedTables<Inner>, id: u32) -> std::io::Result<OwnedFd> {
+    shared.handle(id).expect("a known map").map().fd().as_fd().try_clone_to_owned()
 }
 
 /// A new inner map holding `table`.

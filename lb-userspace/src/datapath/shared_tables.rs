@@ -43,7 +43,6 @@ pub struct SharedTables<M> {
 struct Inner<M> {
     handle: M,
     table: Table,
-    fingerprint: u64,
     frontends: BTreeSet<u32>,
 }
 
@@ -79,9 +78,8 @@ impl<M> SharedTables<M> {
 
     /// Records map `id`, holding `table`, used by no frontend yet.
     pub fn add(&mut self, id: u32, handle: M, table: Table) {
-        let fingerprint = table.digest();
-        self.by_fingerprint.entry(fingerprint).or_default().push(id);
-        self.maps.insert(id, Inner { handle, table, fingerprint, frontends: BTreeSet::new() });
+        self.by_fingerprint.entry(table.digest()).or_default().push(id);
+        self.maps.insert(id, Inner { handle, table, frontends: BTreeSet::new() });
     }
 
     pub fn contains(&self, id: u32) -> bool {
@@ -103,9 +101,8 @@ impl<M> SharedTables<M> {
     /// Map `id` now holds `table` (it was rewritten in place).
     pub fn retable(&mut self, id: u32, table: Table) {
         let Some(inner) = self.maps.get_mut(&id) else { return };
-        let old = std::mem::replace(&mut inner.fingerprint, table.digest());
-        inner.table = table;
-        let new = inner.fingerprint;
+        let old = std::mem::replace(&mut inner.table, table).digest();
+        let new = inner.table.digest();
         self.forget_fingerprint(old, id);
         self.by_fingerprint.entry(new).or_default().push(id);
     }
@@ -126,10 +123,10 @@ impl<M> SharedTables<M> {
         let Some(id) = self.by_frontend.remove(&frontend) else { return };
         let Some(inner) = self.maps.get_mut(&id) else { return };
         inner.frontends.remove(&frontend);
-        if inner.frontends.is_empty() {
-            let fingerprint = inner.fingerprint;
-            self.maps.remove(&id);
-            self.forget_fingerprint(fingerprint, id);
+        if inner.frontends.is_empty()
+            && let Some(dropped) = self.maps.remove(&id)
+        {
+            self.forget_fingerprint(dropped.table.digest(), id);
         }
     }
 
