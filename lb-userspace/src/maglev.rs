@@ -57,16 +57,9 @@ impl Table {
     /// The table naming `ids[p]` at position `p` (one read back from the
     /// kernel).
     pub fn new(ids: &[u32]) -> Self {
-        let mut distinct = ids.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        // Few backends (the usual table): counting the smaller ids has no
-        // branch to mispredict, unlike a binary search.
-        let rank = |id: &u32| match distinct.len() {
-            0..=16 => distinct.iter().filter(|other| *other < id).count(),
-            _ => distinct.binary_search(id).expect("every id is among the distinct ones"),
-        };
-        Self::of(distinct.clone(), ids.iter().map(rank))
+        let distinct = distinct_sorted(ids.iter().copied());
+        // `of` keeps the ids; the ranks are taken against a copy (a few).
+        Self::of(distinct.clone(), ids.iter().map(|id| rank(&distinct, *id)))
     }
 
     /// The table [`build`] makes, without a search per position: the
@@ -74,11 +67,8 @@ impl Table {
     /// of their id.
     pub fn build(backends: &[(Endpoint, u32)]) -> Self {
         let (backends, at) = fill(backends);
-        let mut distinct: Vec<u32> = backends.iter().map(|(_, id)| *id).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let rank_of_index: Vec<usize> =
-            backends.iter().map(|(_, id)| distinct.binary_search(id).expect("among the ids")).collect();
+        let distinct = distinct_sorted(backends.iter().map(|(_, id)| *id));
+        let rank_of_index: Vec<usize> = backends.iter().map(|(_, id)| rank(&distinct, *id)).collect();
         Self::of(distinct, at.iter().map(|&index| rank_of_index[usize::from(index)]))
     }
 
@@ -140,6 +130,19 @@ impl Table {
     pub fn shares_memory_with(&self, other: &Table) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// A table's distinct ids, sorted: what positions index into.
+fn distinct_sorted(ids: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut distinct: Vec<u32> = ids.collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
+
+/// Where `id` is among `distinct` (which holds it).
+fn rank(distinct: &[u32], id: u32) -> usize {
+    distinct.binary_search(&id).expect("every id is among the distinct ones")
 }
 
 /// Tables already built, by the backends they were built from. Frontends
