@@ -15,7 +15,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use lb_common::maps as names;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -247,36 +246,22 @@ impl Collector for DatapathCollector {
                 ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
             }
         }
-        let mut sizes = Vec::new();
-        let maps = ServiceMaps::from_pins(&self.pin_dir).ok();
-        if let Some(held) = maps.as_ref().and_then(|m| m.read_all().ok()) {
-            let frontends = held.services.keys().filter(|k| k.backend_slot == 0).count()
-                + held.services_v6.keys().filter(|k| k.backend_slot == 0).count();
-            sizes.push((names::SERVICES_V4, held.services.len()));
-            sizes.push((names::BACKENDS_V4, held.backends.len()));
-            sizes.push((names::SERVICES_V6, held.services_v6.len()));
-            sizes.push((names::BACKENDS_V6, held.backends_v6.len()));
-            sizes.push((names::MAGLEV_V4, held.maglev.len()));
-            encode_gauge(&mut encoder, "lb_frontends", "Frontends (address, port, protocol) programmed", frontends)?;
-        }
-        // Known once `read_all` above has read the table map.
-        if let Some(tables) = maps.as_ref().and_then(ServiceMaps::maglev_tables) {
-            let help = "Maglev tables the kernel holds, about 130 KiB each (frontends with equal tables share one)";
-            encode_gauge(&mut encoder, "lb_maglev_tables", help, tables)?;
-        }
-        if let Ok(entries) = maps::conntrack_entries(&self.pin_dir) {
-            sizes.push((names::CONNTRACK_V4, entries.len()));
-        }
-        if let Ok(entries) = maps::conntrack_v6_entries(&self.pin_dir) {
-            sizes.push((names::CONNTRACK_V6, entries.len()));
-        }
+        // Conntrack is not counted here: reading a full table costs about
+        // half a second, and `lb_conntrack_entries` has its size as of the
+        // last garbage collection pass, which reads it anyway.
+        let Some(sizes) = ServiceMaps::from_pins(&self.pin_dir).and_then(|maps| maps.sizes()).ok() else {
+            return Ok(());
+        };
+        encode_gauge(&mut encoder, "lb_frontends", "Frontends (address, port, protocol) programmed", sizes.frontends)?;
+        let help = "Maglev tables the kernel holds, about 130 KiB each (frontends with equal tables share one)";
+        encode_gauge(&mut encoder, "lb_maglev_tables", help, sizes.maglev_tables)?;
         let mut metric = encoder.encode_descriptor(
             "lb_map_entries",
             "Entries in each datapath map",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (map, len) in sizes {
+        for (map, len) in sizes.entries {
             ConstGauge::new(len as i64).encode(metric.encode_family(&[("map", map)])?)?;
         }
         Ok(())

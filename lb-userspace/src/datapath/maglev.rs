@@ -14,7 +14,7 @@
 //! consecutive unlinks, go to the kernel as one batch, which waits once.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     sync::Mutex,
 };
@@ -32,6 +32,12 @@ use super::{
 use crate::maglev::{self, Table};
 
 type Inner = Array<MapData, u32>;
+
+/// What `MaglevTables::count` found.
+pub(super) struct TableCount {
+    pub(super) frontends: usize,
+    pub(super) tables: usize,
+}
 
 pub(super) struct MaglevTables {
     outer: HashOfMaps<MapData, u32, Inner>,
@@ -105,10 +111,31 @@ impl MaglevTables {
         (result.map(|()| shared), tables)
     }
 
-    /// How many inner maps the outer map names, as last read or written
-    /// (`None`: not known, before the first read or after a failure).
-    pub(super) fn distinct_tables(&self) -> Option<usize> {
-        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(SharedTables::len)
+    /// How many frontends name a table and how many distinct tables
+    /// (inner maps) they name, from the outer map alone: no table is read.
+    pub(super) fn count(&self) -> anyhow::Result<TableCount> {
+        // Read from user space, a map-in-map's value is the inner map's id.
+        let named: Vec<(u32, u32)> = match batch::lookup_all(&self.outer_data).context("reading the outer map")? {
+            Some(named) => named,
+            None => self.named_one_by_one()?,
+        };
+        let tables: BTreeSet<u32> = named.iter().map(|&(_, id)| id).collect();
+        Ok(TableCount { frontends: named.len(), tables: tables.len() })
+    }
+
+    /// (frontend id, inner map id) of every frontend, a lookup each: for
+    /// kernels that cannot batch a map-in-map.
+    fn named_one_by_one(&self) -> anyhow::Result<Vec<(u32, u32)>> {
+        let mut named = Vec::new();
+        for frontend_id in self.outer.keys() {
+            let frontend_id = frontend_id?;
+            let inner = match self.outer.get(&frontend_id, 0) {
+                Err(e) if is_not_found(&e) => continue, // removed meanwhile
+                inner => inner?,
+            };
+            named.push((frontend_id, inner.map().info().context("Maglev table info")?.id()));
+        }
+        Ok(named)
     }
 
     /// Moves frontends so that the kernel holds each distinct table once

@@ -19,7 +19,7 @@ use lb_common::{
     frontend_stats::FrontendStatsV4,
     maps as names,
     pod_cidrs::{PodCidrKeyV4, PodCidrKeyV6},
-    service::{ServiceKeyV4, ServiceValue},
+    service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
     stats::Counter,
 };
@@ -40,6 +40,18 @@ fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     Map::from_map_data(data).with_context(|| format!("unsupported map type at {}", path.display()))
 }
 
+/// How full the maps the agent writes are (`ServiceMaps::sizes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries by map name: the Service and backend maps of both
+    /// families, and the Maglev map (one entry per Maglev frontend).
+    pub entries: Vec<(&'static str, usize)>,
+    /// Frontend entries (slot 0) of both families.
+    pub frontends: usize,
+    /// Maglev tables the kernel holds: frontends with equal tables share one.
+    pub maglev_tables: usize,
+}
+
 /// A hash map, as the agent reads and writes it.
 struct Hash<K, V>(HashMap<MapData, K, V>);
 
@@ -53,6 +65,21 @@ impl<K: Pod + Ord, V: Pod> Hash<K, V> {
             return Ok(entries.into_iter().collect());
         }
         self.0.iter().map(|entry| Ok(entry?)).collect()
+    }
+
+    /// How many entries the map holds, and how many of their keys pass
+    /// `counted`; read a chunk at a time, so nothing is kept.
+    fn count(&self, counted: impl Fn(&K) -> bool) -> anyhow::Result<(usize, usize)> {
+        let (mut all, mut passing) = (0, 0);
+        let whole = batch::for_each_chunk(self.0.map(), |keys: &[K], _: &[V]| {
+            all += keys.len();
+            passing += keys.iter().filter(|k| counted(k)).count();
+        })?;
+        if whole {
+            return Ok((all, passing));
+        }
+        let keys = self.0.keys().collect::<Result<Vec<K>, _>>()?;
+        Ok((keys.len(), keys.iter().filter(|k| counted(k)).count()))
     }
 
     /// Deleting an absent entry is not an error: the result is what was asked for.
@@ -278,11 +305,6 @@ macro_rules! kernel_tables {
                 Ok(DesiredMaps { $( $field: self.$field.read_all().context($name)?, )* })
             }
 
-            /// How many Maglev tables the kernel holds: frontends with
-            /// equal tables share one. Known after `read_all` or a write.
-            pub fn maglev_tables(&self) -> Option<usize> {
-                self.maglev.distinct_tables()
-            }
 
             /// Makes frontends with equal Maglev tables name one kernel
             /// map; returns how many frontends moved.
@@ -379,6 +401,30 @@ impl ServiceMaps {
             self.address_filter.write(word, Some(bits)).context(names::ADDRESS_FILTER)?;
         }
         Ok(words.len())
+    }
+
+    /// How full the maps are, as a metrics scrape shows it: entries are
+    /// counted a chunk at a time and no Maglev table is read, so a scrape
+    /// keeps nothing and costs little however large the node.
+    pub fn sizes(&self) -> anyhow::Result<MapSizes> {
+        let is_frontend_v4 = |k: &ServiceKeyV4| k.backend_slot == 0;
+        let is_frontend_v6 = |k: &ServiceKeyV6| k.backend_slot == 0;
+        let (services, frontends) = self.services.count(is_frontend_v4).context(names::SERVICES_V4)?;
+        let (services_v6, frontends_v6) = self.services_v6.count(is_frontend_v6).context(names::SERVICES_V6)?;
+        let (backends, _) = self.backends.count(|_| true).context(names::BACKENDS_V4)?;
+        let (backends_v6, _) = self.backends_v6.count(|_| true).context(names::BACKENDS_V6)?;
+        let maglev = self.maglev.count().context(names::MAGLEV_V4)?;
+        Ok(MapSizes {
+            entries: vec![
+                (names::SERVICES_V4, services),
+                (names::BACKENDS_V4, backends),
+                (names::SERVICES_V6, services_v6),
+                (names::BACKENDS_V6, backends_v6),
+                (names::MAGLEV_V4, maglev.frontends),
+            ],
+            frontends: frontends + frontends_v6,
+            maglev_tables: maglev.tables,
+        })
     }
 
     /// One entry of the Service table (a frontend or a slot).

@@ -164,6 +164,7 @@ impl<M> SharedTables<M> {
     }
 
     /// How many maps are held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.maps.len()
     }

@@ -1,8 +1,11 @@
-//! What one garbage collection pass costs on a full conntrack table:
-//! `--conntrack-max` entries (the default, 1 Mi; 64 Ki in the smoke run), half of them flows past
-//! their timeout and half live, swept by the agent's own code
-//! (`conntrack::sweep`) on a real kernel map. Reported under the control
-//! plane: the sweep is the agent's work, the datapath never waits for it.
+//! What the agent's periodic work costs on a full conntrack table
+//! (`--conntrack-max` entries, the default 1 Mi; 64 Ki in the smoke run):
+//! one garbage collection pass, half of the flows past their timeout and
+//! half live, swept by the agent's own code (`conntrack::sweep`) on a real
+//! kernel map; and one `/metrics` scrape, which a Prometheus server asks
+//! for every 15 to 60 seconds, rendered by the agent's own code from the
+//! pinned maps. Reported under the control plane: both are the agent's
+//! work, the datapath never waits for them.
 
 use std::net::Ipv4Addr;
 
@@ -22,6 +25,7 @@ use lb_userspace::{
         sweep::{self, ConntrackMap, Rules},
     },
     datapath::{batch, loader::Capacities},
+    metrics::{Metrics, SyncMetrics},
     model::NodeContext,
 };
 
@@ -31,9 +35,10 @@ use super::{
     report::{At, Report, Section},
     stats::Summary,
 };
-use crate::datapath::Datapath;
+use crate::{datapath::Datapath, pin_dir::PinDir};
 
 const CASE: &str = "conntrack_gc";
+const SCRAPE_CASE: &str = "metrics_scrape";
 const BACKEND: BackendV4 = BackendV4 { address: [10, 244, 1, 2], port: 8080, proto: proto::TCP, flags: 0 };
 /// Every timeout, seconds; expired entries are stamped twice as old.
 const TIMEOUT_S: u32 = 10;
@@ -107,6 +112,35 @@ pub fn run(mode: Mode, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     if let Some(summary) = Summary::of(&millis) {
         report.add(At::new(Section::ControlPlane, "ebpf", CASE, entries as usize), "sweep", "ms", summary);
     }
+    drop(map);
+    drop(dp);
+    scrape(entries, repetitions, report)?;
     env.progress.done_step();
+    Ok(())
+}
+
+/// Times `/metrics` as the agent renders it, over maps pinned with the
+/// agent's default capacities and a conntrack table holding `entries`.
+fn scrape(entries: u32, repetitions: usize, report: &mut Report) -> anyhow::Result<()> {
+    report.describe(
+        Section::ControlPlane,
+        SCRAPE_CASE,
+        "one /metrics scrape, conntrack table full",
+        &format!("the agent's Metrics::render over pinned maps (default capacities) whose LB4_CT holds {entries} entries, as a Prometheus scrape makes the agent do; timed {repetitions} times. The Services column holds the conntrack entries"),
+    );
+    let pins = PinDir::unique("bench-scrape");
+    let dp = Datapath::load_pinned(NodeContext::default(), &pins.0)?;
+    fill(&dp.conntrack_map()?, entries, clock::now_s())?;
+    let metrics = Metrics::new(&SyncMetrics::default(), pins.0.clone());
+    let mut millis = Vec::new();
+    for _ in 0..repetitions {
+        let started = std::time::Instant::now();
+        let text = metrics.render();
+        millis.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(text.contains("lb_datapath_packets_total"), "the scrape shows the datapath's counters");
+    }
+    if let Some(summary) = Summary::of(&millis) {
+        report.add(At::new(Section::ControlPlane, "ebpf", SCRAPE_CASE, entries as usize), "scrape", "ms", summary);
+    }
     Ok(())
 }
