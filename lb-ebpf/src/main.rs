@@ -87,8 +87,19 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
 /// stack (a host-network backend on this node) are translated back here,
 /// since they never cross an ingress hook. Everything else passes
 /// uncounted.
+///
+/// Such a reply is made on this node: it entered through no interface
+/// (`ingress_ifindex` 0). A packet the datapath redirected from an ingress
+/// hook, or one the stack forwarded, came in through one, and that is most
+/// of what leaves a node: it is passed before it is even parsed. (Not the
+/// packet's socket: a packet redirected from ingress still carries the
+/// sending Pod's, which only the stack's receive path drops.)
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: reading a field of the context the program was given.
+    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return Verdict::Next.tc_action();
+    }
     let outcome = if parse::is_ipv6(&ctx) { lb6::reverse_at_egress(&ctx) } else { lb4::reverse_at_egress(&ctx) };
     match outcome {
         Some(outcome) => {
