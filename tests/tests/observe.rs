@@ -12,7 +12,8 @@ use lb_tests::{
     agent::Agent,
     apiserver::ApiServer,
     observe::{self, HEALTH},
-    scenario::{DemoCluster, NOTHING_HERE, WEB},
+    probe,
+    scenario::{self, DemoCluster, NOTHING_HERE, WEB},
     servers,
     topology::Topology,
 };
@@ -22,7 +23,15 @@ const NEW_FLOW: &str = "lb_datapath_packets_total{reason=\"new_flow\"}";
 
 #[test]
 fn metrics_count_each_new_flow_and_time_the_syncs() {
-    let cluster = DemoCluster::start().expect("start demo cluster");
+    // A short garbage collection interval: conntrack's size is shown as
+    // of the last pass.
+    let cluster = DemoCluster::start_with_args(
+        scenario::BACKENDS,
+        scenario::DEMO_SERVICES,
+        &["--conntrack-gc-interval", "1s"],
+        |m| scenario::backend_count(m, WEB) == Some(3),
+    )
+    .expect("start demo cluster");
     let node = &cluster.topology.node;
     let before = observe::scrape(node).expect("scrape");
     const REQUESTS: usize = 20;
@@ -49,6 +58,13 @@ fn metrics_count_each_new_flow_and_time_the_syncs() {
         + maps.services_v6.keys().filter(|k| k.backend_slot == 0).count();
     assert!(frontends > 0);
     assert_eq!(after["lb_frontends"], frontends as f64);
+    // Two entries per connection; closed ones stay for the close timeout
+    // (10 s), longer than a pass takes to come.
+    probe::eventually(Duration::from_secs(5), "conntrack's size in the metrics", || {
+        let entries = observe::scrape(node)?.get("lb_conntrack_entries").copied().unwrap_or(0.0);
+        anyhow::ensure!(entries >= 2.0 * REQUESTS as f64, "lb_conntrack_entries {entries}");
+        Ok(())
+    });
 }
 
 /// The per-Service counters carry the Service's namespace, name, port
