@@ -305,7 +305,6 @@ macro_rules! kernel_tables {
                 Ok(DesiredMaps { $( $field: self.$field.read_all().context($name)?, )* })
             }
 
-
             /// Makes frontends with equal Maglev tables name one kernel
             /// map; returns how many frontends moved.
             pub fn merge_equal_maglev_tables(&mut self) -> anyhow::Result<usize> {
