@@ -123,11 +123,14 @@ pub struct Pacing {
     pub sync_period: Duration,
 }
 
-/// Runs until `shutdown` completes. After the first successful sync,
-/// `ready_file` (if any) is created: a readiness signal for probes and
-/// tests that the datapath is attached and programmed. `node_addresses`
-/// holds the node's current NodePort addresses (`node_addresses::follow`);
-/// a change re-translates everything.
+/// Runs until `shutdown` completes, or `attach` fails. `attach` attaches
+/// the datapath's programs; it runs beside the syncs, so that the first
+/// one need not wait for the programs to be verified. Once both `attach`
+/// and a sync have succeeded, `ready_file` (if any) is created: a
+/// readiness signal for probes and tests that the datapath is attached
+/// and programmed. `node_addresses` holds the node's current NodePort
+/// addresses (`node_addresses::follow`); a change re-translates
+/// everything.
 #[allow(clippy::too_many_arguments, reason = "the agent's parts, each used once; a struct would only rename them")]
 pub async fn run<W: MapWriter>(
     syncer: &mut Syncer<W>,
@@ -137,20 +140,27 @@ pub async fn run<W: MapWriter>(
     ready_file: Option<&Path>,
     observers: &Observers,
     mut node_addresses: tokio::sync::watch::Receiver<Vec<std::net::IpAddr>>,
+    attach: impl Future<Output = anyhow::Result<()>>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> anyhow::Result<()> {
     let mut pacer = SyncPacer::new(pacing.min_sync_interval, pacing.sync_period);
     let mut problems = ProblemLog::default();
     let mut announced_ready = false;
-    let mut ready_file = ready_file;
+    let mut readiness = Readiness { attached: false, synced: false, file: ready_file };
     let mut node_changed = false;
     tokio::pin!(shutdown);
+    tokio::pin!(attach);
     // The first sync is pending from the start: an agent that never
     // manages one turns unhealthy.
     observers.queued();
     loop {
         let due = pacer.due(Instant::now().into_std());
         tokio::select! {
+            attached = &mut attach, if !readiness.attached => {
+                attached?;
+                readiness.attached = true;
+                readiness.announce();
+            }
             changed = source.changed() => {
                 match changed {
                     Ok(true) => {
@@ -190,14 +200,34 @@ pub async fn run<W: MapWriter>(
                 // After the maps are written: opening ports never delays the datapath.
                 reconcile_health_checks(syncer, sink, observers);
                 pacer.synced(Instant::now().into_std(), full, ok);
-                if ok
-                    && let Some(path) = ready_file.take()
-                    && let Err(e) = std::fs::write(path, b"ready\n")
-                {
-                    warn!(path = %path.display(), error = %e, "cannot write the ready file");
+                if ok && !readiness.synced {
+                    readiness.synced = true;
+                    readiness.announce();
                 }
             }
-            () = &mut shutdown => return,
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// What readiness waits for: the programs attached and a sync done.
+struct Readiness<'a> {
+    attached: bool,
+    synced: bool,
+    /// The ready file, until written.
+    file: Option<&'a Path>,
+}
+
+impl Readiness<'_> {
+    /// Writes the ready file once both are done.
+    fn announce(&mut self) {
+        if !(self.attached && self.synced) {
+            return;
+        }
+        if let Some(path) = self.file.take()
+            && let Err(e) = std::fs::write(path, b"ready\n")
+        {
+            warn!(path = %path.display(), error = %e, "cannot write the ready file");
         }
     }
 }

@@ -74,7 +74,10 @@ impl Cluster {
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         let args =
             ["--source", "kubernetes", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a"];
-        let agent = Agent::start_with(&topology.node, &args.map(str::to_owned)).expect("agent");
+        let mut agent = Agent::start_with(&topology.node, &args.map(str::to_owned)).expect("agent");
+        // Attached and a first sync done: the maps alone can be written
+        // before the programs are attached.
+        agent.wait_ready(WAIT).expect("agent ready");
         Cluster { agent, api, _servers: servers, topology, kubeconfig }
     }
 

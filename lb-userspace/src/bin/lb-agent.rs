@@ -335,7 +335,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         SourceArg::File(_) => None,
     };
-    let mut ebpf = loader::load(Some(&args.pin_dir), capacities)?;
+    let mut ebpf = loader::load_maps(Some(&args.pin_dir), capacities)?;
     write_config(&args)?;
     warn_if_snat_ports_are_ephemeral();
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
@@ -343,28 +343,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if seeded > 0 {
         info!(words = seeded, "address filter seeded from the Service table the maps hold");
     }
-    publish_for_cni(&mut ebpf, &args.pin_dir)?;
-    attach_sockets(&mut ebpf, &args)?;
-    // Subscribed before attaching, so no interface slips between the two.
-    let (present, link_events) = interfaces::watch().await?;
-    let mut attacher =
-        Attacher::new(ebpf, Attachments::open(&args.pin_dir)?, interfaces::Selector::new(&args.interfaces))
-            .with_egress(Attachments::open_egress(&args.pin_dir)?);
-    // Without XDP interfaces, the pinned XDP links of an earlier agent
-    // still go (an empty selector matches nothing).
-    attacher =
-        attacher.with_xdp(Attachments::open_xdp(&args.pin_dir)?, interfaces::Selector::new(&args.xdp_interfaces));
-    attacher.attach_present(&present)?;
-    if attacher.attached().is_empty() {
-        warn!(interfaces = args.interfaces.join(","), "no interface matches yet: attaching as they appear");
-    }
-    info!(
-        interfaces = ?attacher.attached(),
-        xdp_interfaces = ?attacher.attached_xdp(),
-        pin_dir = %args.pin_dir.display(),
-        "datapath attached"
-    );
-    let follower = tokio::spawn(attacher.follow(link_events));
+    // The kernel's verifier takes a few hundred milliseconds, most of it
+    // lb_tc's: it runs on a thread of its own while the Services are read
+    // and translated and the maps written, and the programs are attached
+    // as soon as it is done. Meanwhile a previous agent's programs, if
+    // any, keep serving from the same pinned maps.
+    let verified = tokio::task::spawn_blocking(move || loader::verify(&mut ebpf).map(|()| ebpf));
+    let follower = std::sync::Mutex::new(None);
+    let attach = async {
+        let ebpf = verified.await.context("verifying the programs")??;
+        let handle = attach_verified(ebpf, &args).await?;
+        *follower.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+        Ok(())
+    };
 
     let node_addresses = node_addresses::follow(args.nodeport_addresses.clone()).await?;
     let node = NodeContext {
@@ -412,7 +403,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     observers.conntrack = Some(Arc::new(gc));
     observers.frontends = Arc::new(FrontendDirectory::new(args.pin_dir.clone()));
     serve_endpoints(&args, &observers, &conntrack_metrics).await?;
-    agent::run(
+    let outcome = agent::run(
         &mut syncer,
         &mut source,
         sink.as_mut(),
@@ -420,15 +411,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.ready_file.as_deref(),
         &observers,
         node_addresses,
+        attach,
         shutdown_signal(),
     )
     .await;
-    follower.abort();
+    if let Some(follower) = follower.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        follower.abort();
+    }
+    outcome?;
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
     info!("shutting down; pinned links and maps stay: the datapath keeps running until the next start");
     Ok(())
+}
+
+/// Attaches the verified programs: published for lb-cni, at the socket
+/// hooks, and at every interface the flags select, present or to come
+/// (the returned task follows them).
+async fn attach_verified(mut ebpf: aya::Ebpf, args: &Args) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    publish_for_cni(&mut ebpf, &args.pin_dir)?;
+    attach_sockets(&mut ebpf, args)?;
+    // Subscribed before attaching, so no interface slips between the two.
+    let (present, link_events) = interfaces::watch().await?;
+    let mut attacher =
+        Attacher::new(ebpf, Attachments::open(&args.pin_dir)?, interfaces::Selector::new(&args.interfaces))
+            .with_egress(Attachments::open_egress(&args.pin_dir)?);
+    // Without XDP interfaces, the pinned XDP links of an earlier agent
+    // still go (an empty selector matches nothing).
+    attacher =
+        attacher.with_xdp(Attachments::open_xdp(&args.pin_dir)?, interfaces::Selector::new(&args.xdp_interfaces));
+    attacher.attach_present(&present)?;
+    if attacher.attached().is_empty() {
+        warn!(interfaces = args.interfaces.join(","), "no interface matches yet: attaching as they appear");
+    }
+    info!(
+        interfaces = ?attacher.attached(),
+        xdp_interfaces = ?attacher.attached_xdp(),
+        pin_dir = %args.pin_dir.display(),
+        "datapath attached"
+    );
+    Ok(tokio::spawn(attacher.follow(link_events)))
 }
 
 /// The datapath's settings from the flags, written before any program is

@@ -68,9 +68,19 @@ pub fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
     pin_dir.join(map)
 }
 
-/// Loads the object. With `pin_dir`, every map is pinned there (re-used if
-/// already pinned); without, maps live as long as the returned `Ebpf`.
+/// Loads the object and verifies its programs (`load_maps`, then
+/// `verify`).
 pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Ebpf> {
+    let mut ebpf = load_maps(pin_dir, capacities)?;
+    verify(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// Loads the object: creates its maps, or re-opens them, and relocates
+/// the programs, verifying none. With `pin_dir`, every map is pinned there
+/// (re-used if already pinned); without, maps live as long as the
+/// returned `Ebpf`.
+pub fn load_maps(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::SERVICES_V4, capacities.services)
@@ -94,17 +104,25 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
     for (map, path) in &paths {
         loader.map_pin_path(map, path.as_path());
     }
-    let mut ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
+    let ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
     if let Some(dir) = pin_dir {
         layout::record_versions(dir)?;
     }
+    Ok(ebpf)
+}
+
+/// Verifies the programs every node uses (the kernel's verifier: a few
+/// hundred milliseconds, most of it `lb_tc`). The maps may have been
+/// taken out of `ebpf` already: the programs name them by fd since
+/// `load_maps`.
+pub fn verify(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     for name in [TC_PROGRAM, EGRESS_PROGRAM, PARSE_ONLY_PROGRAM, FORWARD_ONLY_PROGRAM] {
-        program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
+        program(ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
     for name in sock_links::PROGRAMS {
-        sock_links::program(&mut ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
+        sock_links::program(ebpf, name)?.load().with_context(|| format!("verifying program {name}"))?;
     }
-    Ok(ebpf)
+    Ok(())
 }
 
 /// The XDP program, verified on first use: a node without XDP

@@ -377,7 +377,7 @@ impl ServiceMaps {
     /// Sets the address-filter bit of every frontend the maps hold, when
     /// the filter is empty beside a Service table that is not: an agent
     /// upgraded from a datapath without the filter, whose new programs
-    /// (attached before the first sync) would otherwise pass every
+    /// (which may be attached before the first sync) would otherwise pass every
     /// Service packet until that sync. Never clears a bit. Returns how
     /// many words it wrote.
     pub fn seed_address_filter(&mut self) -> anyhow::Result<usize> {

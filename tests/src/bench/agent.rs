@@ -55,6 +55,8 @@ pub struct Agent {
     /// Conntrack entries the agent removed so far (garbage collection and
     /// stale-UDP purges), from its log.
     removed_entries: Arc<AtomicU64>,
+    /// When this process read the "datapath attached" line.
+    attached_at: Arc<Mutex<Option<Instant>>>,
     pub started: Instant,
 }
 
@@ -93,6 +95,8 @@ impl Agent {
         let tail = log_tail.clone();
         let removed_entries = Arc::new(AtomicU64::new(0));
         let removed = removed_entries.clone();
+        let attached_at = Arc::new(Mutex::new(None));
+        let attached = attached_at.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -103,6 +107,9 @@ impl Agent {
                 if let Some(n) = parse_removed(&line) {
                     removed.fetch_add(n, Ordering::Relaxed);
                 }
+                if line.contains("datapath attached") {
+                    attached.lock().expect("attached").get_or_insert_with(Instant::now);
+                }
                 let mut tail = tail.lock().expect("log tail");
                 if tail.len() == LOG_TAIL_LINES {
                     tail.pop_front();
@@ -110,7 +117,7 @@ impl Agent {
                 tail.push_back(line);
             }
         });
-        Ok(Self { child, pin_dir, programmed, log_tail, removed_entries, started })
+        Ok(Self { child, pin_dir, programmed, log_tail, removed_entries, attached_at, started })
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,10 +129,18 @@ impl Agent {
     }
 
     /// Waits for a "datapath programmed" line with at least
-    /// `min_frontends` frontends (earlier, smaller syncs are skipped).
+    /// `min_frontends` frontends (earlier, smaller syncs are skipped) and
+    /// for the "datapath attached" line: the agent attaches its programs
+    /// beside its first sync, and has programmed the datapath once both
+    /// are done. `at` is the later of the two.
     pub fn wait_programmed(&mut self, min_frontends: usize, timeout: Duration) -> anyhow::Result<Programmed> {
         let deadline = Instant::now() + timeout;
+        let mut programmed: Option<Programmed> = None;
         loop {
+            let attached = *self.attached_at.lock().expect("attached");
+            if let (Some(programmed), Some(attached)) = (programmed, attached) {
+                return Ok(Programmed { at: programmed.at.max(attached), ..programmed });
+            }
             cancel::check()?;
             if let Some(status) = self.child.try_wait()? {
                 bail!("lb-agent exited ({status}) before programming the datapath:\n{}", self.log_tail());
@@ -134,8 +149,9 @@ impl Agent {
             if left.is_zero() {
                 bail!("lb-agent did not program {min_frontends} frontends within {timeout:?}:\n{}", self.log_tail());
             }
-            match self.programmed.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(event) if event.frontends >= min_frontends => return Ok(event),
+            // Short waits: the attached line does not come through the channel.
+            match self.programmed.recv_timeout(left.min(Duration::from_millis(5))) {
+                Ok(event) if event.frontends >= min_frontends => programmed = programmed.or(Some(event)),
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     // stderr closed: the next try_wait reports the exit.

@@ -3,7 +3,8 @@
 //!
 //! - Agent start → maps programmed: the real `lb-agent` binary, started in
 //!   a node namespace with a JSON file of N Services × 10 endpoints,
-//!   timed until its "datapath programmed" log line, then checked by
+//!   timed until its "datapath programmed" and "datapath attached" log
+//!   lines (the programs are verified beside the first sync), then checked by
 //!   reading the pinned maps; its peak RSS (VmHWM) at that point.
 //! - One EndpointSlice change → map writes: measured in-process with the
 //!   agent's `Syncer`, one endpoint flipped per change, through the full
@@ -47,7 +48,7 @@ pub fn run(plan: &ControlPlan, env: &Env, report: &mut Report) -> anyhow::Result
         Section::ControlPlane,
         "agent_startup",
         "agent start → maps programmed",
-        "the real lb-agent with a JSON file source (--source file:…) in a node namespace, from spawning the process to reading its \"datapath programmed\" log line (loading and verifying the object, attaching, reading and parsing the file, translating, writing the maps); the pinned maps are then read back to check every frontend is there. sync = the agent's own timing of the translate→write step from the same log line",
+        "the real lb-agent with a JSON file source (--source file:…) in a node namespace, from spawning the process to reading the later of its \"datapath programmed\" and \"datapath attached\" log lines (loading the object; verifying and attaching the programs, beside reading and parsing the file, translating and writing the maps); the pinned maps are then read back to check every frontend is there. sync = the agent's own timing of the translate→write step from the same log line",
     );
     report.describe(
         Section::ControlPlane,
