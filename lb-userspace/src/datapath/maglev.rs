@@ -85,30 +85,38 @@ impl MaglevTables {
     ) -> (anyhow::Result<SharedTables<Inner>>, BTreeMap<u32, Table>) {
         let mut shared = SharedTables::default();
         let mut tables = BTreeMap::new();
-        let result = (|| {
-            for frontend_id in self.outer.keys() {
-                let frontend_id = frontend_id?;
-                let inner = match self.outer.get(&frontend_id, 0) {
-                    Err(e) if is_not_found(&e) => continue, // removed meanwhile
-                    inner => inner?,
+        let result = self.for_each_linked(|frontend_id, id, inner| {
+            if !shared.contains(id) {
+                let ids = read_table(&inner)?;
+                let table = match known.and_then(|known| known.table(id)) {
+                    Some(table) if table.iter().eq(ids.iter().copied()) => table.clone(),
+                    _ => Table::new(&ids),
                 };
-                let id = inner.map().info().context("Maglev table info")?.id();
-                if !shared.contains(id) {
-                    let ids = read_table(&inner)?;
-                    let table = match known.and_then(|known| known.table(id)) {
-                        Some(table) if table.iter().eq(ids.iter().copied()) => table.clone(),
-                        _ => Table::new(&ids),
-                    };
-                    shared.add(id, inner, table);
-                }
-                shared.link(frontend_id, id);
-                if let Some(table) = shared.table(id).filter(|t| t.names_a_backend()) {
-                    tables.insert(frontend_id, table.clone());
-                }
+                shared.add(id, inner, table);
+            }
+            shared.link(frontend_id, id);
+            if let Some(table) = shared.table(id).filter(|t| t.names_a_backend()) {
+                tables.insert(frontend_id, table.clone());
             }
             Ok(())
-        })();
+        });
         (result.map(|()| shared), tables)
+    }
+
+    /// Hands each frontend id, the kernel id of the inner map it names and
+    /// that map to `each`, a lookup per frontend; a frontend removed
+    /// meanwhile is skipped.
+    fn for_each_linked(&self, mut each: impl FnMut(u32, u32, Inner) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        for frontend_id in self.outer.keys() {
+            let frontend_id = frontend_id?;
+            let inner = match self.outer.get(&frontend_id, 0) {
+                Err(e) if is_not_found(&e) => continue, // removed meanwhile
+                inner => inner?,
+            };
+            let id = inner.map().info().context("Maglev table info")?.id();
+            each(frontend_id, id, inner)?;
+        }
+        Ok(())
     }
 
     /// How many frontends name a table and how many distinct tables
@@ -127,14 +135,10 @@ impl MaglevTables {
     /// kernels that cannot batch a map-in-map.
     fn named_one_by_one(&self) -> anyhow::Result<Vec<(u32, u32)>> {
         let mut named = Vec::new();
-        for frontend_id in self.outer.keys() {
-            let frontend_id = frontend_id?;
-            let inner = match self.outer.get(&frontend_id, 0) {
-                Err(e) if is_not_found(&e) => continue, // removed meanwhile
-                inner => inner?,
-            };
-            named.push((frontend_id, inner.map().info().context("Maglev table info")?.id()));
-        }
+        self.for_each_linked(|frontend_id, id, _| {
+            named.push((frontend_id, id));
+            Ok(())
+        })?;
         Ok(named)
     }
 
