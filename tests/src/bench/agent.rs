@@ -49,15 +49,23 @@ pub struct AgentConfig<'a> {
 pub struct Agent {
     child: Child,
     pin_dir: PathBuf,
-    programmed: Receiver<Programmed>,
+    events: Receiver<Event>,
     /// The last log lines, for error messages.
     log_tail: Arc<Mutex<VecDeque<String>>>,
     /// Conntrack entries the agent removed so far (garbage collection and
     /// stale-UDP purges), from its log.
     removed_entries: Arc<AtomicU64>,
-    /// When this process read the "datapath attached" line.
-    attached_at: Arc<Mutex<Option<Instant>>>,
+    /// When this process read the "datapath attached" line, once
+    /// `wait_programmed` has seen it.
+    attached_at: Option<Instant>,
     pub started: Instant,
+}
+
+/// What the agent's log says that `wait_programmed` waits for.
+enum Event {
+    Programmed(Programmed),
+    /// The "datapath attached" line, read at this time.
+    Attached(Instant),
 }
 
 static NEXT_PIN_DIR: AtomicU32 = AtomicU32::new(0);
@@ -90,25 +98,23 @@ impl Agent {
             .spawn()
             .with_context(|| format!("starting {}", config.bin.display()))?;
         let stderr = child.stderr.take().context("agent stderr")?;
-        let (tx, programmed) = mpsc::channel();
+        let (tx, events) = mpsc::channel();
         let log_tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail = log_tail.clone();
         let removed_entries = Arc::new(AtomicU64::new(0));
         let removed = removed_entries.clone();
-        let attached_at = Arc::new(Mutex::new(None));
-        let attached = attached_at.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
                 if let Some(event) = parse_programmed(&line) {
-                    let _ = tx.send(event);
+                    let _ = tx.send(Event::Programmed(event));
+                }
+                if line.contains("datapath attached") {
+                    let _ = tx.send(Event::Attached(Instant::now()));
                 }
                 if let Some(n) = parse_removed(&line) {
                     removed.fetch_add(n, Ordering::Relaxed);
-                }
-                if line.contains("datapath attached") {
-                    attached.lock().expect("attached").get_or_insert_with(Instant::now);
                 }
                 let mut tail = tail.lock().expect("log tail");
                 if tail.len() == LOG_TAIL_LINES {
@@ -117,7 +123,7 @@ impl Agent {
                 tail.push_back(line);
             }
         });
-        Ok(Self { child, pin_dir, programmed, log_tail, removed_entries, attached_at, started })
+        Ok(Self { child, pin_dir, events, log_tail, removed_entries, attached_at: None, started })
     }
 
     pub fn pid(&self) -> u32 {
@@ -137,8 +143,7 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let mut programmed: Option<Programmed> = None;
         loop {
-            let attached = *self.attached_at.lock().expect("attached");
-            if let (Some(programmed), Some(attached)) = (programmed, attached) {
+            if let (Some(programmed), Some(attached)) = (programmed, self.attached_at) {
                 return Ok(Programmed { at: programmed.at.max(attached), ..programmed });
             }
             cancel::check()?;
@@ -149,9 +154,11 @@ impl Agent {
             if left.is_zero() {
                 bail!("lb-agent did not program {min_frontends} frontends within {timeout:?}:\n{}", self.log_tail());
             }
-            // Short waits: the attached line does not come through the channel.
-            match self.programmed.recv_timeout(left.min(Duration::from_millis(5))) {
-                Ok(event) if event.frontends >= min_frontends => programmed = programmed.or(Some(event)),
+            match self.events.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(Event::Programmed(event)) if event.frontends >= min_frontends => {
+                    programmed = programmed.or(Some(event));
+                }
+                Ok(Event::Attached(at)) => self.attached_at = Some(at),
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     // stderr closed: the next try_wait reports the exit.
