@@ -28,13 +28,16 @@ pub struct Table(Arc<Positions>);
 
 /// Canonical for its content (`ids` sorted and distinct, the narrow form
 /// whenever it fits), so equal representations mean equal tables.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 struct Positions {
+    /// Of `ids` and `at`, computed once: sharing looks a table up by it
+    /// more than once.
+    digest: u64,
     ids: Box<[u32]>,
     at: Indexes,
 }
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 enum Indexes {
     Narrow(Box<[u8]>),
     Wide(Box<[u16]>),
@@ -67,6 +70,12 @@ impl Table {
     /// of their id.
     pub fn build(backends: &[(Endpoint, u32)]) -> Self {
         let (backends, at) = fill(backends);
+        Self::from_fill(&backends, &at)
+    }
+
+    /// The table of a population loop run over `backends` (as
+    /// [`distinct`] leaves them).
+    fn from_fill(backends: &[(Endpoint, u32)], at: &[u16]) -> Self {
         let distinct = distinct_sorted(backends.iter().map(|(_, id)| *id));
         let rank_of_index: Vec<usize> = backends.iter().map(|(_, id)| rank(&distinct, *id)).collect();
         Self::of(distinct, at.iter().map(|&index| rank_of_index[usize::from(index)]))
@@ -80,7 +89,8 @@ impl Table {
             // TABLE_SIZE < 2^16: a table never names more ids than that.
             Indexes::Wide(ranks.map(|rank| rank as u16).collect())
         };
-        Self(Arc::new(Positions { ids: distinct.into(), at }))
+        let digest = digest_of(&distinct, &at);
+        Self(Arc::new(Positions { digest, ids: distinct.into(), at }))
     }
 
     pub fn len(&self) -> usize {
@@ -103,9 +113,15 @@ impl Table {
         self.0.ids[index]
     }
 
-    /// The backend ids by position.
+    /// The backend ids by position. The form is matched once, not at
+    /// every position: writing a new table walks all of them.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len()).map(|position| self.id(position))
+        let ids = &self.0.ids;
+        let (narrow, wide) = match &self.0.at {
+            Indexes::Narrow(at) => (Some(at.iter().map(|&index| ids[usize::from(index)])), None),
+            Indexes::Wide(at) => (None, Some(at.iter().map(|&index| ids[usize::from(index)]))),
+        };
+        narrow.into_iter().flatten().chain(wide.into_iter().flatten())
     }
 
     pub fn to_vec(&self) -> Vec<u32> {
@@ -120,16 +136,38 @@ impl Table {
     /// A digest of the table: equal tables have equal digests (a match
     /// is confirmed by comparing the tables).
     pub fn digest(&self) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.0.hash(&mut hasher);
-        hasher.finish()
+        self.0.digest
     }
 
     /// Whether both are the same table in memory, not only equal.
     pub fn shares_memory_with(&self, other: &Table) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// A multiply-rotate fold over 8-byte words of the ids and positions,
+/// not SipHash: every new table is digested, and SipHash over its 16 KiB
+/// cost more than writing it to the kernel.
+fn digest_of(ids: &[u32], at: &Indexes) -> u64 {
+    let words = ids.iter().map(|&id| u64::from(id)).chain(std::iter::once(u64::MAX));
+    match at {
+        Indexes::Narrow(at) => fold_words(words.chain(words_of(at, |&b| u64::from(b), 8))),
+        Indexes::Wide(at) => fold_words(words.chain(words_of(at, |&w| u64::from(w), 4))),
+    }
+}
+
+/// `values` packed `per_word` to a 64-bit word (each fits in
+/// `64 / per_word` bits).
+fn words_of<'a, T>(values: &'a [T], widen: fn(&T) -> u64, per_word: usize) -> impl Iterator<Item = u64> + 'a {
+    let bits = 64 / per_word;
+    values.chunks(per_word).map(move |chunk| chunk.iter().fold(0u64, |word, value| (word << bits) | widen(value)))
+}
+
+/// FxHash's step (rotate, xor, multiply) over words, then a finaliser.
+fn fold_words(words: impl Iterator<Item = u64>) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let h = words.fold(0u64, |h, word| (h.rotate_left(5) ^ word).wrapping_mul(K));
+    (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 32)
 }
 
 /// A table's distinct ids, sorted: what positions index into.
@@ -155,6 +193,10 @@ pub struct TableCache {
     built: HashMap<Vec<(Endpoint, u32)>, Weak<Positions>>,
     /// Size at which freed tables' entries are dropped from `built`.
     prune_at: usize,
+    /// Population loops run ahead ([`TableCache::prefill`]), by the
+    /// distinct endpoints they ran over; each is taken by the first table
+    /// built over those endpoints.
+    prefilled: HashMap<Vec<Endpoint>, Vec<u16>>,
 }
 
 impl TableCache {
@@ -166,13 +208,44 @@ impl TableCache {
         if let Some(positions) = self.built.get(&key).and_then(Weak::upgrade) {
             return Table(positions);
         }
-        let table = Table::build(backends);
+        let backends = distinct(backends);
+        let endpoints: Vec<Endpoint> = backends.iter().map(|(endpoint, _)| *endpoint).collect();
+        let at = self.prefilled.remove(&endpoints).unwrap_or_else(|| populate(&endpoints));
+        let table = Table::from_fill(&backends, &at);
         if self.built.len() >= self.prune_at {
             self.built.retain(|_, table| table.strong_count() > 0);
             self.prune_at = 2 * self.built.len().max(64);
         }
         self.built.insert(key, Arc::downgrade(&table.0));
         table
+    }
+
+    /// Runs the population loops for tables about to be built over these
+    /// endpoint sets (a frontend's slot backends each), on every core at
+    /// once; [`TableCache::table`] then only names the backends. Sets
+    /// already run and empty sets are skipped.
+    pub fn prefill(&mut self, sets: impl IntoIterator<Item = Vec<Endpoint>>) {
+        let mut pending: Vec<Vec<Endpoint>> = sets
+            .into_iter()
+            .map(distinct_endpoints)
+            .filter(|set| !set.is_empty() && !self.prefilled.contains_key(set))
+            .collect();
+        pending.sort_unstable();
+        pending.dedup();
+        let filled = populate_all(&pending);
+        self.prefilled.extend(pending.into_iter().zip(filled));
+    }
+
+    /// How many prefilled loops wait to be taken.
+    #[cfg(test)]
+    pub fn prefilled(&self) -> usize {
+        self.prefilled.len()
+    }
+
+    /// Drops the prefilled loops no table took (a frontend that got no
+    /// table after all): 32 KiB each.
+    pub fn drop_prefilled(&mut self) {
+        self.prefilled = HashMap::new();
     }
 }
 
@@ -255,19 +328,42 @@ pub fn build(backends: &[(Endpoint, u32)]) -> Vec<u32> {
 /// The population loop: the backends (sorted, duplicates dropped) and,
 /// by position, the index of the backend there.
 fn fill(backends: &[(Endpoint, u32)]) -> (Vec<(Endpoint, u32)>, Vec<u16>) {
+    let backends = distinct(backends);
+    let at = populate(&backends.iter().map(|(endpoint, _)| *endpoint).collect::<Vec<_>>());
+    (backends, at)
+}
+
+/// The backends a table is built over: sorted, one per endpoint, no more
+/// than it has positions (a backend past the table's size would never
+/// get one).
+fn distinct(backends: &[(Endpoint, u32)]) -> Vec<(Endpoint, u32)> {
     let mut backends = backends.to_vec();
     backends.sort_unstable();
     backends.dedup_by_key(|(endpoint, _)| *endpoint);
-    if backends.is_empty() {
-        return (backends, Vec::new());
-    }
-    // A backend past the table's size would never get a position.
     backends.truncate(TABLE_SIZE as usize);
+    backends
+}
+
+/// The endpoints of [`distinct`] backends: the form a prefilled loop is
+/// keyed by.
+fn distinct_endpoints(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    endpoints.truncate(TABLE_SIZE as usize);
+    endpoints
+}
+
+/// The population loop over distinct, sorted endpoints: by position,
+/// the index of the endpoint there. Empty without endpoints.
+fn populate(endpoints: &[Endpoint]) -> Vec<u16> {
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
     // Each backend's cursor walks its permutation: the next position it
     // prefers, and the step to the one after (additions, no division).
-    let mut cursors: Vec<(u32, u32)> = backends
+    let mut cursors: Vec<(u32, u32)> = endpoints
         .iter()
-        .map(|(endpoint, _)| {
+        .map(|endpoint| {
             let permutation = Permutation::of(endpoint);
             (permutation.offset, permutation.skip)
         })
@@ -294,7 +390,26 @@ fn fill(backends: &[(Endpoint, u32)]) -> (Vec<(Endpoint, u32)>, Vec<u16>) {
             }
         }
     }
-    (backends, at)
+    at
+}
+
+/// [`populate`] over each set, the sets shared out among the machine's
+/// cores: a loop takes about a third of a millisecond, and a node
+/// programming a thousand NodePort Services with endpoints of their own
+/// would otherwise spend a third of a second on one core.
+fn populate_all(sets: &[Vec<Endpoint>]) -> Vec<Vec<u16>> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(sets.len());
+    if threads <= 1 {
+        return sets.iter().map(|set| populate(set)).collect();
+    }
+    let per_thread = sets.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = sets
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(|set| populate(set)).collect::<Vec<_>>()))
+            .collect();
+        parts.into_iter().flat_map(|part| part.join().expect("the population loop does not panic")).collect()
+    })
 }
 
 /// The positions whose backend differs between `old` and `new` (an empty
@@ -337,6 +452,33 @@ mod tests {
         changed[7] = if changed[7] == 1 { 2 } else { 1 };
         let c = Table::new(&changed);
         assert!(a != c && a.digest() != c.digest(), "one position differs");
+    }
+
+    #[test]
+    fn a_prefilled_table_is_the_one_built_without_it() {
+        // Ids in and against endpoint order, a set past 256 backends,
+        // one with duplicates and one given twice.
+        let sets = [
+            backends(1..=3),
+            (5..=40).map(|i| (endpoint(i), 1000 - i)).collect(),
+            backends(1..=300),
+            [backends(7..=9), backends(8..=10)].concat(),
+            backends((1..=3).rev()),
+        ];
+        let mut cache = TableCache::default();
+        cache.prefill(sets.iter().map(|set| set.iter().map(|(endpoint, _)| *endpoint).collect()));
+        assert_eq!(cache.prefilled.len(), 4, "one loop per distinct set of endpoints");
+        for set in &sets {
+            assert_eq!(cache.table(set).to_vec(), build(set));
+        }
+        assert!(cache.prefilled.is_empty(), "every loop taken by its table");
+    }
+
+    #[test]
+    fn loops_shared_out_among_cores_match_loops_run_in_turn() {
+        let sets: Vec<Vec<Endpoint>> = (1..=9u32).map(|n| (n..n * 3).map(endpoint).collect()).collect();
+        let in_turn: Vec<Vec<u16>> = sets.iter().map(|set| populate(set)).collect();
+        assert_eq!(populate_all(&sets), in_turn);
     }
 
     #[test]

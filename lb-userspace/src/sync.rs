@@ -20,11 +20,24 @@ use crate::{
     affinity::Forget,
     datapath::maps::ServiceMaps,
     healthcheck::HealthChecks,
-    model::{NodeContext, Problem},
+    model::{Frontend, NodeContext, Problem},
     state::{DesiredState, HighestIds, ServiceRef},
     tables::{self, DesiredMaps, Write},
-    translate::{self, SliceRecord},
+    translate::{self, HealthCheck, SliceRecord},
 };
+
+/// Services translated before they are set, at most this many at a time:
+/// enough to keep every core busy with Maglev population loops, few
+/// enough that the loops waiting to be taken (32 KiB each) stay small.
+const PREFILL_BATCH: usize = 64;
+
+/// One Service as translated, not yet set.
+struct Translated {
+    key: ServiceRef,
+    frontends: Vec<Frontend>,
+    problems: Vec<Problem>,
+    check: Option<HealthCheck>,
+}
 
 /// The kernel maps as the syncer sees them: the real maps in production,
 /// an in-memory stand-in in tests.
@@ -210,10 +223,15 @@ impl<W: MapWriter> Syncer<W> {
                 (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
             by_ref.insert(key, Some(svc));
         }
+        let mut batch = Vec::with_capacity(PREFILL_BATCH);
         for (key, svc) in by_ref {
             let slices = slices_by_service.remove(&key).unwrap_or_default();
-            self.translate_service(key, svc, &slices);
+            batch.push(self.translate_service(key, svc, &slices));
+            if batch.len() == PREFILL_BATCH {
+                self.set_services(&mut batch);
+            }
         }
+        self.set_services(&mut batch);
         self.state.take_touched();
         let repaired = self.reread_kernel_maps();
         self.merge_equal_tables();
@@ -227,18 +245,34 @@ impl<W: MapWriter> Syncer<W> {
     /// compares only the map entries they touched.
     pub fn update<'a>(&mut self, changes: impl IntoIterator<Item = ServiceChange<'a>>) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
+        let mut batch = Vec::new();
         for (key, svc, slices) in changes {
-            self.translate_service(key, svc, &slices);
+            batch.push(self.translate_service(key, svc, &slices));
+            if batch.len() == PREFILL_BATCH {
+                self.set_services(&mut batch);
+            }
         }
+        self.set_services(&mut batch);
         let touched = self.state.take_touched();
         let writes = tables::diff_keys(&self.current, self.state.maps(), &touched);
         self.apply(&writes, started)
     }
 
+    /// Sets a batch of translated Services (and empties it), their Maglev
+    /// tables' population loops run first on every core.
+    fn set_services(&mut self, batch: &mut Vec<Translated>) {
+        self.state.prefill_maglev(batch.iter().flat_map(|translated| &translated.frontends));
+        for Translated { key, frontends, problems, check } in batch.drain(..) {
+            self.health_checks.set(&key, check);
+            self.state.set_service(key, frontends, problems);
+        }
+        self.state.end_prefill();
+    }
+
     /// One Service's frontends, problems and health check, over the
     /// families the node serves: a dual-stack Service has the frontends of
     /// both, each family's from its own addresses and EndpointSlices.
-    fn translate_service(&mut self, key: ServiceRef, svc: Option<&Service>, slices: &[&SliceRecord]) {
+    fn translate_service(&self, key: ServiceRef, svc: Option<&Service>, slices: &[&SliceRecord]) -> Translated {
         let (mut frontends, mut problems, mut check) = (Vec::new(), Vec::new(), None);
         for family in self.node.families() {
             let node = self.node.for_family(family);
@@ -254,8 +288,7 @@ impl<W: MapWriter> Syncer<W> {
         }
         problems.sort();
         problems.dedup();
-        self.health_checks.set(&key, check);
-        self.state.set_service(key, frontends, problems);
+        Translated { key, frontends, problems, check }
     }
 
     /// Replaces the mirror with what the kernel holds; returns how many

@@ -286,7 +286,11 @@ fn fd_of(shared: &SharedTables<Inner>, id: u32) -> std::io::Result<OwnedFd> {
 /// A new inner map holding `table`.
 fn filled(table: &Table) -> anyhow::Result<Array<MapData, u32>> {
     let mut inner = Array::<MapData, u32>::create(TABLE_SIZE, TABLE_FLAGS).context("creating a Maglev table")?;
-    write_positions(&mut inner, &maglev::delta(&[], &table.to_vec()))?;
+    // A new table is written whole, straight from its compact form.
+    match MappedArray::of(&inner) {
+        Ok(mapped) => mapped.write_all(table.iter()),
+        Err(_) => write_positions(&mut inner, &maglev::delta(&[], &table.to_vec()))?,
+    }
     Ok(inner)
 }
 

@@ -63,6 +63,13 @@ impl MappedArray {
         (0..self.values).map(|i| self.value(i).load(Ordering::Relaxed)).collect()
     }
 
+    /// Sets the values from index 0 on, in order.
+    pub fn write_all(&self, values: impl IntoIterator<Item = u32>) {
+        for (index, value) in values.into_iter().enumerate() {
+            self.value(index).store(value, Ordering::Relaxed);
+        }
+    }
+
     /// Sets the values at the given indexes.
     pub fn write(&self, changes: &[(u32, u32)]) {
         for &(index, value) in changes {

@@ -184,6 +184,44 @@ impl DesiredState {
         self.retry_maglev_fallbacks();
     }
 
+    /// Runs ahead, on every core, the Maglev population loops that
+    /// setting these frontends will need: those of Maglev frontends whose
+    /// slot backends differ from what is encoded (a frontend encoded over
+    /// the same backends keeps its table). Call before setting a batch of
+    /// Services, and [`DesiredState::end_prefill`] after.
+    pub fn prefill_maglev<'a>(&mut self, frontends: impl IntoIterator<Item = &'a Frontend>) {
+        let mut sets = Vec::new();
+        for outer in frontends {
+            let key = ServiceKey::frontend(outer.address, outer.port, outer.protocol().number());
+            let inner = outer.in_cluster.as_deref().map(|frontend| (key.in_cluster(), frontend));
+            for (key, frontend) in std::iter::once((key, outer)).chain(inner) {
+                if frontend.balancing != Balancing::Maglev {
+                    continue;
+                }
+                let endpoints = |backends: &mut dyn Iterator<Item = SlotBackend>| {
+                    let mut endpoints: Vec<_> = backends.map(|backend| backend.identity.endpoint()).collect();
+                    endpoints.sort_unstable();
+                    endpoints
+                };
+                let wanted = endpoints(&mut slot_backends(&frontend.backends, key).take(usize::from(u16::MAX)));
+                let unchanged = self
+                    .encoded
+                    .get(&key)
+                    .is_some_and(|encoded| endpoints(&mut encoded.slots.iter().copied()) == wanted);
+                if !unchanged {
+                    sets.push(wanted);
+                }
+            }
+        }
+        self.maglev_tables.prefill(sets);
+    }
+
+    /// Frees the loops [`DesiredState::prefill_maglev`] ran that no table
+    /// took.
+    pub fn end_prefill(&mut self) {
+        self.maglev_tables.drop_prefilled();
+    }
+
     /// Gives frontends that fell back to the slot hash the tables freed
     /// since (a frontend re-encodes only when its claim changes, so they
     /// would otherwise wait for a change of their own).
@@ -753,6 +791,28 @@ mod tests {
         assert_eq!(table_backends(maps), [1, 2, 3].into());
         assert_ne!(maps.services[&WEB].flags & lb_common::service::FLAG_MAGLEV, 0);
         assert_eq!(maps.services[&WEB].count, 3, "slots kept: the count still tells empty from not");
+    }
+
+    #[test]
+    fn prefill_runs_the_loops_of_changed_maglev_frontends_only() {
+        let mut state = DesiredState::default();
+        let maglev = |backends: &[u8]| {
+            let mut frontends = web(backends);
+            frontends[0].balancing = Balancing::Maglev;
+            frontends
+        };
+        state.prefill_maglev(&maglev(&[1, 2, 3]));
+        assert_eq!(state.maglev_tables.prefilled(), 1, "a new Maglev frontend's loop");
+        set_maglev(&mut state, &[1, 2, 3]);
+        assert_eq!(state.maglev_tables.prefilled(), 0, "taken by its table");
+        state.prefill_maglev(&maglev(&[3, 2, 1]));
+        assert_eq!(state.maglev_tables.prefilled(), 0, "the same backends keep their table");
+        state.prefill_maglev(&maglev(&[1, 2, 4]));
+        assert_eq!(state.maglev_tables.prefilled(), 1, "other backends, a new loop");
+        state.end_prefill();
+        assert_eq!(state.maglev_tables.prefilled(), 0);
+        state.prefill_maglev(&web(&[1, 2, 4]));
+        assert_eq!(state.maglev_tables.prefilled(), 0, "no loop for a slot-hash frontend");
     }
 
     #[test]
