@@ -198,16 +198,11 @@ impl DesiredState {
                 if frontend.balancing != Balancing::Maglev {
                     continue;
                 }
-                let endpoints = |backends: &mut dyn Iterator<Item = SlotBackend>| {
-                    let mut endpoints: Vec<_> = backends.map(|backend| backend.identity.endpoint()).collect();
-                    endpoints.sort_unstable();
-                    endpoints
-                };
-                let wanted = endpoints(&mut slot_backends(&frontend.backends, key).take(usize::from(u16::MAX)));
+                let wanted = sorted_endpoints(wanted_slots(frontend, key));
                 let unchanged = self
                     .encoded
                     .get(&key)
-                    .is_some_and(|encoded| endpoints(&mut encoded.slots.iter().copied()) == wanted);
+                    .is_some_and(|encoded| sorted_endpoints(encoded.slots.iter().copied()) == wanted);
                 if !unchanged {
                     sets.push(wanted);
                 }
@@ -287,7 +282,7 @@ impl DesiredState {
             (None, None) => self.frontend_ids.allocate(),
         };
         self.labels.set(frontend_id, FrontendLabel::of(frontend));
-        let wanted: Vec<SlotBackend> = slot_backends(&frontend.backends, key).take(usize::from(u16::MAX)).collect();
+        let wanted: Vec<SlotBackend> = wanted_slots(frontend, key).collect();
         let draining: Vec<SlotBackend> = slot_backends(&frontend.draining, key).collect();
         let old_slots: &[SlotBackend] = owned.as_ref().or(taken_over.as_ref()).map_or(&[], |old| &old.slots);
         let slots = slots::reassign(old_slots, &wanted);
@@ -479,6 +474,19 @@ impl DesiredState {
             set(&mut self.maps.ids, &mut self.touched.ids, index, (value != 0).then_some(value));
         }
     }
+}
+
+/// The backends a frontend gives slots to: those of its family, as many
+/// as a slot number can name.
+fn wanted_slots(frontend: &Frontend, key: ServiceKey) -> impl Iterator<Item = SlotBackend> + '_ {
+    slot_backends(&frontend.backends, key).take(usize::from(u16::MAX))
+}
+
+/// What Maglev hashes of these backends, sorted.
+fn sorted_endpoints(backends: impl Iterator<Item = SlotBackend>) -> Vec<crate::maglev::Endpoint> {
+    let mut endpoints: Vec<_> = backends.map(|backend| backend.identity.endpoint()).collect();
+    endpoints.sort_unstable();
+    endpoints
 }
 
 /// The backends of the frontend's family, as slot entries.
