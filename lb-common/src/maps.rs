@@ -69,6 +69,17 @@ pub const MAGLEV_V4: &str = "LB4_MAGLEV";
 pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
 pub const XDP_DEVICES_CAPACITY: u32 = 64;
 
+/// Interfaces tc may hand a packet to with `bpf_redirect_peer` (`HASH`:
+/// ifindex → 1). The agent writes each interface it attached `lb_tc` to
+/// that is a veth (or netkit) whose peer lives in another network namespace (a
+/// pod's); the packet then enters the pod's namespace directly, without
+/// a second pass through the veth and the receive backlog. Any other
+/// interface (a NIC, a veth with both ends here) is sent to as before:
+/// the kernel drops a peer redirect to a device without a peer elsewhere.
+/// Not pinned, like `XDP_DEVICES`.
+pub const PEER_DEVICES: &str = "LB_PEER_DEVICES";
+pub const PEER_DEVICES_CAPACITY: u32 = 4096;
+
 /// All maps the agent pins, in the order it lists them.
 pub const ALL: [&str; 23] = [
     SERVICES_V4,

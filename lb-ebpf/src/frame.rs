@@ -4,7 +4,9 @@
 //!
 //! - **tc** (`TcContext`): finishes every packet. What it cannot send
 //!   itself (no route, a local destination, a neighbour the FIB does not
-//!   know) it NATs and hands to the stack, and it answers with ICMP.
+//!   know) it NATs and hands to the stack, and it answers with ICMP. A
+//!   packet for a pod behind an interface in `LB_PEER_DEVICES` is handed
+//!   straight to the pod's end of the veth (`bpf_redirect_peer`).
 //! - **XDP** (`XdpContext`, the `xdp` module): runs before tc on the
 //!   node's external interfaces. It finishes a packet only when it can send
 //!   it itself: the route is a plain forward to a known neighbour, out of
@@ -15,7 +17,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_REDIRECT, xdp_action},
-    helpers::{bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use core::ffi::c_void;
@@ -23,7 +25,7 @@ use lb_common::stats::Counter;
 
 use crate::{
     icmp_error, icmp_reply, icmp6_reply,
-    maps::LB_XDP_DEVICES,
+    maps::{LB_PEER_DEVICES, LB_XDP_DEVICES},
     nat,
     parse::PacketV4,
     stats,
@@ -120,7 +122,13 @@ impl Frame for TcContext {
 
     #[inline(always)]
     fn redirect(&self, ifindex: u32, neighbour_known: bool) -> PathResult<Verdict> {
-        let sent = if neighbour_known {
+        let sent = if neighbour_known && LB_PEER_DEVICES.get_ptr(&ifindex).is_some() {
+            // A pod's veth: the packet, its MACs already written, enters
+            // the pod's namespace at once, as if received there. Only
+            // from tc ingress, which is where `lb_tc` runs.
+            // SAFETY: plain helper call; flags must be 0.
+            unsafe { bpf_redirect_peer(ifindex, 0) }
+        } else if neighbour_known {
             // SAFETY: plain helper call; flags 0 = the device's egress.
             unsafe { bpf_redirect(ifindex, 0) }
         } else {

@@ -11,9 +11,10 @@
 //!
 //! Which packets take it: every NATed packet whose route is a plain
 //! unicast forward to a neighbour (known: MACs written and
-//! `bpf_redirect`; not yet resolved: `bpf_redirect_neigh`, which resolves
-//! it). Everything else goes to the stack, which does the right thing and
-//! answers with the right ICMP error: a local destination (a host-network
+//! `bpf_redirect`, or `bpf_redirect_peer` into a pod's namespace when the
+//! route leaves through its veth; not yet resolved: `bpf_redirect_neigh`,
+//! which resolves it). Everything else goes to the stack, which does the
+//! right thing and answers with the right ICMP error: a local destination (a host-network
 //! backend), no route, a packet larger than the route's MTU, a TTL about to
 //! expire, forwarding disabled on the ingress interface. One exception: a
 //! packet with DF set that is about to be DNATed and exceeds the MTU is

@@ -56,6 +56,16 @@ pub fn backend_ip_v6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x244, i as u16, 0, 0, 0, 0, 2)
 }
 
+/// Packets an interface in `netns` has received and sent, as `ip -s link`
+/// reports them.
+pub fn link_packets(netns: &str, interface: &str) -> anyhow::Result<(u64, u64)> {
+    let count = |which: &str| -> anyhow::Result<u64> {
+        let path = format!("/sys/class/net/{interface}/statistics/{which}_packets");
+        Ok(run_in(netns, &["cat", &path])?.trim().parse()?)
+    };
+    Ok((count("rx")?, count("tx")?))
+}
+
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, i as u8, 2)
 }

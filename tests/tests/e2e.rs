@@ -127,6 +127,88 @@ fn maglev_clusterip_spreads_300_requests_over_all_backends() {
     }
 }
 
+/// Packets received and sent, summed: on the pods' and the client's
+/// `eth0`, and on the node's ends of their veths.
+fn veth_packets(cluster: &DemoCluster) -> [u64; 4] {
+    let topology = &cluster.topology;
+    let (mut pods_received, mut node_sent_to_pods) = (0, 0);
+    for (i, pod) in topology.backends.iter().enumerate() {
+        pods_received += topology::link_packets(pod, "eth0").unwrap().0;
+        node_sent_to_pods += topology::link_packets(&topology.node, &format!("to-b{}", i + 1)).unwrap().1;
+    }
+    let client_received = topology::link_packets(&topology.client, "eth0").unwrap().0;
+    let node_sent_to_client = topology::link_packets(&topology.node, "to-client").unwrap().1;
+    [pods_received, node_sent_to_pods, client_received, node_sent_to_client]
+}
+
+/// UDP exchanges through a ClusterIP, with the agent started with
+/// `agent_args`: how many packets the pods and the client received, and
+/// how many the node's ends of their veths sent, over `EXCHANGES` of them.
+const EXCHANGES: u64 = 20;
+fn exchanges_through_veths(agent_args: &[&str]) -> [u64; 4] {
+    let cluster = DemoCluster::start_with_args(scenario::BACKENDS, scenario::DEMO_SERVICES, agent_args, |m| {
+        scenario::backend_count(m, WEB) == Some(3)
+    })
+    .expect("start demo cluster");
+    let exchange = || {
+        servers::udp_exchange(&cluster.topology.client, SocketAddr::V4(ECHO), b"ping")
+            .expect("UDP through the ClusterIP")
+    };
+    // Until every backend has answered once: the first packets to each
+    // resolve the neighbours both ways (`bpf_redirect_neigh`, ARP).
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        if answered.len() == scenario::BACKENDS {
+            break;
+        }
+        let (reply, _) = exchange();
+        answered.insert(reply.split(':').next().unwrap_or_default().to_owned());
+    }
+    assert_eq!(answered.len(), scenario::BACKENDS, "every backend answered: {answered:?}");
+    let before = veth_packets(&cluster);
+    for _ in 0..EXCHANGES {
+        exchange();
+    }
+    let after = veth_packets(&cluster);
+    std::array::from_fn(|i| after[i] - before[i])
+}
+
+/// A translated packet for a pod enters the pod's namespace straight from
+/// the node's ingress hook (`bpf_redirect_peer`), both ways: the pods and
+/// the client receive every request and reply, and the node's ends of
+/// their veths send none of them (a redirect to those ends would count
+/// each one there, then pass the veth's receive queue again). With
+/// `--redirect-to-peer=false` they are sent by the node's ends.
+#[test]
+fn translated_packets_enter_the_pods_namespace_directly() {
+    let [pods_received, node_sent_to_pods, client_received, node_sent_to_client] = exchanges_through_veths(&[]);
+    assert!(
+        pods_received >= EXCHANGES && client_received >= EXCHANGES,
+        "delivered: {pods_received}, {client_received}"
+    );
+    // A few neighbour probes may cross; the exchanges must not.
+    assert!(
+        node_sent_to_pods < EXCHANGES / 2,
+        "{node_sent_to_pods} packets sent by the node's ends of the pods' veths"
+    );
+    assert!(
+        node_sent_to_client < EXCHANGES / 2,
+        "{node_sent_to_client} packets sent by the node's end of the client's veth"
+    );
+
+    let [pods_received, node_sent_to_pods, client_received, node_sent_to_client] =
+        exchanges_through_veths(&["--redirect-to-peer=false"]);
+    assert!(
+        pods_received >= EXCHANGES && client_received >= EXCHANGES,
+        "delivered: {pods_received}, {client_received}"
+    );
+    assert!(node_sent_to_pods >= EXCHANGES, "{node_sent_to_pods} packets sent by the node's ends of the pods' veths");
+    assert!(
+        node_sent_to_client >= EXCHANGES,
+        "{node_sent_to_client} packets sent by the node's end of the client's veth"
+    );
+}
+
 /// Packets the node's FORWARD chain counted, per rule, in order.
 fn forward_chain_packets(node: &str) -> Vec<u64> {
     let out = std::process::Command::new("ip")

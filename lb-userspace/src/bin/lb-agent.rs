@@ -155,6 +155,13 @@ struct Args {
     /// `--forward-through-stack` alone means true.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     forward_through_stack: bool,
+    /// Hand translated packets for a pod on this node straight to the
+    /// pod's end of its veth (`bpf_redirect_peer`), skipping the node's
+    /// end. Set it to false where something must see those packets on
+    /// the node's end: a qdisc there (the CNI bandwidth plugin's ingress
+    /// limit), or a capture.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    redirect_to_peer: bool,
     /// Created once the datapath is attached and first programmed; removed
     /// on exit (for readiness probes).
     #[arg(long)]
@@ -441,6 +448,9 @@ async fn attach_verified(mut ebpf: aya::Ebpf, args: &Args) -> anyhow::Result<tok
     // still go (an empty selector matches nothing).
     attacher =
         attacher.with_xdp(Attachments::open_xdp(&args.pin_dir)?, interfaces::Selector::new(&args.xdp_interfaces));
+    if !args.redirect_to_peer {
+        attacher = attacher.without_peer_redirects();
+    }
     attacher.attach_present(&present)?;
     if attacher.attached().is_empty() {
         warn!(interfaces = args.interfaces.join(","), "no interface matches yet: attaching as they appear");

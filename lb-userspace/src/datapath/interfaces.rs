@@ -18,7 +18,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         RouteNetlinkMessage,
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     },
 };
 use tracing::warn;
@@ -60,15 +60,32 @@ fn glob(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// One interface, as the datapath needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    /// A veth (or netkit) whose other end is in another network namespace
+    /// (a pod's): tc can hand it packets with `bpf_redirect_peer`.
+    pub peer_elsewhere: bool,
+}
+
+impl Link {
+    /// An interface without a peer elsewhere (a NIC, a bridge, a veth
+    /// with both ends here).
+    pub fn plain(name: impl Into<String>) -> Self {
+        Self { name: name.into(), peer_elsewhere: false }
+    }
+}
+
 /// A change to the set of interfaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// A link exists (new, or changed: renamed, up, down) with this name.
-    Present { index: u32, name: String },
+    /// A link exists (new, or changed: renamed, up, down).
+    Present { index: u32, link: Link },
     /// The link with this index is gone.
     Removed { index: u32, name: Option<String> },
     /// Notifications were lost: these are all the links there are now.
-    Resync(BTreeMap<u32, String>),
+    Resync(BTreeMap<u32, Link>),
 }
 
 fn name_of(link: &LinkMessage) -> Option<String> {
@@ -78,11 +95,25 @@ fn name_of(link: &LinkMessage) -> Option<String> {
     })
 }
 
+/// `Link` of a link message that names its interface. The kernel adds
+/// the other end's namespace id (`IFLA_LINK_NETNSID`) only when that
+/// namespace is not this one.
+fn link_of(message: &LinkMessage) -> Option<Link> {
+    let name = name_of(message)?;
+    let paired = message.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => {
+            infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth | InfoKind::Netkit)))
+        }
+        _ => false,
+    });
+    let elsewhere = message.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+    Some(Link { name, peer_elsewhere: paired && elsewhere })
+}
+
 /// Subscribes to link notifications, then lists the links there are now.
 /// Both act on the calling thread's network namespace. Must run inside a
 /// tokio runtime (the netlink connection is spawned on it).
-pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item = LinkEvent> + Send + Unpin + 'static)>
-{
+pub async fn watch() -> anyhow::Result<(BTreeMap<u32, Link>, impl Stream<Item = LinkEvent> + Send + Unpin + 'static)> {
     let (connection, handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).context("subscribing to link notifications")?;
     tokio::spawn(connection);
@@ -92,7 +123,7 @@ pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item 
         async move {
             match message.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    name_of(&link).map(|name| LinkEvent::Present { index: link.header.index, name })
+                    link_of(&link).map(|found| LinkEvent::Present { index: link.header.index, link: found })
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                     Some(LinkEvent::Removed { index: link.header.index, name: name_of(&link) })
@@ -106,15 +137,26 @@ pub async fn watch() -> anyhow::Result<(BTreeMap<u32, String>, impl Stream<Item 
 }
 
 /// The links there are now, by index.
-async fn list(handle: &rtnetlink::Handle) -> anyhow::Result<BTreeMap<u32, String>> {
+async fn list(handle: &rtnetlink::Handle) -> anyhow::Result<BTreeMap<u32, Link>> {
     let mut present = BTreeMap::new();
     let mut dump = handle.link().get().execute();
-    while let Some(link) = dump.try_next().await.context("listing links")? {
-        if let Some(name) = name_of(&link) {
-            present.insert(link.header.index, name);
+    while let Some(message) = dump.try_next().await.context("listing links")? {
+        if let Some(link) = link_of(&message) {
+            present.insert(message.header.index, link);
         }
     }
     Ok(present)
+}
+
+/// The links of the calling thread's network namespace now, for a caller
+/// outside any tokio runtime (a runtime of its own runs the dump).
+pub fn list_now() -> anyhow::Result<BTreeMap<u32, Link>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(connection);
+        list(&handle).await
+    })
 }
 
 /// After an overrun. A failed listing is logged; the next overrun, or the
@@ -133,6 +175,31 @@ async fn relist(handle: &rtnetlink::Handle) -> Option<LinkEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(kind: Option<InfoKind>, peer_namespace: Option<i32>) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::IfName("if0".into()));
+        if let Some(kind) = kind {
+            message.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]));
+        }
+        if let Some(id) = peer_namespace {
+            message.attributes.push(LinkAttribute::LinkNetNsId(id));
+        }
+        message
+    }
+
+    #[test]
+    fn only_a_veth_or_netkit_with_its_other_end_elsewhere_takes_peer_redirects() {
+        let peer = |kind, namespace| link_of(&message(kind, namespace)).unwrap().peer_elsewhere;
+        assert!(peer(Some(InfoKind::Veth), Some(3)));
+        assert!(peer(Some(InfoKind::Netkit), Some(0)));
+        // Both ends here: a peer redirect would be dropped.
+        assert!(!peer(Some(InfoKind::Veth), None));
+        // Other kinds have no peer, wherever their link is.
+        assert!(!peer(Some(InfoKind::Vxlan), Some(3)));
+        assert!(!peer(None, None));
+        assert_eq!(link_of(&LinkMessage::default()), None, "a message without a name names no link");
+    }
 
     #[test]
     fn star_selects_everything_but_loopback() {

@@ -1,7 +1,7 @@
 //! The limit: `lb_forward_only` at tc ingress of every node interface. It
 //! parses like the datapath and sends each packet on the way the datapath
-//! sends a NATed one (FIB lookup, then `bpf_redirect` or
-//! `bpf_redirect_neigh`), with no Service work; the client addresses the
+//! sends a NATed one (FIB lookup, then `bpf_redirect`, `bpf_redirect_peer`
+//! into a pod's namespace, or `bpf_redirect_neigh`), with no Service work; the client addresses the
 //! endpoints directly, as with no rules. The datapath's distance from
 //! this program is the cost of its own per-flow work.
 
@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use aya::Ebpf;
-use lb_userspace::datapath::loader::{self, Capacities, FORWARD_ONLY_PROGRAM};
+use lb_userspace::datapath::{
+    attach, interfaces,
+    loader::{self, Capacities, FORWARD_ONLY_PROGRAM},
+};
 
 use super::Installed;
 use crate::servers::enter_netns;
@@ -24,6 +27,12 @@ pub fn install(netns: &str, interfaces: &[String]) -> anyhow::Result<Installed> 
     let ebpf = std::thread::spawn(move || -> anyhow::Result<Ebpf> {
         enter_netns(&netns)?;
         let mut ebpf = loader::load(None, Capacities::default())?;
+        // The peers the agent would enter for the same interfaces.
+        for (index, link) in interfaces::list_now()? {
+            if interfaces.contains(&link.name) {
+                attach::set_peer_device(&mut ebpf, index, link.peer_elsewhere)?;
+            }
+        }
         loader::attach_program_ingress(&mut ebpf, FORWARD_ONLY_PROGRAM, &interfaces)?;
         Ok(ebpf)
     })
