@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::{
     interfaces::{Link, LinkEvent, Selector},
     links::{self, Attached, Attachments},
-    loader,
+    loader, maps,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +256,7 @@ pub fn set_peer_device(ebpf: &mut Ebpf, index: u32, peer_elsewhere: bool) -> any
     match devices.remove(&index) {
         Ok(()) => Ok(()),
         // Not entered: the usual case, for every other interface.
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) if maps::is_not_found(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -555,7 +555,9 @@ pub fn prune_frontend_stats(pin_dir: &Path, live: impl Fn(u32) -> bool) -> anyho
     let gone: Vec<u32> = map.keys().filter_map(Result::ok).filter(|id| !live(*id)).collect();
     for id in &gone {
         match map.remove(id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            // Removed meanwhile by another agent's prune (a rollout).
+            Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e).context("removing per-frontend counters"),
         }
     }
