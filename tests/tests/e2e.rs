@@ -141,10 +141,11 @@ fn veth_packets(cluster: &DemoCluster) -> [u64; 4] {
     [pods_received, node_sent_to_pods, client_received, node_sent_to_client]
 }
 
+const EXCHANGES: u64 = 20;
+
 /// UDP exchanges through a ClusterIP, with the agent started with
 /// `agent_args`: how many packets the pods and the client received, and
 /// how many the node's ends of their veths sent, over `EXCHANGES` of them.
-const EXCHANGES: u64 = 20;
 fn exchanges_through_veths(agent_args: &[&str]) -> [u64; 4] {
     let cluster = DemoCluster::start_with_args(scenario::BACKENDS, scenario::DEMO_SERVICES, agent_args, |m| {
         scenario::backend_count(m, WEB) == Some(3)

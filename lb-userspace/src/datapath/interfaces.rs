@@ -69,14 +69,6 @@ pub struct Link {
     pub peer_elsewhere: bool,
 }
 
-impl Link {
-    /// An interface without a peer elsewhere (a NIC, a bridge, a veth
-    /// with both ends here).
-    pub fn plain(name: impl Into<String>) -> Self {
-        Self { name: name.into(), peer_elsewhere: false }
-    }
-}
-
 /// A change to the set of interfaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {

@@ -1,8 +1,8 @@
 //! The limit: `lb_forward_only` at tc ingress of every node interface. It
 //! parses like the datapath and sends each packet on the way the datapath
 //! sends a NATed one (FIB lookup, then `bpf_redirect`, `bpf_redirect_peer`
-//! into a pod's namespace, or `bpf_redirect_neigh`), with no Service work; the client addresses the
-//! endpoints directly, as with no rules. The datapath's distance from
+//! into a pod's namespace, or `bpf_redirect_neigh`), with no Service
+//! work; the client addresses the endpoints directly, as with no rules. The datapath's distance from
 //! this program is the cost of its own per-flow work.
 
 use std::time::Instant;
