@@ -77,7 +77,7 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
             outcome => outcome,
         }
     } else {
-        lb4::handle_packet(&ctx)
+        lb4::prefilter_then_handle(&ctx)
     };
     stats::count(outcome.counter);
     outcome.verdict.tc_action()
