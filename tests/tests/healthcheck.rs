@@ -89,10 +89,13 @@ impl Node {
             .expect("enter client namespace")
     }
 
-    /// One probe on a new connection; connection errors are returned.
+    /// One probe on a new connection; connection errors are returned,
+    /// those of the exchange too: a connection accepted just as the
+    /// agent closes the port is reset (broken pipe), not refused.
     fn probe(&self, port: u16) -> std::io::Result<Response> {
         let mut conn = self.connect(port)?;
-        Ok(observe::request(&mut conn, "/").expect("an HTTP answer"))
+        observe::request(&mut conn, "/")
+            .map_err(|e| e.downcast::<std::io::Error>().unwrap_or_else(|e| std::io::Error::other(e.to_string())))
     }
 }
 
