@@ -22,18 +22,9 @@ pub fn count(frontend_id: u32, event: FrontendEvent) {
 
 /// Creates a frontend's entry with its first event. A function of its
 /// own, so the value's buffer does not sit in every caller's stack frame.
-/// Each field is written as such: a zeroed value with one field set
-/// (`FrontendStatsV4::first`) compiles to a `memset` call, one more frame
-/// on the longest call chain.
 #[inline(never)]
 fn create(frontend_id: u32, event: FrontendEvent) {
-    let one = |counted: FrontendEvent| u64::from(event == counted);
-    let value = FrontendStatsV4 {
-        new_flows: one(FrontendEvent::NewFlow),
-        rejected: one(FrontendEvent::Rejected),
-        dropped: one(FrontendEvent::Dropped),
-    };
     // Another CPU may create the entry first: then this event is lost,
     // once per frontend at most.
-    let _ = LB4_FE_STATS.insert(frontend_id, value, u64::from(BPF_NOEXIST));
+    let _ = LB4_FE_STATS.insert(frontend_id, FrontendStatsV4::first(event), u64::from(BPF_NOEXIST));
 }

@@ -62,9 +62,10 @@ pub fn prefilter_then_handle(ctx: &TcContext) -> Outcome {
 }
 
 /// The Service paths as a call of their own, the outcome in one scalar
-/// (`Outcome::into_bits`), the prefilters' answer in another.
+/// (`Outcome::into_bits`), the prefilters' answer in another (inlined,
+/// their frame would join the hook's).
 #[inline(never)]
-fn handle_candidate(ctx: &TcContext, candidate: u8) -> u64 {
+fn handle_candidate<C: Frame>(ctx: &C, candidate: u8) -> u64 {
     handle_prefiltered(ctx, Candidate(candidate)).into_bits()
 }
 
@@ -103,10 +104,11 @@ impl Candidate {
     }
 }
 
-/// Decides what happens to one packet at tc or XDP ingress.
+/// Decides what happens to one packet at tc or XDP ingress, asking the
+/// prefilters in the call.
 #[inline(always)]
 pub fn handle_packet<C: Frame>(ctx: &C) -> Outcome {
-    handle_prefiltered(ctx, Candidate::ASK)
+    Outcome::from_bits(handle_candidate(ctx, Candidate::ASK.0))
 }
 
 /// `handle_packet`, trying only the paths `prefiltered` allows.

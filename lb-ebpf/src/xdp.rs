@@ -49,14 +49,7 @@ pub fn handle_frame(ctx: &XdpContext) -> Outcome {
     if hops_expiring(ctx, IP_TTL_OFF) {
         return Outcome::next(Counter::Passed);
     }
-    Outcome::from_bits(lb4_call(ctx))
-}
-
-/// The IPv4 paths as a call of their own (`Outcome::into_bits`): inlined,
-/// their frame would join this hook's.
-#[inline(never)]
-fn lb4_call(ctx: &XdpContext) -> u64 {
-    lb4::handle_packet(ctx).into_bits()
+    lb4::handle_packet(ctx)
 }
 
 /// Whether forwarding would expire the packet's TTL or hop limit (the
