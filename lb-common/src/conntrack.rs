@@ -29,7 +29,7 @@ const _: () = assert!(size_of::<CtKeyV4>() == 16);
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// Value of `LB4_CT`. 32 bytes.
+/// Value of `LB4_CT`. 60 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValueV4 {
@@ -62,8 +62,10 @@ pub struct CtValueV4 {
     /// reply direction: the client port to restore. Host byte order.
     pub nat_port: u16,
     pub _pad: [u8; 2],
+    /// Where this direction's translated packets were last routed.
+    pub route: RouteCache,
 }
-const _: () = assert!(size_of::<CtValueV4>() == 32);
+const _: () = assert!(size_of::<CtValueV4>() == 60);
 
 impl CtValueV4 {
     /// Whether this flow is source-NATed.
@@ -71,6 +73,34 @@ impl CtValueV4 {
         self.nat_port != 0
     }
 }
+
+/// The route a flow's translated packets took in one direction, kept on
+/// its conntrack entry so that later packets skip the route lookup
+/// (IPv4 entries; IPv6 entries keep none yet). Written by the datapath
+/// only. Valid while `maps::ROUTE_EPOCH` holds
+/// the value it was written under; the agent changes that value on every
+/// routing, neighbour, link or address change the kernel announces.
+/// 28 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteCache {
+    /// `ROUTE_EPOCH` when the route was looked up; 0: nothing kept.
+    pub epoch: u32,
+    /// The interface the looked-up packet arrived on: routing may differ
+    /// for another.
+    pub ingress_ifindex: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The next hop's MAC.
+    pub dmac: [u8; 6],
+    /// The egress interface's MAC.
+    pub smac: [u8; 6],
+    /// The longest IP packet (total length) the lookup found within the
+    /// route's MTU: a longer one is looked up again.
+    pub fits_len: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<RouteCache>() == 28);
 
 /// Source ports handed out for SNAT: two spans, inclusive, beside Linux's
 /// default ephemeral range (`net.ipv4.ip_local_port_range` =
@@ -213,7 +243,7 @@ pub struct CtKeyV6 {
 const _: () = assert!(size_of::<CtKeyV6>() == 40);
 
 /// Value of `LB6_CT`: `CtValueV4` with 16-byte addresses, the fields
-/// meaning the same. 56 bytes, 8-byte aligned (see `ServiceKeyV6`).
+/// meaning the same (no route is kept yet: see `RouteCache`). 56 bytes, 8-byte aligned (see `ServiceKeyV6`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValueV6 {

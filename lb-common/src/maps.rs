@@ -54,6 +54,12 @@ pub const FRONTEND_STATS_V4: &str = "LB4_FE_STATS";
 pub const LAYOUT: &str = "LB_LAYOUT";
 /// Datapath settings (array of one): `u32` 0 → `DatapathConfig`.
 pub const CONFIG: &str = "LB_CONFIG";
+/// The route epoch (array of one): `u32` 0 → a number the agent changes
+/// whenever the kernel announces a change to routes, rules, nexthops,
+/// neighbours, links, addresses or forwarding settings. A route kept on a
+/// conntrack entry (`conntrack::RouteCache`) is used only while the epoch
+/// it was kept under is current; 0 (no agent has written one) keeps none.
+pub const ROUTE_EPOCH: &str = "LB_ROUTE_EPOCH";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
 pub const IDS: &str = "LB_IDS";
@@ -81,7 +87,7 @@ pub const PEER_DEVICES: &str = "LB_PEER_DEVICES";
 pub const PEER_DEVICES_CAPACITY: u32 = 4096;
 
 /// All maps the agent pins, in the order it lists them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     SERVICES_V4,
     BACKENDS_V4,
     CONNTRACK_V4,
@@ -104,6 +110,7 @@ pub const ALL: [&str; 23] = [
     AFFINITY_MEMBERS_V4,
     FRONTEND_STATS_V4,
     CONFIG,
+    ROUTE_EPOCH,
     LAYOUT,
 ];
 
@@ -114,8 +121,9 @@ pub const SERVICES_V4_CAPACITY: u32 = 1 << 18;
 /// Distinct backends (address, port, protocol) across all Services.
 pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
 /// Tracked flows, two entries each (original and reply direction). An LRU
-/// map is always preallocated: 112 bytes an entry with its bucket (the
-/// kernel's memlock for this map), so 1 Mi entries is 117 MB of kernel
+/// map is always preallocated: 144 bytes an entry with its bucket (the
+/// kernel's memlock for this map; 32 of them the kept route,
+/// `conntrack::RouteCache`), so 1 Mi entries is 151 MB of kernel
 /// memory. Sized for 512 Ki flows: the benchmark's
 /// TCP case opens about 25,000 connections a second for 4.5 s per run and
 /// three runs per table size, about 340,000 flows, which fit here even

@@ -11,13 +11,13 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
 };
 use lb_common::{
-    conntrack::{self as ct, DIR_ORIGINAL, DIR_REPLY, FLAG_RST},
+    conntrack::{self as ct, DIR_ORIGINAL, DIR_REPLY, FLAG_RST, RouteCache},
     service::ServiceValue,
     stats::Counter,
 };
 
 use crate::{
-    family::{Backend, CtEntry, Family, ServiceKey},
+    family::{Backend, CtEntry, Family, ServiceKey, V4},
     parse::Packet,
     verdict::PathResult,
 };
@@ -29,16 +29,56 @@ fn now_s() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
+/// A tracked entry, in the map. Read through, not copied out: a copy
+/// would take stack the longest paths do not have.
+pub struct Tracked<F: Family> {
+    entry: *mut F::CtValue,
+}
+
+impl<F: Family> Clone for Tracked<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for Tracked<F> {}
+
+impl<F: Family> Tracked<F> {
+    /// The entry's fields.
+    #[inline(always)]
+    pub fn fields(&self) -> &F::CtValue {
+        // SAFETY: a value of the map, valid for this run of the program.
+        unsafe { &*self.entry }
+    }
+
+    /// A copy of the entry's fields.
+    #[inline(always)]
+    pub fn value(&self) -> F::CtValue {
+        *self.fields()
+    }
+}
+
+impl Tracked<V4> {
+    /// Where the entry's route is kept (`route_cache`), written in place.
+    /// IPv4 only: IPv6 entries keep no route yet.
+    #[inline(always)]
+    pub fn route(&self) -> *mut RouteCache {
+        // SAFETY: a field's address; nothing is read.
+        unsafe { core::ptr::addr_of_mut!((*self.entry).route) }
+    }
+}
+
 /// The entry at `k`, after recording `pkt` on it. Each field is written
 /// only when it changes: the common packet (same second, same state)
 /// leaves the entry's cache line clean. Two CPUs touching one entry at
 /// once may lose one's new bit; a lost bit only keeps the flow under a
 /// longer timeout.
 #[inline(always)]
-fn lookup_and_record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<F::CtValue> {
-    let entry = F::ct_entry(k)?;
+fn lookup_and_record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<Tracked<F>> {
+    let found = F::ct_entry(k)?;
     // SAFETY: a value of the map, valid for this run of the program.
-    let entry = unsafe { &mut *entry };
+    let entry = unsafe { &mut *found };
     let now = now_s();
     if *entry.last_seen_mut() != now {
         *entry.last_seen_mut() = now;
@@ -47,18 +87,18 @@ fn lookup_and_record<F: Family>(k: &F::CtKey, pkt: &Packet<F>) -> Option<F::CtVa
     if entry.flags() != flags {
         *entry.flags_mut() = flags;
     }
-    Some(*entry)
+    Some(Tracked { entry: found })
 }
 
 /// The tracked original-direction entry for a client → frontend packet.
 #[inline(always)]
-pub fn lookup_original<F: Family>(pkt: &Packet<F>) -> Option<F::CtValue> {
+pub fn lookup_original<F: Family>(pkt: &Packet<F>) -> Option<Tracked<F>> {
     lookup_and_record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_ORIGINAL), pkt)
 }
 
 /// The tracked reply-direction entry for a backend → client packet.
 #[inline(always)]
-pub fn lookup_reply<F: Family>(pkt: &Packet<F>) -> Option<F::CtValue> {
+pub fn lookup_reply<F: Family>(pkt: &Packet<F>) -> Option<Tracked<F>> {
     lookup_and_record(&F::ct_key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, DIR_REPLY), pkt)
 }
 
@@ -96,11 +136,31 @@ pub fn on_rst_mark_original<F: Family>(pkt: &Packet<F>, entry: &F::CtValue) {
     mark_rst::<F>(&F::ct_key(client, frontend, client_port, frontend_port, pkt.proto, DIR_ORIGINAL));
 }
 
-/// The value both entries of a new flow start from: seen now, in the
-/// state the opening packet gives.
+/// This CPU's scratch slots (`maps::LB4_CT_SCRATCH`): a new flow's
+/// original-direction value, and its reply-direction value when the two
+/// differ (SNAT).
+pub const SCRATCH_ORIGINAL: u32 = 0;
+pub const SCRATCH_REPLY: u32 = 1;
+
+/// This CPU's scratch value `slot`, to build a value in.
 #[inline(always)]
-pub fn new_value<F: Family>(frontend: &F::ServiceKey, service: &ServiceValue, backend_id: u32) -> F::CtValue {
-    F::CtValue::new(backend_id, service.frontend_id, (frontend.address(), frontend.port()), now_s())
+pub fn scratch<F: Family>(slot: u32) -> PathResult<&'static mut F::CtValue> {
+    let value = F::ct_scratch(slot).ok_or(Counter::DropConntrackFull)?;
+    // SAFETY: this CPU's slot; no other program runs on it meanwhile.
+    Ok(unsafe { &mut *value })
+}
+
+/// The value both entries of a new flow start from, built in this CPU's
+/// scratch slot: seen now, in the state the opening packet gives.
+#[inline(always)]
+pub fn new_value<F: Family>(
+    frontend: &F::ServiceKey,
+    service: &ServiceValue,
+    backend_id: u32,
+) -> PathResult<&'static mut F::CtValue> {
+    let value = scratch::<F>(SCRATCH_ORIGINAL)?;
+    *value = F::CtValue::new(backend_id, service.frontend_id, (frontend.address(), frontend.port()), now_s());
+    Ok(value)
 }
 
 /// Claims the reply entry of an SNATed flow: replies come from `backend`

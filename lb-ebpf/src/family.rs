@@ -7,7 +7,7 @@
 use lb_common::{
     address_filter,
     backend::{BackendV4, BackendV6},
-    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, RouteCache},
     flow,
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
 };
@@ -15,7 +15,8 @@ use lb_common::{
 use aya_ebpf::btf_maps::lpm_trie::Key;
 
 use crate::maps::{
-    LB4_BACKENDS, LB4_CT, LB4_POD_CIDRS, LB4_SERVICES, LB6_BACKENDS, LB6_CT, LB6_POD_CIDRS, LB6_SERVICES,
+    LB4_BACKENDS, LB4_CT, LB4_CT_SCRATCH, LB4_POD_CIDRS, LB4_SERVICES, LB6_BACKENDS, LB6_CT, LB6_CT_SCRATCH,
+    LB6_POD_CIDRS, LB6_SERVICES,
 };
 
 /// An address family's types and maps.
@@ -27,7 +28,7 @@ pub trait Family: Copy {
     type ServiceKey: ServiceKey<Addr = Self::Addr>;
     type Backend: Backend<Addr = Self::Addr>;
     type CtKey;
-    type CtValue: CtEntry<Addr = Self::Addr>;
+    type CtValue: CtEntry<Addr = Self::Addr> + 'static;
 
     /// The 5-tuple hash new flows are balanced by.
     fn flow_hash(src: Self::Addr, dst: Self::Addr, sport: u16, dport: u16, proto: u8) -> u32;
@@ -43,6 +44,8 @@ pub trait Family: Copy {
     /// The entry at `key`, in place.
     fn ct_entry(key: &Self::CtKey) -> Option<*mut Self::CtValue>;
     fn ct_insert(key: &Self::CtKey, value: &Self::CtValue, flags: u64) -> Result<(), i32>;
+    /// This CPU's scratch value `slot` (`maps::LB4_CT_SCRATCH`).
+    fn ct_scratch(slot: u32) -> Option<*mut Self::CtValue>;
 }
 
 /// A frontend key (`LB4_SERVICES` / `LB6_SERVICES`).
@@ -105,7 +108,7 @@ pub struct V6;
 /// fields have the same names in both families. `$into` and `$from`
 /// convert between the family's `Addr` and the types' address fields.
 macro_rules! entry_traits {
-    ($family:ty, $addr:ty, $into:path, $from:path, $key:ty, $backend:ty, $value:ty) => {
+    ($family:ty, $addr:ty, $into:path, $from:path, $key:ty, $backend:ty, $value:ty $(, $field:ident: $init:expr)?) => {
         impl ServiceKey for $key {
             type Addr = $addr;
             #[inline(always)]
@@ -161,6 +164,7 @@ macro_rules! entry_traits {
                     nat_address: $from(<$family>::unspecified()),
                     nat_port: 0,
                     _pad: [0; 2],
+                    $($field: $init,)?
                 }
             }
             #[inline(always)]
@@ -196,7 +200,7 @@ macro_rules! entry_traits {
     };
 }
 
-entry_traits!(V4, [u8; 4], same, same, ServiceKeyV4, BackendV4, CtValueV4);
+entry_traits!(V4, [u8; 4], same, same, ServiceKeyV4, BackendV4, CtValueV4, route: RouteCache::default());
 entry_traits!(V6, u128, u128::from_ne_bytes, u128::to_ne_bytes, ServiceKeyV6, BackendV6, CtValueV6);
 
 #[inline(always)]
@@ -256,6 +260,11 @@ impl Family for V4 {
     #[inline(always)]
     fn ct_insert(key: &CtKeyV4, value: &CtValueV4, flags: u64) -> Result<(), i32> {
         LB4_CT.insert(key, value, flags)
+    }
+
+    #[inline(always)]
+    fn ct_scratch(slot: u32) -> Option<*mut CtValueV4> {
+        LB4_CT_SCRATCH.get_ptr_mut(slot)
     }
 }
 
@@ -322,5 +331,10 @@ impl Family for V6 {
     #[inline(always)]
     fn ct_insert(key: &CtKeyV6, value: &CtValueV6, flags: u64) -> Result<(), i32> {
         LB6_CT.insert(key, value, flags)
+    }
+
+    #[inline(always)]
+    fn ct_scratch(slot: u32) -> Option<*mut CtValueV6> {
+        LB6_CT_SCRATCH.get_ptr_mut(slot)
     }
 }

@@ -31,7 +31,7 @@ use crate::{
     parse::{self, PacketV4},
     pmtu, reject,
     route::{self, Flow},
-    select, service,
+    route_cache, select, service,
     snat::{self, PreviousSnat},
     verdict::{Outcome, PathResult, Verdict},
 };
@@ -153,19 +153,31 @@ fn try_handle<C: Frame>(ctx: &C, pkt: &PacketV4, candidate: Candidate) -> PathRe
 #[inline(always)]
 fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let tracked = conntrack::lookup_original(pkt);
-    if let Some(entry) = tracked
+    if let Some(tracked) = tracked
         && !pkt.tcp_syn
+        && let entry = tracked.fields()
         && let Some(backend) = service::lookup_backend::<V4>(entry.backend_id)
     {
-        conntrack::on_rst_mark_reply(pkt, &backend, &entry);
+        conntrack::on_rst_mark_reply(pkt, &backend, entry);
         let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
-        let mut flow =
-            Flow::<V4> { src: pkt.src, dst: backend.address, sport: pkt.sport, dport: backend.port, proto: pkt.proto };
-        if let Some((address, port)) = snat {
-            flow.src = address;
-            flow.sport = port;
-        }
-        let route = match pmtu::route(ctx, pkt, &flow, false)? {
+        let checked = match route_cache::recall(ctx, tracked.route(), pkt.ip_total_len) {
+            Some(route) => pmtu::sendable(ctx, route),
+            None => {
+                let mut flow = Flow::<V4> {
+                    src: pkt.src,
+                    dst: backend.address,
+                    sport: pkt.sport,
+                    dport: backend.port,
+                    proto: pkt.proto,
+                };
+                if let Some((address, port)) = snat {
+                    flow.src = address;
+                    flow.sport = port;
+                }
+                pmtu::route(ctx, pkt, &flow, false, Some(tracked.route()))?
+            }
+        };
+        let route = match checked {
             pmtu::Checked::Fits(route) => route,
             pmtu::Checked::Settled(outcome) => return Ok(Some(outcome)),
         };
@@ -176,7 +188,7 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
     // `None` payload in registers, which the verifier refuses to spill.
     let was_tracked = tracked.is_some();
     let previous = match tracked {
-        Some(entry) => PreviousSnat::of(&entry),
+        Some(tracked) => PreviousSnat::of(tracked.fields()),
         None => PreviousSnat::none(),
     };
     let Some((frontend, svc)) = service::lookup_frontend(pkt) else {
@@ -230,7 +242,7 @@ fn start_flow<C: Frame>(
 ) -> PathResult<Outcome> {
     let (backend_id, backend) = choose_backend(pkt, frontend, svc)?;
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    let mut entry = conntrack::new_value::<V4>(&frontend, svc, backend_id);
+    let entry = conntrack::new_value::<V4>(&frontend, svc, backend_id)?;
     if config::forward_through_stack()
         && svc.flags & FLAG_CLUSTER_IP == 0
         && route::is_local::<V4, C>(ctx, V4::unspecified(), frontend.address)
@@ -248,7 +260,7 @@ fn start_flow<C: Frame>(
     // rewritten: a DF packet too big is answered quoting what the client
     // sent (`pmtu`), and XDP can still pass the packet on untouched. A
     // masqueraded flow's route names the node address to SNAT to.
-    let route = match pmtu::route(ctx, pkt, &to, masquerade)? {
+    let route = match pmtu::route(ctx, pkt, &to, masquerade, None)? {
         pmtu::Checked::Fits(route) => route,
         pmtu::Checked::Settled(outcome) => return Ok(outcome),
     };
@@ -267,7 +279,7 @@ fn start_flow<C: Frame>(
         let to = SnatTo { address: route.source, route: Some(route) };
         return snat_flow(ctx, pkt, &backend, entry, to, previous, counter);
     }
-    if conntrack::track(pkt, &backend, &entry)? {
+    if conntrack::track(pkt, &backend, entry)? {
         return to_backend(ctx, pkt, &backend, None, route, counter);
     }
     // The backend's replies to this client port already belong to a flow
@@ -291,17 +303,17 @@ fn snat_flow<C: Frame>(
     ctx: &C,
     pkt: &PacketV4,
     backend: &BackendV4,
-    mut entry: CtValueV4,
+    entry: &mut CtValueV4,
     to: SnatTo,
     previous: PreviousSnat<V4>,
     counter: Counter,
 ) -> PathResult<Outcome> {
     let previous = previous.port_for(entry.backend_id, to.address);
-    let port = snat::allocate(pkt, backend, to.address, &entry, previous)?;
+    let port = snat::allocate(pkt, backend, to.address, entry, previous)?;
     entry.nat_address = to.address;
     entry.nat_port = port;
     // An SNATed flow's reply entry is the one `allocate` claimed.
-    conntrack::track(pkt, backend, &entry)?;
+    conntrack::track(pkt, backend, entry)?;
     to_backend(ctx, pkt, backend, Some((to.address, port)), to.route, counter)
 }
 
@@ -352,7 +364,7 @@ fn try_reply<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>> {
     let Some(entry) = conntrack::lookup_reply(pkt) else {
         return Ok(None);
     };
-    conntrack::on_rst_mark_original(pkt, &entry);
+    conntrack::on_rst_mark_original(pkt, entry.fields());
     to_client(ctx, pkt, &entry).map(Some)
 }
 
@@ -367,7 +379,7 @@ pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
     if !service::may_be_backend_reply(&pkt) {
         return None;
     }
-    let entry = conntrack::lookup_reply(&pkt)?;
+    let entry = conntrack::lookup_reply(&pkt)?.value();
     conntrack::on_rst_mark_original(&pkt, &entry);
     Some(match reverse(ctx, &pkt, &entry) {
         Ok(()) => Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat },
@@ -376,20 +388,29 @@ pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
 }
 
 #[inline(always)]
-fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<Outcome> {
-    let mut flow = Flow::<V4> {
-        src: entry.frontend_address,
-        dst: pkt.dst,
-        sport: entry.frontend_port,
-        dport: pkt.dport,
-        proto: pkt.proto,
-    };
-    if entry.has_snat() {
-        flow.dst = entry.nat_address;
-        flow.dport = entry.nat_port;
-    }
+fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, tracked: &conntrack::Tracked<V4>) -> PathResult<Outcome> {
+    let entry = tracked.fields();
     let through_stack = config::forward_through_stack() && entry.flags & FLAG_LOCAL_FRONTEND == 0;
-    let route = if through_stack { None } else { route::lookup(ctx, &flow, pkt.ip_total_len, false) };
+    let route = if through_stack {
+        None
+    } else if let Some(route) = route_cache::recall(ctx, tracked.route(), pkt.ip_total_len) {
+        route
+    } else {
+        let mut flow = Flow::<V4> {
+            src: entry.frontend_address,
+            dst: pkt.dst,
+            sport: entry.frontend_port,
+            dport: pkt.dport,
+            proto: pkt.proto,
+        };
+        if entry.has_snat() {
+            flow.dst = entry.nat_address;
+            flow.dport = entry.nat_port;
+        }
+        let lookup = route::resolve(ctx, &flow, pkt.ip_total_len, false);
+        route_cache::keep(ctx, tracked.route(), &lookup, pkt.ip_total_len);
+        route::plain_forward(lookup)
+    };
     if !route::can_send(ctx, &route) {
         return Ok(Outcome::next(Counter::XdpPassToTc));
     }

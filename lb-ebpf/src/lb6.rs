@@ -171,13 +171,23 @@ fn try_handle<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
 #[inline(always)]
 fn try_reply_or_pass<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
     if service::may_be_backend_reply(pkt) {
-        match reply(ctx, pkt)? {
-            Replied::Sent(verdict) => return Ok(Outcome { verdict, counter: Counter::ReplyNat }),
-            Replied::Pass => return Ok(Outcome::next(Counter::XdpPassToTc)),
-            Replied::NotTracked => {}
-        }
+        return Ok(Outcome::from_bits(reply_call(ctx, pkt)));
     }
     Ok(Outcome::next(Counter::Passed))
+}
+
+/// `reply` as a call of its own, its outcome in one scalar
+/// (`Outcome::into_bits`): the verifier refuses a call that returns an
+/// aggregate through its caller's stack.
+#[inline(never)]
+fn reply_call<C: Frame>(ctx: &C, pkt: &PacketV6) -> u64 {
+    let outcome = match reply(ctx, pkt) {
+        Ok(Replied::Sent(verdict)) => Outcome { verdict, counter: Counter::ReplyNat },
+        Ok(Replied::Pass) => Outcome::next(Counter::XdpPassToTc),
+        Ok(Replied::NotTracked) => Outcome::next(Counter::Passed),
+        Err(drop_reason) => Outcome::drop(drop_reason),
+    };
+    outcome.into_bits()
 }
 
 /// Whether a client → frontend packet belongs to a tracked flow.
@@ -228,9 +238,10 @@ struct Target {
 /// retransmitted SYN keeps its port (`snat::PreviousSnat` says why).
 #[inline(never)]
 fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tracked {
-    let Some(entry) = conntrack::lookup_original(pkt) else {
+    let Some(tracked) = conntrack::lookup_original(pkt) else {
         return Tracked::Untracked;
     };
+    let entry = tracked.fields();
     if pkt.tcp_syn {
         let (address, port) = entry.nat();
         (nat.address, nat.port) = (address.to_ne_bytes(), port);
@@ -240,7 +251,7 @@ fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tr
     let Some(found) = service::lookup_backend::<V6>(entry.backend_id) else {
         return Tracked::Stale;
     };
-    conntrack::on_rst_mark_reply(pkt, &found, &entry);
+    conntrack::on_rst_mark_reply(pkt, &found, entry);
     *backend = found;
     let (address, port) = entry.nat();
     (nat.address, nat.port) = (address.to_ne_bytes(), port);
@@ -337,7 +348,7 @@ fn start_flow<C: Frame>(
         (backend_id, service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?)
     };
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    out.entry.write(conntrack::new_value::<V6>(&frontend, &svc, backend_id));
+    out.entry.write(*conntrack::new_value::<V6>(&frontend, &svc, backend_id)?);
     *chosen = backend;
     out.to = if backend.address() == pkt.src {
         SnatTo::Frontend
@@ -536,9 +547,10 @@ pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
     if !service::may_be_backend_reply(pkt) {
         return None;
     }
-    let entry = conntrack::lookup_reply(pkt)?;
-    conntrack::on_rst_mark_original(pkt, &entry);
-    Some(match reverse(ctx, pkt, &entry) {
+    let tracked = conntrack::lookup_reply(pkt)?;
+    let entry = tracked.fields();
+    conntrack::on_rst_mark_original(pkt, entry);
+    Some(match reverse(ctx, pkt, entry) {
         Ok(()) => Outcome { verdict: Verdict::Next, counter: Counter::ReplyNat },
         Err(drop_reason) => Outcome::drop(drop_reason),
     })
@@ -556,12 +568,13 @@ enum Replied {
 /// carry, then given the frontend as its source (and the client back as
 /// its destination when SNATed) and sent on. Routed first, so that XDP
 /// can pass on untouched what it cannot send.
-#[inline(never)]
+#[inline(always)]
 fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
-    let Some(entry) = conntrack::lookup_reply(pkt) else {
+    let Some(tracked) = conntrack::lookup_reply(pkt) else {
         return Ok(Replied::NotTracked);
     };
-    conntrack::on_rst_mark_original(pkt, &entry);
+    let entry = tracked.fields();
+    conntrack::on_rst_mark_original(pkt, entry);
     let (frontend, frontend_port) = entry.frontend();
     let mut flow = Flow::<V6> { src: frontend, dst: pkt.dst, sport: frontend_port, dport: pkt.dport, proto: pkt.proto };
     if entry.has_snat() {
@@ -571,7 +584,7 @@ fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
     if !route::can_send(ctx, &route) {
         return Ok(Replied::Pass);
     }
-    reverse(ctx, pkt, &entry)?;
+    reverse(ctx, pkt, entry)?;
     Ok(Replied::Sent(match route {
         Some(route) => route::send(ctx, &route)?,
         None => Verdict::Next,

@@ -50,6 +50,7 @@ mod parse6;
 mod pmtu;
 mod reject;
 mod route;
+mod route_cache;
 mod select;
 mod service;
 mod snat;

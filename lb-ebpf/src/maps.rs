@@ -56,6 +56,16 @@ pub static LB6_BACKENDS: HashMap<u32, BackendV6, { BACKENDS_V6_CAPACITY as usize
 #[btf_map]
 pub static LB6_CT: LruHashMap<CtKeyV6, CtValueV6, { CONNTRACK_V6_CAPACITY as usize }> = LruHashMap::new();
 
+/// Per-CPU room in which a new flow's two conntrack values are built
+/// (`conntrack::SCRATCH_*`): map memory, not stack, which the longest
+/// paths have no room left for. Programs on one CPU do not interleave
+/// (both hooks that start flows run in softirq). Not pinned.
+#[btf_map]
+pub static LB4_CT_SCRATCH: PerCpuArray<CtValueV4, 2> = PerCpuArray::new();
+
+#[btf_map]
+pub static LB6_CT_SCRATCH: PerCpuArray<CtValueV6, 2> = PerCpuArray::new();
+
 /// `lb_common::port_filter` bits by port number.
 #[btf_map]
 pub static LB_PORT_FILTER: Array<u8, { PORT_FILTER_CAPACITY as usize }> = Array::new();
@@ -147,6 +157,11 @@ pub static LB4_FE_STATS: PerCpuHashMap<u32, FrontendStatsV4, { FRONTEND_STATS_V4
 /// The agent's settings (`lb_common::config`), one entry.
 #[btf_map]
 pub static LB_CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+/// The route epoch (`lb_common::maps::ROUTE_EPOCH`), one entry, written
+/// by the agent.
+#[btf_map]
+pub static LB_ROUTE_EPOCH: Array<u32, 1> = Array::new();
 
 /// Each pinned map's layout version (`lb_common::maps::LAYOUT`). Declared
 /// here so it is created and pinned with the others; the datapath never

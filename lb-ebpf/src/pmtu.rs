@@ -15,7 +15,7 @@
 //! every packet that is not a plain forward it can send itself (too big
 //! included) is settled as passed to tc, untouched.
 
-use lb_common::{proto, stats::Counter};
+use lb_common::{conntrack::RouteCache, proto, stats::Counter};
 
 use crate::{
     family::Family,
@@ -23,6 +23,7 @@ use crate::{
     icmp_reply, nat,
     parse::{ETH_LEN, Packet, PacketV4},
     route::{self, Flow, Route},
+    route_cache,
     verdict::{Outcome, PathResult, Verdict},
 };
 
@@ -41,9 +42,20 @@ pub enum Checked {
 /// Looks up the route for `flow` (the packet's tuple after NAT), checking
 /// `pkt` against its MTU; answers a DF packet that does not fit.
 /// `want_source`: the route must name the node's source address (SNAT).
+/// `keep`: where a tracked flow keeps its route (`route_cache`).
 #[inline(always)]
-pub fn route<C: Frame>(ctx: &C, pkt: &PacketV4, flow: &Flow, want_source: bool) -> PathResult<Checked> {
-    let mtu = match route::resolve(ctx, flow, pkt.ip_total_len, want_source) {
+pub fn route<C: Frame>(
+    ctx: &C,
+    pkt: &PacketV4,
+    flow: &Flow,
+    want_source: bool,
+    keep: Option<*mut RouteCache>,
+) -> PathResult<Checked> {
+    let lookup = route::resolve(ctx, flow, pkt.ip_total_len, want_source);
+    if let Some(cache) = keep {
+        route_cache::keep(ctx, cache, &lookup, pkt.ip_total_len);
+    }
+    let mtu = match lookup {
         route::Lookup::Route(route) => return Ok(sendable(ctx, Some(route))),
         route::Lookup::Stack => return Ok(sendable(ctx, None)),
         route::Lookup::TooBig { mtu } => mtu,
@@ -60,7 +72,7 @@ pub fn route<C: Frame>(ctx: &C, pkt: &PacketV4, flow: &Flow, want_source: bool) 
 /// `Fits(route)` when this hook can send along `route` itself, else
 /// passed to tc (`route::can_send`).
 #[inline(always)]
-fn sendable<C: Frame>(ctx: &C, route: Option<Route>) -> Checked {
+pub fn sendable<C: Frame>(ctx: &C, route: Option<Route>) -> Checked {
     if route::can_send(ctx, &route) {
         Checked::Fits(route)
     } else {

@@ -128,6 +128,20 @@ pub struct Route<F: Family = V4> {
     neighbour: Option<([u8; 6], [u8; 6])>,
 }
 
+impl<F: Family> Route<F> {
+    /// A plain forward out of `ifindex` to a known neighbour.
+    #[inline(always)]
+    pub fn to_neighbour(ifindex: u32, dmac: [u8; 6], smac: [u8; 6], source: F::Addr) -> Self {
+        Self { ifindex, source, neighbour: Some((dmac, smac)) }
+    }
+
+    /// The next hop's and egress interface's MACs, when known.
+    #[inline(always)]
+    pub fn neighbour(&self) -> Option<([u8; 6], [u8; 6])> {
+        self.neighbour
+    }
+}
+
 impl<F: Family> Clone for Route<F> {
     #[inline(always)]
     fn clone(&self) -> Self {
@@ -216,7 +230,13 @@ pub fn is_local<F: Routed, C: Frame>(ctx: &C, unspecified: F::Addr, address: F::
 /// stack. `None`: not a plain forward (see the module comment).
 #[inline(always)]
 pub fn lookup<F: Routed, C: Frame>(ctx: &C, flow: &Flow<F>, ip_total_len: u16, want_source: bool) -> Option<Route<F>> {
-    match resolve(ctx, flow, ip_total_len, want_source) {
+    plain_forward(resolve(ctx, flow, ip_total_len, want_source))
+}
+
+/// The route of a lookup that found a plain forward; `None`: the stack's.
+#[inline(always)]
+pub fn plain_forward<F: Family>(lookup: Lookup<F>) -> Option<Route<F>> {
+    match lookup {
         Lookup::Route(route) => Some(route),
         Lookup::TooBig { .. } | Lookup::Stack => None,
     }

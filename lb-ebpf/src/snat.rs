@@ -118,8 +118,7 @@ pub fn allocate<F: Family>(
     {
         return Ok(port);
     }
-    let mut reply = *original;
-    reply.set_nat(pkt.src, pkt.sport);
+    let reply = reply_value(pkt, original)?;
     let mut claim = Claim::<F> { backend: *backend, address, reply, flow_hash: select::flow_hash(pkt), port: 0 };
     let callback = try_candidate::<F> as *const () as *mut c_void;
     // SAFETY: `claim` outlives the call; the callback reads and writes it
@@ -142,9 +141,20 @@ pub fn reclaim<F: Family>(
     original: &F::CtValue,
     port: u16,
 ) -> bool {
-    let mut reply = *original;
+    let Ok(reply) = reply_value(pkt, original) else {
+        return false;
+    };
+    conntrack::reclaim_reply::<F>(backend, address, port, reply)
+}
+
+/// The reply entry of an SNATed flow: `original`, restoring the client's
+/// address and port. Built in this CPU's scratch slot.
+#[inline(always)]
+fn reply_value<F: Family>(pkt: &Packet<F>, original: &F::CtValue) -> PathResult<&'static mut F::CtValue> {
+    let reply = conntrack::scratch::<F>(conntrack::SCRATCH_REPLY)?;
+    *reply = *original;
     reply.set_nat(pkt.src, pkt.sport);
-    conntrack::reclaim_reply::<F>(backend, address, port, &reply)
+    Ok(reply)
 }
 
 /// What one candidate port needs, shared with `try_candidate`; `port` is
@@ -152,7 +162,7 @@ pub fn reclaim<F: Family>(
 struct Claim<F: Family> {
     backend: F::Backend,
     address: F::Addr,
-    reply: F::CtValue,
+    reply: &'static F::CtValue,
     flow_hash: u32,
     port: u16,
 }
@@ -170,7 +180,7 @@ extern "C" fn try_candidate<F: Family>(attempt: u64, claim: *mut c_void) -> i64 
     // Looked up before the insert: a taken port costs a lockless lookup,
     // not a failed LRU insert (which takes a free entry, and a lock, first).
     if conntrack::reply_taken::<F>(&claim.backend, claim.address, port)
-        || !conntrack::claim_reply::<F>(&claim.backend, claim.address, port, &claim.reply)
+        || !conntrack::claim_reply::<F>(&claim.backend, claim.address, port, claim.reply)
     {
         return 0;
     }

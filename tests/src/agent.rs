@@ -123,6 +123,27 @@ impl Agent {
         ServiceMaps::from_pins(&self.pin_dir)?.read_all()
     }
 
+    /// The route epoch the agent last wrote (`LB_ROUTE_EPOCH`).
+    pub fn route_epoch(&self) -> anyhow::Result<u32> {
+        let pin = self.pin_dir.join(lb_common::maps::ROUTE_EPOCH);
+        let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&pin)?)?;
+        let epoch: aya::maps::Array<_, u32> = map.try_into()?;
+        Ok(epoch.get(&0, 0)?)
+    }
+
+    /// Waits until the agent has moved the route epoch past `from` (it
+    /// has read the kernel's announcement of a routing change).
+    pub fn wait_route_epoch_past(&self, from: u32, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while self.route_epoch()? == from {
+            if start.elapsed() > timeout {
+                bail!("the route epoch stayed at {from} for {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Waits until the pinned maps satisfy `ready`, failing if the agent
     /// exits or `timeout` passes.
     pub fn wait_until(

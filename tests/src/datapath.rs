@@ -297,6 +297,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// Writes the route epoch (`LB_ROUTE_EPOCH`), as the agent does at
+    /// start and on every routing change it is told of: 0 keeps no route.
+    pub fn set_route_epoch(&mut self, epoch: u32) -> anyhow::Result<()> {
+        let mut map: Array<&mut MapData, u32> =
+            self.ebpf.map_mut(names::ROUTE_EPOCH).context("route epoch map")?.try_into()?;
+        map.set(0, epoch, 0)?;
+        Ok(())
+    }
+
     /// Lets `lb_xdp` redirect to interface `ifindex`, as the agent does for
     /// each interface it attaches XDP to.
     pub fn allow_xdp_device(&mut self, ifindex: u32) -> anyhow::Result<()> {

@@ -266,3 +266,51 @@ fn forward_through_stack_puts_service_traffic_through_the_forward_chain() {
     let (to_backends, replies) = through_the_forward_chain(&[]);
     assert_eq!((to_backends, replies), (0, 0), "by default the chain is bypassed");
 }
+
+/// End to end: an established flow follows a routing change on the node.
+/// Its packets skip the route lookup (the route is kept on its conntrack
+/// entry) until the kernel announces a change, which the agent answers by
+/// moving the route epoch. A blackhole route to the flow's backend stops
+/// its next datagram; once the route is removed, the flow is answered
+/// again. UDP: every datagram of the flow is the same size, so each would
+/// take the kept route if it were still used.
+#[test]
+fn an_established_flow_follows_a_routing_change_on_the_node() {
+    use std::{net::UdpSocket, time::Duration};
+    let cluster = DemoCluster::start().expect("start demo cluster");
+    let socket = servers::in_netns(&cluster.topology.client, || {
+        let socket = UdpSocket::bind(servers::any_port_of_family(SocketAddr::V4(ECHO)))?;
+        socket.connect(SocketAddr::V4(ECHO))?;
+        Ok(socket)
+    })
+    .expect("a UDP socket in the client namespace");
+    let exchange = |timeout: Duration| -> std::io::Result<String> {
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send(b"ping")?;
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = exchange(Duration::from_secs(3)).expect("an answer through the ClusterIP");
+    for _ in 0..3 {
+        assert_eq!(exchange(Duration::from_secs(3)).expect("the same flow answers"), first);
+    }
+    let backend = (1..=scenario::BACKENDS)
+        .find(|&i| first.starts_with(&scenario::backend_name(i)))
+        .map(topology::backend_ip)
+        .expect("the answer names a backend");
+    let blackhole = format!("{backend}/32");
+    let epoch = cluster.agent.route_epoch().unwrap();
+    topology::run_in(&cluster.topology.node, &["ip", "route", "add", "blackhole", &blackhole]).unwrap();
+    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the new route");
+    let blocked = exchange(Duration::from_secs(1));
+    assert!(
+        matches!(&blocked, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "a datagram to a blackholed backend is not answered: {blocked:?}"
+    );
+
+    let epoch = cluster.agent.route_epoch().unwrap();
+    topology::run_in(&cluster.topology.node, &["ip", "route", "del", "blackhole", &blackhole]).unwrap();
+    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the route go");
+    assert_eq!(exchange(Duration::from_secs(3)).expect("answered once the route is back"), first);
+}

@@ -129,6 +129,53 @@ fn node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_from
     assert_eq!(moved, counters(&[(Counter::Established, 1), (Counter::Redirected, 1)]));
 }
 
+/// The reply-direction entry of `flow_entry`'s SNATed flow.
+fn reply_entry(dp: &Datapath, snat: Endpoint) -> CtValueV4 {
+    let key = |(k, _): &(CtKeyV4, CtValueV4)| {
+        k.direction == DIR_REPLY && k.dst_address == snat.ip.octets() && k.dst_port == snat.port
+    };
+    dp.conntrack().expect("read conntrack").into_iter().find(key).expect("the reply is tracked").1
+}
+
+#[test]
+fn an_established_flow_keeps_its_route_until_the_route_epoch_moves() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let ack = packets::tcp(CLIENT, NODE_PORT, false, b"more");
+    dp.run(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("run SYN");
+    dp.run(TC_PROGRAM, &ack).expect("run ACK");
+    assert_eq!(dp.flow_entry(CLIENT, NODE_PORT).unwrap().route.epoch, 0, "no epoch written: nothing kept");
+
+    dp.set_route_epoch(7).unwrap();
+    let (first, moved) = dp.run_counted(TC_PROGRAM, &ack).expect("run ACK");
+    assert_eq!(moved, counters(&[(Counter::Established, 1), (Counter::Redirected, 1)]));
+    let entry = dp.flow_entry(CLIENT, NODE_PORT).unwrap();
+    assert_eq!((entry.route.epoch, entry.route.dmac, entry.route.smac), (7, OTHER_NODE_MAC, NODE_MAC), "kept");
+    let snat = ep(NODE_IP, entry.nat_port);
+    let reply = packets::tcp(REMOTE_BACKEND, snat, false, b"hello");
+    dp.run(TC_PROGRAM, &reply).expect("run reply");
+    assert_eq!(reply_entry(&dp, snat).route.dmac, CLIENT_MAC, "the reply direction keeps its own route");
+
+    // The next hop moves to another MAC. Until the agent moves the epoch,
+    // the flow's packets keep the route they had: proof that they skip
+    // the lookup.
+    const MOVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x15];
+    run("ip", &["neigh", "replace", &routed::OTHER_NODE_IP.to_string(), "lladdr", &mac(MOVED_MAC), "dev", "ext0"])
+        .unwrap();
+    let kept = dp.run(TC_PROGRAM, &ack).expect("run ACK");
+    assert_eq!((kept.verdict, kept.packet), (first.verdict, first.packet.clone()), "sent as before");
+
+    dp.set_route_epoch(8).unwrap();
+    let (moved_on, counted) = dp.run_counted(TC_PROGRAM, &ack).expect("run ACK");
+    assert_eq!(moved_on.verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        moved_on.packet,
+        packets::routed(packets::tcp(snat, REMOTE_BACKEND, false, b"more"), MOVED_MAC, NODE_MAC)
+    );
+    assert_eq!(counted, counters(&[(Counter::Established, 1), (Counter::Redirected, 1)]));
+    assert_eq!(dp.flow_entry(CLIENT, NODE_PORT).unwrap().route.epoch, 8, "kept again, under the new epoch");
+}
+
 #[test]
 fn a_retransmitted_syn_keeps_its_snat_port() {
     let mut dp = routed_node();

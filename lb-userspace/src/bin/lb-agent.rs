@@ -16,7 +16,7 @@ use lb_userspace::{
         links::Attachments,
         loader,
         maps::ServiceMaps,
-        sock_links,
+        route_epoch, sock_links,
     },
     events::{EventPublisher, LogOnly},
     frontend_metrics::{FrontendCollector, FrontendDirectory},
@@ -166,8 +166,8 @@ struct Args {
     /// on exit (for readiness probes).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Conntrack table size in entries (two per flow). Preallocated: 112
-    /// bytes of kernel memory an entry (117 MB for the default). A full table evicts the idlest
+    /// Conntrack table size in entries (two per flow). Preallocated: 144
+    /// bytes of kernel memory an entry (151 MB for the default). A full table evicts the idlest
     /// flows; the agent warns above 90%.
     #[arg(long, default_value_t = lb_common::maps::CONNTRACK_V4_CAPACITY)]
     conntrack_max: u32,
@@ -344,6 +344,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut ebpf = loader::load_maps(Some(&args.pin_dir), capacities)?;
     write_config(&args)?;
+    // Before any program of this agent runs: routes kept under an earlier
+    // agent's epoch are looked up again.
+    route_epoch::follow(&args.pin_dir)?;
     warn_if_snat_ports_are_ephemeral();
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     let seeded = maps.seed_address_filter()?;

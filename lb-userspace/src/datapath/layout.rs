@@ -147,6 +147,8 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
             layout(MapType::Array, size::<u32>(), size::<lb_common::config::DatapathConfig>(), 1),
             OnMismatch::Recreate,
         ),
+        // A new epoch is chosen at every start anyway.
+        names::ROUTE_EPOCH => (layout(MapType::Array, size::<u32>(), size::<u32>(), 1), OnMismatch::Recreate),
         // Counters only: lost on a change of layout.
         names::FRONTEND_STATS_V4 => (
             layout(MapType::PerCpuHash, size::<u32>(), size::<FrontendStatsV4>(), names::FRONTEND_STATS_V4_CAPACITY),

@@ -34,7 +34,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
     ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
 }
 
-fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("unsupported map type at {}", path.display()))

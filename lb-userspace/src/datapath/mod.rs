@@ -14,5 +14,6 @@ pub mod loader;
 mod maglev;
 mod mapped;
 pub mod maps;
+pub mod route_epoch;
 mod shared_tables;
 pub mod sock_links;

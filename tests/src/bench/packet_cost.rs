@@ -167,6 +167,10 @@ items:
   ports: [{name: http, port: 80, protocol: TCP}]
 "#;
 
+/// The route epoch the datapath runs under (any but 0, which keeps no
+/// route).
+const ROUTE_EPOCH: u32 = 1;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Packets {
     /// Fresh SYNs to ClusterIPs spread over the table, repeat=1 each.
@@ -202,7 +206,7 @@ struct Case {
     floor: &'static str,
 }
 
-const CASES: [Case; 17] = [
+const CASES: [Case; 18] = [
     Case {
         id: "parse_only_new",
         label: "parse-only floor (repeat=1)",
@@ -241,6 +245,13 @@ const CASES: [Case; 17] = [
     Case {
         id: "conntrack_hit",
         label: "conntrack hit (established flow)",
+        program: TC_PROGRAM,
+        packets: Packets::Established,
+        floor: "parse_only_repeated",
+    },
+    Case {
+        id: "conntrack_hit_lookup",
+        label: "conntrack hit, route looked up on every packet (no route kept)",
         program: TC_PROGRAM,
         packets: Packets::Established,
         floor: "parse_only_repeated",
@@ -364,6 +375,9 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
         "conntrack_hit" => format!(
             "a TCP segment of an established flow, repeat={r}. Two Services point at each other's frontend ({}:{} → {}:{} → back) and both flows are established first, so each iteration, fed the previous one's output, is a conntrack hit plus a DNAT of address and port",
             MIRROR_A.ip, MIRROR_A.port, MIRROR_B.ip, MIRROR_B.port
+        ),
+        "conntrack_hit_lookup" => format!(
+            "`conntrack hit` with the route epoch at 0 while it is timed, so nothing is kept on the entries and every packet looks its route up, as before routes were kept (repeat={r}); beside `conntrack hit`, what keeping the route saves"
         ),
         "route_only" => format!(
             "`lb_forward_only` (parses like `lb_tc`, then the route lookup every packet the datapath sends itself makes, no Service work) on the established-flow packet, repeat={r}. Its route is the stack's, as for `conntrack hit` after NAT, so both rows pay one route lookup: their difference is what the Service work costs, whatever the lookup costs on this host"
@@ -604,6 +618,8 @@ impl SizeBench {
             routed::set_up_v6()?;
         }
         bench.ext0 = ext0();
+        // As the agent does at start: established flows keep their routes.
+        bench.dp.set_route_epoch(ROUTE_EPOCH)?;
         bench.verify(&table)?;
         Ok(bench)
     }
@@ -862,7 +878,13 @@ impl SizeBench {
                     Packets::OtherAddressV6 => self.other_address_v6.clone(),
                     _ => self.other_address.clone(),
                 };
-                Ok(self.dp.time(case.program, &packet, self.repeat)?.as_nanos() as f64)
+                if case.id != "conntrack_hit_lookup" {
+                    return Ok(self.dp.time(case.program, &packet, self.repeat)?.as_nanos() as f64);
+                }
+                self.dp.set_route_epoch(0)?;
+                let took = self.dp.time(case.program, &packet, self.repeat);
+                self.dp.set_route_epoch(ROUTE_EPOCH)?;
+                Ok(took?.as_nanos() as f64)
             }
         }
     }
