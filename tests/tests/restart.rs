@@ -321,3 +321,62 @@ fn an_upgrade_to_the_address_filter_serves_services_before_the_first_sync() {
     let (_, moved) = upgraded.run_counted(TC_PROGRAM, &packets::tcp_syn(client, VIP)).unwrap();
     assert_eq!(moved, Counters::from([(Counter::NewFlow, 1)]), "served before any sync");
 }
+
+/// The bytes of a plain-data value, as bpftool's `hex` arguments.
+fn hex_bytes<T: Copy>(value: &T, len: usize) -> Vec<String> {
+    assert!(len <= std::mem::size_of::<T>());
+    // SAFETY: reads `len` bytes of a plain-data value.
+    let bytes = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), len) };
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An upgrade across the change of `LB4_CT`'s value (32 bytes before
+/// routes were kept on it): the agent recreates the map and copies every
+/// tracked flow into it, so established connections keep their backends
+/// instead of being reset.
+#[test]
+fn flows_tracked_in_the_previous_conntrack_layout_are_carried_over() {
+    use lb_common::conntrack::{CtKeyV4, CtValueV4};
+    let pin_dir = PinDir::unique("carry");
+    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    let path = pin_dir.0.join(lb_common::maps::CONNTRACK_V4);
+    let path_text = path.to_str().unwrap();
+    lb_tests::topology::run(
+        "bpftool",
+        &[
+            "map", "create", path_text, "type", "lru_hash", "key", "16", "value", "32", "entries", "4096", "name",
+            "LB4_CT",
+        ],
+    )
+    .unwrap();
+    let key = CtKeyV4 {
+        src_address: [10, 0, 1, 2],
+        dst_address: [10, 96, 0, 10],
+        src_port: 40000,
+        dst_port: 80,
+        proto: 6,
+        direction: DIR_ORIGINAL,
+        _pad: [0; 2],
+    };
+    let value = CtValueV4 {
+        backend_id: 7,
+        frontend_id: 3,
+        frontend_address: [10, 96, 0, 10],
+        frontend_port: 80,
+        flags: 1,
+        created_s: 100,
+        last_seen_s: 160,
+        ..CtValueV4::default()
+    };
+    let mut update = vec!["map", "update", "pinned", path_text, "key", "hex"];
+    let (key_hex, value_hex) = (hex_bytes(&key, 16), hex_bytes(&value, 32));
+    update.extend(key_hex.iter().map(String::as_str));
+    update.extend(["value", "hex"]);
+    update.extend(value_hex.iter().map(String::as_str));
+    lb_tests::topology::run("bpftool", &update).unwrap();
+
+    let _ebpf = loader::load_maps(Some(&pin_dir.0), Capacities::default()).expect("load over the previous layout");
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
+    let table: aya::maps::HashMap<_, CtKeyV4, CtValueV4> = map.try_into().expect("this build's conntrack table");
+    assert_eq!(table.get(&key, 0).expect("the flow was carried over"), value, "every field, no route kept");
+}

@@ -32,9 +32,9 @@ use lb_common::{
     source_ranges::{SourceRangeKeyV4, SourceRangeKeyV6},
     stats,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::loader::Capacities;
+use super::{conntrack_carry, loader::Capacities};
 
 /// A map's shape as the kernel reports it, and the version of what its
 /// entries mean (`lb_common::maps::layout_version`), as recorded in
@@ -237,11 +237,20 @@ pub fn record_versions(pin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `reconcile` did.
+pub struct Reconciled {
+    /// Maps unpinned, for the loader to create fresh.
+    pub recreated: Vec<&'static str>,
+    /// The previous build's IPv4 conntrack table, held open to be copied
+    /// into the new one (`conntrack_carry`).
+    pub carried: Option<conntrack_carry::Previous>,
+}
+
 /// Checks every map pinned under `pin_dir` against this build; unpins the
 /// ones to recreate (the loader then creates them fresh) and returns their
 /// names. Fails, touching nothing, if a map that must not be lost is
 /// incompatible.
-pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static str>, LayoutError> {
+pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Reconciled, LayoutError> {
     let mut recreate = Vec::new();
     for name in names::ALL {
         let Some((expected, policy)) = expected(name, capacities) else {
@@ -259,8 +268,19 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static 
         }
         recreate.push((name, path, found, expected, policy));
     }
+    let mut carried = None;
     for (name, path, found, expected, policy) in &recreate {
+        if *name == names::CONNTRACK_V4 && conntrack_carry::is_previous(found, capacities) {
+            match conntrack_carry::Previous::open(path) {
+                Ok(previous) => {
+                    info!(map = name, %found, %expected, "pinned map has the previous layout: its flows are carried over");
+                    carried = Some(previous);
+                }
+                Err(e) => warn!(map = name, "{e:#}: tracked flows are lost"),
+            }
+        }
         let consequence = match policy {
+            _ if *name == names::CONNTRACK_V4 && carried.is_some() => "recreated, its flows copied",
             OnMismatch::RecreateLosingFlows => {
                 "tracked flows are lost: established connections through Services reset once"
             }
@@ -269,7 +289,7 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Vec<&'static 
         warn!(map = name, %found, %expected, "pinned map has another layout than this build; {consequence}");
         std::fs::remove_file(path).map_err(|source| LayoutError::Unpin { path: path.clone(), source })?;
     }
-    Ok(recreate.into_iter().map(|(name, ..)| name).collect())
+    Ok(Reconciled { recreated: recreate.into_iter().map(|(name, ..)| name).collect(), carried })
 }
 
 /// Whether the pinned Maglev map takes tables of this build's size and

@@ -15,8 +15,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, tc::SchedClassifierLinkId},
 };
 use lb_common::maps as names;
+use tracing::{info, warn};
 
-use super::{bpffs, layout, sock_links};
+use super::{bpffs, conntrack_carry, layout, sock_links};
 
 /// The tc program balancing Service traffic.
 pub const TC_PROGRAM: &str = "lb_tc";
@@ -92,11 +93,12 @@ pub fn load_maps(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Resu
         .map_max_entries(names::MAGLEV_V4, capacities.maglev)
         .map_max_entries(names::AFFINITY_V4, capacities.affinity)
         .map_max_entries(names::AFFINITY_V6, capacities.affinity);
+    let mut carried = None;
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
             bpffs::ensure_mounted(dir)?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
-            layout::reconcile(dir, capacities)?;
+            carried = layout::reconcile(dir, capacities)?.carried;
             names::ALL.iter().map(|&m| (m, pin_path(dir, m))).collect()
         }
         None => Vec::new(),
@@ -105,10 +107,26 @@ pub fn load_maps(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Resu
         loader.map_pin_path(map, path.as_path());
     }
     let ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
+    if let Some(previous) = carried {
+        carry_conntrack(&ebpf, &previous);
+    }
     if let Some(dir) = pin_dir {
         layout::record_versions(dir)?;
     }
     Ok(ebpf)
+}
+
+/// Copies the previous build's tracked IPv4 flows into the new table
+/// (`conntrack_carry`); a failure only loses them, as a recreate does.
+fn carry_conntrack(ebpf: &Ebpf, previous: &conntrack_carry::Previous) {
+    let copied = match ebpf.map(names::CONNTRACK_V4) {
+        Some(aya::maps::Map::LruHashMap(new)) => previous.carry_into(new),
+        _ => Err(anyhow::anyhow!("{} is missing from the object", names::CONNTRACK_V4)),
+    };
+    match copied {
+        Ok(entries) => info!(entries, "tracked flows carried over into the new conntrack table"),
+        Err(e) => warn!("{e:#}: tracked flows are lost, established connections through Services reset once"),
+    }
 }
 
 /// Verifies the programs every node uses (the kernel's verifier: a few

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod batch;
 pub mod bpffs;
 pub mod chained;
+mod conntrack_carry;
 pub mod interfaces;
 pub mod inventory;
 pub mod layout;
