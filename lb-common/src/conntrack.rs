@@ -29,7 +29,7 @@ const _: () = assert!(size_of::<CtKeyV4>() == 16);
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;
 
-/// Value of `LB4_CT`. 60 bytes.
+/// Value of `LB4_CT`. 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValueV4 {
@@ -65,7 +65,7 @@ pub struct CtValueV4 {
     /// Where this direction's translated packets were last routed.
     pub route: RouteCache,
 }
-const _: () = assert!(size_of::<CtValueV4>() == 60);
+const _: () = assert!(size_of::<CtValueV4>() == 64);
 
 impl CtValueV4 {
     /// Whether this flow is source-NATed.
@@ -76,11 +76,13 @@ impl CtValueV4 {
 
 /// The route a flow's translated packets took in one direction, kept on
 /// its conntrack entry so that later packets skip the route lookup
-/// (IPv4 entries; IPv6 entries keep none yet). Written by the datapath
-/// only. Valid while `maps::ROUTE_EPOCH` holds
-/// the value it was written under; the agent changes that value on every
-/// routing, neighbour, link or address change the kernel announces.
-/// 28 bytes.
+/// (IPv4 entries; IPv6 entries keep none yet), and, in the original
+/// direction, the backend that route leads to, so that they skip the
+/// backend lookup too. Written by the datapath only. Valid while
+/// `maps::ROUTE_EPOCH` holds the value it was written under; the agent
+/// changes that value on every routing, neighbour, link or address
+/// change the kernel announces, and after it removes a backend.
+/// 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteCache {
@@ -98,9 +100,15 @@ pub struct RouteCache {
     /// The longest IP packet (total length) the lookup found within the
     /// route's MTU: a longer one is looked up again.
     pub fits_len: u16,
-    pub _pad: [u8; 2],
+    /// Original direction: the backend's port, as the flow's backend id
+    /// named it when the route was kept. Reply direction: 0. Host byte
+    /// order.
+    pub backend_port: u16,
+    /// Original direction: the backend's address, likewise. Reply
+    /// direction: 0. Network byte order.
+    pub backend_address: [u8; 4],
 }
-const _: () = assert!(size_of::<RouteCache>() == 28);
+const _: () = assert!(size_of::<RouteCache>() == 32);
 
 /// Source ports handed out for SNAT: two spans, inclusive, beside Linux's
 /// default ephemeral range (`net.ipv4.ip_local_port_range` =

@@ -56,9 +56,10 @@ pub const LAYOUT: &str = "LB_LAYOUT";
 pub const CONFIG: &str = "LB_CONFIG";
 /// The route epoch (array of one): `u32` 0 → a number the agent changes
 /// whenever the kernel announces a change to routes, rules, nexthops,
-/// neighbours, links, addresses or forwarding settings. A route kept on a
-/// conntrack entry (`conntrack::RouteCache`) is used only while the epoch
-/// it was kept under is current; 0 (no agent has written one) keeps none.
+/// neighbours, links, addresses or forwarding settings, and after it
+/// removes an IPv4 backend. A route (and backend) kept on a conntrack
+/// entry (`conntrack::RouteCache`) is used only while the epoch it was
+/// kept under is current; 0 (no agent has written one) keeps none.
 pub const ROUTE_EPOCH: &str = "LB_ROUTE_EPOCH";
 /// The agent's id counters (array, indexed by `ids::NEXT_*`), pinned with
 /// the other maps so ids stay unique across agent restarts.
@@ -122,7 +123,7 @@ pub const SERVICES_V4_CAPACITY: u32 = 1 << 18;
 pub const BACKENDS_V4_CAPACITY: u32 = 1 << 18;
 /// Tracked flows, two entries each (original and reply direction). An LRU
 /// map is always preallocated: 144 bytes an entry with its bucket (the
-/// kernel's memlock for this map; 32 of them the kept route,
+/// kernel's memlock for this map; 32 of them the kept route and backend,
 /// `conntrack::RouteCache`), so 1 Mi entries is 151 MB of kernel
 /// memory. Sized for 512 Ki flows: the benchmark's
 /// TCP case opens about 25,000 connections a second for 4.5 s per run and

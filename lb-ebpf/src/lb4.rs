@@ -31,7 +31,8 @@ use crate::{
     parse::{self, PacketV4},
     pmtu, reject,
     route::{self, Flow},
-    route_cache, select, service,
+    route_cache::Kept,
+    select, service,
     snat::{self, PreviousSnat},
     verdict::{Outcome, PathResult, Verdict},
 };
@@ -156,11 +157,12 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
     if let Some(tracked) = tracked
         && !pkt.tcp_syn
         && let entry = tracked.fields()
-        && let Some(backend) = service::lookup_backend::<V4>(entry.backend_id)
+        && let kept = Kept::at(tracked.route())
+        && let Some(backend) = established_backend(pkt, entry, &kept)
     {
         conntrack::on_rst_mark_reply(pkt, &backend, entry);
         let snat = entry.has_snat().then_some((entry.nat_address, entry.nat_port));
-        let checked = match route_cache::recall(ctx, tracked.route(), pkt.ip_total_len) {
+        let checked = match kept.route(ctx, pkt.ip_total_len) {
             Some(route) => pmtu::sendable(ctx, route),
             None => {
                 let mut flow = Flow::<V4> {
@@ -174,7 +176,7 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
                     flow.src = address;
                     flow.sport = port;
                 }
-                pmtu::route(ctx, pkt, &flow, false, Some(tracked.route()))?
+                pmtu::route(ctx, pkt, &flow, false, Some((&kept, (backend.address, backend.port))))?
             }
         };
         let route = match checked {
@@ -226,6 +228,16 @@ fn try_forward<C: Frame>(ctx: &C, pkt: &PacketV4) -> PathResult<Option<Outcome>>
         frontend_stats::count(svc.frontend_id, FrontendEvent::NewFlow);
     }
     Ok(Some(outcome))
+}
+
+/// A tracked flow's backend, if it still exists: the one kept on its
+/// entry under the current epoch (`route_cache`), else looked up by id.
+#[inline(always)]
+fn established_backend(pkt: &PacketV4, entry: &CtValueV4, kept: &Kept) -> Option<BackendV4> {
+    if let Some((address, port)) = kept.backend() {
+        return Some(BackendV4 { address, port, proto: pkt.proto, flags: 0 });
+    }
+    service::lookup_backend::<V4>(entry.backend_id)
 }
 
 /// A new flow to `frontend` (with endpoints): chooses its backend, tracks
@@ -391,9 +403,10 @@ pub fn reverse_at_egress(ctx: &TcContext) -> Option<Outcome> {
 fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, tracked: &conntrack::Tracked<V4>) -> PathResult<Outcome> {
     let entry = tracked.fields();
     let through_stack = config::forward_through_stack() && entry.flags & FLAG_LOCAL_FRONTEND == 0;
+    let kept = Kept::at(tracked.route());
     let route = if through_stack {
         None
-    } else if let Some(route) = route_cache::recall(ctx, tracked.route(), pkt.ip_total_len) {
+    } else if let Some(route) = kept.route(ctx, pkt.ip_total_len) {
         route
     } else {
         let mut flow = Flow::<V4> {
@@ -408,7 +421,7 @@ fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, tracked: &conntrack::Tracked<V4>
             flow.dport = entry.nat_port;
         }
         let lookup = route::resolve(ctx, &flow, pkt.ip_total_len, false);
-        route_cache::keep(ctx, tracked.route(), &lookup, pkt.ip_total_len);
+        kept.keep(ctx, &lookup, pkt.ip_total_len, None);
         route::plain_forward(lookup)
     };
     if !route::can_send(ctx, &route) {

@@ -15,7 +15,7 @@
 //! every packet that is not a plain forward it can send itself (too big
 //! included) is settled as passed to tc, untouched.
 
-use lb_common::{conntrack::RouteCache, proto, stats::Counter};
+use lb_common::{proto, stats::Counter};
 
 use crate::{
     family::Family,
@@ -42,18 +42,19 @@ pub enum Checked {
 /// Looks up the route for `flow` (the packet's tuple after NAT), checking
 /// `pkt` against its MTU; answers a DF packet that does not fit.
 /// `want_source`: the route must name the node's source address (SNAT).
-/// `keep`: where a tracked flow keeps its route (`route_cache`).
+/// `keep`: where a tracked flow keeps its route (`route_cache`), under
+/// which epoch, and the backend (address, port) it leads to.
 #[inline(always)]
 pub fn route<C: Frame>(
     ctx: &C,
     pkt: &PacketV4,
     flow: &Flow,
     want_source: bool,
-    keep: Option<*mut RouteCache>,
+    keep: Option<(&route_cache::Kept, ([u8; 4], u16))>,
 ) -> PathResult<Checked> {
     let lookup = route::resolve(ctx, flow, pkt.ip_total_len, want_source);
-    if let Some(cache) = keep {
-        route_cache::keep(ctx, cache, &lookup, pkt.ip_total_len);
+    if let Some((kept, backend)) = keep {
+        kept.keep(ctx, &lookup, pkt.ip_total_len, Some(backend));
     }
     let mtu = match lookup {
         route::Lookup::Route(route) => return Ok(sendable(ctx, Some(route))),

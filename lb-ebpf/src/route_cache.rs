@@ -24,9 +24,21 @@
 //! was looked up for, and the hop that cannot carry them answers the
 //! client. Epoch 0, before any agent has written one, keeps nothing.
 //!
-//! Two CPUs may keep a flow's route at once; the epoch is cleared before
-//! and written after the other fields, and read before and after them, so
-//! a reader never takes fields kept under two different epochs.
+//! The original direction's entry also keeps the backend its route leads
+//! to (address and port), so that its packets skip the backend lookup
+//! too. A backend id names one address and port for as long as it
+//! exists, so what can go stale is only whether it still exists: the
+//! agent moves the epoch after it removes a backend, and a flow whose
+//! backend went is then balanced afresh on its next packet, as when the
+//! lookup finds nothing.
+//!
+//! The epoch is read once per packet, before the lookups whose answers
+//! are kept under it (`Kept::at`): a change that lands between the lookup
+//! and the keeping moves the epoch past the one read, so the stale answer
+//! is never used. Two CPUs may keep a flow's answers at once; the epoch
+//! is cleared before and written after the other fields, and read before
+//! and after them, so a reader never takes fields kept under two
+//! different epochs.
 
 use lb_common::conntrack::RouteCache;
 
@@ -34,80 +46,130 @@ use crate::{
     family::Family,
     frame::Frame,
     maps::LB_ROUTE_EPOCH,
-    route::{self, Lookup, Route},
+    route::{Lookup, Route},
 };
 
 /// `RouteCache::ifindex` of a kept answer that is the stack's.
 const TO_STACK: u32 = 0;
 
-/// The current epoch; 0 keeps nothing.
-#[inline(always)]
-fn current_epoch() -> u32 {
-    LB_ROUTE_EPOCH.get(0).copied().unwrap_or(0)
+/// Where one direction of a flow keeps its answers, and the epoch current
+/// when its packet began to be handled (0: nothing is kept or recalled).
+#[derive(Clone, Copy)]
+pub struct Kept {
+    cache: *mut RouteCache,
+    epoch: u32,
 }
 
-/// The answer kept at `cache` for a packet of `ip_total_len` bytes
-/// arriving on this packet's interface, if it is still current: a route
-/// (`Some(Some(route))`, one this hook can send along) or the stack
-/// (`Some(None)`). `None`: nothing usable kept; look the route up.
-#[inline(always)]
-pub fn recall<F: Family, C: Frame>(ctx: &C, cache: *const RouteCache, ip_total_len: u16) -> Option<Option<Route<F>>> {
-    let epoch = current_epoch();
-    if epoch == 0 {
-        return None;
+impl Kept {
+    /// The answers kept at `cache`, with the current epoch read now:
+    /// before any lookup whose answer may be kept.
+    #[inline(always)]
+    pub fn at(cache: *mut RouteCache) -> Self {
+        let epoch = LB_ROUTE_EPOCH.get(0).copied().unwrap_or(0);
+        Self { cache, epoch }
     }
-    // SAFETY: fields of a map value, valid for this run of the program.
-    // All reads volatile: kept in this order, the epoch's two around the
-    // others.
-    let (before, ingress, ifindex, dmac, smac, fits_len, after) = unsafe {
-        use core::ptr::read_volatile as read;
-        (
-            read(&raw const (*cache).epoch),
-            read(&raw const (*cache).ingress_ifindex),
-            read(&raw const (*cache).ifindex),
-            read(&raw const (*cache).dmac),
-            read(&raw const (*cache).smac),
-            read(&raw const (*cache).fits_len),
-            read(&raw const (*cache).epoch),
-        )
-    };
-    if before != epoch || after != epoch || ingress != ctx.ingress_ifindex() || ip_total_len > fits_len {
-        return None;
-    }
-    if ifindex == TO_STACK {
-        return Some(None);
-    }
-    let route = Route::to_neighbour(ifindex, dmac, smac, F::unspecified());
-    route::can_send(ctx, &Some(route)).then_some(Some(route))
-}
 
-/// Keeps `lookup`, just made for a packet of `ip_total_len` bytes, at
-/// `cache`, if it is an answer that is kept (see the module comment).
-#[inline(always)]
-pub fn keep<F: Family, C: Frame>(ctx: &C, cache: *mut RouteCache, lookup: &Lookup<F>, ip_total_len: u16) {
-    let epoch = current_epoch();
-    let (ifindex, (dmac, smac)) = match lookup {
-        Lookup::Route(route) => match route.neighbour() {
-            Some(macs) => (route.ifindex, macs),
-            None => return,
-        },
-        Lookup::Stack => (TO_STACK, ([0; 6], [0; 6])),
-        Lookup::TooBig { .. } => return,
-    };
-    if epoch == 0 {
-        return;
+    /// The backend kept under the current epoch (address, port): it still
+    /// exists. `None`: look it up.
+    #[inline(always)]
+    pub fn backend(&self) -> Option<([u8; 4], u16)> {
+        if self.epoch == 0 {
+            return None;
+        }
+        // SAFETY: fields of a map value, valid for this run of the
+        // program. All reads volatile: kept in this order, the epoch's
+        // two around the others.
+        let (before, address, port, after) = unsafe {
+            use core::ptr::read_volatile as read;
+            let cache = self.cache;
+            (
+                read(&raw const (*cache).epoch),
+                read(&raw const (*cache).backend_address),
+                read(&raw const (*cache).backend_port),
+                read(&raw const (*cache).epoch),
+            )
+        };
+        // Port 0: kept by the reply direction, or carried over from a
+        // layout that kept no backend.
+        if before != self.epoch || after != self.epoch || port == 0 {
+            return None;
+        }
+        Some((address, port))
     }
-    // SAFETY: fields of a map value, valid for this run of the program.
-    // All writes volatile: kept in this order, the epoch's two around the
-    // others.
-    unsafe {
-        use core::ptr::write_volatile as write;
-        write(&raw mut (*cache).epoch, 0);
-        write(&raw mut (*cache).ingress_ifindex, ctx.ingress_ifindex());
-        write(&raw mut (*cache).ifindex, ifindex);
-        write(&raw mut (*cache).dmac, dmac);
-        write(&raw mut (*cache).smac, smac);
-        write(&raw mut (*cache).fits_len, ip_total_len);
-        write(&raw mut (*cache).epoch, epoch);
+
+    /// The route kept for a packet of `ip_total_len` bytes arriving on
+    /// this packet's interface, if it is still current: a route
+    /// (`Some(Some(route))`, as looked up; whether this hook can send
+    /// along it is the caller's to ask) or the stack (`Some(None)`).
+    /// `None`: nothing usable kept; look the route up.
+    #[inline(always)]
+    pub fn route<F: Family, C: Frame>(&self, ctx: &C, ip_total_len: u16) -> Option<Option<Route<F>>> {
+        if self.epoch == 0 {
+            return None;
+        }
+        // SAFETY: as in `backend`.
+        let (before, ingress, ifindex, dmac, smac, fits_len, after) = unsafe {
+            use core::ptr::read_volatile as read;
+            let cache = self.cache;
+            (
+                read(&raw const (*cache).epoch),
+                read(&raw const (*cache).ingress_ifindex),
+                read(&raw const (*cache).ifindex),
+                read(&raw const (*cache).dmac),
+                read(&raw const (*cache).smac),
+                read(&raw const (*cache).fits_len),
+                read(&raw const (*cache).epoch),
+            )
+        };
+        if before != self.epoch || after != self.epoch || ingress != ctx.ingress_ifindex() || ip_total_len > fits_len {
+            return None;
+        }
+        if ifindex == TO_STACK {
+            return Some(None);
+        }
+        Some(Some(Route::to_neighbour(ifindex, dmac, smac, F::unspecified())))
+    }
+
+    /// Keeps `lookup`, just made for a packet of `ip_total_len` bytes,
+    /// under the epoch read before it, if it is an answer that is kept
+    /// (see the module comment); in the original direction with the
+    /// backend the route leads to (address, port), found existing after
+    /// that epoch was read.
+    #[inline(always)]
+    pub fn keep<F: Family, C: Frame>(
+        &self,
+        ctx: &C,
+        lookup: &Lookup<F>,
+        ip_total_len: u16,
+        backend: Option<([u8; 4], u16)>,
+    ) {
+        let (ifindex, (dmac, smac)) = match lookup {
+            Lookup::Route(route) => match route.neighbour() {
+                Some(macs) => (route.ifindex, macs),
+                None => return,
+            },
+            Lookup::Stack => (TO_STACK, ([0; 6], [0; 6])),
+            Lookup::TooBig { .. } => return,
+        };
+        if self.epoch == 0 {
+            return;
+        }
+        // SAFETY: fields of a map value, valid for this run of the
+        // program. All writes volatile: kept in this order, the epoch's
+        // two around the others.
+        unsafe {
+            use core::ptr::write_volatile as write;
+            let cache = self.cache;
+            write(&raw mut (*cache).epoch, 0);
+            write(&raw mut (*cache).ingress_ifindex, ctx.ingress_ifindex());
+            write(&raw mut (*cache).ifindex, ifindex);
+            write(&raw mut (*cache).dmac, dmac);
+            write(&raw mut (*cache).smac, smac);
+            write(&raw mut (*cache).fits_len, ip_total_len);
+            let (backend_address, backend_port) = backend.unwrap_or(([0; 4], 0));
+            write(&raw mut (*cache).backend_port, backend_port);
+            write(&raw mut (*cache).backend_address, backend_address);
+            write(&raw mut (*cache).epoch, self.epoch);
+        }
     }
 }

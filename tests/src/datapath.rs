@@ -306,6 +306,12 @@ impl Datapath {
         Ok(())
     }
 
+    /// The route epoch the maps hold now.
+    pub fn route_epoch(&self) -> anyhow::Result<u32> {
+        let map: Array<&MapData, u32> = self.ebpf.map(names::ROUTE_EPOCH).context("route epoch map")?.try_into()?;
+        Ok(map.get(&0, 0)?)
+    }
+
     /// Lets `lb_xdp` redirect to interface `ifindex`, as the agent does for
     /// each interface it attaches XDP to.
     pub fn allow_xdp_device(&mut self, ifindex: u32) -> anyhow::Result<()> {

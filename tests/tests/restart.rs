@@ -330,21 +330,42 @@ fn hex_bytes<T: Copy>(value: &T, len: usize) -> Vec<String> {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An upgrade across the change of `LB4_CT`'s value (32 bytes before
-/// routes were kept on it): the agent recreates the map and copies every
+/// An upgrade across a change of `LB4_CT`'s value (32 bytes before routes
+/// were kept on it, 60 before the kept route had the backend): the agent
+/// recreates the map and copies every
 /// tracked flow into it, so established connections keep their backends
 /// instead of being reset.
 #[test]
-fn flows_tracked_in_the_previous_conntrack_layout_are_carried_over() {
-    use lb_common::conntrack::{CtKeyV4, CtValueV4};
+fn flows_tracked_in_earlier_conntrack_layouts_are_carried_over() {
+    // Before routes were kept (32-byte values), and while the kept route
+    // had no backend (60).
+    for value_size in [32, 60] {
+        carry_over_from(value_size);
+    }
+}
+
+fn carry_over_from(value_size: usize) {
+    use lb_common::conntrack::{CtKeyV4, CtValueV4, RouteCache};
     let pin_dir = PinDir::unique("carry");
     std::fs::create_dir_all(&pin_dir.0).unwrap();
     let path = pin_dir.0.join(lb_common::maps::CONNTRACK_V4);
     let path_text = path.to_str().unwrap();
+    let value_size_text = value_size.to_string();
     lb_tests::topology::run(
         "bpftool",
         &[
-            "map", "create", path_text, "type", "lru_hash", "key", "16", "value", "32", "entries", "4096", "name",
+            "map",
+            "create",
+            path_text,
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            &value_size_text,
+            "entries",
+            "4096",
+            "name",
             "LB4_CT",
         ],
     )
@@ -368,15 +389,22 @@ fn flows_tracked_in_the_previous_conntrack_layout_are_carried_over() {
         last_seen_s: 160,
         ..CtValueV4::default()
     };
+    // What the earlier build held: a 60-byte value had a route kept.
+    let held = CtValueV4 {
+        route: RouteCache { epoch: 9, ingress_ifindex: 2, ifindex: 3, fits_len: 1500, ..RouteCache::default() },
+        ..value
+    };
     let mut update = vec!["map", "update", "pinned", path_text, "key", "hex"];
-    let (key_hex, value_hex) = (hex_bytes(&key, 16), hex_bytes(&value, 32));
+    let (key_hex, value_hex) = (hex_bytes(&key, 16), hex_bytes(&held, value_size));
     update.extend(key_hex.iter().map(String::as_str));
     update.extend(["value", "hex"]);
     update.extend(value_hex.iter().map(String::as_str));
     lb_tests::topology::run("bpftool", &update).unwrap();
 
-    let _ebpf = loader::load_maps(Some(&pin_dir.0), Capacities::default()).expect("load over the previous layout");
+    let _ebpf = loader::load_maps(Some(&pin_dir.0), Capacities::default())
+        .unwrap_or_else(|e| panic!("load over the {value_size}-byte layout: {e:#}"));
     let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
     let table: aya::maps::HashMap<_, CtKeyV4, CtValueV4> = map.try_into().expect("this build's conntrack table");
-    assert_eq!(table.get(&key, 0).expect("the flow was carried over"), value, "every field, no route kept");
+    let carried = table.get(&key, 0).unwrap_or_else(|e| panic!("{value_size}-byte flow not carried over: {e}"));
+    assert_eq!(carried, value, "{value_size}-byte layout: every field, no route kept");
 }

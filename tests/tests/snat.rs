@@ -176,6 +176,61 @@ fn an_established_flow_keeps_its_route_until_the_route_epoch_moves() {
     assert_eq!(dp.flow_entry(CLIENT, NODE_PORT).unwrap().route.epoch, 8, "kept again, under the new epoch");
 }
 
+/// `SERVICES` with `web`'s one endpoint replaced by `MOVED_BACKEND`.
+const MOVED_BACKEND: Endpoint = ep([10, 244, 9, 4], 8080);
+
+#[test]
+fn an_established_flow_keeps_its_backend_until_a_sync_removes_it() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    dp.set_route_epoch(7).unwrap();
+    let ack = packets::tcp(CLIENT, NODE_PORT, false, b"more");
+    dp.run(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("run SYN");
+    let first = dp.run(TC_PROGRAM, &ack).expect("run ACK");
+    let kept = dp.flow_entry(CLIENT, NODE_PORT).unwrap().route;
+    assert_eq!(
+        (kept.epoch, kept.backend_address, kept.backend_port),
+        (7, REMOTE_BACKEND.ip.octets(), REMOTE_BACKEND.port),
+        "the backend is kept with the route"
+    );
+
+    // The backend's entry goes without the agent's knowing (so without an
+    // epoch move): the flow's packets still reach it, proof that they
+    // skip the backend lookup.
+    let address = std::net::SocketAddrV4::new(REMOTE_BACKEND.ip, REMOTE_BACKEND.port);
+    dp.remove_backend_entry(address).expect("remove the backend entry");
+    let (again, counted) = dp.run_counted(TC_PROGRAM, &ack).expect("run ACK");
+    assert_eq!((again.verdict, again.packet), (first.verdict, first.packet.clone()), "sent as before");
+    assert_eq!(counted, counters(&[(Counter::Established, 1), (Counter::Redirected, 1)]));
+    // The next full sync repairs the entry; nothing was removed, so the
+    // epoch stays.
+    dp.apply(SERVICES).expect("repair the backend entry");
+    assert_eq!(dp.route_epoch().unwrap(), 7);
+
+    // A sync that removes the backend moves the epoch: the next packet
+    // finds its backend gone and is balanced afresh.
+    let moved = SERVICES.replacen("addresses: [10.244.9.2]", "addresses: [10.244.9.4]", 1);
+    dp.apply(&moved).expect("program the moved endpoint");
+    assert_eq!(dp.route_epoch().unwrap(), 8, "moved by the sync");
+    let (rebalanced, counted) = dp.run_counted(TC_PROGRAM, &ack).expect("run ACK");
+    assert_eq!(counted, counters(&[(Counter::Rebalanced, 1), (Counter::Redirected, 1)]));
+    let entry = dp.flow_entry(CLIENT, NODE_PORT).unwrap();
+    let snat = ep(NODE_IP, entry.nat_port);
+    assert_eq!(
+        rebalanced.packet,
+        packets::routed(packets::tcp(snat, MOVED_BACKEND, false, b"more"), OTHER_NODE_MAC, NODE_MAC)
+    );
+    let kept = dp.flow_entry(CLIENT, NODE_PORT).unwrap().route;
+    assert_eq!(kept.epoch, 0, "a rebalanced flow starts with nothing kept");
+    dp.run(TC_PROGRAM, &ack).expect("run ACK");
+    let kept = dp.flow_entry(CLIENT, NODE_PORT).unwrap().route;
+    assert_eq!(
+        (kept.epoch, kept.backend_address),
+        (8, MOVED_BACKEND.ip.octets()),
+        "kept again under the epoch the sync moved to"
+    );
+}
+
 #[test]
 fn a_retransmitted_syn_keeps_its_snat_port() {
     let mut dp = routed_node();

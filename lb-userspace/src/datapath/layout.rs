@@ -271,7 +271,7 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Reconciled, L
     let mut carried = None;
     for (name, path, found, expected, policy) in &recreate {
         if *name == names::CONNTRACK_V4 && conntrack_carry::is_previous(found, capacities) {
-            match conntrack_carry::Previous::open(path) {
+            match conntrack_carry::Previous::open(path, found.value_size) {
                 Ok(previous) => {
                     info!(map = name, %found, %expected, "pinned map has the previous layout: its flows are carried over");
                     carried = Some(previous);

@@ -24,6 +24,8 @@ use lb_common::{
     stats::Counter,
 };
 
+use tracing::warn;
+
 use super::{batch, maglev::MaglevTables};
 use crate::{
     state::HighestIds,
@@ -32,6 +34,16 @@ use crate::{
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
     ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+}
+
+/// A handle of its own on one of the object's array maps, which stays in
+/// the object for whoever else uses it.
+fn share_array(ebpf: &Ebpf, name: &str) -> anyhow::Result<Map> {
+    let Some(Map::Array(data)) = ebpf.map(name) else {
+        anyhow::bail!("array map {name} missing from the object");
+    };
+    let id = data.info().with_context(|| format!("map {name}"))?.id();
+    Ok(Map::Array(MapData::from_id(id).with_context(|| format!("map {name}"))?))
 }
 
 pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
@@ -285,16 +297,20 @@ macro_rules! kernel_tables {
             conntrack_v6: HashMap<MapData, CtKeyV6, CtValueV6>,
             affinity: HashMap<MapData, AffinityKeyV4, AffinityValueV4>,
             affinity_v6: HashMap<MapData, AffinityKeyV6, AffinityValueV4>,
+            /// Moved after writes that remove an IPv4 backend: flows keep
+            /// their backend under it (`route_epoch`).
+            route_epoch: Array<MapData, u32>,
         }
 
         impl ServiceMaps {
-            fn open(mut open: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+            fn open(mut open: impl FnMut(&str) -> anyhow::Result<Map>, route_epoch: Map) -> anyhow::Result<Self> {
                 Ok(Self {
                     $( $field: <kernel_storage!($storage, $key, $value)>::new(open($name)?).context($name)?, )*
                     conntrack: open(names::CONNTRACK_V4)?.try_into().context(names::CONNTRACK_V4)?,
                     conntrack_v6: open(names::CONNTRACK_V6)?.try_into().context(names::CONNTRACK_V6)?,
                     affinity: open(names::AFFINITY_V4)?.try_into().context(names::AFFINITY_V4)?,
                     affinity_v6: open(names::AFFINITY_V6)?.try_into().context(names::AFFINITY_V6)?,
+                    route_epoch: route_epoch.try_into().context(names::ROUTE_EPOCH)?,
                 })
             }
 
@@ -323,6 +339,25 @@ macro_rules! kernel_tables {
             /// handed to that map at once (hash maps batch their puts).
             /// On failure, says how many writes were applied.
             pub fn write_all(&mut self, writes: &[Write]) -> Result<(), (usize, anyhow::Error)> {
+                let result = self.write_in_order(writes);
+                let applied = match &result {
+                    Ok(()) => writes,
+                    Err((applied, _)) => &writes[..*applied],
+                };
+                if applied.iter().any(|w| matches!(w, Write::Backend(_, None))) {
+                    // After the removal: a flow that keeps its backend
+                    // under the new epoch found it existing after it.
+                    if let Err(e) = super::route_epoch::advance_pinned(&mut self.route_epoch) {
+                        warn!(
+                            "{e:#}: flows to a removed backend keep sending to it until the route epoch \
+                             next moves"
+                        );
+                    }
+                }
+                result
+            }
+
+            fn write_in_order(&mut self, writes: &[Write]) -> Result<(), (usize, anyhow::Error)> {
                 let mut done = 0;
                 while let Some(first) = writes.get(done) {
                     let rest = &writes[done..];
@@ -367,11 +402,12 @@ impl std::fmt::Debug for ServiceMaps {
 
 impl ServiceMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        Self::open(|name| take(ebpf, name))
+        let route_epoch = share_array(ebpf, names::ROUTE_EPOCH)?;
+        Self::open(|name| take(ebpf, name), route_epoch)
     }
 
     pub fn from_pins(pin_dir: &Path) -> anyhow::Result<Self> {
-        Self::open(|name| open_pinned(pin_dir, name))
+        Self::open(|name| open_pinned(pin_dir, name), open_pinned(pin_dir, names::ROUTE_EPOCH)?)
     }
 
     /// Sets the address-filter bit of every frontend the maps hold, when

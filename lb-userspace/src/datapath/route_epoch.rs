@@ -1,16 +1,21 @@
 //! The route epoch (`LB_ROUTE_EPOCH`): the number under which the
 //! datapath keeps each established flow's route on its conntrack entry,
-//! so that the flow's packets skip the route lookup. A kept route is used
-//! only while the epoch it was kept under is current, so moving the epoch
-//! makes every flow look its route up again on its next packet.
+//! with the backend the route leads to, so that the flow's packets skip
+//! the route and backend lookups. A kept route is used only while the
+//! epoch it was kept under is current, so moving the epoch makes every
+//! flow look its route and backend up again on its next packet.
 //!
 //! The agent moves it when it starts (routes kept before it ran may be
-//! stale) and whenever the kernel announces a change to anything a route
+//! stale), whenever the kernel announces a change to anything a route
 //! lookup reads: routes, rules and nexthops, neighbours (a next hop's
-//! MAC), links (up, down, MTU, MAC), addresses, and forwarding settings.
+//! MAC), links (up, down, MTU, MAC), addresses, and forwarding settings,
+//! and after a sync that removed an IPv4 backend (`advance_pinned`, from
+//! `ServiceMaps`), so a flow whose backend went is balanced afresh.
 //! Notifications are subscribed before the first move, so none is missed
 //! in between; those that arrive together move it once. Lost notifications
-//! (the socket's buffer was full) move it too.
+//! (the socket's buffer was full) move it too. Each move reads the epoch
+//! the map holds, so moves from the notification task and from syncs
+//! never take the epoch back.
 
 use std::path::Path;
 
@@ -82,7 +87,8 @@ impl RouteEpoch {
 
     /// Moves to the next epoch: every kept route is looked up again.
     pub fn advance(&mut self) -> anyhow::Result<()> {
-        self.set(next(self.current))
+        self.current = advance_pinned(&mut self.map)?;
+        Ok(())
     }
 
     fn set(&mut self, epoch: u32) -> anyhow::Result<()> {
@@ -90,6 +96,18 @@ impl RouteEpoch {
         self.current = epoch;
         Ok(())
     }
+}
+
+/// Moves the epoch `map` holds to the next one, unless it is 0 (no agent
+/// has written one: nothing is kept); returns the epoch it now holds.
+pub fn advance_pinned(map: &mut Array<MapData, u32>) -> anyhow::Result<u32> {
+    let current = map.get(&0, 0).context("reading the route epoch")?;
+    if current == 0 {
+        return Ok(0);
+    }
+    let epoch = next(current);
+    map.set(0, epoch, 0).context("writing the route epoch")?;
+    Ok(epoch)
 }
 
 /// Subscribes to the kernel's routing notifications, then moves to this
