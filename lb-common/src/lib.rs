@@ -15,6 +15,7 @@
 pub mod address_filter;
 pub mod affinity;
 pub mod backend;
+pub mod checksum;
 pub mod config;
 pub mod conntrack;
 pub mod flow;

@@ -26,8 +26,7 @@ use crate::{
     affinity, config, conntrack,
     family::{Family, V4},
     frame::Frame,
-    frontend_stats,
-    nat::{self, Side},
+    frontend_stats, nat,
     parse::{self, PacketV4},
     pmtu, reject,
     route::{self, Flow},
@@ -354,10 +353,9 @@ fn to_backend<C: Frame>(
     route: Option<route::Route>,
     counter: Counter,
 ) -> PathResult<Outcome> {
-    nat::rewrite(ctx, pkt, Side::Destination, backend.address, backend.port)?;
-    if let Some((address, port)) = snat {
-        nat::rewrite(ctx, pkt, Side::Source, address, port)?;
-    } else if config::forward_through_stack() {
+    let src = snat.unwrap_or((pkt.src, pkt.sport));
+    nat::translate(ctx, pkt, src, (backend.address, backend.port))?;
+    if snat.is_none() && config::forward_through_stack() {
         // The client's own source: the forward path takes it as it is.
         return Ok(Outcome { verdict: Verdict::Next, counter });
     }
@@ -439,9 +437,6 @@ fn to_client<C: Frame>(ctx: &C, pkt: &PacketV4, tracked: &conntrack::Tracked<V4>
 /// the client's own address and port when SNATed).
 #[inline(always)]
 fn reverse<C: Frame>(ctx: &C, pkt: &PacketV4, entry: &CtValueV4) -> PathResult<()> {
-    nat::rewrite(ctx, pkt, Side::Source, entry.frontend_address, entry.frontend_port)?;
-    if entry.has_snat() {
-        nat::rewrite(ctx, pkt, Side::Destination, entry.nat_address, entry.nat_port)?;
-    }
-    Ok(())
+    let dst = if entry.has_snat() { (entry.nat_address, entry.nat_port) } else { (pkt.dst, pkt.dport) };
+    nat::translate(ctx, pkt, (entry.frontend_address, entry.frontend_port), dst)
 }

@@ -1,19 +1,22 @@
 //! Address and port rewrites with incremental checksum updates.
 //!
 //! At tc, the L4 checksum goes through the kernel's helper rather than
-//! arithmetic on the packet: it knows the sk_buff's checksum state. A locally generated
-//! packet on a veth is CHECKSUM_PARTIAL, whose L4 field holds only the
-//! pseudo-header sum; `BPF_F_PSEUDO_HDR` updates it correctly, and a port
-//! change (not in the pseudo header) then rightly leaves it alone.
-//! `BPF_F_MARK_MANGLED_0` keeps a UDP checksum of 0 ("none") at 0 and turns
-//! a computed 0 into 0xffff. At XDP, which has no such helper, `frame`
+//! arithmetic on the packet: it knows the sk_buff's checksum state. A
+//! locally generated packet on a veth is CHECKSUM_PARTIAL, whose L4 field
+//! holds only the pseudo-header sum; `BPF_F_PSEUDO_HDR` updates it
+//! correctly, and a port change (not in the pseudo header) then rightly
+//! leaves it alone. `BPF_F_MARK_MANGLED_0` keeps a UDP checksum of 0
+//! ("none") at 0 and turns a computed 0 into 0xffff. An IPv4 translation
+//! calls the helper once, for both addresses, and updates the ports
+//! itself in the state the helper's result reveals (`translate`,
+//! `lb_common::checksum`). At XDP, which has no such helper, `frame`
 //! does the same arithmetic in software.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
 };
-use lb_common::{proto, stats::Counter};
+use lb_common::{checksum, proto, stats::Counter};
 
 use crate::{
     family::{Family, v6_words},
@@ -54,30 +57,16 @@ pub fn write_at<const N: usize>(ctx: &impl Frame, offset: usize, bytes: [u8; N])
 /// Folds a 32-bit one's-complement sum to 16 bits and complements it:
 /// the checksum field's value, big-endian.
 #[inline(always)]
-pub fn fold_checksum(mut sum: u32) -> [u8; 2] {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
+pub fn fold_checksum(sum: u32) -> [u8; 2] {
+    (!checksum::fold(sum)).to_be_bytes()
 }
 
 /// `fold_checksum` for a sum of words read in memory order (as the
 /// kernel's `bpf_csum_diff` sums them): the field's bytes as they go into
 /// the packet.
 #[inline(always)]
-pub fn fold_checksum_ne(mut sum: u32) -> [u8; 2] {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_ne_bytes()
-}
-
-/// RFC 1624 incremental update of a 16-bit one's-complement checksum for
-/// a 4-byte field changing from `from` to `to`.
-#[inline(always)]
-fn csum_replace4(check: [u8; 2], from: [u8; 4], to: [u8; 4]) -> [u8; 2] {
-    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
-    let mut sum = u32::from(!u16::from_be_bytes(check));
-    sum += (0xffff - word(from, 0)) + (0xffff - word(from, 2)) + word(to, 0) + word(to, 2);
-    fold_checksum(sum)
+pub fn fold_checksum_ne(sum: u32) -> [u8; 2] {
+    (!checksum::fold(sum)).to_ne_bytes()
 }
 
 const IP_TTL_OFF: usize = ETH_LEN + 8;
@@ -154,30 +143,70 @@ fn rewrite_port<F: Family, C: Frame>(ctx: &C, pkt: &Packet<F>, side: Side, port:
     ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, mangled(pkt) | 2)
 }
 
-/// Rewrites source or destination address and port of `pkt` in place.
-/// Bytes and the IPv4 header checksum are written by direct access (the
-/// IP header checksum is always complete, whatever the skb's checksum
-/// state, and the header's sum stays constant, so a CHECKSUM_COMPLETE
-/// skb->csum stays right); the L4 checksum goes through the kernel's
-/// helper, which knows the skb's checksum state.
+/// Rewrites `pkt`'s source and destination (address, port) to `src` and
+/// `dst` in place, fields that do not change left alone. Bytes and the
+/// IPv4 header checksum are written by direct access (the IP header
+/// checksum is always complete, whatever the skb's checksum state, and
+/// the header's sum stays constant, so a CHECKSUM_COMPLETE skb->csum
+/// stays right). The L4 checksum's address change goes through the
+/// kernel's helper, which knows the skb's checksum state; what the helper
+/// wrote tells that state, and the port change is then made here the
+/// way the helper would have (`lb_common::checksum`), saving a helper
+/// call per port. When the state is not told, the helper makes the
+/// port change too.
 #[inline(always)]
-pub fn rewrite<C: Frame>(ctx: &C, pkt: &PacketV4, side: Side, addr: [u8; 4], port: u16) -> PathResult<()> {
-    let (old_addr, addr_off) = match side {
-        Side::Source => (pkt.src, IP_SRC_OFF),
-        Side::Destination => (pkt.dst, IP_DST_OFF),
-    };
-    if addr != old_addr {
-        let check = read_at::<2>(ctx, IP_CSUM_OFF)?;
-        write_at(ctx, IP_CSUM_OFF, csum_replace4(check, old_addr, addr))?;
-        write_at(ctx, addr_off, addr)?;
-        let from = u64::from(u32::from_ne_bytes(old_addr));
-        let to = u64::from(u32::from_ne_bytes(addr));
-        ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt) | 4)?;
+pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> PathResult<()> {
+    let addresses_change = src.0 != pkt.src || dst.0 != pkt.dst;
+    let address_diff = checksum::diff4(pkt.src, src.0) + checksum::diff4(pkt.dst, dst.0);
+    if addresses_change {
+        let check = u16::from_ne_bytes(read_at::<2>(ctx, IP_CSUM_OFF)?);
+        write_at(ctx, IP_CSUM_OFF, checksum::applied_complete(check, address_diff).to_ne_bytes())?;
+        write_at(ctx, IP_SRC_OFF, src.0)?;
+        write_at(ctx, IP_DST_OFF, dst.0)?;
     }
-    rewrite_port(ctx, pkt, side, port)
+    let ports_change = src.1 != pkt.sport || dst.1 != pkt.dport;
+    if ports_change {
+        let l4 = pkt.l4_off();
+        write_at(ctx, l4 + SPORT_OFF, src.1.to_be_bytes())?;
+        write_at(ctx, l4 + DPORT_OFF, dst.1.to_be_bytes())?;
+    }
+    let udp = pkt.proto == proto::UDP;
+    let csum_off = pkt.l4_csum_off();
+    let before = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
+    if udp && before == 0 {
+        // No UDP checksum: nothing to update (the helper would leave it).
+        return Ok(());
+    }
+    let state = if addresses_change {
+        // Size 0: `to` is a checksum difference, both addresses at once.
+        ctx.l4_csum_replace(csum_off, 0, u64::from(address_diff), u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
+        let after = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
+        checksum::revealed(before, after, address_diff, udp)
+    } else {
+        checksum::State::Unknown
+    };
+    if !ports_change {
+        return Ok(());
+    }
+    let port_diff = checksum::diff2(pkt.sport.to_be_bytes(), src.1.to_be_bytes())
+        + checksum::diff2(pkt.dport.to_be_bytes(), dst.1.to_be_bytes());
+    match state {
+        checksum::State::Complete => {
+            let field = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
+            let mut updated = checksum::applied_complete(field, port_diff);
+            if udp && updated == 0 {
+                updated = 0xffff;
+            }
+            write_at(ctx, csum_off, updated.to_ne_bytes())
+        }
+        // Ports are not in the pseudo header.
+        checksum::State::Partial => Ok(()),
+        // Without `BPF_F_PSEUDO_HDR`: a partial checksum is left alone.
+        checksum::State::Unknown => ctx.l4_csum_replace(csum_off, 0, u64::from(port_diff), mangled(pkt)),
+    }
 }
 
-/// `rewrite` for IPv6: no header checksum; the L4 checksum takes the
+/// `translate`'s one side for IPv6: no header checksum; the L4 checksum takes the
 /// address change as one checksum difference of the 16 bytes
 /// (`bpf_csum_diff`), applied to the pseudo header by the same helper.
 #[inline(always)]

@@ -210,6 +210,63 @@ fn translated_packets_enter_the_pods_namespace_directly() {
     );
 }
 
+/// Segments and datagrams a namespace's stack dropped for a bad checksum:
+/// `InCsumErrors` of the `Tcp:` and `Udp:` lines of `/proc/net/snmp`.
+fn checksum_errors(netns: &str) -> u64 {
+    let snmp = topology::run_in(netns, &["cat", "/proc/net/snmp"]).unwrap();
+    let lines: Vec<&str> = snmp.lines().collect();
+    let mut errors = 0;
+    for pair in lines.windows(2) {
+        let (names, values) = (pair[0], pair[1]);
+        let protocol = names.split(':').next().unwrap_or_default();
+        if !["Tcp", "Udp"].contains(&protocol) || !values.starts_with(&format!("{protocol}:")) {
+            continue;
+        }
+        let column = names.split_whitespace().position(|n| n == "InCsumErrors").expect("InCsumErrors column");
+        errors += values.split_whitespace().nth(column).unwrap().parse::<u64>().unwrap();
+    }
+    errors
+}
+
+/// A pod's TCP segments and UDP datagrams reach the node with their L4
+/// checksum left for the device to finish (`CHECKSUM_PARTIAL`: the field
+/// holds only the pseudo-header sum). The datapath's translation must
+/// update that sum for the new addresses and leave it alone for the new
+/// ports. Over veths with checksum offload, a wrong sum reaches nobody's
+/// check; here the node's ends of the veths compute checksums in software
+/// (`tx off`), and the packets leave through them (no peer redirect), so
+/// the pods and the client verify what they receive: every request and
+/// reply through the ClusterIPs (whose ports differ from their backends')
+/// arrives, and no stack counts a checksum error.
+#[test]
+fn translated_packets_carry_the_right_checksums_where_the_node_computes_them() {
+    let cluster =
+        DemoCluster::start_with_args(scenario::BACKENDS, scenario::DEMO_SERVICES, &["--redirect-to-peer=false"], |m| {
+            scenario::backend_count(m, WEB) == Some(3)
+        })
+        .expect("start demo cluster");
+    let topology = &cluster.topology;
+    let mut ends: Vec<String> = (1..=topology.backends.len()).map(|i| format!("to-b{i}")).collect();
+    ends.push("to-client".to_owned());
+    for end in &ends {
+        topology::run_in(&topology.node, &["ethtool", "-K", end, "tx", "off"]).unwrap();
+    }
+    let mut namespaces: Vec<&str> = topology.backends.iter().map(String::as_str).collect();
+    namespaces.push(&topology.client);
+    let errors_before: u64 = namespaces.iter().map(|ns| checksum_errors(ns)).sum();
+
+    let seen = requests(&cluster, 30);
+    assert_eq!(seen.values().sum::<usize>(), 30, "every request answered: {seen:?}");
+    for i in 0..10 {
+        let payload = format!("ping {i}");
+        let (reply, _) = servers::udp_exchange(&topology.client, SocketAddr::V4(ECHO), payload.as_bytes())
+            .expect("UDP reply through the ClusterIP");
+        assert!(reply.ends_with(&payload), "reply {reply:?}");
+    }
+    let errors_after: u64 = namespaces.iter().map(|ns| checksum_errors(ns)).sum();
+    assert_eq!(errors_after - errors_before, 0, "checksum errors counted by the pods and the client");
+}
+
 /// Packets the node's FORWARD chain counted, per rule, in order.
 fn forward_chain_packets(node: &str) -> Vec<u64> {
     let out = std::process::Command::new("ip")
