@@ -39,6 +39,18 @@ pub const fn diff4(from: [u8; 4], to: [u8; 4]) -> u32 {
     diff2([from[0], from[1]], [to[0], to[1]]) + diff2([from[2], from[3]], [to[2], to[3]])
 }
 
+/// `diff4` for a 16-byte field (an IPv6 address). At most 0xffff0.
+#[inline(always)]
+pub const fn diff16(from: [u8; 16], to: [u8; 16]) -> u32 {
+    let mut sum = 0;
+    let mut i = 0;
+    while i < 16 {
+        sum += diff2([from[i], from[i + 1]], [to[i], to[i + 1]]);
+        i += 2;
+    }
+    sum
+}
+
 /// `diff4` for a 2-byte field.
 #[inline(always)]
 pub const fn diff2(from: [u8; 2], to: [u8; 2]) -> u32 {
@@ -216,6 +228,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_16_byte_difference_is_its_words_differences() {
+        let (from, to) = ([0x20u8; 16], core::array::from_fn(|i| i as u8 * 17));
+        let words: u32 =
+            (0..4).map(|w| diff4(from[4 * w..][..4].try_into().unwrap(), to[4 * w..][..4].try_into().unwrap())).sum();
+        assert_eq!(diff16(from, to), words);
+        let field = 0x4321;
+        assert_eq!(applied_complete(field, diff16(from, to)), kernel(field, diff16(from, to), false, false));
     }
 
     #[test]

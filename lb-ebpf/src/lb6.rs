@@ -53,8 +53,7 @@ use crate::{
     affinity, config, conntrack,
     family::{Backend, CtEntry, V6},
     frame::Frame,
-    frontend_stats,
-    nat::{self, Side},
+    frontend_stats, nat,
     parse::PacketV6,
     parse6, pmtu,
     route::{self, Flow, Lookup},
@@ -501,10 +500,7 @@ fn send_to_backend<C: Frame>(ctx: &C, pkt: &PacketV6, to: &Target) -> PathResult
         // A GSO packet whose segments fit: the stack segments it.
         _ => None,
     };
-    nat::rewrite_v6(ctx, pkt, Side::Destination, backend.address(), backend.port)?;
-    if snat.port != 0 {
-        nat::rewrite_v6(ctx, pkt, Side::Source, snat.address(), snat.port)?;
-    }
+    nat::translate_v6(ctx, pkt, (src, sport), (backend.address(), backend.port))?;
     if config::forward_through_stack() {
         return Ok(ToBackend::Sent(Verdict::Next));
     }
@@ -595,13 +591,8 @@ fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
 /// the client's own address and port when SNATed).
 #[inline(always)]
 fn reverse<C: Frame>(ctx: &C, pkt: &PacketV6, entry: &CtValueV6) -> PathResult<()> {
-    let (frontend, frontend_port) = entry.frontend();
-    nat::rewrite_v6(ctx, pkt, Side::Source, frontend, frontend_port)?;
-    if entry.has_snat() {
-        let (client, client_port) = entry.nat();
-        nat::rewrite_v6(ctx, pkt, Side::Destination, client, client_port)?;
-    }
-    Ok(())
+    let dst = if entry.has_snat() { entry.nat() } else { (pkt.dst, pkt.dport) };
+    nat::translate_v6(ctx, pkt, entry.frontend(), dst)
 }
 
 /// No endpoints: ICMPv6 port unreachable, as ip6tables' REJECT sends.

@@ -12,14 +12,11 @@
 //! `lb_common::checksum`). At XDP, which has no such helper, `frame`
 //! does the same arithmetic in software.
 
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_csum_diff,
-};
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use lb_common::{checksum, proto, stats::Counter};
 
 use crate::{
-    family::{Family, v6_words},
+    family::Family,
     frame::Frame,
     parse::{ETH_LEN, Packet, PacketV4, PacketV6},
     verdict::PathResult,
@@ -33,13 +30,6 @@ const IP6_DST_OFF: usize = ETH_LEN + 24;
 const IP6_HOP_LIMIT_OFF: usize = ETH_LEN + 7;
 const SPORT_OFF: usize = 0;
 const DPORT_OFF: usize = 2;
-
-/// Which side of the tuple to rewrite.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
 
 /// Writes `bytes` at `offset` by direct packet access (no helper call;
 /// the verifier makes the skb writable once, in the program prologue).
@@ -126,34 +116,12 @@ fn mangled<F: Family>(pkt: &Packet<F>) -> u64 {
     if pkt.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 }
 }
 
-/// Rewrites one port of `pkt` (the other half of every rewrite), with
-/// its L4 checksum update. Ports are not in the pseudo header.
-#[inline(always)]
-fn rewrite_port<F: Family, C: Frame>(ctx: &C, pkt: &Packet<F>, side: Side, port: u16) -> PathResult<()> {
-    let (old_port, port_off) = match side {
-        Side::Source => (pkt.sport, pkt.l4_off() + SPORT_OFF),
-        Side::Destination => (pkt.dport, pkt.l4_off() + DPORT_OFF),
-    };
-    if port == old_port {
-        return Ok(());
-    }
-    write_at(ctx, port_off, port.to_be_bytes())?;
-    let from = u64::from(old_port.to_be());
-    let to = u64::from(port.to_be());
-    ctx.l4_csum_replace(pkt.l4_csum_off(), from, to, mangled(pkt) | 2)
-}
-
 /// Rewrites `pkt`'s source and destination (address, port) to `src` and
 /// `dst` in place, fields that do not change left alone. Bytes and the
 /// IPv4 header checksum are written by direct access (the IP header
 /// checksum is always complete, whatever the skb's checksum state, and
 /// the header's sum stays constant, so a CHECKSUM_COMPLETE skb->csum
-/// stays right). The L4 checksum's address change goes through the
-/// kernel's helper, which knows the skb's checksum state; what the helper
-/// wrote tells that state, and the port change is then made here the
-/// way the helper would have (`lb_common::checksum`), saving a helper
-/// call per port. When the state is not told, the helper makes the
-/// port change too.
+/// stays right); the L4 checksum as `update_l4_checksum` says.
 #[inline(always)]
 pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> PathResult<()> {
     let addresses_change = src.0 != pkt.src || dst.0 != pkt.dst;
@@ -164,32 +132,67 @@ pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([
         write_at(ctx, IP_SRC_OFF, src.0)?;
         write_at(ctx, IP_DST_OFF, dst.0)?;
     }
-    let ports_change = src.1 != pkt.sport || dst.1 != pkt.dport;
+    let address_diff = addresses_change.then_some(address_diff);
+    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff)
+}
+
+/// `translate` for IPv6 (no header checksum).
+#[inline(always)]
+pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u128, u16)) -> PathResult<()> {
+    let addresses_change = src.0 != pkt.src || dst.0 != pkt.dst;
+    let address_diff = checksum::diff16(pkt.src.to_ne_bytes(), src.0.to_ne_bytes())
+        + checksum::diff16(pkt.dst.to_ne_bytes(), dst.0.to_ne_bytes());
+    if addresses_change {
+        write_at(ctx, IP6_SRC_OFF, src.0.to_ne_bytes())?;
+        write_at(ctx, IP6_DST_OFF, dst.0.to_ne_bytes())?;
+    }
+    let address_diff = addresses_change.then_some(address_diff);
+    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff)
+}
+
+/// Writes `pkt`'s new ports and updates its L4 checksum for them and for
+/// addresses whose change summed to `address_diff` (`None`: none
+/// changed). The address change goes through the kernel's helper, which
+/// knows the skb's checksum state; what the helper wrote tells that
+/// state, and the port change is then made here the way the helper would
+/// have (`lb_common::checksum`), saving a helper call per port. When the
+/// state is not told, the helper makes the port change too.
+#[inline(always)]
+fn write_ports_and_l4_checksum<F: Family, C: Frame>(
+    ctx: &C,
+    pkt: &Packet<F>,
+    sport: u16,
+    dport: u16,
+    address_diff: Option<u32>,
+) -> PathResult<()> {
+    let ports_change = sport != pkt.sport || dport != pkt.dport;
     if ports_change {
         let l4 = pkt.l4_off();
-        write_at(ctx, l4 + SPORT_OFF, src.1.to_be_bytes())?;
-        write_at(ctx, l4 + DPORT_OFF, dst.1.to_be_bytes())?;
+        write_at(ctx, l4 + SPORT_OFF, sport.to_be_bytes())?;
+        write_at(ctx, l4 + DPORT_OFF, dport.to_be_bytes())?;
     }
     let udp = pkt.proto == proto::UDP;
     let csum_off = pkt.l4_csum_off();
     let before = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
     if udp && before == 0 {
-        // No UDP checksum: nothing to update (the helper would leave it).
+        // A UDP checksum of 0 ("none"): left alone, as the helper
+        // leaves it.
         return Ok(());
     }
-    let state = if addresses_change {
-        // Size 0: `to` is a checksum difference, both addresses at once.
-        ctx.l4_csum_replace(csum_off, 0, u64::from(address_diff), u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
-        let after = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
-        checksum::revealed(before, after, address_diff, udp)
-    } else {
-        checksum::State::Unknown
+    let state = match address_diff {
+        Some(diff) => {
+            // Size 0: `to` is a checksum difference, both addresses at once.
+            ctx.l4_csum_replace(csum_off, 0, u64::from(diff), u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
+            let after = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
+            checksum::revealed(before, after, diff, udp)
+        }
+        None => checksum::State::Unknown,
     };
     if !ports_change {
         return Ok(());
     }
-    let port_diff = checksum::diff2(pkt.sport.to_be_bytes(), src.1.to_be_bytes())
-        + checksum::diff2(pkt.dport.to_be_bytes(), dst.1.to_be_bytes());
+    let port_diff = checksum::diff2(pkt.sport.to_be_bytes(), sport.to_be_bytes())
+        + checksum::diff2(pkt.dport.to_be_bytes(), dport.to_be_bytes());
     match state {
         checksum::State::Complete => {
             let field = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
@@ -204,28 +207,4 @@ pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([
         // Without `BPF_F_PSEUDO_HDR`: a partial checksum is left alone.
         checksum::State::Unknown => ctx.l4_csum_replace(csum_off, 0, u64::from(port_diff), mangled(pkt)),
     }
-}
-
-/// `translate`'s one side for IPv6: no header checksum; the L4 checksum takes the
-/// address change as one checksum difference of the 16 bytes
-/// (`bpf_csum_diff`), applied to the pseudo header by the same helper.
-#[inline(always)]
-pub fn rewrite_v6<C: Frame>(ctx: &C, pkt: &PacketV6, side: Side, addr: u128, port: u16) -> PathResult<()> {
-    let (old_addr, addr_off) = match side {
-        Side::Source => (pkt.src, IP6_SRC_OFF),
-        Side::Destination => (pkt.dst, IP6_DST_OFF),
-    };
-    if addr != old_addr {
-        let mut from = v6_words(old_addr);
-        let mut to = v6_words(addr);
-        // SAFETY: two live stack buffers of 16 bytes each, as passed.
-        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-        if diff < 0 {
-            return Err(Counter::DropRewriteFailed);
-        }
-        write_at(ctx, addr_off, addr.to_ne_bytes())?;
-        // Size 0: `to` is a checksum difference, not a field's new value.
-        ctx.l4_csum_replace(pkt.l4_csum_off(), 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
-    }
-    rewrite_port(ctx, pkt, side, port)
 }

@@ -66,11 +66,56 @@ pub fn link_packets(netns: &str, interface: &str) -> anyhow::Result<(u64, u64)> 
     Ok((count("rx")?, count("tx")?))
 }
 
+/// Segments and datagrams `netns`'s stack dropped for a bad checksum,
+/// both families: `InCsumErrors` of the `Tcp:` and `Udp:` lines of
+/// `/proc/net/snmp` (TCP's counts IPv6 too) and `Udp6InCsumErrors`.
+pub fn checksum_errors(netns: &str) -> anyhow::Result<u64> {
+    let snmp = run_in(netns, &["cat", "/proc/net/snmp"])?;
+    let lines: Vec<&str> = snmp.lines().collect();
+    let mut errors = 0;
+    for pair in lines.windows(2) {
+        let (names, values) = (pair[0], pair[1]);
+        let protocol = names.split(':').next().unwrap_or_default();
+        if !["Tcp", "Udp"].contains(&protocol) || !values.starts_with(&format!("{protocol}:")) {
+            continue;
+        }
+        let column = names.split_whitespace().position(|n| n == "InCsumErrors").context("InCsumErrors column")?;
+        errors += values.split_whitespace().nth(column).context("InCsumErrors value")?.parse::<u64>()?;
+    }
+    let snmp6 = run_in(netns, &["cat", "/proc/net/snmp6"])?;
+    for line in snmp6.lines() {
+        if let ["Udp6InCsumErrors", value] = line.split_whitespace().collect::<Vec<_>>()[..] {
+            errors += value.parse::<u64>()?;
+        }
+    }
+    Ok(errors)
+}
+
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, i as u8, 2)
 }
 
 impl Topology {
+    /// Makes the node's ends of the veths compute L4 checksums in software
+    /// (`ethtool -K … tx off`): a packet the node sends out of them then
+    /// carries the checksum its field leads to, which the receiver checks,
+    /// where offload would leave a pod's packet unchecked end to end.
+    pub fn compute_checksums_on_the_node(&self) -> anyhow::Result<()> {
+        for end in &self.node_interfaces {
+            run_in(&self.node, &["ethtool", "-K", end, "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    /// `checksum_errors`, summed over the client and the backends.
+    pub fn checksum_errors(&self) -> anyhow::Result<u64> {
+        let mut errors = checksum_errors(&self.client)?;
+        for backend in &self.backends {
+            errors += checksum_errors(backend)?;
+        }
+        Ok(errors)
+    }
+
     /// Creates the namespaces with a unique prefix (so parallel runs and
     /// leftovers never collide).
     pub fn create(backends: usize) -> anyhow::Result<Self> {

@@ -210,24 +210,6 @@ fn translated_packets_enter_the_pods_namespace_directly() {
     );
 }
 
-/// Segments and datagrams a namespace's stack dropped for a bad checksum:
-/// `InCsumErrors` of the `Tcp:` and `Udp:` lines of `/proc/net/snmp`.
-fn checksum_errors(netns: &str) -> u64 {
-    let snmp = topology::run_in(netns, &["cat", "/proc/net/snmp"]).unwrap();
-    let lines: Vec<&str> = snmp.lines().collect();
-    let mut errors = 0;
-    for pair in lines.windows(2) {
-        let (names, values) = (pair[0], pair[1]);
-        let protocol = names.split(':').next().unwrap_or_default();
-        if !["Tcp", "Udp"].contains(&protocol) || !values.starts_with(&format!("{protocol}:")) {
-            continue;
-        }
-        let column = names.split_whitespace().position(|n| n == "InCsumErrors").expect("InCsumErrors column");
-        errors += values.split_whitespace().nth(column).unwrap().parse::<u64>().unwrap();
-    }
-    errors
-}
-
 /// A pod's TCP segments and UDP datagrams reach the node with their L4
 /// checksum left for the device to finish (`CHECKSUM_PARTIAL`: the field
 /// holds only the pseudo-header sum). The datapath's translation must
@@ -246,14 +228,8 @@ fn translated_packets_carry_the_right_checksums_where_the_node_computes_them() {
         })
         .expect("start demo cluster");
     let topology = &cluster.topology;
-    let mut ends: Vec<String> = (1..=topology.backends.len()).map(|i| format!("to-b{i}")).collect();
-    ends.push("to-client".to_owned());
-    for end in &ends {
-        topology::run_in(&topology.node, &["ethtool", "-K", end, "tx", "off"]).unwrap();
-    }
-    let mut namespaces: Vec<&str> = topology.backends.iter().map(String::as_str).collect();
-    namespaces.push(&topology.client);
-    let errors_before: u64 = namespaces.iter().map(|ns| checksum_errors(ns)).sum();
+    topology.compute_checksums_on_the_node().unwrap();
+    let errors_before = topology.checksum_errors().unwrap();
 
     let seen = requests(&cluster, 30);
     assert_eq!(seen.values().sum::<usize>(), 30, "every request answered: {seen:?}");
@@ -263,8 +239,8 @@ fn translated_packets_carry_the_right_checksums_where_the_node_computes_them() {
             .expect("UDP reply through the ClusterIP");
         assert!(reply.ends_with(&payload), "reply {reply:?}");
     }
-    let errors_after: u64 = namespaces.iter().map(|ns| checksum_errors(ns)).sum();
-    assert_eq!(errors_after - errors_before, 0, "checksum errors counted by the pods and the client");
+    let errors = topology.checksum_errors().unwrap() - errors_before;
+    assert_eq!(errors, 0, "checksum errors counted by the pods and the client");
 }
 
 /// Packets the node's FORWARD chain counted, per rule, in order.

@@ -310,6 +310,30 @@ fn a_dual_stack_service_answers_the_same_client_on_both_families() {
     let _ = &cluster.agent;
 }
 
+/// IPv6's translation keeps a pod's partial checksums right too (see
+/// `e2e.rs`, `translated_packets_carry_the_right_checksums_where_the_
+/// node_computes_them`): with the node's veth ends computing checksums
+/// and no peer redirect, every request and datagram through the IPv6
+/// ClusterIPs (ports translated) is answered and no stack counts a
+/// checksum error.
+#[test]
+fn ipv6_translated_packets_carry_the_right_checksums_where_the_node_computes_them() {
+    let cluster = DualStackCluster::start_with(None, &["--redirect-to-peer=false"]);
+    let topology = &cluster.topology;
+    topology.compute_checksums_on_the_node().unwrap();
+    let errors_before = topology.checksum_errors().unwrap();
+    for _ in 0..20 {
+        let body = servers::http_get(&topology.client, addr(WEB_V6)).expect("request through the IPv6 ClusterIP");
+        assert!(body.starts_with("backend-"), "answer {body:?}");
+    }
+    for _ in 0..10 {
+        let (pod, _) = probe::udp_answer(&topology.client, addr(DNS_V6)).expect("UDP answer over IPv6");
+        assert_eq!(pod, "backend-1");
+    }
+    let errors = topology.checksum_errors().unwrap() - errors_before;
+    assert_eq!(errors, 0, "checksum errors counted by the pods and the client");
+}
+
 #[test]
 fn an_ipv6_only_udp_service_answers_from_its_cluster_ip() {
     let cluster = DualStackCluster::start();
