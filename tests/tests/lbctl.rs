@@ -77,6 +77,19 @@ fn lbctl_shows_the_demo_services_backends_flows_and_counters() {
     assert_eq!(backend, format!("{}:{}", topology::backend_ip(i), scenario::HTTP_PORT), "the flow's backend answered");
     assert_eq!(flow["state"], "established", "handshake done, request answered: {flow}");
     assert!(flow["idle_s"].as_u64().unwrap() <= flow["age_s"].as_u64().unwrap(), "{flow}");
+    // Past its first packets the flow keeps its routes, both ways, shown
+    // with the node's interface names (`--netns`).
+    let flows = json(&cluster, &["--netns", cluster.topology.node.as_str(), "conntrack"]);
+    let flow = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == WEB.to_string() && f["client"].as_str().is_some_and(|c| c.starts_with("10.0.1.2:")))
+        .unwrap_or_else(|| panic!("no flow to {WEB} in {flows}"));
+    let to_backend = flow["route_to_backend"].as_str().unwrap_or_else(|| panic!("no route kept: {flow}"));
+    assert!(to_backend.starts_with(&format!("out to-b{i} to ")), "{flow}");
+    let back = flow["route_back"].as_str().unwrap_or_else(|| panic!("no route kept back: {flow}"));
+    assert!(back.starts_with("out to-client to "), "{flow}");
 
     let stats = json(&cluster, &["stats"]);
     let new_flows = stats.as_array().unwrap().iter().find(|s| s["counter"] == "new_flow").expect("new_flow counter");

@@ -14,11 +14,12 @@ use lb_common::{backend, conntrack::DIR_ORIGINAL, service};
 use lb_userspace::{
     conntrack::{
         clock, expiry,
-        flows::{self, CtEntry as _, FlowKey},
+        flows::{self, CtEntry, FlowKey},
+        kept_route,
     },
     datapath::{
         inventory::{self, Hook, Owner, PinnedLink},
-        loader, maps,
+        loader, maps, route_epoch,
     },
     model::Protocol,
     netns,
@@ -419,14 +420,39 @@ struct Flow {
     /// Seconds since the flow was opened, and since it last carried a packet.
     age_s: u32,
     idle_s: u32,
+    /// The route each direction keeps, current (IPv4): "stack" or
+    /// "out IFACE to MAC". `None`: its next packet looks the route up.
+    route_to_backend: Option<String>,
+    route_back: Option<String>,
 }
 
 fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
     let held = maps::ServiceMaps::from_pins(pin_dir)?.read_all()?;
     let now = clock::now_s();
-    let mut out = family_flows(maps::conntrack_entries(pin_dir)?, |id| held.backends.get(&id).copied(), now);
-    out.extend(family_flows(maps::conntrack_v6_entries(pin_dir)?, |id| held.backends_v6.get(&id).copied(), now));
+    let epoch = route_epoch::pinned(pin_dir)?;
+    let backend_v4 = |id| held.backends.get(&id).copied();
+    let mut out = family_flows(maps::conntrack_entries(pin_dir)?, backend_v4, now, epoch);
+    let backend_v6 = |id| held.backends_v6.get(&id).copied();
+    out.extend(family_flows(maps::conntrack_v6_entries(pin_dir)?, backend_v6, now, epoch));
     Ok(out)
+}
+
+/// What `entry` keeps as its route, if current under `epoch`.
+fn kept_route(entry: Option<&impl CtEntry>, epoch: u32) -> Option<String> {
+    let route = kept_route::current(&entry?.kept_route()?, epoch)?;
+    Some(route.describe(interface_name))
+}
+
+/// The name of interface `ifindex` in this namespace.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the call may write.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Some(unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 /// The flows of one family's conntrack table, `backend` looking up that
@@ -435,6 +461,7 @@ fn family_flows<K: FlowKey + Ord>(
     entries: Vec<(K, K::Value)>,
     backend: impl Fn(u32) -> Option<K::Backend>,
     now: u32,
+    epoch: u32,
 ) -> Vec<Flow> {
     let entries: BTreeMap<K, K::Value> = entries.into_iter().collect();
     entries
@@ -454,6 +481,8 @@ fn family_flows<K: FlowKey + Ord>(
                 backend: backend.as_ref().map(K::backend_address),
                 frontend_id: v.frontend_id(),
                 snat: v.nat(),
+                route_to_backend: kept_route(Some(v), epoch),
+                route_back: kept_route(reply, epoch),
             }
         })
         .collect()
@@ -465,6 +494,7 @@ fn conntrack_table(flows: &[Flow]) -> String {
         .map(|f| {
             let backend = f.backend.map_or_else(|| format!("gone (id {})", f.backend_id), |b| b.to_string());
             let snat = f.snat.map_or_else(|| "-".to_owned(), |s| s.to_string());
+            let route = f.route_to_backend.clone().unwrap_or_else(|| "-".to_owned());
             let (age, idle) = (format!("{}s", f.age_s), format!("{}s", f.idle_s));
             vec![
                 f.proto.clone(),
@@ -475,10 +505,11 @@ fn conntrack_table(flows: &[Flow]) -> String {
                 f.state.to_owned(),
                 age,
                 idle,
+                route,
             ]
         })
         .collect();
-    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE", "AGE", "IDLE"], &rows)
+    columns(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE", "AGE", "IDLE", "ROUTE"], &rows)
 }
 
 #[derive(Serialize)]

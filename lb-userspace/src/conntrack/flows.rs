@@ -9,7 +9,7 @@ use std::{fmt::Debug, hash::Hash, net::SocketAddr};
 use aya::Pod;
 use lb_common::{
     backend::{BackendV4, BackendV6},
-    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, DIR_ORIGINAL, DIR_REPLY},
+    conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, DIR_ORIGINAL, DIR_REPLY, RouteCache},
 };
 
 /// The fields of a conntrack entry the garbage collection reads, the same
@@ -22,6 +22,8 @@ pub trait CtEntry: Pod + Copy + Debug {
     fn backend_id(&self) -> u32;
     /// The address standing in for the client, for a source-NATed flow.
     fn nat(&self) -> Option<SocketAddr>;
+    /// The route the entry keeps (IPv4 only).
+    fn kept_route(&self) -> Option<RouteCache>;
 }
 
 /// A conntrack key of one family (`CtKeyV4`, `CtKeyV6`), with the value
@@ -64,7 +66,7 @@ pub fn partners<K: FlowKey>(original: (&K, &K::Value), reply: (&K, &K::Value)) -
 }
 
 macro_rules! family {
-    ($key:ident, $value:ident, $backend:ident) => {
+    ($key:ident, $value:ident, $backend:ident, $kept_route:expr) => {
         impl CtEntry for $value {
             fn flags(&self) -> u16 {
                 self.flags
@@ -88,6 +90,10 @@ macro_rules! family {
 
             fn backend_id(&self) -> u32 {
                 self.backend_id
+            }
+
+            fn kept_route(&self) -> Option<RouteCache> {
+                $kept_route(self)
             }
         }
 
@@ -170,8 +176,8 @@ macro_rules! family {
     };
 }
 
-family!(CtKeyV4, CtValueV4, BackendV4);
-family!(CtKeyV6, CtValueV6, BackendV6);
+family!(CtKeyV4, CtValueV4, BackendV4, |v: &CtValueV4| Some(v.route));
+family!(CtKeyV6, CtValueV6, BackendV6, |_: &CtValueV6| None);
 
 #[cfg(test)]
 mod tests {

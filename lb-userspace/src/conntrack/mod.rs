@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod expiry;
 pub mod flows;
+pub mod kept_route;
 pub mod metrics;
 pub mod stale_udp;
 pub mod sweep;

@@ -98,6 +98,12 @@ impl RouteEpoch {
     }
 }
 
+/// The epoch pinned under `pin_dir` now.
+pub fn pinned(pin_dir: &Path) -> anyhow::Result<u32> {
+    let map: Array<MapData, u32> = open_pinned(pin_dir, names::ROUTE_EPOCH)?.try_into().context(names::ROUTE_EPOCH)?;
+    map.get(&0, 0).context("reading the route epoch")
+}
+
 /// Moves the epoch `map` holds to the next one, unless it is 0 (no agent
 /// has written one: nothing is kept); returns the epoch it now holds.
 pub fn advance_pinned(map: &mut Array<MapData, u32>) -> anyhow::Result<u32> {
