@@ -121,7 +121,8 @@ fn mangled<F: Family>(pkt: &Packet<F>) -> u64 {
 /// IPv4 header checksum are written by direct access (the IP header
 /// checksum is always complete, whatever the skb's checksum state, and
 /// the header's sum stays constant, so a CHECKSUM_COMPLETE skb->csum
-/// stays right); the L4 checksum as `update_l4_checksum` says.
+/// stays right); the ports and the L4 checksum as
+/// `write_ports_and_l4_checksum` says.
 #[inline(always)]
 pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> PathResult<()> {
     let addresses_change = src.0 != pkt.src || dst.0 != pkt.dst;
