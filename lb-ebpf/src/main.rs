@@ -70,7 +70,7 @@ use crate::verdict::Verdict;
 pub fn lb_tc(ctx: TcContext) -> i32 {
     // The families part here: each has its own paths.
     let outcome = if parse::is_ipv6(&ctx) {
-        match lb6::handle_packet(&ctx) {
+        match lb6::prefilter_then_handle(&ctx) {
             // ICMPv6, the one other protocol looked into: errors about
             // NATed flows. Called from here, not from `lb6`: frames add up
             // along a call chain, and both are large.

@@ -27,7 +27,13 @@ pub fn port_bits(port: u16) -> u8 {
 /// and its destination address both pass their prefilters.
 #[inline(always)]
 pub fn may_be_frontend<F: Family>(pkt: &Packet<F>) -> bool {
-    port_bits(pkt.dport) & port_filter::FRONTEND_PORT != 0 && address_may_be_frontend::<F>(pkt.dst)
+    may_be_frontend_at::<F>(pkt.dst, pkt.dport)
+}
+
+/// `may_be_frontend` for a destination read from the packet directly.
+#[inline(always)]
+pub fn may_be_frontend_at<F: Family>(address: F::Addr, port: u16) -> bool {
+    port_bits(port) & port_filter::FRONTEND_PORT != 0 && address_may_be_frontend::<F>(address)
 }
 
 /// `lb_common::address_filter`: whether some frontend may have `address`.
@@ -42,7 +48,13 @@ fn address_may_be_frontend<F: Family>(address: F::Addr) -> bool {
 
 #[inline(always)]
 pub fn may_be_backend_reply<F: Family>(pkt: &Packet<F>) -> bool {
-    port_bits(pkt.sport) & port_filter::BACKEND_PORT != 0
+    may_be_backend_reply_from(pkt.sport)
+}
+
+/// `may_be_backend_reply` for a source port read from the packet directly.
+#[inline(always)]
+pub fn may_be_backend_reply_from(port: u16) -> bool {
+    port_bits(port) & port_filter::BACKEND_PORT != 0
 }
 
 /// The frontend a packet is addressed to, if any.
