@@ -2,7 +2,7 @@
 //! object (the agent) or opened from their pins (the CLI, tests). The maps
 //! the agent writes come from the one declaration in `tables`.
 
-use std::{collections::BTreeMap, marker::PhantomData, path::Path};
+use std::{collections::BTreeMap, marker::PhantomData, os::fd::AsFd as _, path::Path};
 
 use anyhow::Context as _;
 use aya::{
@@ -37,13 +37,15 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
 }
 
 /// A handle of its own on one of the object's array maps, which stays in
-/// the object for whoever else uses it.
+/// the object for whoever else uses it: a duplicate of its descriptor
+/// (opening it again by id would need CAP_SYS_ADMIN, which the DaemonSet
+/// does not grant).
 fn share_array(ebpf: &Ebpf, name: &str) -> anyhow::Result<Map> {
     let Some(Map::Array(data)) = ebpf.map(name) else {
         anyhow::bail!("array map {name} missing from the object");
     };
-    let id = data.info().with_context(|| format!("map {name}"))?.id();
-    Ok(Map::Array(MapData::from_id(id).with_context(|| format!("map {name}"))?))
+    let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating map {name}"))?;
+    Ok(Map::Array(MapData::from_fd(fd).with_context(|| format!("map {name}"))?))
 }
 
 pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
