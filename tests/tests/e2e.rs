@@ -2,7 +2,11 @@
 //! datapath in the node namespace, real servers and real connections.
 //! Needs root; run one test at a time (`--test-threads=1`).
 
-use std::{collections::BTreeMap, io::ErrorKind, net::SocketAddr};
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr},
+};
 
 use lb_tests::{
     scenario::{self, DemoCluster, ECHO, NOTHING_HERE, WEB},
@@ -300,15 +304,14 @@ fn forward_through_stack_puts_service_traffic_through_the_forward_chain() {
     assert_eq!((to_backends, replies), (0, 0), "by default the chain is bypassed");
 }
 
-/// End to end: an established flow follows a routing change on the node.
-/// Its packets skip the route lookup (the route is kept on its conntrack
-/// entry) until the kernel announces a change, which the agent answers by
-/// moving the route epoch. A blackhole route to the flow's backend stops
-/// its next datagram; once the route is removed, the flow is answered
-/// again. UDP: every datagram of the flow is the same size, so each would
-/// take the kept route if it were still used.
-#[test]
-fn an_established_flow_follows_a_routing_change_on_the_node() {
+/// End to end: an established flow follows a change on the node that the
+/// kernel announces. Its packets skip the route lookup (the route is kept
+/// on its conntrack entry) until the agent answers the announcement by
+/// moving the route epoch. `block` (given the flow's backend) stops the
+/// flow's next datagram; `unblock` lets it be answered again. UDP: every
+/// datagram of the flow is the same size, so each would take the kept
+/// route if it were still used.
+fn established_flow_follows(block: impl Fn(&DemoCluster, Ipv4Addr), unblock: impl Fn(&DemoCluster, Ipv4Addr)) {
     use std::{net::UdpSocket, time::Duration};
     let cluster = DemoCluster::start().expect("start demo cluster");
     let socket = servers::in_netns(&cluster.topology.client, || {
@@ -332,18 +335,39 @@ fn an_established_flow_follows_a_routing_change_on_the_node() {
         .find(|&i| first.starts_with(&scenario::backend_name(i)))
         .map(topology::backend_ip)
         .expect("the answer names a backend");
-    let blackhole = format!("{backend}/32");
     let epoch = cluster.agent.route_epoch().unwrap();
-    topology::run_in(&cluster.topology.node, &["ip", "route", "add", "blackhole", &blackhole]).unwrap();
-    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the new route");
+    block(&cluster, backend);
+    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the change");
     let blocked = exchange(Duration::from_secs(1));
     assert!(
         matches!(&blocked, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-        "a datagram to a blackholed backend is not answered: {blocked:?}"
+        "a datagram the node may no longer forward is not answered: {blocked:?}"
     );
 
     let epoch = cluster.agent.route_epoch().unwrap();
-    topology::run_in(&cluster.topology.node, &["ip", "route", "del", "blackhole", &blackhole]).unwrap();
-    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the route go");
-    assert_eq!(exchange(Duration::from_secs(3)).expect("answered once the route is back"), first);
+    unblock(&cluster, backend);
+    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the change undone");
+    assert_eq!(exchange(Duration::from_secs(3)).expect("answered once the change is undone"), first);
+}
+
+/// A blackhole route to the flow's backend, then removed.
+#[test]
+fn an_established_flow_follows_a_routing_change_on_the_node() {
+    let route = |cluster: &DemoCluster, backend: Ipv4Addr, verb: &str| {
+        topology::run_in(&cluster.topology.node, &["ip", "route", verb, "blackhole", &format!("{backend}/32")])
+            .unwrap();
+    };
+    established_flow_follows(|c, b| route(c, b, "add"), |c, b| route(c, b, "del"));
+}
+
+/// The node stops forwarding, then forwards again. Forwarding settings
+/// come as netconf notifications, which the agent hears on a socket of
+/// their own (`datapath::route_epoch`).
+#[test]
+fn an_established_flow_stops_when_the_node_stops_forwarding() {
+    let forwarding = |cluster: &DemoCluster, on: &str| {
+        topology::run_in(&cluster.topology.node, &["sysctl", "-qw", &format!("net.ipv4.conf.all.forwarding={on}")])
+            .unwrap();
+    };
+    established_flow_follows(|c, _| forwarding(c, "0"), |c, _| forwarding(c, "1"));
 }

@@ -13,7 +13,10 @@
 //! `ServiceMaps`), so a flow whose backend went is balanced afresh.
 //! Notifications are subscribed before the first move, so none is missed
 //! in between; those that arrive together move it once. Lost notifications
-//! (the socket's buffer was full) move it too. Each move reads the epoch
+//! (the socket's buffer was full) move it too. Forwarding settings come
+//! as RTM_NEWNETCONF, which rtnetlink's decoder does not know (it would
+//! log each as an error and drop it): a plain socket of their own hears
+//! them, on a thread, and each one moves the epoch undecoded. Each move reads the epoch
 //! the map holds, so moves from the notification task and from syncs
 //! never take the epoch back.
 
@@ -28,8 +31,9 @@ use tracing::{debug, warn};
 
 use super::maps::open_pinned;
 
-/// What the kernel announces that can change a route lookup's answer.
-const GROUPS: [MulticastGroup; 11] = [
+/// What the kernel announces that can change a route lookup's answer,
+/// decoded by rtnetlink.
+const GROUPS: [MulticastGroup; 9] = [
     MulticastGroup::Ipv4Route,
     MulticastGroup::Ipv6Route,
     MulticastGroup::Ipv4Rule,
@@ -39,9 +43,10 @@ const GROUPS: [MulticastGroup; 11] = [
     MulticastGroup::Link,
     MulticastGroup::Ipv4Ifaddr,
     MulticastGroup::Ipv6Ifaddr,
-    MulticastGroup::Ipv4Netconf,
-    MulticastGroup::Ipv6Netconf,
 ];
+
+/// The forwarding settings' groups, heard undecoded (`follow_netconf`).
+const NETCONF_GROUPS: [u32; 2] = [libc::RTNLGRP_IPV4_NETCONF, libc::RTNLGRP_IPV6_NETCONF];
 
 /// The epoch after `current`. Never 0, which keeps no route.
 pub fn next(current: u32) -> u32 {
@@ -124,7 +129,9 @@ pub fn follow(pin_dir: &Path) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let (connection, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&GROUPS).context("subscribing to routing notifications")?;
     tokio::spawn(connection);
+    let netconf = netconf_socket().context("subscribing to forwarding settings notifications")?;
     let mut epoch = RouteEpoch::start(pin_dir)?;
+    follow_netconf(netconf, pin_dir)?;
     debug!(epoch = epoch.current(), "route epoch");
     Ok(tokio::spawn(async move {
         while messages.next().await.is_some() {
@@ -136,6 +143,45 @@ pub fn follow(pin_dir: &Path) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         }
         warn!("routing notifications ended: established flows keep the routes they have");
     }))
+}
+
+/// A netlink socket subscribed to `NETCONF_GROUPS`, in the calling
+/// thread's network namespace.
+fn netconf_socket() -> std::io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    for group in NETCONF_GROUPS {
+        socket.add_membership(group)?;
+    }
+    Ok(socket)
+}
+
+/// Moves the epoch on every datagram `socket` receives (or loses: the
+/// buffer overran), on a thread of its own: forwarding settings change
+/// rarely, and each change is one datagram per address family.
+fn follow_netconf(socket: netlink_sys::Socket, pin_dir: &Path) -> anyhow::Result<()> {
+    let mut map: Array<MapData, u32> =
+        open_pinned(pin_dir, names::ROUTE_EPOCH)?.try_into().context(names::ROUTE_EPOCH)?;
+    std::thread::Builder::new()
+        .name("netconf".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match socket.recv(&mut &mut buf[..], 0) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) => {
+                        warn!("forwarding settings notifications ended ({e}): their changes no longer move the route epoch");
+                        return;
+                    }
+                }
+                if let Err(e) = advance_pinned(&mut map) {
+                    warn!("{e:#}: established flows keep the routes they had until the next change");
+                }
+            }
+        })
+        .context("starting the forwarding settings listener")?;
+    Ok(())
 }
 
 #[cfg(test)]
