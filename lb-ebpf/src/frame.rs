@@ -17,7 +17,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_REDIRECT, xdp_action},
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_csum_update, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use core::ffi::c_void;
@@ -54,6 +54,10 @@ pub trait Frame {
     /// or 4; 0 when `to` is a `bpf_csum_diff` difference) and
     /// `BPF_F_MARK_MANGLED_0`.
     fn l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> PathResult<()>;
+    /// Adds `diff` to the packet's received sum (`skb->csum` of a
+    /// `CHECKSUM_COMPLETE` skb; nothing otherwise, nor at XDP, which has
+    /// none).
+    fn add_to_received_sum(&self, diff: u32);
     /// Whether this hook can send a packet out of `ifindex` itself.
     fn sends_to(&self, ifindex: u32) -> bool;
     /// Sends the NATed packet out of `ifindex`; its MACs are written when
@@ -113,6 +117,13 @@ impl Frame for TcContext {
         // The kernel's helper: it knows the sk_buff's checksum state
         // (see `nat`).
         TcContext::l4_csum_replace(self, offset, from, to, flags).map_err(|_| Counter::DropRewriteFailed)
+    }
+
+    #[inline(always)]
+    fn add_to_received_sum(&self, diff: u32) {
+        // SAFETY: plain helper call on the live sk_buff. It fails (and
+        // changes nothing) unless the skb is CHECKSUM_COMPLETE: ignored.
+        unsafe { bpf_csum_update(self.skb.skb, diff) };
     }
 
     #[inline(always)]
@@ -230,6 +241,10 @@ impl Frame for XdpContext {
         }
         nat::write_at(self, offset, field)
     }
+
+    /// No sum to keep: XDP frames carry none.
+    #[inline(always)]
+    fn add_to_received_sum(&self, _diff: u32) {}
 
     #[inline(always)]
     fn sends_to(&self, ifindex: u32) -> bool {

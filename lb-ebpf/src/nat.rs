@@ -6,11 +6,14 @@
 //! holds only the pseudo-header sum; `BPF_F_PSEUDO_HDR` updates it
 //! correctly, and a port change (not in the pseudo header) then rightly
 //! leaves it alone. `BPF_F_MARK_MANGLED_0` keeps a UDP checksum of 0
-//! ("none") at 0 and turns a computed 0 into 0xffff. An IPv4 translation
-//! calls the helper once, for both addresses, and updates the ports
-//! itself in the state the helper's result reveals (`translate`,
-//! `lb_common::checksum`). At XDP, which has no such helper, `frame`
-//! does the same arithmetic in software.
+//! ("none") at 0 and turns a computed 0 into 0xffff. A translation calls
+//! the helper once, for both addresses, and updates the ports itself in
+//! the state the helper's result reveals (`translate`,
+//! `lb_common::checksum`). A packet a NIC summed on receipt
+//! (CHECKSUM_COMPLETE) keeps a `skb->csum` that sums it: see
+//! `write_ports_and_l4_checksum` for IPv6, whose header has no checksum.
+//! At XDP, which has no such helper, `frame` does the same arithmetic in
+//! software.
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use lb_common::{checksum, proto, stats::Counter};
@@ -98,15 +101,19 @@ pub fn read_at<const N: usize>(ctx: &impl Frame, offset: usize) -> PathResult<[u
     Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
 }
 
-/// Decrements the IPv6 hop limit (no header checksum to update).
+/// Decrements the IPv6 hop limit. No header checksum absorbs the change,
+/// so a received sum (`CHECKSUM_COMPLETE`, see
+/// `write_ports_and_l4_checksum`) is moved with it.
 /// `Ok(false)`: it would reach zero; left for the stack to answer.
 #[inline(always)]
 pub fn decrement_hop_limit<C: Frame>(ctx: &C) -> PathResult<bool> {
-    let [hops] = read_at::<1>(ctx, IP6_HOP_LIMIT_OFF)?;
+    // The 16-bit word the hop limit shares with the next header.
+    let [next, hops] = read_at::<2>(ctx, IP6_HOP_LIMIT_OFF - 1)?;
     if hops <= 1 {
         return Ok(false);
     }
     write_at(ctx, IP6_HOP_LIMIT_OFF, [hops - 1])?;
+    ctx.add_to_received_sum(checksum::diff2([next, hops], [next, hops - 1]));
     Ok(true)
 }
 
@@ -134,7 +141,7 @@ pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([
         write_at(ctx, IP_DST_OFF, dst.0)?;
     }
     let address_diff = addresses_change.then_some(address_diff);
-    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff)
+    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff, false)
 }
 
 /// `translate` for IPv6 (no header checksum).
@@ -148,7 +155,7 @@ pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u
         write_at(ctx, IP6_DST_OFF, dst.0.to_ne_bytes())?;
     }
     let address_diff = addresses_change.then_some(address_diff);
-    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff)
+    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff, true)
 }
 
 /// Writes `pkt`'s new ports and updates its L4 checksum for them and for
@@ -158,6 +165,18 @@ pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u
 /// state, and the port change is then made here the way the helper would
 /// have (`lb_common::checksum`), saving a helper call per port. When the
 /// state is not told, the helper makes the port change too.
+///
+/// A received packet whose NIC summed it (`CHECKSUM_COMPLETE`) carries
+/// that sum in `skb->csum`, and it must still sum the packet afterwards.
+/// Every change here leaves the packet's sum as it was: ports and the L4
+/// checksum move by opposite amounts, and so do IPv4's addresses and its
+/// header checksum. With `BPF_F_PSEUDO_HDR` the helper takes the address
+/// change out of `skb->csum` all the same, right for IPv4, whose L4
+/// checksum is the only field it changes, wrong for IPv6 (`ipv6`), whose
+/// addresses this module wrote without a header checksum to absorb them:
+/// there the change is put back. (Kernels since 6.16, and stable ones
+/// backported to, take `BPF_F_IPV6` for this; putting it back works on
+/// every kernel.)
 #[inline(always)]
 fn write_ports_and_l4_checksum<F: Family, C: Frame>(
     ctx: &C,
@@ -165,6 +184,7 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
     sport: u16,
     dport: u16,
     address_diff: Option<u32>,
+    ipv6: bool,
 ) -> PathResult<()> {
     let ports_change = sport != pkt.sport || dport != pkt.dport;
     if ports_change {
@@ -185,7 +205,11 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
             // Size 0: `to` is a checksum difference, both addresses at once.
             ctx.l4_csum_replace(csum_off, 0, u64::from(diff), u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
             let after = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
-            checksum::revealed(before, after, diff, udp)
+            let state = checksum::revealed(before, after, diff, udp);
+            if ipv6 && matches!(state, checksum::State::Complete) {
+                ctx.add_to_received_sum(diff);
+            }
+            state
         }
         None => checksum::State::Unknown,
     };

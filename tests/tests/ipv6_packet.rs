@@ -667,3 +667,54 @@ fn a_pod_reaches_a_local_policy_load_balancer_s_endpoints_elsewhere_while_outsid
         packets6::routed(packets6::tcp(sent, elsewhere, true, &[]), routed::OTHER_NODE_MAC, routed::NODE_MAC);
     assert_eq!(out, expected, "DNAT to the endpoint on the other node");
 }
+
+/// A NIC that sums what it receives (`CHECKSUM_COMPLETE`) hands the
+/// packet over with that sum in `skb->csum`; after translation it must
+/// still sum the packet, or the receiving stack reports a hardware
+/// checksum failure and sums the packet again in software. Each packet
+/// of the flows above, run as such a NIC hands it over: the kernel fails
+/// the run if `skb->csum` is left stale, and the output is what the plain
+/// run gives.
+#[test]
+fn a_received_packet_s_complete_checksum_still_sums_it_after_translation() {
+    let mut dp = datapath();
+    let complete = |dp: &mut Datapath, packet: Vec<u8>, what: &str| {
+        dp.run_checksum_complete(TC_PROGRAM, &packet).unwrap_or_else(|e| panic!("{what}: {e:#}"))
+    };
+    let syn = complete(&mut dp, packets6::tcp(CLIENT, WEB_VIP, true, &[]), "SYN to the ClusterIP");
+    assert_eq!(syn.verdict, TC_ACT_UNSPEC);
+    assert_eq!(syn.packet, packets6::tcp(CLIENT, WEB_BACKEND, true, &[]), "SYN DNATed");
+    let data = complete(&mut dp, packets6::tcp(CLIENT, WEB_VIP, false, b"GET /"), "data to the ClusterIP");
+    assert_eq!(data.packet, packets6::tcp(CLIENT, WEB_BACKEND, false, b"GET /"));
+    let reply = complete(&mut dp, packets6::tcp(WEB_BACKEND, CLIENT, false, b"200 OK"), "the backend's reply");
+    assert_eq!(reply.packet, packets6::tcp(WEB_VIP, CLIENT, false, b"200 OK"), "reverse-translated");
+    let query = complete(&mut dp, packets6::udp(CLIENT, DNS_VIP, b"query"), "UDP query, port translated");
+    assert_eq!(query.packet, packets6::udp(CLIENT, DNS_BACKEND, b"query"));
+    let answer = complete(&mut dp, packets6::udp(DNS_BACKEND, CLIENT, b"answer"), "UDP answer");
+    assert_eq!(answer.packet, packets6::udp(DNS_VIP, CLIENT, b"answer"));
+
+    // Source and destination NAT at once, routed: a NodePort flow to
+    // another node's backend and its reply.
+    let mut dp = routed_node_v6(&[]);
+    dp.apply(REMOTE_NODE_PORT).expect("program services");
+    let client = ep6(routed::CLIENT_IP_V6, 40000);
+    let node_port = ep6(routed::NODE_IP_V6, 30090);
+    let backend = ep6(v6([0xfd00, 0x244, 9, 0, 0, 0, 0, 2]), 8080);
+    let out = complete(&mut dp, packets6::tcp(client, node_port, true, &[]), "SYN to another node's backend");
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let flow = dp.conntrack_v6().unwrap().into_iter().find(|(k, _)| k.direction == DIR_ORIGINAL).expect("tracked");
+    let snat = ep6(Ipv6Addr::from(flow.1.nat_address), flow.1.nat_port);
+    let expected = packets6::routed(packets6::tcp(snat, backend, true, &[]), routed::OTHER_NODE_MAC, routed::NODE_MAC);
+    assert_eq!(out.packet, expected);
+    let out = complete(&mut dp, packets6::tcp(backend, snat, false, b"hello"), "the reply to the NodePort client");
+    let expected =
+        packets6::routed(packets6::tcp(node_port, client, false, b"hello"), routed::CLIENT_MAC, routed::NODE_MAC);
+    assert_eq!(out.packet, expected);
+    // An ICMPv6 error about the flow, translated back for the client.
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let error = packets6::icmp6(backend.ip, snat.ip, too_big, &packets6::tcp(snat, backend, false, b"more")[14..]);
+    let out = complete(&mut dp, error, "an ICMPv6 error about the flow");
+    let sent = packets6::tcp(client, node_port, false, b"more");
+    let expected = packets6::icmp6(node_port.ip, client.ip, too_big, &sent[14..]);
+    assert_eq!(out.packet, packets6::routed(expected, routed::CLIENT_MAC, routed::NODE_MAC));
+}

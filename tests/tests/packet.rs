@@ -511,3 +511,23 @@ fn malformed_frames_are_passed_untouched_and_create_no_state() {
     let state = dp.conntrack().expect("conntrack");
     assert!(state.iter().all(|(k, _)| k.src_port != client.port && k.dst_port != client.port), "no state: {state:?}");
 }
+
+/// A NIC that sums what it receives (`CHECKSUM_COMPLETE`) hands the
+/// packet over with that sum in `skb->csum`; after translation it must
+/// still sum the packet, or the receiving stack reports a hardware
+/// checksum failure. The kernel fails the run when it does not; the
+/// output is the plain run's.
+#[test]
+fn a_received_packet_s_complete_checksum_still_sums_it_after_translation() {
+    let mut dp = datapath();
+    let rows = [
+        (packets::tcp_syn(CLIENT, WEB_VIP), packets::tcp_syn(CLIENT, WEB_BACKEND), "SYN to the ClusterIP"),
+        (packets::tcp(WEB_BACKEND, CLIENT, false, b"200 OK"), packets::tcp(WEB_VIP, CLIENT, false, b"200 OK"), "reply"),
+        (packets::udp(CLIENT, DNS_VIP, b"query"), packets::udp(CLIENT, DNS_BACKEND, b"query"), "UDP, port translated"),
+        (packets::udp(DNS_BACKEND, CLIENT, b"answer"), packets::udp(DNS_VIP, CLIENT, b"answer"), "UDP answer"),
+    ];
+    for (input, expected, what) in rows {
+        let out = dp.run_checksum_complete(TC_PROGRAM, &input).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert_eq!(out.packet, expected, "{what}");
+    }
+}

@@ -389,3 +389,21 @@ fn a_flow_whose_walk_begins_among_many_node_ports_still_finds_a_port() {
     let entry = dp.flow_entry(client, NODE_PORT).expect("tracked");
     assert!(!BLOCK.contains(&entry.nat_port), "SNAT port {} is a NodePort", entry.nat_port);
 }
+
+/// A NIC that sums what it receives (`CHECKSUM_COMPLETE`) hands the
+/// packet over with that sum in `skb->csum`; after translation (both
+/// addresses, both ports, TTL) it must still sum the packet, or the
+/// receiving stack reports a hardware checksum failure. The kernel fails
+/// the run when it does not; the output is the plain run's.
+#[test]
+fn a_received_packet_s_complete_checksum_still_sums_it_after_both_translations() {
+    let mut dp = routed_node();
+    dp.apply(SERVICES).expect("program services");
+    let syn = dp.run_checksum_complete(TC_PROGRAM, &packets::tcp_syn(CLIENT, NODE_PORT)).expect("SYN");
+    let snat = ep(NODE_IP, dp.flow_entry(CLIENT, NODE_PORT).expect("the flow is tracked").nat_port);
+    assert_eq!(syn.verdict, TC_ACT_REDIRECT);
+    assert_eq!(syn.packet, packets::routed(packets::tcp_syn(snat, REMOTE_BACKEND), OTHER_NODE_MAC, NODE_MAC));
+    let reply = packets::tcp(REMOTE_BACKEND, snat, false, b"hello");
+    let back = dp.run_checksum_complete(TC_PROGRAM, &reply).expect("the reply");
+    assert_eq!(back.packet, packets::routed(packets::tcp(NODE_PORT, CLIENT, false, b"hello"), CLIENT_MAC, NODE_MAC));
+}
