@@ -17,8 +17,8 @@ use lb_common::{
     ids, maglev,
     maps::{
         AFFINITY_MEMBERS_V4_CAPACITY, AFFINITY_V4_CAPACITY, BACKENDS_V4_CAPACITY, BACKENDS_V6_CAPACITY,
-        CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY, MAGLEV_V4_CAPACITY,
-        PEER_DEVICES_CAPACITY, POD_CIDRS_V4_CAPACITY, POD_CIDRS_V6_CAPACITY, PORT_FILTER_CAPACITY,
+        CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FILTER_FLAGS, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY,
+        MAGLEV_V4_CAPACITY, PEER_DEVICES_CAPACITY, POD_CIDRS_V4_CAPACITY, POD_CIDRS_V6_CAPACITY, PORT_FILTER_CAPACITY,
         SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY, SOCK_REV_V6_CAPACITY,
         SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY, XDP_DEVICES_CAPACITY,
     },
@@ -68,11 +68,11 @@ pub static LB6_CT_SCRATCH: PerCpuArray<CtValueV6, 2> = PerCpuArray::new();
 
 /// `lb_common::port_filter` bits by port number.
 #[btf_map]
-pub static LB_PORT_FILTER: Array<u8, { PORT_FILTER_CAPACITY as usize }> = Array::new();
+pub static LB_PORT_FILTER: Array<u8, { PORT_FILTER_CAPACITY as usize }, { FILTER_FLAGS as usize }> = Array::new();
 
 /// `lb_common::address_filter` bits, 64 a word.
 #[btf_map]
-pub static LB_ADDR_FILTER: Array<u64, { address_filter::WORDS as usize }> = Array::new();
+pub static LB_ADDR_FILTER: Array<u64, { address_filter::WORDS as usize }, { FILTER_FLAGS as usize }> = Array::new();
 
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();

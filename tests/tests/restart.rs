@@ -408,3 +408,28 @@ fn carry_over_from(value_size: usize) {
     let carried = table.get(&key, 0).unwrap_or_else(|e| panic!("{value_size}-byte flow not carried over: {e}"));
     assert_eq!(carried, value, "{value_size}-byte layout: every field, no route kept");
 }
+
+/// The port and address filters are read and written as memory, which
+/// the kernel allows only on maps created `BPF_F_MMAPABLE`. Filters an
+/// earlier build pinned without the flag are recreated with it (they
+/// are rewritten from the Services at the first sync anyway).
+#[test]
+fn filters_pinned_without_the_mmapable_flag_are_recreated_with_it() {
+    use lb_common::maps::{ADDRESS_FILTER, FILTER_FLAGS, PORT_FILTER};
+    let pin_dir = PinDir::unique("filters");
+    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    let flags_of = |name: &str| {
+        aya::maps::MapData::from_pin(pin_dir.0.join(name)).unwrap().info().unwrap().map_flags() & FILTER_FLAGS
+    };
+    for (name, value_size) in [(PORT_FILTER, "1"), (ADDRESS_FILTER, "8")] {
+        let path = pin_dir.0.join(name);
+        let args = ["map", "create", path.to_str().unwrap(), "type", "array", "key", "4", "value", value_size];
+        let args: Vec<&str> = args.into_iter().chain(["entries", "65536", "name", name]).collect();
+        lb_tests::topology::run("bpftool", &args).unwrap();
+        assert_eq!(flags_of(name), 0, "{name} pinned without the flag");
+    }
+    let _ebpf = loader::load_maps(Some(&pin_dir.0), Capacities::default()).expect("load over the old filters");
+    for name in [PORT_FILTER, ADDRESS_FILTER] {
+        assert_eq!(flags_of(name), FILTER_FLAGS, "{name} recreated mmapable");
+    }
+}

@@ -46,14 +46,22 @@ pub struct Layout {
     pub value_size: u32,
     pub max_entries: u32,
     pub version: u32,
+    /// Created with `BPF_F_MMAPABLE`: the agent reads and writes the map
+    /// as memory (the filters, `lb_common::maps::FILTER_FLAGS`).
+    pub mmapable: bool,
 }
 
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} key {} B, value {} B, {} entries, version {}",
-            self.map_type, self.key_size, self.value_size, self.max_entries, self.version
+            "{:?} key {} B, value {} B, {} entries, version {}{}",
+            self.map_type,
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            self.version,
+            if self.mmapable { ", mmapable" } else { "" }
         )
     }
 }
@@ -78,8 +86,14 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
         u32::try_from(size_of::<T>()).expect("map types are small")
     }
     let version = names::layout_version(map);
-    let layout =
-        |map_type, key_size, value_size, max_entries| Layout { map_type, key_size, value_size, max_entries, version };
+    let layout = |map_type, key_size, value_size, max_entries| Layout {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        version,
+        mmapable: false,
+    };
     Some(match map {
         names::SERVICES_V4 => (
             layout(MapType::Hash, size::<ServiceKeyV4>(), size::<ServiceValue>(), capacities.services),
@@ -154,12 +168,17 @@ pub fn expected(map: &str, capacities: Capacities) -> Option<(Layout, OnMismatch
             layout(MapType::PerCpuHash, size::<u32>(), size::<FrontendStatsV4>(), names::FRONTEND_STATS_V4_CAPACITY),
             OnMismatch::Recreate,
         ),
-        names::ADDRESS_FILTER => {
-            (layout(MapType::Array, size::<u32>(), size::<u64>(), address_filter::WORDS), OnMismatch::Recreate)
-        }
-        names::PORT_FILTER => {
-            (layout(MapType::Array, size::<u32>(), size::<u8>(), names::PORT_FILTER_CAPACITY), OnMismatch::Recreate)
-        }
+        names::ADDRESS_FILTER => (
+            Layout { mmapable: true, ..layout(MapType::Array, size::<u32>(), size::<u64>(), address_filter::WORDS) },
+            OnMismatch::Recreate,
+        ),
+        names::PORT_FILTER => (
+            Layout {
+                mmapable: true,
+                ..layout(MapType::Array, size::<u32>(), size::<u8>(), names::PORT_FILTER_CAPACITY)
+            },
+            OnMismatch::Recreate,
+        ),
         names::STATS => {
             (layout(MapType::PerCpuArray, size::<u32>(), size::<u64>(), stats::COUNTERS), OnMismatch::Recreate)
         }
@@ -203,6 +222,7 @@ pub fn pinned_layout(path: &Path) -> Result<Option<Layout>, LayoutError> {
         value_size: info.value_size(),
         max_entries: info.max_entries(),
         version: recorded_version(path),
+        mmapable: info.map_flags() & names::FILTER_FLAGS != 0,
     }))
 }
 

@@ -26,7 +26,11 @@ use lb_common::{
 
 use tracing::warn;
 
-use super::{batch, maglev::MaglevTables};
+use super::{
+    batch,
+    maglev::MaglevTables,
+    mapped::{MappedArray, MappedValue},
+};
 use crate::{
     state::HighestIds,
     tables::{DesiredMaps, Write, for_each_map},
@@ -148,26 +152,43 @@ fn one_by_one<T>(entries: &[T], offset: usize, mut write: impl FnMut(&T) -> anyh
 }
 
 /// An array map indexed by a small integer key; a zero value is "absent".
-struct Indexed<K, V: Pod>(Array<MapData, V>, PhantomData<K>);
+/// One created with `BPF_F_MMAPABLE` (the filters) is read and written
+/// as memory (`mapped`); the others, and one pinned by a build that made
+/// it without the flag, with a syscall per element.
+struct Indexed<K, V: Pod + MappedValue> {
+    map: Array<MapData, V>,
+    mapped: Option<MappedArray<V>>,
+    key: PhantomData<K>,
+}
 
-impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + Default + PartialEq> Indexed<K, V> {
+impl<K: Copy + Ord + Into<u32> + TryFrom<u32>, V: Pod + MappedValue + Default + PartialEq> Indexed<K, V> {
     fn new(map: Map) -> anyhow::Result<Self> {
-        Ok(Self(map.try_into()?, PhantomData))
+        let map: Array<MapData, V> = map.try_into()?;
+        let mapped = MappedArray::of_map(map.map(), map.len() as usize).ok();
+        Ok(Self { map, mapped, key: PhantomData })
     }
 
     fn read_all(&self) -> anyhow::Result<BTreeMap<K, V>> {
-        let entries: Vec<(u32, V)> = match batch::lookup_all(self.0.map())? {
-            Some(entries) => entries,
-            None => {
-                (0..).zip(self.0.iter()).map(|(index, value)| Ok((index, value?))).collect::<anyhow::Result<_>>()?
-            }
+        let entries: Vec<(u32, V)> = if let Some(mapped) = &self.mapped {
+            (0..).zip(mapped.read_all()).collect()
+        } else if let Some(entries) = batch::lookup_all(self.map.map())? {
+            entries
+        } else {
+            (0..).zip(self.map.iter()).map(|(index, value)| Ok((index, value?))).collect::<anyhow::Result<_>>()?
         };
         let non_zero = entries.into_iter().filter(|(_, value)| *value != V::default());
         Ok(non_zero.filter_map(|(index, value)| Some((K::try_from(index).ok()?, value))).collect())
     }
 
     fn write(&mut self, key: K, value: Option<V>) -> Result<(), MapError> {
-        self.0.set(key.into(), value.unwrap_or_default(), 0)
+        let value = value.unwrap_or_default();
+        match &self.mapped {
+            Some(mapped) if key.into() < self.map.len() => {
+                mapped.write(&[(key.into(), value)]);
+                Ok(())
+            }
+            _ => self.map.set(key.into(), value, 0),
+        }
     }
 
     fn write_run(&mut self, run: &[(K, Option<&V>)]) -> Result<(), Partial> {
