@@ -228,7 +228,7 @@ impl Synthetic {
             frontend_id: 1,
             frontend_address: self.frontend.ip.octets(),
             frontend_port: self.frontend.port,
-            created_s: now - 2000,
+            created_s: now - OLDEST_STAMP_S,
             ..CtValueV4::default()
         };
         let nat_port = 61000 + self.client_port % 1000;
@@ -241,6 +241,21 @@ impl Synthetic {
         out.extend(self.original.map(|s| (key, stamp(original, s))));
         out.extend(self.reply.map(|s| (reply_key, stamp(reply, s))));
         out
+    }
+}
+
+/// The furthest in the past a synthetic entry is stamped, in seconds.
+const OLDEST_STAMP_S: u32 = 200;
+
+/// The conntrack clock, once it reads at least `seconds`: it counts from
+/// boot, and a stamp `seconds` in the past must not fall before it.
+fn clock_past(seconds: u32) -> u32 {
+    loop {
+        let now = clock::now_s();
+        if now >= seconds {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds - now)));
     }
 }
 
@@ -265,7 +280,7 @@ fn one_sweep_removes_expired_flows_and_keeps_live_and_one_way_ones() {
         // Kept: established, idle 60 s of 100.
         flow(2, WEB_VIP, web, false, Some((est, 50)), Some((est, 60))),
         // Kept: the client went quiet long ago, the backend still streams.
-        flow(3, DNS_VIP, dns, false, Some((0, 1000)), Some((est, 1))),
+        flow(3, DNS_VIP, dns, false, Some((0, 150)), Some((est, 1))),
         // Removed: UDP never answered, idle 11 s of 10.
         flow(4, DNS_VIP, dns, false, Some((0, 11)), Some((0, 11))),
         // Removed: source-NATed, handshake never completed, idle 21 s of 20.
@@ -276,7 +291,7 @@ fn one_sweep_removes_expired_flows_and_keeps_live_and_one_way_ones() {
         flow(7, WEB_VIP, web, false, Some((est, 101)), None),
         flow(8, WEB_VIP, web, false, Some((est, 10)), None),
     ];
-    let now = clock::now_s();
+    let now = clock_past(OLDEST_STAMP_S);
     let kept: Vec<CtKeyV4> = [1, 2, 7].iter().flat_map(|&i| flows[i].entries(now)).map(|(k, _)| k).collect();
     dp.insert_conntrack(flows.iter().flat_map(|f| f.entries(now))).expect("write entries");
     let live: Vec<CtKeyV4> = dp
