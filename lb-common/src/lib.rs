@@ -16,6 +16,7 @@ pub mod address_filter;
 pub mod affinity;
 pub mod backend;
 pub mod checksum;
+pub mod clock;
 pub mod config;
 pub mod conntrack;
 pub mod flow;

@@ -11,7 +11,7 @@
 //! timeout is read from the frontend entry each time, so a changed
 //! timeout applies at once.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     flow,
@@ -20,6 +20,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now_s,
     family::{Family, V4, V6},
     maps::{LB4_AFF_MEMBERS, LB4_AFFINITY, LB6_AFFINITY},
     select, service, stats,
@@ -153,12 +154,4 @@ fn follow<F: AffinityFamily>(key: &F::Key, svc: &ServiceValue, now_s: u32) -> Fo
 #[inline(always)]
 fn is_member(frontend_id: u32, backend_id: u32) -> bool {
     LB4_AFF_MEMBERS.get_ptr(AffinityMemberKeyV4 { frontend_id, backend_id }).is_some()
-}
-
-/// Seconds of the kernel's coarse monotonic clock (the clock conntrack
-/// uses; a tick of a few milliseconds is plenty for timeouts in seconds).
-#[inline(always)]
-fn now_s() -> u32 {
-    // SAFETY: the helper has no arguments and no side effects.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }

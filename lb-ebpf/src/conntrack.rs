@@ -6,10 +6,7 @@
 //! was seen and the TCP state bits (`lb_common::conntrack::observe`). The
 //! agent's garbage collection reads them; nothing here ever deletes.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     conntrack::{self as ct, DIR_ORIGINAL, DIR_REPLY, FLAG_RST, RouteCache},
     service::ServiceValue,
@@ -17,17 +14,11 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now_s,
     family::{Backend, CtEntry, Family, ServiceKey, V4},
     parse::Packet,
     verdict::PathResult,
 };
-
-/// Seconds of the kernel's coarse monotonic clock, the conntrack clock.
-#[inline(always)]
-fn now_s() -> u32 {
-    // SAFETY: a helper without arguments or side effects.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
-}
 
 /// A tracked entry, in the map. Read through, not copied out: a copy
 /// would take stack the longest paths do not have.

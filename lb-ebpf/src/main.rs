@@ -31,6 +31,7 @@
 #![no_main]
 
 mod affinity;
+mod clock;
 mod config;
 mod conntrack;
 mod family;

@@ -11,6 +11,7 @@ use lb_common::{
     address_filter,
     affinity::{AffinityKeyV4, AffinityKeyV6, AffinityMemberKeyV4, AffinityValueV4},
     backend::{BackendV4, BackendV6},
+    clock::CachedSeconds,
     config::DatapathConfig,
     conntrack::{CtKeyV4, CtKeyV6, CtValueV4, CtValueV6},
     frontend_stats::FrontendStatsV4,
@@ -65,6 +66,11 @@ pub static LB4_CT_SCRATCH: PerCpuArray<CtValueV4, 2> = PerCpuArray::new();
 
 #[btf_map]
 pub static LB6_CT_SCRATCH: PerCpuArray<CtValueV6, 2> = PerCpuArray::new();
+
+/// The conntrack clock's seconds at the last jiffy this CPU read it at
+/// (`clock`). Not pinned: a new datapath starts with a miss.
+#[btf_map]
+pub static LB_CLOCK: PerCpuArray<CachedSeconds, 1> = PerCpuArray::new();
 
 /// `lb_common::port_filter` bits by port number.
 #[btf_map]

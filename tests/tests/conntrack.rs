@@ -201,6 +201,11 @@ fn a_packet_moves_its_entrys_last_seen_to_now() {
     let key = original_key(CLIENT, WEB_VIP, proto::TCP);
     let old = CtValueV4 { last_seen_s: original.last_seen_s - 100, ..original };
     dp.insert_conntrack([(key, old)]).expect("age the entry");
+    // The next packet comes a clock second later: the stamp must follow
+    // the clock, not what the datapath read earlier.
+    while clock::now_s() == original.last_seen_s {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let before = clock::now_s();
     segment(&mut dp, CLIENT, WEB_VIP, flags(false, true, false, false), Counter::Established);
     let (original, _) = web_flow(&dp, CLIENT);
