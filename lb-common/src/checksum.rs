@@ -3,24 +3,27 @@
 //! read them: sums do not depend on byte order as long as every term is
 //! read the same way.
 //!
-//! At tc, the L4 checksum of a packet the datapath translates is updated
-//! by the kernel's `bpf_l4_csum_replace`, because only the kernel knows
-//! the sk_buff's checksum state (`ip_summed`), and the state decides the
-//! update: a complete checksum (`CHECKSUM_NONE`, `_UNNECESSARY`,
-//! `_COMPLETE`) changes with every rewritten field; a `CHECKSUM_PARTIAL`
-//! packet's field holds only the pseudo-header sum, uncomplemented, so it
-//! changes with addresses and not at all with ports. Each helper call
-//! costs about 35 ns on a host whose returns go through a mitigation
-//! thunk, and a translation rewrites up to two addresses and two ports.
+//! At tc, the update of the L4 checksum of a packet the datapath
+//! translates depends on the sk_buff's checksum state (`ip_summed`): a
+//! complete checksum (`CHECKSUM_NONE`, `_UNNECESSARY`, `_COMPLETE`) changes
+//! with every rewritten field; a `CHECKSUM_PARTIAL` packet's field holds
+//! only the pseudo-header sum, uncomplemented, so it changes with
+//! addresses and not at all with ports; and a `CHECKSUM_COMPLETE`
+//! packet's received sum (`skb->csum`) must follow an address change too.
+//! The kernel's `bpf_l4_csum_replace` knows the state, but each call costs
+//! about 20 ns on a host whose returns go through a mitigation thunk.
 //!
-//! The datapath therefore hands the kernel the address change (pseudo
-//! header) in one call and reads back what the kernel wrote: the two
-//! states give different results (`revealed`) whenever the addresses'
-//! sum changes, which tells the state exactly; the ports are then
-//! updated here, the way the kernel would have (`applied_complete`, or
-//! nothing for a partial checksum). When the result cannot tell (the
-//! address words sum to the same value, or no address changed), the
-//! ports go through the helper too.
+//! Where the datapath can read the state (`of_ip_summed`, through
+//! `skb_checksum`; XDP frames are always complete), it updates the field
+//! itself and calls no helper, except for `CHECKSUM_COMPLETE`. Where it
+//! cannot, it hands the kernel the address change (pseudo header) in one
+//! call and reads back what the kernel wrote: the two states give
+//! different results (`revealed`) whenever the addresses' sum changes,
+//! which tells the state exactly; the ports are then updated here, the way
+//! the kernel would have (`applied_complete`, or nothing for a partial
+//! checksum). When the result cannot tell (the address words sum to the
+//! same value, or no address changed), the ports go through the helper
+//! too.
 
 /// Folds a 32-bit sum of 16-bit words to 16 bits, end-around carry, not
 /// complemented. 0 only for a sum of 0.
@@ -97,8 +100,22 @@ pub enum State {
     Complete,
     /// `CHECKSUM_PARTIAL`: only pseudo-header fields change it.
     Partial,
-    /// Not told apart: let the kernel update the rest.
+    /// Not told apart, or a received sum to keep: let the kernel update
+    /// the rest.
     Unknown,
+}
+
+/// The state a tc packet's `ip_summed` gives. `CHECKSUM_COMPLETE` is
+/// `Unknown` on purpose: its received sum follows an address change only
+/// through the helper.
+#[inline(always)]
+pub const fn of_ip_summed(ip_summed: u8) -> State {
+    use crate::skb_checksum::{CHECKSUM_NONE, CHECKSUM_PARTIAL, CHECKSUM_UNNECESSARY};
+    match ip_summed {
+        CHECKSUM_NONE | CHECKSUM_UNNECESSARY => State::Complete,
+        CHECKSUM_PARTIAL => State::Partial,
+        _ => State::Unknown,
+    }
 }
 
 /// The state the kernel's update of a field from `before` to `after`,
@@ -228,6 +245,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_states_updated_without_the_helper_are_read_from_ip_summed() {
+        use crate::skb_checksum::*;
+        assert_eq!(of_ip_summed(CHECKSUM_NONE), State::Complete);
+        assert_eq!(of_ip_summed(CHECKSUM_UNNECESSARY), State::Complete);
+        assert_eq!(of_ip_summed(CHECKSUM_PARTIAL), State::Partial);
+        assert_eq!(of_ip_summed(CHECKSUM_COMPLETE), State::Unknown);
     }
 
     #[test]

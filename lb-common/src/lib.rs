@@ -27,6 +27,7 @@ pub mod maps;
 pub mod pod_cidrs;
 pub mod port_filter;
 pub mod service;
+pub mod skb_checksum;
 pub mod sock;
 pub mod source_ranges;
 pub mod stats;

@@ -21,14 +21,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use core::ffi::c_void;
-use lb_common::stats::Counter;
+use lb_common::{checksum, stats::Counter};
 
 use crate::{
     icmp_error, icmp_reply, icmp6_reply,
     maps::{LB_PEER_DEVICES, LB_XDP_DEVICES},
     nat,
     parse::PacketV4,
-    stats,
+    skb_checksum, stats,
     verdict::{Outcome, PathResult, Verdict},
 };
 
@@ -54,6 +54,9 @@ pub trait Frame {
     /// or 4; 0 when `to` is a `bpf_csum_diff` difference) and
     /// `BPF_F_MARK_MANGLED_0`.
     fn l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> PathResult<()>;
+    /// The L4 checksum's state where this hook can tell it, for an update
+    /// in place (`checksum::State`).
+    fn l4_checksum_state(&self) -> checksum::State;
     /// Adds `diff` to the packet's received sum (`skb->csum` of a
     /// `CHECKSUM_COMPLETE` skb; nothing otherwise, nor at XDP, which has
     /// none).
@@ -77,17 +80,31 @@ pub trait Frame {
     fn icmp(&self) -> Outcome;
 }
 
+/// The context pointer, read afresh. The verifier takes a context field
+/// only at a constant offset from the context pointer itself; given the
+/// same pointer everywhere, LLVM may compute a field's address once and
+/// keep that (`ctx + 80`), which the verifier refuses. A volatile read
+/// of the pointer gives each field read its own base, folded into the
+/// load.
+#[inline(always)]
+fn skb_pointer(ctx: &TcContext) -> *mut aya_ebpf::bindings::__sk_buff {
+    // SAFETY: reads the pointer field of a live reference.
+    unsafe { core::ptr::read_volatile(&raw const ctx.skb.skb) }
+}
+
 impl Frame for TcContext {
     const FINISHES_EVERY_PACKET: bool = true;
 
     #[inline(always)]
     fn data(&self) -> usize {
-        TcContext::data(self)
+        // SAFETY: reads a field of the live sk_buff.
+        unsafe { (*skb_pointer(self)).data as usize }
     }
 
     #[inline(always)]
     fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+        // SAFETY: reads a field of the live sk_buff.
+        unsafe { (*skb_pointer(self)).data_end as usize }
     }
 
     #[inline(always)]
@@ -117,6 +134,11 @@ impl Frame for TcContext {
         // The kernel's helper: it knows the sk_buff's checksum state
         // (see `nat`).
         TcContext::l4_csum_replace(self, offset, from, to, flags).map_err(|_| Counter::DropRewriteFailed)
+    }
+
+    #[inline(always)]
+    fn l4_checksum_state(&self) -> checksum::State {
+        skb_checksum::state(self)
     }
 
     #[inline(always)]
@@ -240,6 +262,14 @@ impl Frame for XdpContext {
             field = [0xff, 0xff];
         }
         nat::write_at(self, offset, field)
+    }
+
+    /// Not given: `l4_csum_replace` is already an update in place here,
+    /// and the path that calls it keeps the XDP program's stack within
+    /// the verifier's bound.
+    #[inline(always)]
+    fn l4_checksum_state(&self) -> checksum::State {
+        checksum::State::Unknown
     }
 
     /// No sum to keep: XDP frames carry none.

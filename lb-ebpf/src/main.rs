@@ -54,6 +54,7 @@ mod route;
 mod route_cache;
 mod select;
 mod service;
+mod skb_checksum;
 mod snat;
 mod sock;
 mod stats;

@@ -160,11 +160,13 @@ pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u
 
 /// Writes `pkt`'s new ports and updates its L4 checksum for them and for
 /// addresses whose change summed to `address_diff` (`None`: none
-/// changed). The address change goes through the kernel's helper, which
-/// knows the skb's checksum state; what the helper wrote tells that
-/// state, and the port change is then made here the way the helper would
-/// have (`lb_common::checksum`), saving a helper call per port. When the
-/// state is not told, the helper makes the port change too.
+/// changed). Where the hook tells the checksum state, the field is
+/// updated here (`update_in_place`). Otherwise the address change goes
+/// through the kernel's helper, which knows the skb's checksum state; what
+/// the helper wrote tells that state, and the port change is then made
+/// here the way the helper would have (`lb_common::checksum`), saving a
+/// helper call per port. When the state is not told, the helper makes the
+/// port change too.
 ///
 /// A received packet whose NIC summed it (`CHECKSUM_COMPLETE`) carries
 /// that sum in `skb->csum`, and it must still sum the packet afterwards.
@@ -200,6 +202,15 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
         // leaves it.
         return Ok(());
     }
+    if address_diff.is_none() && !ports_change {
+        return Ok(());
+    }
+    let port_diff = checksum::diff2(pkt.sport.to_be_bytes(), sport.to_be_bytes())
+        + checksum::diff2(pkt.dport.to_be_bytes(), dport.to_be_bytes());
+    let known = ctx.l4_checksum_state();
+    if known != checksum::State::Unknown {
+        return update_in_place(ctx, csum_off, before, known, address_diff, port_diff, udp);
+    }
     let state = match address_diff {
         Some(diff) => {
             // Size 0: `to` is a checksum difference, both addresses at once.
@@ -216,8 +227,6 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
     if !ports_change {
         return Ok(());
     }
-    let port_diff = checksum::diff2(pkt.sport.to_be_bytes(), sport.to_be_bytes())
-        + checksum::diff2(pkt.dport.to_be_bytes(), dport.to_be_bytes());
     match state {
         checksum::State::Complete => {
             let field = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
@@ -232,4 +241,30 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
         // Without `BPF_F_PSEUDO_HDR`: a partial checksum is left alone.
         checksum::State::Unknown => ctx.l4_csum_replace(csum_off, 0, u64::from(port_diff), mangled(pkt)),
     }
+}
+
+/// The L4 checksum field, `before` and in a known `state`, updated here
+/// for both changes at once, as the kernel's helper would (a UDP result
+/// of 0 sent as 0xffff). No received sum to keep: a
+/// `CHECKSUM_COMPLETE` packet's state is never known here.
+#[inline(always)]
+fn update_in_place<C: Frame>(
+    ctx: &C,
+    csum_off: usize,
+    before: u16,
+    state: checksum::State,
+    address_diff: Option<u32>,
+    port_diff: u32,
+    udp: bool,
+) -> PathResult<()> {
+    let address_diff = address_diff.unwrap_or(0);
+    let mut updated = match state {
+        checksum::State::Complete => checksum::applied_complete(before, address_diff + port_diff),
+        // Ports are not in the pseudo header.
+        _ => checksum::applied_partial(before, address_diff),
+    };
+    if udp && updated == 0 {
+        updated = 0xffff;
+    }
+    write_at(ctx, csum_off, updated.to_ne_bytes())
 }

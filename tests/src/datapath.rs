@@ -28,6 +28,7 @@ use lb_userspace::{
     datapath::{
         loader::{self, Capacities},
         maps::ServiceMaps,
+        skb_checksum::StateSource,
     },
     model::NodeContext,
     source::objects,
@@ -85,8 +86,15 @@ impl Datapath {
     }
 
     pub fn load_with(node: NodeContext, capacities: Capacities) -> anyhow::Result<Self> {
+        Self::load_reading(node, capacities, &StateSource::detect())
+    }
+
+    /// `load_with`, the tc programs learning checksum states from
+    /// `source` (`StateSource::helper`: as where the kernel does not let
+    /// them read the sk_buff).
+    pub fn load_reading(node: NodeContext, capacities: Capacities, source: &StateSource) -> anyhow::Result<Self> {
         isolate_thread()?;
-        let mut ebpf = loader::load(None, capacities)?;
+        let mut ebpf = loader::load_reading(None, capacities, source)?;
         let (backends_map_id, maglev_map_id) = (backends_map_id(&ebpf)?, map_id(&ebpf, names::MAGLEV_V4)?);
         let affinity_map_id = map_id(&ebpf, names::AFFINITY_V4)?;
         let maps = ServiceMaps::from_ebpf(&mut ebpf)?;

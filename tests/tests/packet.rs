@@ -13,7 +13,13 @@ use lb_tests::{
     datapath::{Counters, Datapath, RunResult, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::{self, Endpoint, ep},
 };
-use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
+use lb_userspace::{
+    datapath::{
+        loader::{Capacities, TC_PROGRAM},
+        skb_checksum::StateSource,
+    },
+    model::NodeContext,
+};
 
 const CLIENT: Endpoint = ep([10, 0, 1, 2], 40000);
 const WEB_VIP: Endpoint = ep([10, 96, 0, 10], 80);
@@ -209,13 +215,31 @@ fn flow_that_rehashing_would_move(before: &[Endpoint], after: &[Endpoint]) -> (E
 
 #[test]
 fn packet_fixtures() {
+    // On this machine the tc programs read each packet's checksum state
+    // from the sk_buff and update checksums in place.
+    let source = StateSource::detect();
+    assert!(matches!(source, StateSource::SkBuff { .. }), "{source:?}");
+    fixtures(datapath());
+}
+
+/// Where the kernel does not let the tc programs read the sk_buff (no
+/// `CAP_PERFMON`, no BTF), checksums are updated through the kernel's
+/// helper: the same packets come out.
+#[test]
+fn packet_fixtures_with_checksums_through_the_kernel_s_helper() {
+    let source = StateSource::helper("the fallback under test");
+    let mut dp = Datapath::load_reading(node(), Capacities::default(), &source).expect("load datapath (root needed)");
+    dp.apply(&services(&MULTI_BACKENDS)).expect("program services");
+    fixtures(dp);
+}
+
+fn fixtures(mut dp: Datapath) {
     let payload = b"GET / HTTP/1.1\r\n\r\n";
     let grown: Vec<Endpoint> = MULTI_BACKENDS.iter().copied().chain([MULTI_JOINER]).collect();
     let (sticky, sticky_backend) = flow_that_rehashing_would_move(&MULTI_BACKENDS, &grown);
     let orphan = ep([10, 0, 1, 2], 47000);
     let orphan_backend = landing(&mut datapath_with(&grown), orphan, MULTI_VIP, &grown);
     let survivor = *grown.iter().find(|b| **b != orphan_backend).unwrap();
-    let mut dp = datapath();
     let cases = vec![
         dnat(
             packets::tcp_syn(CLIENT, WEB_VIP),

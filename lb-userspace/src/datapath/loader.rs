@@ -14,10 +14,14 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp, tc::SchedClassifierLinkId},
 };
-use lb_common::maps as names;
-use tracing::{info, warn};
+use lb_common::{maps as names, skb_checksum::IP_SUMMED_GLOBAL};
+use tracing::{debug, info, warn};
 
-use super::{bpffs, conntrack_carry, layout, sock_links};
+use super::{
+    bpffs, conntrack_carry, layout,
+    skb_checksum::{self, StateSource},
+    sock_links,
+};
 
 /// The tc program balancing Service traffic.
 pub const TC_PROGRAM: &str = "lb_tc";
@@ -72,7 +76,13 @@ pub fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
 /// Loads the object and verifies its programs (`load_maps`, then
 /// `verify`).
 pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Ebpf> {
-    let mut ebpf = load_maps(pin_dir, capacities)?;
+    load_reading(pin_dir, capacities, &StateSource::detect())
+}
+
+/// `load`, the checksum state read as `source` says rather than as the
+/// kernel allows.
+pub fn load_reading(pin_dir: Option<&Path>, capacities: Capacities, source: &StateSource) -> anyhow::Result<Ebpf> {
+    let mut ebpf = load_maps_reading(pin_dir, capacities, source)?;
     verify(&mut ebpf)?;
     Ok(ebpf)
 }
@@ -82,7 +92,17 @@ pub fn load(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Eb
 /// (re-used if already pinned); without, maps live as long as the
 /// returned `Ebpf`.
 pub fn load_maps(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Result<Ebpf> {
+    load_maps_reading(pin_dir, capacities, &StateSource::detect())
+}
+
+fn load_maps_reading(pin_dir: Option<&Path>, capacities: Capacities, source: &StateSource) -> anyhow::Result<Ebpf> {
+    let prepared = skb_checksum::prepare(crate::EBPF_OBJECT, source)?;
+    match source {
+        StateSource::SkBuff { .. } => debug!(calls = prepared.calls, "tc reads checksum states from the sk_buff"),
+        StateSource::Helper { why } => info!("tc learns checksum states through the kernel's helper: {why}"),
+    }
     let mut loader = EbpfLoader::new();
+    loader.override_global(IP_SUMMED_GLOBAL, &prepared.place, true);
     loader
         .map_max_entries(names::SERVICES_V4, capacities.services)
         .map_max_entries(names::BACKENDS_V4, capacities.backends)
@@ -106,7 +126,7 @@ pub fn load_maps(pin_dir: Option<&Path>, capacities: Capacities) -> anyhow::Resu
     for (map, path) in &paths {
         loader.map_pin_path(map, path.as_path());
     }
-    let ebpf = loader.load(crate::EBPF_OBJECT).context("loading the datapath object")?;
+    let ebpf = loader.load(&prepared.object).context("loading the datapath object")?;
     if let Some(previous) = carried {
         carry_conntrack(&ebpf, &previous);
     }
