@@ -121,7 +121,12 @@ fn node() -> NodeContext {
 }
 
 fn datapath_with(multi: &[Endpoint]) -> Datapath {
-    let mut dp = Datapath::load(node()).expect("load datapath (root needed)");
+    datapath_reading(multi, &StateSource::detect())
+}
+
+/// `datapath_with`, checksum states learned from `source`.
+fn datapath_reading(multi: &[Endpoint], source: &StateSource) -> Datapath {
+    let mut dp = Datapath::load_reading(node(), Capacities::default(), source).expect("load datapath (root needed)");
     dp.apply(&services(multi)).expect("program services");
     dp
 }
@@ -200,9 +205,13 @@ fn dropped(description: &'static str, input: Vec<u8>, counter: Counter) -> Case 
 /// A client port whose flow lands on one backend of `before` but would
 /// land on another if balanced afresh over `after`: a datapath that
 /// re-hashed instead of following conntrack would send it elsewhere.
-fn flow_that_rehashing_would_move(before: &[Endpoint], after: &[Endpoint]) -> (Endpoint, Endpoint) {
-    let mut old = datapath_with(before);
-    let mut new = datapath_with(after);
+fn flow_that_rehashing_would_move(
+    before: &[Endpoint],
+    after: &[Endpoint],
+    source: &StateSource,
+) -> (Endpoint, Endpoint) {
+    let mut old = datapath_reading(before, source);
+    let mut new = datapath_reading(after, source);
     (45000..46000u16)
         .map(|port| ep([10, 0, 1, 2], port))
         .map(|client| {
@@ -219,7 +228,7 @@ fn packet_fixtures() {
     // from the sk_buff and update checksums in place.
     let source = StateSource::detect();
     assert!(matches!(source, StateSource::SkBuff { .. }), "{source:?}");
-    fixtures(datapath());
+    fixtures(&source);
 }
 
 /// Where the kernel does not let the tc programs read the sk_buff (no
@@ -227,19 +236,19 @@ fn packet_fixtures() {
 /// helper: the same packets come out.
 #[test]
 fn packet_fixtures_with_checksums_through_the_kernel_s_helper() {
-    let source = StateSource::helper("the fallback under test");
-    let mut dp = Datapath::load_reading(node(), Capacities::default(), &source).expect("load datapath (root needed)");
-    dp.apply(&services(&MULTI_BACKENDS)).expect("program services");
-    fixtures(dp);
+    fixtures(&StateSource::helper("the fallback under test"));
 }
 
-fn fixtures(mut dp: Datapath) {
+/// Every row, through datapaths (the one under test and the probes)
+/// that learn checksum states from `source`.
+fn fixtures(source: &StateSource) {
     let payload = b"GET / HTTP/1.1\r\n\r\n";
     let grown: Vec<Endpoint> = MULTI_BACKENDS.iter().copied().chain([MULTI_JOINER]).collect();
-    let (sticky, sticky_backend) = flow_that_rehashing_would_move(&MULTI_BACKENDS, &grown);
+    let (sticky, sticky_backend) = flow_that_rehashing_would_move(&MULTI_BACKENDS, &grown, source);
     let orphan = ep([10, 0, 1, 2], 47000);
-    let orphan_backend = landing(&mut datapath_with(&grown), orphan, MULTI_VIP, &grown);
+    let orphan_backend = landing(&mut datapath_reading(&grown, source), orphan, MULTI_VIP, &grown);
     let survivor = *grown.iter().find(|b| **b != orphan_backend).unwrap();
+    let mut dp = datapath_reading(&MULTI_BACKENDS, source);
     let cases = vec![
         dnat(
             packets::tcp_syn(CLIENT, WEB_VIP),
