@@ -34,7 +34,7 @@ pub const TABLE_BYTES: u32 = TABLE_SIZE * 8;
 /// and reads a table as memory instead of one element at a time. The
 /// kernel takes into the outer map only tables with the flags of its
 /// template (`LB4_MAGLEV`'s inner array), so both sides use this.
-pub const TABLE_FLAGS: u32 = 1 << 10;
+pub const TABLE_FLAGS: u32 = crate::maps::BPF_F_MMAPABLE;
 
 /// The table position a flow hash (`flow::hash`) lands on.
 #[inline(always)]

@@ -170,10 +170,14 @@ pub const POD_CIDRS_V6_CAPACITY: u32 = 64;
 /// One entry per port number.
 pub const PORT_FILTER_CAPACITY: u32 = 1 << 16;
 
+/// The kernel's `BPF_F_MMAPABLE`: an array the agent maps into its
+/// memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Map flags of the port and address filters: `BPF_F_MMAPABLE`, so the
 /// agent reads and writes their 65,536 values as memory instead of one
 /// syscall-copied element at a time (a full read took 16–18 ms each).
-pub const FILTER_FLAGS: u32 = 1 << 10;
+pub const FILTER_FLAGS: u32 = BPF_F_MMAPABLE;
 /// Maglev frontends (each names a table of `maglev::TABLE_BYTES` = 128
 /// KiB of kernel memory plus a page; frontends with equal tables name the
 /// same one, and a table exists only while a frontend names it). By

@@ -25,6 +25,9 @@ pub trait Family: Copy {
     type Addr: Copy + PartialEq;
     /// The all-zero address.
     fn unspecified() -> Self::Addr;
+    /// Whether the IP header has a checksum, which absorbs a change of
+    /// its addresses (IPv4) or not (IPv6).
+    const HEADER_CHECKSUM: bool;
     type ServiceKey: ServiceKey<Addr = Self::Addr>;
     type Backend: Backend<Addr = Self::Addr>;
     type CtKey;
@@ -209,6 +212,7 @@ fn same(address: [u8; 4]) -> [u8; 4] {
 }
 
 impl Family for V4 {
+    const HEADER_CHECKSUM: bool = true;
     type Addr = [u8; 4];
     type ServiceKey = ServiceKeyV4;
     type Backend = BackendV4;
@@ -269,6 +273,7 @@ impl Family for V4 {
 }
 
 impl Family for V6 {
+    const HEADER_CHECKSUM: bool = false;
     /// The address's bytes in memory order (`u128::from_ne_bytes`): a
     /// byte array has alignment 1, which the compiler copies and compares
     /// a byte at a time; a `u128` moves in two 8-byte halves.

@@ -141,7 +141,7 @@ pub fn translate<C: Frame>(ctx: &C, pkt: &PacketV4, src: ([u8; 4], u16), dst: ([
         write_at(ctx, IP_DST_OFF, dst.0)?;
     }
     let address_diff = addresses_change.then_some(address_diff);
-    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff, false)
+    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff)
 }
 
 /// `translate` for IPv6 (no header checksum).
@@ -155,7 +155,7 @@ pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u
         write_at(ctx, IP6_DST_OFF, dst.0.to_ne_bytes())?;
     }
     let address_diff = addresses_change.then_some(address_diff);
-    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff, true)
+    write_ports_and_l4_checksum(ctx, pkt, src.1, dst.1, address_diff)
 }
 
 /// Writes `pkt`'s new ports and updates its L4 checksum for them and for
@@ -174,7 +174,7 @@ pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u
 /// checksum move by opposite amounts, and so do IPv4's addresses and its
 /// header checksum. With `BPF_F_PSEUDO_HDR` the helper takes the address
 /// change out of `skb->csum` all the same, right for IPv4, whose L4
-/// checksum is the only field it changes, wrong for IPv6 (`ipv6`), whose
+/// checksum is the only field it changes, wrong for IPv6 (no `Family::HEADER_CHECKSUM`), whose
 /// addresses this module wrote without a header checksum to absorb them:
 /// there the change is put back. (Kernels since 6.16, and stable ones
 /// backported to, take `BPF_F_IPV6` for this; putting it back works on
@@ -186,7 +186,6 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
     sport: u16,
     dport: u16,
     address_diff: Option<u32>,
-    ipv6: bool,
 ) -> PathResult<()> {
     let ports_change = sport != pkt.sport || dport != pkt.dport;
     if ports_change {
@@ -217,7 +216,7 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
             ctx.l4_csum_replace(csum_off, 0, u64::from(diff), u64::from(BPF_F_PSEUDO_HDR) | mangled(pkt))?;
             let after = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
             let state = checksum::revealed(before, after, diff, udp);
-            if ipv6 && matches!(state, checksum::State::Complete) {
+            if !F::HEADER_CHECKSUM && matches!(state, checksum::State::Complete) {
                 ctx.add_to_received_sum(diff);
             }
             state
