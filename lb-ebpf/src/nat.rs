@@ -229,11 +229,7 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
     match state {
         checksum::State::Complete => {
             let field = u16::from_ne_bytes(read_at::<2>(ctx, csum_off)?);
-            let mut updated = checksum::applied_complete(field, port_diff);
-            if udp && updated == 0 {
-                updated = 0xffff;
-            }
-            write_at(ctx, csum_off, updated.to_ne_bytes())
+            update_in_place(ctx, csum_off, field, checksum::State::Complete, None, port_diff, udp)
         }
         // Ports are not in the pseudo header.
         checksum::State::Partial => Ok(()),
@@ -244,8 +240,8 @@ fn write_ports_and_l4_checksum<F: Family, C: Frame>(
 
 /// The L4 checksum field, `before` and in a known `state`, updated here
 /// for both changes at once, as the kernel's helper would (a UDP result
-/// of 0 sent as 0xffff). No received sum to keep: a
-/// `CHECKSUM_COMPLETE` packet's state is never known here.
+/// of 0 sent as 0xffff). It keeps no received sum: the caller has, or
+/// the packet has none to keep.
 #[inline(always)]
 fn update_in_place<C: Frame>(
     ctx: &C,

@@ -52,7 +52,7 @@ impl Type {
 
 /// A bitfield's place: the byte holding it and its lowest bit there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BitPlace {
+pub struct Bitfield {
     pub byte_offset: u32,
     pub shift: u32,
     pub bits: u32,
@@ -118,14 +118,14 @@ impl<'a> KernelBtf<'a> {
     /// Where bitfield `member` of struct `strukt` lies, looked for through
     /// anonymous structs and unions as C finds it. `None` when it is not a
     /// bitfield (or not there).
-    pub fn bitfield(&self, strukt: &str, member: &str) -> Result<Option<BitPlace>, BtfError> {
+    pub fn bitfield(&self, strukt: &str, member: &str) -> Result<Option<Bitfield>, BtfError> {
         let id =
             self.id_of(KIND_STRUCT, strukt).ok_or_else(|| BtfError::Missing { kind: "struct", name: strukt.into() })?;
         Ok(self.find_bitfield(id, member, 0, 0))
     }
 
     /// `depth` bounds the walk through nested anonymous members.
-    fn find_bitfield(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<BitPlace> {
+    fn find_bitfield(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<Bitfield> {
         let ty = *self.get(id)?;
         if depth > 8 || !matches!(ty.kind(), KIND_STRUCT | KIND_UNION) {
             return None;
@@ -161,7 +161,7 @@ impl<'a> KernelBtf<'a> {
             if bits == 0 {
                 return None;
             }
-            return Some(BitPlace { byte_offset: bit_offset / 8, shift: bit_offset % 8, bits });
+            return Some(Bitfield { byte_offset: bit_offset / 8, shift: bit_offset % 8, bits });
         }
         None
     }
@@ -281,7 +281,7 @@ mod tests {
             // bit 5 of the next byte.
             assert_eq!(
                 btf.bitfield("sk_buff", "ip_summed").unwrap(),
-                Some(BitPlace { byte_offset: 16, shift: 5, bits: 2 }),
+                Some(Bitfield { byte_offset: 16, shift: 5, bits: 2 }),
                 "kind_flag {kind_flag}"
             );
             assert_eq!(btf.bitfield("sk_buff", "next").unwrap(), None, "not a bitfield");

@@ -51,11 +51,11 @@ fn read_from_kernel() -> anyhow::Result<StateSource> {
     let blob = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
     let btf = KernelBtf::parse(&blob)?;
     let kfunc_id = btf.function_id(KFUNC)?;
-    let place = btf
+    let field = btf
         .bitfield("sk_buff", "ip_summed")?
-        .filter(|p| p.bits == 2 && p.shift + p.bits <= 8)
+        .filter(|f| f.bits == 2 && f.shift + f.bits <= 8)
         .context("struct sk_buff has no 2-bit ip_summed within one byte")?;
-    Ok(StateSource::SkBuff { kfunc_id, place: BitPlace { byte_offset: place.byte_offset, shift: place.shift } })
+    Ok(StateSource::SkBuff { kfunc_id, place: BitPlace { byte_offset: field.byte_offset, shift: field.shift } })
 }
 
 /// Whether the effective capabilities in `/proc/self/status` text allow
