@@ -87,6 +87,12 @@ pub const XDP_DEVICES_CAPACITY: u32 = 64;
 pub const PEER_DEVICES: &str = "LB_PEER_DEVICES";
 pub const PEER_DEVICES_CAPACITY: u32 = 4096;
 
+/// The test LAN's switch table, read by `lb_wire` only (`HASH`: a
+/// station's MAC address → the ifindex of the LAN port that leads to it).
+/// The agent never writes it and does not pin it.
+pub const WIRE_PORTS: &str = "LB_WIRE_PORTS";
+pub const WIRE_PORTS_CAPACITY: u32 = 64;
+
 /// All maps the agent pins, in the order it lists them.
 pub const ALL: [&str; 24] = [
     SERVICES_V4,

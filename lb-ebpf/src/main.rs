@@ -27,6 +27,8 @@
 //! - `lb_forward_only` parses like `lb_tc` and sends every packet on as
 //!   `lb_tc` sends a NATed one (`route`), with no Service work: the limit
 //!   the benchmarks compare real traffic against.
+//! - `lb_wire` is no part of a node: the switch of the tests' namespace
+//!   LAN, which hands frames to the nodes as a NIC would (`wire`).
 #![no_std]
 #![no_main]
 
@@ -59,6 +61,7 @@ mod snat;
 mod sock;
 mod stats;
 mod verdict;
+mod wire;
 mod xdp;
 
 use aya_ebpf::{
@@ -120,6 +123,12 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         stats::count(outcome.counter);
     }
     outcome.verdict.xdp_action()
+}
+
+/// The test LAN's switch (`wire`), not part of a node's datapath.
+#[xdp]
+pub fn lb_wire(ctx: XdpContext) -> u32 {
+    wire::switch_frame(&ctx)
 }
 
 /// TCP connect and UDP connect: the socket is connected to a backend.

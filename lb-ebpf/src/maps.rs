@@ -21,7 +21,7 @@ use lb_common::{
         CONNTRACK_V4_CAPACITY, CONNTRACK_V6_CAPACITY, FILTER_FLAGS, FRONTEND_STATS_V4_CAPACITY, LAYOUT_CAPACITY,
         MAGLEV_V4_CAPACITY, PEER_DEVICES_CAPACITY, POD_CIDRS_V4_CAPACITY, POD_CIDRS_V6_CAPACITY, PORT_FILTER_CAPACITY,
         SERVICES_V4_CAPACITY, SERVICES_V6_CAPACITY, SOCK_REV_V4_CAPACITY, SOCK_REV_V6_CAPACITY,
-        SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY, XDP_DEVICES_CAPACITY,
+        SOURCE_RANGES_V4_CAPACITY, SOURCE_RANGES_V6_CAPACITY, WIRE_PORTS_CAPACITY, XDP_DEVICES_CAPACITY,
     },
     service::{ServiceKeyV4, ServiceKeyV6, ServiceValue},
     sock::{SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6},
@@ -182,3 +182,7 @@ pub static LB_XDP_DEVICES: DevMapHash<{ XDP_DEVICES_CAPACITY as usize }> = DevMa
 /// `lb_common::maps::PEER_DEVICES`: where tc may redirect to a peer.
 #[btf_map]
 pub static LB_PEER_DEVICES: HashMap<u32, u8, { PEER_DEVICES_CAPACITY as usize }, NO_PREALLOC> = HashMap::new();
+
+/// `lb_common::maps::WIRE_PORTS`: the test LAN's switch table (`wire`).
+#[btf_map]
+pub static LB_WIRE_PORTS: HashMap<[u8; 6], u32, { WIRE_PORTS_CAPACITY as usize }> = HashMap::new();

@@ -14,7 +14,8 @@
 //! - the same Service over IPv6 (the cluster given IPv6 addresses too) is
 //!   answered through XDP alone, both ways, on node 1's IPv6 address.
 //!
-//! The LAN is set up as a wire would be (`Cluster::wire_lan_for_xdp`).
+//! The LAN is set up as a wire would be (`Cluster::wire_lan_for_xdp`): its
+//! switch hands node 1's XDP frames, as a NIC would.
 //! Needs root.
 
 use std::{
@@ -184,6 +185,7 @@ fn an_ipv6_node_port_to_a_pod_on_another_node_is_served_by_xdp_both_ways() {
 fn served_by_xdp_both_ways(cluster: &Cluster, address: IpAddr) {
     let target = SocketAddr::new(address, REMOTE_NODE_PORT);
     let before = node1_packets(cluster);
+    let switched_before = cluster.switched_frames().expect("read the LAN's switch counters");
     const CONNECTIONS: usize = 10;
     for _ in 0..CONNECTIONS {
         let mut conn = servers::connect(&cluster.client, target).expect("enter the client").expect("connect");
@@ -207,6 +209,10 @@ fn served_by_xdp_both_ways(cluster: &Cluster, address: IpAddr) {
     // whose next hop (node 2) is not resolved yet (neighbour discovery
     // passes XDP untouched), and tc resolves it.
     assert!(grew(&before, &after, "redirected") <= 1.0, "tc sent at most the first packet");
+    // Node 1's XDP worked on frames, as from a NIC: the LAN's switch sent
+    // them on at XDP, each frame node 1 sent back among them.
+    let switched = cluster.switched_frames().expect("read the LAN's switch counters") - switched_before;
+    assert!(switched as f64 >= sent, "the LAN switched {switched} frames; node 1's XDP sent {sent}");
 
     // `lbctl trace` through lb_xdp says the same of one more connection:
     // sent back out of eth0 by XDP, SNATed and DNATed to the pod.

@@ -31,6 +31,9 @@ pub const EGRESS_PROGRAM: &str = "lb_tc_egress";
 pub const PARSE_ONLY_PROGRAM: &str = "lb_parse_only";
 /// Forwards by the FIB with no Service work: the benchmarks' limit.
 pub const FORWARD_ONLY_PROGRAM: &str = "lb_forward_only";
+/// The switch at XDP of the tests' namespace LAN; no part of a node's
+/// datapath, never loaded by the agent.
+pub const WIRE_PROGRAM: &str = "lb_wire";
 /// Default bpffs directory for pinned maps and links.
 /// The XDP fast path (`--xdp-interfaces`).
 pub const XDP_PROGRAM: &str = "lb_xdp";

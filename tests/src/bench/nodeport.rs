@@ -196,7 +196,7 @@ pub fn run(plan: &TrafficPlan, env: &Env, report: &mut Report) -> anyhow::Result
     report.note(
         Section::NodePort,
         format!(
-            "Topology: the two-node fixture: a LAN bridge with the client (192.168.50.100…), node 1 (.11) and node 2 (.12); node 2 has {} pods (10.244.2.11…) with {} addresses each, node 1 none. {} NodePort Services (Cluster policy), each with one address of every pod as endpoints, no two Services alike (as in a cluster, where Services rarely share all their endpoints: frontends over the same endpoints share one Maglev table, which would flatter the agent's install time and memory). The LAN is set up as a wire for every layout alike: senders compute checksums in full, and the LAN side of each veth runs a pass-all XDP program (a veth receives XDP_TX frames only then).",
+            "Topology: the two-node fixture: a LAN bridge with the client (192.168.50.100…), node 1 (.11) and node 2 (.12); node 2 has {} pods (10.244.2.11…) with {} addresses each, node 1 none. {} NodePort Services (Cluster policy), each with one address of every pod as endpoints, no two Services alike (as in a cluster, where Services rarely share all their endpoints: frontends over the same endpoints share one Maglev table, which would flatter the agent's install time and memory). The LAN is set up as a wire for every layout alike: senders compute checksums in full; each LAN port runs a switch at XDP (`lb_wire`), so node 1's eth0 receives frames in pages with no sk_buff yet, as from a NIC (on a plain veth, XDP gets the sender's sk_buff, copies it into a page first, and what it sends on is built into an sk_buff again: costs a NIC does not have); every LAN veth has one queue per CPU and receives through NAPI (the ports for their XDP program, the stations with GRO on), as a NIC with RSS.",
             pods(plan),
             addresses_per_pod(services, pods(plan)),
             group(services as f64)
@@ -437,13 +437,21 @@ impl NodeBench {
         Ok(())
     }
 
-    /// The layout ran, and the eBPF ones took the path they are named
-    /// after: every operation a new flow, and at XDP the packets sent
-    /// there.
+    /// The layout ran on frames switched at XDP, and the eBPF ones took
+    /// the path they are named after: every operation a new flow, and at
+    /// XDP the packets sent there.
     fn check(&self, env: &Env) -> anyhow::Result<()> {
         if let Some(e) = &self.failed {
             anyhow::bail!("{e:#} (namespaces {}…)", self.cluster.client);
         }
+        // Node 1 received frames as from a NIC (every layout alike): the
+        // LAN's switch sent at least each request on at XDP.
+        let switched = self.cluster.switched_frames()?;
+        anyhow::ensure!(
+            switched >= self.operations,
+            "the LAN switched {switched} frames for {} operations: node 1 got sk_buffs, not frames",
+            self.operations
+        );
         let Installed::Agent { agent, .. } = &self.installed else {
             return Ok(());
         };

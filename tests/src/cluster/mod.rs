@@ -30,6 +30,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use aya::programs::xdp::XdpMode;
 use lb_userspace::datapath::loader;
 
@@ -110,8 +111,8 @@ pub struct Cluster {
     api: Option<ApiState>,
     /// Servers running in pods, by (node, pod).
     servers: PodServers,
-    /// The pass-everything XDP program on the LAN ports, once
-    /// [`Cluster::wire_lan_for_xdp`] attached it.
+    /// The switch on the LAN ports, once [`Cluster::wire_lan_for_xdp`]
+    /// attached it.
     lan_xdp: Option<aya::Ebpf>,
     /// Whether [`Cluster::add_ipv6`] ran (the agents learn the IPv6 Pod
     /// CIDR too).
@@ -233,34 +234,82 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes the LAN behave as a wire for XDP on the nodes' `eth0`:
+    /// The LAN side of each station's link: the client's, then node i's.
+    fn lan_ports(&self) -> impl Iterator<Item = String> + use<> {
+        std::iter::once("client".to_owned()).chain((1..=self.nodes.len()).map(|i| format!("node{i}")))
+    }
+
+    /// Makes the LAN behave as a wire and NICs for XDP on the nodes'
+    /// `eth0`:
     /// - Every sender on it (client, pods) computes its checksums in full
     ///   (`tx` offload off). On a wire, a NIC has done that before any
     ///   other node's XDP sees the frame. A veth instead hands on the
     ///   sender's partial checksum, which XDP cannot tell from a complete
     ///   one.
-    /// - The LAN side of each node's veth takes the frames XDP sends back
-    ///   (`XDP_TX`): a veth receives XDP frames only while an XDP program
-    ///   runs on it. Each LAN port gets one: the datapath's own `lb_xdp`,
-    ///   loaded a second time with empty maps, so it passes every frame.
-    ///   It stays attached while the cluster lives.
+    /// - Each LAN port runs `lb_wire`, a switch at XDP: a frame to a
+    ///   station's MAC is redirected to that station's port as an XDP
+    ///   frame, so the station's `eth0` receives it in a page with no
+    ///   sk_buff yet, as from a NIC's DMA (a node's XDP then runs on it
+    ///   as it would on a NIC's frame, not on the sender's copied
+    ///   sk_buff); broadcasts and the rest go through the bridge. A port
+    ///   running an XDP program also takes the frames a node sends back
+    ///   with `XDP_TX`.
+    /// - Each station's `eth0` receives through NAPI with GRO (the veth
+    ///   takes XDP frames only then, or while an XDP program runs on it),
+    ///   and every LAN veth has one queue per CPU, as a NIC's RSS queues:
+    ///   a single queue would put each link's receive work on one CPU.
+    ///
+    /// It stays so while the cluster lives.
     pub fn wire_lan_for_xdp(&mut self) -> anyhow::Result<()> {
         run_in(&self.client, &["ethtool", "-K", "eth0", "tx", "off"])?;
         for pod in self.nodes.iter().flat_map(|n| n.pods.iter()) {
             run_in(pod, &["ethtool", "-K", "eth0", "tx", "off"])?;
         }
-        let ports: Vec<String> =
-            std::iter::once("client".to_owned()).chain((1..=self.nodes.len()).map(|i| format!("node{i}"))).collect();
-        let pass_all = crate::servers::in_netns(&self.lan, move || {
-            let mut ebpf = loader::load(None, loader::Capacities::minimal())?;
-            let prog = loader::xdp_program(&mut ebpf)?;
+        let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+        let stations: Vec<(&String, String)> =
+            std::iter::once(&self.client).chain(self.nodes.iter().map(|n| &n.netns)).zip(self.lan_ports()).collect();
+        let mut table = Vec::new();
+        for (ns, port) in &stations {
+            for (netns, dev) in [(ns.as_str(), "eth0"), (self.lan.as_str(), port.as_str())] {
+                run_in(netns, &["ethtool", "-L", dev, "rx", &queues, "tx", &queues])?;
+            }
+            run_in(ns, &["ethtool", "-K", "eth0", "gro", "on"])?;
+            table.push((link_field(ns, "eth0", "address")?, link_field(&self.lan, port, "ifindex")?));
+        }
+        let ports: Vec<String> = stations.into_iter().map(|(_, port)| port).collect();
+        let switch = crate::servers::in_netns(&self.lan, move || {
+            let mut ebpf = loader::load_maps(None, loader::Capacities::minimal())?;
+            let mut wire_ports: aya::maps::HashMap<_, [u8; 6], u32> =
+                aya::maps::HashMap::try_from(ebpf.map_mut(lb_common::maps::WIRE_PORTS).context("no wire map")?)?;
+            for (mac, ifindex) in &table {
+                wire_ports.insert(parse_mac(mac)?, ifindex.parse::<u32>()?, 0)?;
+            }
+            let prog: &mut aya::programs::Xdp =
+                ebpf.program_mut(loader::WIRE_PROGRAM).context("no wire program")?.try_into()?;
+            prog.load()?;
             for port in &ports {
                 prog.attach(port, XdpMode::Default)?;
             }
             Ok(ebpf)
         })?;
-        self.lan_xdp = Some(pass_all);
+        self.lan_xdp = Some(switch);
         Ok(())
+    }
+
+    /// Frames the LAN's switch has sent on at XDP so far, over all its
+    /// ports (each veth counts them per receive queue, `ethtool -S`).
+    pub fn switched_frames(&self) -> anyhow::Result<u64> {
+        let mut switched = 0;
+        for port in self.lan_ports() {
+            let stats = run_in(&self.lan, &["ethtool", "-S", &port])?;
+            for line in stats.lines() {
+                let Some((name, value)) = line.trim().split_once(':') else { continue };
+                if name.starts_with("rx_queue_") && name.ends_with("_xdp_redirect") {
+                    switched += value.trim().parse::<u64>().with_context(|| format!("ethtool -S {port}: {line}"))?;
+                }
+            }
+        }
+        Ok(switched)
     }
 
     /// Writes the shared Services and EndpointSlices file (every agent
@@ -301,6 +350,19 @@ impl Cluster {
     pub fn pin_dir(&self, node: usize) -> &Path {
         &self.agents[node - 1].pin_dir
     }
+}
+
+/// One field (`address`, `ifindex`, ...) of `ip -j link show DEV` in `ns`.
+fn link_field(ns: &str, dev: &str, field: &str) -> anyhow::Result<String> {
+    let shown: serde_json::Value = serde_json::from_str(&run_in(ns, &["ip", "-j", "link", "show", dev])?)?;
+    let value = &shown[0][field];
+    Ok(value.as_str().map_or_else(|| value.to_string(), str::to_owned))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("not a MAC address: {text}"))
 }
 
 impl Drop for Cluster {
