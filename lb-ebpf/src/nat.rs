@@ -174,11 +174,11 @@ pub fn translate_v6<C: Frame>(ctx: &C, pkt: &PacketV6, src: (u128, u16), dst: (u
 /// checksum move by opposite amounts, and so do IPv4's addresses and its
 /// header checksum. With `BPF_F_PSEUDO_HDR` the helper takes the address
 /// change out of `skb->csum` all the same, right for IPv4, whose L4
-/// checksum is the only field it changes, wrong for IPv6 (no `Family::HEADER_CHECKSUM`), whose
-/// addresses this module wrote without a header checksum to absorb them:
-/// there the change is put back. (Kernels since 6.16, and stable ones
-/// backported to, take `BPF_F_IPV6` for this; putting it back works on
-/// every kernel.)
+/// checksum is the only field it changes, wrong for IPv6 (no
+/// `Family::HEADER_CHECKSUM`), whose addresses this module wrote without a
+/// header checksum to absorb them: there the change is put back.
+/// (Kernels since 6.16, and stable ones backported to, take `BPF_F_IPV6`
+/// for this; putting it back works on every kernel.)
 #[inline(always)]
 fn write_ports_and_l4_checksum<F: Family, C: Frame>(
     ctx: &C,

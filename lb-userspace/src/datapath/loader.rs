@@ -34,9 +34,9 @@ pub const FORWARD_ONLY_PROGRAM: &str = "lb_forward_only";
 /// The switch at XDP of the tests' namespace LAN; no part of a node's
 /// datapath, never loaded by the agent.
 pub const WIRE_PROGRAM: &str = "lb_wire";
-/// Default bpffs directory for pinned maps and links.
 /// The XDP fast path (`--xdp-interfaces`).
 pub const XDP_PROGRAM: &str = "lb_xdp";
+/// Default bpffs directory for pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 
 /// Map sizes, overridable at load time.

@@ -70,6 +70,14 @@ fn pod_gateway_v6(node: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 1)
 }
 
+/// The LAN side of the client's link (on the bridge).
+const CLIENT_LAN_PORT: &str = "client";
+
+/// The LAN side of node i's link.
+fn node_lan_port(node: usize) -> String {
+    format!("node{node}")
+}
+
 /// Kubernetes name of node i.
 pub fn node_name(node: usize) -> String {
     format!("node-{node}")
@@ -159,13 +167,13 @@ impl Cluster {
         }
         run_in(&self.lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
         run_in(&self.lan, &["ip", "link", "set", "br0", "up"])?;
-        self.join_lan(&self.client, "client", CLIENT_IP)?;
+        self.join_lan(&self.client, CLIENT_LAN_PORT, CLIENT_IP)?;
         for (i, node) in self.nodes.iter().enumerate() {
             let i = i + 1;
             for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
                 run_in(&node.netns, &["sysctl", "-qw", key])?;
             }
-            self.join_lan(&node.netns, &format!("node{i}"), node_ip(i))?;
+            self.join_lan(&node.netns, &node_lan_port(i), node_ip(i))?;
             for (j, pod) in node.pods.iter().enumerate() {
                 self.add_pod(&node.netns, pod, i, j + 1)?;
             }
@@ -236,7 +244,7 @@ impl Cluster {
 
     /// The LAN side of each station's link: the client's, then node i's.
     fn lan_ports(&self) -> impl Iterator<Item = String> + use<> {
-        std::iter::once("client".to_owned()).chain((1..=self.nodes.len()).map(|i| format!("node{i}")))
+        std::iter::once(CLIENT_LAN_PORT.to_owned()).chain((1..=self.nodes.len()).map(node_lan_port))
     }
 
     /// Makes the LAN behave as a wire and NICs for XDP on the nodes'
