@@ -2,6 +2,7 @@
 //! fresh machine (they run the bootstrap first).
 
 mod bench;
+mod bpffs;
 mod demo;
 mod setup;
 
@@ -30,17 +31,26 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Setup => setup::bootstrap(),
-        Command::Demo(args) => {
+        Command::Demo(args) => leaving_bpffs_as_found(|| {
             setup::bootstrap()?;
             demo::run(&args)
-        }
-        Command::Test => {
+        }),
+        Command::Test => leaving_bpffs_as_found(|| {
             setup::bootstrap()?;
             setup::test()
-        }
-        Command::Bench(args) => {
+        }),
+        Command::Bench(args) => leaving_bpffs_as_found(|| {
             setup::bootstrap()?;
             bench::run(&args)
-        }
+        }),
     }
+}
+
+/// Runs `run` (the bootstrap included, which mounts bpffs), then
+/// unmounts the bpffs it mounted (`bpffs`), whatever its outcome.
+fn leaving_bpffs_as_found(run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let before = bpffs::note();
+    let outcome = run();
+    before.restore();
+    outcome
 }
