@@ -103,7 +103,7 @@ struct Args {
     pin_dir: PathBuf,
     /// Translate Service traffic of the processes in this cgroup (and its
     /// descendants) at the socket level: connect, sendmsg, recvmsg and
-    /// getpeername of IPv4 sockets. The default, the host's root cgroup (in
+    /// getpeername of IPv4 and IPv6 sockets. The default, the host's root cgroup (in
     /// a DaemonSet: the host's cgroup2 mounted there), covers every process
     /// of the node, so kubelet and host-network Pods reach ClusterIPs and
     /// NodePorts. `none` detaches the socket-level programs. The links are

@@ -12,7 +12,7 @@ use lb_tests::bench::{self, Mode, Part};
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the in-kernel Service load balancer against kube-proxy's layouts")]
 struct Args {
-    /// About a minute: fewer sizes and repetitions.
+    /// About three minutes: fewer sizes and repetitions.
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// Tiny sizes, one repetition, a few seconds (used by a test).
