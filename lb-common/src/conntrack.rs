@@ -75,10 +75,10 @@ impl CtValueV4 {
 }
 
 /// The route a flow's translated packets took in one direction, kept on
-/// its conntrack entry so that later packets skip the route lookup
-/// (IPv4 entries; IPv6 entries keep none yet), and, in the original
-/// direction, the backend that route leads to, so that they skip the
-/// backend lookup too. Written by the datapath only. Valid while
+/// its conntrack entry so that later packets skip the route lookup, and,
+/// in the original direction of an IPv4 flow, the backend that route
+/// leads to, so that they skip the backend lookup too (an IPv6 flow's
+/// backend, 16 bytes of address, is looked up by id on every packet). Written by the datapath only. Valid while
 /// `maps::ROUTE_EPOCH` holds the value it was written under; the agent
 /// changes that value on every routing, neighbour, link or address
 /// change the kernel announces, and after it removes a backend.
@@ -100,12 +100,12 @@ pub struct RouteCache {
     /// The longest IP packet (total length) the lookup found within the
     /// route's MTU: a longer one is looked up again.
     pub fits_len: u16,
-    /// Original direction: the backend's port, as the flow's backend id
-    /// named it when the route was kept. Reply direction: 0. Host byte
-    /// order.
+    /// Original direction of an IPv4 flow: the backend's port, as the
+    /// flow's backend id named it when the route was kept. Reply
+    /// direction, and IPv6: 0. Host byte order.
     pub backend_port: u16,
-    /// Original direction: the backend's address, likewise. Reply
-    /// direction: 0. Network byte order.
+    /// Original direction of an IPv4 flow: the backend's address,
+    /// likewise. Reply direction, and IPv6: 0. Network byte order.
     pub backend_address: [u8; 4],
 }
 const _: () = assert!(size_of::<RouteCache>() == 32);
@@ -251,7 +251,8 @@ pub struct CtKeyV6 {
 const _: () = assert!(size_of::<CtKeyV6>() == 40);
 
 /// Value of `LB6_CT`: `CtValueV4` with 16-byte addresses, the fields
-/// meaning the same (no route is kept yet: see `RouteCache`). 56 bytes, 8-byte aligned (see `ServiceKeyV6`).
+/// meaning the same (the kept route's backend fields stay 0: see
+/// `RouteCache`). 88 bytes, 8-byte aligned (see `ServiceKeyV6`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValueV6 {
@@ -267,8 +268,10 @@ pub struct CtValueV6 {
     pub nat_address: [u8; 16],
     pub nat_port: u16,
     pub _pad: [u8; 2],
+    /// Where this direction's translated packets were last routed.
+    pub route: RouteCache,
 }
-const _: () = assert!(size_of::<CtValueV6>() == 56);
+const _: () = assert!(size_of::<CtValueV6>() == 88);
 
 impl CtValueV6 {
     /// Whether this flow is source-NATed.

@@ -15,7 +15,7 @@ use lb_common::{
 
 use crate::{
     clock::now_s,
-    family::{Backend, CtEntry, Family, ServiceKey, V4},
+    family::{Backend, CtEntry, Family, ServiceKey},
     parse::Packet,
     verdict::PathResult,
 };
@@ -50,13 +50,11 @@ impl<F: Family> Tracked<F> {
     }
 }
 
-impl Tracked<V4> {
+impl<F: Family> Tracked<F> {
     /// Where the entry's route is kept (`route_cache`), written in place.
-    /// IPv4 only: IPv6 entries keep no route yet.
     #[inline(always)]
     pub fn route(&self) -> *mut RouteCache {
-        // SAFETY: a field's address; nothing is read.
-        unsafe { core::ptr::addr_of_mut!((*self.entry).route) }
+        F::CtValue::route(self.entry)
     }
 }
 

@@ -83,6 +83,9 @@ pub trait CtEntry: Copy {
     fn flags(&self) -> u16;
     fn flags_mut(&mut self) -> &mut u16;
     fn last_seen_mut(&mut self) -> &mut u32;
+    /// Where the entry at `entry` keeps its route (`route_cache`); a
+    /// field's address, nothing is read.
+    fn route(entry: *mut Self) -> *mut RouteCache;
 }
 
 /// An IPv6 address (`V6::Addr`) as the four 32-bit words, in memory
@@ -111,7 +114,7 @@ pub struct V6;
 /// fields have the same names in both families. `$into` and `$from`
 /// convert between the family's `Addr` and the types' address fields.
 macro_rules! entry_traits {
-    ($family:ty, $addr:ty, $into:path, $from:path, $key:ty, $backend:ty, $value:ty $(, $field:ident: $init:expr)?) => {
+    ($family:ty, $addr:ty, $into:path, $from:path, $key:ty, $backend:ty, $value:ty) => {
         impl ServiceKey for $key {
             type Addr = $addr;
             #[inline(always)]
@@ -167,7 +170,7 @@ macro_rules! entry_traits {
                     nat_address: $from(<$family>::unspecified()),
                     nat_port: 0,
                     _pad: [0; 2],
-                    $($field: $init,)?
+                    route: RouteCache::default(),
                 }
             }
             #[inline(always)]
@@ -199,11 +202,16 @@ macro_rules! entry_traits {
             fn last_seen_mut(&mut self) -> &mut u32 {
                 &mut self.last_seen_s
             }
+            #[inline(always)]
+            fn route(entry: *mut Self) -> *mut RouteCache {
+                // SAFETY: a field's address; nothing is read.
+                unsafe { core::ptr::addr_of_mut!((*entry).route) }
+            }
         }
     };
 }
 
-entry_traits!(V4, [u8; 4], same, same, ServiceKeyV4, BackendV4, CtValueV4, route: RouteCache::default());
+entry_traits!(V4, [u8; 4], same, same, ServiceKeyV4, BackendV4, CtValueV4);
 entry_traits!(V6, u128, u128::from_ne_bytes, u128::to_ne_bytes, ServiceKeyV6, BackendV6, CtValueV6);
 
 #[inline(always)]

@@ -58,6 +58,7 @@ use crate::{
     parse::{self, ETH_LEN, PacketV6},
     parse6, pmtu,
     route::{self, Flow, Lookup},
+    route_cache::Kept,
     select, service,
     snat::{self, PreviousSnat},
     verdict::{Outcome, PathResult, Verdict},
@@ -153,13 +154,17 @@ fn try_handle<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Outcome> {
         // Filled in by the callee that finds it. Passed by pointer, not
         // returned in an `Option`: a `None`'s undefined payload, stored,
         // is refused by the verifier.
-        let mut to = Target { backend: BackendV6::default(), nat: Nat { address: [0; 16], port: 0, backend_id: 0 } };
-        let Target { backend, nat } = &mut to;
-        let counter = match tracked_backend(pkt, backend, nat) {
+        let mut to = Target {
+            backend: BackendV6::default(),
+            nat: Nat { address: [0; 16], port: 0, backend_id: 0 },
+            kept: Kept::none(),
+        };
+        let Target { backend, nat, kept } = &mut to;
+        let counter = match tracked_backend(pkt, backend, nat, kept) {
             Tracked::Established => Counter::Established,
             tracked => {
                 let mut flow = NewFlowOut {
-                    entry: core::mem::MaybeUninit::uninit(),
+                    entry: core::ptr::null_mut(),
                     count: FrontendCount { frontend_id: 0, event: None },
                     to: SnatTo::Client,
                 };
@@ -266,21 +271,25 @@ impl Nat {
     }
 }
 
-/// Where a client → frontend packet goes: its backend and source NAT, in
-/// one struct. Passed apart, the compiler turns the two small ones into
-/// their fields, and a BPF call takes at most five registers.
+/// Where a client → frontend packet goes: its backend and source NAT, and
+/// for a tracked flow where it keeps its route (`route_cache`; a new flow
+/// keeps none yet), in one struct. Passed apart, the compiler turns the
+/// small ones into their fields, and a BPF call takes at most five
+/// registers.
 struct Target {
     backend: BackendV6,
     nat: Nat,
+    kept: Kept,
 }
 
 /// Client → frontend, conntrack first, as for IPv4 (`lb4::try_forward`
-/// says why): writes the tracked flow's backend to `backend`, and its
-/// source NAT to `nat`. A SYN is balanced afresh: its tuple's source NAT
-/// so far goes to `nat` too, with the backend it was for, so that a
-/// retransmitted SYN keeps its port (`snat::PreviousSnat` says why).
+/// says why): writes the tracked flow's backend to `backend`, its source
+/// NAT to `nat`, and where it keeps its route to `kept`. A SYN is
+/// balanced afresh: its tuple's source NAT so far goes to `nat` too, with
+/// the backend it was for, so that a retransmitted SYN keeps its port
+/// (`snat::PreviousSnat` says why).
 #[inline(never)]
-fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tracked {
+fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat, kept: &mut Kept) -> Tracked {
     let Some(tracked) = conntrack::lookup_original(pkt) else {
         return Tracked::Untracked;
     };
@@ -298,6 +307,7 @@ fn tracked_backend(pkt: &PacketV6, backend: &mut BackendV6, nat: &mut Nat) -> Tr
     *backend = found;
     let (address, port) = entry.nat();
     (nat.address, nat.port) = (address.to_ne_bytes(), port);
+    *kept = Kept::at(tracked.route());
     Tracked::Established
 }
 
@@ -335,8 +345,10 @@ enum SnatTo {
 /// What `start_flow` hands on besides its backend, in one struct: a BPF
 /// call takes at most five arguments.
 struct NewFlowOut {
-    /// The flow's conntrack value, written whenever a backend is chosen.
-    entry: core::mem::MaybeUninit<CtValueV6>,
+    /// The flow's conntrack value, built in this CPU's scratch slot
+    /// (`conntrack::new_value`) whenever a backend is chosen; there, not
+    /// on the stack, which the longest call chain has no room for.
+    entry: *mut CtValueV6,
     count: FrontendCount,
     /// The source the flow leaves with.
     to: SnatTo,
@@ -391,7 +403,7 @@ fn start_flow<C: Frame>(
         (backend_id, service::lookup_backend::<V6>(backend_id).ok_or(Counter::DropMissingBackend)?)
     };
     let counter = if was_tracked && !pkt.tcp_syn { Counter::Rebalanced } else { Counter::NewFlow };
-    out.entry.write(*conntrack::new_value::<V6>(&frontend, &svc, backend_id)?);
+    out.entry = conntrack::new_value::<V6>(&frontend, &svc, backend_id)?;
     *chosen = backend;
     out.to = if backend.address() == pkt.src {
         SnatTo::Frontend
@@ -434,8 +446,8 @@ fn route_new_flow<C: Frame>(
     flow: &NewFlowOut,
     nat: &mut Nat,
 ) -> PathResult<Routed> {
-    // SAFETY: `start_flow` wrote it before it chose a backend.
-    let entry = unsafe { flow.entry.assume_init_ref() };
+    // SAFETY: `start_flow` built it before it chose a backend.
+    let entry = unsafe { &*flow.entry };
     let previous = PreviousSnat::<V6>::new(nat.backend_id, nat.address(), nat.port);
     nat.set_address(match flow.to {
         SnatTo::Frontend => entry.frontend().0,
@@ -477,8 +489,11 @@ fn route_new_flow<C: Frame>(
 /// frontend).
 #[inline(never)]
 fn track(pkt: &PacketV6, backend: &BackendV6, flow: &NewFlowOut) -> PathResult<bool> {
-    // SAFETY: `start_flow` wrote it before it chose a backend.
-    let entry = unsafe { flow.entry.assume_init_ref() };
+    // Opaque: else its fields are passed instead of the reference, more
+    // registers than a BPF call has.
+    let flow = core::hint::black_box(flow);
+    // SAFETY: `start_flow` built it before it chose a backend.
+    let entry = unsafe { &*flow.entry };
     if !entry.has_snat() && !matches!(flow.to, SnatTo::Client) {
         return Ok(false);
     }
@@ -493,8 +508,8 @@ fn reclaim_previous_port(pkt: &PacketV6, backend: &BackendV6, flow: &NewFlowOut,
     // reference, more registers than a BPF call has.
     let pkt = core::hint::black_box(pkt);
     if nat.port != 0 {
-        // SAFETY: `start_flow` wrote it before it chose a backend.
-        let entry = unsafe { flow.entry.assume_init_ref() };
+        // SAFETY: `start_flow` built it before it chose a backend.
+        let entry = unsafe { &*flow.entry };
         if !snat::reclaim(pkt, backend, nat.address(), entry, nat.port) {
             nat.port = 0;
         }
@@ -508,8 +523,8 @@ fn reclaim_previous_port(pkt: &PacketV6, backend: &BackendV6, flow: &NewFlowOut,
 /// reference is passed as its fields, too many for a BPF call.)
 #[inline(never)]
 fn claim_snat_port(pkt: &PacketV6, backend: &BackendV6, flow: &mut NewFlowOut, nat: &mut Nat) -> PathResult<()> {
-    // SAFETY: `start_flow` wrote it before it chose a backend.
-    let entry = unsafe { flow.entry.assume_init_mut() };
+    // SAFETY: `start_flow` built it before it chose a backend.
+    let entry = unsafe { &mut *flow.entry };
     if nat.port == 0 {
         nat.port = snat::allocate(pkt, backend, nat.address(), entry, None)?;
     }
@@ -528,21 +543,34 @@ enum ToBackend {
 }
 
 /// Routes a client → frontend packet to `backend` (from the SNAT address
-/// and port, if any), then rewrites it and sends it on. The route comes
-/// first: a packet too big for it is answered as the client sent it
-/// (`pmtu` says why), where the stack would quote it translated; and XDP
-/// can still pass on untouched what it cannot send.
+/// and port, if any), then rewrites it and sends it on. A tracked flow's
+/// route is the one it keeps, when current (`route_cache`); else it is
+/// looked up, and kept. The route comes first: a packet too big for it is
+/// answered as the client sent it (`pmtu` says why), where the stack
+/// would quote it translated; and XDP can still pass on untouched what it
+/// cannot send. (Kept answers are plain forwards or the stack's, never
+/// too big: a longer packet than the one looked up is looked up again.)
 #[inline(never)]
 fn send_to_backend<C: Frame>(ctx: &C, pkt: &PacketV6, to: &Target) -> PathResult<ToBackend> {
     let (backend, snat) = (&to.backend, &to.nat);
     let (src, sport) = if snat.port != 0 { (snat.address(), snat.port) } else { (pkt.src, pkt.sport) };
-    let flow = Flow::<V6> { src, dst: backend.address(), sport, dport: backend.port, proto: pkt.proto };
-    let route = match route::resolve(ctx, &flow, pkt.ip_total_len, false) {
-        Lookup::Route(route) if route::can_send(ctx, &Some(route)) => Some(route),
-        Lookup::TooBig { mtu } if answers_too_big(ctx, pkt, mtu)? => return Ok(ToBackend::TooBig(mtu)),
-        _ if !C::FINISHES_EVERY_PACKET => return Ok(ToBackend::Pass),
-        // A GSO packet whose segments fit: the stack segments it.
-        _ => None,
+    let kept = &to.kept;
+    let route = if let Some(route) = kept.route::<V6, C>(ctx, pkt.ip_total_len) {
+        if !route::can_send(ctx, &route) {
+            return Ok(ToBackend::Pass);
+        }
+        route
+    } else {
+        let flow = Flow::<V6> { src, dst: backend.address(), sport, dport: backend.port, proto: pkt.proto };
+        let lookup = route::resolve(ctx, &flow, pkt.ip_total_len, false);
+        kept.keep(ctx, &lookup, pkt.ip_total_len, None);
+        match lookup {
+            Lookup::Route(route) if route::can_send(ctx, &Some(route)) => Some(route),
+            Lookup::TooBig { mtu } if answers_too_big(ctx, pkt, mtu)? => return Ok(ToBackend::TooBig(mtu)),
+            _ if !C::FINISHES_EVERY_PACKET => return Ok(ToBackend::Pass),
+            // A GSO packet whose segments fit: the stack segments it.
+            _ => None,
+        }
     };
     nat::translate_v6(ctx, pkt, (src, sport), (backend.address(), backend.port))?;
     if config::forward_through_stack() {
@@ -605,9 +633,10 @@ enum Replied {
 }
 
 /// Backend → client: routed along the addresses and ports it is to
-/// carry, then given the frontend as its source (and the client back as
-/// its destination when SNATed) and sent on. Routed first, so that XDP
-/// can pass on untouched what it cannot send.
+/// carry (the route the flow keeps, when current: `route_cache`), then
+/// given the frontend as its source (and the client back as its
+/// destination when SNATed) and sent on. Routed first, so that XDP can
+/// pass on untouched what it cannot send.
 #[inline(always)]
 fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
     let Some(tracked) = conntrack::lookup_reply(pkt) else {
@@ -615,12 +644,22 @@ fn reply<C: Frame>(ctx: &C, pkt: &PacketV6) -> PathResult<Replied> {
     };
     let entry = tracked.fields();
     conntrack::on_rst_mark_original(pkt, entry);
-    let (frontend, frontend_port) = entry.frontend();
-    let mut flow = Flow::<V6> { src: frontend, dst: pkt.dst, sport: frontend_port, dport: pkt.dport, proto: pkt.proto };
-    if entry.has_snat() {
-        (flow.dst, flow.dport) = entry.nat();
-    }
-    let route = if config::forward_through_stack() { None } else { route::lookup(ctx, &flow, pkt.ip_total_len, false) };
+    let kept = Kept::at(tracked.route());
+    let route = if config::forward_through_stack() {
+        None
+    } else if let Some(route) = kept.route::<V6, C>(ctx, pkt.ip_total_len) {
+        route
+    } else {
+        let (frontend, frontend_port) = entry.frontend();
+        let mut flow =
+            Flow::<V6> { src: frontend, dst: pkt.dst, sport: frontend_port, dport: pkt.dport, proto: pkt.proto };
+        if entry.has_snat() {
+            (flow.dst, flow.dport) = entry.nat();
+        }
+        let lookup = route::resolve(ctx, &flow, pkt.ip_total_len, false);
+        kept.keep(ctx, &lookup, pkt.ip_total_len, None);
+        route::plain_forward(lookup)
+    };
     if !route::can_send(ctx, &route) {
         return Ok(Replied::Pass);
     }

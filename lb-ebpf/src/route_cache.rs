@@ -24,10 +24,11 @@
 //! was looked up for, and the hop that cannot carry them answers the
 //! client. Epoch 0, before any agent has written one, keeps nothing.
 //!
-//! The original direction's entry also keeps the backend its route leads
-//! to (address and port), so that its packets skip the backend lookup
-//! too. A backend id names one address and port for as long as it
-//! exists, so what can go stale is only whether it still exists: the
+//! The original direction's entry of an IPv4 flow also keeps the backend
+//! its route leads to (address and port), so that its packets skip the
+//! backend lookup too (an IPv6 flow looks its backend up by id). A backend
+//! id names one address and port for as long as it exists, so what can
+//! go stale is only whether it still exists: the
 //! agent moves the epoch after it removes a backend, and a flow whose
 //! backend went is then balanced afresh on its next packet, as when the
 //! lookup finds nothing.
@@ -69,6 +70,12 @@ impl Kept {
         Self { cache, epoch }
     }
 
+    /// Nothing kept or recalled: a flow not tracked yet.
+    #[inline(always)]
+    pub fn none() -> Self {
+        Self { cache: core::ptr::null_mut(), epoch: 0 }
+    }
+
     /// The backend kept under the current epoch (address, port): it still
     /// exists. `None`: look it up.
     #[inline(always)]
@@ -104,6 +111,17 @@ impl Kept {
     /// `None`: nothing usable kept; look the route up.
     #[inline(always)]
     pub fn route<F: Family, C: Frame>(&self, ctx: &C, ip_total_len: u16) -> Option<Option<Route<F>>> {
+        let (ifindex, dmac, smac) = self.current(ctx, ip_total_len)?;
+        if ifindex == TO_STACK {
+            return Some(None);
+        }
+        Some(Some(Route::to_neighbour(ifindex, dmac, smac, F::unspecified())))
+    }
+
+    /// The kept answer's egress interface (`TO_STACK`: the stack's) and
+    /// MACs, if current for this packet (see `route`).
+    #[inline(always)]
+    fn current<C: Frame>(&self, ctx: &C, ip_total_len: u16) -> Option<(u32, [u8; 6], [u8; 6])> {
         if self.epoch == 0 {
             return None;
         }
@@ -124,10 +142,7 @@ impl Kept {
         if before != self.epoch || after != self.epoch || ingress != ctx.ingress_ifindex() || ip_total_len > fits_len {
             return None;
         }
-        if ifindex == TO_STACK {
-            return Some(None);
-        }
-        Some(Some(Route::to_neighbour(ifindex, dmac, smac, F::unspecified())))
+        Some((ifindex, dmac, smac))
     }
 
     /// Keeps `lookup`, just made for a packet of `ip_total_len` bytes,

@@ -273,3 +273,23 @@ pub fn udp_exchange(netns: &str, addr: SocketAddr, payload: &[u8]) -> anyhow::Re
         Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
     })
 }
+
+/// A UDP socket in `netns` connected to `addr`: one flow, whose
+/// datagrams `ping` exchanges.
+pub fn connected_udp(netns: &str, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    in_netns(netns, move || {
+        let socket = UdpSocket::bind(any_port_of_family(addr))?;
+        socket.connect(addr)?;
+        Ok(socket)
+    })
+}
+
+/// Sends "ping" on `socket` (from `connected_udp`) and waits up to
+/// `timeout` for the answer.
+pub fn ping(socket: &UdpSocket, timeout: Duration) -> std::io::Result<String> {
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(b"ping")?;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

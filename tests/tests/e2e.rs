@@ -312,21 +312,11 @@ fn forward_through_stack_puts_service_traffic_through_the_forward_chain() {
 /// datagram of the flow is the same size, so each would take the kept
 /// route if it were still used.
 fn established_flow_follows(block: impl Fn(&DemoCluster, Ipv4Addr), unblock: impl Fn(&DemoCluster, Ipv4Addr)) {
-    use std::{net::UdpSocket, time::Duration};
+    use std::time::Duration;
     let cluster = DemoCluster::start().expect("start demo cluster");
-    let socket = servers::in_netns(&cluster.topology.client, || {
-        let socket = UdpSocket::bind(servers::any_port_of_family(SocketAddr::V4(ECHO)))?;
-        socket.connect(SocketAddr::V4(ECHO))?;
-        Ok(socket)
-    })
-    .expect("a UDP socket in the client namespace");
-    let exchange = |timeout: Duration| -> std::io::Result<String> {
-        socket.set_read_timeout(Some(timeout))?;
-        socket.send(b"ping")?;
-        let mut buf = [0u8; 256];
-        let n = socket.recv(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    };
+    let socket = servers::connected_udp(&cluster.topology.client, SocketAddr::V4(ECHO))
+        .expect("a UDP socket in the client namespace");
+    let exchange = |timeout: Duration| servers::ping(&socket, timeout);
     let first = exchange(Duration::from_secs(3)).expect("an answer through the ClusterIP");
     for _ in 0..3 {
         assert_eq!(exchange(Duration::from_secs(3)).expect("the same flow answers"), first);

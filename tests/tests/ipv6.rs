@@ -348,6 +348,55 @@ fn an_ipv6_only_udp_service_answers_from_its_cluster_ip() {
     assert_eq!(pods, BTreeSet::from(["backend-1".to_owned()]));
 }
 
+/// An established IPv6 flow keeps its route on its conntrack entry; a
+/// routing change on the node (a blackhole route to its backend, then
+/// removed) reaches it on its next datagram, once the agent has moved the
+/// route epoch. UDP: every datagram is the same size, so each would take
+/// the kept route if it were still used.
+#[test]
+fn an_established_ipv6_flow_follows_a_routing_change_on_the_node() {
+    let cluster = DualStackCluster::start();
+    let client = &cluster.topology.client;
+    probe::eventually(Duration::from_secs(10), "UDP answer over IPv6", || probe::udp_answer(client, addr(DNS_V6)));
+    let socket = servers::connected_udp(client, addr(DNS_V6)).expect("a UDP socket in the client namespace");
+    let exchange = |timeout: Duration| servers::ping(&socket, timeout);
+    let first = exchange(Duration::from_secs(3)).expect("the flow answers");
+    assert!(first.starts_with("backend-1"), "{first}");
+    for _ in 0..3 {
+        assert_eq!(exchange(Duration::from_secs(3)).expect("the same flow answers"), first);
+    }
+    // Past its first packets the flow keeps its routes, both ways, as
+    // lbctl shows.
+    let node = cluster.topology.node.as_str();
+    let text = observe::lbctl(&cluster.agent.pin_dir, &["-o", "json", "--netns", node, "conntrack"]).unwrap();
+    let flows: serde_json::Value = serde_json::from_str(&text).expect("lbctl conntrack prints JSON");
+    let client_address = socket.local_addr().unwrap().to_string();
+    let ours = |f: &&serde_json::Value| f["frontend"] == DNS_V6 && f["client"] == client_address.as_str();
+    let flow = flows.as_array().unwrap().iter().find(ours).unwrap_or_else(|| panic!("not tracked: {flows}"));
+    let to_backend = flow["route_to_backend"].as_str().unwrap_or_else(|| panic!("no route kept: {flow}"));
+    assert!(to_backend.starts_with("out to-b1 to "), "{flow}");
+    let back = flow["route_back"].as_str().unwrap_or_else(|| panic!("no route kept back: {flow}"));
+    assert!(back.starts_with("out to-client to "), "{flow}");
+    let blackhole = format!("{}/128", topology::backend_ip_v6(1));
+    let route = |verb: &str| {
+        topology::run_in(&cluster.topology.node, &["ip", "-6", "route", verb, "blackhole", &blackhole]).unwrap();
+    };
+
+    let epoch = cluster.agent.route_epoch().unwrap();
+    route("add");
+    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the change");
+    let blocked = exchange(Duration::from_secs(1));
+    assert!(
+        matches!(&blocked, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a datagram the node may no longer route is not answered: {blocked:?}"
+    );
+
+    let epoch = cluster.agent.route_epoch().unwrap();
+    route("del");
+    cluster.agent.wait_route_epoch_past(epoch, Duration::from_secs(5)).expect("the agent sees the change undone");
+    assert_eq!(exchange(Duration::from_secs(3)).expect("answered once the change is undone"), first);
+}
+
 #[test]
 fn an_ipv6_service_without_endpoints_refuses_at_once() {
     let cluster = DualStackCluster::start();

@@ -11,7 +11,7 @@ use std::net::Ipv6Addr;
 use etherparse::{Icmpv6Type, icmpv6::DestUnreachableCode};
 use lb_common::{
     config::{DatapathConfig, FLAG_FORWARD_THROUGH_STACK},
-    conntrack::{DIR_ORIGINAL, is_snat_port},
+    conntrack::{DIR_ORIGINAL, DIR_REPLY, is_snat_port},
     stats::Counter,
 };
 use lb_tests::{
@@ -20,7 +20,7 @@ use lb_tests::{
     packets6::{
         self, Endpoint6, NEXT_DEST_OPTS, NEXT_FRAGMENT, NEXT_HOP_BY_HOP, checksums_verify, ep6, with_extension_headers,
     },
-    routed,
+    routed, topology,
 };
 use lb_userspace::{datapath::loader::TC_PROGRAM, model::NodeContext};
 
@@ -362,6 +362,64 @@ fn a_node_port_flow_to_another_node_is_source_nated_and_its_replies_come_back_fr
     assert_eq!(out, packets6::routed(expected, routed::CLIENT_MAC, routed::NODE_MAC));
     assert!(checksums_verify(&out));
     assert_eq!(moved, [(Counter::IcmpErrorNat, 1), (Counter::Redirected, 1)].into_iter().collect());
+}
+
+/// As for IPv4 (`snat.rs`): an established IPv6 flow keeps its route on
+/// each of its entries, under the route epoch, and its packets skip the
+/// route lookup until the epoch moves.
+#[test]
+fn an_established_ipv6_flow_keeps_its_route_until_the_route_epoch_moves() {
+    let mut dp = routed_node_v6(&[]);
+    dp.apply(REMOTE_NODE_PORT).expect("program services");
+    let client = ep6(routed::CLIENT_IP_V6, 40000);
+    let node_port = ep6(routed::NODE_IP_V6, 30090);
+    let backend = ep6(v6([0xfd00, 0x244, 9, 0, 0, 0, 0, 2]), 8080);
+    let ack = packets6::tcp(client, node_port, false, b"more");
+    run(&mut dp, &packets6::tcp(client, node_port, true, &[]));
+    run(&mut dp, &ack);
+    assert_eq!(dp.flow_entry_v6(client, node_port).unwrap().route.epoch, 0, "no epoch written: nothing kept");
+
+    dp.set_route_epoch(7).unwrap();
+    let (verdict, first, moved) = run(&mut dp, &ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(moved, [(Counter::Established, 1), (Counter::Redirected, 1)].into_iter().collect());
+    let entry = dp.flow_entry_v6(client, node_port).unwrap();
+    assert_eq!(
+        (entry.route.epoch, entry.route.dmac, entry.route.smac),
+        (7, routed::OTHER_NODE_MAC, routed::NODE_MAC),
+        "kept"
+    );
+    assert_eq!((entry.route.backend_address, entry.route.backend_port), ([0; 4], 0), "no backend kept for IPv6");
+    let snat = ep6(Ipv6Addr::from(entry.nat_address), entry.nat_port);
+    let (verdict, _, _) = run(&mut dp, &packets6::tcp(backend, snat, false, b"hello"));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let reply_route = dp
+        .conntrack_v6()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.direction == DIR_REPLY && k.dst_address == snat.ip.octets())
+        .expect("the reply is tracked")
+        .1
+        .route;
+    assert_eq!((reply_route.epoch, reply_route.dmac), (7, routed::CLIENT_MAC), "the reply keeps its own route");
+
+    // The next hop moves to another MAC. Until the agent moves the epoch,
+    // the flow's packets keep the route they had: proof that they skip
+    // the lookup.
+    const MOVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x15];
+    let other_node = routed::OTHER_NODE_IP_V6.to_string();
+    topology::run("ip", &["-6", "neigh", "replace", &other_node, "lladdr", &routed::mac(MOVED_MAC), "dev", "ext0"])
+        .unwrap();
+    let (verdict, kept, _) = run(&mut dp, &ack);
+    assert_eq!((verdict, &kept), (TC_ACT_REDIRECT, &first), "sent as before");
+
+    dp.set_route_epoch(8).unwrap();
+    let (verdict, moved_on, counted) = run(&mut dp, &ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let expected = packets6::routed(packets6::tcp(snat, backend, false, b"more"), MOVED_MAC, routed::NODE_MAC);
+    assert_eq!(moved_on, expected, "looked up again: the moved next hop");
+    assert_eq!(counted, [(Counter::Established, 1), (Counter::Redirected, 1)].into_iter().collect());
+    assert_eq!(dp.flow_entry_v6(client, node_port).unwrap().route.epoch, 8, "kept again, under the new epoch");
 }
 
 /// Under `--forward-through-stack` every translated IPv6 packet takes the

@@ -330,11 +330,11 @@ fn hex_bytes<T: Copy>(value: &T, len: usize) -> Vec<String> {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An upgrade across a change of `LB4_CT`'s value (32 bytes before routes
-/// were kept on it, 60 before the kept route had the backend): the agent
-/// recreates the map and copies every
-/// tracked flow into it, so established connections keep their backends
-/// instead of being reset.
+/// An upgrade across a change of a conntrack table's value (`LB4_CT`: 32
+/// bytes before routes were kept on it, 60 before the kept route had the
+/// backend; `LB6_CT`: 56 before routes were kept on it): the agent
+/// recreates the map and copies every tracked flow into it, so
+/// established connections keep their backends instead of being reset.
 #[test]
 fn flows_tracked_in_earlier_conntrack_layouts_are_carried_over() {
     // Before routes were kept (32-byte values), and while the kept route
@@ -342,34 +342,52 @@ fn flows_tracked_in_earlier_conntrack_layouts_are_carried_over() {
     for value_size in [32, 60] {
         carry_over_from(value_size);
     }
+    carry_over_from_v6();
+}
+
+/// Pins, as an earlier build did, a conntrack table `name` with
+/// `value_size`-byte values holding the first bytes of `value` under
+/// `key`; its path.
+fn pin_earlier_table<K: Copy, V: Copy>(
+    pin_dir: &PinDir,
+    name: &str,
+    key: &K,
+    value: &V,
+    value_size: usize,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    let path = pin_dir.0.join(name);
+    let path_text = path.to_str().unwrap();
+    let key_size = std::mem::size_of::<K>().to_string();
+    let value_size_text = value_size.to_string();
+    let create = [
+        "map",
+        "create",
+        path_text,
+        "type",
+        "lru_hash",
+        "key",
+        &key_size,
+        "value",
+        &value_size_text,
+        "entries",
+        "4096",
+        "name",
+        name,
+    ];
+    lb_tests::topology::run("bpftool", &create).unwrap();
+    let mut update = vec!["map", "update", "pinned", path_text, "key", "hex"];
+    let (key_hex, value_hex) = (hex_bytes(key, std::mem::size_of::<K>()), hex_bytes(value, value_size));
+    update.extend(key_hex.iter().map(String::as_str));
+    update.extend(["value", "hex"]);
+    update.extend(value_hex.iter().map(String::as_str));
+    lb_tests::topology::run("bpftool", &update).unwrap();
+    path
 }
 
 fn carry_over_from(value_size: usize) {
     use lb_common::conntrack::{CtKeyV4, CtValueV4, RouteCache};
     let pin_dir = PinDir::unique("carry");
-    std::fs::create_dir_all(&pin_dir.0).unwrap();
-    let path = pin_dir.0.join(lb_common::maps::CONNTRACK_V4);
-    let path_text = path.to_str().unwrap();
-    let value_size_text = value_size.to_string();
-    lb_tests::topology::run(
-        "bpftool",
-        &[
-            "map",
-            "create",
-            path_text,
-            "type",
-            "lru_hash",
-            "key",
-            "16",
-            "value",
-            &value_size_text,
-            "entries",
-            "4096",
-            "name",
-            "LB4_CT",
-        ],
-    )
-    .unwrap();
     let key = CtKeyV4 {
         src_address: [10, 0, 1, 2],
         dst_address: [10, 96, 0, 10],
@@ -394,19 +412,50 @@ fn carry_over_from(value_size: usize) {
         route: RouteCache { epoch: 9, ingress_ifindex: 2, ifindex: 3, fits_len: 1500, ..RouteCache::default() },
         ..value
     };
-    let mut update = vec!["map", "update", "pinned", path_text, "key", "hex"];
-    let (key_hex, value_hex) = (hex_bytes(&key, 16), hex_bytes(&held, value_size));
-    update.extend(key_hex.iter().map(String::as_str));
-    update.extend(["value", "hex"]);
-    update.extend(value_hex.iter().map(String::as_str));
-    lb_tests::topology::run("bpftool", &update).unwrap();
-
-    let _ebpf = loader::load_maps(Some(&pin_dir.0), Capacities::default())
-        .unwrap_or_else(|e| panic!("load over the {value_size}-byte layout: {e:#}"));
-    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
-    let table: aya::maps::HashMap<_, CtKeyV4, CtValueV4> = map.try_into().expect("this build's conntrack table");
-    let carried = table.get(&key, 0).unwrap_or_else(|e| panic!("{value_size}-byte flow not carried over: {e}"));
+    let path = pin_earlier_table(&pin_dir, lb_common::maps::CONNTRACK_V4, &key, &held, value_size);
+    let carried: CtValueV4 = entry_after_load(&pin_dir, &path, &key);
     assert_eq!(carried, value, "{value_size}-byte layout: every field, no route kept");
+}
+
+/// The value at `key` in the table pinned at `path` once this build has
+/// loaded its maps over the pins in `pin_dir`.
+fn entry_after_load<K: aya::Pod, V: aya::Pod>(pin_dir: &PinDir, path: &std::path::Path, key: &K) -> V {
+    let _ebpf = loader::load_maps(Some(&pin_dir.0), Capacities::default())
+        .unwrap_or_else(|e| panic!("load over {}: {e:#}", path.display()));
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(path).unwrap()).unwrap();
+    let table: aya::maps::HashMap<_, K, V> = map.try_into().expect("this build's conntrack table");
+    table.get(key, 0).unwrap_or_else(|e| panic!("flow not carried over into {}: {e}", path.display()))
+}
+
+fn carry_over_from_v6() {
+    use lb_common::conntrack::{CtKeyV6, CtValueV6};
+    let pin_dir = PinDir::unique("carry6");
+    let client: [u8; 16] = "fd00:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let frontend: [u8; 16] = "fd00:96::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let key = CtKeyV6 {
+        src_address: client,
+        dst_address: frontend,
+        src_port: 40000,
+        dst_port: 80,
+        proto: 6,
+        direction: DIR_ORIGINAL,
+        _pad: [0; 2],
+    };
+    let value = CtValueV6 {
+        backend_id: 7,
+        frontend_id: 3,
+        frontend_address: frontend,
+        frontend_port: 80,
+        flags: 1,
+        created_s: 100,
+        last_seen_s: 160,
+        nat_address: client,
+        nat_port: 61000,
+        ..CtValueV6::default()
+    };
+    let path = pin_earlier_table(&pin_dir, lb_common::maps::CONNTRACK_V6, &key, &value, 56);
+    let carried: CtValueV6 = entry_after_load(&pin_dir, &path, &key);
+    assert_eq!(carried, value, "56-byte IPv6 layout: every field, no route kept");
 }
 
 /// The port and address filters are read and written as memory, which

@@ -420,7 +420,7 @@ struct Flow {
     /// Seconds since the flow was opened, and since it last carried a packet.
     age_s: u32,
     idle_s: u32,
-    /// The route each direction keeps, current (IPv4): "stack" or
+    /// The route each direction keeps, current: "stack" or
     /// "out IFACE to MAC". `None`: its next packet looks the route up.
     route_to_backend: Option<String>,
     route_back: Option<String>,
@@ -439,7 +439,7 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Flow>> {
 
 /// What `entry` keeps as its route, if current under `epoch`.
 fn kept_route(entry: Option<&impl CtEntry>, epoch: u32) -> Option<String> {
-    let route = kept_route::current(&entry?.kept_route()?, epoch)?;
+    let route = kept_route::current(&entry?.kept_route(), epoch)?;
     Some(route.describe(interface_name))
 }
 

@@ -22,8 +22,8 @@ pub trait CtEntry: Pod + Copy + Debug {
     fn backend_id(&self) -> u32;
     /// The address standing in for the client, for a source-NATed flow.
     fn nat(&self) -> Option<SocketAddr>;
-    /// The route the entry keeps (IPv4 only).
-    fn kept_route(&self) -> Option<RouteCache>;
+    /// The route the entry keeps.
+    fn kept_route(&self) -> RouteCache;
 }
 
 /// A conntrack key of one family (`CtKeyV4`, `CtKeyV6`), with the value
@@ -66,7 +66,7 @@ pub fn partners<K: FlowKey>(original: (&K, &K::Value), reply: (&K, &K::Value)) -
 }
 
 macro_rules! family {
-    ($key:ident, $value:ident, $backend:ident, $kept_route:expr) => {
+    ($key:ident, $value:ident, $backend:ident) => {
         impl CtEntry for $value {
             fn flags(&self) -> u16 {
                 self.flags
@@ -92,8 +92,8 @@ macro_rules! family {
                 self.backend_id
             }
 
-            fn kept_route(&self) -> Option<RouteCache> {
-                $kept_route(self)
+            fn kept_route(&self) -> RouteCache {
+                self.route
             }
         }
 
@@ -176,8 +176,8 @@ macro_rules! family {
     };
 }
 
-family!(CtKeyV4, CtValueV4, BackendV4, |v: &CtValueV4| Some(v.route));
-family!(CtKeyV6, CtValueV6, BackendV6, |_: &CtValueV6| None);
+family!(CtKeyV4, CtValueV4, BackendV4);
+family!(CtKeyV6, CtValueV6, BackendV6);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! The route an established IPv4 flow keeps on each of its entries
+//! The route an established flow keeps on each of its entries
 //! (`lb_common::conntrack::RouteCache`), as `lbctl conntrack` shows it:
 //! only while it is current, that is kept under the route epoch the
 //! datapath uses now. A stale or absent one means the flow's next packet

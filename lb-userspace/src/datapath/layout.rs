@@ -261,9 +261,9 @@ pub fn record_versions(pin_dir: &Path) -> anyhow::Result<()> {
 pub struct Reconciled {
     /// Maps unpinned, for the loader to create fresh.
     pub recreated: Vec<&'static str>,
-    /// The previous build's IPv4 conntrack table, held open to be copied
-    /// into the new one (`conntrack_carry`).
-    pub carried: Option<conntrack_carry::Previous>,
+    /// The previous build's conntrack tables (IPv4, IPv6), held open to
+    /// be copied into the new ones (`conntrack_carry`).
+    pub carried: Vec<conntrack_carry::Previous>,
 }
 
 /// Checks every map pinned under `pin_dir` against this build; unpins the
@@ -288,19 +288,21 @@ pub fn reconcile(pin_dir: &Path, capacities: Capacities) -> Result<Reconciled, L
         }
         recreate.push((name, path, found, expected, policy));
     }
-    let mut carried = None;
+    let mut carried = Vec::new();
     for (name, path, found, expected, policy) in &recreate {
-        if *name == names::CONNTRACK_V4 && conntrack_carry::is_previous(found, capacities) {
-            match conntrack_carry::Previous::open(path, found.value_size) {
+        let mut carrying = false;
+        if conntrack_carry::is_previous(name, found, capacities) {
+            match conntrack_carry::Previous::open(name, path, found.value_size) {
                 Ok(previous) => {
                     info!(map = name, %found, %expected, "pinned map has the previous layout: its flows are carried over");
-                    carried = Some(previous);
+                    carried.push(previous);
+                    carrying = true;
                 }
                 Err(e) => warn!(map = name, "{e:#}: tracked flows are lost"),
             }
         }
         let consequence = match policy {
-            _ if *name == names::CONNTRACK_V4 && carried.is_some() => "recreated, its flows copied",
+            _ if carrying => "recreated, its flows copied",
             OnMismatch::RecreateLosingFlows => {
                 "tracked flows are lost: established connections through Services reset once"
             }

@@ -116,7 +116,7 @@ fn load_maps_reading(pin_dir: Option<&Path>, capacities: Capacities, source: &St
         .map_max_entries(names::MAGLEV_V4, capacities.maglev)
         .map_max_entries(names::AFFINITY_V4, capacities.affinity)
         .map_max_entries(names::AFFINITY_V6, capacities.affinity);
-    let mut carried = None;
+    let mut carried = Vec::new();
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
             bpffs::ensure_mounted(dir)?;
@@ -130,8 +130,8 @@ fn load_maps_reading(pin_dir: Option<&Path>, capacities: Capacities, source: &St
         loader.map_pin_path(map, path.as_path());
     }
     let ebpf = loader.load(&prepared.object).context("loading the datapath object")?;
-    if let Some(previous) = carried {
-        carry_conntrack(&ebpf, &previous);
+    for previous in &carried {
+        carry_conntrack(&ebpf, previous);
     }
     if let Some(dir) = pin_dir {
         layout::record_versions(dir)?;
@@ -139,16 +139,20 @@ fn load_maps_reading(pin_dir: Option<&Path>, capacities: Capacities, source: &St
     Ok(ebpf)
 }
 
-/// Copies the previous build's tracked IPv4 flows into the new table
-/// (`conntrack_carry`); a failure only loses them, as a recreate does.
+/// Copies the previous build's tracked flows of one family into the new
+/// table (`conntrack_carry`); a failure only loses them, as a recreate
+/// does.
 fn carry_conntrack(ebpf: &Ebpf, previous: &conntrack_carry::Previous) {
-    let copied = match ebpf.map(names::CONNTRACK_V4) {
+    let name = previous.name();
+    let copied = match ebpf.map(name) {
         Some(aya::maps::Map::LruHashMap(new)) => previous.carry_into(new),
-        _ => Err(anyhow::anyhow!("{} is missing from the object", names::CONNTRACK_V4)),
+        _ => Err(anyhow::anyhow!("{name} is missing from the object")),
     };
     match copied {
-        Ok(entries) => info!(entries, "tracked flows carried over into the new conntrack table"),
-        Err(e) => warn!("{e:#}: tracked flows are lost, established connections through Services reset once"),
+        Ok(entries) => info!(map = name, entries, "tracked flows carried over into the new conntrack table"),
+        Err(e) => {
+            warn!(map = name, "{e:#}: tracked flows are lost, established connections through Services reset once")
+        }
     }
 }
 

@@ -393,7 +393,7 @@ fn how(case: &Case, plan: &PacketPlan) -> String {
             OTHER_ADDRESS.ip, OTHER_ADDRESS.port
         ),
         "conntrack_hit_v6" => format!(
-            "the established-flow case over IPv6: two IPv6-only Services pointing at each other's ClusterIP ([{}]:{} → [{}]:{} → back), repeat={r}; beside `conntrack hit`, what a 16-byte address costs. The namespace has IPv6 routes (the external rows' link), so the route lookup after NAT (no route to a ClusterIP: to the stack) walks a real IPv6 table, as on a node; with no IPv6 route at all it cost about 55 ns less",
+            "the established-flow case over IPv6: two IPv6-only Services pointing at each other's ClusterIP ([{}]:{} → [{}]:{} → back), repeat={r}; beside `conntrack hit`, what a 16-byte address costs. The route after NAT (no route to a ClusterIP: to the stack) is kept on the flow's entry, as for IPv4; the backend is looked up by id on every packet. Before routes were kept, the lookup walked the namespace's IPv6 table (the external rows' link) on every packet",
             MIRROR_A_V6.ip, MIRROR_A_V6.port, MIRROR_B_V6.ip, MIRROR_B_V6.port
         ),
         "new_flow_warm_v6" => {
