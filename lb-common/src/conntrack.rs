@@ -78,11 +78,11 @@ impl CtValueV4 {
 /// its conntrack entry so that later packets skip the route lookup, and,
 /// in the original direction of an IPv4 flow, the backend that route
 /// leads to, so that they skip the backend lookup too (an IPv6 flow's
-/// backend, 16 bytes of address, is looked up by id on every packet). Written by the datapath only. Valid while
-/// `maps::ROUTE_EPOCH` holds the value it was written under; the agent
-/// changes that value on every routing, neighbour, link or address
-/// change the kernel announces, and after it removes a backend.
-/// 32 bytes.
+/// backend, 16 bytes of address, is looked up by id on every packet).
+/// Written by the datapath only. Valid while `maps::ROUTE_EPOCH` holds
+/// the value it was written under; the agent changes that value on every
+/// routing, neighbour, link or address change the kernel announces, and
+/// after it removes a backend. 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteCache {

@@ -28,10 +28,9 @@
 //! its route leads to (address and port), so that its packets skip the
 //! backend lookup too (an IPv6 flow looks its backend up by id). A backend
 //! id names one address and port for as long as it exists, so what can
-//! go stale is only whether it still exists: the
-//! agent moves the epoch after it removes a backend, and a flow whose
-//! backend went is then balanced afresh on its next packet, as when the
-//! lookup finds nothing.
+//! go stale is only whether it still exists: the agent moves the epoch
+//! after it removes a backend, and a flow whose backend went is then
+//! balanced afresh on its next packet, as when the lookup finds nothing.
 //!
 //! The epoch is read once per packet, before the lookups whose answers
 //! are kept under it (`Kept::at`): a change that lands between the lookup

@@ -29,24 +29,27 @@ use super::{
     loader::Capacities,
 };
 
-/// `LB4_CT` value sizes of earlier builds: before routes were kept, and
-/// while the kept route had no backend.
-const PREVIOUS_V4_SIZES: [usize; 2] = [offset_of!(CtValueV4, route), 60];
-/// `LB6_CT` value size of earlier builds: before routes were kept.
-const PREVIOUS_V6_SIZES: [usize; 1] = [offset_of!(CtValueV6, route)];
-
 const _: () = assert!(offset_of!(CtValueV4, route) == 32);
-const _: () = assert!(size_of::<CtValueV4>() > PREVIOUS_V4_SIZES[1]);
+const _: () = assert!(size_of::<CtValueV4>() > 60);
 const _: () = assert!(offset_of!(CtValueV6, route) == 56);
-const _: () = assert!(size_of::<CtValueV6>() > PREVIOUS_V6_SIZES[0]);
+const _: () = assert!(size_of::<CtValueV6>() > 56);
 
-/// The earlier value sizes of the conntrack table `name`; none for any
-/// other map.
-fn previous_sizes(name: &str) -> &'static [usize] {
-    match name {
-        names::CONNTRACK_V4 => &PREVIOUS_V4_SIZES,
-        names::CONNTRACK_V6 => &PREVIOUS_V6_SIZES,
-        _ => &[],
+/// Copies an earlier table's entries, upgraded, into this build's; the
+/// number copied.
+type Copier = fn(&MapData, &MapData) -> anyhow::Result<usize>;
+
+/// How the entries of an earlier build's table `name` with `value_size`-
+/// byte values are carried over; `None`: no earlier build had that table.
+/// The one list of earlier layouts.
+fn copier(name: &str, value_size: u32) -> Option<Copier> {
+    match (name, value_size) {
+        // Before routes were kept.
+        (names::CONNTRACK_V4, 32) => Some(copy::<CtKeyV4, CtValueV4, 32>),
+        // While the kept route had no backend.
+        (names::CONNTRACK_V4, 60) => Some(copy::<CtKeyV4, CtValueV4, 60>),
+        // Before IPv6 flows kept routes.
+        (names::CONNTRACK_V6, 56) => Some(copy::<CtKeyV6, CtValueV6, 56>),
+        _ => None,
     }
 }
 
@@ -57,9 +60,8 @@ pub fn is_previous(name: &str, found: &Layout, capacities: Capacities) -> bool {
     let Some((now, _)) = expected(name, capacities) else {
         return false;
     };
-    previous_sizes(name)
-        .iter()
-        .any(|&size| *found == Layout { value_size: size as u32, max_entries: found.max_entries, ..now })
+    copier(name, found.value_size).is_some()
+        && *found == Layout { value_size: found.value_size, max_entries: found.max_entries, ..now }
 }
 
 /// A conntrack value whose fields before the kept route an earlier
@@ -80,7 +82,7 @@ impl Carried for CtValueV6 {
 /// This build's value for an earlier build's: the same fields, no route
 /// kept.
 pub fn upgrade<V: Carried, const N: usize>(previous: [u8; N]) -> V {
-    assert!(N >= V::CARRIED_SIZE, "an earlier value holds every carried field");
+    const { assert!(N >= V::CARRIED_SIZE, "an earlier value holds every carried field") };
     let mut value = V::default();
     // SAFETY: `V` is `repr(C)` plain data whose first `CARRIED_SIZE`
     // bytes are an earlier value's first fields in the same order
@@ -115,27 +117,24 @@ impl Previous {
     /// Copies every entry into `new` (this build's table of the same
     /// name); the number copied.
     pub fn carry_into(&self, new: &MapData) -> anyhow::Result<usize> {
-        match (self.name, self.value_size as usize) {
-            (names::CONNTRACK_V4, 32) => self.copy::<CtKeyV4, CtValueV4, 32>(new),
-            (names::CONNTRACK_V4, 60) => self.copy::<CtKeyV4, CtValueV4, 60>(new),
-            (names::CONNTRACK_V6, 56) => self.copy::<CtKeyV6, CtValueV6, 56>(new),
-            (name, other) => anyhow::bail!("no earlier {name} had {other}-byte values"),
-        }
+        let (name, size) = (self.name, self.value_size);
+        let copy = copier(name, size).with_context(|| format!("no earlier {name} had {size}-byte values"))?;
+        copy(&self.map, new)
     }
+}
 
-    /// Every entry of a table whose values are `N` bytes, upgraded and
-    /// written to `new`.
-    fn copy<K: Pod, V: Carried, const N: usize>(&self, new: &MapData) -> anyhow::Result<usize> {
-        let mut entries: Vec<(K, V)> = Vec::new();
-        let batched = batch::for_each_chunk(&self.map, |keys: &[K], values: &[[u8; N]]| {
-            entries.extend(keys.iter().copied().zip(values.iter().map(|v| upgrade::<V, N>(*v))));
-        })
-        .context("reading the previous conntrack table")?;
-        anyhow::ensure!(batched, "the kernel cannot read the previous conntrack table in batches");
-        let written = batch::update_all(new, &entries).context("writing the carried-over flows")?;
-        anyhow::ensure!(written, "the kernel cannot write the conntrack table in batches");
-        Ok(entries.len())
-    }
+/// Every entry of `previous`, whose values are `N` bytes, upgraded and
+/// written to `new`.
+fn copy<K: Pod, V: Carried, const N: usize>(previous: &MapData, new: &MapData) -> anyhow::Result<usize> {
+    let mut entries: Vec<(K, V)> = Vec::new();
+    let batched = batch::for_each_chunk(previous, |keys: &[K], values: &[[u8; N]]| {
+        entries.extend(keys.iter().copied().zip(values.iter().map(|v| upgrade::<V, N>(*v))));
+    })
+    .context("reading the previous conntrack table")?;
+    anyhow::ensure!(batched, "the kernel cannot read the previous conntrack table in batches");
+    let written = batch::update_all(new, &entries).context("writing the carried-over flows")?;
+    anyhow::ensure!(written, "the kernel cannot write the conntrack table in batches");
+    Ok(entries.len())
 }
 
 #[cfg(test)]
