@@ -15,6 +15,15 @@ impl PinDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Self(format!("/sys/fs/bpf/lbt-{name}-{}-{n}", std::process::id()).into())
     }
+
+    /// Creates the directory, on bpffs (mounted first if missing, as the
+    /// agent does): for a test that pins something itself before any
+    /// load would mount it.
+    pub fn create(&self) -> anyhow::Result<()> {
+        lb_userspace::datapath::bpffs::ensure_mounted(&self.0)?;
+        std::fs::create_dir_all(&self.0)?;
+        Ok(())
+    }
 }
 
 impl Drop for PinDir {

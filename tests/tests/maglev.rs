@@ -374,7 +374,7 @@ fn tables_of_many_frontends_added_changed_and_removed_in_one_sync_all_reach_the_
 #[test]
 fn a_pinned_table_map_whose_tables_are_not_mapped_is_replaced() {
     let pins = PinDir::unique("maglev");
-    std::fs::create_dir_all(&pins.0).expect("pin dir");
+    pins.create().expect("a pin directory on bpffs");
     let template = pins.0.join("old-table");
     let outer = pins.0.join(names::MAGLEV_V4);
     let (template, outer) = (template.to_str().unwrap(), outer.to_str().unwrap());

@@ -355,7 +355,7 @@ fn pin_earlier_table<K: Copy, V: Copy>(
     value: &V,
     value_size: usize,
 ) -> std::path::PathBuf {
-    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    pin_dir.create().expect("a pin directory on bpffs");
     let path = pin_dir.0.join(name);
     let path_text = path.to_str().unwrap();
     let key_size = std::mem::size_of::<K>().to_string();
@@ -466,7 +466,7 @@ fn carry_over_from_v6() {
 fn filters_pinned_without_the_mmapable_flag_are_recreated_with_it() {
     use lb_common::maps::{ADDRESS_FILTER, FILTER_FLAGS, PORT_FILTER};
     let pin_dir = PinDir::unique("filters");
-    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    pin_dir.create().expect("a pin directory on bpffs");
     let flags_of = |name: &str| {
         aya::maps::MapData::from_pin(pin_dir.0.join(name)).unwrap().info().unwrap().map_flags() & FILTER_FLAGS
     };
